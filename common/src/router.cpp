@@ -1,0 +1,154 @@
+#include "cluster/common/router.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "cluster/common/shard.hpp"
+
+namespace cluster {
+
+router::router(asio::io_context& io, router_options options)
+    : io_(io), options_(std::move(options)) {}
+
+void router::update(assignment_snapshot snapshot) {
+  snapshot_ = std::move(snapshot);
+  // Drop pooled connections to runners that left the cluster.
+  for (auto it = pool_.begin(); it != pool_.end();) {
+    const bool known = std::any_of(snapshot_.runners.begin(), snapshot_.runners.end(),
+                                   [&](const runner_info& r) { return r.address == it->first; });
+    if (!known) {
+      it->second->close();
+      it = pool_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::variant<entity_location, reply_msg> router::locate(const std::string& entity_type,
+                                                        const std::string& entity_id,
+                                                        const std::string& rpc) const {
+  const auto* type = snapshot_.find_entity_type(entity_type);
+  if (type == nullptr) {
+    if (snapshot_.version == 0 || snapshot_.entity_types.empty())
+      return reply_msg::failure(errc::no_runner, "no assignments received yet");
+    return reply_msg::failure(errc::unknown_entity_type,
+                              "unknown entity type '" + entity_type + "'");
+  }
+  if (!rpc.empty() && type->find_rpc(rpc) == nullptr)
+    return reply_msg::failure(errc::unknown_rpc,
+                              "entity type '" + entity_type + "' has no RPC '" + rpc + "'");
+  const auto* group = snapshot_.find_group(type->group);
+  if (group == nullptr || group->shards == 0)
+    return reply_msg::failure(errc::no_runner,
+                              "no runner serves shard group '" + type->group + "'");
+  entity_location location;
+  location.group = type->group;
+  location.shard = shard_for(entity_id, static_cast<std::int32_t>(group->shards));
+  location.owner = group->owners.at(static_cast<std::size_t>(location.shard - 1));
+  return location;
+}
+
+awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point deadline) {
+  milliseconds backoff = options_.retry_min;
+  reply_msg last = reply_msg::failure(errc::no_runner, "not routed");
+  while (true) {
+    auto located = locate(request.entity_type, request.entity_id, request.rpc);
+    if (auto* refused = std::get_if<reply_msg>(&located)) {
+      if (!is_routing_retriable(refused->code)) co_return *refused;
+      last = *refused;
+    } else {
+      const auto& location = std::get<entity_location>(located);
+      if (location.owner.empty()) {
+        last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
+                                                       " of group '" + location.group +
+                                                       "' has no runner");
+      } else if (is_local && deliver_locally && is_local(location.owner)) {
+        auto delivery = deliver_locally(request, deadline);
+        last = co_await std::move(delivery);
+        if (!is_routing_retriable(last.code)) co_return last;
+      } else {
+        std::string error;
+        auto conn = co_await connection_to(location.owner, deadline, error);
+        if (!conn) {
+          last = reply_msg::failure(errc::unavailable, error);
+        } else {
+          const auto left =
+              std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+          request.timeout_ms = static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count()));
+          auto call =
+              conn->async_call(message_kind::request, request, std::max(left, milliseconds(1)));
+          last = co_await std::move(call);
+          if (!is_routing_retriable(last.code)) co_return last;
+        }
+      }
+    }
+    const auto now = steady_clock::now();
+    if (now + backoff >= deadline) {
+      auto expired =
+          reply_msg::failure(errc::deadline_exceeded,
+                             "deadline passed; last failure: " + last.error + ": " + last.message);
+      co_return expired;
+    }
+    co_await sleep_for(backoff);
+    backoff = std::min(backoff * 2, options_.retry_max);
+  }
+}
+
+awaitable<connection_ptr> router::connection_to(const std::string& address,
+                                                steady_clock::time_point deadline,
+                                                std::string& error) {
+  while (true) {
+    if (auto it = pool_.find(address); it != pool_.end()) {
+      if (it->second->is_open()) co_return it->second;
+      pool_.erase(it);
+    }
+    auto waiting = connecting_.find(address);
+    if (waiting == connecting_.end()) break;
+    auto event = waiting->second;
+    error_code ignored;
+    co_await event->async_wait(asio::redirect_error(use_awaitable, ignored));
+    if (steady_clock::now() >= deadline) {
+      error = "timed out waiting for a connection to " + address;
+      co_return nullptr;
+    }
+    if (pool_.find(address) == pool_.end()) {
+      error = "cannot connect to " + address;
+      co_return nullptr;
+    }
+  }
+  auto target = parse_host_port(address);
+  if (!target) {
+    error = "bad runner address '" + address + "'";
+    co_return nullptr;
+  }
+  auto event = std::make_shared<asio::steady_timer>(io_, steady_clock::time_point::max());
+  connecting_[address] = event;
+  const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+  hello_msg hello{protocol_version, options_.role, options_.name};
+  connection::message_handler refuse = [](const connection_ptr& conn, envelope&& env) {
+    // Runners never send requests on a routing connection: refuse anything but replies.
+    conn->send_reply(env.id, reply_msg::failure(errc::unknown_kind, "routing connection"));
+  };
+  std::function<void()> on_close;
+  auto connect =
+      connect_to(*target, hello, options_.limits,
+                 std::clamp(left, milliseconds(1), options_.connect_timeout), refuse, on_close);
+  auto result = co_await std::move(connect);
+  connecting_.erase(address);
+  event->cancel();
+  if (!result.conn) {
+    error = result.error;
+    co_return nullptr;
+  }
+  pool_[address] = result.conn;
+  co_return result.conn;
+}
+
+void router::stop() {
+  for (auto& [address, conn] : pool_) conn->close();
+  pool_.clear();
+}
+
+}  // namespace cluster

@@ -1,0 +1,100 @@
+#pragma once
+// Runs entities: activates one on its first message, runs its messages one at a time in
+// arrival order from a bounded mailbox, and passivates it when idle.
+//
+// Thread model: the runner's single io_context thread owns every entity, so entity
+// state is single-threaded by construction. A handler that awaits another entity
+// leaves its entity busy (later messages wait) but the thread free.
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <set>
+
+#include "cluster/common/asio.hpp"
+#include "cluster/common/protocol.hpp"
+#include "cluster/host/entity_registry.hpp"
+
+namespace cluster::host {
+
+struct entity_host_options {
+  std::size_t mailbox_capacity = 4096;
+  milliseconds passivate_after{60000};
+};
+
+/// Where a request runs: resolved by the runner before delivery.
+struct entity_address {
+  const entity_type* type = nullptr;
+  std::string entity_id;
+  std::int32_t shard = 0;
+};
+
+class entity_host {
+ public:
+  using reply_callback = std::function<void(reply_msg&&)>;
+  /// Sends a call from a handler to another entity; `done` runs exactly once, later.
+  using outbound_call = std::function<void(request_msg, reply_callback done)>;
+
+  entity_host(asio::io_context& io, entity_host_options options, outbound_call call_out);
+  ~entity_host();
+  entity_host(const entity_host&) = delete;
+  entity_host& operator=(const entity_host&) = delete;
+
+  /// Queues `request` for its entity; `done` runs exactly once with the reply. Answers
+  /// MailboxFull at once when the entity's mailbox is at its bound.
+  void deliver(const entity_address& address, std::uint32_t rpc_index, request_msg request,
+               steady_clock::time_point deadline, reply_callback done);
+
+  /// Passivates idle entities whose shard fails `keep`; busy ones follow when idle.
+  void evict_shards(std::function<bool(const std::string& group, std::int32_t shard)> keep);
+
+  /// Passivates every idle entity idle for longer than the configured time.
+  void passivate_idle(steady_clock::time_point now);
+
+  /// Passivates everything now (shutdown); pending messages get `ShuttingDown`.
+  void stop();
+
+  std::size_t active_entities() const { return entities_.size(); }
+  std::size_t busy_entities() const;
+  /// Counters for tests and metrics.
+  std::uint64_t activations() const { return activations_; }
+  std::uint64_t passivations() const { return passivations_; }
+
+  struct invocation;  // one running request; defined in the .cpp
+
+ private:
+  struct message {
+    std::uint32_t rpc_index;
+    request_msg request;
+    steady_clock::time_point deadline;
+    reply_callback done;
+  };
+  struct slot {
+    const entity_type* type = nullptr;
+    std::string id;
+    std::int32_t shard = 0;
+    void* instance = nullptr;
+    std::deque<message> mailbox;
+    bool busy = false;
+    bool evict = false;  // passivate as soon as idle: the shard moved away
+    steady_clock::time_point last_active;
+  };
+  using slot_key = std::pair<std::string, std::string>;  // entity type, entity id
+
+  void run_next(const slot_key& key);
+  void finish(invocation* call, reply_msg&& reply);
+  void passivate(std::map<slot_key, slot>::iterator it);
+  awaitable<void> sweep_loop();
+
+  friend struct invocation;
+  asio::io_context& io_;
+  entity_host_options options_;
+  outbound_call call_out_;
+  std::map<slot_key, slot> entities_;
+  asio::steady_timer sweep_timer_;
+  bool stopped_ = false;
+  std::uint64_t activations_ = 0;
+  std::uint64_t passivations_ = 0;
+};
+
+}  // namespace cluster::host

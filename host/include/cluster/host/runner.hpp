@@ -1,0 +1,78 @@
+#pragma once
+// cluster-runner: hosts entity plugins and serves the shards the manager assigns to it.
+//
+// Owns, on the process's single io_context thread: the entity registry (read-only after
+// start), the entity host, the protocol server, the manager client and a router for
+// calls from handlers to entities on other runners.
+
+#include <memory>
+
+#include "cluster/common/manager_client.hpp"
+#include "cluster/common/router.hpp"
+#include "cluster/common/server.hpp"
+#include "cluster/common/settings.hpp"
+#include "cluster/host/entity_host.hpp"
+
+namespace cluster::host {
+
+struct runner_config {
+  common_settings common;
+  std::string name = "runner-1";
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 34431;
+  std::string advertise_host;  ///< empty: `host`
+  std::string manager = "127.0.0.1:8080";
+  std::vector<std::string> plugins;
+  std::vector<std::string> groups;  ///< empty: the groups of the loaded entity types
+  std::uint32_t mailbox_capacity = 4096;
+  milliseconds passivate_after{60000};
+  milliseconds request_timeout{10000};
+
+  /// Declares `[cluster]`, `[log]` and `[runner]`.
+  std::vector<config_section> sections();
+};
+
+class runner {
+ public:
+  runner(asio::io_context& io, runner_config config);
+  ~runner();
+  runner(const runner&) = delete;
+  runner& operator=(const runner&) = delete;
+
+  /// Loads plugins, listens and joins the cluster. Throws on a start-up failure (bad
+  /// address, port in use, no entity type at all).
+  void start();
+  /// Stops taking work, passivates entities, leaves the cluster.
+  void stop();
+
+  std::uint16_t port() const { return server_.port(); }
+  const std::string& address() const { return address_; }
+  /// Does this runner serve `shard` of `group` by the latest assignment?
+  bool owns(const std::string& group, std::int32_t shard) const;
+  std::size_t owned_shards() const;
+  const entity_registry& registry() const { return registry_; }
+  entity_host& entities() { return *entities_; }
+  bool registered() const { return manager_ && manager_->registered(); }
+
+ private:
+  void on_message(const connection_ptr& conn, envelope&& env);
+  void on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request);
+  void on_snapshot(const assignment_snapshot& snapshot);
+  /// Resolves and delivers a request addressed to this runner; `done` runs once.
+  void serve(request_msg request, steady_clock::time_point deadline,
+             entity_host::reply_callback done);
+
+  asio::io_context& io_;
+  runner_config config_;
+  std::string address_;
+  entity_registry registry_;
+  std::unique_ptr<entity_host> entities_;
+  server server_;
+  router router_;
+  std::unique_ptr<manager_client> manager_;
+  std::map<std::string, std::vector<bool>> owned_;  // group → shard-1 → owned
+  std::map<std::string, std::uint32_t> shards_per_group_;
+  bool stopping_ = false;
+};
+
+}  // namespace cluster::host

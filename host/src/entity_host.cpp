@@ -1,0 +1,264 @@
+#include "cluster/host/entity_host.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+namespace cluster::host {
+
+struct entity_host::invocation {
+  entity_host* host;
+  slot_key key;
+  std::string rpc;
+  cluster_call_context ctx{};
+  reply_callback done;
+
+  static void log(void* host_ctx, std::int32_t level, const char* message) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    const auto spd_level = level <= 0   ? spdlog::level::debug
+                           : level == 1 ? spdlog::level::info
+                           : level == 2 ? spdlog::level::warn
+                                        : spdlog::level::err;
+    spdlog::log(spd_level, "{}/{}: {}", self->key.first, self->key.second, message ? message : "");
+  }
+
+  static std::int64_t now_ms(void*) {
+    return std::chrono::duration_cast<milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+
+  static void call(void* host_ctx, const char* entity_type, const char* entity_id, const char* rpc,
+                   const std::uint8_t* payload, std::size_t size, const char* primary_key,
+                   cluster_call_done_fn done, void* user) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    request_msg request;
+    request.entity_type = entity_type ? entity_type : "";
+    request.entity_id = entity_id ? entity_id : "";
+    request.rpc = rpc ? rpc : "";
+    request.payload.assign(payload, payload + size);
+    if (primary_key != nullptr) request.primary_key = primary_key;
+    auto& io = self->host->io_;
+    self->host->call_out_(std::move(request), [&io, done, user](reply_msg&& reply) {
+      // The ABI promises `done` never runs inside `call`: always resume from the loop.
+      asio::post(io, [done, user, reply = std::move(reply)] {
+        const std::int32_t status = reply.ok() ? CLUSTER_STATUS_OK
+                                    : reply.code == errc::application_error
+                                        ? CLUSTER_STATUS_APPLICATION_ERROR
+                                        : CLUSTER_STATUS_CALL_FAILED;
+        done(user, status, reply.ok() ? nullptr : reply.error.c_str(),
+             reply.ok() ? nullptr : reply.message.c_str(), reply.payload.data(),
+             reply.payload.size());
+      });
+    });
+  }
+
+  static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    auto timer = std::make_shared<asio::steady_timer>(self->host->io_);
+    timer->expires_after(milliseconds(std::max<std::int64_t>(0, delay_ms)));
+    timer->async_wait([timer, fire, user](const error_code&) { fire(user); });
+  }
+
+  static void on_reply(void* reply_ctx, std::int32_t status, const char* tag, const char* message,
+                       const std::uint8_t* data, std::size_t size) {
+    auto* self = static_cast<invocation*>(reply_ctx);
+    const std::string tag_text = tag ? tag : "";
+    const std::string message_text = message ? message : "";
+    reply_msg reply;
+    switch (status) {
+      case CLUSTER_STATUS_OK:
+        reply = reply_msg::success(bytes(data, data + size));
+        break;
+      case CLUSTER_STATUS_APPLICATION_ERROR:
+        reply.code = errc::application_error;
+        reply.error = tag_text.empty() ? "ApplicationError" : tag_text;
+        reply.message = message_text;
+        break;
+      case CLUSTER_STATUS_BAD_PAYLOAD:
+        reply = reply_msg::failure(errc::bad_payload, "payload does not decode as " +
+                                                          self->key.first + "." + self->rpc +
+                                                          "'s request: " + message_text);
+        break;
+      default:
+        spdlog::warn("{}/{} {} failed: {}", self->key.first, self->key.second, self->rpc,
+                     message_text);
+        reply = reply_msg::failure(errc::defect, message_text);
+        break;
+    }
+    self->host->finish(self, std::move(reply));
+  }
+};
+
+namespace {
+const cluster_host_api host_api = {
+    sizeof(cluster_host_api),        &entity_host::invocation::log,
+    &entity_host::invocation::call,  &entity_host::invocation::now_ms,
+    &entity_host::invocation::sleep,
+};
+}  // namespace
+
+entity_host::entity_host(asio::io_context& io, entity_host_options options, outbound_call call_out)
+    : io_(io), options_(options), call_out_(std::move(call_out)), sweep_timer_(io) {
+  asio::co_spawn(io_, sweep_loop(), asio::detached);
+}
+
+entity_host::~entity_host() {
+  for (auto& [key, s] : entities_)
+    if (!s.busy && s.instance != nullptr) s.type->descriptor->destroy(s.instance);
+}
+
+void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index,
+                          request_msg request, steady_clock::time_point deadline,
+                          reply_callback done) {
+  if (stopped_) {
+    done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
+    return;
+  }
+  slot_key key{address.type->info.name, address.entity_id};
+  auto it = entities_.find(key);
+  if (it == entities_.end()) {
+    slot fresh;
+    fresh.type = address.type;
+    fresh.id = address.entity_id;
+    fresh.shard = address.shard;
+    cluster_call_context ctx{sizeof(cluster_call_context),
+                             address.type->info.name.c_str(),
+                             fresh.id.c_str(),
+                             address.type->info.group.c_str(),
+                             address.shard,
+                             "",
+                             &host_api,
+                             nullptr};
+    fresh.instance = address.type->descriptor->create(&ctx);
+    if (fresh.instance == nullptr) {
+      done(reply_msg::failure(errc::defect, "activation of " + key.first + "/" + key.second +
+                                                " failed in its constructor"));
+      return;
+    }
+    ++activations_;
+    fresh.last_active = steady_clock::now();
+    it = entities_.emplace(key, std::move(fresh)).first;
+  }
+  slot& s = it->second;
+  s.evict = false;
+  if (s.mailbox.size() >= options_.mailbox_capacity) {
+    done(reply_msg::failure(errc::mailbox_full, "mailbox of " + key.first + "/" + key.second +
+                                                    " holds " + std::to_string(s.mailbox.size()) +
+                                                    " messages (limit)"));
+    return;
+  }
+  s.mailbox.push_back(message{rpc_index, std::move(request), deadline, std::move(done)});
+  if (!s.busy) run_next(key);
+}
+
+void entity_host::run_next(const slot_key& key) {
+  auto it = entities_.find(key);
+  if (it == entities_.end()) return;
+  slot& s = it->second;
+  while (!s.busy && !s.mailbox.empty()) {
+    message next = std::move(s.mailbox.front());
+    s.mailbox.pop_front();
+    if (steady_clock::now() >= next.deadline) {
+      // The caller gave up already: running it would only waste the entity's time.
+      next.done(reply_msg::failure(errc::deadline_exceeded, "expired in the mailbox"));
+      continue;
+    }
+    s.busy = true;
+    auto* call = new invocation{this, key, next.request.rpc, {}, std::move(next.done)};
+    call->ctx = cluster_call_context{sizeof(cluster_call_context),
+                                     s.type->info.name.c_str(),
+                                     call->key.second.c_str(),
+                                     s.type->info.group.c_str(),
+                                     s.shard,
+                                     call->rpc.c_str(),
+                                     &host_api,
+                                     call};
+    s.type->descriptor->handle(s.instance, next.rpc_index, next.request.payload.data(),
+                               next.request.payload.size(), &call->ctx, &invocation::on_reply,
+                               call);
+    return;  // the reply (maybe already sent) schedules the next message
+  }
+  if (!s.busy && s.mailbox.empty() && (s.evict || stopped_)) passivate(it);
+}
+
+void entity_host::finish(invocation* call, reply_msg&& reply) {
+  const slot_key key = call->key;
+  auto done = std::move(call->done);
+  delete call;
+  done(std::move(reply));
+  auto it = entities_.find(key);
+  if (it == entities_.end()) return;
+  it->second.busy = false;
+  it->second.last_active = steady_clock::now();
+  // Posted, not called: a long mailbox of synchronous handlers must not grow the stack.
+  asio::post(io_, [this, key] { run_next(key); });
+}
+
+void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
+  slot& s = it->second;
+  for (auto& pending : s.mailbox)
+    pending.done(reply_msg::failure(errc::shutting_down, "entity passivated"));
+  s.type->descriptor->destroy(s.instance);
+  ++passivations_;
+  entities_.erase(it);
+}
+
+void entity_host::evict_shards(std::function<bool(const std::string&, std::int32_t)> keep) {
+  for (auto it = entities_.begin(); it != entities_.end();) {
+    auto current = it++;
+    slot& s = current->second;
+    if (keep(s.type->info.group, s.shard)) continue;
+    if (s.busy || !s.mailbox.empty()) {
+      s.evict = true;
+    } else {
+      passivate(current);
+    }
+  }
+}
+
+void entity_host::passivate_idle(steady_clock::time_point now) {
+  for (auto it = entities_.begin(); it != entities_.end();) {
+    auto current = it++;
+    const slot& s = current->second;
+    if (!s.busy && s.mailbox.empty() && now - s.last_active >= options_.passivate_after)
+      passivate(current);
+  }
+}
+
+std::size_t entity_host::busy_entities() const {
+  std::size_t busy = 0;
+  for (const auto& [key, s] : entities_) busy += s.busy ? 1 : 0;
+  return busy;
+}
+
+void entity_host::stop() {
+  stopped_ = true;
+  sweep_timer_.cancel();
+  for (auto it = entities_.begin(); it != entities_.end();) {
+    auto current = it++;
+    if (!current->second.busy) {
+      passivate(current);
+    } else {
+      // Queued messages never ran: tell their callers now; the running one finishes.
+      auto queued = std::move(current->second.mailbox);
+      current->second.mailbox.clear();
+      for (auto& pending : queued)
+        pending.done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
+    }
+  }
+}
+
+awaitable<void> entity_host::sweep_loop() {
+  const auto interval =
+      std::clamp<milliseconds>(options_.passivate_after / 4, milliseconds(10), milliseconds(1000));
+  while (!stopped_) {
+    sweep_timer_.expires_after(interval);
+    error_code ec;
+    co_await sweep_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
+    if (ec || stopped_) break;
+    passivate_idle(steady_clock::now());
+  }
+}
+
+}  // namespace cluster::host

@@ -1,0 +1,219 @@
+#include "cluster/host/runner.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <set>
+
+#include "cluster/common/shard.hpp"
+
+namespace cluster::host {
+
+std::vector<config_section> runner_config::sections() {
+  std::vector<config_section> sections;
+  common.declare(sections);
+  sections.emplace_back("runner");
+  sections.back()
+      .key("name", &name)
+      .key("host", &host)
+      .key("port", &port)
+      .key("advertise_host", &advertise_host)
+      .key("manager", &manager)
+      .key("plugins", &plugins)
+      .key("groups", &groups)
+      .key("mailbox_capacity", &mailbox_capacity)
+      .key("passivate_after_ms", &passivate_after)
+      .key("request_timeout_ms", &request_timeout);
+  return sections;
+}
+
+runner::runner(asio::io_context& io, runner_config config)
+    : io_(io),
+      config_(std::move(config)),
+      server_(
+          io, server_options{config_.host, config_.port, 1024, config_.common.limits()},
+          [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
+      router_(io, router_options{config_.name, "runner", config_.common.limits()}) {}
+
+runner::~runner() = default;
+
+void runner::start() {
+  for (const auto& error : registry_.load(config_.plugins))
+    spdlog::error("refused plugin {}", error);
+  if (registry_.empty())
+    throw std::runtime_error("no entity type loaded from runner.plugins; nothing to serve");
+  for (const auto& type : registry_.catalog()) {
+    std::string rpcs;
+    for (const auto& r : type.rpcs)
+      rpcs += (rpcs.empty() ? "" : ", ") + r.name + (r.persisted ? " (persisted)" : "");
+    spdlog::info("entity type {} in group '{}': {}", type.name, type.group, rpcs);
+  }
+
+  entities_ = std::make_unique<entity_host>(
+      io_, entity_host_options{config_.mailbox_capacity, config_.passivate_after},
+      [this](request_msg request, entity_host::reply_callback done) {
+        asio::co_spawn(
+            io_,
+            [this, request = std::move(request),
+             done = std::move(done)]() mutable -> awaitable<void> {
+              auto route =
+                  router_.route(std::move(request), steady_clock::now() + config_.request_timeout);
+              auto reply = co_await std::move(route);
+              done(std::move(reply));
+            },
+            asio::detached);
+      });
+  router_.is_local = [this](const std::string& owner) { return owner == address_; };
+  router_.deliver_locally = [this](request_msg request,
+                                   steady_clock::time_point deadline) -> awaitable<reply_msg> {
+    return asio::async_initiate<decltype(use_awaitable), void(reply_msg)>(
+        [this, request = std::move(request), deadline](auto handler) mutable {
+          auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+          serve(std::move(request), deadline,
+                [shared](reply_msg&& reply) { (*shared)(std::move(reply)); });
+        },
+        use_awaitable);
+  };
+
+  server_.listen();
+  address_ = (config_.advertise_host.empty() ? config_.host : config_.advertise_host) + ":" +
+             std::to_string(server_.port());
+
+  register_runner_msg registration;
+  registration.name = config_.name;
+  registration.address = address_;
+  registration.version = "0.1.0";
+  registration.entity_types = registry_.catalog();
+  std::set<std::string> groups(config_.groups.begin(), config_.groups.end());
+  if (groups.empty())
+    for (const auto& type : registration.entity_types) groups.insert(type.group);
+  registration.groups.assign(groups.begin(), groups.end());
+
+  auto manager_address = parse_host_port(config_.manager);
+  if (!manager_address)
+    throw config_error("runner.manager: expected host:port, got '" + config_.manager + "'");
+  manager_client_options options;
+  options.manager = *manager_address;
+  options.hello = hello_msg{protocol_version, "runner", config_.name};
+  options.registration = registration;
+  options.limits = config_.common.limits();
+  manager_ = std::make_unique<manager_client>(
+      io_, options, [this](const assignment_snapshot& snapshot) { on_snapshot(snapshot); });
+  manager_->start();
+  spdlog::info("runner {} listening on {}", config_.name, address_);
+}
+
+void runner::stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  server_.stop();
+  if (manager_) manager_->stop();
+  router_.stop();
+  if (entities_) entities_->stop();
+}
+
+bool runner::owns(const std::string& group, std::int32_t shard) const {
+  auto it = owned_.find(group);
+  if (it == owned_.end() || shard < 1 || static_cast<std::size_t>(shard) > it->second.size())
+    return false;
+  return it->second[static_cast<std::size_t>(shard - 1)];
+}
+
+std::size_t runner::owned_shards() const {
+  std::size_t count = 0;
+  for (const auto& [group, shards] : owned_)
+    for (bool owned : shards) count += owned ? 1 : 0;
+  return count;
+}
+
+void runner::on_snapshot(const assignment_snapshot& snapshot) {
+  std::map<std::string, std::vector<bool>> owned;
+  for (const auto& group : snapshot.groups) {
+    auto& flags = owned[group.group];
+    flags.resize(group.owners.size());
+    for (std::size_t i = 0; i < group.owners.size(); ++i) flags[i] = group.owners[i] == address_;
+    shards_per_group_[group.group] = group.shards;
+  }
+  const std::size_t before = owned_shards();
+  owned_ = std::move(owned);
+  router_.update(snapshot);
+  if (entities_)
+    entities_->evict_shards(
+        [this](const std::string& group, std::int32_t shard) { return owns(group, shard); });
+  const std::size_t after = owned_shards();
+  if (before != after)
+    spdlog::info("assignment v{}: serving {} shards (was {})", snapshot.version, after, before);
+}
+
+void runner::on_message(const connection_ptr& conn, envelope&& env) {
+  switch (static_cast<message_kind>(env.kind)) {
+    case message_kind::request: {
+      std::string error;
+      auto request = env.as<request_msg>(&error);
+      if (!request) {
+        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
+                                                    "request has the wrong shape: " + error));
+        return;
+      }
+      on_request(conn, env.id, std::move(*request));
+      return;
+    }
+    default:
+      conn->send_reply(
+          env.id, reply_msg::failure(errc::unknown_kind, "runners do not handle message kind " +
+                                                             std::to_string(env.kind)));
+  }
+}
+
+void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request) {
+  if (conn->in_flight >= conn->limits().max_in_flight) {
+    conn->send_reply(id, reply_msg::failure(errc::too_many_requests,
+                                            "too many requests in flight on this connection"));
+    return;
+  }
+  const auto timeout =
+      request.timeout_ms > 0 ? milliseconds(request.timeout_ms) : config_.request_timeout;
+  ++conn->in_flight;
+  serve(std::move(request), steady_clock::now() + timeout,
+        [weak = std::weak_ptr<connection>(conn), id](reply_msg&& reply) {
+          if (auto live = weak.lock()) {
+            --live->in_flight;
+            live->send_reply(id, reply);
+          }
+        });
+}
+
+void runner::serve(request_msg request, steady_clock::time_point deadline,
+                   entity_host::reply_callback done) {
+  if (stopping_) {
+    done(reply_msg::failure(errc::shutting_down, "runner " + config_.name + " is stopping"));
+    return;
+  }
+  const entity_type* type = registry_.find(request.entity_type);
+  if (type == nullptr) {
+    done(reply_msg::failure(
+        errc::unknown_entity_type,
+        "runner " + config_.name + " has no entity type '" + request.entity_type + "'"));
+    return;
+  }
+  const auto rpc_index = type->rpc_index(request.rpc);
+  if (!rpc_index) {
+    done(reply_msg::failure(errc::unknown_rpc, "entity type '" + request.entity_type +
+                                                   "' has no RPC '" + request.rpc + "'"));
+    return;
+  }
+  auto shards = shards_per_group_.find(type->info.group);
+  const std::int32_t shard =
+      shards == shards_per_group_.end() || shards->second == 0
+          ? 0
+          : shard_for(request.entity_id, static_cast<std::int32_t>(shards->second));
+  if (shard == 0 || !owns(type->info.group, shard)) {
+    done(reply_msg::failure(errc::not_owner, "runner " + config_.name + " does not own shard " +
+                                                 std::to_string(shard) + " of group '" +
+                                                 type->info.group + "'"));
+    return;
+  }
+  const entity_address address{type, request.entity_id, shard};
+  entities_->deliver(address, *rpc_index, std::move(request), deadline, std::move(done));
+}
+
+}  // namespace cluster::host

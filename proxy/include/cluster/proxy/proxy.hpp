@@ -1,0 +1,53 @@
+#pragma once
+// cluster-proxy: the private RPC endpoint of thin clients. Routes each request to the
+// runner owning its shard and retries across rebalances until the request's deadline.
+// Stateless apart from the latest assignment snapshot; run as many as needed.
+//
+// Owns, on the process's single io_context thread: the server, the manager client and
+// the router with its pooled runner connections.
+
+#include <memory>
+
+#include "cluster/common/manager_client.hpp"
+#include "cluster/common/router.hpp"
+#include "cluster/common/server.hpp"
+#include "cluster/common/settings.hpp"
+
+namespace cluster::proxy {
+
+struct proxy_config {
+  common_settings common;
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 3333;
+  std::string manager = "127.0.0.1:8080";
+  milliseconds request_timeout{10000};
+
+  std::vector<config_section> sections();
+};
+
+class proxy {
+ public:
+  proxy(asio::io_context& io, proxy_config config);
+  proxy(const proxy&) = delete;
+  proxy& operator=(const proxy&) = delete;
+
+  void start();
+  void stop();
+  std::uint16_t port() const { return server_.port(); }
+  const assignment_snapshot& snapshot() const { return router_.snapshot(); }
+  std::size_t in_flight() const { return in_flight_; }
+
+ private:
+  void on_message(const connection_ptr& conn, envelope&& env);
+  awaitable<void> forward(connection_ptr conn, std::uint64_t id, request_msg request);
+
+  asio::io_context& io_;
+  proxy_config config_;
+  server server_;
+  router router_;
+  std::unique_ptr<manager_client> manager_;
+  std::size_t in_flight_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace cluster::proxy

@@ -1,0 +1,95 @@
+#include "cluster/proxy/proxy.hpp"
+
+#include <spdlog/spdlog.h>
+
+namespace cluster::proxy {
+
+std::vector<config_section> proxy_config::sections() {
+  std::vector<config_section> sections;
+  common.declare(sections);
+  sections.emplace_back("proxy");
+  sections.back()
+      .key("host", &host)
+      .key("port", &port)
+      .key("manager", &manager)
+      .key("request_timeout_ms", &request_timeout);
+  return sections;
+}
+
+proxy::proxy(asio::io_context& io, proxy_config config)
+    : io_(io),
+      config_(std::move(config)),
+      server_(
+          io, server_options{config_.host, config_.port, 4096, config_.common.limits()},
+          [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
+      router_(io, router_options{"proxy", "proxy", config_.common.limits()}) {}
+
+void proxy::start() {
+  auto manager_address = parse_host_port(config_.manager);
+  if (!manager_address)
+    throw config_error("proxy.manager: expected host:port, got '" + config_.manager + "'");
+  server_.listen();
+  manager_client_options options;
+  options.manager = *manager_address;
+  options.hello = hello_msg{protocol_version, "proxy", "proxy"};
+  options.limits = config_.common.limits();
+  manager_ = std::make_unique<manager_client>(
+      io_, options, [this](const assignment_snapshot& snapshot) { router_.update(snapshot); });
+  manager_->start();
+  spdlog::info("proxy listening on {}:{}", config_.host, server_.port());
+}
+
+void proxy::stop() {
+  stopping_ = true;
+  server_.stop_accepting();
+  if (manager_) manager_->stop();
+}
+
+void proxy::on_message(const connection_ptr& conn, envelope&& env) {
+  switch (static_cast<message_kind>(env.kind)) {
+    case message_kind::request: {
+      std::string error;
+      auto request = env.as<request_msg>(&error);
+      if (!request) {
+        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
+                                                    "request has the wrong shape: " + error));
+        return;
+      }
+      if (stopping_) {
+        conn->send_reply(env.id, reply_msg::failure(errc::shutting_down, "proxy is stopping"));
+        return;
+      }
+      if (conn->in_flight >= conn->limits().max_in_flight) {
+        conn->send_reply(env.id,
+                         reply_msg::failure(errc::too_many_requests,
+                                            "too many requests in flight on this connection"));
+        return;
+      }
+      asio::co_spawn(io_, forward(conn, env.id, std::move(*request)), asio::detached);
+      return;
+    }
+    case message_kind::get_status:
+      // Thin clients ask the proxy; it answers from its latest snapshot.
+      conn->send_reply(env.id, reply_msg::success(pack_bytes(router_.snapshot())));
+      return;
+    default:
+      conn->send_reply(
+          env.id, reply_msg::failure(errc::unknown_kind, "the proxy does not handle message kind " +
+                                                             std::to_string(env.kind)));
+  }
+}
+
+awaitable<void> proxy::forward(connection_ptr conn, std::uint64_t id, request_msg request) {
+  ++conn->in_flight;
+  ++in_flight_;
+  const auto timeout = request.timeout_ms > 0
+                           ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
+                           : config_.request_timeout;
+  auto route = router_.route(std::move(request), steady_clock::now() + timeout);
+  auto reply = co_await std::move(route);
+  --conn->in_flight;
+  --in_flight_;
+  conn->send_reply(id, reply);
+}
+
+}  // namespace cluster::proxy

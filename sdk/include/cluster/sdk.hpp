@@ -1,0 +1,524 @@
+#pragma once
+/// @file
+/// The C++ SDK for cluster-sst entity plugins: header-only, the only thing a plugin
+/// includes. It turns typed C++ entities into the C descriptors of <cluster/plugin_abi.h>
+/// and turns exceptions into error replies at the boundary.
+///
+/// A plugin declares its entity types once with CLUSTER_PLUGIN(...). Each active entity is
+/// one instance of its class; the runner calls it with one message at a time, in arrival
+/// order, on the runner's thread. A handler is a member function
+///   Reply handler(const Request&, cluster::context&)            (plain), or
+///   cluster::task<Reply> handler(const Request&, cluster::context&)   (coroutine),
+/// where the RPC type `R` has nested `R::Request` and `R::Reply` with msgpack adaptors.
+
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <msgpack.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cluster/plugin_abi.h"
+
+namespace cluster {
+
+/// Flags of an RPC declaration.
+struct rpc_flags {
+  std::uint32_t bits = 0;
+};
+/// The RPC is stored before it runs and replayed after a crash (at-least-once).
+inline constexpr rpc_flags persisted{CLUSTER_RPC_PERSISTED};
+/// The RPC runs at most once and is lost with its runner (the default).
+inline constexpr rpc_flags volatile_rpc{0};
+
+/// A typed application error: travels to the caller as an error reply with `tag`.
+class app_error : public std::runtime_error {
+ public:
+  app_error(std::string tag, const std::string& message)
+      : std::runtime_error(message), tag_(std::move(tag)) {}
+  /// Machine-readable error name, e.g. "NotFound".
+  const std::string& tag() const { return tag_; }
+
+ private:
+  std::string tag_;
+};
+
+/// A call to another entity failed: `tag` is the cluster error name (e.g. "UnknownRpc")
+/// or the callee's application error tag.
+class call_error : public app_error {
+ public:
+  using app_error::app_error;
+};
+
+/// A request or reply without fields: `{}` on the wire (any map is accepted).
+struct empty {
+  template <class Packer>
+  void msgpack_pack(Packer& packer) const {
+    packer.pack_map(0);
+  }
+  void msgpack_unpack(const msgpack::object& object) {
+    if (object.type != msgpack::type::MAP) throw msgpack::type_error();
+  }
+};
+
+/// Lazily started coroutine result of a coroutine handler or helper. Await it with co_await.
+template <class T>
+class task;
+
+namespace detail {
+
+template <class T>
+struct task_promise_base {
+  std::exception_ptr error;
+  std::coroutine_handle<> continuation;
+  std::suspend_always initial_suspend() noexcept { return {}; }
+  struct final_awaiter {
+    bool await_ready() noexcept { return false; }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
+      auto next = h.promise().continuation;
+      return next ? next : std::noop_coroutine();
+    }
+    void await_resume() noexcept {}
+  };
+  final_awaiter final_suspend() noexcept { return {}; }
+  void unhandled_exception() { error = std::current_exception(); }
+};
+
+template <class T>
+struct task_promise : task_promise_base<T> {
+  std::optional<T> value;
+  task<T> get_return_object();
+  void return_value(T v) { value = std::move(v); }
+  T result() {
+    if (this->error) std::rethrow_exception(this->error);
+    return std::move(*value);
+  }
+};
+
+template <>
+struct task_promise<void> : task_promise_base<void> {
+  task<void> get_return_object();
+  void return_void() {}
+  void result() {
+    if (this->error) std::rethrow_exception(this->error);
+  }
+};
+
+}  // namespace detail
+
+template <class T>
+class [[nodiscard]] task {
+ public:
+  using promise_type = detail::task_promise<T>;
+  explicit task(std::coroutine_handle<promise_type> h) : handle_(h) {}
+  task(task&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  task& operator=(task&& other) noexcept {
+    if (this != &other) {
+      if (handle_) handle_.destroy();
+      handle_ = std::exchange(other.handle_, nullptr);
+    }
+    return *this;
+  }
+  task(const task&) = delete;
+  task& operator=(const task&) = delete;
+  ~task() {
+    if (handle_) handle_.destroy();
+  }
+
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) noexcept {
+    handle_.promise().continuation = awaiting;
+    return handle_;
+  }
+  T await_resume() { return handle_.promise().result(); }
+
+ private:
+  std::coroutine_handle<promise_type> handle_;
+};
+
+namespace detail {
+template <class T>
+task<T> task_promise<T>::get_return_object() {
+  return task<T>(std::coroutine_handle<task_promise<T>>::from_promise(*this));
+}
+inline task<void> task_promise<void>::get_return_object() {
+  return task<void>(std::coroutine_handle<task_promise<void>>::from_promise(*this));
+}
+
+inline msgpack::unpack_limit payload_limits() {
+  // Bounds what a hostile payload can make the decoder allocate.
+  return msgpack::unpack_limit(1u << 20, 1u << 20, 64u << 20, 64u << 20, 64u << 20, 64);
+}
+
+template <class T>
+T decode(const std::uint8_t* data, std::size_t size) {
+  msgpack::object_handle handle = msgpack::unpack(reinterpret_cast<const char*>(data), size,
+                                                  nullptr, nullptr, payload_limits());
+  return handle.get().as<T>();
+}
+
+template <class T>
+msgpack::sbuffer encode(const T& value) {
+  msgpack::sbuffer buffer;
+  msgpack::pack(buffer, value);
+  return buffer;
+}
+}  // namespace detail
+
+/// What a handler knows and can do: its address, its shard, a logger, the clock, and
+/// calls to other entities. Valid until the handler's reply is sent.
+class context {
+ public:
+  explicit context(const cluster_call_context* raw) : raw_(raw) {}
+
+  std::string_view entity_type() const { return raw_->entity_type; }
+  std::string_view entity_id() const { return raw_->entity_id; }
+  std::string_view shard_group() const { return raw_->shard_group; }
+  /// 1-based shard number inside the shard group.
+  std::int32_t shard() const { return raw_->shard; }
+  std::string_view rpc() const { return raw_->rpc; }
+  /// Unix time in milliseconds, from the runner.
+  std::int64_t now_ms() const { return raw_->api->now_ms(raw_->host_ctx); }
+
+  /// Awaitable pause of this handler; the runner serves other entities meanwhile. This
+  /// entity's next message still waits for the handler to finish.
+  auto sleep_ms(std::int64_t delay_ms) {
+    struct awaiter {
+      const cluster_call_context* raw;
+      std::int64_t delay;
+      bool await_ready() const noexcept { return false; }
+      void await_suspend(std::coroutine_handle<> h) {
+        raw->api->sleep(raw->host_ctx, delay, &awaiter::fire, h.address());
+      }
+      static void fire(void* address) { std::coroutine_handle<>::from_address(address).resume(); }
+      void await_resume() const noexcept {}
+    };
+    return awaiter{raw_, delay_ms};
+  }
+
+  void log_debug(const std::string& message) const { log(0, message); }
+  void log_info(const std::string& message) const { log(1, message); }
+  void log_warn(const std::string& message) const { log(2, message); }
+  void log_error(const std::string& message) const { log(3, message); }
+
+  /// Awaitable call to RPC `rpc` of entity (`entity_type`, `entity_id`). Yields the reply,
+  /// or throws call_error. The runner's thread keeps serving other entities meanwhile.
+  ///
+  /// GCC 12 destroys the temporaries of a co_await full-expression twice. The parameters
+  /// here are views for that reason; build a non-trivial request in its own statement:
+  ///   const Echo::Request request{"hi"};
+  ///   auto reply = co_await ctx.call<Echo::Reply>("Probe", id, "Echo", request);
+  template <class Reply, class Request>
+  auto call(std::string_view entity_type, std::string_view entity_id, std::string_view rpc,
+            const Request& request, const char* primary_key = nullptr) {
+    struct awaiter {
+      const cluster_call_context* raw;
+      std::string type, id, rpc_name;
+      msgpack::sbuffer payload;
+      std::optional<std::string> key;
+      std::coroutine_handle<> waiting;
+      std::int32_t status = CLUSTER_STATUS_DEFECT;
+      std::string tag, message;
+      std::vector<std::uint8_t> reply;
+
+      bool await_ready() const noexcept { return false; }
+      void await_suspend(std::coroutine_handle<> h) {
+        waiting = h;
+        raw->api->call(raw->host_ctx, type.c_str(), id.c_str(), rpc_name.c_str(),
+                       reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size(),
+                       key ? key->c_str() : nullptr, &awaiter::done, this);
+      }
+      static void done(void* self, std::int32_t status, const char* tag, const char* message,
+                       const std::uint8_t* data, std::size_t size) {
+        auto* a = static_cast<awaiter*>(self);
+        a->status = status;
+        a->tag = tag ? tag : "";
+        a->message = message ? message : "";
+        a->reply.assign(data, data + size);
+        a->waiting.resume();
+      }
+      Reply await_resume() {
+        if (status != CLUSTER_STATUS_OK) throw call_error(tag, message);
+        try {
+          return detail::decode<Reply>(reply.data(), reply.size());
+        } catch (const std::exception& e) {
+          throw call_error("BadReply", std::string("reply did not decode: ") + e.what());
+        }
+      }
+    };
+    return awaiter{raw_,
+                   std::string(entity_type),
+                   std::string(entity_id),
+                   std::string(rpc),
+                   detail::encode(request),
+                   primary_key ? std::optional<std::string>(primary_key) : std::nullopt};
+  }
+
+ private:
+  void log(std::int32_t level, const std::string& message) const {
+    raw_->api->log(raw_->host_ctx, level, message.c_str());
+  }
+  const cluster_call_context* raw_;
+};
+
+namespace detail {
+
+/// Reports a failure through the C reply function; never throws.
+inline void reply_failure(cluster_reply_fn reply, void* reply_ctx, std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const app_error& e) {
+    reply(reply_ctx, CLUSTER_STATUS_APPLICATION_ERROR, e.tag().c_str(), e.what(), nullptr, 0);
+  } catch (const std::exception& e) {
+    reply(reply_ctx, CLUSTER_STATUS_DEFECT, "Defect", e.what(), nullptr, 0);
+  } catch (...) {
+    reply(reply_ctx, CLUSTER_STATUS_DEFECT, "Defect", "unknown exception", nullptr, 0);
+  }
+}
+
+template <class T>
+void reply_success(cluster_reply_fn reply, void* reply_ctx, const T& value) {
+  msgpack::sbuffer buffer;
+  try {
+    msgpack::pack(buffer, value);
+  } catch (...) {
+    reply_failure(reply, reply_ctx, std::current_exception());
+    return;
+  }
+  reply(reply_ctx, CLUSTER_STATUS_OK, nullptr, nullptr,
+        reinterpret_cast<const std::uint8_t*>(buffer.data()), buffer.size());
+}
+
+/// Drives a top-level task to completion and hands its outcome to `done`.
+struct detached {
+  struct promise_type {
+    detached get_return_object() noexcept { return {}; }
+    std::suspend_never initial_suspend() noexcept { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept { std::terminate(); }
+  };
+};
+
+template <class Reply, class State>
+detached drive(task<Reply> work, std::unique_ptr<State> state, cluster_reply_fn reply,
+               void* reply_ctx) {
+  std::exception_ptr error;
+  std::optional<Reply> value;
+  try {
+    value.emplace(co_await std::move(work));
+  } catch (...) {
+    error = std::current_exception();
+  }
+  // The request and context must outlive the handler's frame: free them after it.
+  work = task<Reply>(nullptr);
+  state.reset();
+  if (error) {
+    reply_failure(reply, reply_ctx, error);
+  } else {
+    reply_success(reply, reply_ctx, *value);
+  }
+}
+
+template <class E>
+using invoker = std::function<void(E&, const std::uint8_t*, std::size_t,
+                                   const cluster_call_context*, cluster_reply_fn, void*)>;
+
+template <class T>
+struct is_task : std::false_type {};
+template <class T>
+struct is_task<task<T>> : std::true_type {};
+
+template <class E, class R, class Method>
+invoker<E> make_invoker(Method method) {
+  using request_type = typename R::Request;
+  return [method](E& entity, const std::uint8_t* data, std::size_t size,
+                  const cluster_call_context* raw, cluster_reply_fn reply, void* reply_ctx) {
+    std::optional<request_type> request;
+    try {
+      request.emplace(decode<request_type>(data, size));
+    } catch (const msgpack::type_error&) {
+      reply(reply_ctx, CLUSTER_STATUS_BAD_PAYLOAD, "BadPayload",
+            "a field is missing or has the wrong type", nullptr, 0);
+      return;
+    } catch (const std::exception& e) {
+      reply(reply_ctx, CLUSTER_STATUS_BAD_PAYLOAD, "BadPayload", e.what(), nullptr, 0);
+      return;
+    }
+    using result_type = std::invoke_result_t<Method, E&, const request_type&, context&>;
+    if constexpr (is_task<result_type>::value) {
+      struct state {
+        request_type request;
+        context ctx;
+      };
+      auto held = std::make_unique<state>(state{std::move(*request), context(raw)});
+      std::optional<result_type> work;
+      try {
+        work.emplace(std::invoke(method, entity, std::as_const(held->request), held->ctx));
+      } catch (...) {
+        reply_failure(reply, reply_ctx, std::current_exception());
+        return;
+      }
+      drive(std::move(*work), std::move(held), reply, reply_ctx);
+    } else {
+      context ctx(raw);
+      try {
+        reply_success(reply, reply_ctx, std::invoke(method, entity, std::as_const(*request), ctx));
+      } catch (...) {
+        reply_failure(reply, reply_ctx, std::current_exception());
+      }
+    }
+  };
+}
+
+/// Per entity class: the RPC table its C `handle` function dispatches through.
+template <class E>
+struct entity_table {
+  static std::vector<invoker<E>>& invokers() {
+    static std::vector<invoker<E>> table;
+    return table;
+  }
+  static void* create(const cluster_call_context* raw) noexcept {
+    try {
+      if constexpr (std::is_constructible_v<E, context&>) {
+        context ctx(raw);
+        return new E(ctx);
+      } else {
+        return new E();
+      }
+    } catch (...) {
+      return nullptr;
+    }
+  }
+  static void destroy(void* instance) noexcept { delete static_cast<E*>(instance); }
+  static void handle(void* instance, std::uint32_t rpc_index, const std::uint8_t* payload,
+                     std::size_t size, const cluster_call_context* raw, cluster_reply_fn reply,
+                     void* reply_ctx) noexcept {
+    auto& table = invokers();
+    if (rpc_index >= table.size()) {
+      reply(reply_ctx, CLUSTER_STATUS_DEFECT, "Defect", "RPC index out of range", nullptr, 0);
+      return;
+    }
+    try {
+      table[rpc_index](*static_cast<E*>(instance), payload, size, raw, reply, reply_ctx);
+    } catch (...) {
+      reply_failure(reply, reply_ctx, std::current_exception());
+    }
+  }
+};
+
+/// What an entity declaration turns into: a C descriptor with storage for its strings.
+struct entity_record {
+  std::string name;
+  std::string group;
+  std::vector<std::string> rpc_names;
+  std::vector<cluster_rpc_descriptor> rpcs;
+  cluster_entity_descriptor descriptor{};
+};
+
+}  // namespace detail
+
+/// Declares one entity type; chain `.group(...)` and `.rpc<R>(...)`.
+template <class E>
+class entity_builder {
+ public:
+  explicit entity_builder(std::string name) { record_->name = std::move(name); }
+
+  /// Shard group of the type (default "default").
+  entity_builder& group(std::string group_name) & {
+    record_->group = std::move(group_name);
+    return *this;
+  }
+  entity_builder&& group(std::string group_name) && {
+    return std::move(group(std::move(group_name)));
+  }
+
+  /// Adds RPC `name` of type R (with R::Request and R::Reply), handled by `method`.
+  template <class R, class Method>
+  entity_builder& rpc(std::string name, Method method, rpc_flags flags = volatile_rpc) & {
+    record_->rpc_names.push_back(std::move(name));
+    record_->rpcs.push_back(cluster_rpc_descriptor{nullptr, flags.bits});
+    invokers_.push_back(detail::make_invoker<E, R>(method));
+    return *this;
+  }
+  template <class R, class Method>
+  entity_builder&& rpc(std::string name, Method method, rpc_flags flags = volatile_rpc) && {
+    return std::move(rpc<R>(std::move(name), method, flags));
+  }
+
+  /// Finalizes into a descriptor whose pointers stay valid while the plugin is loaded.
+  std::unique_ptr<detail::entity_record> build() && {
+    for (std::size_t i = 0; i < record_->rpcs.size(); ++i)
+      record_->rpcs[i].name = record_->rpc_names[i].c_str();
+    detail::entity_table<E>::invokers() = std::move(invokers_);
+    auto& d = record_->descriptor;
+    d.struct_size = sizeof(cluster_entity_descriptor);
+    d.name = record_->name.c_str();
+    d.shard_group = record_->group.empty() ? "default" : record_->group.c_str();
+    d.rpcs = record_->rpcs.data();
+    d.rpc_count = static_cast<std::uint32_t>(record_->rpcs.size());
+    d.create = &detail::entity_table<E>::create;
+    d.destroy = &detail::entity_table<E>::destroy;
+    d.handle = &detail::entity_table<E>::handle;
+    return std::move(record_);
+  }
+
+ private:
+  std::unique_ptr<detail::entity_record> record_ = std::make_unique<detail::entity_record>();
+  std::vector<detail::invoker<E>> invokers_;
+};
+
+/// Starts the declaration of entity type `name` implemented by class E.
+template <class E>
+entity_builder<E> entity(std::string name) {
+  return entity_builder<E>(std::move(name));
+}
+
+namespace detail {
+
+/// The plugin's descriptor and the storage it points into.
+class plugin_record {
+ public:
+  template <class... Builders>
+  explicit plugin_record(Builders&&... builders) {
+    (records_.push_back(std::move(builders).build()), ...);
+    for (const auto& r : records_) {
+      entities_.push_back(r->descriptor);
+      if (!name_.empty()) name_ += ",";
+      name_ += r->name;
+    }
+    descriptor_.abi_major = CLUSTER_ABI_MAJOR;
+    descriptor_.abi_minor = CLUSTER_ABI_MINOR;
+    descriptor_.struct_size = sizeof(cluster_plugin_descriptor);
+    descriptor_.plugin_name = name_.c_str();
+    descriptor_.entities = entities_.data();
+    descriptor_.entity_count = static_cast<std::uint32_t>(entities_.size());
+  }
+  const cluster_plugin_descriptor* descriptor() const { return &descriptor_; }
+
+ private:
+  std::vector<std::unique_ptr<entity_record>> records_;
+  std::vector<cluster_entity_descriptor> entities_;
+  std::string name_;
+  cluster_plugin_descriptor descriptor_{};
+};
+
+}  // namespace detail
+}  // namespace cluster
+
+/// Declares the plugin's entity types; use once per plugin, at namespace scope:
+///   CLUSTER_PLUGIN(cluster::entity<Greeter>("Greeter").rpc<Greet>("Greet", &Greeter::greet));
+#define CLUSTER_PLUGIN(...)                                                          \
+  extern "C" __attribute__((visibility("default"))) const cluster_plugin_descriptor* \
+  cluster_plugin_entry(void) {                                                       \
+    static const ::cluster::detail::plugin_record plugin{__VA_ARGS__};               \
+    return plugin.descriptor();                                                      \
+  }

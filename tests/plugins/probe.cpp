@@ -1,0 +1,97 @@
+// Probe: a test entity that exposes ordering, failures, sleeps and entity calls.
+#include <cluster/sdk.hpp>
+
+struct Append {
+  struct Request {
+    std::string sender;
+    std::int64_t value = 0;
+    MSGPACK_DEFINE_MAP(sender, value);
+  };
+  struct Reply {
+    std::vector<std::string> log;  // "sender:value" in the order the entity saw them
+    MSGPACK_DEFINE_MAP(log);
+  };
+};
+
+struct Echo {
+  struct Request {
+    std::string text;
+    MSGPACK_DEFINE_MAP(text);
+  };
+  struct Reply {
+    std::string text;
+    std::string entity_id;
+    std::int32_t shard = 0;
+    std::int64_t activation = 0;  // how many Probe instances this plugin created before
+    MSGPACK_DEFINE_MAP(text, entity_id, shard, activation);
+  };
+};
+
+struct Sleep {
+  struct Request {
+    std::int64_t ms = 0;
+    MSGPACK_DEFINE_MAP(ms);
+  };
+  struct Reply {
+    std::int64_t slept_ms = 0;
+    MSGPACK_DEFINE_MAP(slept_ms);
+  };
+};
+
+struct Nothing {
+  using Request = cluster::empty;
+  using Reply = cluster::empty;
+};
+
+struct Relay {
+  struct Request {
+    std::string target;
+    std::string text;
+    MSGPACK_DEFINE_MAP(target, text);
+  };
+  using Reply = Echo::Reply;
+};
+
+namespace {
+std::int64_t instances_created = 0;
+}
+
+class Probe {
+ public:
+  Probe() : activation_(++instances_created) {}
+
+  Append::Reply append(const Append::Request& request, cluster::context&) {
+    log_.push_back(request.sender + ":" + std::to_string(request.value));
+    return {log_};
+  }
+  Echo::Reply echo(const Echo::Request& request, cluster::context& ctx) {
+    return {request.text, std::string(ctx.entity_id()), ctx.shard(), activation_};
+  }
+  cluster::task<Sleep::Reply> sleep(const Sleep::Request& request, cluster::context& ctx) {
+    const auto start = ctx.now_ms();
+    co_await ctx.sleep_ms(request.ms);
+    co_return Sleep::Reply{ctx.now_ms() - start};
+  }
+  Nothing::Reply fail(const Nothing::Request&, cluster::context&) {
+    throw std::runtime_error("probe failed on purpose");
+  }
+  Nothing::Reply reject(const Nothing::Request&, cluster::context&) {
+    throw cluster::app_error("Rejected", "probe rejected the request");
+  }
+  cluster::task<Relay::Reply> relay(const Relay::Request& request, cluster::context& ctx) {
+    const Echo::Request echo{request.text};
+    co_return co_await ctx.call<Echo::Reply>("Probe", request.target, "Echo", echo);
+  }
+
+ private:
+  std::int64_t activation_;
+  std::vector<std::string> log_;
+};
+
+CLUSTER_PLUGIN(cluster::entity<Probe>("Probe")
+                   .rpc<Append>("Append", &Probe::append, cluster::persisted)
+                   .rpc<Echo>("Echo", &Probe::echo)
+                   .rpc<Sleep>("Sleep", &Probe::sleep)
+                   .rpc<Nothing>("Fail", &Probe::fail)
+                   .rpc<Nothing>("Reject", &Probe::reject)
+                   .rpc<Relay>("Relay", &Probe::relay))
