@@ -86,6 +86,8 @@ awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point
     }
     const auto now = steady_clock::now();
     if (now + backoff >= deadline) {
+      // Nobody to ask is a clearer answer than a timeout: keep NoRunner as the code.
+      if (last.code == errc::no_runner) co_return last;
       auto expired =
           reply_msg::failure(errc::deadline_exceeded,
                              "deadline passed; last failure: " + last.error + ": " + last.message);

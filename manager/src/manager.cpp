@@ -162,7 +162,8 @@ void manager::on_disconnect(const connection_ptr& conn) {
   }
 }
 
-void manager::remove_runner(const std::string& address, const std::string& why) {
+void manager::remove_runner(const std::string& address_ref, const std::string& why) {
+  const std::string address = address_ref;  // the caller's reference may be the erased key
   auto it = runners_.find(address);
   if (it == runners_.end()) return;
   spdlog::info("runner {} ({}) left: {}", it->second.registration.name, address, why);

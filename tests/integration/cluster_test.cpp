@@ -1,0 +1,269 @@
+// The whole cluster in one process: 1 manager, runners and 1 proxy on loopback ports.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "cluster/common/shard.hpp"
+#include "cluster_fixture.hpp"
+
+namespace cluster::testing {
+namespace {
+
+std::vector<request_msg> echo_requests(std::size_t count, const std::string& prefix) {
+  std::vector<request_msg> requests;
+  for (std::size_t i = 0; i < count; ++i)
+    requests.push_back(make_request("Probe", prefix + std::to_string(i), "Echo", {{"text", "hi"}}));
+  return requests;
+}
+
+TEST(cluster, assigns_every_shard_evenly_over_three_runners) {
+  in_process_cluster cluster;
+  for (int i = 0; i < 3; ++i) cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(3));
+  for (const auto& runner : cluster.runners()) EXPECT_EQ(runner->owned_shards(), 100u);
+}
+
+TEST(cluster, routes_a_thousand_entities_to_the_runners_owning_their_shards) {
+  in_process_cluster cluster;
+  for (int i = 0; i < 3; ++i) cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(3));
+  const auto replies = cluster.call_all(echo_requests(1000, "entity-"));
+  std::set<std::int32_t> shards;
+  for (std::size_t i = 0; i < replies.size(); ++i) {
+    ASSERT_TRUE(replies[i].ok()) << replies[i].error << ": " << replies[i].message;
+    const auto body = reply_json(replies[i]);
+    const std::string id = "entity-" + std::to_string(i);
+    EXPECT_EQ(body["entity_id"], id);
+    EXPECT_EQ(body["shard"].get<int>(), shard_for(id, 300));
+    shards.insert(body["shard"].get<int>());
+  }
+  EXPECT_GT(shards.size(), 250u);
+  std::size_t active = 0;
+  for (const auto& runner : cluster.runners()) {
+    EXPECT_GT(runner->entities().active_entities(), 200u);  // every runner took its share
+    active += runner->entities().active_entities();
+  }
+  EXPECT_EQ(active, 1000u);  // each entity active on exactly one runner
+}
+
+TEST(cluster, keeps_each_senders_order_for_one_entity_under_concurrent_senders) {
+  in_process_cluster cluster;
+  for (int i = 0; i < 3; ++i) cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(3));
+  constexpr int senders = 4, per_sender = 50;
+  std::vector<connection_ptr> clients;
+  for (int s = 0; s < senders; ++s) clients.push_back(cluster.connect(cluster.proxy_address()));
+  std::size_t pending = senders * per_sender;
+  std::vector<reply_msg> last(senders);
+  // Interleave the senders' sends; each sender pipelines all of its messages.
+  for (int i = 0; i < per_sender; ++i) {
+    for (int s = 0; s < senders; ++s) {
+      auto request = make_request("Probe", "shared-entity", "Append",
+                                  {{"sender", "s" + std::to_string(s)}, {"value", i}});
+      clients[s]->call(message_kind::request, request, milliseconds(10000),
+                       [&pending, &last, s, i](reply_msg&& reply) {
+                         EXPECT_TRUE(reply.ok()) << reply.message;
+                         if (i == per_sender - 1) last[s] = std::move(reply);
+                         --pending;
+                       });
+    }
+  }
+  ASSERT_TRUE(run_until(cluster.io, [&] { return pending == 0; }));
+  std::vector<std::string> log;
+  for (const auto& reply : last) {
+    auto entries = reply_json(reply)["log"].get<std::vector<std::string>>();
+    if (entries.size() > log.size()) log = entries;
+  }
+  ASSERT_EQ(log.size(), static_cast<std::size_t>(senders * per_sender));
+  std::map<std::string, int> next;
+  for (const auto& entry : log) {
+    const auto colon = entry.find(':');
+    const std::string sender = entry.substr(0, colon);
+    EXPECT_EQ(std::stoi(entry.substr(colon + 1)), next[sender]++) << "out of order: " << entry;
+  }
+}
+
+TEST(cluster, lets_a_handler_call_entities_on_other_runners) {
+  in_process_cluster cluster;
+  for (int i = 0; i < 3; ++i) cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(3));
+  ASSERT_TRUE(cluster.call(make_request("Counter", "left", "Increment", {{"by", 5}})).ok());
+  ASSERT_TRUE(cluster.call(make_request("Counter", "right", "Increment", {{"by", 37}})).ok());
+  const auto sum = cluster.call(
+      make_request("Calculator", "calc", "AddCounters", {{"left", "left"}, {"right", "right"}}));
+  ASSERT_TRUE(sum.ok()) << sum.message;
+  EXPECT_EQ(reply_json(sum)["sum"], 42);
+  // Relay through many pairs so that some caller and callee live on different runners.
+  std::vector<request_msg> relays;
+  for (int i = 0; i < 30; ++i)
+    relays.push_back(make_request("Probe", "from-" + std::to_string(i), "Relay",
+                                  {{"target", "to-" + std::to_string(i)}, {"text", "relayed"}}));
+  const auto replies = cluster.call_all(relays);
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_TRUE(replies[i].ok()) << replies[i].message;
+    const auto body = reply_json(replies[i]);
+    EXPECT_EQ(body["entity_id"], "to-" + std::to_string(i));
+    EXPECT_EQ(body["shard"].get<int>(), shard_for("to-" + std::to_string(i), 300));
+  }
+}
+
+TEST(cluster, answers_every_call_while_a_runner_joins_mid_traffic) {
+  in_process_cluster cluster;
+  cluster.add_runner();
+  cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(2));
+  auto client = cluster.connect(cluster.proxy_address());
+  std::size_t pending = 0, failed = 0, answered = 0;
+  auto send_wave = [&](int wave) {
+    for (int i = 0; i < 200; ++i) {
+      ++pending;
+      client->call(message_kind::request,
+                   make_request("Probe", "join-" + std::to_string(i), "Append",
+                                {{"sender", "w"}, {"value", wave}}),
+                   milliseconds(10000), [&](reply_msg&& reply) {
+                     --pending;
+                     ++answered;
+                     if (!reply.ok()) ++failed;
+                   });
+    }
+  };
+  for (int wave = 0; wave < 10; ++wave) {
+    send_wave(wave);
+    if (wave == 3) cluster.add_runner();
+    run_until(
+        cluster.io, [] { return false; }, milliseconds(20));
+  }
+  ASSERT_TRUE(run_until(cluster.io, [&] { return pending == 0; }));
+  EXPECT_EQ(answered, 2000u);
+  EXPECT_EQ(failed, 0u);
+  ASSERT_TRUE(cluster.wait_until_balanced(3));
+  EXPECT_EQ(cluster.runners().back()->owned_shards(), 100u);
+}
+
+TEST(cluster, moves_a_stopped_runners_shards_to_the_others) {
+  in_process_cluster cluster;
+  for (int i = 0; i < 3; ++i) cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(3));
+  cluster.stop_runner(0);
+  ASSERT_TRUE(cluster.wait_until_balanced(2));
+  for (const auto& reply : cluster.call_all(echo_requests(200, "after-stop-")))
+    EXPECT_TRUE(reply.ok()) << reply.message;
+}
+
+TEST(cluster, passivates_idle_entities_and_reactivates_them_on_demand) {
+  in_process_cluster cluster;
+  cluster.add_runner([](host::runner_config& c) { c.passivate_after = milliseconds(100); });
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  auto& runner = *cluster.runners().front();
+  const auto first =
+      cluster.call(make_request("Probe", "idle", "Append", {{"sender", "a"}, {"value", 1}}));
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(runner.entities().active_entities(), 1u);
+  ASSERT_TRUE(run_until(cluster.io, [&] { return runner.entities().active_entities() == 0; }));
+  const auto second =
+      cluster.call(make_request("Probe", "idle", "Append", {{"sender", "a"}, {"value", 2}}));
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(reply_json(second)["log"].size(), 1u);  // fresh state: the old instance is gone
+  EXPECT_EQ(runner.entities().activations(), 2u);
+}
+
+TEST(cluster, answers_mailbox_full_through_the_proxy) {
+  in_process_cluster cluster;
+  cluster.add_runner([](host::runner_config& c) { c.mailbox_capacity = 3; });
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  std::vector<request_msg> requests{make_request("Probe", "crowded", "Sleep", {{"ms", 300}})};
+  for (int i = 0; i < 10; ++i)
+    requests.push_back(make_request("Probe", "crowded", "Echo", {{"text", "x"}}));
+  const auto replies = cluster.call_all(requests);
+  std::size_t ok = 0, full = 0;
+  for (const auto& reply : replies) {
+    ok += reply.ok() ? 1 : 0;
+    full += reply.code == errc::mailbox_full ? 1 : 0;
+  }
+  EXPECT_EQ(ok, 4u);
+  EXPECT_EQ(full, 7u);
+}
+
+TEST(cluster, answers_typed_errors_for_unknown_types_rpcs_and_payloads) {
+  in_process_cluster cluster;
+  cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  EXPECT_EQ(cluster.call(make_request("Nope", "x", "Echo")).code, errc::unknown_entity_type);
+  EXPECT_EQ(cluster.call(make_request("Probe", "x", "Nope")).code, errc::unknown_rpc);
+  auto garbage = make_request("Probe", "x", "Echo");
+  garbage.payload = {0xc1};
+  EXPECT_EQ(cluster.call(garbage).code, errc::bad_payload);
+  const auto failing = cluster.call(make_request("Probe", "x", "Fail"));
+  EXPECT_EQ(failing.code, errc::defect);
+  const auto rejected = cluster.call(make_request("Probe", "x", "Reject"));
+  EXPECT_EQ(rejected.code, errc::application_error);
+  EXPECT_EQ(rejected.error, "Rejected");
+  EXPECT_TRUE(cluster.call(make_request("Probe", "x", "Echo", {{"text", "alive"}})).ok());
+}
+
+TEST(cluster, answers_deadline_exceeded_when_the_handler_is_too_slow) {
+  in_process_cluster cluster;
+  cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  auto slow = make_request("Probe", "slow", "Sleep", {{"ms", 2000}});
+  slow.timeout_ms = 100;
+  EXPECT_EQ(cluster.call(slow).code, errc::deadline_exceeded);
+}
+
+TEST(cluster, answers_no_runner_when_nobody_serves_the_shard) {
+  in_process_cluster cluster;
+  auto request = make_request("Greeter", "lonely", "GreetVolatile", {{"name", "x"}});
+  request.timeout_ms = 200;
+  EXPECT_EQ(cluster.call(request).code, errc::no_runner);
+}
+
+TEST(cluster, runner_answers_not_owner_for_a_shard_it_does_not_serve) {
+  in_process_cluster cluster;
+  cluster.add_runner();
+  cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(2));
+  auto& first = *cluster.runners()[0];
+  // Find an entity whose shard the first runner does not own, and ask that runner directly.
+  std::string foreign;
+  for (int i = 0; foreign.empty(); ++i)
+    if (!first.owns("default", shard_for("id-" + std::to_string(i), 300)))
+      foreign = "id-" + std::to_string(i);
+  auto direct = cluster.connect("127.0.0.1:" + std::to_string(first.port()));
+  ASSERT_NE(direct, nullptr);
+  reply_msg reply;
+  bool done = false;
+  direct->call(message_kind::request, make_request("Probe", foreign, "Echo", {{"text", "x"}}),
+               milliseconds(2000), [&](reply_msg&& r) {
+                 reply = std::move(r);
+                 done = true;
+               });
+  ASSERT_TRUE(run_until(cluster.io, [&] { return done; }));
+  EXPECT_EQ(reply.code, errc::not_owner);
+  EXPECT_EQ(first.entities().active_entities(), 0u);
+}
+
+TEST(cluster, survives_a_plugin_whose_entities_cannot_activate) {
+  in_process_cluster cluster;
+  cluster.add_runner([](host::runner_config& c) {
+    c.plugins.push_back(test_plugin("throwing_constructor_plugin"));
+  });
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  const auto reply = cluster.call(make_request("Fragile", "f", "Touch"));
+  EXPECT_EQ(reply.code, errc::defect);
+  EXPECT_NE(reply.message.find("activation"), std::string::npos);
+  EXPECT_TRUE(cluster.call(make_request("Probe", "p", "Echo", {{"text", "fine"}})).ok());
+}
+
+TEST(cluster, serves_the_seed_greeting_with_the_shard_number) {
+  in_process_cluster cluster;
+  cluster.add_runner();
+  cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(2));
+  const auto reply = cluster.call(make_request("Greeter", "Test", "Greet", {{"name", "John"}}));
+  ASSERT_TRUE(reply.ok()) << reply.message;
+  EXPECT_EQ(reply_json(reply)["message"], "Hello, John! from Test Greeter 216");
+}
+
+}  // namespace
+}  // namespace cluster::testing
