@@ -1,0 +1,38 @@
+#pragma once
+// Real child processes for multi-process tests: spawned with their output in a file,
+// ended by PID (SIGTERM, then SIGKILL if they linger) when the object goes away.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cluster::testing {
+
+class child_process {
+ public:
+  child_process(const std::string& program, const std::vector<std::string>& args,
+                const std::string& log_file);
+  ~child_process();
+  child_process(const child_process&) = delete;
+  child_process& operator=(const child_process&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  /// Sends `signal`; returns the exit status if the process ended within `timeout`.
+  std::optional<int> stop(int signal, std::chrono::milliseconds timeout);
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> exit_status_;
+};
+
+/// Runs a command to completion; its standard output, and its exit status in `status`.
+std::string run_command(const std::string& command, int& status);
+
+/// A loopback port that was free a moment ago.
+std::uint16_t free_port();
+
+}  // namespace cluster::testing
