@@ -147,6 +147,17 @@ void load_config(const config_sources& sources, std::vector<config_section>& sec
       }
     }
   }
+  for (const auto& link : sources.links) {
+    // Links name keys of every process; each process takes the ones it declares.
+    const auto equals = link.find('=');
+    const auto dot = link.find('.');
+    if (equals == std::string::npos || dot == std::string::npos || dot > equals) continue;
+    auto* section = find_section(sections, link.substr(0, dot));
+    if (section == nullptr) continue;
+    auto it = section->keys().find(link.substr(dot + 1, equals - dot - 1));
+    if (it == section->keys().end()) continue;
+    assign_text(it->second, link.substr(equals + 1), "SST link " + link.substr(0, equals));
+  }
   for (auto& section : sections) {
     for (const auto& [key, target] : section.keys()) {
       const std::string name = env_name(section.name(), key);

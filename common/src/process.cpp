@@ -4,6 +4,8 @@
 
 #include <iostream>
 
+#include "cluster/common/settings.hpp"
+
 namespace cluster {
 
 std::optional<int> configure_process(int argc, char** argv, const std::string& process_name,
@@ -18,7 +20,9 @@ std::optional<int> configure_process(int argc, char** argv, const std::string& p
           std::cout << "  " << section.name() << "." << key << "\n";
       return 0;
     }
-    load_config(cli.sources, sections, all_config_sections());
+    auto sources = cli.sources;
+    sources.links = sst_link_settings();
+    load_config(sources, sections, all_config_sections());
   } catch (const config_error& e) {
     std::cerr << process_name << ": configuration error: " << e.what() << "\n";
     return 2;

@@ -110,7 +110,7 @@ entity_host::~entity_host() {
 
 void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index,
                           request_msg request, steady_clock::time_point deadline,
-                          reply_callback done) {
+                          reply_callback done, bool bounded) {
   if (stopped_) {
     done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
     return;
@@ -142,7 +142,7 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
   }
   slot& s = it->second;
   s.evict = false;
-  if (s.mailbox.size() >= options_.mailbox_capacity) {
+  if (bounded && s.mailbox.size() >= options_.mailbox_capacity) {
     done(reply_msg::failure(errc::mailbox_full, "mailbox of " + key.first + "/" + key.second +
                                                     " holds " + std::to_string(s.mailbox.size()) +
                                                     " messages (limit)"));
@@ -224,6 +224,17 @@ void entity_host::passivate_idle(steady_clock::time_point now) {
     if (!s.busy && s.mailbox.empty() && now - s.last_active >= options_.passivate_after)
       passivate(current);
   }
+}
+
+bool entity_host::shard_active(const std::string& group, std::int32_t shard) const {
+  for (const auto& [key, s] : entities_)
+    if (s.shard == shard && s.type->info.group == group) return true;
+  return false;
+}
+
+bool entity_host::mailbox_full(const std::string& type, const std::string& id) const {
+  auto it = entities_.find(slot_key{type, id});
+  return it != entities_.end() && it->second.mailbox.size() >= options_.mailbox_capacity;
 }
 
 std::size_t entity_host::busy_entities() const {

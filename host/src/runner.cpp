@@ -11,6 +11,7 @@ namespace cluster::host {
 std::vector<config_section> runner_config::sections() {
   std::vector<config_section> sections;
   common.declare(sections);
+  common.declare_storage(sections);
   sections.emplace_back("runner");
   sections.back()
       .key("name", &name)
@@ -62,6 +63,10 @@ void runner::start() {
             },
             asio::detached);
       });
+  persisted_ =
+      std::make_unique<persisted_messages>(io_, make_message_store(io_, config_.common.storage),
+                                           *entities_, registry_, config_.common.storage);
+  persisted_->start();
   router_.is_local = [this](const std::string& owner) { return owner == address_; };
   router_.deliver_locally = [this](request_msg request,
                                    steady_clock::time_point deadline) -> awaitable<reply_msg> {
@@ -108,6 +113,7 @@ void runner::stop() {
   server_.stop();
   if (manager_) manager_->stop();
   router_.stop();
+  if (persisted_) persisted_->stop();
   if (entities_) entities_->stop();
 }
 
@@ -136,9 +142,11 @@ void runner::on_snapshot(const assignment_snapshot& snapshot) {
   const std::size_t before = owned_shards();
   owned_ = std::move(owned);
   router_.update(snapshot);
-  if (entities_)
-    entities_->evict_shards(
-        [this](const std::string& group, std::int32_t shard) { return owns(group, shard); });
+  std::map<std::string, std::set<std::int32_t>> wanted;
+  for (const auto& [group, flags] : owned_)
+    for (std::size_t i = 0; i < flags.size(); ++i)
+      if (flags[i]) wanted[group].insert(static_cast<std::int32_t>(i + 1));
+  if (persisted_) persisted_->set_wanted(std::move(wanted));
   const std::size_t after = owned_shards();
   if (before != after)
     spdlog::info("assignment v{}: serving {} shards (was {})", snapshot.version, after, before);
@@ -212,7 +220,18 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
                                                  type->info.group + "'"));
     return;
   }
+  if (!persisted_->holds(type->info.group, shard)) {
+    // Assigned here but another runner may still run it: wait for its lock (retriable).
+    done(reply_msg::failure(errc::not_owner, "runner " + config_.name + " is taking over shard " +
+                                                 std::to_string(shard) + " of group '" +
+                                                 type->info.group + "'"));
+    return;
+  }
   const entity_address address{type, request.entity_id, shard};
+  if (type->descriptor->rpcs[*rpc_index].flags & CLUSTER_RPC_PERSISTED) {
+    persisted_->submit(address, *rpc_index, std::move(request), deadline, std::move(done));
+    return;
+  }
   entities_->deliver(address, *rpc_index, std::move(request), deadline, std::move(done));
 }
 

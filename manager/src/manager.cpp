@@ -7,6 +7,7 @@ namespace cluster::manager {
 std::vector<config_section> manager_config::sections() {
   std::vector<config_section> sections;
   common.declare(sections);
+  common.declare_storage(sections);
   sections.emplace_back("manager");
   sections.back().key("host", &host).key("port", &port).key("shards_per_group", &shards_per_group);
   return sections;

@@ -113,7 +113,7 @@ bool in_process_cluster::wait_until_balanced(std::size_t runners, milliseconds t
           if (owner.empty()) return false;
         if (proxy_->snapshot().version != snap.version) return false;
         std::size_t owned = 0;
-        for (const auto& runner : runners_) owned += runner->owned_shards();
+        for (const auto& runner : runners_) owned += runner->held_shards();
         return owned == group->owners.size();
       },
       timeout);

@@ -2,8 +2,9 @@
 // TOML configuration with defaults, environment overrides and strict keys.
 //
 // Every process reads one file (sections `[cluster]`, `[manager]`, `[runner]`, `[proxy]`,
-// ...). Precedence, lowest first: the field's default, the file, the environment
-// variable `CLUSTER_<SECTION>_<KEY>` (upper case), then `--set section.key=value`.
+// ...). Precedence, lowest first: the field's default, the file, SST link variables
+// (`SST_RESOURCE_<Name>`), the environment variable `CLUSTER_<SECTION>_<KEY>` (upper
+// case), then `--set section.key=value`.
 // A key that no field declares is an error naming the key.
 
 #include <chrono>
@@ -43,8 +44,9 @@ class config_section {
 
 /// Where overrides come from; tests pass their own environment.
 struct config_sources {
-  std::string file;               ///< empty: defaults and overrides only
-  std::vector<std::string> sets;  ///< "section.key=value"
+  std::string file;                ///< empty: defaults and overrides only
+  std::vector<std::string> links;  ///< "section.key=value" from SST links, after the file
+  std::vector<std::string> sets;   ///< "section.key=value", last
   std::function<const char*(const char*)> getenv = [](const char* n) { return std::getenv(n); };
 };
 

@@ -50,7 +50,10 @@ class memory_manager_store final : public manager_store {
   std::map<std::string, std::vector<std::string>> assignments_;
 };
 
-/// Creates the store named by `[cluster] storage`; throws std::runtime_error for others.
-std::unique_ptr<manager_store> make_manager_store(const std::string& backend);
+struct storage_settings;
+
+/// Creates the store named by `settings.backend`; connects and migrates PostgreSQL
+/// (throws on failure: start-up).
+std::unique_ptr<manager_store> make_manager_store(const storage_settings& settings);
 
 }  // namespace cluster

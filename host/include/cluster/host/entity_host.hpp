@@ -42,8 +42,15 @@ class entity_host {
 
   /// Queues `request` for its entity; `done` runs exactly once with the reply. Answers
   /// MailboxFull at once when the entity's mailbox is at its bound.
+  /// Persisted messages pass `bounded = false`: they are stored already, so they are
+  /// never refused (the mailbox bound protects memory from callers, not from replay).
   void deliver(const entity_address& address, std::uint32_t rpc_index, request_msg request,
-               steady_clock::time_point deadline, reply_callback done);
+               steady_clock::time_point deadline, reply_callback done, bool bounded = true);
+
+  /// Is any entity of this shard active (idle or busy)?
+  bool shard_active(const std::string& group, std::int32_t shard) const;
+  /// Would a bounded delivery to this entity be refused now?
+  bool mailbox_full(const std::string& type, const std::string& id) const;
 
   /// Passivates idle entities whose shard fails `keep`; busy ones follow when idle.
   void evict_shards(std::function<bool(const std::string& group, std::int32_t shard)> keep);

@@ -12,6 +12,7 @@
 #include "cluster/common/server.hpp"
 #include "cluster/common/settings.hpp"
 #include "cluster/host/entity_host.hpp"
+#include "cluster/host/persisted_messages.hpp"
 
 namespace cluster::host {
 
@@ -50,6 +51,9 @@ class runner {
   /// Does this runner serve `shard` of `group` by the latest assignment?
   bool owns(const std::string& group, std::int32_t shard) const;
   std::size_t owned_shards() const;
+  /// Shards whose storage lock this runner holds (it serves only those).
+  std::size_t held_shards() const { return persisted_ ? persisted_->held_shards() : 0; }
+  persisted_messages& persisted() { return *persisted_; }
   const entity_registry& registry() const { return registry_; }
   entity_host& entities() { return *entities_; }
   bool registered() const { return manager_ && manager_->registered(); }
@@ -67,6 +71,7 @@ class runner {
   std::string address_;
   entity_registry registry_;
   std::unique_ptr<entity_host> entities_;
+  std::unique_ptr<persisted_messages> persisted_;
   server server_;
   router router_;
   std::unique_ptr<manager_client> manager_;

@@ -1,0 +1,89 @@
+#pragma once
+// Durable messages of persisted RPCs and the single-owner shard locks.
+//
+// Every operation completes through its callback on the io_context thread, never inside
+// the call. The PostgreSQL backend batches concurrent operations (one statement and one
+// commit per batch); the memory backend keeps everything in the process (nothing survives
+// it, and its locks are always granted).
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cluster/common/asio.hpp"
+#include "cluster/common/protocol.hpp"
+
+namespace cluster {
+
+struct storage_settings {
+  std::string backend = "memory";  ///< `[cluster] storage`: "memory" or "postgres"
+  std::string url;                 ///< libpq conninfo or URI; empty: built from the fields below
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 5432;
+  std::string user = "postgres";
+  std::string password;
+  std::string database = "cluster";
+  std::string table_prefix = "cluster";
+  milliseconds poll_interval{1000};                ///< reply polling when a notification is missed
+  milliseconds retention{7LL * 24 * 3600 * 1000};  ///< processed messages kept this long
+  std::uint32_t batch_size = 512;                  ///< rows per statement and per replay read
+
+  /// The libpq connection string (the password is included: never log it).
+  std::string conninfo() const;
+  /// The same with the password masked, for logs.
+  std::string describe() const;
+};
+
+struct persisted_message {
+  std::int64_t id = 0;
+  std::string group;
+  std::int32_t shard = 0;
+  request_msg request;  ///< primary_key always set (a generated one when the caller gave none)
+};
+
+struct persist_outcome {
+  std::int64_t id = 0;
+  bool inserted = false;           ///< new: the shard's lock holder must run it
+  std::optional<reply_msg> reply;  ///< already processed: its stored reply
+  std::optional<std::string> error;
+};
+
+class message_store {
+ public:
+  virtual ~message_store() = default;
+  virtual std::string backend_name() const = 0;
+
+  /// Stores a message unless one with the same (entity type, entity id, primary key) exists.
+  virtual void persist(persisted_message message, std::function<void(persist_outcome)> done) = 0;
+  /// Stores the reply and marks the message processed in one transaction, then tells every
+  /// store's `on_reply` (PostgreSQL: NOTIFY). `done(false)` when it could not be stored.
+  virtual void complete(std::int64_t id, reply_msg reply, std::function<void(bool)> done) = 0;
+  /// Unprocessed messages of a shard with id > `after`, oldest first, at most batch_size.
+  virtual void unprocessed(std::string group, std::int32_t shard, std::int64_t after,
+                           std::function<void(std::vector<persisted_message>, bool ok)> done) = 0;
+  /// Takes the single-owner locks of `shards` that nobody else holds; reports those held now.
+  virtual void acquire(std::string group, std::vector<std::int32_t> shards,
+                       std::function<void(std::vector<std::int32_t>)> done) = 0;
+  virtual void release(std::string group, std::vector<std::int32_t> shards) = 0;
+  /// The stored replies of those of `ids` that have one.
+  virtual void replies(std::vector<std::int64_t> ids,
+                       std::function<void(std::map<std::int64_t, reply_msg>)> done) = 0;
+  /// Deletes processed messages (and replies) older than the retention, at most batch_size.
+  virtual void purge(std::function<void(std::size_t purged)> done) = 0;
+  virtual void stop() = 0;
+
+  /// A reply to message `id` was stored (by any runner, for PostgreSQL).
+  std::function<void(std::int64_t id)> on_reply;
+  /// The storage session ended: every lock is gone.
+  std::function<void()> on_locks_lost;
+};
+
+/// Creates the store named by `settings.backend`; throws std::runtime_error on failure.
+std::unique_ptr<message_store> make_message_store(asio::io_context& io,
+                                                  const storage_settings& settings);
+
+}  // namespace cluster
