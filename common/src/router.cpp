@@ -3,10 +3,21 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 
 #include "cluster/common/shard.hpp"
 
 namespace cluster {
+
+std::string generated_request_key() {
+  static thread_local std::mt19937_64 random{std::random_device{}()};
+  char text[40];
+  std::snprintf(text, sizeof(text), "auto:%016llx%016llx",
+                static_cast<unsigned long long>(random()),
+                static_cast<unsigned long long>(random()));
+  return text;
+}
 
 router::router(asio::io_context& io, router_options options)
     : io_(io), options_(std::move(options)) {}
@@ -52,6 +63,13 @@ std::variant<entity_location, reply_msg> router::locate(const std::string& entit
 
 awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point deadline) {
   milliseconds backoff = options_.retry_min;
+  // A persisted request keeps one identity across retries: if its runner dies after storing
+  // it, the retry finds the stored message (and its reply) instead of running it again.
+  if (!request.primary_key || request.primary_key->empty()) {
+    const auto* type = snapshot_.find_entity_type(request.entity_type);
+    const auto* rpc = type ? type->find_rpc(request.rpc) : nullptr;
+    if (rpc && rpc->persisted) request.primary_key = generated_request_key();
+  }
   reply_msg last = reply_msg::failure(errc::no_runner, "not routed");
   while (true) {
     auto located = locate(request.entity_type, request.entity_id, request.rpc);

@@ -2,20 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
-#include <random>
+#include "cluster/common/router.hpp"
 
 namespace cluster::host {
 
 namespace {
-
-std::string generated_key() {
-  static thread_local std::mt19937_64 random{std::random_device{}()};
-  char text[40];
-  std::snprintf(text, sizeof(text), "auto:%016llx%016llx",
-                static_cast<unsigned long long>(random()),
-                static_cast<unsigned long long>(random()));
-  return text;
-}
 
 std::int64_t unix_ms() {
   return std::chrono::duration_cast<milliseconds>(
@@ -151,7 +142,8 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
   persisted_message message;
   message.group = address.type->info.group;
   message.shard = address.shard;
-  if (!request.primary_key || request.primary_key->empty()) request.primary_key = generated_key();
+  if (!request.primary_key || request.primary_key->empty())
+    request.primary_key = generated_request_key();
   request.persisted = true;
   message.request = std::move(request);
   (void)rpc_index;

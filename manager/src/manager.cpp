@@ -9,7 +9,11 @@ std::vector<config_section> manager_config::sections() {
   common.declare(sections);
   common.declare_storage(sections);
   sections.emplace_back("manager");
-  sections.back().key("host", &host).key("port", &port).key("shards_per_group", &shards_per_group);
+  sections.back()
+      .key("host", &host)
+      .key("port", &port)
+      .key("shards_per_group", &shards_per_group)
+      .key("reconnect_grace_ms", &reconnect_grace);
   return sections;
 }
 
@@ -17,10 +21,10 @@ manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<ma
     : io_(io),
       config_(std::move(config)),
       store_(std::move(store)),
-      server_(io, server_options{config_.host, config_.port, 4096, config_.common.limits()},
-              [this](const connection_ptr& conn, envelope&& env) {
-                on_message(conn, std::move(env));
-              }) {
+      server_(
+          io, server_options{config_.host, config_.port, 4096, config_.common.limits()},
+          [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
+      grace_timer_(io) {
   server_.on_disconnect = [this](const connection_ptr& conn) { on_disconnect(conn); };
 }
 
@@ -32,7 +36,20 @@ void manager::start() {
   // Runners from a previous life must register again over a live connection; until then
   // their shards keep their owners so that a manager restart moves nothing.
   for (auto& runner : store_->load_runners())
-    runners_.emplace(runner.address, runner_entry{std::move(runner), {}});
+    runners_.emplace(runner.address, runner_entry{std::move(runner), {}, true});
+  if (!runners_.empty()) {
+    grace_timer_.expires_after(config_.reconnect_grace);
+    grace_timer_.async_wait([this](const error_code& ec) {
+      if (ec) return;
+      std::vector<std::string> missing;
+      for (const auto& [address, entry] : runners_)
+        if (entry.restored) missing.push_back(address);
+      for (const auto& address : missing)
+        remove_runner(address, "did not reconnect after a manager restart");
+    });
+    spdlog::info("restored {} runners and the assignment of {} groups from storage",
+                 runners_.size(), groups_.size());
+  }
   for (const auto& [address, entry] : runners_)
     for (const auto& type : entry.registration.entity_types) entity_types_.emplace(type.name, type);
   server_.listen();
@@ -40,7 +57,10 @@ void manager::start() {
                server_.port(), store_->backend_name(), config_.shards_per_group);
 }
 
-void manager::stop() { server_.stop(); }
+void manager::stop() {
+  grace_timer_.cancel();
+  server_.stop();
+}
 
 assignment_snapshot manager::snapshot() const {
   assignment_snapshot snap;
@@ -182,7 +202,7 @@ void manager::rebalance_all(bool force_publish) {
       const bool serves =
           std::find(entry.registration.groups.begin(), entry.registration.groups.end(), group) !=
           entry.registration.groups.end();
-      if (serves && conn && conn->is_open()) live.push_back(address);
+      if (serves && ((conn && conn->is_open()) || entry.restored)) live.push_back(address);
     }
     if (live.empty()) continue;  // keep owners until some runner of the group is back
     auto result = rebalance(owners, live);

@@ -28,6 +28,9 @@ struct entity_location {
   std::string owner;  ///< runner address, empty when unassigned
 };
 
+/// A unique primary key for a persisted request that came without one.
+std::string generated_request_key();
+
 class router {
  public:
   router(asio::io_context& io, router_options options);

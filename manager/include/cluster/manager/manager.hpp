@@ -20,6 +20,9 @@ struct manager_config {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
   std::uint32_t shards_per_group = 300;
+  /// After a restart, runners known from storage keep their shards this long while they
+  /// reconnect, so a manager restart moves nothing.
+  milliseconds reconnect_grace{10000};
 
   std::vector<config_section> sections();
 };
@@ -42,6 +45,7 @@ class manager {
   struct runner_entry {
     register_runner_msg registration;
     std::weak_ptr<connection> conn;
+    bool restored = false;  // known from storage, not yet registered again
   };
 
   void on_message(const connection_ptr& conn, envelope&& env);
@@ -61,6 +65,7 @@ class manager {
   std::map<std::string, entity_type_info> entity_types_;
   std::vector<std::weak_ptr<connection>> subscribers_;
   std::uint64_t version_ = 0;
+  asio::steady_timer grace_timer_;
 };
 
 }  // namespace cluster::manager
