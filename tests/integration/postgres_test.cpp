@@ -1,0 +1,250 @@
+// The PostgreSQL backend against a real server (scripts/dev test starts a private one and
+// sets CLUSTER_TEST_PG_URL). Each test uses its own table prefix.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "cluster/common/pg_message_store.hpp"
+#include "cluster/common/postgres.hpp"
+#include "cluster/common/storage.hpp"
+#include "cluster_fixture.hpp"
+
+namespace cluster::testing {
+namespace {
+
+std::string pg_url() {
+  const char* url = std::getenv("CLUSTER_TEST_PG_URL");
+  return url ? url : "";
+}
+
+#define REQUIRE_POSTGRES()                                                         \
+  if (pg_url().empty()) GTEST_SKIP() << "CLUSTER_TEST_PG_URL is not set (run through " \
+                                        "scripts/dev test)"
+
+std::string unique_prefix() {
+  static std::atomic<int> counter{0};
+  return "t" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
+}
+
+storage_settings settings_for(const std::string& prefix) {
+  storage_settings settings;
+  settings.backend = "postgres";
+  settings.url = pg_url();
+  settings.table_prefix = prefix;
+  return settings;
+}
+
+persisted_message message_for(const std::string& id, const std::string& key, std::int32_t shard = 5) {
+  persisted_message m;
+  m.group = "default";
+  m.shard = shard;
+  m.request = make_request("Probe", id, "Append", {{"sender", "s"}, {"value", 1}});
+  m.request.primary_key = key;
+  return m;
+}
+
+template <class T>
+T wait_result(asio::io_context& io, std::optional<T>& slot) {
+  EXPECT_TRUE(run_until(io, [&] { return slot.has_value(); }));
+  return slot.value_or(T{});
+}
+
+TEST(postgres, migrates_an_empty_database_and_is_idempotent) {
+  REQUIRE_POSTGRES();
+  const auto prefix = unique_prefix();
+  pg::connection conn(pg_url());
+  pg::migrate(conn, prefix);
+  pg::migrate(conn, prefix);
+  auto versions = conn.exec("SELECT count(*) FROM " + prefix + "_migrations");
+  EXPECT_EQ(versions.integer(0, 0), pg::latest_schema_version());
+  for (const char* table : {"runners", "shards", "messages", "replies"})
+    EXPECT_NO_THROW(conn.exec(std::string("SELECT count(*) FROM ") + prefix + "_" + table));
+}
+
+TEST(postgres, migrates_safely_when_processes_start_at_once) {
+  REQUIRE_POSTGRES();
+  const auto prefix = unique_prefix();
+  std::atomic<int> failures{0};
+  std::vector<std::thread> starters;
+  for (int i = 0; i < 6; ++i)
+    starters.emplace_back([&] {
+      try {
+        pg::connection conn(pg_url());
+        pg::migrate(conn, prefix);
+      } catch (const std::exception&) {
+        ++failures;
+      }
+    });
+  for (auto& t : starters) t.join();
+  EXPECT_EQ(failures, 0);
+  pg::connection conn(pg_url());
+  EXPECT_EQ(conn.exec("SELECT count(*) FROM " + prefix + "_migrations").integer(0, 0),
+            pg::latest_schema_version());
+}
+
+TEST(postgres, refuses_a_table_prefix_that_is_not_an_identifier) {
+  EXPECT_THROW(pg::validate_prefix("x; DROP TABLE y"), pg::error);
+  EXPECT_THROW(pg::validate_prefix(""), pg::error);
+  EXPECT_NO_THROW(pg::validate_prefix("cluster_2"));
+}
+
+TEST(postgres, gives_each_shard_lock_to_exactly_one_store) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  const auto settings = settings_for(unique_prefix());
+  pg_message_store first(io, settings), second(io, settings);
+  std::optional<std::vector<std::int32_t>> a, b;
+  first.acquire("default", {1, 2, 3}, [&](std::vector<std::int32_t> held) { a = held; });
+  EXPECT_EQ(wait_result(io, a), (std::vector<std::int32_t>{1, 2, 3}));
+  // Both believe they own shards 2..4: only the free one goes to the second store.
+  second.acquire("default", {2, 3, 4}, [&](std::vector<std::int32_t> held) { b = held; });
+  EXPECT_EQ(wait_result(io, b), (std::vector<std::int32_t>{4}));
+  first.release("default", {2});
+  b.reset();
+  run_until(io, [] { return false; }, milliseconds(200));
+  second.acquire("default", {2, 3}, [&](std::vector<std::int32_t> held) { b = held; });
+  EXPECT_EQ(wait_result(io, b), (std::vector<std::int32_t>{2}));
+  first.stop();
+  second.stop();
+}
+
+TEST(postgres, frees_the_locks_of_a_store_whose_session_ends) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  const auto settings = settings_for(unique_prefix());
+  auto first = std::make_unique<pg_message_store>(io, settings);
+  pg_message_store second(io, settings);
+  std::optional<std::vector<std::int32_t>> held;
+  first->acquire("default", {7}, [&](std::vector<std::int32_t> h) { held = h; });
+  EXPECT_EQ(wait_result(io, held).size(), 1u);
+  first.reset();  // the session ends, as when a runner dies
+  held.reset();
+  second.acquire("default", {7}, [&](std::vector<std::int32_t> h) { held = h; });
+  EXPECT_EQ(wait_result(io, held), (std::vector<std::int32_t>{7}));
+  second.stop();
+}
+
+TEST(postgres, deduplicates_by_primary_key_and_returns_the_stored_reply) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  pg_message_store store(io, settings_for(unique_prefix()));
+  std::optional<persist_outcome> first, again, after;
+  store.persist(message_for("e1", "k1"), [&](persist_outcome o) { first = o; });
+  const auto stored = wait_result(io, first);
+  ASSERT_FALSE(stored.error) << *stored.error;
+  EXPECT_TRUE(stored.inserted);
+  store.persist(message_for("e1", "k1"), [&](persist_outcome o) { again = o; });
+  const auto duplicate = wait_result(io, again);
+  EXPECT_FALSE(duplicate.inserted);
+  EXPECT_EQ(duplicate.id, stored.id);
+  EXPECT_FALSE(duplicate.reply.has_value());  // not processed yet
+  std::optional<bool> completed;
+  store.complete(stored.id, reply_msg::success({0x81, 0xa1, 'v', 0x05}), [&](bool ok) { completed = ok; });
+  EXPECT_TRUE(wait_result(io, completed));
+  store.persist(message_for("e1", "k1"), [&](persist_outcome o) { after = o; });
+  const auto processed = wait_result(io, after);
+  ASSERT_TRUE(processed.reply.has_value());
+  EXPECT_EQ(processed.reply->payload, (bytes{0x81, 0xa1, 'v', 0x05}));
+  store.stop();
+}
+
+TEST(postgres, batches_concurrent_messages_and_lists_unprocessed_ones_in_order) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  pg_message_store store(io, settings_for(unique_prefix()));
+  std::size_t pending = 300;
+  std::vector<std::int64_t> ids(300);
+  for (int i = 0; i < 300; ++i)
+    store.persist(message_for("ordered", "key-" + std::to_string(i), 9),
+                  [&, i](persist_outcome o) {
+                    ids[i] = o.id;
+                    --pending;
+                  });
+  ASSERT_TRUE(run_until(io, [&] { return pending == 0; }));
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));  // arrival order is id order
+  std::optional<std::vector<persisted_message>> listed;
+  store.unprocessed("default", 9, 0, [&](std::vector<persisted_message> batch, bool ok) {
+    EXPECT_TRUE(ok);
+    listed = std::move(batch);
+  });
+  const auto batch = wait_result(io, listed);
+  ASSERT_EQ(batch.size(), 300u);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    EXPECT_EQ(batch[i].id, ids[i]);
+    EXPECT_EQ(*batch[i].request.primary_key, "key-" + std::to_string(i));
+  }
+  store.stop();
+}
+
+TEST(postgres, notifies_other_stores_when_a_reply_is_stored) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  const auto settings = settings_for(unique_prefix());
+  pg_message_store writer(io, settings), watcher(io, settings);
+  std::vector<std::int64_t> notified;
+  watcher.on_reply = [&](std::int64_t id) { notified.push_back(id); };
+  run_until(io, [] { return false; }, milliseconds(300));  // let the watcher LISTEN
+  std::optional<persist_outcome> stored;
+  writer.persist(message_for("n1", "k"), [&](persist_outcome o) { stored = o; });
+  const auto id = wait_result(io, stored).id;
+  writer.complete(id, reply_msg::success({}), [](bool) {});
+  EXPECT_TRUE(run_until(io, [&] {
+    return std::find(notified.begin(), notified.end(), id) != notified.end();
+  }));
+  writer.stop();
+  watcher.stop();
+}
+
+TEST(postgres, purges_processed_messages_past_retention_only) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  auto settings = settings_for(unique_prefix());
+  settings.retention = milliseconds(200);
+  pg_message_store store(io, settings);
+  std::optional<persist_outcome> done_one, open_one;
+  store.persist(message_for("p", "done"), [&](persist_outcome o) { done_one = o; });
+  store.persist(message_for("p", "open"), [&](persist_outcome o) { open_one = o; });
+  const auto processed_id = wait_result(io, done_one).id;
+  wait_result(io, open_one);
+  std::optional<bool> completed;
+  store.complete(processed_id, reply_msg::success({}), [&](bool ok) { completed = ok; });
+  wait_result(io, completed);
+  std::optional<std::size_t> purged;
+  store.purge([&](std::size_t n) { purged = n; });
+  EXPECT_EQ(wait_result(io, purged), 0u);  // younger than the retention
+  run_until(io, [] { return false; }, milliseconds(400));
+  purged.reset();
+  store.purge([&](std::size_t n) { purged = n; });
+  EXPECT_EQ(wait_result(io, purged), 1u);
+  pg::connection conn(pg_url());
+  auto left = conn.exec("SELECT primary_key FROM " + settings.table_prefix + "_messages");
+  ASSERT_EQ(left.rows(), 1);
+  EXPECT_EQ(left.text(0, 0), "open");  // unprocessed messages are never purged
+  EXPECT_EQ(conn.exec("SELECT count(*) FROM " + settings.table_prefix + "_replies").integer(0, 0), 0);
+  store.stop();
+}
+
+TEST(postgres, keeps_the_manager_state_across_stores) {
+  REQUIRE_POSTGRES();
+  const auto settings = settings_for(unique_prefix());
+  {
+    auto store = make_manager_store(settings);
+    register_runner_msg runner;
+    runner.name = "runner-1";
+    runner.address = "127.0.0.1:1";
+    runner.groups = {"default"};
+    store->save_runner(runner);
+    store->save_assignment("default", {"127.0.0.1:1", "", "127.0.0.1:1"});
+  }
+  auto restarted = make_manager_store(settings);
+  const auto runners = restarted->load_runners();
+  ASSERT_EQ(runners.size(), 1u);
+  EXPECT_EQ(runners[0].name, "runner-1");
+  const auto assignments = restarted->load_assignments();
+  EXPECT_EQ(assignments.at("default"), (std::vector<std::string>{"127.0.0.1:1", "", "127.0.0.1:1"}));
+}
+
+}  // namespace
+}  // namespace cluster::testing
