@@ -105,11 +105,10 @@ void connection::start(message_handler on_message, std::function<void()> on_clos
       }
     });
   }
-  asio::co_spawn(socket_.get_executor(), read_loop(), asio::detached);
+  asio::co_spawn(socket_.get_executor(), read_loop(shared_from_this()), asio::detached);
 }
 
-awaitable<void> connection::read_loop() {
-  auto self = shared_from_this();
+awaitable<void> connection::read_loop(connection_ptr self) {
   std::vector<char> body;
   while (open_ && !closing_) {
     std::function<void()> on_stall = [weak = weak_from_this()] {
@@ -145,7 +144,11 @@ awaitable<void> connection::read_loop() {
         send_reply(env.id, reply_msg::failure(errc::invalid_request, "handshake already done"));
         break;
       default:
-        if (on_message_) on_message_(self, std::move(env));
+        if (on_message_) {
+          // A copy: the handler may close this connection, which drops on_message_.
+          auto handler = on_message_;
+          handler(self, std::move(env));
+        }
         break;
     }
   }
@@ -189,6 +192,11 @@ void connection::handle_reply(envelope&& env) {
   done(std::move(*reply));
 }
 
+void connection::close_after_flush() {
+  closing_ = true;
+  if (!writing_) close();
+}
+
 void connection::protocol_error(std::uint64_t id, errc code, const std::string& message) {
   spdlog::warn("closing connection from {}: {}", peer_, message);
   send_reply(id, reply_msg::failure(code, message));
@@ -201,12 +209,13 @@ void connection::enqueue(frame&& out) {
   write_queue_.push_back(std::move(out));
   if (!writing_) {
     writing_ = true;
-    asio::co_spawn(socket_.get_executor(), write_loop(), asio::detached);
+    // The coroutine owns a reference from its creation: it may start after the last
+    // other owner let go.
+    asio::co_spawn(socket_.get_executor(), write_loop(shared_from_this()), asio::detached);
   }
 }
 
-awaitable<void> connection::write_loop() {
-  auto self = shared_from_this();
+awaitable<void> connection::write_loop([[maybe_unused]] connection_ptr self) {
   std::vector<frame> batch;
   std::vector<asio::const_buffer> buffers;
   while (open_ && !write_queue_.empty()) {

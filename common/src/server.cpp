@@ -33,7 +33,7 @@ awaitable<void> server::accept_loop() {
       spdlog::warn("refusing a connection: {} connections open (limit)", connections_.size());
       auto refused = std::make_shared<connection>(std::move(socket), options_.limits, false);
       refused->send_reply(0, reply_msg::failure(errc::too_many_requests, "too many connections"));
-      refused->close();
+      refused->close_after_flush();
       continue;
     }
     auto conn = std::make_shared<connection>(std::move(socket), options_.limits, true);

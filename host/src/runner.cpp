@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "cluster/common/ecs_metadata.hpp"
 #include "cluster/common/shard.hpp"
 
 namespace cluster::host {
@@ -80,8 +81,19 @@ void runner::start() {
   };
 
   server_.listen();
-  address_ = (config_.advertise_host.empty() ? config_.host : config_.advertise_host) + ":" +
-             std::to_string(server_.port());
+  std::string advertised = config_.advertise_host;
+  if (const char* metadata = std::getenv("ECS_CONTAINER_METADATA_URI_V4");
+      advertised.empty() && metadata != nullptr) {
+    // In ECS every runner of a task shares the task's private IP; others reach it there.
+    std::string error;
+    if (auto ip = ecs_task_ip(metadata, error)) {
+      advertised = *ip;
+    } else {
+      throw std::runtime_error("runner.advertise_host is empty and " + error);
+    }
+  }
+  if (advertised.empty()) advertised = config_.host;
+  address_ = advertised + ":" + std::to_string(server_.port());
 
   register_runner_msg registration;
   registration.name = config_.name;

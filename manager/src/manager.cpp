@@ -35,8 +35,10 @@ void manager::start() {
   for (auto& [group, owners] : groups_) owners.resize(config_.shards_per_group);
   // Runners from a previous life must register again over a live connection; until then
   // their shards keep their owners so that a manager restart moves nothing.
-  for (auto& runner : store_->load_runners())
-    runners_.emplace(runner.address, runner_entry{std::move(runner), {}, true});
+  for (auto& runner : store_->load_runners()) {
+    const std::string address = runner.address;  // not runner.address: it is moved below
+    runners_.emplace(address, runner_entry{std::move(runner), {}, true});
+  }
   if (!runners_.empty()) {
     grace_timer_.expires_after(config_.reconnect_grace);
     grace_timer_.async_wait([this](const error_code& ec) {

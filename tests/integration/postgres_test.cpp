@@ -1,5 +1,7 @@
 // The PostgreSQL backend against a real server (scripts/dev test starts a private one and
 // sets CLUSTER_TEST_PG_URL). Each test uses its own table prefix.
+#include "cluster/common/postgres.hpp"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -7,7 +9,6 @@
 #include <thread>
 
 #include "cluster/common/pg_message_store.hpp"
-#include "cluster/common/postgres.hpp"
 #include "cluster/common/storage.hpp"
 #include "cluster_fixture.hpp"
 
@@ -19,9 +20,10 @@ std::string pg_url() {
   return url ? url : "";
 }
 
-#define REQUIRE_POSTGRES()                                                         \
-  if (pg_url().empty()) GTEST_SKIP() << "CLUSTER_TEST_PG_URL is not set (run through " \
-                                        "scripts/dev test)"
+#define REQUIRE_POSTGRES()                                       \
+  if (pg_url().empty())                                          \
+  GTEST_SKIP() << "CLUSTER_TEST_PG_URL is not set (run through " \
+                  "scripts/dev test)"
 
 std::string unique_prefix() {
   static std::atomic<int> counter{0};
@@ -36,7 +38,8 @@ storage_settings settings_for(const std::string& prefix) {
   return settings;
 }
 
-persisted_message message_for(const std::string& id, const std::string& key, std::int32_t shard = 5) {
+persisted_message message_for(const std::string& id, const std::string& key,
+                              std::int32_t shard = 5) {
   persisted_message m;
   m.group = "default";
   m.shard = shard;
@@ -103,7 +106,8 @@ TEST(postgres, gives_each_shard_lock_to_exactly_one_store) {
   EXPECT_EQ(wait_result(io, b), (std::vector<std::int32_t>{4}));
   first.release("default", {2});
   b.reset();
-  run_until(io, [] { return false; }, milliseconds(200));
+  run_until(
+      io, [] { return false; }, milliseconds(200));
   second.acquire("default", {2, 3}, [&](std::vector<std::int32_t> held) { b = held; });
   EXPECT_EQ(wait_result(io, b), (std::vector<std::int32_t>{2}));
   first.stop();
@@ -141,7 +145,8 @@ TEST(postgres, deduplicates_by_primary_key_and_returns_the_stored_reply) {
   EXPECT_EQ(duplicate.id, stored.id);
   EXPECT_FALSE(duplicate.reply.has_value());  // not processed yet
   std::optional<bool> completed;
-  store.complete(stored.id, reply_msg::success({0x81, 0xa1, 'v', 0x05}), [&](bool ok) { completed = ok; });
+  store.complete(stored.id, reply_msg::success({0x81, 0xa1, 'v', 0x05}),
+                 [&](bool ok) { completed = ok; });
   EXPECT_TRUE(wait_result(io, completed));
   store.persist(message_for("e1", "k1"), [&](persist_outcome o) { after = o; });
   const auto processed = wait_result(io, after);
@@ -157,11 +162,10 @@ TEST(postgres, batches_concurrent_messages_and_lists_unprocessed_ones_in_order) 
   std::size_t pending = 300;
   std::vector<std::int64_t> ids(300);
   for (int i = 0; i < 300; ++i)
-    store.persist(message_for("ordered", "key-" + std::to_string(i), 9),
-                  [&, i](persist_outcome o) {
-                    ids[i] = o.id;
-                    --pending;
-                  });
+    store.persist(message_for("ordered", "key-" + std::to_string(i), 9), [&, i](persist_outcome o) {
+      ids[i] = o.id;
+      --pending;
+    });
   ASSERT_TRUE(run_until(io, [&] { return pending == 0; }));
   EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));  // arrival order is id order
   std::optional<std::vector<persisted_message>> listed;
@@ -185,14 +189,14 @@ TEST(postgres, notifies_other_stores_when_a_reply_is_stored) {
   pg_message_store writer(io, settings), watcher(io, settings);
   std::vector<std::int64_t> notified;
   watcher.on_reply = [&](std::int64_t id) { notified.push_back(id); };
-  run_until(io, [] { return false; }, milliseconds(300));  // let the watcher LISTEN
+  run_until(
+      io, [] { return false; }, milliseconds(300));  // let the watcher LISTEN
   std::optional<persist_outcome> stored;
   writer.persist(message_for("n1", "k"), [&](persist_outcome o) { stored = o; });
   const auto id = wait_result(io, stored).id;
   writer.complete(id, reply_msg::success({}), [](bool) {});
-  EXPECT_TRUE(run_until(io, [&] {
-    return std::find(notified.begin(), notified.end(), id) != notified.end();
-  }));
+  EXPECT_TRUE(run_until(
+      io, [&] { return std::find(notified.begin(), notified.end(), id) != notified.end(); }));
   writer.stop();
   watcher.stop();
 }
@@ -214,7 +218,8 @@ TEST(postgres, purges_processed_messages_past_retention_only) {
   std::optional<std::size_t> purged;
   store.purge([&](std::size_t n) { purged = n; });
   EXPECT_EQ(wait_result(io, purged), 0u);  // younger than the retention
-  run_until(io, [] { return false; }, milliseconds(400));
+  run_until(
+      io, [] { return false; }, milliseconds(400));
   purged.reset();
   store.purge([&](std::size_t n) { purged = n; });
   EXPECT_EQ(wait_result(io, purged), 1u);
@@ -222,7 +227,8 @@ TEST(postgres, purges_processed_messages_past_retention_only) {
   auto left = conn.exec("SELECT primary_key FROM " + settings.table_prefix + "_messages");
   ASSERT_EQ(left.rows(), 1);
   EXPECT_EQ(left.text(0, 0), "open");  // unprocessed messages are never purged
-  EXPECT_EQ(conn.exec("SELECT count(*) FROM " + settings.table_prefix + "_replies").integer(0, 0), 0);
+  EXPECT_EQ(conn.exec("SELECT count(*) FROM " + settings.table_prefix + "_replies").integer(0, 0),
+            0);
   store.stop();
 }
 
@@ -243,7 +249,8 @@ TEST(postgres, keeps_the_manager_state_across_stores) {
   ASSERT_EQ(runners.size(), 1u);
   EXPECT_EQ(runners[0].name, "runner-1");
   const auto assignments = restarted->load_assignments();
-  EXPECT_EQ(assignments.at("default"), (std::vector<std::string>{"127.0.0.1:1", "", "127.0.0.1:1"}));
+  EXPECT_EQ(assignments.at("default"),
+            (std::vector<std::string>{"127.0.0.1:1", "", "127.0.0.1:1"}));
 }
 
 }  // namespace

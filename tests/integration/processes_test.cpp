@@ -41,14 +41,24 @@ class processes : public ::testing::Test {
     return *children.back();
   }
   child_process& start_manager() {
-    return start("manager", "cluster-manager",
-                 {"--set", "manager.port=" + std::to_string(manager_port)});
+    std::vector<std::string> args{"--set", "manager.port=" + std::to_string(manager_port)};
+    args.insert(args.end(), storage_args.begin(), storage_args.end());
+    return start("manager", "cluster-manager", args);
   }
+  /// Runner n listens on a fixed port so that a restarted runner keeps its address.
   child_process& start_runner(int n) {
-    return start("runner-" + std::to_string(n), "cluster-runner",
-                 {"--set", "runner.name=runner-" + std::to_string(n), "--set", "runner.port=0",
-                  "--set", "runner.manager=" + manager, "--set",
-                  "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR)});
+    while (runner_ports.size() < static_cast<std::size_t>(n)) runner_ports.push_back(free_port());
+    std::vector<std::string> args{"--set",
+                                  "runner.name=runner-" + std::to_string(n),
+                                  "--set",
+                                  "runner.port=" + std::to_string(runner_ports[n - 1]),
+                                  "--set",
+                                  "runner.manager=" + manager,
+                                  "--set",
+                                  "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR) + "," +
+                                      CLUSTER_TEST_PLUGIN_DIR + "/libprobe_plugin.so"};
+    args.insert(args.end(), storage_args.begin(), storage_args.end());
+    return start("runner-" + std::to_string(n), "cluster-runner", args);
   }
   child_process& start_proxy() {
     return start(
@@ -85,6 +95,8 @@ class processes : public ::testing::Test {
   std::uint16_t manager_port = 0, proxy_port = 0;
   std::string manager, proxy;
   std::vector<std::unique_ptr<child_process>> children;
+  std::vector<std::string> storage_args;
+  std::vector<std::uint16_t> runner_ports;
 };
 
 TEST_F(processes, serve_the_seed_call_and_spread_entities_over_both_runners) {

@@ -1,5 +1,7 @@
 // Probe: a test entity that exposes ordering, failures, sleeps and entity calls.
 #include <cluster/sdk.hpp>
+#include <cstdio>
+#include <cstdlib>
 
 struct Append {
   struct Request {
@@ -52,9 +54,27 @@ struct Relay {
   using Reply = Echo::Reply;
 };
 
+struct Stamp {
+  using Request = cluster::empty;
+  struct Reply {
+    std::int64_t at_ms = 0;
+    MSGPACK_DEFINE_MAP(at_ms);
+  };
+};
+
 namespace {
 std::int64_t instances_created = 0;
+
+// Multi-process tests count handler runs across runner crashes through this file.
+void record_run(const std::string& line) {
+  if (const char* path = std::getenv("CLUSTER_PROBE_RUN_LOG")) {
+    if (FILE* file = std::fopen(path, "a")) {
+      std::fputs((line + "\n").c_str(), file);
+      std::fclose(file);
+    }
+  }
 }
+}  // namespace
 
 class Probe {
  public:
@@ -62,6 +82,7 @@ class Probe {
 
   Append::Reply append(const Append::Request& request, cluster::context&) {
     log_.push_back(request.sender + ":" + std::to_string(request.value));
+    record_run(request.sender + ":" + std::to_string(request.value));
     return {log_};
   }
   Echo::Reply echo(const Echo::Request& request, cluster::context& ctx) {
@@ -72,6 +93,7 @@ class Probe {
     co_await ctx.sleep_ms(request.ms);
     co_return Sleep::Reply{ctx.now_ms() - start};
   }
+  Stamp::Reply stamp(const Stamp::Request&, cluster::context& ctx) { return {ctx.now_ms()}; }
   Nothing::Reply fail(const Nothing::Request&, cluster::context&) {
     throw std::runtime_error("probe failed on purpose");
   }
@@ -94,4 +116,5 @@ CLUSTER_PLUGIN(cluster::entity<Probe>("Probe")
                    .rpc<Sleep>("Sleep", &Probe::sleep)
                    .rpc<Nothing>("Fail", &Probe::fail)
                    .rpc<Nothing>("Reject", &Probe::reject)
-                   .rpc<Relay>("Relay", &Probe::relay))
+                   .rpc<Relay>("Relay", &Probe::relay)
+                   .rpc<Stamp>("Stamp", &Probe::stamp, cluster::persisted))

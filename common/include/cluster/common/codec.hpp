@@ -81,8 +81,10 @@ std::optional<T> unpack_bytes(const bytes& data, const decode_limits& limits = {
     msgpack::unpack_limit limit(limits.max_container_elements, limits.max_container_elements,
                                 limits.max_frame_bytes, limits.max_frame_bytes,
                                 limits.max_frame_bytes, limits.max_depth);
-    auto handle = msgpack::unpack(reinterpret_cast<const char*>(data.data()), data.size(), nullptr,
-                                  nullptr, limit);
+    std::size_t offset = 0;
+    auto handle = msgpack::unpack(reinterpret_cast<const char*>(data.data()), data.size(), offset,
+                                  nullptr, nullptr, limit);
+    if (offset != data.size()) return std::nullopt;  // trailing bytes: not what was packed
     return handle.get().as<T>();
   } catch (const std::exception&) {
     return std::nullopt;

@@ -77,6 +77,8 @@ class connection : public std::enable_shared_from_this<connection> {
 
   /// Closes the socket and fails pending calls; safe to call repeatedly.
   void close();
+  /// Closes once everything queued so far has been written.
+  void close_after_flush();
   bool is_open() const { return open_; }
   const std::string& peer() const { return peer_; }
   std::size_t pending_calls() const { return pending_.size(); }
@@ -95,8 +97,8 @@ class connection : public std::enable_shared_from_this<connection> {
   };
 
   void enqueue(frame&& out);
-  awaitable<void> read_loop();
-  awaitable<void> write_loop();
+  awaitable<void> read_loop(std::shared_ptr<connection> self);
+  awaitable<void> write_loop(std::shared_ptr<connection> self);
   void arm_deadline_sweep();
   void fail_later(reply_callback done, errc code, std::string message);
   void protocol_error(std::uint64_t id, errc code, const std::string& message);

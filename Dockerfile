@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# The image of every cluster-sst process in AWS (sst.config.ts builds it once per
+# container; each service's `command` picks the binary):
+#   /app/bin/      cluster-manager, cluster-proxy, cluster-runner, cluster-gateway, clusterctl
+#   /app/plugins/  the entity plugins (*.so) the runners load
+#   /app/config/   local.toml; containers override host/port/plugins with --set and
+#                  CLUSTER_* variables, and SST links arrive as SST_RESOURCE_* variables.
+#
+# Build it by hand with: docker build -t cluster-sst .
+# deploy/dockerfile.test.mjs checks its shape (no Docker needed).
+
+# --- build: the release preset, made by the same script as a local build -------------------
+FROM debian:bookworm AS build
+ENV DEBIAN_FRONTEND=noninteractive
+WORKDIR /src
+# The package list lives in scripts/ alone: installing it before copying the sources keeps
+# that layer cached across source changes.
+COPY scripts/ scripts/
+RUN scripts/dev deps
+COPY . .
+RUN scripts/dev build
+
+# --- runtime: the binaries, the plugins, the config and only their shared libraries -------
+FROM debian:bookworm-slim AS runtime
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libboost-filesystem1.74.0 \
+      libpq5 \
+      libspdlog1.10 \
+      libfmt9 \
+      libtomlplusplus3 \
+      ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system cluster \
+ && useradd --system --gid cluster --home-dir /app --no-create-home --shell /usr/sbin/nologin cluster
+WORKDIR /app
+COPY --from=build /src/build/release/bin/ /app/bin/
+COPY --from=build /src/build/release/plugins/*.so /app/plugins/
+COPY --from=build /src/config/ /app/config/
+USER cluster
+# Manager, proxy, gateway and the four runners of the Runner task.
+EXPOSE 8080 3333 8787 34431-34434
+# The processes stop gracefully on SIGTERM (ECS waits up to the task's stopTimeout).
+STOPSIGNAL SIGTERM
+CMD ["/app/bin/cluster-manager", "--config", "/app/config/local.toml", "--set", "manager.host=0.0.0.0"]

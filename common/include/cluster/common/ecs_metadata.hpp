@@ -1,0 +1,17 @@
+#pragma once
+// The private IP a runner advertises inside an ECS task, from the task metadata endpoint
+// (`ECS_CONTAINER_METADATA_URI_V4` + "/task"). Every container of a task shares it.
+
+#include <optional>
+#include <string>
+
+namespace cluster {
+
+/// The task's first private IPv4 address, or nullopt with `error` set. Blocking, start-up
+/// only; `metadata_uri` is the value of ECS_CONTAINER_METADATA_URI_V4 (http://host[:port]/path).
+std::optional<std::string> ecs_task_ip(const std::string& metadata_uri, std::string& error);
+
+/// Parses the JSON of `GET ${ECS_CONTAINER_METADATA_URI_V4}/task`.
+std::optional<std::string> ecs_task_ip_from_json(const std::string& task_json);
+
+}  // namespace cluster

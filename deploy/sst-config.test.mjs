@@ -1,0 +1,295 @@
+// The resource graph of sst.config.ts, in `sst dev` and deployed, without AWS or the SST
+// CLI: deploy/sst-stubs.mjs evaluates the config with recording stubs of SST's globals.
+// Run: deploy/node-test.sh deploy/sst-config.test.mjs (ctest: sst_config_graph).
+
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { evaluateConfig, resolve, ROOT } from "./sst-stubs.mjs";
+
+const BINARIES = ["cluster-manager", "cluster-runner", "cluster-proxy", "cluster-gateway"];
+const RUNNER_PORTS = [34431, 34432, 34433, 34434];
+const SERVICE_BINARY = { Manager: "cluster-manager", Proxy: "cluster-proxy", Runner: "cluster-runner" };
+
+const byType = (resources, type) => resources.filter((r) => r.type === type);
+const one = (resources, type, name) => {
+  const found = resources.filter((r) => r.type === type && r.name === name);
+  assert.equal(found.length, 1, `expected one ${type} named ${name}`);
+  return found[0];
+};
+const linkNames = (args) => (args.link ?? []).map((component) => component.__name).sort();
+
+// The containers of a Service as SST normalizes them: `containers`, or the top level.
+const containersOf = (service) =>
+  service.args.containers ??
+  [{ name: service.name, image: service.args.image, environment: service.args.environment,
+     command: service.args.command, health: service.args.health, dev: service.args.dev }];
+
+// Executable targets declared anywhere in the CMake tree.
+function cmakeExecutables() {
+  const names = new Set();
+  const skip = new Set(["build", "node_modules", ".sst", ".git", "dist", ".local"]);
+  (function walk(dir) {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      if (entry.isDirectory()) {
+        if (!skip.has(entry.name)) walk(path.join(dir, entry.name));
+      } else if (entry.name === "CMakeLists.txt") {
+        const text = fs.readFileSync(path.join(dir, entry.name), "utf8");
+        for (const m of text.matchAll(/add_executable\(\s*([A-Za-z0-9_.-]+)/g)) names.add(m[1]);
+      }
+    }
+  })(ROOT);
+  return names;
+}
+
+// A fake project root holding a built Lambda bundle, as after `scripts/dev build`.
+function fakeRootWithBundle() {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "sst-root-"));
+  fs.mkdirSync(path.join(root, "dist", "lambda"), { recursive: true });
+  fs.writeFileSync(path.join(root, "dist", "lambda", "bootstrap"), "#!/bin/sh\n", { mode: 0o755 });
+  return root;
+}
+
+test("app(): name, home, pinned SST version and removal policy", async () => {
+  const { app } = await evaluateConfig({ dev: false, root: fakeRootWithBundle() });
+  assert.equal(app.name, "cluster-sst");
+  assert.equal(app.home, "aws");
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, "package.json"), "utf8"));
+  assert.equal(pkg.devDependencies.sst, "4.17.1", "package.json pins sst exactly");
+  assert.equal(app.version, pkg.devDependencies.sst, "app().version matches the pinned CLI");
+
+  const production = await evaluateConfig({ dev: false, stage: "production", root: fakeRootWithBundle() });
+  assert.equal(production.app.removal, "retain");
+  const dev = await evaluateConfig({ dev: false, stage: "dev", root: fakeRootWithBundle() });
+  assert.equal(dev.app.removal, "remove");
+});
+
+for (const mode of ["dev", "deployed"]) {
+  describe(`${mode} mode`, () => {
+    const isDev = mode === "dev";
+    let result;
+    let root;
+    before(async () => {
+      root = fakeRootWithBundle();
+      result = await evaluateConfig({ dev: isDev, root });
+    });
+    after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+    test("a VPC with an EC2 NAT, PostgreSQL in it with a local dev server, an ECS cluster", () => {
+      const { resources } = result;
+      const vpc = one(resources, "sst:aws:Vpc", "Vpc");
+      assert.equal(vpc.args.nat, "ec2");
+      const db = one(resources, "sst:aws:Postgres", "Database");
+      assert.equal(db.args.vpc, vpc.component);
+      assert.deepEqual(
+        { host: db.args.dev.host, port: db.args.dev.port },
+        { host: "127.0.0.1", port: 5435 },
+      );
+      for (const key of ["username", "password", "database"]) {
+        assert.equal(typeof db.args.dev[key], "string", `dev.${key}`);
+        assert.ok(db.args.dev[key].length > 0, `dev.${key}`);
+      }
+      const cluster = one(resources, "sst:aws:Cluster", "Cluster");
+      assert.equal(cluster.args.vpc, vpc.component);
+    });
+
+    test("three services: Manager, Proxy, Runner, all in the cluster", () => {
+      const services = byType(result.resources, "sst:aws:Service");
+      assert.deepEqual(services.map((s) => s.name).sort(), ["Manager", "Proxy", "Runner"]);
+      const cluster = one(result.resources, "sst:aws:Cluster", "Cluster").component;
+      for (const s of services) assert.equal(s.args.cluster, cluster, `${s.name}.cluster`);
+    });
+
+    test("the runner task runs four runners on ports 34431..34434 with distinct names", () => {
+      const runner = one(result.resources, "sst:aws:Service", "Runner");
+      const containers = runner.args.containers;
+      assert.equal(containers.length, 4);
+      assert.deepEqual(containers.map((c) => Number(c.environment.CLUSTER_RUNNER_PORT)), RUNNER_PORTS);
+      const names = containers.map((c) => c.environment.CLUSTER_RUNNER_NAME);
+      assert.equal(new Set(names).size, 4, "runner names are distinct");
+      assert.deepEqual(containers.map((c) => c.name), names, "container name = runner name");
+      for (const c of containers) assert.equal(c.environment.CLUSTER_CLUSTER_STORAGE, "postgres");
+    });
+
+    test("linkables ShardManager and ProxyServer carry the manager's and proxy's host and port", () => {
+      const manager = one(result.resources, "sst:aws:Service", "Manager").component;
+      const proxy = one(result.resources, "sst:aws:Service", "Proxy").component;
+      const shardManager = one(result.resources, "sst:sst:Linkable", "ShardManager").component.properties;
+      const proxyServer = one(result.resources, "sst:sst:Linkable", "ProxyServer").component.properties;
+      assert.equal(shardManager.port, 8080);
+      assert.equal(proxyServer.port, 3333);
+      if (isDev) {
+        assert.equal(shardManager.host, "127.0.0.1");
+        assert.equal(proxyServer.host, "127.0.0.1");
+      } else {
+        assert.equal(shardManager.host, resolve(manager.service), "manager's Cloud Map name");
+        assert.equal(proxyServer.host, resolve(proxy.service), "proxy's Cloud Map name");
+      }
+    });
+
+    test("links: database to manager and runners, manager to runners and proxies, proxy to the gateway", () => {
+      const { resources } = result;
+      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Manager").args), ["Database"]);
+      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Runner").args), ["Database", "ShardManager"]);
+      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Proxy").args), ["ShardManager"]);
+      assert.deepEqual(linkNames(one(resources, "sst:sst:DevCommand", "Gateway").args), ["ProxyServer"]);
+      const manager = one(resources, "sst:aws:Service", "Manager").args;
+      assert.equal(manager.environment.CLUSTER_CLUSTER_STORAGE, "postgres");
+      assert.equal(manager.environment.CLUSTER_MANAGER_PORT, "8080");
+    });
+
+    test("every dev command runs a binary of the local release build", () => {
+      const executables = cmakeExecutables();
+      const commands = [];
+      for (const service of byType(result.resources, "sst:aws:Service")) {
+        for (const c of containersOf(service)) commands.push([service.name, c.dev?.command]);
+      }
+      commands.push(["Gateway", one(result.resources, "sst:sst:DevCommand", "Gateway").args.dev.command]);
+      assert.equal(commands.length, 7, "manager, proxy, four runners and the gateway");
+      for (const [owner, command] of commands) {
+        assert.equal(typeof command, "string", `${owner} has a dev.command`);
+        const argv = command.trim().split(/\s+/);
+        const m = /^build\/release\/bin\/([a-z-]+)$/.exec(argv[0]);
+        assert.ok(m, `${owner}: '${argv[0]}' is a binary in build/release/bin/`);
+        assert.ok(BINARIES.includes(m[1]), `${owner}: ${m[1]} is one of ${BINARIES.join(", ")}`);
+        assert.ok(executables.has(m[1]), `${owner}: ${m[1]} is an add_executable() target of the build`);
+        const expected = SERVICE_BINARY[owner] ?? "cluster-gateway";
+        assert.equal(m[1], expected, `${owner} runs ${expected}`);
+        const config = argv[argv.indexOf("--config") + 1];
+        assert.equal(config, "config/local.toml", `${owner}: --config config/local.toml`);
+        assert.ok(fs.existsSync(path.join(ROOT, config)), `${config} exists`);
+      }
+      const runnerCommands = containersOf(one(result.resources, "sst:aws:Service", "Runner")).map((c) => c.dev.command);
+      for (const command of runnerCommands) assert.match(command, /--set runner\.plugins=build\/release\/plugins(\s|$)/);
+    });
+
+    test("the gateway dev command serves HTTP on 8787", () => {
+      const gateway = one(result.resources, "sst:sst:DevCommand", "Gateway").args;
+      assert.equal(gateway.environment.CLUSTER_GATEWAY_PORT, "8787");
+      assert.notEqual(gateway.dev.autostart, false);
+    });
+  });
+}
+
+describe("sst dev", () => {
+  let result;
+  before(async () => {
+    result = await evaluateConfig({ dev: true });
+  });
+
+  test("creates no Lambda (sst dev cannot run provided.al2023); the local gateway stands in", () => {
+    assert.equal(byType(result.resources, "sst:aws:Function").length, 0);
+    assert.equal(result.outputs.api, "http://127.0.0.1:8787");
+    assert.equal(result.outputs.manager, "127.0.0.1:8080");
+    assert.equal(result.outputs.proxy, "127.0.0.1:3333");
+  });
+
+  test("each container becomes a dev process with its own environment and links", () => {
+    const devCommands = byType(result.resources, "sst:sst:DevCommand");
+    assert.deepEqual(
+      devCommands.map((d) => d.name).sort(),
+      ["Gateway", "ManagerDev", "ProxyDev", "Runnerrunner-1Dev", "Runnerrunner-2Dev", "Runnerrunner-3Dev", "Runnerrunner-4Dev"],
+    );
+    const ports = devCommands
+      .filter((d) => d.name.startsWith("Runner"))
+      .map((d) => Number(d.args.environment.CLUSTER_RUNNER_PORT))
+      .sort();
+    assert.deepEqual(ports, RUNNER_PORTS);
+  });
+});
+
+describe("deployed", () => {
+  let result;
+  let root;
+  before(async () => {
+    root = fakeRootWithBundle();
+    result = await evaluateConfig({ dev: false, root });
+  });
+  after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  test("every service runs the repository's image with its binary listening on all interfaces", () => {
+    for (const service of byType(result.resources, "sst:aws:Service")) {
+      const binary = SERVICE_BINARY[service.name];
+      for (const c of containersOf(service)) {
+        assert.deepEqual(resolve(c.image), { context: ".", dockerfile: "Dockerfile" }, `${service.name}/${c.name} image`);
+        assert.equal(c.command[0], `/app/bin/${binary}`);
+        assert.deepEqual(c.command.slice(1, 3), ["--config", "/app/config/local.toml"]);
+        const sets = c.command.filter((_, i) => c.command[i - 1] === "--set");
+        const section = { "cluster-manager": "manager", "cluster-proxy": "proxy", "cluster-runner": "runner" }[binary];
+        assert.ok(sets.includes(`${section}.host=0.0.0.0`), `${service.name}/${c.name} listens on 0.0.0.0`);
+        if (binary === "cluster-runner") assert.ok(sets.includes("runner.plugins=/app/plugins"));
+      }
+    }
+  });
+
+  test("container health checks: clusterctl status for the manager, a TCP connect for the others", () => {
+    const executables = cmakeExecutables();
+    const manager = one(result.resources, "sst:aws:Service", "Manager").args.health;
+    assert.equal(manager.command[0], "CMD");
+    assert.equal(manager.command[1], "/app/bin/clusterctl");
+    assert.ok(executables.has("clusterctl"));
+    assert.equal(manager.command.at(-1), "status");
+    assert.ok(manager.command.includes("127.0.0.1:8080"));
+
+    const proxy = one(result.resources, "sst:aws:Service", "Proxy").args.health;
+    assert.deepEqual(proxy.command, ["CMD", "/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/3333"]);
+    const runners = one(result.resources, "sst:aws:Service", "Runner").args.containers;
+    runners.forEach((c, i) =>
+      assert.deepEqual(c.health.command, ["CMD", "/bin/bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${RUNNER_PORTS[i]}`]),
+    );
+    for (const h of [manager, proxy, ...runners.map((c) => c.health)]) {
+      for (const key of ["startPeriod", "interval", "timeout"]) assert.match(h[key], /^\d+ seconds$/);
+      assert.ok(h.retries >= 1 && h.retries <= 10);
+    }
+  });
+
+  test("every task definition gives each container 120 s to stop gracefully", () => {
+    for (const service of byType(result.resources, "sst:aws:Service")) {
+      assert.equal(typeof service.args.transform?.taskDefinition, "function", `${service.name}: transform.taskDefinition`);
+      const names = containersOf(service).map((c) => c.name);
+      const defs = JSON.parse(service.component.taskDefinition.containerDefinitions);
+      assert.deepEqual(defs.map((d) => d.stopTimeout), names.map(() => 120), `${service.name}: stopTimeout`);
+      assert.deepEqual(defs.map((d) => d.name), names, "the containers are kept");
+      assert.ok(defs.every((d) => d.linuxParameters?.initProcessEnabled === true), "SST's other settings are kept");
+    }
+  });
+
+  test("the proxy scales from 1 to 5 tasks on 70% CPU and 70% memory", () => {
+    const proxy = one(result.resources, "sst:aws:Service", "Proxy");
+    assert.deepEqual(proxy.args.scaling, { min: 1, max: 5, cpuUtilization: 70, memoryUtilization: 70 });
+    for (const name of ["Manager", "Runner"]) {
+      assert.equal(one(result.resources, "sst:aws:Service", name).args.scaling, undefined, `${name} is not autoscaled`);
+    }
+  });
+
+  test("the Lambda: custom runtime from dist/lambda, function URL, in the VPC, proxy address in its environment", () => {
+    const fn = one(result.resources, "sst:aws:Function", "Api");
+    const vpc = one(result.resources, "sst:aws:Vpc", "Vpc").component;
+    const proxy = one(result.resources, "sst:aws:Service", "Proxy").component;
+    assert.equal(fn.args.runtime, "provided.al2023");
+    assert.equal(fn.args.bundle, "dist/lambda");
+    assert.equal(fn.args.handler, "bootstrap");
+    assert.equal(fn.args.url, true);
+    assert.equal(fn.args.vpc, vpc);
+    assert.equal(resolve(fn.args.environment.CLUSTER_PROXY_HOST), resolve(proxy.service));
+    assert.equal(fn.args.environment.CLUSTER_PROXY_PORT, "3333");
+  });
+
+  test("outputs: the function URL and the internal addresses", () => {
+    const fn = one(result.resources, "sst:aws:Function", "Api").component;
+    assert.equal(result.outputs.api, resolve(fn.url));
+    assert.match(result.outputs.manager, /^Manager\..+:8080$/);
+    assert.match(result.outputs.proxy, /^Proxy\..+:3333$/);
+  });
+
+  test("a deploy without a built dist/lambda/bootstrap stops with a clear message", async () => {
+    const empty = fs.mkdtempSync(path.join(os.tmpdir(), "sst-root-"));
+    try {
+      await assert.rejects(evaluateConfig({ dev: false, root: empty }), /dist\/lambda\/bootstrap is missing.*scripts\/dev build/);
+    } finally {
+      fs.rmSync(empty, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,58 @@
+#pragma once
+// cluster-gateway: the HTTP/1.1 front door for local runs and `sst dev`. Serves the same
+// handler as the Lambda bootstrap on a local port (Boost.Beast, keep-alive, bounded
+// header and body sizes, a read timeout per request).
+//
+// Lifecycle: `start` binds (port 0 picks a free one) and accepts; `stop` stops accepting,
+// closes idle keep-alive connections and lets requests in progress finish (`idle()` tells
+// when). Thread: everything runs on the process's single io_context thread. The state the
+// coroutines use is shared with them, so destroying the object while requests are still
+// in flight is safe (they finish or die with the io_context).
+
+#include <memory>
+
+#include "cluster/common/settings.hpp"
+#include "cluster/gateway/handler.hpp"
+
+namespace cluster::gateway {
+
+struct gateway_config {
+  common_settings common;
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8787;
+  std::string proxy = "127.0.0.1:3333";  ///< host:port of a cluster-proxy
+  milliseconds request_timeout{10000};   ///< deadline of one cluster call
+  /// Time allowed to receive one request (headers and body); also the idle keep-alive limit.
+  milliseconds read_timeout{15000};
+  std::uint32_t max_body_bytes = 1024 * 1024;
+  std::uint32_t max_header_bytes = 16 * 1024;
+
+  /// `[gateway]` plus the common `[cluster]` and `[log]` sections.
+  std::vector<config_section> sections();
+};
+
+class gateway {
+ public:
+  /// Throws config_error when `config.proxy` is not host:port.
+  gateway(asio::io_context& io, gateway_config config);
+  ~gateway();
+  gateway(const gateway&) = delete;
+  gateway& operator=(const gateway&) = delete;
+
+  /// Binds and starts accepting; returns the bound port. Throws on a bind failure.
+  std::uint16_t start();
+  /// Stops accepting and closes idle connections; requests in progress complete.
+  void stop();
+  /// True once stopped and no connection is left.
+  bool idle() const;
+  std::uint16_t port() const;
+  /// HTTP connections currently open.
+  std::size_t connections() const;
+
+  struct state;  // shared with the session coroutines (gateway.cpp)
+
+ private:
+  std::shared_ptr<state> state_;
+};
+
+}  // namespace cluster::gateway

@@ -1,0 +1,45 @@
+#pragma once
+// cluster-lambda: an AWS Lambda custom runtime (the `bootstrap` of `provided.al2023`)
+// that serves Function URL invocations with the gateway's handler.
+//
+// Loop: GET /2018-06-01/runtime/invocation/next (no client timeout), handle the event,
+// POST …/invocation/<id>/response, or …/invocation/<id>/error when the event cannot be
+// served; a start-up failure is posted to /2018-06-01/runtime/init/error.
+//
+// Thread: one io_context on the calling thread; `run` returns when SIGTERM/SIGINT arrives
+// or the Runtime API fails for good.
+
+#include <functional>
+#include <string>
+
+#include "cluster/common/asio.hpp"
+
+namespace cluster::gateway {
+
+/// Where the runtime finds its peers, from the environment Lambda gives the process.
+struct lambda_settings {
+  std::string runtime_api;                   ///< AWS_LAMBDA_RUNTIME_API, host:port (required)
+  std::string proxy_host = "127.0.0.1";      ///< CLUSTER_PROXY_HOST
+  std::string proxy_port = "3333";           ///< CLUSTER_PROXY_PORT (checked by `run`)
+  std::string request_timeout_ms = "10000";  ///< CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS
+  std::string log_level = "info";            ///< CLUSTER_LOG_LEVEL
+
+  /// Reads the variables above. Without CLUSTER_PROXY_HOST, an SST link
+  /// `SST_RESOURCE_ProxyServer` (`{"host": ..., "port": ...}`) supplies the proxy.
+  static lambda_settings from_environment(const std::function<const char*(const char*)>& getenv =
+                                              [](const char* name) { return std::getenv(name); });
+};
+
+class lambda_runtime {
+ public:
+  explicit lambda_runtime(lambda_settings settings);
+
+  /// Serves invocations until stopped; returns the process exit code (non-zero after a
+  /// start-up failure, which is also posted to init/error when the Runtime API is known).
+  int run();
+
+ private:
+  lambda_settings settings_;
+};
+
+}  // namespace cluster::gateway

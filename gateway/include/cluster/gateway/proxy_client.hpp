@@ -1,0 +1,55 @@
+#pragma once
+// The gateway's and the Lambda's way into the cluster: one multiplexed protocol
+// connection to a proxy, opened on the first call and reopened on demand after it drops.
+//
+// Lifecycle: constructed idle; `call` connects when needed; `close` drops the connection
+// and fails its pending calls with `unavailable`. Thread: every member runs on the
+// executor given to the constructor (the process's single io_context thread); the
+// object must outlive the calls it started (owners keep it in shared state).
+
+#include <string>
+
+#include "cluster/common/connection.hpp"
+
+namespace cluster::gateway {
+
+struct proxy_client_options {
+  host_port proxy{"127.0.0.1", 3333};
+  std::string name = "gateway";  ///< sent in hello; shows in the proxy's logs
+  connection_limits limits;
+  /// Upper bound of one connection attempt (the call's own deadline may be shorter).
+  milliseconds connect_timeout{3000};
+};
+
+class proxy_client {
+ public:
+  proxy_client(asio::any_io_executor executor, proxy_client_options options);
+  ~proxy_client();
+  proxy_client(const proxy_client&) = delete;
+  proxy_client& operator=(const proxy_client&) = delete;
+
+  /// Sends `request` through the proxy and waits at most `timeout` for its reply. Never
+  /// throws: a failed connection is an `unavailable` reply, a late one `deadline_exceeded`.
+  /// Build the awaitable in its own statement (GCC 12 coroutine temporaries, common/README).
+  awaitable<reply_msg> call(request_msg request, milliseconds timeout);
+
+  /// Drops the connection (pending calls fail with `unavailable`); the next call reconnects.
+  void close();
+  bool connected() const { return conn_ && conn_->is_open(); }
+  const proxy_client_options& options() const { return options_; }
+
+ private:
+  // The open connection, connecting first if needed; nullptr (with `error`) on failure.
+  awaitable<connection_ptr> connection(milliseconds timeout, std::string& error);
+
+  asio::any_io_executor executor_;
+  proxy_client_options options_;
+  connection_ptr conn_;
+  bool connecting_ = false;
+  std::string last_connect_error_;
+  // Callers that arrive while a connection attempt runs wait on this timer; the attempt
+  // cancels it when it ends, so a burst of calls opens one connection, not many.
+  asio::steady_timer connect_done_;
+};
+
+}  // namespace cluster::gateway

@@ -1,0 +1,258 @@
+#include "cluster/gateway/gateway.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <set>
+
+namespace cluster::gateway {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+namespace {
+
+constexpr std::size_t max_connections = 1024;
+constexpr milliseconds write_timeout{10000};
+// After an error response on a connection whose request was not read to the end, keep
+// reading (and discarding) for a moment so closing does not reset the connection before
+// the client has read the response.
+constexpr milliseconds linger_timeout{1000};
+constexpr std::size_t linger_max_bytes = 4 * 1024 * 1024;
+
+struct session {
+  explicit session(tcp::socket socket) : stream(std::move(socket)) {}
+  beast::tcp_stream stream;
+  bool busy = false;  // a request is being handled; stop() lets it finish
+};
+
+bool is_http_error(const error_code& ec) {
+  return &ec.category() == &http::make_error_code(http::error::bad_target).category();
+}
+
+}  // namespace
+
+struct gateway::state {
+  state(asio::io_context& io_context, gateway_config gateway_settings,
+        proxy_client_options proxy_options)
+      : io(io_context),
+        config(std::move(gateway_settings)),
+        acceptor(io_context),
+        proxy(io_context.get_executor(), std::move(proxy_options)),
+        request_handler(proxy, handler_options{config.max_body_bytes}) {}
+
+  asio::io_context& io;
+  gateway_config config;
+  tcp::acceptor acceptor;
+  proxy_client proxy;
+  handler request_handler;
+  std::uint16_t port = 0;
+  bool stopping = false;
+  bool accepting = false;
+  std::set<std::shared_ptr<session>> sessions;
+};
+
+namespace {
+
+using state_ptr = std::shared_ptr<gateway::state>;
+
+// Writes `response`; false when the connection failed.
+awaitable<bool> write_response(beast::tcp_stream& stream, const http_response& response,
+                               unsigned version, bool keep_alive) {
+  http::response<http::string_body> out{static_cast<http::status>(response.status), version};
+  out.set(http::field::server, "cluster-gateway");
+  out.set(http::field::content_type, "application/json");
+  for (const auto& [name, value] : response.headers) out.set(name, value);
+  out.keep_alive(keep_alive);
+  out.body() = response.body;
+  out.prepare_payload();
+  error_code ec;
+  stream.expires_after(write_timeout);
+  co_await http::async_write(stream, out, asio::redirect_error(use_awaitable, ec));
+  stream.expires_never();
+  co_return !ec;
+}
+
+// Half-closes, then discards what the client still sends for a bounded time.
+awaitable<void> linger_and_close(beast::tcp_stream& stream) {
+  error_code ec;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+  std::array<char, 16 * 1024> scratch{};
+  std::size_t discarded = 0;
+  stream.expires_after(linger_timeout);
+  while (!ec && discarded < linger_max_bytes) {
+    const auto n = co_await stream.async_read_some(asio::buffer(scratch),
+                                                   asio::redirect_error(use_awaitable, ec));
+    discarded += n;
+  }
+  stream.socket().close(ec);
+}
+
+// The response to a request that could not be read, or nullopt to just close.
+std::optional<http_response> read_failure_response(const error_code& ec) {
+  if (ec == http::error::body_limit)
+    return error_response(413, "PayloadTooLarge", "the request body is too large");
+  if (ec == http::error::header_limit)
+    return error_response(431, "HeadersTooLarge", "the request headers are too large");
+  if (ec == http::error::end_of_stream || ec == http::error::partial_message || !is_http_error(ec))
+    return std::nullopt;  // the client went away or timed out: nobody to answer
+  return error_response(400, "BadRequest", "malformed HTTP request: " + ec.message());
+}
+
+// One connection: read a request, handle it, answer; repeat while keep-alive holds.
+awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn) {
+  beast::flat_buffer buffer;
+  const auto& config = self->config;
+  bool linger = false;
+  while (!self->stopping) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(config.max_header_bytes);
+    parser.body_limit(config.max_body_bytes);
+    error_code ec;
+    // One deadline for the whole request (headers and body): a slow client cannot hold
+    // the connection longer than read_timeout per request.
+    conn->stream.expires_after(config.read_timeout);
+    co_await http::async_read_header(conn->stream, buffer, parser,
+                                     asio::redirect_error(use_awaitable, ec));
+    if (!ec && parser.get()[http::field::expect] == "100-continue") {
+      http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
+      co_await http::async_write(conn->stream, go_on, asio::redirect_error(use_awaitable, ec));
+    }
+    if (!ec)
+      co_await http::async_read(conn->stream, buffer, parser,
+                                asio::redirect_error(use_awaitable, ec));
+    conn->stream.expires_never();
+    if (ec) {
+      if (auto response = read_failure_response(ec)) {
+        conn->busy = true;
+        auto write = write_response(conn->stream, *response, 11, false);
+        co_await std::move(write);
+        linger = true;
+      }
+      break;
+    }
+    conn->busy = true;
+    auto& message = parser.get();
+    const bool keep_alive = message.keep_alive();
+    const unsigned version = message.version();
+    http_request request{std::string(message.method_string()), std::string(message.target()),
+                         std::move(message.body())};
+    const std::string method = request.method;
+    const std::string target = request.target;
+    auto handling = self->request_handler.handle(std::move(request), config.request_timeout);
+    const auto response = co_await std::move(handling);
+    spdlog::debug("{} {} -> {}", method, target, response.status);
+    auto write = write_response(conn->stream, response, version, keep_alive && !self->stopping);
+    const bool written = co_await std::move(write);
+    conn->busy = false;
+    if (!written || !keep_alive) break;
+  }
+  if (linger) {
+    auto close = linger_and_close(conn->stream);
+    co_await std::move(close);
+  } else {
+    error_code ignored;
+    conn->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    conn->stream.socket().close(ignored);
+  }
+  self->sessions.erase(conn);
+}
+
+awaitable<void> accept_loop(state_ptr self) {
+  self->accepting = true;
+  while (!self->stopping) {
+    tcp::socket socket(self->io);
+    error_code ec;
+    co_await self->acceptor.async_accept(socket, asio::redirect_error(use_awaitable, ec));
+    if (self->stopping) break;
+    if (ec) {
+      // Out of descriptors and the like: back off instead of spinning on the error.
+      spdlog::warn("gateway accept failed: {}", ec.message());
+      auto pause = sleep_for(milliseconds(50));
+      co_await std::move(pause);
+      continue;
+    }
+    if (self->sessions.size() >= max_connections) {
+      spdlog::warn("gateway at {} connections; refusing one", max_connections);
+      socket.close(ec);
+      continue;
+    }
+    auto conn = std::make_shared<session>(std::move(socket));
+    self->sessions.insert(conn);
+    asio::co_spawn(self->io, serve(self, conn), asio::detached);
+  }
+  self->accepting = false;
+}
+
+}  // namespace
+
+std::vector<config_section> gateway_config::sections() {
+  std::vector<config_section> sections;
+  common.declare(sections);
+  sections.emplace_back("gateway");
+  sections.back()
+      .key("host", &host)
+      .key("port", &port)
+      .key("proxy", &proxy)
+      .key("request_timeout_ms", &request_timeout)
+      .key("read_timeout_ms", &read_timeout)
+      .key("max_body_bytes", &max_body_bytes)
+      .key("max_header_bytes", &max_header_bytes);
+  return sections;
+}
+
+gateway::gateway(asio::io_context& io, gateway_config config) {
+  auto proxy_address = parse_host_port(config.proxy);
+  if (!proxy_address)
+    throw config_error("gateway.proxy: expected host:port, got '" + config.proxy + "'");
+  proxy_client_options options;
+  options.proxy = *proxy_address;
+  options.name = "gateway";
+  options.limits = config.common.limits();
+  state_ = std::make_shared<state>(io, std::move(config), std::move(options));
+}
+
+gateway::~gateway() {
+  stop();
+  state_->proxy.close();
+}
+
+std::uint16_t gateway::start() {
+  auto& s = *state_;
+  tcp::resolver resolver(s.io);
+  const auto endpoints =
+      resolver.resolve(s.config.host, std::to_string(s.config.port), tcp::resolver::passive);
+  if (endpoints.empty()) throw std::runtime_error("gateway.host: cannot resolve " + s.config.host);
+  const tcp::endpoint endpoint = *endpoints.begin();
+  s.acceptor.open(endpoint.protocol());
+  s.acceptor.set_option(tcp::acceptor::reuse_address(true));
+  s.acceptor.bind(endpoint);
+  s.acceptor.listen(asio::socket_base::max_listen_connections);
+  s.port = s.acceptor.local_endpoint().port();
+  asio::co_spawn(s.io, accept_loop(state_), asio::detached);
+  spdlog::info("gateway listening on {}:{}, calling proxy {}", s.config.host, s.port,
+               s.config.proxy);
+  return s.port;
+}
+
+void gateway::stop() {
+  auto& s = *state_;
+  if (s.stopping) return;
+  s.stopping = true;
+  error_code ignored;
+  s.acceptor.close(ignored);
+  // Idle keep-alive connections would otherwise wait out their read timeout.
+  for (const auto& conn : s.sessions)
+    if (!conn->busy) conn->stream.socket().close(ignored);
+}
+
+bool gateway::idle() const {
+  return state_->stopping && !state_->accepting && state_->sessions.empty();
+}
+
+std::uint16_t gateway::port() const { return state_->port; }
+
+std::size_t gateway::connections() const { return state_->sessions.size(); }
+
+}  // namespace cluster::gateway

@@ -1,0 +1,215 @@
+#include "cluster/gateway/handler.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace cluster::gateway {
+
+namespace {
+
+using json = nlohmann::json;
+
+// The call the seed's `curl /` makes, kept here so GET / works against any cluster
+// that has the example Greeter plugin.
+request_msg seed_call() {
+  request_msg request;
+  request.entity_type = "Greeter";
+  request.entity_id = "Test";
+  request.rpc = "Greet";
+  const auto packed = json::to_msgpack(json{{"name", "John"}});
+  request.payload.assign(packed.begin(), packed.end());
+  return request;
+}
+
+route_result answer(http_response response) {
+  route_result result;
+  result.response = std::move(response);
+  return result;
+}
+
+http_response method_not_allowed(std::string_view method, std::string_view allowed) {
+  auto response =
+      error_response(405, "MethodNotAllowed",
+                     std::string(method) + " is not allowed here; use " + std::string(allowed));
+  response.headers.emplace_back("allow", std::string(allowed));
+  return response;
+}
+
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> segments;
+  std::size_t start = 1;  // the path starts with '/'
+  while (start <= path.size()) {
+    const auto slash = path.find('/', start);
+    const auto end = slash == std::string_view::npos ? path.size() : slash;
+    segments.push_back(path.substr(start, end - start));
+    start = end + 1;
+  }
+  return segments;
+}
+
+bool is_blank(std::string_view text) {
+  return text.find_first_not_of(" \t\r\n") == std::string_view::npos;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+http_response error_response(unsigned status, std::string_view error, std::string_view message) {
+  http_response response;
+  response.status = status;
+  // Replace invalid UTF-8 (a path segment, an error from elsewhere) instead of throwing.
+  response.body = json{{"error", error}, {"message", message}}.dump(-1, ' ', false,
+                                                                    json::error_handler_t::replace);
+  return response;
+}
+
+unsigned status_for(errc code) {
+  switch (code) {
+    case errc::ok:
+      return 200;
+    case errc::unknown_entity_type:
+    case errc::unknown_rpc:
+      return 404;
+    case errc::bad_payload:
+    case errc::invalid_request:
+      return 400;
+    case errc::application_error:
+      return 422;
+    case errc::frame_too_large:
+      return 413;
+    case errc::mailbox_full:
+    case errc::too_many_requests:
+      return 429;
+    case errc::defect:
+      return 500;
+    case errc::not_owner:
+    case errc::deadline_exceeded:
+    case errc::no_runner:
+    case errc::unavailable:
+    case errc::shutting_down:
+    case errc::storage_error:
+      return 503;
+    case errc::malformed_frame:
+    case errc::unsupported_version:
+    case errc::unknown_kind:
+    case errc::handshake_required:
+      // The proxy and this process disagree about the protocol: not the caller's fault.
+      return 502;
+  }
+  return 502;
+}
+
+std::optional<std::string> url_decode(std::string_view segment) {
+  std::string out;
+  out.reserve(segment.size());
+  for (std::size_t i = 0; i < segment.size(); ++i) {
+    if (segment[i] != '%') {
+      out.push_back(segment[i]);
+      continue;
+    }
+    if (i + 2 >= segment.size()) return std::nullopt;
+    const int high = hex_value(segment[i + 1]);
+    const int low = hex_value(segment[i + 2]);
+    if (high < 0 || low < 0) return std::nullopt;
+    out.push_back(static_cast<char>(high * 16 + low));
+    i += 2;
+  }
+  return out;
+}
+
+route_result route(const http_request& request, const handler_options& options) {
+  std::string_view path = request.target;
+  path = path.substr(0, path.find('?'));
+  if (path.empty() || path.front() != '/')
+    return answer(error_response(404, "NotFound", "no route for '" + std::string(path) + "'"));
+
+  if (path == "/") {
+    if (request.method != "GET") return answer(method_not_allowed(request.method, "GET"));
+    route_result result;
+    result.call = seed_call();
+    return result;
+  }
+
+  const auto segments = split_path(path);
+  bool well_formed = segments.size() == 3;
+  for (const auto segment : segments) well_formed = well_formed && !segment.empty();
+  if (!well_formed)
+    return answer(error_response(
+        404, "NotFound",
+        "no route for '" + std::string(path) + "'; use POST /<EntityType>/<entityId>/<Rpc>"));
+  if (request.method != "POST") return answer(method_not_allowed(request.method, "POST"));
+
+  std::optional<std::string> parts[3];
+  for (std::size_t i = 0; i < 3; ++i) {
+    parts[i] = url_decode(segments[i]);
+    if (!parts[i])
+      return answer(error_response(400, "BadRequest",
+                                   "malformed percent-encoding in '" + std::string(path) + "'"));
+  }
+  if (request.body.size() > options.max_body_bytes)
+    return answer(
+        error_response(413, "PayloadTooLarge",
+                       "the body exceeds " + std::to_string(options.max_body_bytes) + " bytes"));
+  json payload = json::object();
+  if (!is_blank(request.body)) {
+    payload = json::parse(request.body, nullptr, false);
+    if (payload.is_discarded())
+      return answer(error_response(400, "InvalidJson", "the request body is not valid JSON"));
+  }
+
+  route_result result;
+  result.call.emplace();
+  result.call->entity_type = std::move(*parts[0]);
+  result.call->entity_id = std::move(*parts[1]);
+  result.call->rpc = std::move(*parts[2]);
+  const auto packed = json::to_msgpack(payload);
+  result.call->payload.assign(packed.begin(), packed.end());
+  return result;
+}
+
+http_response to_http_response(const reply_msg& reply) {
+  if (!reply.ok()) {
+    const std::string name = reply.error.empty() ? std::string(to_string(reply.code)) : reply.error;
+    auto response = error_response(status_for(reply.code), name, reply.message);
+    if (reply.code == errc::application_error && !reply.payload.empty()) {
+      // Typed application errors may carry details; pass them on when they are MessagePack.
+      auto details = json::from_msgpack(reply.payload, true, false);
+      if (!details.is_discarded()) {
+        auto body = json::parse(response.body);
+        body["details"] = std::move(details);
+        response.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+      }
+    }
+    return response;
+  }
+  http_response response;
+  if (reply.payload.empty()) {
+    response.body = "null";
+    return response;
+  }
+  const auto value = json::from_msgpack(reply.payload, true, false);
+  if (value.is_discarded())
+    return error_response(502, "BadReply", "the entity's reply is not valid MessagePack");
+  // MessagePack strings need not be UTF-8; JSON text must be.
+  response.body = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  return response;
+}
+
+handler::handler(proxy_client& proxy, handler_options options) : proxy_(proxy), options_(options) {}
+
+awaitable<http_response> handler::handle(http_request request, milliseconds timeout) {
+  auto routed = route(request, options_);
+  if (!routed.call) co_return std::move(routed.response);
+  if (timeout <= milliseconds(0))
+    co_return error_response(503, "DeadlineExceeded", "no time left to call the cluster");
+  auto call = proxy_.call(std::move(*routed.call), timeout);
+  const auto reply = co_await std::move(call);
+  co_return to_http_response(reply);
+}
+
+}  // namespace cluster::gateway

@@ -1,0 +1,74 @@
+#include "cluster/gateway/proxy_client.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace cluster::gateway {
+
+proxy_client::proxy_client(asio::any_io_executor executor, proxy_client_options options)
+    : executor_(std::move(executor)), options_(std::move(options)), connect_done_(executor_) {}
+
+proxy_client::~proxy_client() { close(); }
+
+void proxy_client::close() {
+  if (conn_) conn_->close();
+  conn_.reset();
+}
+
+awaitable<connection_ptr> proxy_client::connection(milliseconds timeout, std::string& error) {
+  if (connected()) co_return conn_;
+  if (connecting_) {
+    // Someone else is connecting: wait for that attempt (bounded by its own timeout).
+    error_code ec;
+    co_await connect_done_.async_wait(asio::redirect_error(use_awaitable, ec));
+    if (connected()) co_return conn_;
+    error = last_connect_error_.empty() ? "cannot connect to the proxy" : last_connect_error_;
+    co_return nullptr;
+  }
+  connecting_ = true;
+  connect_done_.expires_at(steady_clock::time_point::max());
+  const hello_msg hello{protocol_version, "client", options_.name};
+  // Pushes are not expected from a proxy; replies are matched by the connection itself.
+  const connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
+  std::function<void()> on_close = [address = options_.proxy.to_string()] {
+    spdlog::debug("connection to proxy {} closed", address);
+  };
+  const auto connect_timeout =
+      std::max(milliseconds(1), std::min(timeout, options_.connect_timeout));
+  auto connect =
+      connect_to(options_.proxy, hello, options_.limits, connect_timeout, ignore, on_close);
+  auto result = co_await std::move(connect);
+  connecting_ = false;
+  conn_ = std::move(result.conn);
+  last_connect_error_ = result.error;
+  connect_done_.cancel();
+  if (conn_) {
+    spdlog::info("connected to proxy {}", options_.proxy.to_string());
+    co_return conn_;
+  }
+  spdlog::warn("{}", result.error);
+  error = result.error;
+  co_return nullptr;
+}
+
+awaitable<reply_msg> proxy_client::call(request_msg request, milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  std::string error;
+  auto open = connection(timeout, error);
+  auto conn = co_await std::move(open);
+  if (!conn) co_return reply_msg::failure(errc::unavailable, "proxy unreachable: " + error);
+  const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+  if (remaining <= milliseconds(0))
+    co_return reply_msg::failure(errc::deadline_exceeded, "deadline passed while connecting");
+  // The proxy gets slightly less time than we wait, so its own DeadlineExceeded (which
+  // says where the time went) normally arrives before our local one.
+  const auto margin = std::min(remaining / 10, milliseconds(100));
+  request.timeout_ms =
+      static_cast<std::uint32_t>(std::max(milliseconds(1), remaining - margin).count());
+  auto send = conn->async_call(message_kind::request, request, remaining);
+  auto reply = co_await std::move(send);
+  co_return reply;
+}
+
+}  // namespace cluster::gateway

@@ -1,0 +1,677 @@
+// Framed, multiplexed connections and the server over real loopback sockets
+// (common/include/cluster/common/{connection,server}.hpp).
+//
+// Everything runs on one io_context driven by the test thread through `run_until`, the same
+// single-threaded model as the processes.
+
+#include "cluster/common/connection.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cluster/common/server.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using cluster::bytes;
+using cluster::connection_ptr;
+using cluster::envelope;
+using cluster::errc;
+using cluster::message_kind;
+using cluster::milliseconds;
+using cluster::reply_msg;
+using cluster::request_msg;
+using cluster::tcp;
+using cluster::asio::io_context;
+namespace asio = cluster::asio;
+
+// Runs the io_context until `done` holds or `limit` passes; returns `done()`.
+bool run_until(io_context& io, const std::function<bool()>& done, milliseconds limit = 5s) {
+  const auto deadline = cluster::steady_clock::now() + limit;
+  while (!done() && cluster::steady_clock::now() < deadline) {
+    io.run_for(10ms);
+    if (io.stopped()) io.restart();
+  }
+  return done();
+}
+
+// A request the test server holds back until told to answer.
+struct held_request {
+  connection_ptr conn;
+  std::uint64_t id = 0;
+  bytes payload;
+};
+
+// A plain socket that speaks bytes, for input no well-behaved client would send. Its state is
+// shared with its pending handlers, which may run after the peer object is gone.
+class raw_peer {
+ public:
+  explicit raw_peer(io_context& io) : io_(io), state_(std::make_shared<state>(io)) {}
+  ~raw_peer() { close(); }
+  raw_peer(const raw_peer&) = delete;
+  raw_peer& operator=(const raw_peer&) = delete;
+
+  bool connect(std::uint16_t port) {
+    auto connected = std::make_shared<std::optional<cluster::error_code>>();
+    const tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), port);
+    state_->socket.async_connect(endpoint,
+                                 [connected](const cluster::error_code& ec) { *connected = ec; });
+    run_until(io_, [connected] { return connected->has_value(); });
+    if (!connected->has_value() || **connected) return false;
+    read_more(state_);
+    return true;
+  }
+
+  void send(std::string data) {
+    auto shared = std::make_shared<std::string>(std::move(data));
+    asio::async_write(state_->socket, asio::buffer(*shared),
+                      [keep = state_, shared](const cluster::error_code&, std::size_t) {});
+  }
+  void send(const cluster::frame& frame) { send(std::string(frame.data(), frame.size())); }
+
+  /// Waits for the peer to close the connection (EOF or reset).
+  bool wait_closed(milliseconds limit = 5s) {
+    return run_until(
+        io_, [s = state_] { return s->closed; }, limit);
+  }
+  /// Waits for at least `count` complete frames.
+  bool wait_frames(std::size_t count, milliseconds limit = 5s) {
+    run_until(
+        io_, [this, count] { return frames().size() >= count || state_->closed; }, limit);
+    return frames().size() >= count;
+  }
+  bool closed() const { return state_->closed; }
+
+  /// Every complete frame received so far, decoded.
+  std::vector<envelope> frames() const {
+    const auto& received = state_->received;
+    std::vector<envelope> result;
+    std::size_t at = 0;
+    while (received.size() - at >= cluster::frame_header_size) {
+      unsigned char header[cluster::frame_header_size];
+      std::copy_n(received.begin() + static_cast<std::ptrdiff_t>(at), cluster::frame_header_size,
+                  header);
+      const auto size = cluster::decode_frame_header(header);
+      if (received.size() - at - cluster::frame_header_size < size) break;
+      std::string error;
+      auto env = cluster::decode_envelope(received.data() + at + cluster::frame_header_size, size,
+                                          {}, error);
+      EXPECT_TRUE(env.has_value()) << "the server sent an undecodable frame: " << error;
+      if (env) result.push_back(std::move(*env));
+      at += cluster::frame_header_size + size;
+    }
+    return result;
+  }
+
+  void close() {
+    cluster::error_code ignored;
+    state_->socket.close(ignored);
+  }
+
+ private:
+  struct state {
+    explicit state(io_context& io) : socket(io) {}
+    tcp::socket socket;
+    std::array<char, 4096> chunk{};
+    std::vector<char> received;
+    bool closed = false;
+  };
+
+  static void read_more(const std::shared_ptr<state>& s) {
+    s->socket.async_read_some(
+        asio::buffer(s->chunk), [s](const cluster::error_code& ec, std::size_t n) {
+          s->received.insert(s->received.end(), s->chunk.begin(),
+                             s->chunk.begin() + static_cast<std::ptrdiff_t>(n));
+          if (ec) {
+            s->closed = true;
+            return;
+          }
+          read_more(s);
+        });
+  }
+
+  io_context& io_;
+  std::shared_ptr<state> state_;
+};
+
+cluster::hello_msg client_hello(std::uint32_t version = cluster::protocol_version) {
+  cluster::hello_msg hello;
+  hello.protocol_version = version;
+  hello.role = "client";
+  hello.name = "connection-test";
+  return hello;
+}
+
+request_msg echo_request(std::string rpc, bytes payload) {
+  request_msg request;
+  request.entity_type = "Echo";
+  request.entity_id = "e";
+  request.rpc = std::move(rpc);
+  request.payload = std::move(payload);
+  return request;
+}
+
+// A request whose entity_type is an integer: decodes as an envelope, not as a request_msg.
+struct malformed_request {
+  std::int64_t entity_type = 5;
+  std::vector<int> rpc = {1, 2};
+  MSGPACK_DEFINE_MAP(entity_type, rpc);
+};
+
+// A hello whose protocol_version is a string.
+struct hello_with_string_version {
+  std::string protocol_version = "1";
+  std::string role = "client";
+  MSGPACK_DEFINE_MAP(protocol_version, role);
+};
+
+// A reply whose code is a string.
+struct reply_with_string_code {
+  std::string code = "Ok";
+  MSGPACK_DEFINE_MAP(code);
+};
+
+// A loopback server whose handler echoes requests:
+//   rpc "echo"   — answered at once with the request's payload;
+//   rpc "hold"   — held until `hold_count` requests are held, then all answered in reverse;
+//   rpc "silent" — never answered;
+//   rpc "bad-reply" — answered with a reply of the wrong shape;
+//   rpc "close" — the handler closes the connection;
+//   a request_msg of the wrong shape — answered with invalid_request;
+//   any other kind — answered with unknown_kind.
+class loopback : public ::testing::Test {
+ protected:
+  ~loopback() override {
+    for (auto& conn : clients_)
+      if (conn) conn->close();
+    if (server_) server_->stop();
+    // Let the closes and their posted callbacks run before anything is destroyed.
+    io_.restart();
+    io_.run_for(50ms);
+  }
+
+  static cluster::server_options default_options() {
+    cluster::server_options options;
+    // Longer than any run_until deadline, so a test that needs a timeout must set it.
+    options.limits.handshake_timeout = 60s;
+    options.limits.frame_body_timeout = 60s;
+    return options;
+  }
+
+  std::uint16_t start_server(cluster::server_options options = default_options()) {
+    // The handler keeps state of its own after `handle` returns, like real handlers do.
+    auto calls = handled_;
+    server_ = std::make_unique<cluster::server>(
+        io_, std::move(options), [this, calls](const connection_ptr& conn, envelope&& env) {
+          handle(conn, std::move(env));
+          ++*calls;
+        });
+    port_ = server_->listen();
+    return port_;
+  }
+
+  void handle(const connection_ptr& conn, envelope&& env) {
+    last_peer_ = conn->peer_role + "/" + conn->peer_name;
+    if (env.kind != static_cast<std::uint32_t>(message_kind::request)) {
+      conn->send_reply(env.id,
+                       reply_msg::failure(errc::unknown_kind, "kind " + std::to_string(env.kind)));
+      return;
+    }
+    std::string error;
+    auto request = env.as<request_msg>(&error);
+    if (!request) {
+      conn->send_reply(env.id, reply_msg::failure(errc::invalid_request, error));
+      return;
+    }
+    if (request->rpc == "echo") {
+      conn->send_reply(env.id, reply_msg::success(request->payload));
+    } else if (request->rpc == "bad-reply") {
+      conn->send(message_kind::reply, env.id, reply_with_string_code{});
+    } else if (request->rpc == "close") {
+      conn->close();
+    } else if (request->rpc == "hold") {
+      held_.push_back({conn, env.id, request->payload});
+      if (held_.size() == hold_count_) {
+        auto held = std::move(held_);
+        held_.clear();
+        std::reverse(held.begin(), held.end());
+        for (auto& h : held) {
+          answer_order_.push_back(h.id);
+          h.conn->send_reply(h.id, reply_msg::success(h.payload));
+        }
+      }
+    }
+    // "silent": never answered.
+  }
+
+  /// Connects with connect_to on the test's io_context; never throws.
+  cluster::connect_result connect(cluster::hello_msg hello = client_hello(), std::uint16_t port = 0,
+                                  milliseconds timeout = 5s) {
+    auto result = std::make_shared<std::optional<cluster::connect_result>>();
+    auto thrown = std::make_shared<bool>(false);
+    cluster::connection_limits limits;
+    cluster::host_port address{"127.0.0.1", port == 0 ? port_ : port};
+    cluster::connection::message_handler on_message;
+    std::function<void()> on_close;
+    auto op = cluster::connect_to(std::move(address), std::move(hello), limits, timeout,
+                                  std::move(on_message), std::move(on_close));
+    asio::co_spawn(io_, std::move(op),
+                   [result, thrown](std::exception_ptr e, cluster::connect_result r) {
+                     *thrown = e != nullptr;
+                     *result = std::move(r);
+                   });
+    EXPECT_TRUE(run_until(
+        io_, [result] { return result->has_value(); }, timeout + 5s));
+    EXPECT_FALSE(*thrown) << "connect_to threw";
+    if (!result->has_value()) return {};
+    if ((*result)->conn) clients_.push_back((*result)->conn);
+    return std::move(**result);
+  }
+
+  connection_ptr connect_ok() {
+    auto result = connect();
+    EXPECT_NE(result.conn, nullptr) << result.error;
+    return result.conn;
+  }
+
+  /// Makes one call and waits for its reply.
+  std::optional<reply_msg> call(const connection_ptr& conn, message_kind kind,
+                                const request_msg& request, milliseconds timeout = 5s) {
+    auto reply = std::make_shared<std::optional<reply_msg>>();
+    conn->call(kind, request, timeout, [reply](reply_msg&& r) { *reply = std::move(r); });
+    run_until(
+        io_, [reply] { return reply->has_value(); }, timeout + 5s);
+    return *reply;
+  }
+
+  /// The connection still answers a call: the round trip a test ends with.
+  void expect_usable(const connection_ptr& conn) {
+    ASSERT_TRUE(conn->is_open());
+    const auto reply = call(conn, message_kind::request, echo_request("echo", bytes{4, 2}));
+    ASSERT_TRUE(reply.has_value());
+    EXPECT_TRUE(reply->ok()) << reply->error << ": " << reply->message;
+    EXPECT_EQ(reply->payload, (bytes{4, 2}));
+  }
+
+  /// A raw peer that completed the handshake by hand.
+  std::unique_ptr<raw_peer> raw_handshaken() {
+    auto peer = std::make_unique<raw_peer>(io_);
+    EXPECT_TRUE(peer->connect(port_));
+    peer->send(cluster::encode_frame(message_kind::hello, 1, client_hello()));
+    EXPECT_TRUE(peer->wait_frames(1));
+    const auto frames = peer->frames();
+    EXPECT_EQ(frames.size(), 1u);
+    if (!frames.empty()) {
+      EXPECT_EQ(frames[0].kind, static_cast<std::uint32_t>(message_kind::hello_ack));
+    }
+    return peer;
+  }
+
+  std::unique_ptr<raw_peer> raw_connected() {
+    auto peer = std::make_unique<raw_peer>(io_);
+    EXPECT_TRUE(peer->connect(port_));
+    return peer;
+  }
+
+  io_context io_;
+  std::unique_ptr<cluster::server> server_;
+  std::uint16_t port_ = 0;
+  std::vector<connection_ptr> clients_;
+  std::vector<held_request> held_;
+  std::size_t hold_count_ = 0;
+  std::vector<std::uint64_t> answer_order_;
+  std::string last_peer_;  ///< role/name from the hello of the last handled message's sender
+  std::shared_ptr<int> handled_ = std::make_shared<int>(0);  ///< messages the handler saw
+};
+
+// Expects `env` to be a reply with `code` to request `id`.
+void expect_reply(const envelope& env, std::uint64_t id, errc code) {
+  EXPECT_EQ(env.kind, static_cast<std::uint32_t>(message_kind::reply));
+  EXPECT_EQ(env.id, id);
+  std::string error;
+  const auto reply = env.as<reply_msg>(&error);
+  ASSERT_TRUE(reply.has_value()) << error;
+  EXPECT_EQ(reply->code, code) << cluster::to_string(reply->code) << ": " << reply->message;
+  EXPECT_EQ(reply->error, cluster::to_string(code));
+}
+
+}  // namespace
+
+TEST_F(loopback, completes_the_handshake_and_learns_the_peer_names) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  ASSERT_TRUE(run_until(io_, [this] { return server_->connection_count() == 1; }));
+  EXPECT_TRUE(conn->is_open());
+  expect_usable(conn);
+  EXPECT_EQ(last_peer_, "client/connection-test");  // what the hello said, on the server side
+}
+
+TEST_F(loopback, matches_200_concurrent_replies_answered_in_reverse_order) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  constexpr int calls = 200;
+  hold_count_ = calls;
+
+  struct outcome {
+    int done = 0;
+    int mismatched = 0;
+    std::vector<int> completion_order;
+  };
+  auto result = std::make_shared<outcome>();
+  auto one_call = [](connection_ptr c, int i,
+                     std::shared_ptr<outcome> out) -> cluster::awaitable<> {
+    const bytes payload = cluster::pack_bytes(i);
+    request_msg request = echo_request("hold", payload);
+    auto op = c->async_call(message_kind::request, request, 10s);
+    reply_msg reply = co_await std::move(op);
+    if (!reply.ok() || reply.payload != payload) ++out->mismatched;
+    out->completion_order.push_back(i);
+    ++out->done;
+  };
+  for (int i = 0; i < calls; ++i) {
+    auto coroutine = one_call(conn, i, result);
+    asio::co_spawn(io_, std::move(coroutine), asio::detached);
+  }
+  ASSERT_TRUE(run_until(
+      io_, [result] { return result->done == calls; }, 10s))
+      << result->done << " of " << calls << " calls completed";
+  EXPECT_EQ(result->mismatched, 0);
+  EXPECT_EQ(conn->pending_calls(), 0u);
+  // The server really answered out of order: the last call sent was answered first.
+  ASSERT_EQ(answer_order_.size(), static_cast<std::size_t>(calls));
+  EXPECT_TRUE(std::is_sorted(answer_order_.rbegin(), answer_order_.rend()));
+  EXPECT_EQ(result->completion_order.front(), calls - 1);
+  EXPECT_EQ(result->completion_order.back(), 0);
+}
+
+TEST_F(loopback, fails_a_call_that_is_never_answered_with_deadline_exceeded) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  const auto reply = call(conn, message_kind::request, echo_request("silent", {}), 100ms);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->code, errc::deadline_exceeded);
+  EXPECT_EQ(conn->pending_calls(), 0u);
+  EXPECT_TRUE(conn->is_open());
+  expect_usable(conn);
+}
+
+TEST_F(loopback, fails_pending_calls_with_unavailable_when_the_server_closes) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  std::vector<std::optional<reply_msg>> replies(3);
+  auto shared = std::make_shared<std::vector<std::optional<reply_msg>>>(std::move(replies));
+  for (std::size_t i = 0; i < shared->size(); ++i)
+    conn->call(message_kind::request, echo_request("silent", {}), 60s,
+               [shared, i](reply_msg&& r) { (*shared)[i] = std::move(r); });
+  ASSERT_TRUE(run_until(io_, [handled = handled_] { return *handled == 3; }));
+  server_->stop();
+  ASSERT_TRUE(run_until(io_, [shared] {
+    return std::all_of(shared->begin(), shared->end(), [](const auto& r) { return r.has_value(); });
+  }));
+  for (const auto& r : *shared) EXPECT_EQ(r->code, errc::unavailable) << r->message;
+  EXPECT_FALSE(conn->is_open());
+  // A call on the closed connection fails the same way, never synchronously.
+  const auto late = call(conn, message_kind::request, echo_request("echo", {}));
+  ASSERT_TRUE(late.has_value());
+  EXPECT_EQ(late->code, errc::unavailable);
+}
+
+TEST_F(loopback, answers_a_ping_with_a_pong_of_the_same_id) {
+  start_server();
+  auto peer = raw_handshaken();
+  peer->send(cluster::encode_frame(message_kind::ping, 4242, cluster::empty_msg{}));
+  ASSERT_TRUE(peer->wait_frames(2));
+  const auto frames = peer->frames();
+  EXPECT_EQ(frames[1].kind, static_cast<std::uint32_t>(message_kind::pong));
+  EXPECT_EQ(frames[1].id, 4242u);
+  EXPECT_FALSE(peer->closed());
+  EXPECT_EQ(*handled_, 0);  // the connection answers pings itself
+}
+
+TEST_F(loopback, closes_a_connection_sending_random_bytes_and_keeps_serving_others) {
+  cluster::server_options options = default_options();
+  options.limits.frame_body_timeout = 200ms;
+  start_server(options);
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (int round = 0; round < 8; ++round) {
+    auto peer = raw_connected();
+    std::string garbage(static_cast<std::size_t>(64 + round * 97), '\0');
+    for (char& c : garbage) c = static_cast<char>(byte(rng));
+    // Some rounds announce a small body, so the decoder rather than the size check rejects it.
+    if (round % 2 == 1) {
+      garbage[0] = 0;
+      garbage[1] = 0;
+      garbage[2] = 0;
+      garbage[3] = 40;
+    }
+    peer->send(garbage);
+    EXPECT_TRUE(peer->wait_closed()) << "round " << round;
+  }
+  EXPECT_EQ(*handled_, 0);
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  expect_usable(conn);
+}
+
+TEST_F(loopback, refuses_a_4_gb_length_prefix_with_frame_too_large_and_closes) {
+  start_server();
+  auto peer = raw_connected();
+  peer->send(std::string("\xff\xff\xff\xff", 4));
+  ASSERT_TRUE(peer->wait_closed());
+  const auto frames = peer->frames();
+  ASSERT_EQ(frames.size(), 1u);
+  expect_reply(frames[0], 0, errc::frame_too_large);
+
+  // The same after the handshake.
+  auto later = raw_handshaken();
+  later->send(std::string("\xff\xff\xff\xff", 4));
+  ASSERT_TRUE(later->wait_closed());
+  const auto later_frames = later->frames();
+  ASSERT_EQ(later_frames.size(), 2u);
+  expect_reply(later_frames[1], 0, errc::frame_too_large);
+}
+
+TEST_F(loopback, closes_a_stalled_half_frame_after_the_body_timeout_without_affecting_others) {
+  cluster::server_options options = default_options();
+  options.limits.frame_body_timeout = 200ms;
+  start_server(options);
+  auto good = connect_ok();
+  ASSERT_NE(good, nullptr);
+  auto stalled = raw_handshaken();
+  std::string half("\x00\x00\x00\x64", 4);  // announces 100 bytes
+  half.append(10, '\x90');
+  stalled->send(half);
+  // While it stalls, the other client is served.
+  expect_usable(good);
+  ASSERT_TRUE(stalled->wait_closed());
+  EXPECT_EQ(stalled->frames().size(), 1u);  // only the hello_ack: a stall is closed silently
+  expect_usable(good);
+  ASSERT_TRUE(run_until(io_, [this] { return server_->connection_count() == 1; }));
+}
+
+TEST_F(loopback, refuses_a_first_message_that_is_not_hello_with_handshake_required) {
+  start_server();
+  auto peer = raw_connected();
+  peer->send(cluster::encode_frame(message_kind::request, 17, echo_request("echo", {})));
+  ASSERT_TRUE(peer->wait_closed());
+  const auto frames = peer->frames();
+  ASSERT_EQ(frames.size(), 1u);
+  expect_reply(frames[0], 17, errc::handshake_required);
+  EXPECT_EQ(*handled_, 0);
+}
+
+TEST_F(loopback, refuses_a_hello_of_another_protocol_version) {
+  start_server();
+  auto peer = raw_connected();
+  peer->send(cluster::encode_frame(message_kind::hello, 3, client_hello(99)));
+  ASSERT_TRUE(peer->wait_closed());
+  const auto frames = peer->frames();
+  ASSERT_EQ(frames.size(), 1u);
+  expect_reply(frames[0], 3, errc::unsupported_version);
+
+  const auto result = connect(client_hello(99));
+  EXPECT_EQ(result.conn, nullptr);
+  EXPECT_NE(result.error.find("UnsupportedVersion"), std::string::npos) << result.error;
+}
+
+TEST_F(loopback, refuses_a_hello_of_the_wrong_shape_as_malformed) {
+  start_server();
+  auto peer = raw_connected();
+  peer->send(cluster::encode_frame(message_kind::hello, 5, hello_with_string_version{}));
+  ASSERT_TRUE(peer->wait_closed());
+  const auto frames = peer->frames();
+  ASSERT_EQ(frames.size(), 1u);
+  expect_reply(frames[0], 5, errc::malformed_frame);
+}
+
+TEST_F(loopback, closes_a_connection_that_sends_no_hello_within_the_handshake_timeout) {
+  cluster::server_options options = default_options();
+  options.limits.handshake_timeout = 200ms;
+  start_server(options);
+  auto silent = raw_connected();
+  ASSERT_TRUE(silent->wait_closed());
+  EXPECT_TRUE(silent->frames().empty());
+  // A prompt client is unaffected by the short timeout.
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  expect_usable(conn);
+}
+
+TEST_F(loopback, passes_an_unknown_kind_to_the_handler_and_stays_usable) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  const auto reply = call(conn, static_cast<message_kind>(77), echo_request("echo", {}));
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->code, errc::unknown_kind);
+  EXPECT_EQ(reply->message, "kind 77");
+  EXPECT_EQ(*handled_, 1);
+  expect_usable(conn);
+}
+
+TEST_F(loopback, keeps_the_connection_open_after_a_request_of_the_wrong_shape) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto reply = std::make_shared<std::optional<reply_msg>>();
+  conn->call(message_kind::request, malformed_request{}, 5s,
+             [reply](reply_msg&& r) { *reply = std::move(r); });
+  ASSERT_TRUE(run_until(io_, [reply] { return reply->has_value(); }));
+  EXPECT_EQ((*reply)->code, errc::invalid_request);
+  EXPECT_FALSE((*reply)->message.empty());
+  expect_usable(conn);
+}
+
+TEST_F(loopback, answers_a_second_hello_with_invalid_request_and_stays_open) {
+  start_server();
+  auto peer = raw_handshaken();
+  peer->send(cluster::encode_frame(message_kind::hello, 2, client_hello()));
+  ASSERT_TRUE(peer->wait_frames(2));
+  expect_reply(peer->frames()[1], 2, errc::invalid_request);
+  peer->send(cluster::encode_frame(message_kind::ping, 3, cluster::empty_msg{}));
+  ASSERT_TRUE(peer->wait_frames(3));
+  EXPECT_EQ(peer->frames()[2].kind, static_cast<std::uint32_t>(message_kind::pong));
+}
+
+TEST_F(loopback, delivers_a_reply_of_the_wrong_shape_as_malformed_frame) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  const auto reply = call(conn, message_kind::request, echo_request("bad-reply", {}));
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->code, errc::malformed_frame);
+  EXPECT_NE(reply->message.find("wrong shape"), std::string::npos) << reply->message;
+  EXPECT_EQ(conn->pending_calls(), 0u);
+  expect_usable(conn);
+}
+
+// A handler may close its own connection: close() must not free the running handler.
+TEST_F(loopback, lets_a_handler_close_its_own_connection) {
+  start_server();
+  auto doomed = connect_ok();
+  auto other = connect_ok();
+  ASSERT_NE(doomed, nullptr);
+  ASSERT_NE(other, nullptr);
+  const auto reply = call(doomed, message_kind::request, echo_request("close", {}));
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->code, errc::unavailable);
+  EXPECT_EQ(*handled_, 1);
+  expect_usable(other);
+}
+
+TEST_F(loopback, reports_a_refused_connection_as_an_error_string) {
+  // A port that was free a moment ago: bind it, note it, release it.
+  std::uint16_t closed_port = 0;
+  {
+    tcp::acceptor acceptor(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    closed_port = acceptor.local_endpoint().port();
+  }
+  const auto result = connect(client_hello(), closed_port);
+  EXPECT_EQ(result.conn, nullptr);
+  EXPECT_NE(result.error.find("cannot connect to 127.0.0.1:" + std::to_string(closed_port)),
+            std::string::npos)
+      << result.error;
+}
+
+TEST_F(loopback, reports_a_peer_that_never_acknowledges_hello_as_timed_out) {
+  // Accepts but never speaks: the handshake can only end by connect_to's timeout.
+  tcp::acceptor acceptor(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  tcp::socket accepted(io_);
+  acceptor.async_accept(accepted, [](const cluster::error_code&) {});
+  const auto result = connect(client_hello(), acceptor.local_endpoint().port(), 200ms);
+  EXPECT_EQ(result.conn, nullptr);
+  EXPECT_NE(result.error.find("timed out"), std::string::npos) << result.error;
+}
+
+// Over max_connections the server answers TooManyRequests, then closes.
+TEST_F(loopback, refuses_connections_over_max_connections_with_too_many_requests) {
+  cluster::server_options options = default_options();
+  options.max_connections = 1;
+  start_server(options);
+  auto first = connect_ok();
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(run_until(io_, [this] { return server_->connection_count() == 1; }));
+  auto peer = raw_connected();
+  ASSERT_TRUE(peer->wait_closed());
+  const auto frames = peer->frames();
+  ASSERT_EQ(frames.size(), 1u);
+  expect_reply(frames[0], 0, errc::too_many_requests);
+  expect_usable(first);
+}
+
+TEST(host_port, parses_ipv4_and_bracketed_ipv6_addresses) {
+  const auto v4 = cluster::parse_host_port("127.0.0.1:80");
+  ASSERT_TRUE(v4.has_value());
+  EXPECT_EQ(v4->host, "127.0.0.1");
+  EXPECT_EQ(v4->port, 80);
+  EXPECT_EQ(v4->to_string(), "127.0.0.1:80");
+
+  const auto v6 = cluster::parse_host_port("[::1]:80");
+  ASSERT_TRUE(v6.has_value());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->port, 80);
+
+  const auto top = cluster::parse_host_port("runner.internal:65535");
+  ASSERT_TRUE(top.has_value());
+  EXPECT_EQ(top->port, 65535);
+}
+
+TEST(host_port, rejects_a_missing_host_or_a_bad_port) {
+  for (const char* text :
+       {"nohost", "h:", "h:99999", "h:65536", "h:x1", "h:1x", ":80", "", "[::1]", "h:-1", "h: 80"})
+    EXPECT_FALSE(cluster::parse_host_port(text).has_value()) << "'" << text << "' was accepted";
+}

@@ -1,0 +1,175 @@
+// cluster-gateway's application object over real HTTP, in front of the in-process cluster
+// (manager, runner with the example plugins, proxy) on one io_context.
+#include <gtest/gtest.h>
+
+#include "child_process.hpp"
+#include "cluster/gateway/gateway.hpp"
+#include "cluster_fixture.hpp"
+#include "http_client.hpp"
+
+namespace cluster::testing {
+namespace {
+
+using gateway::gateway_config;
+
+class gateway_http : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    cluster.add_runner();
+    ASSERT_TRUE(cluster.wait_until_balanced(1));
+    gate = start_gateway(cluster.proxy_address());
+  }
+  void TearDown() override {
+    for (auto* g : {&gate, &extra}) {
+      if (!*g) continue;
+      (*g)->stop();
+      EXPECT_TRUE(run_until(cluster.io, [g] { return (*g)->idle(); }));
+      g->reset();
+    }
+  }
+
+  std::unique_ptr<gateway::gateway> start_gateway(
+      const std::string& proxy, const std::function<void(gateway_config&)>& tweak = {}) {
+    gateway_config config;
+    config.port = 0;
+    config.proxy = proxy;
+    config.request_timeout = milliseconds(5000);
+    if (tweak) tweak(config);
+    auto started = std::make_unique<gateway::gateway>(cluster.io, config);
+    started->start();
+    return started;
+  }
+
+  http_result call(const std::string& method, const std::string& target,
+                   const std::string& body = "") {
+    return http_call(cluster.io, gate->port(), method, target, body);
+  }
+
+  in_process_cluster cluster;
+  std::unique_ptr<gateway::gateway> gate;
+  std::unique_ptr<gateway::gateway> extra;
+};
+
+TEST_F(gateway_http, get_root_returns_the_seed_greeting) {
+  const auto result = call("GET", "/");
+  ASSERT_EQ(result.status, 200u) << result.error << result.body;
+  EXPECT_EQ(result.content_type, "application/json");
+  EXPECT_EQ(result.json()["message"], "Hello, John! from Test Greeter 216");
+}
+
+TEST_F(gateway_http, post_returns_the_reply_of_the_addressed_entity) {
+  const auto result = call("POST", "/Greeter/alice/Greet", R"({"name":"Alice"})");
+  ASSERT_EQ(result.status, 200u) << result.error << result.body;
+  const std::string message = result.json().value("message", "");
+  EXPECT_EQ(message.rfind("Hello, Alice! from alice Greeter ", 0), 0u) << message;
+}
+
+TEST_F(gateway_http, an_unknown_rpc_or_entity_type_is_404_with_error_and_message) {
+  auto result = call("POST", "/Greeter/alice/NoSuchRpc", "{}");
+  EXPECT_EQ(result.status, 404u) << result.body;
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+  EXPECT_EQ(result.json()["error"], "UnknownRpc");
+  result = call("POST", "/NoSuchType/x/Greet", "{}");
+  EXPECT_EQ(result.status, 404u) << result.body;
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+  EXPECT_EQ(result.json()["error"], "UnknownEntityType");
+}
+
+TEST_F(gateway_http, malformed_json_or_a_payload_the_rpc_cannot_take_is_400) {
+  auto result = call("POST", "/Greeter/alice/Greet", "{\"name\":");
+  EXPECT_EQ(result.status, 400u) << result.body;
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+  EXPECT_EQ(result.json()["error"], "InvalidJson");
+  result = call("POST", "/Greeter/alice/Greet", R"({"name": 42})");
+  EXPECT_EQ(result.status, 400u) << result.body;
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+}
+
+TEST_F(gateway_http, an_application_error_is_422_with_the_apps_tag) {
+  const auto result = call("POST", "/Calculator/calc/AddCounters", "{}");
+  EXPECT_EQ(result.status, 422u) << result.body;
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+  EXPECT_EQ(result.json()["error"], "InvalidArgument");
+}
+
+TEST_F(gateway_http, other_paths_are_404_and_wrong_methods_405) {
+  auto result = call("GET", "/favicon.ico");
+  EXPECT_EQ(result.status, 404u);
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+  result = call("GET", "/Greeter/alice/Greet");
+  EXPECT_EQ(result.status, 405u);
+  EXPECT_EQ(result.allow, "POST");
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+}
+
+TEST_F(gateway_http, keeps_the_connection_alive_between_requests) {
+  const auto results = http_session(cluster.io, gate->port(),
+                                    {{"GET", "/", ""},
+                                     {"POST", "/Counter/kept/Increment", R"({"by":2})"},
+                                     {"POST", "/Counter/kept/Increment", R"({"by":3})"}});
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& result : results) {
+    EXPECT_EQ(result.status, 200u) << result.error << result.body;
+    EXPECT_TRUE(result.keep_alive);
+  }
+  EXPECT_EQ(results[2].json()["value"], 5) << results[2].body;
+}
+
+TEST_F(gateway_http, a_body_over_the_limit_is_413) {
+  extra = start_gateway(cluster.proxy_address(),
+                        [](gateway_config& config) { config.max_body_bytes = 1024; });
+  const std::string big = R"({"name":")" + std::string(4096, 'x') + R"("})";
+  const auto result = http_call(cluster.io, extra->port(), "POST", "/Greeter/alice/Greet", big);
+  EXPECT_EQ(result.status, 413u) << result.error;
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+}
+
+TEST_F(gateway_http, a_malformed_http_request_is_400) {
+  // Raw bytes: Beast's client would not send this.
+  auto reply = std::make_shared<std::string>();
+  auto done = std::make_shared<bool>(false);
+  asio::co_spawn(
+      cluster.io,
+      [port = gate->port(), reply, done]() -> awaitable<void> {
+        tcp::socket socket(co_await asio::this_coro::executor);
+        error_code ec;
+        const tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), port);
+        co_await socket.async_connect(endpoint, asio::redirect_error(use_awaitable, ec));
+        const std::string garbage = "GET / HTTP/1.1\r\nBad Header Without Colon\r\n\r\n";
+        if (!ec)
+          co_await asio::async_write(socket, asio::buffer(garbage),
+                                     asio::redirect_error(use_awaitable, ec));
+        std::array<char, 4096> chunk{};
+        while (!ec) {
+          const auto n = co_await socket.async_read_some(asio::buffer(chunk),
+                                                         asio::redirect_error(use_awaitable, ec));
+          reply->append(chunk.data(), n);
+        }
+        *done = true;
+      },
+      asio::detached);
+  ASSERT_TRUE(run_until(cluster.io, [&done] { return *done; }));
+  EXPECT_EQ(reply->rfind("HTTP/1.1 400", 0), 0u) << *reply;
+  EXPECT_NE(reply->find("\"error\""), std::string::npos) << *reply;
+}
+
+TEST_F(gateway_http, answers_503_when_the_proxy_is_unreachable) {
+  extra = start_gateway("127.0.0.1:" + std::to_string(free_port()));
+  const auto result = http_call(cluster.io, extra->port(), "GET", "/");
+  EXPECT_EQ(result.status, 503u) << result.error;
+  EXPECT_TRUE(is_error_body(result)) << result.body;
+  EXPECT_EQ(result.json()["error"], "Unavailable");
+}
+
+TEST_F(gateway_http, stop_closes_idle_keep_alive_connections) {
+  // An idle keep-alive connection from a client that never sends again.
+  auto socket = std::make_shared<tcp::socket>(cluster.io);
+  socket->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gate->port()));
+  ASSERT_TRUE(run_until(cluster.io, [this] { return gate->connections() == 1; }));
+  gate->stop();
+  EXPECT_TRUE(run_until(cluster.io, [this] { return gate->idle(); }));
+  EXPECT_EQ(gate->connections(), 0u);
+}
+
+}  // namespace
+}  // namespace cluster::testing
