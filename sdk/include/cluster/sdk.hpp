@@ -220,7 +220,7 @@ class context {
   auto call(std::string_view entity_type, std::string_view entity_id, std::string_view rpc,
             const Request& request, const char* primary_key = nullptr) {
     struct awaiter {
-      const cluster_call_context* raw;
+      const cluster_call_context* raw = nullptr;
       std::string type, id, rpc_name;
       msgpack::sbuffer payload;
       std::optional<std::string> key;
@@ -254,12 +254,16 @@ class context {
         }
       }
     };
-    return awaiter{raw_,
-                   std::string(entity_type),
-                   std::string(entity_id),
-                   std::string(rpc),
-                   detail::encode(request),
-                   primary_key ? std::optional<std::string>(primary_key) : std::nullopt};
+    // Members one by one, not aggregate initialization: plugins may build with
+    // -Wmissing-field-initializers.
+    awaiter pending;
+    pending.raw = raw_;
+    pending.type = std::string(entity_type);
+    pending.id = std::string(entity_id);
+    pending.rpc_name = std::string(rpc);
+    pending.payload = detail::encode(request);
+    if (primary_key != nullptr) pending.key = std::string(primary_key);
+    return pending;
   }
 
  private:
