@@ -121,7 +121,7 @@ TEST(cluster, answers_every_call_while_a_runner_joins_mid_traffic) {
       client->call(message_kind::request,
                    make_request("Probe", "join-" + std::to_string(i), "Append",
                                 {{"sender", "w"}, {"value", wave}}),
-                   milliseconds(10000), [&](reply_msg&& reply) {
+                   milliseconds(30000), [&](reply_msg&& reply) {
                      --pending;
                      ++answered;
                      if (!reply.ok()) ++failed;
@@ -134,7 +134,8 @@ TEST(cluster, answers_every_call_while_a_runner_joins_mid_traffic) {
     run_until(
         cluster.io, [] { return false; }, milliseconds(20));
   }
-  ASSERT_TRUE(run_until(cluster.io, [&] { return pending == 0; }));
+  // Generous: the suite runs two tests at a time on two cores under ASan.
+  ASSERT_TRUE(run_until(cluster.io, [&] { return pending == 0; }, milliseconds(60000)));
   EXPECT_EQ(answered, 2000u);
   EXPECT_EQ(failed, 0u);
   ASSERT_TRUE(cluster.wait_until_balanced(3));
