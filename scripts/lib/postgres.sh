@@ -148,8 +148,10 @@ CONF
     ((EUID == 0)) && chown postgres: "$PG_DATA/cluster-dev.conf"
     grep -q "^include_if_exists = 'cluster-dev.conf'" "$PG_DATA/postgresql.conf" ||
       echo "include_if_exists = 'cluster-dev.conf'" >>"$PG_DATA/postgresql.conf"
+    # 9>&-: the server must not inherit scripts/dev's lock (fd 9), or it would hold it
+    # for as long as it runs and block every later down/restart.
     if _pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$log" -w -t 30 \
-      start >/dev/null 2>&1; then
+      start >/dev/null 2>&1 9>&-; then
       PG_PORT=$port
       break
     fi
