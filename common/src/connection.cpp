@@ -29,16 +29,29 @@ awaitable<read_result> read_frame(tcp::socket& socket, std::vector<char>& body,
                    std::to_string(limits.decode.max_frame_bytes);
     co_return result;
   }
-  body.resize(size);
   body_timer.expires_after(limits.frame_body_timeout);
   body_timer.async_wait([on_stall = std::move(on_stall)](const error_code& timer_ec) {
     if (!timer_ec) on_stall();
   });
-  co_await asio::async_read(socket, asio::buffer(body), asio::redirect_error(use_awaitable, ec));
+  // The buffer grows with the bytes that actually arrive (at most doubling), so a header
+  // announcing max_frame_bytes followed by a stall does not commit max_frame_bytes of memory
+  // on every connection.
+  constexpr std::size_t first_chunk = 64 * 1024;
+  body.clear();
+  std::size_t received = 0;
+  while (!ec && received < size) {
+    const std::size_t chunk =
+        std::min<std::size_t>(size - received, std::max(first_chunk, received));
+    body.resize(received + chunk);
+    received += co_await asio::async_read(socket, asio::buffer(body.data() + received, chunk),
+                                          asio::redirect_error(use_awaitable, ec));
+  }
   body_timer.cancel();
   if (ec) co_return result;
   result.env = decode_envelope(body.data(), size, limits.decode, result.error);
   if (!result.env) result.code = errc::malformed_frame;
+  // The envelope owns copies of what it needs: do not keep a large buffer per idle connection.
+  if (body.capacity() > first_chunk) std::vector<char>().swap(body);
   co_return result;
 }
 
@@ -126,6 +139,7 @@ awaitable<void> connection::read_loop(connection_ptr self) {
       break;
     }
     envelope env = std::move(*result.env);
+    last_heard_ = steady_clock::now();
     if (!handshaken_) {
       if (!handle_handshake(env)) break;
       continue;

@@ -201,8 +201,10 @@ bool pg_message_store::ensure_connected() {
   try {
     conn_ = std::make_unique<pg::connection>(settings_.conninfo());
     spdlog::info("reconnected to PostgreSQL at {}", settings_.describe());
+    reachable_ = true;
     return true;
   } catch (const pg::error& e) {
+    reachable_ = false;
     return false;
   }
 }
@@ -210,6 +212,7 @@ bool pg_message_store::ensure_connected() {
 void pg_message_store::connection_failed(const std::string& why) {
   spdlog::error("PostgreSQL session lost: {}", why);
   conn_.reset();
+  reachable_ = false;
   if (!held_.empty()) {
     held_.clear();
     asio::post(io_, [this] {

@@ -52,6 +52,12 @@ void server::stop_accepting() {
   acceptor_.close(ignored);
 }
 
+void server::close_after_flush() {
+  stop_accepting();
+  auto open = connections_;
+  for (const auto& conn : open) conn->close_after_flush();
+}
+
 void server::stop() {
   stop_accepting();
   auto open = connections_;

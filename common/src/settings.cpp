@@ -12,7 +12,10 @@ void common_settings::declare(std::vector<config_section>& sections) {
   sections.back()
       .key("storage", &storage.backend)
       .key("max_frame_bytes", &max_frame_bytes)
-      .key("handshake_timeout_ms", &handshake_timeout);
+      .key("handshake_timeout_ms", &handshake_timeout)
+      .key("frame_body_timeout_ms", &frame_body_timeout)
+      .key("max_connections", &max_connections)
+      .key("max_in_flight", &max_in_flight);
   sections.emplace_back("log");
   sections.back().key("level", &log_level);
 }
@@ -70,6 +73,8 @@ connection_limits common_settings::limits() const {
   connection_limits limits;
   limits.decode.max_frame_bytes = max_frame_bytes;
   limits.handshake_timeout = handshake_timeout;
+  limits.frame_body_timeout = frame_body_timeout;
+  limits.max_in_flight = max_in_flight;
   return limits;
 }
 

@@ -13,8 +13,8 @@ int main(int argc, char** argv) {
     cluster::host::runner runner(io, config);
     runner.start();
     return cluster::run_until_signal(
-        io, [&runner] { runner.stop(); },
-        [&runner] { return runner.entities().busy_entities() == 0; });
+        io, [&runner] { runner.stop(); }, [&runner] { return runner.stopped(); },
+        config.shutdown_timeout + cluster::milliseconds(5000));
   } catch (const std::exception& e) {
     spdlog::critical("cluster-runner failed to start: {}", e.what());
     return 1;

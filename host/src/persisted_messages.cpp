@@ -40,23 +40,36 @@ void persisted_messages::start() {
 }
 
 void persisted_messages::stop() {
+  if (stopped_) return;
   stopped_ = true;
   maintenance_timer_.cancel();
   purge_timer_.cancel();
+  // Retriable: the caller's retry (same primary key) finds the message at its next owner.
   for (auto& [id, list] : waiters_)
     for (auto& w : list) w.done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
   waiters_.clear();
   waiter_count_ = 0;
+  held_.clear();
+  suspended_.clear();
+  store_->stop();  // finishes queued statements, then releases every lock
 }
 
 bool persisted_messages::holds(const std::string& group, std::int32_t shard) const {
   return held_.count({group, shard}) > 0;
 }
 
+bool persisted_messages::suspended(const std::string& group, std::int32_t shard) const {
+  return suspended_.count({group, shard}) > 0;
+}
+
 std::size_t persisted_messages::held_shards() const { return held_.size(); }
 
 void persisted_messages::set_wanted(std::map<std::string, std::set<std::int32_t>> wanted) {
   wanted_ = std::move(wanted);
+  std::erase_if(suspended_, [this](const shard_key& shard) {
+    auto it = wanted_.find(shard.first);
+    return it == wanted_.end() || !it->second.count(shard.second);
+  });
   // Stop serving shards that moved away at once; their locks go once their entities are idle.
   entities_.evict_shards([this](const std::string& group, std::int32_t shard) {
     auto it = wanted_.find(group);
@@ -92,7 +105,9 @@ void persisted_messages::sync_locks() {
                      epoch = lock_epoch_](std::vector<std::int32_t> held) {
                       for (auto shard : shards) acquiring_.erase({group, shard});
                       if (stopped_ || epoch != lock_epoch_) return;
+                      if (store_->reachable()) lost_to_others(group, shards, held);
                       for (auto shard : held) {
+                        suspended_.erase({group, shard});
                         auto wanted = wanted_.find(group);
                         if (wanted == wanted_.end() || !wanted->second.count(shard)) {
                           store_->release(group, {shard});  // moved away meanwhile
@@ -104,6 +119,24 @@ void persisted_messages::sync_locks() {
                       }
                     });
   }
+}
+
+void persisted_messages::lost_to_others(const std::string& group,
+                                        const std::vector<std::int32_t>& wanted,
+                                        const std::vector<std::int32_t>& held) {
+  std::set<std::int32_t> lost;
+  for (auto shard : wanted)
+    if (suspended_.count({group, shard}) &&
+        std::find(held.begin(), held.end(), shard) == held.end())
+      lost.insert(shard);
+  if (lost.empty()) return;
+  spdlog::warn(
+      "{} shards of group '{}' are locked by another runner since the storage "
+      "outage; passivating their entities",
+      lost.size(), group);
+  for (auto shard : lost) suspended_.erase({group, shard});
+  entities_.evict_shards(
+      [&](const std::string& g, std::int32_t shard) { return g != group || !lost.count(shard); });
 }
 
 void persisted_messages::replay(const shard_key& shard, std::int64_t after) {
@@ -193,8 +226,11 @@ void persisted_messages::run(persisted_message message) {
     return;
   }
   auto timer = std::make_shared<asio::steady_timer>(io_, milliseconds(delay));
-  timer->async_wait([timer, deliver = std::move(deliver), this, id](const error_code&) mutable {
-    if (stopped_) {
+  timer->async_wait([timer, deliver = std::move(deliver), this, id,
+                     shard = shard_key{message.group, message.shard},
+                     epoch = lock_epoch_](const error_code&) mutable {
+    if (stopped_ || epoch != lock_epoch_ || !held_.count(shard)) {
+      // The shard moved or its lock was lost meanwhile: its next holder replays the message.
       running_.erase(id);
       return;
     }
@@ -203,7 +239,9 @@ void persisted_messages::run(persisted_message message) {
 }
 
 void persisted_messages::finish(std::int64_t id, reply_msg&& reply) {
+  ++storing_;
   store_->complete(id, reply, [this, id, reply](bool stored) {
+    --storing_;
     running_.erase(id);
     if (!stored) spdlog::warn("reply of message {} not stored; it will run again", id);
     answer(id, reply);
@@ -227,13 +265,17 @@ void persisted_messages::fetch_replies(std::vector<std::int64_t> ids) {
 
 void persisted_messages::locks_lost() {
   if (held_.empty()) return;
-  spdlog::error("lost the storage session: dropping {} shards until their locks are back",
-                held_.size());
+  spdlog::error(
+      "lost the storage session: {} shards serve volatile calls only until their "
+      "locks are back",
+      held_.size());
   ++lock_epoch_;
+  // Nobody else can take these locks while the storage is away; entities stay active (their
+  // in-memory state survives a database restart) unless another runner has them on return.
+  suspended_.insert(held_.begin(), held_.end());
   held_.clear();
   replaying_.clear();
   acquiring_.clear();
-  entities_.evict_shards([](const std::string&, std::int32_t) { return false; });
 }
 
 awaitable<void> persisted_messages::maintenance_loop() {

@@ -24,7 +24,8 @@ std::vector<config_section> runner_config::sections() {
       .key("groups", &groups)
       .key("mailbox_capacity", &mailbox_capacity)
       .key("passivate_after_ms", &passivate_after)
-      .key("request_timeout_ms", &request_timeout);
+      .key("request_timeout_ms", &request_timeout)
+      .key("shutdown_timeout_ms", &shutdown_timeout);
   return sections;
 }
 
@@ -32,7 +33,9 @@ runner::runner(asio::io_context& io, runner_config config)
     : io_(io),
       config_(std::move(config)),
       server_(
-          io, server_options{config_.host, config_.port, 1024, config_.common.limits()},
+          io,
+          server_options{config_.host, config_.port, config_.common.max_connections,
+                         config_.common.limits()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{config_.name, "runner", config_.common.limits()}) {}
 
@@ -122,11 +125,41 @@ void runner::start() {
 void runner::stop() {
   if (stopping_) return;
   stopping_ = true;
-  server_.stop();
+  server_.stop_accepting();
+  asio::co_spawn(io_, shut_down(), asio::detached);
+}
+
+bool runner::idle() const {
+  return (!entities_ || entities_->busy_entities() == 0) &&
+         (!persisted_ || persisted_->storing() == 0);
+}
+
+awaitable<void> runner::shut_down() {
+  const auto started = steady_clock::now();
+  const auto give_up = started + config_.shutdown_timeout;
+  spdlog::info("runner {} stopping: leaving the cluster, finishing in-flight requests",
+               config_.name);
+  if (manager_ && manager_->connected()) {
+    // The manager publishes the new assignment before it answers, so other runners start
+    // taking over our shards while we finish; their locks follow as our entities go idle.
+    auto leave = manager_->unregister(milliseconds(2000));
+    auto left = co_await std::move(leave);
+    if (!left.ok())
+      spdlog::warn("could not unregister ({}: {}); the manager will notice the runner is gone",
+                   left.error, left.message);
+  }
   if (manager_) manager_->stop();
-  router_.stop();
-  if (persisted_) persisted_->stop();
+  while (!idle() && steady_clock::now() < give_up) co_await sleep_for(milliseconds(5));
+  if (!idle())
+    spdlog::warn("{} entities still busy after the {} ms shutdown timeout; their callers retry",
+                 entities_ ? entities_->busy_entities() : 0, config_.shutdown_timeout.count());
+  if (persisted_) persisted_->stop();  // releases the shard locks
   if (entities_) entities_->stop();
+  router_.stop();
+  server_.close_after_flush();
+  stopped_ = true;
+  spdlog::info("runner {} left the cluster after {} ms", config_.name,
+               std::chrono::duration_cast<milliseconds>(steady_clock::now() - started).count());
 }
 
 bool runner::owns(const std::string& group, std::int32_t shard) const {
@@ -232,15 +265,26 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
                                                  type->info.group + "'"));
     return;
   }
+  const entity_address address{type, request.entity_id, shard};
+  const bool persisted = type->descriptor->rpcs[*rpc_index].flags & CLUSTER_RPC_PERSISTED;
   if (!persisted_->holds(type->info.group, shard)) {
+    if (persisted_->suspended(type->info.group, shard)) {
+      if (persisted) {
+        done(reply_msg::failure(errc::storage_error,
+                                "storage is unavailable: persisted calls are refused until it is "
+                                "back (retry later)"));
+      } else {
+        entities_->deliver(address, *rpc_index, std::move(request), deadline, std::move(done));
+      }
+      return;
+    }
     // Assigned here but another runner may still run it: wait for its lock (retriable).
     done(reply_msg::failure(errc::not_owner, "runner " + config_.name + " is taking over shard " +
                                                  std::to_string(shard) + " of group '" +
                                                  type->info.group + "'"));
     return;
   }
-  const entity_address address{type, request.entity_id, shard};
-  if (type->descriptor->rpcs[*rpc_index].flags & CLUSTER_RPC_PERSISTED) {
+  if (persisted) {
     persisted_->submit(address, *rpc_index, std::move(request), deadline, std::move(done));
     return;
   }

@@ -13,7 +13,13 @@ std::vector<config_section> manager_config::sections() {
       .key("host", &host)
       .key("port", &port)
       .key("shards_per_group", &shards_per_group)
-      .key("reconnect_grace_ms", &reconnect_grace);
+      .key("reconnect_grace_ms", &reconnect_grace)
+      .key("health_check_interval_ms", &health_check_interval)
+      .key("health_timeout_ms", &health_timeout)
+      .key("probe_attempts", &probe_attempts)
+      .key("probe_timeout_ms", &probe_timeout)
+      .key("max_moves_per_rebalance", &max_moves_per_rebalance)
+      .key("rebalance_interval_ms", &rebalance_interval);
   return sections;
 }
 
@@ -22,9 +28,11 @@ manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<ma
       config_(std::move(config)),
       store_(std::move(store)),
       server_(
-          io, server_options{config_.host, config_.port, 4096, config_.common.limits()},
+          io,
+          server_options{config_.host, config_.port, config_.common.max_connections,
+                         config_.common.limits()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
-      grace_timer_(io) {
+      tick_timer_(io) {
   server_.on_disconnect = [this](const connection_ptr& conn) { on_disconnect(conn); };
 }
 
@@ -35,33 +43,95 @@ void manager::start() {
   for (auto& [group, owners] : groups_) owners.resize(config_.shards_per_group);
   // Runners from a previous life must register again over a live connection; until then
   // their shards keep their owners so that a manager restart moves nothing.
+  const auto keep_until = steady_clock::now() + config_.reconnect_grace;
   for (auto& runner : store_->load_runners()) {
     const std::string address = runner.address;  // not runner.address: it is moved below
-    runners_.emplace(address, runner_entry{std::move(runner), {}, true});
+    runners_.emplace(address, runner_entry{std::move(runner), {}, keep_until, next_generation_++});
   }
-  if (!runners_.empty()) {
-    grace_timer_.expires_after(config_.reconnect_grace);
-    grace_timer_.async_wait([this](const error_code& ec) {
-      if (ec) return;
-      std::vector<std::string> missing;
-      for (const auto& [address, entry] : runners_)
-        if (entry.restored) missing.push_back(address);
-      for (const auto& address : missing)
-        remove_runner(address, "did not reconnect after a manager restart");
-    });
+  if (!runners_.empty())
     spdlog::info("restored {} runners and the assignment of {} groups from storage",
                  runners_.size(), groups_.size());
-  }
   for (const auto& [address, entry] : runners_)
     for (const auto& type : entry.registration.entity_types) entity_types_.emplace(type.name, type);
   server_.listen();
+  asio::co_spawn(io_, health_loop(), asio::detached);
   spdlog::info("manager listening on {}:{} ({} storage, {} shards per group)", config_.host,
                server_.port(), store_->backend_name(), config_.shards_per_group);
 }
 
 void manager::stop() {
-  grace_timer_.cancel();
+  stopped_ = true;
+  tick_timer_.cancel();
   server_.stop();
+}
+
+bool manager::is_live(const runner_entry& entry) const {
+  auto conn = entry.conn.lock();
+  return (conn && conn->is_open()) || entry.keep_until.has_value();
+}
+
+awaitable<void> manager::health_loop() {
+  auto next_ping = steady_clock::now();
+  while (!stopped_) {
+    tick_timer_.expires_after(milliseconds(100));
+    error_code ec;
+    co_await tick_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
+    if (stopped_) break;
+    const auto now = steady_clock::now();
+    if (now >= next_ping) {
+      next_ping = now + config_.health_check_interval;
+      for (const auto& [address, entry] : runners_) {
+        auto conn = entry.conn.lock();
+        if (!conn || !conn->is_open()) continue;
+        if (now - conn->last_heard() > config_.health_timeout) {
+          // Its disconnect handler probes the runner before any shard moves.
+          spdlog::warn("runner {} ({}) sent nothing for {} ms; dropping its connection",
+                       entry.registration.name, address,
+                       std::chrono::duration_cast<milliseconds>(now - conn->last_heard()).count());
+          conn->close();
+        } else {
+          conn->send(message_kind::ping, next_ping_id_++, empty_msg{});
+        }
+      }
+    }
+    std::vector<std::string> expired;
+    for (const auto& [address, entry] : runners_)
+      if (entry.keep_until && *entry.keep_until <= now && !entry.conn.lock())
+        expired.push_back(address);
+    for (const auto& address : expired) remove_runner(address, "did not register again in time");
+    if (rebalance_pending_ && now - last_rebalance_ >= config_.rebalance_interval)
+      rebalance_all(false);
+  }
+}
+
+awaitable<void> manager::probe_runner(std::string address, std::uint64_t generation) {
+  auto current = [&]() -> runner_entry* {
+    auto it = runners_.find(address);
+    return it == runners_.end() || it->second.generation != generation ? nullptr : &it->second;
+  };
+  std::string last_error = "bad address";
+  const auto target = parse_host_port(address);
+  for (std::uint32_t attempt = 0; target && attempt < config_.probe_attempts; ++attempt) {
+    if (attempt > 0) co_await sleep_for(config_.probe_timeout / 2);
+    if (stopped_ || !current()) co_return;
+    const hello_msg hello{protocol_version, "manager", "manager"};
+    connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
+    std::function<void()> on_close;
+    auto connect = connect_to(*target, hello, config_.common.limits(), config_.probe_timeout,
+                              ignore, on_close);
+    auto result = co_await std::move(connect);
+    if (result.conn) result.conn->close();
+    if (stopped_ || !current()) co_return;
+    if (result.conn) {
+      spdlog::warn(
+          "runner {} lost its manager connection but answers; it keeps its shards "
+          "for up to {} ms while it registers again",
+          address, config_.reconnect_grace.count());
+      co_return;
+    }
+    last_error = result.error;
+  }
+  if (current()) remove_runner(address, "connection lost and not reachable (" + last_error + ")");
 }
 
 assignment_snapshot manager::snapshot() const {
@@ -167,7 +237,7 @@ void manager::register_runner(const connection_ptr& conn, std::uint64_t id,
                fmt::join(msg.groups, ", "));
   store_->save_runner(msg);
   const std::string address = msg.address;
-  runners_[address] = runner_entry{std::move(msg), conn};
+  runners_[address] = runner_entry{std::move(msg), conn, std::nullopt, next_generation_++};
   conn->send_reply(id, reply_msg{});
   rebalance_all(true);
 }
@@ -177,11 +247,18 @@ void manager::on_disconnect(const connection_ptr& conn) {
     auto live = weak.lock();
     return !live || live == conn;
   });
-  for (const auto& [address, entry] : runners_) {
-    if (entry.conn.lock() == conn) {
-      remove_runner(address, "connection lost");
-      return;
-    }
+  for (auto& [address, entry] : runners_) {
+    if (entry.conn.lock() != conn) continue;
+    // Shards move only once the runner is confirmed gone: a dropped connection alone may be
+    // a network blip or a slow manager, and moving every shard of a live runner is costly.
+    entry.conn.reset();
+    entry.keep_until = steady_clock::now() + config_.reconnect_grace;
+    entry.generation = next_generation_++;
+    spdlog::warn("runner {} ({}) lost its connection; probing it", entry.registration.name,
+                 address);
+    asio::co_spawn(io_, probe_runner(address, entry.generation), asio::detached);
+    publish();  // its health changed
+    return;
   }
 }
 
@@ -197,25 +274,35 @@ void manager::remove_runner(const std::string& address_ref, const std::string& w
 
 void manager::rebalance_all(bool force_publish) {
   bool changed = force_publish;
+  const auto now = steady_clock::now();
+  // Orphaned shards are assigned at once; moves between live runners are rate-limited so
+  // that joins during a rolling deploy do not turn into a storm of moves.
+  std::size_t budget =
+      now - last_rebalance_ >= config_.rebalance_interval ? config_.max_moves_per_rebalance : 0;
+  bool limited = false;
   for (auto& [group, owners] : groups_) {
     std::vector<std::string> live;
     for (const auto& [address, entry] : runners_) {
-      auto conn = entry.conn.lock();
       const bool serves =
           std::find(entry.registration.groups.begin(), entry.registration.groups.end(), group) !=
           entry.registration.groups.end();
-      if (serves && ((conn && conn->is_open()) || entry.restored)) live.push_back(address);
+      if (serves && is_live(entry)) live.push_back(address);
     }
     if (live.empty()) continue;  // keep owners until some runner of the group is back
-    auto result = rebalance(owners, live);
+    auto result = rebalance(owners, live, budget);
+    if (rebalance(result.owners, live).moved > 0) limited = true;
+    budget -= std::min(budget, result.moved);
     if (result.owners != owners) {
-      spdlog::info("group '{}': {} shards assigned, {} moved across {} runners", group,
-                   result.assigned, result.moved, live.size());
+      spdlog::info("group '{}': {} shards assigned, {} moved across {} runners{}", group,
+                   result.assigned, result.moved, live.size(),
+                   limited ? " (more moves follow, rate-limited)" : "");
+      if (result.moved > 0) last_rebalance_ = now;
       owners = std::move(result.owners);
       store_->save_assignment(group, owners);
       changed = true;
     }
   }
+  rebalance_pending_ = limited;
   if (changed) publish();
 }
 

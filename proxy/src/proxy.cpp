@@ -20,7 +20,9 @@ proxy::proxy(asio::io_context& io, proxy_config config)
     : io_(io),
       config_(std::move(config)),
       server_(
-          io, server_options{config_.host, config_.port, 4096, config_.common.limits()},
+          io,
+          server_options{config_.host, config_.port, config_.common.max_connections,
+                         config_.common.limits()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{"proxy", "proxy", config_.common.limits()}) {}
 

@@ -1,7 +1,10 @@
 // Probe: a test entity that exposes ordering, failures, sleeps and entity calls.
+#include <unistd.h>
+
 #include <cluster/sdk.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 
 struct Append {
   struct Request {
@@ -74,15 +77,31 @@ void record_run(const std::string& line) {
     }
   }
 }
+
+// Single-owner checks: which process and which activation ran an entity's message when
+// (CLOCK_MONOTONIC is shared by every process of the machine).
+void record_owner(cluster::context& ctx, std::int64_t activation) {
+  const char* path = std::getenv("CLUSTER_PROBE_OWNER_LOG");
+  if (path == nullptr) return;
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  if (FILE* file = std::fopen(path, "a")) {
+    std::fprintf(file, "%s %d %lld %lld\n", std::string(ctx.entity_id()).c_str(),
+                 static_cast<int>(getpid()), static_cast<long long>(activation),
+                 static_cast<long long>(now.tv_sec) * 1000000000LL + now.tv_nsec);
+    std::fclose(file);
+  }
+}
 }  // namespace
 
 class Probe {
  public:
   Probe() : activation_(++instances_created) {}
 
-  Append::Reply append(const Append::Request& request, cluster::context&) {
+  Append::Reply append(const Append::Request& request, cluster::context& ctx) {
     log_.push_back(request.sender + ":" + std::to_string(request.value));
     record_run(request.sender + ":" + std::to_string(request.value));
+    record_owner(ctx, activation_);
     return {log_};
   }
   Echo::Reply echo(const Echo::Request& request, cluster::context& ctx) {

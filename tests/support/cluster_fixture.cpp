@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace cluster::testing {
 
 bool run_until(asio::io_context& io, const std::function<bool()>& done, milliseconds timeout) {
@@ -63,7 +65,7 @@ in_process_cluster::~in_process_cluster() {
   run_until(io, [this] {
     for (const auto* list : {&runners_, &stopped_runners_})
       for (const auto& runner : *list)
-        if (runner->entities().busy_entities() > 0) return false;
+        if (!runner->stopped()) return false;
     return true;
   });
   run_until(
@@ -109,35 +111,53 @@ bool in_process_cluster::wait_until_balanced(std::size_t runners, milliseconds t
         if (snap.runners.size() != runners) return false;
         const auto* group = snap.find_group("default");
         if (group == nullptr) return false;
-        for (const auto& owner : group->owners)
+        // Moves between live runners are rate-limited: wait until they are all done.
+        std::map<std::string, std::size_t> counts;
+        for (const auto& owner : group->owners) {
           if (owner.empty()) return false;
+          ++counts[owner];
+        }
+        if (counts.size() != runners) return false;
+        const auto [fewest, most] =
+            std::minmax_element(counts.begin(), counts.end(),
+                                [](const auto& a, const auto& b) { return a.second < b.second; });
+        if (most->second - fewest->second > 1) return false;
         if (proxy_->snapshot().version != snap.version) return false;
         std::size_t owned = 0;
-        for (const auto& runner : runners_) owned += runner->held_shards();
+        for (const auto& runner : runners_) {
+          if (runner->owned_shards() != counts[runner->address()]) return false;
+          owned += runner->held_shards();
+        }
         return owned == group->owners.size();
       },
       timeout);
 }
 
-connection_ptr in_process_cluster::connect(const std::string& address) {
+connection_ptr connect_client(asio::io_context& io, const std::string& address,
+                              milliseconds timeout) {
   connection_ptr result;
   bool done = false;
   asio::co_spawn(
       io,
-      [address, out = &result, finished = &done]() -> awaitable<void> {
+      [address, timeout, out = &result, finished = &done]() -> awaitable<void> {
         hello_msg hello{protocol_version, "client", "test"};
         const connection_limits limits;
         connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
         std::function<void()> on_close;
-        auto connect = connect_to(*parse_host_port(address), hello, limits, milliseconds(2000),
-                                  ignore, on_close);
+        auto connect =
+            connect_to(*parse_host_port(address), hello, limits, timeout, ignore, on_close);
         auto connected = co_await std::move(connect);
         *out = connected.conn;
         *finished = true;
       },
       asio::detached);
-  run_until(io, [&] { return done; });
+  run_until(
+      io, [&] { return done; }, timeout + milliseconds(1000));
   return result;
+}
+
+connection_ptr in_process_cluster::connect(const std::string& address) {
+  return connect_client(io, address);
 }
 
 reply_msg in_process_cluster::call(const request_msg& request, milliseconds timeout) {

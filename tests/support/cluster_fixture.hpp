@@ -21,6 +21,11 @@ bool run_until(asio::io_context& io, const std::function<bool()>& done,
                milliseconds timeout = milliseconds(10000));
 
 /// Builds a request whose payload is `payload` encoded as MessagePack.
+/// Opens a client connection to `address` (host:port) by running `io` until it is made or
+/// `timeout` passes; nullptr on failure.
+connection_ptr connect_client(asio::io_context& io, const std::string& address,
+                              milliseconds timeout = milliseconds(5000));
+
 request_msg make_request(const std::string& type, const std::string& id, const std::string& rpc,
                          const nlohmann::json& payload = nlohmann::json::object());
 

@@ -88,6 +88,8 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Inbound requests currently being served (maintained by the owner of the handler).
   std::size_t in_flight = 0;
   const connection_limits& limits() const { return limits_; }
+  /// When the last frame arrived from the peer (health checks ping and watch this).
+  steady_clock::time_point last_heard() const { return last_heard_; }
   asio::any_io_executor executor() { return socket_.get_executor(); }
 
  private:
@@ -115,6 +117,7 @@ class connection : public std::enable_shared_from_this<connection> {
   bool sweep_armed_ = false;
   std::deque<frame> write_queue_;
   std::uint64_t next_id_ = 1;
+  steady_clock::time_point last_heard_ = steady_clock::now();
   std::unordered_map<std::uint64_t, pending_call> pending_;
   asio::steady_timer deadline_timer_;
   asio::steady_timer body_timer_;

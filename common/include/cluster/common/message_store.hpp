@@ -75,6 +75,9 @@ class message_store {
   /// Deletes processed messages (and replies) older than the retention, at most batch_size.
   virtual void purge(std::function<void(std::size_t purged)> done) = 0;
   virtual void stop() = 0;
+  /// Was the storage reachable at the last attempt? (A lock refused while it is not says
+  /// nothing about other owners.)
+  virtual bool reachable() const { return true; }
 
   /// A reply to message `id` was stored (by any runner, for PostgreSQL).
   std::function<void(std::int64_t id)> on_reply;

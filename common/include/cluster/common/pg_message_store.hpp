@@ -38,6 +38,7 @@ class pg_message_store final : public message_store {
                std::function<void(std::map<std::int64_t, reply_msg>)> done) override;
   void purge(std::function<void(std::size_t)> done) override;
   void stop() override;
+  bool reachable() const override { return reachable_; }
 
  private:
   struct persist_job {
@@ -74,6 +75,7 @@ class pg_message_store final : public message_store {
   std::vector<complete_job> completes_;
   std::deque<other_job> others_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> reachable_{true};
   // Worker-thread state.
   std::unique_ptr<pg::connection> conn_;
   std::set<std::pair<std::string, std::int32_t>> held_;

@@ -29,6 +29,8 @@ class server {
   void stop_accepting();
   /// Stops accepting and closes every connection.
   void stop();
+  /// Stops accepting and closes every connection once what it queued is written.
+  void close_after_flush();
   std::size_t connection_count() const { return connections_.size(); }
   std::uint16_t port() const { return port_; }
   /// Runs when a connection closes (after its pending calls failed).

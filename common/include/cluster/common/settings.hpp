@@ -13,6 +13,12 @@ struct common_settings {
   storage_settings storage;
   std::uint32_t max_frame_bytes = 8 * 1024 * 1024;
   milliseconds handshake_timeout{5000};
+  /// Once a frame's length arrived, its body must follow within this time.
+  milliseconds frame_body_timeout{10000};
+  /// Open connections a listening port accepts; more are refused with TooManyRequests.
+  std::uint32_t max_connections = 4096;
+  /// Requests one connection may have in flight; more are answered TooManyRequests.
+  std::uint32_t max_in_flight = 4096;
   std::string log_level = "info";
 
   /// Adds the `[cluster]` and `[log]` sections to `sections`.

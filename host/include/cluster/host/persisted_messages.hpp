@@ -35,6 +35,12 @@ class persisted_messages {
   void set_wanted(std::map<std::string, std::set<std::int32_t>> wanted);
   /// May entities of this shard run here now?
   bool holds(const std::string& group, std::int32_t shard) const;
+  /// Was this shard's lock lost only because the storage went away? Its entities keep
+  /// serving volatile calls (nobody else can take the lock meanwhile); persisted calls are
+  /// refused with StorageError until the lock is back.
+  bool suspended(const std::string& group, std::int32_t shard) const;
+  /// Replies of finished messages being stored (a graceful stop waits for them).
+  std::size_t storing() const { return storing_; }
   std::size_t held_shards() const;
 
   /// Stores a persisted request for a held shard and answers with its (stored) reply.
@@ -53,6 +59,9 @@ class persisted_messages {
 
   void sync_locks();
   void replay(const shard_key& shard, std::int64_t after);
+  /// Suspended shards of `wanted` the store did not lock although it is reachable.
+  void lost_to_others(const std::string& group, const std::vector<std::int32_t>& wanted,
+                      const std::vector<std::int32_t>& held);
   void run(persisted_message message);
   void finish(std::int64_t id, reply_msg&& reply);
   void answer(std::int64_t id, const reply_msg& reply);
@@ -68,6 +77,7 @@ class persisted_messages {
   storage_settings settings_;
   std::map<std::string, std::set<std::int32_t>> wanted_;
   std::set<shard_key> held_;
+  std::set<shard_key> suspended_;
   std::set<shard_key> acquiring_;
   // Held, replay not finished: new messages are left to the replay, which reads them in id
   // order (the store runs statements in the order they were issued, so none is missed).
@@ -76,6 +86,7 @@ class persisted_messages {
   std::set<std::int64_t> running_;  // ids handed to an entity and not yet stored as done
   std::map<std::int64_t, std::vector<waiter>> waiters_;
   std::size_t waiter_count_ = 0;
+  std::size_t storing_ = 0;
   asio::steady_timer maintenance_timer_;
   asio::steady_timer purge_timer_;
   bool stopped_ = false;

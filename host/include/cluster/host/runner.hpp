@@ -28,6 +28,8 @@ struct runner_config {
   std::uint32_t mailbox_capacity = 4096;
   milliseconds passivate_after{60000};
   milliseconds request_timeout{10000};
+  /// A graceful stop (SIGTERM) waits this long for in-flight requests before it gives up.
+  milliseconds shutdown_timeout{30000};
 
   /// Declares `[cluster]`, `[log]` and `[runner]`.
   std::vector<config_section> sections();
@@ -43,8 +45,12 @@ class runner {
   /// Loads plugins, listens and joins the cluster. Throws on a start-up failure (bad
   /// address, port in use, no entity type at all).
   void start();
-  /// Stops taking work, passivates entities, leaves the cluster.
+  /// Graceful stop: refuses new requests (ShuttingDown, which routers retry elsewhere),
+  /// unregisters so the manager moves its shards at once, finishes in-flight requests
+  /// within `shutdown_timeout`, passivates entities, releases its shard locks and closes its
+  /// connections once their replies are written. `stopped()` then holds.
   void stop();
+  bool stopped() const { return stopped_ && server_.connection_count() == 0; }
 
   std::uint16_t port() const { return server_.port(); }
   const std::string& address() const { return address_; }
@@ -62,6 +68,8 @@ class runner {
   void on_message(const connection_ptr& conn, envelope&& env);
   void on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request);
   void on_snapshot(const assignment_snapshot& snapshot);
+  awaitable<void> shut_down();
+  bool idle() const;
   /// Resolves and delivers a request addressed to this runner; `done` runs once.
   void serve(request_msg request, steady_clock::time_point deadline,
              entity_host::reply_callback done);
@@ -78,6 +86,7 @@ class runner {
   std::map<std::string, std::vector<bool>> owned_;  // group → shard-1 → owned
   std::map<std::string, std::uint32_t> shards_per_group_;
   bool stopping_ = false;
+  bool stopped_ = false;
 };
 
 }  // namespace cluster::host

@@ -6,6 +6,7 @@
 // the subscribers that get every new snapshot, and the manager store.
 
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "cluster/common/server.hpp"
@@ -21,8 +22,21 @@ struct manager_config {
   std::uint16_t port = 8080;
   std::uint32_t shards_per_group = 300;
   /// After a restart, runners known from storage keep their shards this long while they
-  /// reconnect, so a manager restart moves nothing.
+  /// reconnect, so a manager restart moves nothing. Also how long a runner that lost its
+  /// connection but still answers probes keeps its shards while it registers again.
   milliseconds reconnect_grace{10000};
+  /// The manager pings every runner this often...
+  milliseconds health_check_interval{1000};
+  /// ...and drops the connection of a runner it has not heard from for this long.
+  milliseconds health_timeout{3000};
+  /// A runner whose connection dropped is probed (connect + handshake to its address) this
+  /// many times before its shards move; one that answers keeps them while it reconnects.
+  std::uint32_t probe_attempts = 3;
+  milliseconds probe_timeout{500};
+  /// Moves of shards between live runners (joins, balancing) happen at most this many per
+  /// rebalance interval; orphaned shards (their runner left or died) are assigned at once.
+  std::uint32_t max_moves_per_rebalance = 50;
+  milliseconds rebalance_interval{500};
 
   std::vector<config_section> sections();
 };
@@ -45,13 +59,23 @@ class manager {
   struct runner_entry {
     register_runner_msg registration;
     std::weak_ptr<connection> conn;
-    bool restored = false;  // known from storage, not yet registered again
+    /// Set while the runner has no live registration but keeps its shards: restored from
+    /// storage after a manager restart, or its connection dropped while it still answers
+    /// probes. It is removed when this passes without a new registration.
+    std::optional<steady_clock::time_point> keep_until;
+    /// Bumped on every registration and disconnect: a probe of an older one gives up.
+    std::uint64_t generation = 0;
   };
 
   void on_message(const connection_ptr& conn, envelope&& env);
   void on_disconnect(const connection_ptr& conn);
   void register_runner(const connection_ptr& conn, std::uint64_t id, register_runner_msg&& msg);
   void remove_runner(const std::string& address, const std::string& why);
+  /// Confirms that a runner whose connection dropped is gone before its shards move.
+  awaitable<void> probe_runner(std::string address, std::uint64_t generation);
+  /// Pings runners, drops silent ones, expires kept ones and continues limited rebalances.
+  awaitable<void> health_loop();
+  bool is_live(const runner_entry& entry) const;
   /// Recomputes every group's assignment and pushes the snapshot if anything changed.
   void rebalance_all(bool force_publish);
   void publish();
@@ -65,7 +89,12 @@ class manager {
   std::map<std::string, entity_type_info> entity_types_;
   std::vector<std::weak_ptr<connection>> subscribers_;
   std::uint64_t version_ = 0;
-  asio::steady_timer grace_timer_;
+  std::uint64_t next_generation_ = 1;
+  std::uint64_t next_ping_id_ = 1;
+  bool stopped_ = false;
+  bool rebalance_pending_ = false;  // the last rebalance hit the move limit
+  steady_clock::time_point last_rebalance_{};
+  asio::steady_timer tick_timer_;
 };
 
 }  // namespace cluster::manager
