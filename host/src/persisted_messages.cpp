@@ -190,9 +190,15 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
       done(std::move(*outcome.reply));
       return;
     }
+    const shard_key shard{message.group, message.shard};
+    if (outcome.inserted && !store_->shared() && (epoch != lock_epoch_ || !held_.count(shard))) {
+      // The shard moved while the message was stored, and its next owner cannot see this
+      // store: the caller's retry (routers retry NotOwner) runs it there instead.
+      done(reply_msg::failure(errc::not_owner, "shard moved away while the message was stored"));
+      return;
+    }
     waiters_[outcome.id].push_back(waiter{deadline, steady_clock::now(), std::move(done)});
     ++waiter_count_;
-    const shard_key shard{message.group, message.shard};
     // While a shard replays, new messages run from the replay, in id order.
     if (outcome.inserted && epoch == lock_epoch_ && held_.count(shard) &&
         !replaying_.count(shard) && !running_.count(outcome.id)) {

@@ -124,7 +124,10 @@ TEST(cluster, answers_every_call_while_a_runner_joins_mid_traffic) {
                    milliseconds(30000), [&](reply_msg&& reply) {
                      --pending;
                      ++answered;
-                     if (!reply.ok()) ++failed;
+                     if (!reply.ok()) {
+                       ++failed;
+                       ADD_FAILURE() << reply.error << ": " << reply.message;
+                     }
                    });
     }
   };
@@ -135,7 +138,8 @@ TEST(cluster, answers_every_call_while_a_runner_joins_mid_traffic) {
         cluster.io, [] { return false; }, milliseconds(20));
   }
   // Generous: the suite runs two tests at a time on two cores under ASan.
-  ASSERT_TRUE(run_until(cluster.io, [&] { return pending == 0; }, milliseconds(60000)));
+  ASSERT_TRUE(run_until(
+      cluster.io, [&] { return pending == 0; }, milliseconds(60000)));
   EXPECT_EQ(answered, 2000u);
   EXPECT_EQ(failed, 0u);
   ASSERT_TRUE(cluster.wait_until_balanced(3));

@@ -105,6 +105,8 @@ class connection : public std::enable_shared_from_this<connection> {
   void fail_later(reply_callback done, errc code, std::string message);
   void protocol_error(std::uint64_t id, errc code, const std::string& message);
   bool handle_handshake(const envelope& env);
+  /// Handles one decoded frame; false when the connection must stop reading.
+  bool dispatch(const std::shared_ptr<connection>& self, envelope&& env);
   void handle_reply(envelope&& env);
 
   tcp::socket socket_;

@@ -78,6 +78,8 @@ class message_store {
   /// Was the storage reachable at the last attempt? (A lock refused while it is not says
   /// nothing about other owners.)
   virtual bool reachable() const { return true; }
+  /// Do other runners see these messages (a shard's next owner replays them)?
+  virtual bool shared() const { return false; }
 
   /// A reply to message `id` was stored (by any runner, for PostgreSQL).
   std::function<void(std::int64_t id)> on_reply;

@@ -39,6 +39,7 @@ class pg_message_store final : public message_store {
   void purge(std::function<void(std::size_t)> done) override;
   void stop() override;
   bool reachable() const override { return reachable_; }
+  bool shared() const override { return true; }
 
  private:
   struct persist_job {
