@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/select.h>
 
+#include <span>
 #include <tuple>
 
 namespace cluster {
@@ -252,20 +253,7 @@ void pg_message_store::worker_loop() {
     try {
       // Lost locks must be noticed even when nothing else happens.
       if (idle && !held_.empty()) conn_->exec("SELECT 1");
-      for (std::size_t i = 0; i < persists.size(); i += settings_.batch_size) {
-        std::vector<persist_job> chunk(
-            std::make_move_iterator(persists.begin() + i),
-            std::make_move_iterator(persists.begin() +
-                                    std::min(persists.size(), i + settings_.batch_size)));
-        run_persists(chunk);
-      }
-      for (std::size_t i = 0; i < completes.size(); i += settings_.batch_size) {
-        std::vector<complete_job> chunk(
-            std::make_move_iterator(completes.begin() + i),
-            std::make_move_iterator(completes.begin() +
-                                    std::min(completes.size(), i + settings_.batch_size)));
-        run_completes(chunk);
-      }
+      run_writes(persists, completes);
       while (!others.empty()) {
         auto job = std::move(others.front());
         others.pop_front();
@@ -290,8 +278,7 @@ void pg_message_store::worker_loop() {
   }
 }
 
-void pg_message_store::run_persists(std::vector<persist_job>& batch) {
-  if (batch.empty()) return;
+std::vector<persist_outcome> pg_message_store::run_persists(std::span<const persist_job> batch) {
   std::vector<pg::param> params;
   std::string sql = "INSERT INTO " + table("messages") +
                     " (shard_group, shard, entity_type, entity_id, rpc, primary_key, payload, "
@@ -317,7 +304,7 @@ void pg_message_store::run_persists(std::vector<persist_job>& batch) {
       " ON CONFLICT (entity_type, entity_id, primary_key) DO NOTHING "
       "RETURNING id, entity_type, entity_id, primary_key";
   std::vector<persist_outcome> outcomes(batch.size());
-  try {
+  {
     auto inserted = conn_->exec(sql, params);
     std::map<std::tuple<std::string, std::string, std::string>, std::int64_t> new_ids;
     for (int r = 0; r < inserted.rows(); ++r)
@@ -362,22 +349,11 @@ void pg_message_store::run_persists(std::vector<persist_job>& batch) {
           outcomes[i].reply = reply_from_row(existing, it->second, 4);
       }
     }
-  } catch (const pg::error& e) {
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      persist_outcome failed;
-      failed.error = std::string("storage error: ") + e.what();
-      asio::post(io_, [done = std::move(batch[i].done), failed] { done(failed); });
-    }
-    if (e.retriable || !conn_->healthy()) throw;
-    return;
   }
-  for (std::size_t i = 0; i < batch.size(); ++i)
-    asio::post(io_, [done = std::move(batch[i].done), outcome = std::move(outcomes[i])] {
-      done(outcome);
-    });
+  return outcomes;
 }
 
-void pg_message_store::run_completes(std::vector<complete_job>& batch) {
+void pg_message_store::run_completes(std::span<const complete_job> batch) {
   if (batch.empty()) return;
   std::vector<pg::param> params;
   std::vector<std::int64_t> ids;
@@ -394,9 +370,8 @@ void pg_message_store::run_completes(std::vector<complete_job>& batch) {
     params.push_back(pg::param::bytes(batch[i].reply.payload));
     ids.push_back(batch[i].id);
   }
-  bool stored = false;
-  try {
-    pg::transaction(*conn_, [&] {
+  {
+    {
       conn_->exec("INSERT INTO " + table("replies") +
                       " (message_id, code, error, message, payload) VALUES " + values +
                       " ON CONFLICT (message_id) DO NOTHING",
@@ -407,15 +382,45 @@ void pg_message_store::run_completes(std::vector<complete_job>& batch) {
       // Delivered at commit to every runner that LISTENs: callers waiting elsewhere wake up.
       conn_->exec("SELECT pg_notify($1, $2)",
                   {pg::param::text(table("replies")), pg::param::text(number_array(ids))});
+    }
+  }
+}
+
+void pg_message_store::run_writes(std::vector<persist_job>& persists,
+                                  std::vector<complete_job>& completes) {
+  if (persists.empty() && completes.empty()) return;
+  // One transaction, so one commit (one fsync) for every message stored and every reply
+  // stored this round: callers hear back only after it committed.
+  std::vector<persist_outcome> outcomes;
+  try {
+    pg::transaction(*conn_, [&] {
+      const std::span<const persist_job> all_persists(persists);
+      for (std::size_t i = 0; i < persists.size(); i += settings_.batch_size) {
+        auto chunk = run_persists(all_persists.subspan(
+            i, std::min<std::size_t>(settings_.batch_size, persists.size() - i)));
+        outcomes.insert(outcomes.end(), std::make_move_iterator(chunk.begin()),
+                        std::make_move_iterator(chunk.end()));
+      }
+      const std::span<const complete_job> all_completes(completes);
+      for (std::size_t i = 0; i < completes.size(); i += settings_.batch_size)
+        run_completes(all_completes.subspan(
+            i, std::min<std::size_t>(settings_.batch_size, completes.size() - i)));
     });
-    stored = true;
   } catch (const pg::error& e) {
-    for (auto& job : batch) asio::post(io_, [done = std::move(job.done)] { done(false); });
+    persist_outcome failed;
+    failed.error = std::string("storage error: ") + e.what();
+    for (auto& job : persists)
+      asio::post(io_, [done = std::move(job.done), failed] { done(failed); });
+    for (auto& job : completes) asio::post(io_, [done = std::move(job.done)] { done(false); });
     if (e.retriable || !conn_->healthy()) throw;
-    spdlog::error("storing replies failed: {}", e.what());
+    spdlog::error("storing messages failed: {}", e.what());
     return;
   }
-  for (auto& job : batch) asio::post(io_, [done = std::move(job.done), stored] { done(stored); });
+  for (std::size_t i = 0; i < persists.size(); ++i)
+    asio::post(io_, [done = std::move(persists[i].done), outcome = std::move(outcomes[i])] {
+      done(outcome);
+    });
+  for (auto& job : completes) asio::post(io_, [done = std::move(job.done)] { done(true); });
 }
 
 void pg_message_store::listener_loop() {

@@ -13,6 +13,7 @@
 #include <deque>
 #include <mutex>
 #include <set>
+#include <span>
 #include <thread>
 
 #include "cluster/common/message_store.hpp"
@@ -60,8 +61,11 @@ class pg_message_store final : public message_store {
   void worker_loop();
   void listener_loop();
   bool ensure_connected();
-  void run_persists(std::vector<persist_job>& batch);
-  void run_completes(std::vector<complete_job>& batch);
+  /// Stores this round's messages and replies in one transaction, then answers each job.
+  void run_writes(std::vector<persist_job>& persists, std::vector<complete_job>& completes);
+  /// Statements of run_writes (inside its transaction; they throw pg::error).
+  std::vector<persist_outcome> run_persists(std::span<const persist_job> batch);
+  void run_completes(std::span<const complete_job> batch);
   void connection_failed(const std::string& why);
   std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
   std::string lock_space(const std::string& group) const {
