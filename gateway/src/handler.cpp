@@ -157,7 +157,20 @@ route_result route(const http_request& request, const handler_options& options) 
                        "the body exceeds " + std::to_string(options.max_body_bytes) + " bytes"));
   json payload = json::object();
   if (!is_blank(request.body)) {
-    payload = json::parse(request.body, nullptr, false);
+    // The parser itself is iterative, but converting a tree to MessagePack recurses: deeper
+    // bodies are refused rather than allowed to exhaust the stack.
+    constexpr int max_json_depth = 64;
+    bool too_deep = false;
+    const json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t, json&) {
+      if (depth <= max_json_depth) return true;
+      too_deep = true;
+      return false;
+    };
+    payload = json::parse(request.body, limit_depth, false);
+    if (too_deep)
+      return answer(error_response(
+          400, "InvalidJson",
+          "the request body nests deeper than " + std::to_string(max_json_depth) + " levels"));
     if (payload.is_discarded())
       return answer(error_response(400, "InvalidJson", "the request body is not valid JSON"));
   }
