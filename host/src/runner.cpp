@@ -223,8 +223,10 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
                                             "too many requests in flight on this connection"));
     return;
   }
-  const auto timeout =
-      request.timeout_ms > 0 ? milliseconds(request.timeout_ms) : config_.request_timeout;
+  // Capped like the proxy's: a client cannot park requests (and their waiters) for weeks.
+  const auto timeout = request.timeout_ms > 0
+                           ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
+                           : config_.request_timeout;
   ++conn->in_flight;
   serve(std::move(request), steady_clock::now() + timeout,
         [weak = std::weak_ptr<connection>(conn), id](reply_msg&& reply) {
