@@ -220,9 +220,13 @@ void entity_host::evict_shards(std::function<bool(const std::string&, std::int32
 void entity_host::passivate_idle(steady_clock::time_point now) {
   for (auto it = entities_.begin(); it != entities_.end();) {
     auto current = it++;
-    const slot& s = current->second;
-    if (!s.busy && s.mailbox.empty() && now - s.last_active >= options_.passivate_after)
+    slot& s = current->second;
+    if (s.busy || !s.mailbox.empty()) continue;
+    if (now - s.last_active >= options_.passivate_after) {
       passivate(current);
+    } else {
+      decltype(s.mailbox)().swap(s.mailbox);  // gives back the empty mailbox's storage
+    }
   }
 }
 
