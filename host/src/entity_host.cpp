@@ -137,6 +137,7 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
       return;
     }
     ++activations_;
+    ++active_per_shard_[{address.type->info.group, address.shard}];
     fresh.last_active = steady_clock::now();
     it = entities_.emplace(key, std::move(fresh)).first;
   }
@@ -201,6 +202,8 @@ void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
     pending.done(reply_msg::failure(errc::shutting_down, "entity passivated"));
   s.type->descriptor->destroy(s.instance);
   ++passivations_;
+  const auto shard = active_per_shard_.find({s.type->info.group, s.shard});
+  if (--shard->second == 0) active_per_shard_.erase(shard);
   entities_.erase(it);
 }
 
@@ -231,9 +234,7 @@ void entity_host::passivate_idle(steady_clock::time_point now) {
 }
 
 bool entity_host::shard_active(const std::string& group, std::int32_t shard) const {
-  for (const auto& [key, s] : entities_)
-    if (s.shard == shard && s.type->info.group == group) return true;
-  return false;
+  return active_per_shard_.count({group, shard}) > 0;
 }
 
 bool entity_host::mailbox_full(const std::string& type, const std::string& id) const {

@@ -101,6 +101,8 @@ class entity_host {
   entity_host_options options_;
   outbound_call call_out_;
   std::map<slot_key, slot> entities_;
+  /// Active entities per (group, shard): lock release asks for every moved shard, often.
+  std::map<std::pair<std::string, std::int32_t>, std::size_t> active_per_shard_;
   asio::steady_timer sweep_timer_;
   bool stopped_ = false;
   std::uint64_t activations_ = 0;
