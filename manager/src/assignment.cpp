@@ -94,6 +94,7 @@ rebalance_result rebalance(const shard_owners& current, std::vector<std::string>
   }
 
   for (const runner& r : runners) {
+    result.limited = result.limited || r.shards.size() > r.target;
     for (const std::size_t shard : r.shards) result.owners[shard] = *r.id;
   }
   return result;

@@ -290,7 +290,7 @@ void manager::rebalance_all(bool force_publish) {
     }
     if (live.empty()) continue;  // keep owners until some runner of the group is back
     auto result = rebalance(owners, live, budget);
-    if (rebalance(result.owners, live).moved > 0) limited = true;
+    limited = limited || result.limited;
     budget -= std::min(budget, result.moved);
     if (result.owners != owners) {
       spdlog::info("group '{}': {} shards assigned, {} moved across {} runners{}", group,

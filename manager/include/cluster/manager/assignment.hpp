@@ -19,6 +19,8 @@ struct rebalance_result {
   std::size_t moved = 0;
   /// Shards that were unowned or owned by a runner that is not live, now given to a live runner.
   std::size_t assigned = 0;
+  /// max_moves stopped the balancing short: another call would move more shards.
+  bool limited = false;
 };
 
 /// Computes the next assignment of one shard group.
