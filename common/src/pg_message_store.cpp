@@ -10,26 +10,56 @@ namespace cluster {
 
 namespace {
 
-// A PostgreSQL array literal of text values.
-std::string text_array(const std::vector<std::string>& values) {
-  std::string out = "{";
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (i > 0) out += ',';
-    out += '"';
-    for (char c : values[i]) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
+// A PostgreSQL array literal, one element at a time: `unnest($n::type[])` turns a few such
+// parameters back into rows, so one prepared statement stores a batch of any size.
+class array_literal {
+ public:
+  array_literal& text(std::string_view value) {
+    separate();
+    out_ += '"';
+    for (char c : value) {
+      if (c == '"' || c == '\\') out_ += '\\';
+      out_ += c;
     }
-    out += '"';
+    out_ += '"';
+    return *this;
   }
-  return out + "}";
-}
+  array_literal& number(std::int64_t value) {
+    separate();
+    out_ += std::to_string(value);
+    return *this;
+  }
+  array_literal& null() {
+    separate();
+    out_ += "NULL";
+    return *this;
+  }
+  /// Bytes as hex digits: the statement decodes them with decode(x, 'hex').
+  array_literal& hex(const bytes& value) {
+    static constexpr char digits[] = "0123456789abcdef";
+    separate();
+    out_ += '"';
+    for (auto byte : value) {
+      out_ += digits[byte >> 4];
+      out_ += digits[byte & 0xf];
+    }
+    out_ += '"';
+    return *this;
+  }
+  pg::param param() const { return pg::param::text(out_ + '}'); }
 
-template <class Number>
-std::string number_array(const std::vector<Number>& values) {
-  std::string out = "{";
-  for (std::size_t i = 0; i < values.size(); ++i) out += (i ? "," : "") + std::to_string(values[i]);
-  return out + "}";
+ private:
+  void separate() {
+    if (out_.size() > 1) out_ += ',';
+  }
+  std::string out_ = "{";
+};
+
+template <class Range>
+pg::param number_array(const Range& values) {
+  array_literal out;
+  for (auto value : values) out.number(value);
+  return out.param();
 }
 
 reply_msg reply_from_row(const pg::result& rows, int row, int first_column) {
@@ -46,13 +76,72 @@ reply_msg reply_from_row(const pg::result& rows, int row, int first_column) {
 pg_message_store::pg_message_store(asio::io_context& io, storage_settings settings)
     : io_(io), settings_(std::move(settings)) {
   pg::validate_prefix(settings_.table_prefix);
-  conn_ = std::make_unique<pg::connection>(settings_.conninfo());
+  const auto prepared = [this](const char* name, const char* sql) {
+    return pg::statement{name, pg::with_prefix(sql, settings_.table_prefix)};
+  };
+  // Batches travel as one array per column: the statement text never changes, so each is
+  // parsed and planned once per session.
+  insert_messages_ = prepared("insert_messages", R"(
+      WITH inserted AS (
+        INSERT INTO {p}_messages
+          (shard_group, shard, entity_type, entity_id, rpc, primary_key, payload, deliver_at)
+        SELECT g, s, t, e, r, k, decode(p, 'hex'), to_timestamp(d::double precision / 1000)
+        FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::bigint[]) AS u(g, s, t, e, r, k, p, d)
+        ON CONFLICT (entity_type, entity_id, primary_key) DO NOTHING
+        RETURNING id, shard_group, shard, entity_type, entity_id, primary_key),
+      queued AS (
+        INSERT INTO {p}_pending (id, shard_group, shard)
+        SELECT id, shard_group, shard FROM inserted)
+      SELECT id, entity_type, entity_id, primary_key FROM inserted)");
+  // Stores the replies, takes their messages off the queue and, at commit, tells every
+  // runner that LISTENs: callers waiting elsewhere wake up.
+  store_replies_ = prepared("store_replies", R"(
+      WITH stored AS (
+        INSERT INTO {p}_replies (message_id, code, error, message, payload)
+        SELECT i, c, e, m, decode(p, 'hex')
+        FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[])
+          AS u(i, c, e, m, p)
+        ON CONFLICT (message_id) DO NOTHING),
+      dequeued AS (DELETE FROM {p}_pending WHERE id = ANY($1::bigint[]))
+      SELECT pg_notify('{p}_replies', $1::bigint[]::text))");
+  find_existing_ = prepared("find_existing", R"(
+      SELECT m.id, m.entity_type, m.entity_id, m.primary_key, r.code, r.error, r.message,
+             r.payload
+      FROM {p}_messages m LEFT JOIN {p}_replies r ON r.message_id = m.id
+      WHERE (m.entity_type, m.entity_id, m.primary_key) IN
+            (SELECT * FROM unnest($1::text[], $2::text[], $3::text[])))");
+  select_unprocessed_ = prepared("select_unprocessed", R"(
+      SELECT m.id, m.entity_type, m.entity_id, m.rpc, m.primary_key, m.payload,
+             (extract(epoch FROM m.deliver_at) * 1000)::bigint
+      FROM {p}_pending q JOIN {p}_messages m ON m.id = q.id
+      WHERE q.shard_group = $1 AND q.shard = $2 AND q.id > $3
+      ORDER BY q.id LIMIT $4)");
+  purge_processed_ = prepared("purge_processed", R"(
+      WITH old AS (
+        SELECT message_id FROM {p}_replies
+        WHERE created_at < now() - make_interval(secs => $1::double precision / 1000)
+        ORDER BY created_at LIMIT $2),
+      replies AS (DELETE FROM {p}_replies WHERE message_id IN (SELECT message_id FROM old))
+      DELETE FROM {p}_messages WHERE id IN (SELECT message_id FROM old) RETURNING id)");
+  select_replies_ = prepared("select_replies", R"(
+      SELECT message_id, code, error, message, payload FROM {p}_replies
+      WHERE message_id = ANY($1::bigint[]))");
+  conn_ = worker_session();
   pg::migrate(*conn_, settings_.table_prefix);
   worker_ = std::thread([this] { worker_loop(); });
   listener_ = std::thread([this] { listener_loop(); });
 }
 
 pg_message_store::~pg_message_store() { stop(); }
+
+std::unique_ptr<pg::connection> pg_message_store::worker_session() const {
+  auto session = std::make_unique<pg::connection>(settings_.conninfo());
+  // The batch statements take arrays whose length PostgreSQL cannot guess: left alone it
+  // keeps planning them per call. Their plans do not depend on the values.
+  session->exec("SET plan_cache_mode = force_generic_plan");
+  return session;
+}
 
 void pg_message_store::stop() {
   if (stopping_.exchange(true)) return;
@@ -91,15 +180,10 @@ void pg_message_store::unprocessed(std::string group, std::int32_t shard, std::i
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(other_job{
       [this, group, shard, after, shared_done](pg::connection& conn) {
-        auto rows = conn.exec(
-            "SELECT id, entity_type, entity_id, rpc, primary_key, payload, "
-            "(extract(epoch FROM deliver_at) * 1000)::bigint FROM " +
-                table("messages") +
-                " WHERE shard_group = $1 AND shard = $2 AND NOT processed AND id > $3 "
-                "ORDER BY id LIMIT $4",
-            {pg::param::text(group), pg::param::text(std::to_string(shard)),
-             pg::param::text(std::to_string(after)),
-             pg::param::text(std::to_string(settings_.batch_size))});
+        auto rows = conn.exec(select_unprocessed_,
+                              {pg::param::text(group), pg::param::text(std::to_string(shard)),
+                               pg::param::text(std::to_string(after)),
+                               pg::param::text(std::to_string(settings_.batch_size))});
         std::vector<persisted_message> out;
         for (int r = 0; r < rows.rows(); ++r) {
           persisted_message m;
@@ -136,7 +220,7 @@ void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shar
         if (!wanted.empty()) {
           auto rows = conn.exec(
               "SELECT s, pg_try_advisory_lock(hashtext($1), s) FROM unnest($2::int[]) AS s",
-              {pg::param::text(lock_space(group)), pg::param::text(number_array(wanted))});
+              {pg::param::text(lock_space(group)), number_array(wanted)});
           for (int r = 0; r < rows.rows(); ++r) {
             if (!rows.boolean(r, 1)) continue;
             const auto shard = static_cast<std::int32_t>(rows.integer(r, 0));
@@ -150,46 +234,39 @@ void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shar
 }
 
 void pg_message_store::release(std::string group, std::vector<std::int32_t> shards) {
-  enqueue(other_job{
-      [this, group, shards](pg::connection& conn) {
-        std::vector<std::int32_t> mine;
-        for (auto shard : shards)
-          if (held_.erase({group, shard}) > 0) mine.push_back(shard);
-        if (mine.empty()) return;
-        conn.exec("SELECT pg_advisory_unlock(hashtext($1), s) FROM unnest($2::int[]) AS s",
-                  {pg::param::text(lock_space(group)), pg::param::text(number_array(mine))});
-      },
-      [] {}});
+  enqueue(other_job{[this, group, shards](pg::connection& conn) {
+                      std::vector<std::int32_t> mine;
+                      for (auto shard : shards)
+                        if (held_.erase({group, shard}) > 0) mine.push_back(shard);
+                      if (mine.empty()) return;
+                      conn.exec(
+                          "SELECT pg_advisory_unlock(hashtext($1), s) FROM unnest($2::int[]) AS s",
+                          {pg::param::text(lock_space(group)), number_array(mine)});
+                    },
+                    [] {}});
 }
 
 void pg_message_store::replies(std::vector<std::int64_t> ids,
                                std::function<void(std::map<std::int64_t, reply_msg>)> done) {
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
-  enqueue(other_job{
-      [this, ids, shared_done](pg::connection& conn) {
-        auto rows = conn.exec("SELECT message_id, code, error, message, payload FROM " +
-                                  table("replies") + " WHERE message_id = ANY($1::bigint[])",
-                              {pg::param::text(number_array(ids))});
-        std::map<std::int64_t, reply_msg> out;
-        for (int r = 0; r < rows.rows(); ++r)
-          out.emplace(rows.integer(r, 0), reply_from_row(rows, r, 1));
-        asio::post(io_, [shared_done, out = std::move(out)] { (*shared_done)(out); });
-      },
-      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}); }); }});
+  enqueue(
+      other_job{[this, ids, shared_done](pg::connection& conn) {
+                  auto rows = conn.exec(select_replies_, {number_array(ids)});
+                  std::map<std::int64_t, reply_msg> out;
+                  for (int r = 0; r < rows.rows(); ++r)
+                    out.emplace(rows.integer(r, 0), reply_from_row(rows, r, 1));
+                  asio::post(io_, [shared_done, out = std::move(out)] { (*shared_done)(out); });
+                },
+                [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}); }); }});
 }
 
 void pg_message_store::purge(std::function<void(std::size_t)> done) {
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(other_job{
       [this, shared_done](pg::connection& conn) {
-        auto rows =
-            conn.exec("WITH old AS (SELECT id FROM " + table("messages") +
-                          " WHERE processed AND processed_at < now() - make_interval(secs => "
-                          "$1::double precision / 1000)"
-                          " LIMIT $2) DELETE FROM " +
-                          table("messages") + " WHERE id IN (SELECT id FROM old) RETURNING id",
-                      {pg::param::text(std::to_string(settings_.retention.count())),
-                       pg::param::text(std::to_string(settings_.batch_size))});
+        auto rows = conn.exec(purge_processed_,
+                              {pg::param::text(std::to_string(settings_.retention.count())),
+                               pg::param::text(std::to_string(settings_.batch_size))});
         const auto purged = static_cast<std::size_t>(rows.rows());
         asio::post(io_, [shared_done, purged] { (*shared_done)(purged); });
       },
@@ -200,7 +277,7 @@ bool pg_message_store::ensure_connected() {
   if (conn_ && conn_->healthy()) return true;
   conn_.reset();
   try {
-    conn_ = std::make_unique<pg::connection>(settings_.conninfo());
+    conn_ = worker_session();
     spdlog::info("reconnected to PostgreSQL at {}", settings_.describe());
     reachable_ = true;
     return true;
@@ -278,149 +355,128 @@ void pg_message_store::worker_loop() {
   }
 }
 
-std::vector<persist_outcome> pg_message_store::run_persists(std::span<const persist_job> batch) {
-  std::vector<pg::param> params;
-  std::string sql = "INSERT INTO " + table("messages") +
-                    " (shard_group, shard, entity_type, entity_id, rpc, primary_key, payload, "
-                    "deliver_at) VALUES ";
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    const auto& m = batch[i].message;
-    const auto base = params.size();
-    sql += (i ? "," : "") + std::string("(");
-    for (int c = 1; c <= 7; ++c) sql += "$" + std::to_string(base + c) + ",";
-    sql += "to_timestamp($" + std::to_string(base + 8) + "::double precision / 1000))";
-    params.push_back(pg::param::text(m.group));
-    params.push_back(pg::param::text(std::to_string(m.shard)));
-    params.push_back(pg::param::text(m.request.entity_type));
-    params.push_back(pg::param::text(m.request.entity_id));
-    params.push_back(pg::param::text(m.request.rpc));
-    params.push_back(pg::param::text(*m.request.primary_key));
-    params.push_back(pg::param::bytes(m.request.payload));
-    params.push_back(m.request.deliver_at_ms
-                         ? pg::param::text(std::to_string(*m.request.deliver_at_ms))
-                         : pg::param::null());
-  }
-  sql +=
-      " ON CONFLICT (entity_type, entity_id, primary_key) DO NOTHING "
-      "RETURNING id, entity_type, entity_id, primary_key";
-  std::vector<persist_outcome> outcomes(batch.size());
-  {
-    auto inserted = conn_->exec(sql, params);
-    std::map<std::tuple<std::string, std::string, std::string>, std::int64_t> new_ids;
-    for (int r = 0; r < inserted.rows(); ++r)
-      new_ids[{inserted.text(r, 1), inserted.text(r, 2), inserted.text(r, 3)}] =
-          inserted.integer(r, 0);
-    std::vector<std::string> types, ids, keys;
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const auto& request = batch[i].message.request;
-      auto it = new_ids.find({request.entity_type, request.entity_id, *request.primary_key});
-      if (it != new_ids.end()) {
-        outcomes[i].id = it->second;
-        outcomes[i].inserted = true;
-        new_ids.erase(it);  // a duplicate later in the batch is not new
-      } else {
-        types.push_back(request.entity_type);
-        ids.push_back(request.entity_id);
-        keys.push_back(*request.primary_key);
-      }
-    }
-    if (!types.empty()) {
-      auto existing = conn_->exec(
-          "SELECT m.id, m.entity_type, m.entity_id, m.primary_key, r.code, r.error, r.message, "
-          "r.payload FROM " +
-              table("messages") + " m LEFT JOIN " + table("replies") +
-              " r ON r.message_id = m.id WHERE (m.entity_type, m.entity_id, m.primary_key) IN "
-              "(SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
-          {pg::param::text(text_array(types)), pg::param::text(text_array(ids)),
-           pg::param::text(text_array(keys))});
-      std::map<std::tuple<std::string, std::string, std::string>, int> rows;
-      for (int r = 0; r < existing.rows(); ++r)
-        rows[{existing.text(r, 1), existing.text(r, 2), existing.text(r, 3)}] = r;
-      for (std::size_t i = 0; i < batch.size(); ++i) {
-        if (outcomes[i].inserted) continue;
-        const auto& request = batch[i].message.request;
-        auto it = rows.find({request.entity_type, request.entity_id, *request.primary_key});
-        if (it == rows.end()) {
-          outcomes[i].error = "message vanished during deduplication";
-          continue;
-        }
-        outcomes[i].id = existing.integer(it->second, 0);
-        if (!existing.is_null(it->second, 4))
-          outcomes[i].reply = reply_from_row(existing, it->second, 4);
-      }
-    }
-  }
-  return outcomes;
-}
-
-void pg_message_store::run_completes(std::span<const complete_job> batch) {
-  if (batch.empty()) return;
-  std::vector<pg::param> params;
-  std::vector<std::int64_t> ids;
-  std::string values;
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    const auto base = params.size();
-    values += (i ? "," : "") + std::string("(");
-    for (int c = 1; c <= 5; ++c) values += "$" + std::to_string(base + c) + (c < 5 ? "," : ")");
-    params.push_back(pg::param::text(std::to_string(batch[i].id)));
-    params.push_back(
-        pg::param::text(std::to_string(static_cast<std::uint32_t>(batch[i].reply.code))));
-    params.push_back(pg::param::text(batch[i].reply.error));
-    params.push_back(pg::param::text(batch[i].reply.message));
-    params.push_back(pg::param::bytes(batch[i].reply.payload));
-    ids.push_back(batch[i].id);
-  }
-  {
-    {
-      conn_->exec("INSERT INTO " + table("replies") +
-                      " (message_id, code, error, message, payload) VALUES " + values +
-                      " ON CONFLICT (message_id) DO NOTHING",
-                  params);
-      conn_->exec("UPDATE " + table("messages") +
-                      " SET processed = true, processed_at = now() WHERE id = ANY($1::bigint[])",
-                  {pg::param::text(number_array(ids))});
-      // Delivered at commit to every runner that LISTENs: callers waiting elsewhere wake up.
-      conn_->exec("SELECT pg_notify($1, $2)",
-                  {pg::param::text(table("replies")), pg::param::text(number_array(ids))});
-    }
-  }
-}
-
 void pg_message_store::run_writes(std::vector<persist_job>& persists,
                                   std::vector<complete_job>& completes) {
   if (persists.empty() && completes.empty()) return;
-  // One transaction, so one commit (one fsync) for every message stored and every reply
-  // stored this round: callers hear back only after it committed.
-  std::vector<persist_outcome> outcomes;
-  try {
-    pg::transaction(*conn_, [&] {
-      const std::span<const persist_job> all_persists(persists);
-      for (std::size_t i = 0; i < persists.size(); i += settings_.batch_size) {
-        auto chunk = run_persists(all_persists.subspan(
-            i, std::min<std::size_t>(settings_.batch_size, persists.size() - i)));
-        outcomes.insert(outcomes.end(), std::make_move_iterator(chunk.begin()),
-                        std::make_move_iterator(chunk.end()));
+  const std::size_t chunk = settings_.batch_size;
+  std::vector<pg::pipelined> steps;
+  for (std::size_t first = 0; first < persists.size(); first += chunk) {
+    array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at;
+    for (std::size_t i = first; i < std::min(persists.size(), first + chunk); ++i) {
+      const auto& m = persists[i].message;
+      groups.text(m.group);
+      shards.number(m.shard);
+      types.text(m.request.entity_type);
+      ids.text(m.request.entity_id);
+      rpcs.text(m.request.rpc);
+      keys.text(*m.request.primary_key);
+      payloads.hex(m.request.payload);
+      if (m.request.deliver_at_ms) {
+        deliver_at.number(*m.request.deliver_at_ms);
+      } else {
+        deliver_at.null();
       }
-      const std::span<const complete_job> all_completes(completes);
-      for (std::size_t i = 0; i < completes.size(); i += settings_.batch_size)
-        run_completes(all_completes.subspan(
-            i, std::min<std::size_t>(settings_.batch_size, completes.size() - i)));
-    });
+    }
+    steps.push_back({&insert_messages_,
+                     {groups.param(), shards.param(), types.param(), ids.param(), rpcs.param(),
+                      keys.param(), payloads.param(), deliver_at.param()}});
+  }
+  const std::size_t persist_steps = steps.size();
+  for (std::size_t first = 0; first < completes.size(); first += chunk) {
+    array_literal ids, codes, errors, messages, payloads;
+    for (std::size_t i = first; i < std::min(completes.size(), first + chunk); ++i) {
+      const auto& reply = completes[i].reply;
+      ids.number(completes[i].id);
+      codes.number(static_cast<std::int64_t>(reply.code));
+      errors.text(reply.error);
+      messages.text(reply.message);
+      payloads.hex(reply.payload);
+    }
+    steps.push_back(
+        {&store_replies_,
+         {ids.param(), codes.param(), errors.param(), messages.param(), payloads.param()}});
+  }
+
+  // One implicit transaction, so one commit (one fsync) for every message and every reply
+  // of this round: callers hear back only after it committed.
+  std::vector<persist_outcome> outcomes(persists.size());
+  std::optional<pg::error> failed;
+  bool committed = false;
+  try {
+    auto results = conn_->pipeline(steps);
+    committed = true;
+    // RETURNING lists the rows inserted; the others were stored before (or twice in this
+    // batch: the first is new, the next ones are duplicates of it).
+    std::map<std::tuple<std::string, std::string, std::string>, std::int64_t> new_ids;
+    for (std::size_t step = 0; step < persist_steps; ++step) {
+      const auto& inserted = results[step];
+      for (int r = 0; r < inserted.rows(); ++r)
+        new_ids[{inserted.text(r, 1), inserted.text(r, 2), inserted.text(r, 3)}] =
+            inserted.integer(r, 0);
+    }
+    for (std::size_t i = 0; i < persists.size(); ++i) {
+      const auto& request = persists[i].message.request;
+      auto it = new_ids.find({request.entity_type, request.entity_id, *request.primary_key});
+      if (it == new_ids.end()) continue;
+      outcomes[i].id = it->second;
+      outcomes[i].inserted = true;
+      new_ids.erase(it);
+    }
   } catch (const pg::error& e) {
-    persist_outcome failed;
-    failed.error = std::string("storage error: ") + e.what();
-    for (auto& job : persists)
-      asio::post(io_, [done = std::move(job.done), failed] { done(failed); });
-    for (auto& job : completes) asio::post(io_, [done = std::move(job.done)] { done(false); });
-    if (e.retriable || !conn_->healthy()) throw;
-    spdlog::error("storing messages failed: {}", e.what());
-    return;
+    failed = e;
+  }
+  if (committed) {
+    try {
+      find_existing(persists, outcomes);
+    } catch (const pg::error& e) {
+      failed = e;
+      for (auto& outcome : outcomes)
+        if (!outcome.inserted) outcome.error = std::string("storage error: ") + e.what();
+    }
+  } else {
+    for (auto& outcome : outcomes) outcome.error = std::string("storage error: ") + failed->what();
   }
   for (std::size_t i = 0; i < persists.size(); ++i)
     asio::post(io_, [done = std::move(persists[i].done), outcome = std::move(outcomes[i])] {
       done(outcome);
     });
-  for (auto& job : completes) asio::post(io_, [done = std::move(job.done)] { done(true); });
+  for (auto& job : completes)
+    asio::post(io_, [done = std::move(job.done), committed] { done(committed); });
+  if (failed) {
+    if (failed->retriable || !conn_->healthy()) throw *failed;
+    spdlog::error("storing messages failed: {}", failed->what());
+  }
+}
+
+void pg_message_store::find_existing(const std::vector<persist_job>& persists,
+                                     std::vector<persist_outcome>& outcomes) {
+  array_literal types, ids, keys;
+  bool any = false;
+  for (std::size_t i = 0; i < persists.size(); ++i) {
+    if (outcomes[i].inserted) continue;
+    const auto& request = persists[i].message.request;
+    types.text(request.entity_type);
+    ids.text(request.entity_id);
+    keys.text(*request.primary_key);
+    any = true;
+  }
+  if (!any) return;
+  auto existing = conn_->exec(find_existing_, {types.param(), ids.param(), keys.param()});
+  std::map<std::tuple<std::string, std::string, std::string>, int> rows;
+  for (int r = 0; r < existing.rows(); ++r)
+    rows[{existing.text(r, 1), existing.text(r, 2), existing.text(r, 3)}] = r;
+  for (std::size_t i = 0; i < persists.size(); ++i) {
+    if (outcomes[i].inserted) continue;
+    const auto& request = persists[i].message.request;
+    auto it = rows.find({request.entity_type, request.entity_id, *request.primary_key});
+    if (it == rows.end()) {
+      outcomes[i].error = "message vanished during deduplication";
+      continue;
+    }
+    outcomes[i].id = existing.integer(it->second, 0);
+    if (!existing.is_null(it->second, 4))
+      outcomes[i].reply = reply_from_row(existing, it->second, 4);
+  }
 }
 
 void pg_message_store::listener_loop() {

@@ -7,8 +7,6 @@ namespace cluster::pg {
 
 namespace {
 
-bool connection_lost(PGconn* conn) { return PQstatus(conn) != CONNECTION_OK; }
-
 // The migrations, in order; `{p}` stands for the table prefix. Never edit a shipped step:
 // add a new one.
 const std::vector<std::string>& migrations() {
@@ -50,17 +48,33 @@ const std::vector<std::string>& migrations() {
         payload bytea NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now());
       )",
+      // 2: unprocessed messages get a narrow queue table, so storing a reply is two inserts
+      // and a delete: no update of the wide, thrice-indexed message row and no foreign-key
+      // check per reply (purge deletes replies itself). `processed` is no longer written.
+      R"(
+      CREATE TABLE {p}_pending (
+        id bigint PRIMARY KEY,
+        shard_group text NOT NULL,
+        shard integer NOT NULL);
+      CREATE INDEX {p}_pending_shard ON {p}_pending (shard_group, shard, id);
+      INSERT INTO {p}_pending (id, shard_group, shard)
+        SELECT id, shard_group, shard FROM {p}_messages WHERE NOT processed;
+      DROP INDEX {p}_messages_unprocessed;
+      DROP INDEX {p}_messages_processed_at;
+      ALTER TABLE {p}_replies DROP CONSTRAINT {p}_replies_message_id_fkey;
+      CREATE INDEX {p}_replies_created_at ON {p}_replies (created_at);
+      )",
   };
   return steps;
 }
+
+}  // namespace
 
 std::string with_prefix(std::string sql, const std::string& prefix) {
   for (auto at = sql.find("{p}"); at != std::string::npos; at = sql.find("{p}", at))
     sql.replace(at, 3, prefix);
   return sql;
 }
-
-}  // namespace
 
 cluster::bytes result::bytea(int row, int column) const {
   std::size_t length = 0;
@@ -84,27 +98,118 @@ connection::connection(const std::string& conninfo)
       raw_.get(), [](void*, const char*) {}, nullptr);
 }
 
-result connection::exec(const std::string& sql, const std::vector<param>& params) {
+namespace {
+
+// libpq's parallel arrays for a statement's parameters (they point into `params`).
+struct param_arrays {
+  explicit param_arrays(const std::vector<param>& params) {
+    for (const auto& p : params) {
+      values.push_back(p.value ? p.value->data() : nullptr);
+      lengths.push_back(p.value ? static_cast<int>(p.value->size()) : 0);
+      formats.push_back(p.binary ? 1 : 0);
+    }
+  }
+  int count() const { return static_cast<int>(values.size()); }
   std::vector<const char*> values;
   std::vector<int> lengths;
   std::vector<int> formats;
-  for (const auto& p : params) {
-    values.push_back(p.value ? p.value->data() : nullptr);
-    lengths.push_back(p.value ? static_cast<int>(p.value->size()) : 0);
-    formats.push_back(p.binary ? 1 : 0);
-  }
-  PGresult* raw = params.empty()
-                      ? PQexec(raw_.get(), sql.c_str())
-                      : PQexecParams(raw_.get(), sql.c_str(), static_cast<int>(params.size()),
-                                     nullptr, values.data(), lengths.data(), formats.data(), 0);
-  result out(raw);
+};
+
+bool succeeded(PGresult* raw) {
   const auto status = raw ? PQresultStatus(raw) : PGRES_FATAL_ERROR;
-  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-    std::string message = raw ? PQresultErrorMessage(raw) : PQerrorMessage(raw_.get());
-    while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
-      message.pop_back();
-    throw error(message, connection_lost(raw_.get()));
+  return status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK;
+}
+
+std::string trimmed(std::string message) {
+  while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
+  return message;
+}
+
+}  // namespace
+
+void connection::fail(PGresult* raw) {
+  const std::string message = raw ? PQresultErrorMessage(raw) : PQerrorMessage(raw_.get());
+  throw error(trimmed(message), !healthy());
+}
+
+result connection::exec(const std::string& sql, const std::vector<param>& params) {
+  const param_arrays arrays(params);
+  PGresult* raw = params.empty() ? PQexec(raw_.get(), sql.c_str())
+                                 : PQexecParams(raw_.get(), sql.c_str(), arrays.count(), nullptr,
+                                                arrays.values.data(), arrays.lengths.data(),
+                                                arrays.formats.data(), 0);
+  result out(raw);
+  if (!succeeded(raw)) fail(raw);
+  return out;
+}
+
+result connection::exec(const statement& prepared, const std::vector<param>& params) {
+  if (!prepared_.count(prepared.name)) {
+    result made(PQprepare(raw_.get(), prepared.name.c_str(), prepared.sql.c_str(), 0, nullptr));
+    if (!succeeded(made.raw())) fail(made.raw());
+    prepared_.insert(prepared.name);
   }
+  const param_arrays arrays(params);
+  PGresult* raw =
+      PQexecPrepared(raw_.get(), prepared.name.c_str(), arrays.count(), arrays.values.data(),
+                     arrays.lengths.data(), arrays.formats.data(), 0);
+  result out(raw);
+  if (!succeeded(raw)) fail(raw);
+  return out;
+}
+
+std::vector<result> connection::pipeline(const std::vector<pipelined>& steps) {
+  PGconn* conn = raw_.get();
+  if (PQenterPipelineMode(conn) == 0) fail(nullptr);
+  // Queued commands, in order: a statement to prepare (its name) or a step (its index).
+  struct queued {
+    const statement* prepare = nullptr;
+    std::size_t step = 0;
+  };
+  std::vector<queued> sent;
+  std::unordered_set<std::string> preparing;
+  bool queued_all = true;
+  for (std::size_t i = 0; i < steps.size() && queued_all; ++i) {
+    const statement& what = *steps[i].what;
+    if (!prepared_.count(what.name) && preparing.insert(what.name).second) {
+      queued_all = PQsendPrepare(conn, what.name.c_str(), what.sql.c_str(), 0, nullptr) == 1;
+      sent.push_back({&what, 0});
+    }
+    const param_arrays arrays(steps[i].params);
+    queued_all = queued_all &&
+                 PQsendQueryPrepared(conn, what.name.c_str(), arrays.count(), arrays.values.data(),
+                                     arrays.lengths.data(), arrays.formats.data(), 0) == 1;
+    sent.push_back({nullptr, i});
+  }
+  // The output is small (a few rows per step) next to the socket buffers, so a blocking
+  // connection cannot deadlock writing the whole pipeline before reading.
+  if (!queued_all || PQpipelineSync(conn) == 0) {
+    desynchronized_ = true;
+    fail(nullptr);
+  }
+  std::vector<result> out;
+  out.reserve(steps.size());
+  std::optional<std::string> failure;
+  for (const auto& command : sent) {
+    result got(PQgetResult(conn));
+    if (got.raw() == nullptr) {  // the connection broke
+      desynchronized_ = true;
+      fail(nullptr);
+    }
+    if (succeeded(got.raw())) {
+      if (command.prepare) prepared_.insert(command.prepare->name);
+    } else if (PQresultStatus(got.raw()) != PGRES_PIPELINE_ABORTED && !failure) {
+      failure = trimmed(PQresultErrorMessage(got.raw()));
+    }
+    if (!command.prepare) out.push_back(std::move(got));
+    if (PQgetResult(conn) != nullptr) desynchronized_ = true;  // one result per command
+  }
+  result sync(PQgetResult(conn));
+  if (sync.raw() == nullptr || PQresultStatus(sync.raw()) != PGRES_PIPELINE_SYNC ||
+      PQexitPipelineMode(conn) == 0)
+    desynchronized_ = true;
+  if (desynchronized_) throw error("PostgreSQL pipeline out of step; reconnecting", true);
+  if (failure) throw error(*failure, !healthy());
   return out;
 }
 
@@ -121,7 +226,7 @@ void validate_prefix(const std::string& prefix) {
 
 int latest_schema_version() { return static_cast<int>(migrations().size()); }
 
-void migrate(connection& conn, const std::string& prefix) {
+void migrate(connection& conn, const std::string& prefix, int version_wanted) {
   validate_prefix(prefix);
   transaction(conn, [&] {
     // Serializes concurrent start-ups: the lock is released at COMMIT.
@@ -133,7 +238,7 @@ void migrate(connection& conn, const std::string& prefix) {
     auto current =
         conn.exec(with_prefix("SELECT coalesce(max(version), 0) FROM {p}_migrations", prefix));
     const int applied = static_cast<int>(current.integer(0, 0));
-    for (int version = applied + 1; version <= latest_schema_version(); ++version) {
+    for (int version = applied + 1; version <= version_wanted; ++version) {
       conn.exec(with_prefix(migrations()[static_cast<std::size_t>(version - 1)], prefix));
       conn.exec(with_prefix("INSERT INTO {p}_migrations (version) VALUES ($1)", prefix),
                 {param::text(std::to_string(version))});

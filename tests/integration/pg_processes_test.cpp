@@ -106,8 +106,11 @@ TEST_F(pg_processes, answer_every_persisted_call_when_a_runner_is_killed) {
   }
   EXPECT_LE(reruns, 64);
   pg::connection conn(test_pg_url());
-  EXPECT_EQ(conn.exec("SELECT count(*) FROM " + prefix + "_messages WHERE processed").integer(0, 0),
+  EXPECT_EQ(conn.exec("SELECT count(*) FROM " + prefix + "_messages m JOIN " + prefix +
+                      "_replies r ON r.message_id = m.id")
+                .integer(0, 0),
             1000);
+  EXPECT_EQ(conn.exec("SELECT count(*) FROM " + prefix + "_pending").integer(0, 0), 0);
 }
 
 TEST_F(pg_processes, restart_the_manager_without_moving_a_shard) {

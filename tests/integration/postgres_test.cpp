@@ -87,6 +87,80 @@ TEST(postgres, migrates_safely_when_processes_start_at_once) {
             pg::latest_schema_version());
 }
 
+TEST(postgres, runs_a_pipeline_as_one_transaction_and_rolls_it_all_back_on_failure) {
+  REQUIRE_POSTGRES();
+  const auto table = unique_prefix() + "_pipeline";
+  pg::connection conn(pg_url());
+  conn.exec("CREATE TABLE " + table + " (n integer PRIMARY KEY)");
+  const pg::statement insert{"test_insert", "INSERT INTO " + table + " VALUES ($1) RETURNING n"};
+  const pg::statement count{"test_count", "SELECT count(*) FROM " + table};
+
+  auto results = conn.pipeline(
+      {{&insert, {pg::param::text("1")}}, {&insert, {pg::param::text("2")}}, {&count, {}}});
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[1].integer(0, 0), 2);
+  EXPECT_EQ(results[2].integer(0, 0), 2);  // the steps see each other's rows
+
+  // The third step violates the primary key: the new rows of the first two are gone too.
+  try {
+    conn.pipeline({{&insert, {pg::param::text("3")}},
+                   {&insert, {pg::param::text("4")}},
+                   {&insert, {pg::param::text("1")}},
+                   {&count, {}}});
+    ADD_FAILURE() << "a duplicate key went through";
+  } catch (const pg::error& e) {
+    EXPECT_NE(std::string(e.what()).find("duplicate key"), std::string::npos) << e.what();
+    EXPECT_FALSE(e.retriable);
+  }
+  EXPECT_TRUE(conn.healthy());
+  EXPECT_EQ(conn.exec(count).integer(0, 0), 2);
+  EXPECT_EQ(conn.pipeline({{&insert, {pg::param::text("5")}}}).at(0).integer(0, 0), 5);
+  EXPECT_EQ(conn.exec(count).integer(0, 0), 3);
+
+  // A statement that does not parse fails its pipeline and leaves the session usable.
+  const pg::statement broken{"test_broken", "SELEC nothing"};
+  EXPECT_THROW(conn.pipeline({{&insert, {pg::param::text("6")}}, {&broken, {}}}), pg::error);
+  EXPECT_EQ(conn.exec(count).integer(0, 0), 3);
+  conn.exec("DROP TABLE " + table);
+}
+
+TEST(postgres, upgrading_from_schema_1_keeps_unprocessed_messages_queued) {
+  REQUIRE_POSTGRES();
+  const auto prefix = unique_prefix();
+  {
+    pg::connection conn(pg_url());
+    pg::migrate(conn, prefix, 1);
+    // Schema 1 marked processed messages with a flag (and stored their reply).
+    conn.exec("INSERT INTO " + prefix +
+              "_messages (id, shard_group, shard, entity_type, entity_id, rpc, primary_key, "
+              "payload, processed) VALUES (1, 'default', 5, 'Probe', 'a', 'Append', 'k1', "
+              "'\\x80', true), (2, 'default', 5, 'Probe', 'b', 'Append', 'k2', '\\x80', "
+              "false)");
+    conn.exec("INSERT INTO " + prefix +
+              "_replies (message_id, code, error, message, payload) VALUES (1, 0, '', '', "
+              "'\\x80')");
+  }
+  asio::io_context io;
+  pg_message_store store(io, settings_for(prefix));  // migrates to the latest schema
+  std::optional<std::vector<persisted_message>> queued;
+  store.unprocessed("default", 5, 0,
+                    [&](std::vector<persisted_message> batch, bool) { queued = batch; });
+  const auto batch = wait_result(io, queued);
+  ASSERT_EQ(batch.size(), 1u);
+  EXPECT_EQ(batch[0].id, 2);
+  EXPECT_EQ(batch[0].request.entity_id, "b");
+
+  // Its reply takes it off the queue.
+  std::optional<bool> stored;
+  store.complete(2, reply_msg::success({}), [&](bool ok) { stored = ok; });
+  EXPECT_TRUE(wait_result(io, stored));
+  queued.reset();
+  store.unprocessed("default", 5, 0,
+                    [&](std::vector<persisted_message> rest, bool) { queued = rest; });
+  EXPECT_TRUE(wait_result(io, queued).empty());
+  store.stop();
+}
+
 TEST(postgres, refuses_a_table_prefix_that_is_not_an_identifier) {
   EXPECT_THROW(pg::validate_prefix("x; DROP TABLE y"), pg::error);
   EXPECT_THROW(pg::validate_prefix(""), pg::error);

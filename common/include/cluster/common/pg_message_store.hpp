@@ -3,10 +3,10 @@
 //
 // One worker thread owns the session that holds the shard locks (session-level advisory
 // locks: they die with the session, so a crashed runner loses them at once) and runs every
-// statement. Operations that arrive while a batch runs are taken together next time: one
-// multi-row INSERT for all queued messages, one transaction for all queued replies (group
-// commit). A second thread LISTENs for stored replies. Completions are posted to the
-// io_context.
+// statement. Messages and replies that arrive while a round runs are taken together next
+// time: prepared statements over arrays, pipelined in one round trip, one transaction and
+// one commit (group commit). A second thread LISTENs for stored replies. Completions are
+// posted to the io_context.
 
 #include <atomic>
 #include <condition_variable>
@@ -61,11 +61,14 @@ class pg_message_store final : public message_store {
   void worker_loop();
   void listener_loop();
   bool ensure_connected();
-  /// Stores this round's messages and replies in one transaction, then answers each job.
+  /// A new session for the worker, set up for its prepared statements.
+  std::unique_ptr<pg::connection> worker_session() const;
+  /// Stores this round's messages and replies in one transaction (one pipelined round trip,
+  /// one commit), then answers each job.
   void run_writes(std::vector<persist_job>& persists, std::vector<complete_job>& completes);
-  /// Statements of run_writes (inside its transaction; they throw pg::error).
-  std::vector<persist_outcome> run_persists(std::span<const persist_job> batch);
-  void run_completes(std::span<const complete_job> batch);
+  /// Ids and stored replies of messages that were already stored (outcomes not `inserted`).
+  void find_existing(const std::vector<persist_job>& persists,
+                     std::vector<persist_outcome>& outcomes);
   void connection_failed(const std::string& why);
   std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
   std::string lock_space(const std::string& group) const {
@@ -74,6 +77,9 @@ class pg_message_store final : public message_store {
 
   asio::io_context& io_;
   storage_settings settings_;
+  // Prepared on the worker's session (see the constructor for their SQL).
+  pg::statement insert_messages_, store_replies_, find_existing_, select_unprocessed_,
+      select_replies_, purge_processed_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<persist_job> persists_;

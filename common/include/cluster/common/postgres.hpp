@@ -9,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "cluster/common/protocol.hpp"
@@ -31,6 +32,19 @@ struct param {
   static param null() { return {std::nullopt, false}; }
 };
 
+/// A statement prepared on each connection at its first use there: parsed and planned once
+/// per session instead of once per call. `name` is unique per statement text.
+struct statement {
+  std::string name;
+  std::string sql;
+};
+
+/// One step of connection::pipeline.
+struct pipelined {
+  const statement* what;
+  std::vector<param> params;
+};
+
 class result {
  public:
   explicit result(PGresult* raw) : raw_(raw, &PQclear) {}
@@ -39,6 +53,7 @@ class result {
   std::string text(int row, int column) const { return PQgetvalue(raw_.get(), row, column); }
   std::int64_t integer(int row, int column) const { return std::stoll(text(row, column)); }
   bool boolean(int row, int column) const { return text(row, column) == "t"; }
+  PGresult* raw() const { return raw_.get(); }
   /// A bytea column in text (hex) format.
   cluster::bytes bytea(int row, int column) const;
 
@@ -52,11 +67,20 @@ class connection {
   explicit connection(const std::string& conninfo);
   /// Runs one statement; throws pg::error on failure.
   result exec(const std::string& sql, const std::vector<param>& params = {});
-  bool healthy() const { return PQstatus(raw_.get()) == CONNECTION_OK; }
+  result exec(const statement& prepared, const std::vector<param>& params = {});
+  /// Sends every step at once and then reads every result: one round trip. Outside BEGIN the
+  /// steps form one implicit transaction (one commit): when a step fails, none took effect
+  /// and this throws pg::error.
+  std::vector<result> pipeline(const std::vector<pipelined>& steps);
+  bool healthy() const { return !desynchronized_ && PQstatus(raw_.get()) == CONNECTION_OK; }
   PGconn* raw() { return raw_.get(); }
 
  private:
+  [[noreturn]] void fail(PGresult* raw);
+
   std::unique_ptr<PGconn, void (*)(PGconn*)> raw_;
+  std::unordered_set<std::string> prepared_;
+  bool desynchronized_ = false;  // a pipeline ended unexpectedly: the session is unusable
 };
 
 /// Runs `work` inside BEGIN/COMMIT, rolling back on exception.
@@ -83,12 +107,16 @@ auto transaction(connection& conn, Work&& work) {
   }
 }
 
-/// Creates or upgrades the schema (tables named `<prefix>_...`). Idempotent and safe when
-/// several processes start at once (serialized by an advisory lock).
-void migrate(connection& conn, const std::string& prefix);
-
 /// The schema version `migrate` brings a database to.
 int latest_schema_version();
+
+/// Creates or upgrades the schema (tables named `<prefix>_...`) to `version_wanted`.
+/// Idempotent and safe when several processes start at once (serialized by an advisory lock).
+void migrate(connection& conn, const std::string& prefix,
+             int version_wanted = latest_schema_version());
+
+/// `sql` with every `{p}` replaced by the table prefix.
+std::string with_prefix(std::string sql, const std::string& prefix);
 
 /// Checks that a table prefix is a plain identifier (it is spliced into SQL).
 void validate_prefix(const std::string& prefix);
