@@ -277,38 +277,32 @@ void connection::protocol_error(std::uint64_t id, errc code, const std::string& 
   if (!writing_) close();
 }
 
-void connection::enqueue(frame&& out) {
-  if (!open_) return;
-  write_queue_.push_back(std::move(out));
-  if (!writing_) {
-    writing_ = true;
-    // The coroutine owns a reference from its creation: it may start after the last
-    // other owner let go.
-    asio::co_spawn(socket_.get_executor(), write_loop(shared_from_this()), asio::detached);
-  }
+void connection::schedule_write() {
+  if (writing_) return;
+  writing_ = true;
+  asio::post(socket_.get_executor(), [self = shared_from_this()] { self->write_queued(); });
 }
 
-awaitable<void> connection::write_loop([[maybe_unused]] connection_ptr self) {
-  std::vector<frame> batch;
-  std::vector<asio::const_buffer> buffers;
-  while (open_ && !write_queue_.empty()) {
-    batch.clear();
-    buffers.clear();
-    // Gather what queued up meanwhile into one write: fewer syscalls under load.
-    while (!write_queue_.empty() && batch.size() < 256) {
-      batch.push_back(std::move(write_queue_.front()));
-      write_queue_.pop_front();
-    }
-    for (const auto& f : batch) buffers.emplace_back(f.data(), f.size());
-    error_code ec;
-    co_await asio::async_write(socket_, buffers, asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-      close();
-      break;
-    }
+void connection::write_queued() {
+  if (!open_ || queued_.size() == 0) {
+    writing_ = false;
+    if (closing_) close();
+    return;
   }
-  writing_ = false;
-  if (closing_) close();
+  std::swap(queued_, in_write_);
+  // A burst can grow a buffer a lot: give that memory back rather than keep it per connection.
+  constexpr std::size_t kept_bytes = 1 << 20;
+  if (queued_.size() > kept_bytes) queued_ = msgpack::sbuffer(1024);
+  queued_.clear();
+  asio::async_write(socket_, asio::buffer(in_write_.data(), in_write_.size()),
+                    [self = shared_from_this()](const error_code& ec, std::size_t) {
+                      if (ec) {
+                        self->writing_ = false;
+                        self->close();
+                        return;
+                      }
+                      self->write_queued();
+                    });
 }
 
 void connection::arm_deadline_sweep() {
@@ -350,7 +344,7 @@ void connection::close() {
   socket_.close(ignored);
   deadline_timer_.cancel();
   body_timer_.cancel();
-  write_queue_.clear();
+  queued_.clear();
   auto pending = std::move(pending_);
   pending_.clear();
   for (auto& [id, call] : pending)

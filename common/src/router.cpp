@@ -61,15 +61,43 @@ std::variant<entity_location, reply_msg> router::locate(const std::string& entit
   return location;
 }
 
-awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point deadline) {
-  milliseconds backoff = options_.retry_min;
+void router::ensure_primary_key(request_msg& request) const {
   // A persisted request keeps one identity across retries: if its runner dies after storing
   // it, the retry finds the stored message (and its reply) instead of running it again.
-  if (!request.primary_key || request.primary_key->empty()) {
-    const auto* type = snapshot_.find_entity_type(request.entity_type);
-    const auto* rpc = type ? type->find_rpc(request.rpc) : nullptr;
-    if (rpc && rpc->persisted) request.primary_key = generated_request_key();
-  }
+  if (request.primary_key && !request.primary_key->empty()) return;
+  const auto* type = snapshot_.find_entity_type(request.entity_type);
+  const auto* rpc = type ? type->find_rpc(request.rpc) : nullptr;
+  if (rpc && rpc->persisted) request.primary_key = generated_request_key();
+}
+
+connection_ptr router::ready_connection(const request_msg& request) const {
+  auto located = locate(request.entity_type, request.entity_id, request.rpc);
+  const auto* location = std::get_if<entity_location>(&located);
+  if (location == nullptr || location->owner.empty()) return nullptr;
+  if (is_local && deliver_locally && is_local(location->owner)) return nullptr;
+  auto it = pool_.find(location->owner);
+  if (it == pool_.end() || !it->second->is_open()) return nullptr;
+  return it->second;
+}
+
+reply_msg router::expired(const reply_msg& last) {
+  // Nobody to ask is a clearer answer than a timeout: keep NoRunner as the code.
+  if (last.code == errc::no_runner) return last;
+  return reply_msg::failure(errc::deadline_exceeded,
+                            "deadline passed; last failure: " + last.error + ": " + last.message);
+}
+
+awaitable<reply_msg> router::retry(request_msg request, steady_clock::time_point deadline,
+                                   reply_msg last) {
+  if (steady_clock::now() + options_.retry_min >= deadline) co_return expired(last);
+  co_await sleep_for(options_.retry_min);
+  auto again = route(std::move(request), deadline);
+  co_return co_await std::move(again);
+}
+
+awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point deadline) {
+  milliseconds backoff = options_.retry_min;
+  ensure_primary_key(request);
   reply_msg last = reply_msg::failure(errc::no_runner, "not routed");
   while (true) {
     auto located = locate(request.entity_type, request.entity_id, request.rpc);
@@ -102,15 +130,7 @@ awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point
         }
       }
     }
-    const auto now = steady_clock::now();
-    if (now + backoff >= deadline) {
-      // Nobody to ask is a clearer answer than a timeout: keep NoRunner as the code.
-      if (last.code == errc::no_runner) co_return last;
-      auto expired =
-          reply_msg::failure(errc::deadline_exceeded,
-                             "deadline passed; last failure: " + last.error + ": " + last.message);
-      co_return expired;
-    }
+    if (steady_clock::now() + backoff >= deadline) co_return expired(last);
     co_await sleep_for(backoff);
     backoff = std::min(backoff * 2, options_.retry_max);
   }

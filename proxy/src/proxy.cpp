@@ -67,7 +67,7 @@ void proxy::on_message(const connection_ptr& conn, envelope&& env) {
                                             "too many requests in flight on this connection"));
         return;
       }
-      asio::co_spawn(io_, forward(conn, env.id, std::move(*request)), asio::detached);
+      forward(conn, env.id, std::move(*request));
       return;
     }
     case message_kind::get_status:
@@ -81,17 +81,18 @@ void proxy::on_message(const connection_ptr& conn, envelope&& env) {
   }
 }
 
-awaitable<void> proxy::forward(connection_ptr conn, std::uint64_t id, request_msg request) {
+void proxy::forward(const connection_ptr& conn, std::uint64_t id, request_msg request) {
   ++conn->in_flight;
   ++in_flight_;
   const auto timeout = request.timeout_ms > 0
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
-  auto route = router_.route(std::move(request), steady_clock::now() + timeout);
-  auto reply = co_await std::move(route);
-  --conn->in_flight;
-  --in_flight_;
-  conn->send_reply(id, reply);
+  router_.route(std::move(request), steady_clock::now() + timeout,
+                [this, conn, id](reply_msg&& reply) {
+                  --conn->in_flight;
+                  --in_flight_;
+                  conn->send_reply(id, reply);
+                });
 }
 
 }  // namespace cluster::proxy

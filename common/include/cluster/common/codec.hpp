@@ -20,23 +20,32 @@ struct decode_limits {
 /// An encoded frame (header included), ready to be written.
 using frame = msgpack::sbuffer;
 
-/// Encodes `[kind, id, fields]` with its length header.
+/// Appends `[kind, id, fields]` with its length header to `out` (frames queue up in one
+/// buffer and leave in one write).
 template <class Fields>
-frame encode_frame(message_kind kind, std::uint64_t id, const Fields& fields) {
-  frame out(256);
+void append_frame(msgpack::sbuffer& out, message_kind kind, std::uint64_t id,
+                  const Fields& fields) {
+  const std::size_t start = out.size();
   const char header[frame_header_size] = {};
   out.write(header, frame_header_size);
-  msgpack::packer<frame> packer(out);
+  msgpack::packer<msgpack::sbuffer> packer(out);
   packer.pack_array(3);
   packer.pack(static_cast<std::uint32_t>(kind));
   packer.pack(id);
   packer.pack(fields);
-  const auto body = static_cast<std::uint32_t>(out.size() - frame_header_size);
-  auto* data = reinterpret_cast<unsigned char*>(out.data());
+  const auto body = static_cast<std::uint32_t>(out.size() - start - frame_header_size);
+  auto* data = reinterpret_cast<unsigned char*>(out.data()) + start;
   data[0] = static_cast<unsigned char>(body >> 24);
   data[1] = static_cast<unsigned char>(body >> 16);
   data[2] = static_cast<unsigned char>(body >> 8);
   data[3] = static_cast<unsigned char>(body);
+}
+
+/// Encodes `[kind, id, fields]` with its length header.
+template <class Fields>
+frame encode_frame(message_kind kind, std::uint64_t id, const Fields& fields) {
+  frame out(256);
+  append_frame(out, kind, id, fields);
   return out;
 }
 

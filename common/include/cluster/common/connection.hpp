@@ -43,7 +43,9 @@ class connection : public std::enable_shared_from_this<connection> {
 
   template <class Fields>
   void send(message_kind kind, std::uint64_t id, const Fields& fields) {
-    enqueue(encode_frame(kind, id, fields));
+    if (!open_) return;
+    append_frame(queued_, kind, id, fields);
+    schedule_write();
   }
   void send_reply(std::uint64_t id, const reply_msg& reply) {
     send(message_kind::reply, id, reply);
@@ -60,7 +62,8 @@ class connection : public std::enable_shared_from_this<connection> {
     }
     pending_.emplace(id, pending_call{steady_clock::now() + timeout, std::move(done)});
     arm_deadline_sweep();
-    enqueue(encode_frame(kind, id, fields));
+    append_frame(queued_, kind, id, fields);
+    schedule_write();
   }
 
   /// Coroutine form of `call`.
@@ -98,9 +101,11 @@ class connection : public std::enable_shared_from_this<connection> {
     reply_callback done;
   };
 
-  void enqueue(frame&& out);
+  /// Starts a write of everything queued once the current handler is done (frames sent
+  /// meanwhile join it), unless one is in progress; its completion starts the next.
+  void schedule_write();
+  void write_queued();
   awaitable<void> read_loop(std::shared_ptr<connection> self);
-  awaitable<void> write_loop(std::shared_ptr<connection> self);
   void arm_deadline_sweep();
   void fail_later(reply_callback done, errc code, std::string message);
   void protocol_error(std::uint64_t id, errc code, const std::string& message);
@@ -115,9 +120,12 @@ class connection : public std::enable_shared_from_this<connection> {
   bool open_ = true;
   bool handshaken_;
   bool closing_ = false;  // close once the write queue is flushed
-  bool writing_ = false;
+  bool writing_ = false;  // a write is scheduled or in progress
   bool sweep_armed_ = false;
-  std::deque<frame> write_queue_;
+  // Frames wait in `queued_` while `in_write_` is on the wire; the two swap after each
+  // write, so steady traffic allocates nothing per frame.
+  msgpack::sbuffer queued_{1024};
+  msgpack::sbuffer in_write_{1024};
   std::uint64_t next_id_ = 1;
   steady_clock::time_point last_heard_ = steady_clock::now();
   std::unordered_map<std::uint64_t, pending_call> pending_;

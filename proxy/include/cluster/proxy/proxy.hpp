@@ -39,7 +39,7 @@ class proxy {
 
  private:
   void on_message(const connection_ptr& conn, envelope&& env);
-  awaitable<void> forward(connection_ptr conn, std::uint64_t id, request_msg request);
+  void forward(const connection_ptr& conn, std::uint64_t id, request_msg request);
 
   asio::io_context& io_;
   proxy_config config_;
