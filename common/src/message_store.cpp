@@ -64,7 +64,8 @@ class memory_message_store final : public message_store {
     asio::post(io_, [done = std::move(done), outcome = std::move(outcome)] { done(outcome); });
   }
 
-  void complete(std::int64_t id, reply_msg reply, std::function<void(bool)> done) override {
+  void complete(std::int64_t id, reply_msg reply, bool /*announce: one process*/,
+                std::function<void(bool)> done) override {
     unprocessed_.erase(id);
     replies_[id] = std::move(reply);
     asio::post(io_, [this, id, done = std::move(done)] {

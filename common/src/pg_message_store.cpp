@@ -95,7 +95,7 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
         SELECT id, shard_group, shard FROM inserted)
       SELECT id, entity_type, entity_id, primary_key FROM inserted)");
   // Stores the replies, takes their messages off the queue and, at commit, tells every
-  // runner that LISTENs: callers waiting elsewhere wake up.
+  // runner that LISTENs about those in $6: callers waiting there wake up.
   store_replies_ = prepared("store_replies", R"(
       WITH stored AS (
         INSERT INTO {p}_replies (message_id, code, error, message, payload)
@@ -104,7 +104,8 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
           AS u(i, c, e, m, p)
         ON CONFLICT (message_id) DO NOTHING),
       dequeued AS (DELETE FROM {p}_pending WHERE id = ANY($1::bigint[]))
-      SELECT pg_notify('{p}_replies', $1::bigint[]::text))");
+      SELECT pg_notify('{p}_replies', $6::bigint[]::text)
+      WHERE cardinality($6::bigint[]) > 0)");
   find_existing_ = prepared("find_existing", R"(
       SELECT m.id, m.entity_type, m.entity_id, m.primary_key, r.code, r.error, r.message,
              r.payload
@@ -159,10 +160,11 @@ void pg_message_store::persist(persisted_message message,
   wake_.notify_one();
 }
 
-void pg_message_store::complete(std::int64_t id, reply_msg reply, std::function<void(bool)> done) {
+void pg_message_store::complete(std::int64_t id, reply_msg reply, bool announce,
+                                std::function<void(bool)> done) {
   {
     std::lock_guard lock(mutex_);
-    completes_.push_back(complete_job{id, std::move(reply), std::move(done)});
+    completes_.push_back(complete_job{id, std::move(reply), announce, std::move(done)});
   }
   wake_.notify_one();
 }
@@ -383,7 +385,7 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
   }
   const std::size_t persist_steps = steps.size();
   for (std::size_t first = 0; first < completes.size(); first += chunk) {
-    array_literal ids, codes, errors, messages, payloads;
+    array_literal ids, codes, errors, messages, payloads, announced;
     for (std::size_t i = first; i < std::min(completes.size(), first + chunk); ++i) {
       const auto& reply = completes[i].reply;
       ids.number(completes[i].id);
@@ -391,10 +393,11 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
       errors.text(reply.error);
       messages.text(reply.message);
       payloads.hex(reply.payload);
+      if (completes[i].announce) announced.number(completes[i].id);
     }
-    steps.push_back(
-        {&store_replies_,
-         {ids.param(), codes.param(), errors.param(), messages.param(), payloads.param()}});
+    steps.push_back({&store_replies_,
+                     {ids.param(), codes.param(), errors.param(), messages.param(),
+                      payloads.param(), announced.param()}});
   }
 
   // One implicit transaction, so one commit (one fsync) for every message and every reply

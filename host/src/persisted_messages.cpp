@@ -214,17 +214,19 @@ void persisted_messages::run(persisted_message message) {
   running_.insert(id);
   if (type == nullptr || !type->rpc_index(message.request.rpc)) {
     // Stored by a runner with other plugins: answer it rather than replay it forever.
-    finish(id, reply_msg::failure(type ? errc::unknown_rpc : errc::unknown_entity_type,
-                                  "stored message for " + message.request.entity_type + "." +
-                                      message.request.rpc + " has no handler on this runner"));
+    finish(id, {message.group, message.shard},
+           reply_msg::failure(type ? errc::unknown_rpc : errc::unknown_entity_type,
+                              "stored message for " + message.request.entity_type + "." +
+                                  message.request.rpc + " has no handler on this runner"));
     return;
   }
   const entity_address address{type, message.request.entity_id, message.shard};
   const auto rpc_index = *type->rpc_index(message.request.rpc);
-  auto deliver = [this, address, rpc_index, id, request = std::move(message.request)]() mutable {
+  auto deliver = [this, address, rpc_index, id, shard = shard_key{message.group, message.shard},
+                  request = std::move(message.request)]() mutable {
     entities_.deliver(
         address, rpc_index, std::move(request), steady_clock::time_point::max(),
-        [this, id](reply_msg&& reply) { finish(id, std::move(reply)); }, false);
+        [this, id, shard](reply_msg&& reply) { finish(id, shard, std::move(reply)); }, false);
   };
   const auto delay = message.request.deliver_at_ms ? *message.request.deliver_at_ms - unix_ms() : 0;
   if (delay <= 0) {
@@ -244,9 +246,15 @@ void persisted_messages::run(persisted_message message) {
   });
 }
 
-void persisted_messages::finish(std::int64_t id, reply_msg&& reply) {
+void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_msg&& reply) {
   ++storing_;
-  store_->complete(id, reply, [this, id, reply](bool stored) {
+  // Callers wait where the shard is served: here, unless it moved away while this ran (a
+  // retry may then wait at the new owner). A move this runner has not heard of yet leaves
+  // that caller to the reply polling.
+  auto wanted = wanted_.find(shard.first);
+  const bool moved =
+      !held_.count(shard) || wanted == wanted_.end() || !wanted->second.count(shard.second);
+  store_->complete(id, reply, moved, [this, id, reply](bool stored) {
     --storing_;
     running_.erase(id);
     if (!stored) spdlog::warn("reply of message {} not stored; it will run again", id);

@@ -152,7 +152,7 @@ TEST(postgres, upgrading_from_schema_1_keeps_unprocessed_messages_queued) {
 
   // Its reply takes it off the queue.
   std::optional<bool> stored;
-  store.complete(2, reply_msg::success({}), [&](bool ok) { stored = ok; });
+  store.complete(2, reply_msg::success({}), false, [&](bool ok) { stored = ok; });
   EXPECT_TRUE(wait_result(io, stored));
   queued.reset();
   store.unprocessed("default", 5, 0,
@@ -219,7 +219,7 @@ TEST(postgres, deduplicates_by_primary_key_and_returns_the_stored_reply) {
   EXPECT_EQ(duplicate.id, stored.id);
   EXPECT_FALSE(duplicate.reply.has_value());  // not processed yet
   std::optional<bool> completed;
-  store.complete(stored.id, reply_msg::success({0x81, 0xa1, 'v', 0x05}),
+  store.complete(stored.id, reply_msg::success({0x81, 0xa1, 'v', 0x05}), false,
                  [&](bool ok) { completed = ok; });
   EXPECT_TRUE(wait_result(io, completed));
   store.persist(message_for("e1", "k1"), [&](persist_outcome o) { after = o; });
@@ -256,7 +256,7 @@ TEST(postgres, batches_concurrent_messages_and_lists_unprocessed_ones_in_order) 
   store.stop();
 }
 
-TEST(postgres, notifies_other_stores_when_a_reply_is_stored) {
+TEST(postgres, notifies_other_stores_of_the_replies_it_is_asked_to_announce) {
   REQUIRE_POSTGRES();
   asio::io_context io;
   const auto settings = settings_for(unique_prefix());
@@ -265,12 +265,18 @@ TEST(postgres, notifies_other_stores_when_a_reply_is_stored) {
   watcher.on_reply = [&](std::int64_t id) { notified.push_back(id); };
   run_until(
       io, [] { return false; }, milliseconds(300));  // let the watcher LISTEN
-  std::optional<persist_outcome> stored;
-  writer.persist(message_for("n1", "k"), [&](persist_outcome o) { stored = o; });
-  const auto id = wait_result(io, stored).id;
-  writer.complete(id, reply_msg::success({}), [](bool) {});
-  EXPECT_TRUE(run_until(
-      io, [&] { return std::find(notified.begin(), notified.end(), id) != notified.end(); }));
+  std::optional<persist_outcome> quiet, announced;
+  writer.persist(message_for("n1", "k"), [&](persist_outcome o) { quiet = o; });
+  writer.persist(message_for("n2", "k"), [&](persist_outcome o) { announced = o; });
+  const auto quiet_id = wait_result(io, quiet).id;
+  const auto announced_id = wait_result(io, announced).id;
+  // Notifications arrive in commit order: once the second is in, the first would be too.
+  writer.complete(quiet_id, reply_msg::success({}), false, [](bool) {});
+  writer.complete(announced_id, reply_msg::success({}), true, [](bool) {});
+  EXPECT_TRUE(run_until(io, [&] {
+    return std::find(notified.begin(), notified.end(), announced_id) != notified.end();
+  }));
+  EXPECT_EQ(std::count(notified.begin(), notified.end(), quiet_id), 0);
   writer.stop();
   watcher.stop();
 }
@@ -287,7 +293,7 @@ TEST(postgres, purges_processed_messages_past_retention_only) {
   const auto processed_id = wait_result(io, done_one).id;
   wait_result(io, open_one);
   std::optional<bool> completed;
-  store.complete(processed_id, reply_msg::success({}), [&](bool ok) { completed = ok; });
+  store.complete(processed_id, reply_msg::success({}), false, [&](bool ok) { completed = ok; });
   wait_result(io, completed);
   std::optional<std::size_t> purged;
   store.purge([&](std::size_t n) { purged = n; });

@@ -59,9 +59,11 @@ class message_store {
 
   /// Stores a message unless one with the same (entity type, entity id, primary key) exists.
   virtual void persist(persisted_message message, std::function<void(persist_outcome)> done) = 0;
-  /// Stores the reply and marks the message processed in one transaction, then tells every
-  /// store's `on_reply` (PostgreSQL: NOTIFY). `done(false)` when it could not be stored.
-  virtual void complete(std::int64_t id, reply_msg reply, std::function<void(bool)> done) = 0;
+  /// Stores the reply and marks the message processed in one transaction. `announce`: also
+  /// tell every other store's `on_reply` (PostgreSQL: NOTIFY at commit), for a caller that
+  /// may wait on another runner. `done(false)` when it could not be stored.
+  virtual void complete(std::int64_t id, reply_msg reply, bool announce,
+                        std::function<void(bool)> done) = 0;
   /// Unprocessed messages of a shard with id > `after`, oldest first, at most batch_size.
   virtual void unprocessed(std::string group, std::int32_t shard, std::int64_t after,
                            std::function<void(std::vector<persisted_message>, bool ok)> done) = 0;

@@ -29,7 +29,8 @@ class pg_message_store final : public message_store {
 
   std::string backend_name() const override { return "postgres"; }
   void persist(persisted_message message, std::function<void(persist_outcome)> done) override;
-  void complete(std::int64_t id, reply_msg reply, std::function<void(bool)> done) override;
+  void complete(std::int64_t id, reply_msg reply, bool announce,
+                std::function<void(bool)> done) override;
   void unprocessed(std::string group, std::int32_t shard, std::int64_t after,
                    std::function<void(std::vector<persisted_message>, bool)> done) override;
   void acquire(std::string group, std::vector<std::int32_t> shards,
@@ -50,6 +51,7 @@ class pg_message_store final : public message_store {
   struct complete_job {
     std::int64_t id;
     reply_msg reply;
+    bool announce;
     std::function<void(bool)> done;
   };
   struct other_job {

@@ -63,7 +63,7 @@ class persisted_messages {
   void lost_to_others(const std::string& group, const std::vector<std::int32_t>& wanted,
                       const std::vector<std::int32_t>& held);
   void run(persisted_message message);
-  void finish(std::int64_t id, reply_msg&& reply);
+  void finish(std::int64_t id, const shard_key& shard, reply_msg&& reply);
   void answer(std::int64_t id, const reply_msg& reply);
   void fetch_replies(std::vector<std::int64_t> ids);
   void locks_lost();
