@@ -245,6 +245,12 @@ bool connection::handle_handshake(const envelope& env) {
                        " is not supported; this peer speaks " + std::to_string(protocol_version));
     return false;
   }
+  if (admit && !admit(hello->role)) {
+    protocol_error(env.id, errc::too_many_requests,
+                   "too many connections from clients; the rest are kept for the cluster's "
+                   "own processes");
+    return false;
+  }
   handshaken_ = true;
   body_timer_.cancel();
   peer_name = hello->name;

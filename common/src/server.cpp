@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace cluster {
 
 server::server(asio::io_context& io, server_options options, connection::message_handler on_message)
@@ -37,6 +39,8 @@ awaitable<void> server::accept_loop() {
       continue;
     }
     auto conn = std::make_shared<connection>(std::move(socket), options_.limits, true);
+    if (!options_.reserved_for_roles.empty())
+      conn->admit = [this](const std::string& role) { return admits(role); };
     connections_.insert(conn);
     conn->start(on_message_, [this, weak = std::weak_ptr<connection>(conn)] {
       if (auto closed = weak.lock()) {
@@ -45,6 +49,15 @@ awaitable<void> server::accept_loop() {
       }
     });
   }
+}
+
+bool server::admits(const std::string& role) const {
+  if (options_.reserved_for_roles.count(role)) return true;
+  const std::size_t client_share = options_.max_connections - options_.max_connections / 4;
+  const auto clients = std::count_if(connections_.begin(), connections_.end(), [&](const auto& c) {
+    return !c->peer_role.empty() && !options_.reserved_for_roles.count(c->peer_role);
+  });
+  return static_cast<std::size_t>(clients) < client_share;
 }
 
 void server::stop_accepting() {

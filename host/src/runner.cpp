@@ -34,8 +34,11 @@ runner::runner(asio::io_context& io, runner_config config)
       config_(std::move(config)),
       server_(
           io,
-          server_options{config_.host, config_.port, config_.common.max_connections,
-                         config_.common.limits()},
+          server_options{config_.host,
+                         config_.port,
+                         config_.common.max_connections,
+                         config_.common.limits(),
+                         {"runner", "proxy"}},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{config_.name, "runner", config_.common.limits()}) {}
 

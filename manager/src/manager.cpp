@@ -29,8 +29,11 @@ manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<ma
       store_(std::move(store)),
       server_(
           io,
-          server_options{config_.host, config_.port, config_.common.max_connections,
-                         config_.common.limits()},
+          server_options{config_.host,
+                         config_.port,
+                         config_.common.max_connections,
+                         config_.common.limits(),
+                         {"runner", "proxy"}},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       tick_timer_(io) {
   server_.on_disconnect = [this](const connection_ptr& conn) { on_disconnect(conn); };

@@ -734,6 +734,16 @@ TEST_F(hostile_input, connections_beyond_the_limit_are_refused_and_open_ones_kee
     if (t.name.rfind("runner", 0) == 0) {
       EXPECT_TRUE(call_works()) << "while " << t.name << " is full";
     }
+    if (t.name == "manager" || t.name.rfind("runner", 0) == 0) {
+      // Clients only get their share: a quarter stays for the cluster's own processes, so a
+      // runner can still register (and a proxy or a runner still route) through the flood.
+      raw_client member(t.port);
+      ASSERT_TRUE(member.connected()) << t.name;
+      member.send(frame_of(message_kind::hello, 0, hello_msg{1, "runner", "late-runner"}));
+      const auto ack = member.read_frame();
+      EXPECT_TRUE(ack && ack->kind == static_cast<std::uint32_t>(message_kind::hello_ack))
+          << t.name << " refused a runner while full of clients";
+    }
     std::cout << t.name << " accepted " << open.size() << " more connections, then refused one"
               << std::endl;
     open.clear();

@@ -88,6 +88,9 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Name and role the peer gave in its hello (server side) or hello_ack (client side).
   std::string peer_name;
   std::string peer_role;
+  /// Server side: asked at hello whether a peer with that role may stay (it is refused with
+  /// too_many_requests otherwise).
+  std::function<bool(const std::string& role)> admit;
   /// Inbound requests currently being served (maintained by the owner of the handler).
   std::size_t in_flight = 0;
   const connection_limits& limits() const { return limits_; }

@@ -15,6 +15,11 @@ struct server_options {
   std::uint16_t port = 0;
   std::size_t max_connections = 1024;
   connection_limits limits;
+  /// Roles of the cluster's own processes (e.g. runner, proxy). When set, a quarter of
+  /// max_connections is kept for them: connections of any other role (clients) are refused
+  /// at hello once they hold the other three quarters, so a flood of idle clients cannot
+  /// lock a runner out of the manager.
+  std::set<std::string> reserved_for_roles;
 };
 
 class server {
@@ -38,6 +43,8 @@ class server {
 
  private:
   awaitable<void> accept_loop();
+  /// May one more peer with this role (just past its hello) stay?
+  bool admits(const std::string& role) const;
 
   asio::io_context& io_;
   server_options options_;
