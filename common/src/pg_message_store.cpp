@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 #include <sys/select.h>
 
-#include <span>
 #include <tuple>
 
 namespace cluster {
@@ -60,6 +59,18 @@ pg::param number_array(const Range& values) {
   array_literal out;
   for (auto value : values) out.number(value);
   return out.param();
+}
+
+// What deduplicates a message: (entity type, entity id, primary key).
+using message_key = std::tuple<std::string, std::string, std::string>;
+
+message_key key_of(const request_msg& request) {
+  return {request.entity_type, request.entity_id, *request.primary_key};
+}
+
+// The key in columns 1-3 of a row (after the id in column 0).
+message_key key_in_row(const pg::result& rows, int row) {
+  return {rows.text(row, 1), rows.text(row, 2), rows.text(row, 3)};
 }
 
 reply_msg reply_from_row(const pg::result& rows, int row, int first_column) {
@@ -414,16 +425,15 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
     committed = true;
     // RETURNING lists the rows inserted; the others were stored before (or twice in this
     // batch: the first is new, the next ones are duplicates of it).
-    std::map<std::tuple<std::string, std::string, std::string>, std::int64_t> new_ids;
+    std::map<message_key, std::int64_t> new_ids;
     for (std::size_t step = 0; step < persist_steps; ++step) {
       const auto& inserted = results[step];
       for (int r = 0; r < inserted.rows(); ++r)
-        new_ids[{inserted.text(r, 1), inserted.text(r, 2), inserted.text(r, 3)}] =
-            inserted.integer(r, 0);
+        new_ids[key_in_row(inserted, r)] = inserted.integer(r, 0);
     }
     for (std::size_t i = 0; i < persists.size(); ++i) {
       const auto& request = persists[i].message.request;
-      auto it = new_ids.find({request.entity_type, request.entity_id, *request.primary_key});
+      auto it = new_ids.find(key_of(request));
       if (it == new_ids.end()) continue;
       outcomes[i].id = it->second;
       outcomes[i].inserted = true;
@@ -469,13 +479,12 @@ void pg_message_store::find_existing(const std::vector<persist_job>& persists,
   }
   if (!any) return;
   auto existing = conn_->exec(find_existing_, {types.param(), ids.param(), keys.param()});
-  std::map<std::tuple<std::string, std::string, std::string>, int> rows;
-  for (int r = 0; r < existing.rows(); ++r)
-    rows[{existing.text(r, 1), existing.text(r, 2), existing.text(r, 3)}] = r;
+  std::map<message_key, int> rows;
+  for (int r = 0; r < existing.rows(); ++r) rows[key_in_row(existing, r)] = r;
   for (std::size_t i = 0; i < persists.size(); ++i) {
     if (outcomes[i].inserted) continue;
     const auto& request = persists[i].message.request;
-    auto it = rows.find({request.entity_type, request.entity_id, *request.primary_key});
+    auto it = rows.find(key_of(request));
     if (it == rows.end()) {
       outcomes[i].error = "message vanished during deduplication";
       continue;

@@ -144,42 +144,28 @@ result connection::exec(const std::string& sql, const std::vector<param>& params
 }
 
 result connection::exec(const statement& prepared, const std::vector<param>& params) {
-  if (!prepared_.count(prepared.name)) {
-    result made(PQprepare(raw_.get(), prepared.name.c_str(), prepared.sql.c_str(), 0, nullptr));
-    if (!succeeded(made.raw())) fail(made.raw());
-    prepared_.insert(prepared.name);
-  }
-  const param_arrays arrays(params);
-  PGresult* raw =
-      PQexecPrepared(raw_.get(), prepared.name.c_str(), arrays.count(), arrays.values.data(),
-                     arrays.lengths.data(), arrays.formats.data(), 0);
-  result out(raw);
-  if (!succeeded(raw)) fail(raw);
-  return out;
+  // Through the pipeline: a first use prepares and runs in one round trip.
+  return std::move(pipeline({{&prepared, params}}).front());
 }
 
 std::vector<result> connection::pipeline(const std::vector<pipelined>& steps) {
   PGconn* conn = raw_.get();
   if (PQenterPipelineMode(conn) == 0) fail(nullptr);
-  // Queued commands, in order: a statement to prepare (its name) or a step (its index).
-  struct queued {
-    const statement* prepare = nullptr;
-    std::size_t step = 0;
-  };
-  std::vector<queued> sent;
+  // Queued commands, in order: a statement to prepare, or (nullptr) a step to run.
+  std::vector<const statement*> sent;
   std::unordered_set<std::string> preparing;
   bool queued_all = true;
   for (std::size_t i = 0; i < steps.size() && queued_all; ++i) {
     const statement& what = *steps[i].what;
     if (!prepared_.count(what.name) && preparing.insert(what.name).second) {
       queued_all = PQsendPrepare(conn, what.name.c_str(), what.sql.c_str(), 0, nullptr) == 1;
-      sent.push_back({&what, 0});
+      sent.push_back(&what);
     }
     const param_arrays arrays(steps[i].params);
     queued_all = queued_all &&
                  PQsendQueryPrepared(conn, what.name.c_str(), arrays.count(), arrays.values.data(),
                                      arrays.lengths.data(), arrays.formats.data(), 0) == 1;
-    sent.push_back({nullptr, i});
+    sent.push_back(nullptr);
   }
   // The output is small (a few rows per step) next to the socket buffers, so a blocking
   // connection cannot deadlock writing the whole pipeline before reading.
@@ -190,18 +176,18 @@ std::vector<result> connection::pipeline(const std::vector<pipelined>& steps) {
   std::vector<result> out;
   out.reserve(steps.size());
   std::optional<std::string> failure;
-  for (const auto& command : sent) {
+  for (const statement* preparing_one : sent) {
     result got(PQgetResult(conn));
     if (got.raw() == nullptr) {  // the connection broke
       desynchronized_ = true;
       fail(nullptr);
     }
     if (succeeded(got.raw())) {
-      if (command.prepare) prepared_.insert(command.prepare->name);
+      if (preparing_one) prepared_.insert(preparing_one->name);
     } else if (PQresultStatus(got.raw()) != PGRES_PIPELINE_ABORTED && !failure) {
       failure = trimmed(PQresultErrorMessage(got.raw()));
     }
-    if (!command.prepare) out.push_back(std::move(got));
+    if (!preparing_one) out.push_back(std::move(got));
     if (PQgetResult(conn) != nullptr) desynchronized_ = true;  // one result per command
   }
   result sync(PQgetResult(conn));

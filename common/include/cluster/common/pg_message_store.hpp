@@ -13,7 +13,6 @@
 #include <deque>
 #include <mutex>
 #include <set>
-#include <span>
 #include <thread>
 
 #include "cluster/common/message_store.hpp"
