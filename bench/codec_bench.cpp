@@ -1,7 +1,7 @@
 // Frame encoding and decoding of the two frames every call costs: a request and its reply.
 #include <benchmark/benchmark.h>
 
-#include "cluster/common/codec.hpp"
+#include "cluster/protocol/codec.hpp"
 
 namespace {
 

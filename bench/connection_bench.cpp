@@ -3,7 +3,7 @@
 // decodes it. Measures the connection layer's CPU cost per message (syscalls included).
 #include <benchmark/benchmark.h>
 
-#include "cluster/common/server.hpp"
+#include "cluster/net/server.hpp"
 
 namespace {
 

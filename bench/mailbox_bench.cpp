@@ -2,9 +2,9 @@
 // an active entity, the plugin's handler, and the reply callback.
 #include <benchmark/benchmark.h>
 
-#include "cluster/common/codec.hpp"
-#include "cluster/common/shard.hpp"
 #include "cluster/host/entity_host.hpp"
+#include "cluster/protocol/codec.hpp"
+#include "cluster/protocol/shard.hpp"
 
 namespace {
 

@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "cluster/common/router.hpp"
-#include "cluster/common/shard.hpp"
+#include "cluster/client/router.hpp"
+#include "cluster/protocol/shard.hpp"
 
 namespace {
 

@@ -1,8 +1,8 @@
 // cluster-gateway: HTTP ⇄ entity RPC on a local port (see gateway/README.md).
 #include <spdlog/spdlog.h>
 
-#include "cluster/common/process.hpp"
 #include "cluster/gateway/gateway.hpp"
+#include "cluster/process/process.hpp"
 
 int main(int argc, char** argv) {
   cluster::gateway::gateway_config config;

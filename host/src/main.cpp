@@ -1,7 +1,7 @@
 #include <spdlog/spdlog.h>
 
-#include "cluster/common/process.hpp"
 #include "cluster/host/runner.hpp"
+#include "cluster/process/process.hpp"
 
 int main(int argc, char** argv) {
   cluster::host::runner_config config;

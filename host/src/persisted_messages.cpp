@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "cluster/common/router.hpp"
+#include "cluster/client/router.hpp"
 
 namespace cluster::host {
 

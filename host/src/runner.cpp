@@ -4,8 +4,9 @@
 
 #include <set>
 
-#include "cluster/common/ecs_metadata.hpp"
-#include "cluster/common/shard.hpp"
+#include "cluster/process/ecs_metadata.hpp"
+#include "cluster/protocol/shard.hpp"
+#include "cluster/storage-pg/stores.hpp"
 
 namespace cluster::host {
 

@@ -1,7 +1,8 @@
 #include <spdlog/spdlog.h>
 
-#include "cluster/common/process.hpp"
 #include "cluster/manager/manager.hpp"
+#include "cluster/process/process.hpp"
+#include "cluster/storage-pg/stores.hpp"
 
 int main(int argc, char** argv) {
   cluster::manager::manager_config config;

@@ -1,6 +1,6 @@
 #include <spdlog/spdlog.h>
 
-#include "cluster/common/process.hpp"
+#include "cluster/process/process.hpp"
 #include "cluster/proxy/proxy.hpp"
 
 int main(int argc, char** argv) {

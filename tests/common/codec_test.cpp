@@ -1,7 +1,7 @@
 // Frame encoding and the bounded decoding of untrusted bytes
-// (common/include/cluster/common/codec.hpp).
+// (common/include/cluster/protocol/codec.hpp).
 
-#include "cluster/common/codec.hpp"
+#include "cluster/protocol/codec.hpp"
 
 #include <gtest/gtest.h>
 

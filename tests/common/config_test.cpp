@@ -1,7 +1,7 @@
 // TOML configuration: defaults, file, SST links, environment, --set, strict keys
-// (common/include/cluster/common/config.hpp).
+// (common/include/cluster/process/config.hpp).
 
-#include "cluster/common/config.hpp"
+#include "cluster/process/config.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "cluster/common/ecs_metadata.hpp"
-#include "cluster/common/settings.hpp"
+#include "cluster/process/ecs_metadata.hpp"
+#include "cluster/process/settings.hpp"
 
 namespace {
 

@@ -4,7 +4,7 @@
 // Everything runs on one io_context driven by the test thread through `run_until`, the same
 // single-threaded model as the processes.
 
-#include "cluster/common/connection.hpp"
+#include "cluster/net/connection.hpp"
 
 #include <gtest/gtest.h>
 
@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "cluster/common/server.hpp"
+#include "cluster/net/server.hpp"
 
 namespace {
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "cluster/common/codec.hpp"
+#include "cluster/protocol/codec.hpp"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "cluster/common/shard.hpp"
+#include "cluster/protocol/shard.hpp"
 
 #include <gtest/gtest.h>
 

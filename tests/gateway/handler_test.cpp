@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "child_process.hpp"
-#include "cluster/common/server.hpp"
+#include "cluster/net/server.hpp"
 #include "cluster_fixture.hpp"
 
 namespace cluster::gateway {

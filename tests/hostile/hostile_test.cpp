@@ -27,7 +27,7 @@
 #include <thread>
 
 #include "child_process.hpp"
-#include "cluster/common/codec.hpp"
+#include "cluster/protocol/codec.hpp"
 
 namespace cluster::testing {
 namespace {

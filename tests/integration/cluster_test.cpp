@@ -4,7 +4,7 @@
 #include <map>
 #include <set>
 
-#include "cluster/common/shard.hpp"
+#include "cluster/protocol/shard.hpp"
 #include "cluster_fixture.hpp"
 
 namespace cluster::testing {

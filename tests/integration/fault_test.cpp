@@ -8,7 +8,7 @@
 #include <random>
 #include <set>
 
-#include "cluster/common/postgres.hpp"
+#include "cluster/storage-pg/postgres.hpp"
 #include "process_cluster.hpp"
 
 namespace cluster::testing {

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "cluster/common/postgres.hpp"
+#include "cluster/storage-pg/postgres.hpp"
 #include "process_cluster.hpp"
 
 namespace cluster::testing {

@@ -1,6 +1,6 @@
 // The PostgreSQL backend against a real server (scripts/dev test starts a private one and
 // sets CLUSTER_TEST_PG_URL). Each test uses its own table prefix.
-#include "cluster/common/postgres.hpp"
+#include "cluster/storage-pg/postgres.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -8,8 +8,8 @@
 #include <atomic>
 #include <thread>
 
-#include "cluster/common/pg_message_store.hpp"
-#include "cluster/common/storage.hpp"
+#include "cluster/storage-pg/pg_message_store.hpp"
+#include "cluster/storage-pg/stores.hpp"
 #include "cluster_fixture.hpp"
 
 namespace cluster::testing {

@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "cluster/common/connection.hpp"
 #include "cluster/host/runner.hpp"
 #include "cluster/manager/manager.hpp"
+#include "cluster/net/connection.hpp"
 #include "cluster/proxy/proxy.hpp"
 
 namespace cluster::testing {

@@ -26,7 +26,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "cluster/common/connection.hpp"
+#include "cluster/net/connection.hpp"
 #include "latency_histogram.hpp"
 
 namespace {

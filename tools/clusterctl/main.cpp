@@ -9,7 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "cluster/common/connection.hpp"
+#include "cluster/net/connection.hpp"
 
 namespace {
 

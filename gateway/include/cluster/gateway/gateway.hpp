@@ -11,8 +11,8 @@
 
 #include <memory>
 
-#include "cluster/common/settings.hpp"
 #include "cluster/gateway/handler.hpp"
+#include "cluster/process/settings.hpp"
 
 namespace cluster::gateway {
 

@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "cluster/common/protocol.hpp"
 #include "cluster/gateway/proxy_client.hpp"
+#include "cluster/protocol/messages.hpp"
 
 namespace cluster::gateway {
 

@@ -12,7 +12,7 @@
 #include <functional>
 #include <string>
 
-#include "cluster/common/asio.hpp"
+#include "cluster/net/asio.hpp"
 
 namespace cluster::gateway {
 

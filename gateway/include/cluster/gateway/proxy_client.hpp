@@ -9,7 +9,7 @@
 
 #include <string>
 
-#include "cluster/common/connection.hpp"
+#include "cluster/net/connection.hpp"
 
 namespace cluster::gateway {
 

@@ -11,9 +11,9 @@
 #include <map>
 #include <set>
 
-#include "cluster/common/asio.hpp"
-#include "cluster/common/protocol.hpp"
 #include "cluster/host/entity_registry.hpp"
+#include "cluster/net/asio.hpp"
+#include "cluster/protocol/messages.hpp"
 
 namespace cluster::host {
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "cluster/common/protocol.hpp"
 #include "cluster/plugin_abi.h"
+#include "cluster/protocol/messages.hpp"
 
 namespace cluster::host {
 

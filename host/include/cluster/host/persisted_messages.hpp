@@ -13,8 +13,8 @@
 #include <map>
 #include <set>
 
-#include "cluster/common/message_store.hpp"
 #include "cluster/host/entity_host.hpp"
+#include "cluster/storage/message_store.hpp"
 
 namespace cluster::host {
 

@@ -7,12 +7,12 @@
 
 #include <memory>
 
-#include "cluster/common/manager_client.hpp"
-#include "cluster/common/router.hpp"
-#include "cluster/common/server.hpp"
-#include "cluster/common/settings.hpp"
+#include "cluster/client/manager_client.hpp"
+#include "cluster/client/router.hpp"
 #include "cluster/host/entity_host.hpp"
 #include "cluster/host/persisted_messages.hpp"
+#include "cluster/net/server.hpp"
+#include "cluster/process/settings.hpp"
 
 namespace cluster::host {
 

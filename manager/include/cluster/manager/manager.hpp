@@ -9,10 +9,10 @@
 #include <optional>
 #include <set>
 
-#include "cluster/common/server.hpp"
-#include "cluster/common/settings.hpp"
-#include "cluster/common/storage.hpp"
 #include "cluster/manager/assignment.hpp"
+#include "cluster/net/server.hpp"
+#include "cluster/process/settings.hpp"
+#include "cluster/storage/manager_store.hpp"
 
 namespace cluster::manager {
 

@@ -1,0 +1,127 @@
+#pragma once
+// Routes entity requests to the runner that owns their shard, from the latest assignment
+// snapshot, over one pooled multiplexed connection per runner. Retries requests that
+// never ran (not owner, no runner, unreachable, shutting down) until their deadline.
+//
+// Used by the proxy and by runners (entity-to-entity calls). Single-threaded.
+
+#include <map>
+#include <variant>
+
+#include "cluster/net/connection.hpp"
+
+namespace cluster {
+
+struct router_options {
+  std::string name = "router";  ///< sent in hello
+  std::string role = "proxy";
+  connection_limits limits;
+  milliseconds connect_timeout{1000};
+  milliseconds retry_min{5};
+  milliseconds retry_max{200};
+};
+
+/// Where an entity lives according to the current snapshot.
+struct entity_location {
+  std::string group;
+  std::int32_t shard = 0;
+  std::string owner;  ///< runner address, empty when unassigned
+};
+
+/// A unique primary key for a persisted request that came without one.
+std::string generated_request_key();
+
+class router {
+ public:
+  router(asio::io_context& io, router_options options);
+  router(const router&) = delete;
+  router& operator=(const router&) = delete;
+
+  void update(assignment_snapshot snapshot);
+  const assignment_snapshot& snapshot() const { return snapshot_; }
+
+  /// Locates an entity; an error reply for an unknown type or RPC (empty rpc: not checked).
+  std::variant<entity_location, reply_msg> locate(const std::string& entity_type,
+                                                  const std::string& entity_id,
+                                                  const std::string& rpc) const;
+
+  /// Sends `request` to its owner and returns the reply; retries retriable failures
+  /// with backoff until `deadline`, then answers deadline_exceeded with the last cause.
+  awaitable<reply_msg> route(request_msg request, steady_clock::time_point deadline);
+
+  /// Callback form of `route`: `done(reply_msg&&)` runs exactly once. The common case (the
+  /// owner's pooled connection is open) sends at once, without a coroutine; everything
+  /// else, retries included, goes through the coroutine form.
+  template <class Done>
+  void route(request_msg request, steady_clock::time_point deadline, Done done);
+
+  /// Runners serve their own shards without a network hop.
+  std::function<bool(const std::string& owner)> is_local;
+  std::function<awaitable<reply_msg>(request_msg, steady_clock::time_point)> deliver_locally;
+
+  /// Closes pooled connections.
+  void stop();
+
+ private:
+  awaitable<connection_ptr> connection_to(const std::string& address,
+                                          steady_clock::time_point deadline, std::string& error);
+  /// Gives a persisted request without a key its generated one (kept across retries).
+  void ensure_primary_key(request_msg& request) const;
+  /// The open pooled connection to the remote owner of `request`'s entity, if there is one.
+  connection_ptr ready_connection(const request_msg& request) const;
+  /// What a request gets when its deadline leaves no time for another try after `last`.
+  static reply_msg expired(const reply_msg& last);
+  /// Waits the first backoff after a failed try, then routes again.
+  awaitable<reply_msg> retry(request_msg request, steady_clock::time_point deadline,
+                             reply_msg last);
+  template <class Done>
+  void route_in_coroutine(awaitable<reply_msg> routing, Done done);
+
+  asio::io_context& io_;
+  router_options options_;
+  assignment_snapshot snapshot_;
+  std::map<std::string, connection_ptr> pool_;
+  // One connect at a time per runner; others wait on its timer.
+  std::map<std::string, std::shared_ptr<asio::steady_timer>> connecting_;
+};
+
+template <class Done>
+void router::route_in_coroutine(awaitable<reply_msg> routing, Done done) {
+  asio::co_spawn(
+      io_,
+      [routing = std::move(routing), done = std::move(done)]() mutable -> awaitable<void> {
+        auto reply = co_await std::move(routing);
+        done(std::move(reply));
+      },
+      asio::detached);
+}
+
+template <class Done>
+void router::route(request_msg request, steady_clock::time_point deadline, Done done) {
+  ensure_primary_key(request);
+  auto conn = ready_connection(request);
+  if (!conn) {
+    route_in_coroutine(route(std::move(request), deadline), std::move(done));
+    return;
+  }
+  // The request stays with the call: a retriable failure sends it again.
+  struct in_flight {
+    request_msg request;
+    steady_clock::time_point deadline;
+    Done done;
+  };
+  auto call = std::make_shared<in_flight>(in_flight{std::move(request), deadline, std::move(done)});
+  const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+  call->request.timeout_ms = static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count()));
+  conn->call(message_kind::request, call->request, std::max(left, milliseconds(1)),
+             [this, call](reply_msg&& reply) {
+               if (!is_routing_retriable(reply.code)) {
+                 call->done(std::move(reply));
+                 return;
+               }
+               route_in_coroutine(retry(std::move(call->request), call->deadline, std::move(reply)),
+                                  std::move(call->done));
+             });
+}
+
+}  // namespace cluster

@@ -1,0 +1,194 @@
+#include "cluster/client/router.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+#include "cluster/protocol/shard.hpp"
+
+namespace cluster {
+
+std::string generated_request_key() {
+  static thread_local std::mt19937_64 random{std::random_device{}()};
+  char text[40];
+  std::snprintf(text, sizeof(text), "auto:%016llx%016llx",
+                static_cast<unsigned long long>(random()),
+                static_cast<unsigned long long>(random()));
+  return text;
+}
+
+router::router(asio::io_context& io, router_options options)
+    : io_(io), options_(std::move(options)) {}
+
+void router::update(assignment_snapshot snapshot) {
+  snapshot_ = std::move(snapshot);
+  // Drop pooled connections to runners that left the cluster.
+  for (auto it = pool_.begin(); it != pool_.end();) {
+    const bool known = std::any_of(snapshot_.runners.begin(), snapshot_.runners.end(),
+                                   [&](const runner_info& r) { return r.address == it->first; });
+    if (!known) {
+      it->second->close();
+      it = pool_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::variant<entity_location, reply_msg> router::locate(const std::string& entity_type,
+                                                        const std::string& entity_id,
+                                                        const std::string& rpc) const {
+  const auto* type = snapshot_.find_entity_type(entity_type);
+  if (type == nullptr) {
+    if (snapshot_.version == 0 || snapshot_.entity_types.empty())
+      return reply_msg::failure(errc::no_runner, "no assignments received yet");
+    return reply_msg::failure(errc::unknown_entity_type,
+                              "unknown entity type '" + entity_type + "'");
+  }
+  if (!rpc.empty() && type->find_rpc(rpc) == nullptr)
+    return reply_msg::failure(errc::unknown_rpc,
+                              "entity type '" + entity_type + "' has no RPC '" + rpc + "'");
+  const auto* group = snapshot_.find_group(type->group);
+  if (group == nullptr || group->shards == 0)
+    return reply_msg::failure(errc::no_runner,
+                              "no runner serves shard group '" + type->group + "'");
+  entity_location location;
+  location.group = type->group;
+  location.shard = shard_for(entity_id, static_cast<std::int32_t>(group->shards));
+  location.owner = group->owners.at(static_cast<std::size_t>(location.shard - 1));
+  return location;
+}
+
+void router::ensure_primary_key(request_msg& request) const {
+  // A persisted request keeps one identity across retries: if its runner dies after storing
+  // it, the retry finds the stored message (and its reply) instead of running it again.
+  if (request.primary_key && !request.primary_key->empty()) return;
+  const auto* type = snapshot_.find_entity_type(request.entity_type);
+  const auto* rpc = type ? type->find_rpc(request.rpc) : nullptr;
+  if (rpc && rpc->persisted) request.primary_key = generated_request_key();
+}
+
+connection_ptr router::ready_connection(const request_msg& request) const {
+  auto located = locate(request.entity_type, request.entity_id, request.rpc);
+  const auto* location = std::get_if<entity_location>(&located);
+  if (location == nullptr || location->owner.empty()) return nullptr;
+  if (is_local && deliver_locally && is_local(location->owner)) return nullptr;
+  auto it = pool_.find(location->owner);
+  if (it == pool_.end() || !it->second->is_open()) return nullptr;
+  return it->second;
+}
+
+reply_msg router::expired(const reply_msg& last) {
+  // Nobody to ask is a clearer answer than a timeout: keep NoRunner as the code.
+  if (last.code == errc::no_runner) return last;
+  return reply_msg::failure(errc::deadline_exceeded,
+                            "deadline passed; last failure: " + last.error + ": " + last.message);
+}
+
+awaitable<reply_msg> router::retry(request_msg request, steady_clock::time_point deadline,
+                                   reply_msg last) {
+  if (steady_clock::now() + options_.retry_min >= deadline) co_return expired(last);
+  co_await sleep_for(options_.retry_min);
+  auto again = route(std::move(request), deadline);
+  co_return co_await std::move(again);
+}
+
+awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point deadline) {
+  milliseconds backoff = options_.retry_min;
+  ensure_primary_key(request);
+  reply_msg last = reply_msg::failure(errc::no_runner, "not routed");
+  while (true) {
+    auto located = locate(request.entity_type, request.entity_id, request.rpc);
+    if (auto* refused = std::get_if<reply_msg>(&located)) {
+      if (!is_routing_retriable(refused->code)) co_return *refused;
+      last = *refused;
+    } else {
+      const auto& location = std::get<entity_location>(located);
+      if (location.owner.empty()) {
+        last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
+                                                       " of group '" + location.group +
+                                                       "' has no runner");
+      } else if (is_local && deliver_locally && is_local(location.owner)) {
+        auto delivery = deliver_locally(request, deadline);
+        last = co_await std::move(delivery);
+        if (!is_routing_retriable(last.code)) co_return last;
+      } else {
+        std::string error;
+        auto conn = co_await connection_to(location.owner, deadline, error);
+        if (!conn) {
+          last = reply_msg::failure(errc::unavailable, error);
+        } else {
+          const auto left =
+              std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+          request.timeout_ms = static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count()));
+          auto call =
+              conn->async_call(message_kind::request, request, std::max(left, milliseconds(1)));
+          last = co_await std::move(call);
+          if (!is_routing_retriable(last.code)) co_return last;
+        }
+      }
+    }
+    if (steady_clock::now() + backoff >= deadline) co_return expired(last);
+    co_await sleep_for(backoff);
+    backoff = std::min(backoff * 2, options_.retry_max);
+  }
+}
+
+awaitable<connection_ptr> router::connection_to(const std::string& address,
+                                                steady_clock::time_point deadline,
+                                                std::string& error) {
+  while (true) {
+    if (auto it = pool_.find(address); it != pool_.end()) {
+      if (it->second->is_open()) co_return it->second;
+      pool_.erase(it);
+    }
+    auto waiting = connecting_.find(address);
+    if (waiting == connecting_.end()) break;
+    auto event = waiting->second;
+    error_code ignored;
+    co_await event->async_wait(asio::redirect_error(use_awaitable, ignored));
+    if (steady_clock::now() >= deadline) {
+      error = "timed out waiting for a connection to " + address;
+      co_return nullptr;
+    }
+    if (pool_.find(address) == pool_.end()) {
+      error = "cannot connect to " + address;
+      co_return nullptr;
+    }
+  }
+  auto target = parse_host_port(address);
+  if (!target) {
+    error = "bad runner address '" + address + "'";
+    co_return nullptr;
+  }
+  auto event = std::make_shared<asio::steady_timer>(io_, steady_clock::time_point::max());
+  connecting_[address] = event;
+  const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+  hello_msg hello{protocol_version, options_.role, options_.name};
+  connection::message_handler refuse = [](const connection_ptr& conn, envelope&& env) {
+    // Runners never send requests on a routing connection: refuse anything but replies.
+    conn->send_reply(env.id, reply_msg::failure(errc::unknown_kind, "routing connection"));
+  };
+  std::function<void()> on_close;
+  auto connect =
+      connect_to(*target, hello, options_.limits,
+                 std::clamp(left, milliseconds(1), options_.connect_timeout), refuse, on_close);
+  auto result = co_await std::move(connect);
+  connecting_.erase(address);
+  event->cancel();
+  if (!result.conn) {
+    error = result.error;
+    co_return nullptr;
+  }
+  pool_[address] = result.conn;
+  co_return result.conn;
+}
+
+void router::stop() {
+  for (auto& [address, conn] : pool_) conn->close();
+  pool_.clear();
+}
+
+}  // namespace cluster

@@ -1,0 +1,153 @@
+#pragma once
+// A framed, multiplexed protocol connection.
+//
+// Lifecycle: created by `connect_to` (client side, after the hello handshake) or by
+// `server` (after the peer's hello). `start` runs the read loop; `close` fails every
+// pending call with `unavailable`. Thread model: every process runs one io_context on
+// one thread, so a connection is only touched from that thread (no strand needed).
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "cluster/net/asio.hpp"
+#include "cluster/protocol/codec.hpp"
+
+namespace cluster {
+
+struct connection_limits {
+  decode_limits decode;
+  milliseconds handshake_timeout{5000};
+  /// Once a frame header arrived, its body must follow within this time.
+  milliseconds frame_body_timeout{10000};
+  std::size_t max_in_flight = 4096;  ///< inbound requests being served per connection
+};
+
+class connection : public std::enable_shared_from_this<connection> {
+ public:
+  /// Called for every inbound message that is not a reply to one of our calls.
+  using message_handler = std::function<void(const std::shared_ptr<connection>&, envelope&&)>;
+  using reply_callback = std::function<void(reply_msg&&)>;
+
+  /// `server_side`: the peer must open with hello within the handshake timeout.
+  connection(tcp::socket socket, connection_limits limits, bool server_side);
+  ~connection();
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  /// Starts reading. `on_message` gets requests and pushes; `on_close` runs once.
+  void start(message_handler on_message, std::function<void()> on_close = {});
+
+  template <class Fields>
+  void send(message_kind kind, std::uint64_t id, const Fields& fields) {
+    if (!open_) return;
+    append_frame(queued_, kind, id, fields);
+    schedule_write();
+  }
+  void send_reply(std::uint64_t id, const reply_msg& reply) {
+    send(message_kind::reply, id, reply);
+  }
+
+  /// Sends a request-like message; `done` runs exactly once, on this connection's executor,
+  /// with the reply, `deadline_exceeded` after `timeout`, or `unavailable` when closed.
+  template <class Fields>
+  void call(message_kind kind, const Fields& fields, milliseconds timeout, reply_callback done) {
+    const std::uint64_t id = next_id_++;
+    if (!open_) {
+      fail_later(std::move(done), errc::unavailable, "connection to " + peer_ + " is closed");
+      return;
+    }
+    pending_.emplace(id, pending_call{steady_clock::now() + timeout, std::move(done)});
+    arm_deadline_sweep();
+    append_frame(queued_, kind, id, fields);
+    schedule_write();
+  }
+
+  /// Coroutine form of `call`.
+  template <class Fields>
+  awaitable<reply_msg> async_call(message_kind kind, Fields fields, milliseconds timeout) {
+    return asio::async_initiate<decltype(use_awaitable), void(reply_msg)>(
+        [self = shared_from_this(), kind, fields = std::move(fields), timeout](auto handler) {
+          auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+          self->call(kind, fields, timeout,
+                     [shared](reply_msg&& reply) { (*shared)(std::move(reply)); });
+        },
+        use_awaitable);
+  }
+
+  /// Closes the socket and fails pending calls; safe to call repeatedly.
+  void close();
+  /// Closes once everything queued so far has been written.
+  void close_after_flush();
+  bool is_open() const { return open_; }
+  const std::string& peer() const { return peer_; }
+  std::size_t pending_calls() const { return pending_.size(); }
+  /// Name and role the peer gave in its hello (server side) or hello_ack (client side).
+  std::string peer_name;
+  std::string peer_role;
+  /// Server side: asked at hello whether a peer with that role may stay (it is refused with
+  /// too_many_requests otherwise).
+  std::function<bool(const std::string& role)> admit;
+  /// Inbound requests currently being served (maintained by the owner of the handler).
+  std::size_t in_flight = 0;
+  const connection_limits& limits() const { return limits_; }
+  /// When the last frame arrived from the peer (health checks ping and watch this).
+  steady_clock::time_point last_heard() const { return last_heard_; }
+  asio::any_io_executor executor() { return socket_.get_executor(); }
+
+ private:
+  struct pending_call {
+    steady_clock::time_point deadline;
+    reply_callback done;
+  };
+
+  /// Starts a write of everything queued once the current handler is done (frames sent
+  /// meanwhile join it), unless one is in progress; its completion starts the next.
+  void schedule_write();
+  void write_queued();
+  awaitable<void> read_loop(std::shared_ptr<connection> self);
+  void arm_deadline_sweep();
+  void fail_later(reply_callback done, errc code, std::string message);
+  void protocol_error(std::uint64_t id, errc code, const std::string& message);
+  bool handle_handshake(const envelope& env);
+  /// Handles one decoded frame; false when the connection must stop reading.
+  bool dispatch(const std::shared_ptr<connection>& self, envelope&& env);
+  void handle_reply(envelope&& env);
+
+  tcp::socket socket_;
+  connection_limits limits_;
+  std::string peer_;
+  bool open_ = true;
+  bool handshaken_;
+  bool closing_ = false;  // close once the write queue is flushed
+  bool writing_ = false;  // a write is scheduled or in progress
+  bool sweep_armed_ = false;
+  // Frames wait in `queued_` while `in_write_` is on the wire; the two swap after each
+  // write, so steady traffic allocates nothing per frame.
+  msgpack::sbuffer queued_{1024};
+  msgpack::sbuffer in_write_{1024};
+  std::uint64_t next_id_ = 1;
+  steady_clock::time_point last_heard_ = steady_clock::now();
+  std::unordered_map<std::uint64_t, pending_call> pending_;
+  asio::steady_timer deadline_timer_;
+  asio::steady_timer body_timer_;
+  message_handler on_message_;
+  std::function<void()> on_close_;
+};
+
+using connection_ptr = std::shared_ptr<connection>;
+
+struct connect_result {
+  connection_ptr conn;  ///< started with `on_message`; nullptr on failure
+  std::string error;
+};
+
+/// Connects, sends hello, waits for hello_ack, then starts the connection. Never throws.
+awaitable<connect_result> connect_to(host_port address, hello_msg hello, connection_limits limits,
+                                     milliseconds timeout, connection::message_handler on_message,
+                                     std::function<void()> on_close);
+
+}  // namespace cluster

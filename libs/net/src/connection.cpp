@@ -1,0 +1,438 @@
+#include "cluster/net/connection.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+namespace cluster {
+
+namespace {
+
+struct read_result {
+  std::optional<envelope> env;
+  errc code = errc::ok;  // set with `error` when the frame itself is bad
+  std::string error;     // empty with no env: the peer closed or the socket failed
+};
+
+// Reads one frame. A stalled body is cut off by `body_timer` closing the socket.
+// `on_stall` runs if the body does not arrive in time; it must close the socket.
+awaitable<read_result> read_frame(tcp::socket& socket, std::vector<char>& body,
+                                  asio::steady_timer& body_timer, const connection_limits& limits,
+                                  std::function<void()> on_stall) {
+  read_result result;
+  unsigned char header[frame_header_size];
+  error_code ec;
+  co_await asio::async_read(socket, asio::buffer(header), asio::redirect_error(use_awaitable, ec));
+  if (ec) co_return result;
+  const std::uint32_t size = decode_frame_header(header);
+  if (size > limits.decode.max_frame_bytes) {
+    result.code = errc::frame_too_large;
+    result.error = "frame of " + std::to_string(size) + " bytes exceeds the limit of " +
+                   std::to_string(limits.decode.max_frame_bytes);
+    co_return result;
+  }
+  body_timer.expires_after(limits.frame_body_timeout);
+  body_timer.async_wait([on_stall = std::move(on_stall)](const error_code& timer_ec) {
+    if (!timer_ec) on_stall();
+  });
+  // The buffer grows with the bytes that actually arrive (at most doubling), so a header
+  // announcing max_frame_bytes followed by a stall does not commit max_frame_bytes of memory
+  // on every connection.
+  constexpr std::size_t first_chunk = 64 * 1024;
+  body.clear();
+  std::size_t received = 0;
+  while (!ec && received < size) {
+    const std::size_t chunk =
+        std::min<std::size_t>(size - received, std::max(first_chunk, received));
+    body.resize(received + chunk);
+    received += co_await asio::async_read(socket, asio::buffer(body.data() + received, chunk),
+                                          asio::redirect_error(use_awaitable, ec));
+  }
+  body_timer.cancel();
+  if (ec) co_return result;
+  result.env = decode_envelope(body.data(), size, limits.decode, result.error);
+  if (!result.env) result.code = errc::malformed_frame;
+  // The envelope owns copies of what it needs: do not keep a large buffer per idle connection.
+  if (body.capacity() > first_chunk) std::vector<char>().swap(body);
+  co_return result;
+}
+
+std::string describe_peer(const tcp::socket& socket) {
+  error_code ec;
+  auto endpoint = socket.remote_endpoint(ec);
+  if (ec) return "unknown peer";
+  return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+}
+
+}  // namespace
+
+awaitable<bool> sleep_for(steady_clock::duration duration) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  timer.expires_after(duration);
+  error_code ec;
+  co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
+  co_return !ec;
+}
+
+std::optional<host_port> parse_host_port(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon + 1 == text.size()) return std::nullopt;
+  std::string host(text.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  unsigned port = 0;
+  for (char c : text.substr(colon + 1)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    port = port * 10 + static_cast<unsigned>(c - '0');
+    if (port > 65535) return std::nullopt;
+  }
+  if (host.empty()) return std::nullopt;
+  return host_port{std::move(host), static_cast<std::uint16_t>(port)};
+}
+
+connection::connection(tcp::socket socket, connection_limits limits, bool server_side)
+    : socket_(std::move(socket)),
+      limits_(limits),
+      peer_(describe_peer(socket_)),
+      handshaken_(!server_side),
+      deadline_timer_(socket_.get_executor()),
+      body_timer_(socket_.get_executor()) {
+  error_code ignored;
+  socket_.set_option(tcp::no_delay(true), ignored);
+}
+
+connection::~connection() {
+  error_code ignored;
+  socket_.close(ignored);
+}
+
+void connection::start(message_handler on_message, std::function<void()> on_close) {
+  on_message_ = std::move(on_message);
+  on_close_ = std::move(on_close);
+  if (!handshaken_) {
+    // The handshake deadline reuses the body timer: nothing else is read before hello.
+    body_timer_.expires_after(limits_.handshake_timeout);
+    body_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
+      auto self = weak.lock();
+      if (!ec && self && !self->handshaken_) {
+        spdlog::warn("closing {}: no hello within the handshake timeout", self->peer_);
+        self->close();
+      }
+    });
+  }
+  asio::co_spawn(socket_.get_executor(), read_loop(shared_from_this()), asio::detached);
+}
+
+awaitable<void> connection::read_loop(connection_ptr self) {
+  // One read takes whatever arrived (many frames under load) and every complete frame in it
+  // is decoded before the next read: one syscall for a batch instead of two per frame. The
+  // buffer grows with the bytes of a frame that actually arrive (at most doubling, never past
+  // the announced frame), so a header announcing max_frame_bytes and then a stall does not
+  // commit that much memory.
+  constexpr std::size_t initial_buffer = 16 * 1024;
+  std::vector<char> buffer(initial_buffer);
+  std::size_t begin = 0, end = 0;
+  bool stall_timer_armed = false;
+  while (open_ && !closing_) {
+    const std::size_t available = end - begin;
+    if (available >= frame_header_size) {
+      unsigned char header[frame_header_size];
+      std::memcpy(header, buffer.data() + begin, frame_header_size);
+      const std::uint32_t size = decode_frame_header(header);
+      if (size > limits_.decode.max_frame_bytes) {
+        protocol_error(0, errc::frame_too_large,
+                       "frame of " + std::to_string(size) + " bytes exceeds the limit of " +
+                           std::to_string(limits_.decode.max_frame_bytes));
+        break;
+      }
+      const std::size_t whole = frame_header_size + size;
+      if (available >= whole) {
+        if (stall_timer_armed) {
+          body_timer_.cancel();
+          stall_timer_armed = false;
+        }
+        std::string error;
+        auto env =
+            decode_envelope(buffer.data() + begin + frame_header_size, size, limits_.decode, error);
+        begin += whole;
+        if (!env) {
+          protocol_error(0, errc::malformed_frame, error);
+          break;
+        }
+        last_heard_ = steady_clock::now();
+        if (!dispatch(self, std::move(*env))) break;
+        continue;
+      }
+      if (!stall_timer_armed) {
+        stall_timer_armed = true;
+        body_timer_.expires_after(limits_.frame_body_timeout);
+        body_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
+          auto stalled = weak.lock();
+          if (ec || !stalled) return;
+          spdlog::warn("closing {}: frame body stalled", stalled->peer_);
+          stalled->close();
+        });
+      }
+    }
+    if (begin == end) {
+      begin = end = 0;
+      if (buffer.size() > initial_buffer) std::vector<char>(initial_buffer).swap(buffer);
+    }
+    if (end == buffer.size()) {
+      if (begin > 0) {
+        std::memmove(buffer.data(), buffer.data() + begin, end - begin);
+        end -= begin;
+        begin = 0;
+      }
+      // Still full: one partial frame larger than the buffer (its size is checked above).
+      if (end == buffer.size()) {
+        unsigned char header[frame_header_size];
+        std::memcpy(header, buffer.data(), frame_header_size);
+        buffer.resize(std::min(buffer.size() * 2,
+                               frame_header_size + std::size_t{decode_frame_header(header)}));
+      }
+    }
+    error_code ec;
+    const std::size_t n =
+        co_await socket_.async_read_some(asio::buffer(buffer.data() + end, buffer.size() - end),
+                                         asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+    end += n;
+  }
+  if (!closing_) close();
+}
+
+bool connection::dispatch(const connection_ptr& self, envelope&& env) {
+  if (!handshaken_) return handle_handshake(env);
+  switch (static_cast<message_kind>(env.kind)) {
+    case message_kind::reply:
+      handle_reply(std::move(env));
+      break;
+    case message_kind::ping:
+      send(message_kind::pong, env.id, empty_msg{});
+      break;
+    case message_kind::pong:
+    case message_kind::hello_ack:
+      break;
+    case message_kind::hello:
+      send_reply(env.id, reply_msg::failure(errc::invalid_request, "handshake already done"));
+      break;
+    default:
+      if (on_message_) {
+        // A copy: the handler may close this connection, which drops on_message_.
+        auto handler = on_message_;
+        handler(self, std::move(env));
+      }
+      break;
+  }
+  return true;
+}
+
+bool connection::handle_handshake(const envelope& env) {
+  if (env.kind != static_cast<std::uint32_t>(message_kind::hello)) {
+    protocol_error(env.id, errc::handshake_required, "the first message must be hello");
+    return false;
+  }
+  std::string error;
+  auto hello = env.as<hello_msg>(&error);
+  if (!hello) {
+    protocol_error(env.id, errc::malformed_frame, "hello has the wrong shape: " + error);
+    return false;
+  }
+  if (hello->protocol_version != protocol_version) {
+    protocol_error(env.id, errc::unsupported_version,
+                   "protocol version " + std::to_string(hello->protocol_version) +
+                       " is not supported; this peer speaks " + std::to_string(protocol_version));
+    return false;
+  }
+  if (admit && !admit(hello->role)) {
+    protocol_error(env.id, errc::too_many_requests,
+                   "too many connections from clients; the rest are kept for the cluster's "
+                   "own processes");
+    return false;
+  }
+  handshaken_ = true;
+  body_timer_.cancel();
+  peer_name = hello->name;
+  peer_role = hello->role;
+  send(message_kind::hello_ack, env.id, hello_ack_msg{});
+  return true;
+}
+
+void connection::handle_reply(envelope&& env) {
+  auto it = pending_.find(env.id);
+  if (it == pending_.end()) return;  // late reply to a call that already timed out
+  auto done = std::move(it->second.done);
+  pending_.erase(it);
+  std::string error;
+  auto reply = env.as<reply_msg>(&error);
+  if (!reply)
+    reply = reply_msg::failure(errc::malformed_frame, "reply has the wrong shape: " + error);
+  done(std::move(*reply));
+}
+
+void connection::close_after_flush() {
+  closing_ = true;
+  if (!writing_) close();
+}
+
+void connection::protocol_error(std::uint64_t id, errc code, const std::string& message) {
+  spdlog::warn("closing connection from {}: {}", peer_, message);
+  send_reply(id, reply_msg::failure(code, message));
+  closing_ = true;
+  if (!writing_) close();
+}
+
+void connection::schedule_write() {
+  if (writing_) return;
+  writing_ = true;
+  asio::post(socket_.get_executor(), [self = shared_from_this()] { self->write_queued(); });
+}
+
+void connection::write_queued() {
+  if (!open_ || queued_.size() == 0) {
+    writing_ = false;
+    if (closing_) close();
+    return;
+  }
+  std::swap(queued_, in_write_);
+  // A burst can grow a buffer a lot: give that memory back rather than keep it per connection.
+  constexpr std::size_t kept_bytes = 1 << 20;
+  if (queued_.size() > kept_bytes) queued_ = msgpack::sbuffer(1024);
+  queued_.clear();
+  asio::async_write(socket_, asio::buffer(in_write_.data(), in_write_.size()),
+                    [self = shared_from_this()](const error_code& ec, std::size_t) {
+                      if (ec) {
+                        self->writing_ = false;
+                        self->close();
+                        return;
+                      }
+                      self->write_queued();
+                    });
+}
+
+void connection::arm_deadline_sweep() {
+  if (sweep_armed_) return;
+  sweep_armed_ = true;
+  deadline_timer_.expires_after(milliseconds(20));
+  deadline_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
+    auto self = weak.lock();
+    if (ec || !self) return;
+    self->sweep_armed_ = false;
+    const auto now = steady_clock::now();
+    std::vector<reply_callback> expired;
+    for (auto it = self->pending_.begin(); it != self->pending_.end();) {
+      if (it->second.deadline <= now) {
+        expired.push_back(std::move(it->second.done));
+        it = self->pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!self->pending_.empty()) self->arm_deadline_sweep();
+    for (auto& done : expired)
+      done(reply_msg::failure(errc::deadline_exceeded, "no reply from " + self->peer_));
+  });
+}
+
+void connection::fail_later(reply_callback done, errc code, std::string message) {
+  asio::post(socket_.get_executor(),
+             [done = std::move(done), code, message = std::move(message)]() mutable {
+               done(reply_msg::failure(code, std::move(message)));
+             });
+}
+
+void connection::close() {
+  if (!open_) return;
+  open_ = false;
+  error_code ignored;
+  socket_.shutdown(tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  deadline_timer_.cancel();
+  body_timer_.cancel();
+  queued_.clear();
+  auto pending = std::move(pending_);
+  pending_.clear();
+  for (auto& [id, call] : pending)
+    fail_later(std::move(call.done), errc::unavailable, "connection to " + peer_ + " was lost");
+  if (on_close_) {
+    auto on_close = std::move(on_close_);
+    on_close_ = nullptr;
+    asio::post(socket_.get_executor(), std::move(on_close));
+  }
+  on_message_ = nullptr;
+}
+
+namespace {
+// Shared with the timers' handlers, which may run after the coroutine has finished.
+struct handshake_state {
+  explicit handshake_state(const asio::any_io_executor& executor) : socket(executor) {}
+  tcp::socket socket;
+  bool timed_out = false;
+  void abort() {
+    timed_out = true;
+    error_code ignored;
+    socket.close(ignored);
+  }
+};
+}  // namespace
+
+awaitable<connect_result> connect_to(host_port address, hello_msg hello, connection_limits limits,
+                                     milliseconds timeout, connection::message_handler on_message,
+                                     std::function<void()> on_close) {
+  connect_result result;
+  auto executor = co_await asio::this_coro::executor;
+  auto state = std::make_shared<handshake_state>(executor);
+  asio::steady_timer deadline(executor);
+  deadline.expires_after(timeout);
+  deadline.async_wait([state](const error_code& ec) {
+    if (!ec) state->abort();
+  });
+  error_code ec;
+  tcp::resolver resolver(executor);
+  const std::string port = std::to_string(address.port);
+  auto endpoints =
+      co_await resolver.async_resolve(address.host, port, asio::redirect_error(use_awaitable, ec));
+  if (!ec && !state->timed_out)
+    co_await asio::async_connect(state->socket, endpoints, asio::redirect_error(use_awaitable, ec));
+  if (!ec && !state->timed_out) {
+    auto out = encode_frame(message_kind::hello, 0, hello);
+    co_await asio::async_write(state->socket, asio::buffer(out.data(), out.size()),
+                               asio::redirect_error(use_awaitable, ec));
+  }
+  std::optional<envelope> ack;
+  if (!ec && !state->timed_out) {
+    std::vector<char> body;
+    asio::steady_timer body_timer(executor);
+    std::function<void()> on_stall = [state] { state->abort(); };
+    auto read = read_frame(state->socket, body, body_timer, limits, on_stall);
+    auto frame_read = co_await std::move(read);
+    if (frame_read.env) {
+      ack = std::move(frame_read.env);
+    } else {
+      result.error =
+          frame_read.error.empty() ? "connection closed during the handshake" : frame_read.error;
+    }
+  }
+  deadline.cancel();
+  if (state->timed_out) {
+    result.error = "timed out after " + std::to_string(timeout.count()) + " ms";
+  } else if (ec) {
+    result.error = ec.message();
+  } else if (ack && ack->kind == static_cast<std::uint32_t>(message_kind::reply)) {
+    auto reply = ack->as<reply_msg>();
+    result.error = reply ? reply->error + ": " + reply->message : "handshake refused";
+  } else if (ack && ack->kind != static_cast<std::uint32_t>(message_kind::hello_ack)) {
+    result.error = "expected hello_ack, got kind " + std::to_string(ack->kind);
+  } else if (ack) {
+    auto hello_ack = ack->as<hello_ack_msg>();
+    result.conn = std::make_shared<connection>(std::move(state->socket), limits, false);
+    result.conn->peer_name = hello_ack ? hello_ack->name : "";
+    result.conn->start(std::move(on_message), std::move(on_close));
+  }
+  if (!result.conn && result.error.empty()) result.error = "handshake failed";
+  if (!result.conn) result.error = "cannot connect to " + address.to_string() + ": " + result.error;
+  co_return result;
+}
+
+}  // namespace cluster

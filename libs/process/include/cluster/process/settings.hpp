@@ -1,0 +1,40 @@
+#pragma once
+// Settings every process shares: the `[cluster]` and `[log]` sections.
+
+#include <string>
+
+#include "cluster/net/connection.hpp"
+#include "cluster/process/config.hpp"
+#include "cluster/storage/storage_settings.hpp"
+
+namespace cluster {
+
+struct common_settings {
+  storage_settings storage;
+  std::uint32_t max_frame_bytes = 8 * 1024 * 1024;
+  milliseconds handshake_timeout{5000};
+  /// Once a frame's length arrived, its body must follow within this time.
+  milliseconds frame_body_timeout{10000};
+  /// Open connections a listening port accepts; more are refused with TooManyRequests.
+  std::uint32_t max_connections = 4096;
+  /// Requests one connection may have in flight; more are answered TooManyRequests.
+  std::uint32_t max_in_flight = 4096;
+  std::string log_level = "info";
+
+  /// Adds the `[cluster]` and `[log]` sections to `sections`.
+  void declare(std::vector<config_section>& sections);
+  /// Adds the `[storage]` section (processes that talk to the database).
+  void declare_storage(std::vector<config_section>& sections);
+  connection_limits limits() const;
+};
+
+/// `--set`-style assignments from SST link variables (`SST_RESOURCE_<Name>` holding JSON):
+/// Database → storage.*, ShardManager → runner.manager / proxy.manager, ProxyServer →
+/// gateway.proxy. Malformed JSON is a config_error naming the variable.
+std::vector<std::string> sst_link_settings(const std::function<const char*(const char*)>& getenv =
+                                               [](const char* n) { return std::getenv(n); });
+
+/// Configures spdlog's default logger for process `name` at `level`; throws config_error.
+void setup_logging(const std::string& name, const std::string& level);
+
+}  // namespace cluster

@@ -1,0 +1,91 @@
+#include "cluster/process/settings.hpp"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+
+namespace cluster {
+
+void common_settings::declare(std::vector<config_section>& sections) {
+  sections.emplace_back("cluster");
+  sections.back()
+      .key("storage", &storage.backend)
+      .key("max_frame_bytes", &max_frame_bytes)
+      .key("handshake_timeout_ms", &handshake_timeout)
+      .key("frame_body_timeout_ms", &frame_body_timeout)
+      .key("max_connections", &max_connections)
+      .key("max_in_flight", &max_in_flight);
+  sections.emplace_back("log");
+  sections.back().key("level", &log_level);
+}
+
+void common_settings::declare_storage(std::vector<config_section>& sections) {
+  sections.emplace_back("storage");
+  sections.back()
+      .key("url", &storage.url)
+      .key("host", &storage.host)
+      .key("port", &storage.port)
+      .key("user", &storage.user)
+      .key("password", &storage.password)
+      .key("database", &storage.database)
+      .key("table_prefix", &storage.table_prefix)
+      .key("poll_interval_ms", &storage.poll_interval)
+      .key("retention_ms", &storage.retention)
+      .key("batch_size", &storage.batch_size);
+}
+
+std::vector<std::string> sst_link_settings(const std::function<const char*(const char*)>& getenv) {
+  std::vector<std::string> sets;
+  auto link = [&](const char* name) -> nlohmann::json {
+    const std::string variable = std::string("SST_RESOURCE_") + name;
+    const char* value = getenv(variable.c_str());
+    if (value == nullptr) return nullptr;
+    auto parsed = nlohmann::json::parse(value, nullptr, false);
+    if (!parsed.is_object()) throw config_error(variable + ": expected a JSON object");
+    return parsed;
+  };
+  auto text = [](const nlohmann::json& value) {
+    return value.is_string() ? value.get<std::string>() : value.dump();
+  };
+  if (auto db = link("Database"); db.is_object()) {
+    const std::pair<const char*, const char*> fields[] = {{"host", "host"},
+                                                          {"port", "port"},
+                                                          {"username", "user"},
+                                                          {"password", "password"},
+                                                          {"database", "database"}};
+    for (const auto& [from, to] : fields)
+      if (db.contains(from)) sets.push_back(std::string("storage.") + to + "=" + text(db[from]));
+  }
+  if (auto manager = link("ShardManager"); manager.is_object() && manager.contains("host")) {
+    const std::string address =
+        text(manager["host"]) + ":" + text(manager.value("port", nlohmann::json(8080)));
+    sets.push_back("runner.manager=" + address);
+    sets.push_back("proxy.manager=" + address);
+  }
+  if (auto proxy = link("ProxyServer"); proxy.is_object() && proxy.contains("host"))
+    sets.push_back("gateway.proxy=" + text(proxy["host"]) + ":" +
+                   text(proxy.value("port", nlohmann::json(3333))));
+  return sets;
+}
+
+connection_limits common_settings::limits() const {
+  connection_limits limits;
+  limits.decode.max_frame_bytes = max_frame_bytes;
+  limits.handshake_timeout = handshake_timeout;
+  limits.frame_body_timeout = frame_body_timeout;
+  limits.max_in_flight = max_in_flight;
+  return limits;
+}
+
+void setup_logging(const std::string& name, const std::string& level) {
+  const auto parsed = spdlog::level::from_str(level);
+  if (parsed == spdlog::level::off && level != "off")
+    throw config_error("log.level: unknown level '" + level + "'");
+  auto logger = spdlog::stderr_color_mt(name);
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");
+  logger->set_level(parsed);
+  spdlog::set_default_logger(logger);
+}
+
+}  // namespace cluster

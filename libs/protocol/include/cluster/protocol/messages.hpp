@@ -1,0 +1,238 @@
+#pragma once
+// The one wire protocol of every cluster-sst process (docs/protocol.md is its spec).
+//
+// A frame is a 4-byte big-endian body length followed by a MessagePack body
+// `[kind, id, fields]`: `kind` a message_kind, `id` the request id that the reply
+// repeats (0 for pushes), `fields` a map with the kind's named fields.
+
+#include <cstdint>
+#include <msgpack.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cluster/protocol/errc.hpp"
+
+namespace cluster {
+
+inline constexpr std::uint32_t protocol_version = 1;
+inline constexpr std::size_t frame_header_size = 4;
+
+enum class message_kind : std::uint32_t {
+  hello = 1,      ///< first message of a client: version and who it is
+  hello_ack = 2,  ///< server's answer to hello
+  request = 3,    ///< entity RPC call
+  reply = 4,      ///< answer to any request-like kind, same id
+  ping = 5,       ///< liveness probe, answered by pong with the same id
+  pong = 6,
+  register_runner = 7,        ///< runner → manager: join the cluster
+  unregister_runner = 8,      ///< runner → manager: leaving, move my shards now
+  subscribe_assignments = 9,  ///< ask the manager to push assignment snapshots
+  assignments = 10,           ///< manager → subscriber push (id 0): an assignment_snapshot
+  get_status = 11,            ///< ask the manager for an assignment_snapshot in the reply payload
+  interrupt = 12,             ///< caller no longer waits for request `id` (best effort)
+};
+
+using bytes = std::vector<std::uint8_t>;
+
+struct hello_msg {
+  std::uint32_t protocol_version = cluster::protocol_version;
+  std::string role;  ///< "runner", "proxy", "client", "manager"
+  std::string name;
+  MSGPACK_DEFINE_MAP(protocol_version, role, name);
+};
+
+struct hello_ack_msg {
+  std::uint32_t protocol_version = cluster::protocol_version;
+  std::string name;
+  MSGPACK_DEFINE_MAP(protocol_version, name);
+};
+
+struct request_msg {
+  std::string entity_type;
+  std::string entity_id;
+  std::string rpc;
+  bytes payload;           ///< MessagePack encoding of the RPC's request
+  bool persisted = false;  ///< informational: the runner decides from the RPC's declaration
+  std::optional<std::string> primary_key;
+  std::optional<std::int64_t> deliver_at_ms;  ///< unix ms; persisted RPCs only
+  std::uint32_t timeout_ms = 0;               ///< 0: the receiver's default
+  MSGPACK_DEFINE_MAP(entity_type, entity_id, rpc, payload, persisted, primary_key, deliver_at_ms,
+                     timeout_ms);
+};
+
+struct reply_msg {
+  errc code = errc::ok;
+  std::string error;    ///< application error tag, or the code's name
+  std::string message;  ///< human-readable detail
+  bytes payload;        ///< MessagePack reply (ok) or error details
+  MSGPACK_DEFINE_MAP(code, error, message, payload);
+
+  bool ok() const { return code == errc::ok; }
+  static reply_msg success(bytes payload_bytes) {
+    reply_msg r;
+    r.payload = std::move(payload_bytes);
+    return r;
+  }
+  static reply_msg failure(errc failure_code, std::string detail) {
+    reply_msg r;
+    r.code = failure_code;
+    r.error = std::string(to_string(failure_code));
+    r.message = std::move(detail);
+    return r;
+  }
+};
+
+struct rpc_info {
+  std::string name;
+  bool persisted = false;
+  MSGPACK_DEFINE_MAP(name, persisted);
+};
+
+struct entity_type_info {
+  std::string name;
+  std::string group;
+  std::vector<rpc_info> rpcs;
+  MSGPACK_DEFINE_MAP(name, group, rpcs);
+
+  const rpc_info* find_rpc(std::string_view rpc) const {
+    for (const auto& r : rpcs)
+      if (r.name == rpc) return &r;
+    return nullptr;
+  }
+};
+
+struct register_runner_msg {
+  std::string name;
+  std::string address;  ///< host:port other processes connect to
+  std::vector<std::string> groups;
+  std::string version;
+  std::vector<entity_type_info> entity_types;
+  MSGPACK_DEFINE_MAP(name, address, groups, version, entity_types);
+};
+
+struct unregister_runner_msg {
+  std::string address;
+  MSGPACK_DEFINE_MAP(address);
+};
+
+/// A message without fields: an empty map on the wire.
+struct empty_msg {
+  template <class Packer>
+  void msgpack_pack(Packer& packer) const {
+    packer.pack_map(0);
+  }
+  void msgpack_unpack(const msgpack::object& object) {
+    if (object.type != msgpack::type::MAP) throw msgpack::type_error();
+  }
+};
+
+struct shard_group_assignment {
+  std::string group;
+  std::uint32_t shards = 0;
+  std::vector<std::string> owners;  ///< owners[i]: address of shard i + 1's runner, "" if none
+  MSGPACK_DEFINE_MAP(group, shards, owners);
+};
+
+struct runner_info {
+  std::string name;
+  std::string address;
+  std::vector<std::string> groups;
+  std::string version;
+  bool healthy = true;
+  std::uint32_t shards = 0;
+  MSGPACK_DEFINE_MAP(name, address, groups, version, healthy, shards);
+};
+
+/// The manager's view of the cluster: pushed on every change and answered to get_status.
+struct assignment_snapshot {
+  std::uint64_t version = 0;
+  std::string storage;  ///< "memory" or "postgres"
+  std::vector<shard_group_assignment> groups;
+  std::vector<entity_type_info> entity_types;
+  std::vector<runner_info> runners;
+  MSGPACK_DEFINE_MAP(version, storage, groups, entity_types, runners);
+
+  const shard_group_assignment* find_group(std::string_view name) const {
+    for (const auto& g : groups)
+      if (g.group == name) return &g;
+    return nullptr;
+  }
+  const entity_type_info* find_entity_type(std::string_view name) const {
+    for (const auto& t : entity_types)
+      if (t.name == name) return &t;
+    return nullptr;
+  }
+};
+
+}  // namespace cluster
+
+MSGPACK_ADD_ENUM(cluster::errc);
+
+// The two messages of every call are decoded in one pass over their map. MSGPACK_DEFINE_MAP's
+// own unpack first copies every key into a std::map<std::string, ...>, which was a
+// measurable share of a proxy's time under load. Same rules: the fields must be a map with
+// string keys (else msgpack::type_error), unknown keys are skipped, missing ones keep their
+// defaults; of duplicate keys the last wins.
+namespace cluster::detail {
+template <class Field>
+void for_each_field(const msgpack::object& fields, Field&& field) {
+  if (fields.type != msgpack::type::MAP) throw msgpack::type_error();
+  for (std::uint32_t i = 0; i < fields.via.map.size; ++i) {
+    const msgpack::object_kv& kv = fields.via.map.ptr[i];
+    if (kv.key.type != msgpack::type::STR) throw msgpack::type_error();
+    field(std::string_view(kv.key.via.str.ptr, kv.key.via.str.size), kv.val);
+  }
+}
+}  // namespace cluster::detail
+
+namespace msgpack {
+MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
+  namespace adaptor {
+  template <>
+  struct convert<cluster::request_msg> {
+    const msgpack::object& operator()(const msgpack::object& o, cluster::request_msg& v) const {
+      cluster::detail::for_each_field(o, [&v](std::string_view key, const msgpack::object& value) {
+        if (key == "entity_type") {
+          value.convert(v.entity_type);
+        } else if (key == "entity_id") {
+          value.convert(v.entity_id);
+        } else if (key == "rpc") {
+          value.convert(v.rpc);
+        } else if (key == "payload") {
+          value.convert(v.payload);
+        } else if (key == "persisted") {
+          value.convert(v.persisted);
+        } else if (key == "primary_key") {
+          value.convert(v.primary_key);
+        } else if (key == "deliver_at_ms") {
+          value.convert(v.deliver_at_ms);
+        } else if (key == "timeout_ms") {
+          value.convert(v.timeout_ms);
+        }
+      });
+      return o;
+    }
+  };
+
+  template <>
+  struct convert<cluster::reply_msg> {
+    const msgpack::object& operator()(const msgpack::object& o, cluster::reply_msg& v) const {
+      cluster::detail::for_each_field(o, [&v](std::string_view key, const msgpack::object& value) {
+        if (key == "code") {
+          value.convert(v.code);
+        } else if (key == "error") {
+          value.convert(v.error);
+        } else if (key == "message") {
+          value.convert(v.message);
+        } else if (key == "payload") {
+          value.convert(v.payload);
+        }
+      });
+      return o;
+    }
+  };
+  }  // namespace adaptor
+}  // MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS)
+}  // namespace msgpack

@@ -1,0 +1,98 @@
+#pragma once
+// The PostgreSQL message store.
+//
+// One worker thread owns the session that holds the shard locks (session-level advisory
+// locks: they die with the session, so a crashed runner loses them at once) and runs every
+// statement. Messages and replies that arrive while a round runs are taken together next
+// time: prepared statements over arrays, pipelined in one round trip, one transaction and
+// one commit (group commit). A second thread LISTENs for stored replies. Completions are
+// posted to the io_context.
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "cluster/storage-pg/postgres.hpp"
+#include "cluster/storage/message_store.hpp"
+
+namespace cluster {
+
+class pg_message_store final : public message_store {
+ public:
+  /// Connects and migrates (start-up: throws pg::error when the database is unusable).
+  pg_message_store(asio::io_context& io, storage_settings settings);
+  ~pg_message_store() override;
+
+  std::string backend_name() const override { return "postgres"; }
+  void persist(persisted_message message, std::function<void(persist_outcome)> done) override;
+  void complete(std::int64_t id, reply_msg reply, bool announce,
+                std::function<void(bool)> done) override;
+  void unprocessed(std::string group, std::int32_t shard, std::int64_t after,
+                   std::function<void(std::vector<persisted_message>, bool)> done) override;
+  void acquire(std::string group, std::vector<std::int32_t> shards,
+               std::function<void(std::vector<std::int32_t>)> done) override;
+  void release(std::string group, std::vector<std::int32_t> shards) override;
+  void replies(std::vector<std::int64_t> ids,
+               std::function<void(std::map<std::int64_t, reply_msg>)> done) override;
+  void purge(std::function<void(std::size_t)> done) override;
+  void stop() override;
+  bool reachable() const override { return reachable_; }
+  bool shared() const override { return true; }
+
+ private:
+  struct persist_job {
+    persisted_message message;
+    std::function<void(persist_outcome)> done;
+  };
+  struct complete_job {
+    std::int64_t id;
+    reply_msg reply;
+    bool announce;
+    std::function<void(bool)> done;
+  };
+  struct other_job {
+    std::function<void(pg::connection&)> run;  // posts its own completion
+    std::function<void()> fail;                // posts a failure completion
+  };
+
+  void enqueue(other_job job);
+  void worker_loop();
+  void listener_loop();
+  bool ensure_connected();
+  /// A new session for the worker, set up for its prepared statements.
+  std::unique_ptr<pg::connection> worker_session() const;
+  /// Stores this round's messages and replies in one transaction (one pipelined round trip,
+  /// one commit), then answers each job.
+  void run_writes(std::vector<persist_job>& persists, std::vector<complete_job>& completes);
+  /// Ids and stored replies of messages that were already stored (outcomes not `inserted`).
+  void find_existing(const std::vector<persist_job>& persists,
+                     std::vector<persist_outcome>& outcomes);
+  void connection_failed(const std::string& why);
+  std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
+  std::string lock_space(const std::string& group) const {
+    return settings_.table_prefix + ":" + group;
+  }
+
+  asio::io_context& io_;
+  storage_settings settings_;
+  // Prepared on the worker's session (see the constructor for their SQL).
+  pg::statement insert_messages_, store_replies_, find_existing_, select_unprocessed_,
+      select_replies_, purge_processed_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<persist_job> persists_;
+  std::vector<complete_job> completes_;
+  std::deque<other_job> others_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> reachable_{true};
+  // Worker-thread state.
+  std::unique_ptr<pg::connection> conn_;
+  std::set<std::pair<std::string, std::int32_t>> held_;
+  std::thread worker_;
+  std::thread listener_;
+};
+
+}  // namespace cluster

@@ -1,0 +1,540 @@
+#include "cluster/storage-pg/pg_message_store.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/select.h>
+
+#include <tuple>
+
+namespace cluster {
+
+namespace {
+
+// A PostgreSQL array literal, one element at a time: `unnest($n::type[])` turns a few such
+// parameters back into rows, so one prepared statement stores a batch of any size.
+class array_literal {
+ public:
+  array_literal& text(std::string_view value) {
+    separate();
+    out_ += '"';
+    for (char c : value) {
+      if (c == '"' || c == '\\') out_ += '\\';
+      out_ += c;
+    }
+    out_ += '"';
+    return *this;
+  }
+  array_literal& number(std::int64_t value) {
+    separate();
+    out_ += std::to_string(value);
+    return *this;
+  }
+  array_literal& null() {
+    separate();
+    out_ += "NULL";
+    return *this;
+  }
+  /// Bytes as hex digits: the statement decodes them with decode(x, 'hex').
+  array_literal& hex(const bytes& value) {
+    static constexpr char digits[] = "0123456789abcdef";
+    separate();
+    out_ += '"';
+    for (auto byte : value) {
+      out_ += digits[byte >> 4];
+      out_ += digits[byte & 0xf];
+    }
+    out_ += '"';
+    return *this;
+  }
+  pg::param param() const { return pg::param::text(out_ + '}'); }
+
+ private:
+  void separate() {
+    if (out_.size() > 1) out_ += ',';
+  }
+  std::string out_ = "{";
+};
+
+template <class Range>
+pg::param number_array(const Range& values) {
+  array_literal out;
+  for (auto value : values) out.number(value);
+  return out.param();
+}
+
+// What deduplicates a message: (entity type, entity id, primary key).
+using message_key = std::tuple<std::string, std::string, std::string>;
+
+message_key key_of(const request_msg& request) {
+  return {request.entity_type, request.entity_id, *request.primary_key};
+}
+
+// The key in columns 1-3 of a row (after the id in column 0).
+message_key key_in_row(const pg::result& rows, int row) {
+  return {rows.text(row, 1), rows.text(row, 2), rows.text(row, 3)};
+}
+
+reply_msg reply_from_row(const pg::result& rows, int row, int first_column) {
+  reply_msg reply;
+  reply.code = static_cast<errc>(rows.integer(row, first_column));
+  reply.error = rows.text(row, first_column + 1);
+  reply.message = rows.text(row, first_column + 2);
+  reply.payload = rows.bytea(row, first_column + 3);
+  return reply;
+}
+
+}  // namespace
+
+pg_message_store::pg_message_store(asio::io_context& io, storage_settings settings)
+    : io_(io), settings_(std::move(settings)) {
+  pg::validate_prefix(settings_.table_prefix);
+  const auto prepared = [this](const char* name, const char* sql) {
+    return pg::statement{name, pg::with_prefix(sql, settings_.table_prefix)};
+  };
+  // Batches travel as one array per column: the statement text never changes, so each is
+  // parsed and planned once per session.
+  insert_messages_ = prepared("insert_messages", R"(
+      WITH inserted AS (
+        INSERT INTO {p}_messages
+          (shard_group, shard, entity_type, entity_id, rpc, primary_key, payload, deliver_at)
+        SELECT g, s, t, e, r, k, decode(p, 'hex'), to_timestamp(d::double precision / 1000)
+        FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::bigint[]) AS u(g, s, t, e, r, k, p, d)
+        ON CONFLICT (entity_type, entity_id, primary_key) DO NOTHING
+        RETURNING id, shard_group, shard, entity_type, entity_id, primary_key),
+      queued AS (
+        INSERT INTO {p}_pending (id, shard_group, shard)
+        SELECT id, shard_group, shard FROM inserted)
+      SELECT id, entity_type, entity_id, primary_key FROM inserted)");
+  // Stores the replies, takes their messages off the queue and, at commit, tells every
+  // runner that LISTENs about those in $6: callers waiting there wake up.
+  store_replies_ = prepared("store_replies", R"(
+      WITH stored AS (
+        INSERT INTO {p}_replies (message_id, code, error, message, payload)
+        SELECT i, c, e, m, decode(p, 'hex')
+        FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[])
+          AS u(i, c, e, m, p)
+        ON CONFLICT (message_id) DO NOTHING),
+      dequeued AS (DELETE FROM {p}_pending WHERE id = ANY($1::bigint[]))
+      SELECT pg_notify('{p}_replies', $6::bigint[]::text)
+      WHERE cardinality($6::bigint[]) > 0)");
+  find_existing_ = prepared("find_existing", R"(
+      SELECT m.id, m.entity_type, m.entity_id, m.primary_key, r.code, r.error, r.message,
+             r.payload
+      FROM {p}_messages m LEFT JOIN {p}_replies r ON r.message_id = m.id
+      WHERE (m.entity_type, m.entity_id, m.primary_key) IN
+            (SELECT * FROM unnest($1::text[], $2::text[], $3::text[])))");
+  select_unprocessed_ = prepared("select_unprocessed", R"(
+      SELECT m.id, m.entity_type, m.entity_id, m.rpc, m.primary_key, m.payload,
+             (extract(epoch FROM m.deliver_at) * 1000)::bigint
+      FROM {p}_pending q JOIN {p}_messages m ON m.id = q.id
+      WHERE q.shard_group = $1 AND q.shard = $2 AND q.id > $3
+      ORDER BY q.id LIMIT $4)");
+  purge_processed_ = prepared("purge_processed", R"(
+      WITH old AS (
+        SELECT message_id FROM {p}_replies
+        WHERE created_at < now() - make_interval(secs => $1::double precision / 1000)
+        ORDER BY created_at LIMIT $2),
+      replies AS (DELETE FROM {p}_replies WHERE message_id IN (SELECT message_id FROM old))
+      DELETE FROM {p}_messages WHERE id IN (SELECT message_id FROM old) RETURNING id)");
+  select_replies_ = prepared("select_replies", R"(
+      SELECT message_id, code, error, message, payload FROM {p}_replies
+      WHERE message_id = ANY($1::bigint[]))");
+  conn_ = worker_session();
+  pg::migrate(*conn_, settings_.table_prefix);
+  worker_ = std::thread([this] { worker_loop(); });
+  listener_ = std::thread([this] { listener_loop(); });
+}
+
+pg_message_store::~pg_message_store() { stop(); }
+
+std::unique_ptr<pg::connection> pg_message_store::worker_session() const {
+  auto session = std::make_unique<pg::connection>(settings_.conninfo());
+  // The batch statements take arrays whose length PostgreSQL cannot guess: left alone it
+  // keeps planning them per call. Their plans do not depend on the values.
+  session->exec("SET plan_cache_mode = force_generic_plan");
+  // _pending churns: between autovacuum runs its statistics say "a few rows" while dead
+  // ones pile up by the hundred thousand, and a generic plan that scans it whole gets
+  // slower with every round. Every statement here has an index to go by.
+  session->exec("SET enable_seqscan = off");
+  return session;
+}
+
+void pg_message_store::stop() {
+  if (stopping_.exchange(true)) return;
+  wake_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  if (listener_.joinable()) listener_.join();
+}
+
+void pg_message_store::persist(persisted_message message,
+                               std::function<void(persist_outcome)> done) {
+  {
+    std::lock_guard lock(mutex_);
+    persists_.push_back(persist_job{std::move(message), std::move(done)});
+  }
+  wake_.notify_one();
+}
+
+void pg_message_store::complete(std::int64_t id, reply_msg reply, bool announce,
+                                std::function<void(bool)> done) {
+  {
+    std::lock_guard lock(mutex_);
+    completes_.push_back(complete_job{id, std::move(reply), announce, std::move(done)});
+  }
+  wake_.notify_one();
+}
+
+void pg_message_store::enqueue(other_job job) {
+  {
+    std::lock_guard lock(mutex_);
+    others_.push_back(std::move(job));
+  }
+  wake_.notify_one();
+}
+
+void pg_message_store::unprocessed(std::string group, std::int32_t shard, std::int64_t after,
+                                   std::function<void(std::vector<persisted_message>, bool)> done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(other_job{
+      [this, group, shard, after, shared_done](pg::connection& conn) {
+        auto rows = conn.exec(select_unprocessed_,
+                              {pg::param::text(group), pg::param::text(std::to_string(shard)),
+                               pg::param::text(std::to_string(after)),
+                               pg::param::text(std::to_string(settings_.batch_size))});
+        std::vector<persisted_message> out;
+        for (int r = 0; r < rows.rows(); ++r) {
+          persisted_message m;
+          m.id = rows.integer(r, 0);
+          m.group = group;
+          m.shard = shard;
+          m.request.entity_type = rows.text(r, 1);
+          m.request.entity_id = rows.text(r, 2);
+          m.request.rpc = rows.text(r, 3);
+          m.request.primary_key = rows.text(r, 4);
+          m.request.payload = rows.bytea(r, 5);
+          m.request.persisted = true;
+          if (!rows.is_null(r, 6)) m.request.deliver_at_ms = rows.integer(r, 6);
+          out.push_back(std::move(m));
+        }
+        asio::post(io_, [shared_done, out = std::move(out)] { (*shared_done)(out, true); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}, false); }); }});
+}
+
+void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shards,
+                               std::function<void(std::vector<std::int32_t>)> done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(other_job{
+      [this, group, shards, shared_done](pg::connection& conn) {
+        std::vector<std::int32_t> held, wanted;
+        for (auto shard : shards) {
+          if (held_.count({group, shard})) {
+            held.push_back(shard);
+          } else {
+            wanted.push_back(shard);
+          }
+        }
+        if (!wanted.empty()) {
+          auto rows = conn.exec(
+              "SELECT s, pg_try_advisory_lock(hashtext($1), s) FROM unnest($2::int[]) AS s",
+              {pg::param::text(lock_space(group)), number_array(wanted)});
+          for (int r = 0; r < rows.rows(); ++r) {
+            if (!rows.boolean(r, 1)) continue;
+            const auto shard = static_cast<std::int32_t>(rows.integer(r, 0));
+            held_.insert({group, shard});
+            held.push_back(shard);
+          }
+        }
+        asio::post(io_, [shared_done, held = std::move(held)] { (*shared_done)(held); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}); }); }});
+}
+
+void pg_message_store::release(std::string group, std::vector<std::int32_t> shards) {
+  enqueue(other_job{[this, group, shards](pg::connection& conn) {
+                      std::vector<std::int32_t> mine;
+                      for (auto shard : shards)
+                        if (held_.erase({group, shard}) > 0) mine.push_back(shard);
+                      if (mine.empty()) return;
+                      conn.exec(
+                          "SELECT pg_advisory_unlock(hashtext($1), s) FROM unnest($2::int[]) AS s",
+                          {pg::param::text(lock_space(group)), number_array(mine)});
+                    },
+                    [] {}});
+}
+
+void pg_message_store::replies(std::vector<std::int64_t> ids,
+                               std::function<void(std::map<std::int64_t, reply_msg>)> done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(
+      other_job{[this, ids, shared_done](pg::connection& conn) {
+                  auto rows = conn.exec(select_replies_, {number_array(ids)});
+                  std::map<std::int64_t, reply_msg> out;
+                  for (int r = 0; r < rows.rows(); ++r)
+                    out.emplace(rows.integer(r, 0), reply_from_row(rows, r, 1));
+                  asio::post(io_, [shared_done, out = std::move(out)] { (*shared_done)(out); });
+                },
+                [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}); }); }});
+}
+
+void pg_message_store::purge(std::function<void(std::size_t)> done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(other_job{
+      [this, shared_done](pg::connection& conn) {
+        auto rows = conn.exec(purge_processed_,
+                              {pg::param::text(std::to_string(settings_.retention.count())),
+                               pg::param::text(std::to_string(settings_.batch_size))});
+        const auto purged = static_cast<std::size_t>(rows.rows());
+        asio::post(io_, [shared_done, purged] { (*shared_done)(purged); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(0); }); }});
+}
+
+bool pg_message_store::ensure_connected() {
+  if (conn_ && conn_->healthy()) return true;
+  conn_.reset();
+  try {
+    conn_ = worker_session();
+    spdlog::info("reconnected to PostgreSQL at {}", settings_.describe());
+    reachable_ = true;
+    return true;
+  } catch (const pg::error& e) {
+    reachable_ = false;
+    return false;
+  }
+}
+
+void pg_message_store::connection_failed(const std::string& why) {
+  spdlog::error("PostgreSQL session lost: {}", why);
+  conn_.reset();
+  reachable_ = false;
+  if (!held_.empty()) {
+    held_.clear();
+    asio::post(io_, [this] {
+      if (on_locks_lost) on_locks_lost();
+    });
+  }
+}
+
+void pg_message_store::worker_loop() {
+  while (true) {
+    std::vector<persist_job> persists;
+    std::vector<complete_job> completes;
+    std::deque<other_job> others;
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait_for(lock, std::chrono::seconds(1), [this] {
+        return stopping_ || !persists_.empty() || !completes_.empty() || !others_.empty();
+      });
+      if (stopping_ && persists_.empty() && completes_.empty() && others_.empty()) break;
+      persists.swap(persists_);
+      completes.swap(completes_);
+      others.swap(others_);
+    }
+    const bool idle = persists.empty() && completes.empty() && others.empty();
+    if (!ensure_connected()) {
+      if (!held_.empty()) connection_failed("cannot reconnect");
+      for (auto& job : persists) {
+        persist_outcome failed;
+        failed.error = "storage unavailable";
+        asio::post(io_, [done = std::move(job.done), failed] { done(failed); });
+      }
+      for (auto& job : completes) asio::post(io_, [done = std::move(job.done)] { done(false); });
+      for (auto& job : others) job.fail();
+      if (idle || !stopping_) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      continue;
+    }
+    try {
+      // Lost locks must be noticed even when nothing else happens.
+      if (idle && !held_.empty()) conn_->exec("SELECT 1");
+      run_writes(persists, completes);
+      while (!others.empty()) {
+        auto job = std::move(others.front());
+        others.pop_front();
+        try {
+          job.run(*conn_);
+        } catch (const pg::error& e) {
+          job.fail();
+          if (e.retriable || !conn_->healthy()) throw;
+          spdlog::error("storage statement failed: {}", e.what());
+        }
+      }
+    } catch (const pg::error& e) {
+      for (auto& job : others) job.fail();
+      connection_failed(e.what());
+    }
+  }
+  if (conn_ && !held_.empty()) {
+    try {
+      conn_->exec("SELECT pg_advisory_unlock_all()");
+    } catch (const pg::error&) {
+    }
+  }
+}
+
+void pg_message_store::run_writes(std::vector<persist_job>& persists,
+                                  std::vector<complete_job>& completes) {
+  if (persists.empty() && completes.empty()) return;
+  const std::size_t chunk = settings_.batch_size;
+  std::vector<pg::pipelined> steps;
+  for (std::size_t first = 0; first < persists.size(); first += chunk) {
+    array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at;
+    for (std::size_t i = first; i < std::min(persists.size(), first + chunk); ++i) {
+      const auto& m = persists[i].message;
+      groups.text(m.group);
+      shards.number(m.shard);
+      types.text(m.request.entity_type);
+      ids.text(m.request.entity_id);
+      rpcs.text(m.request.rpc);
+      keys.text(*m.request.primary_key);
+      payloads.hex(m.request.payload);
+      if (m.request.deliver_at_ms) {
+        deliver_at.number(*m.request.deliver_at_ms);
+      } else {
+        deliver_at.null();
+      }
+    }
+    steps.push_back({&insert_messages_,
+                     {groups.param(), shards.param(), types.param(), ids.param(), rpcs.param(),
+                      keys.param(), payloads.param(), deliver_at.param()}});
+  }
+  const std::size_t persist_steps = steps.size();
+  for (std::size_t first = 0; first < completes.size(); first += chunk) {
+    array_literal ids, codes, errors, messages, payloads, announced;
+    for (std::size_t i = first; i < std::min(completes.size(), first + chunk); ++i) {
+      const auto& reply = completes[i].reply;
+      ids.number(completes[i].id);
+      codes.number(static_cast<std::int64_t>(reply.code));
+      errors.text(reply.error);
+      messages.text(reply.message);
+      payloads.hex(reply.payload);
+      if (completes[i].announce) announced.number(completes[i].id);
+    }
+    steps.push_back({&store_replies_,
+                     {ids.param(), codes.param(), errors.param(), messages.param(),
+                      payloads.param(), announced.param()}});
+  }
+
+  // One implicit transaction, so one commit (one fsync) for every message and every reply
+  // of this round: callers hear back only after it committed.
+  std::vector<persist_outcome> outcomes(persists.size());
+  std::optional<pg::error> failed;
+  bool committed = false;
+  try {
+    auto results = conn_->pipeline(steps);
+    committed = true;
+    // RETURNING lists the rows inserted; the others were stored before (or twice in this
+    // batch: the first is new, the next ones are duplicates of it).
+    std::map<message_key, std::int64_t> new_ids;
+    for (std::size_t step = 0; step < persist_steps; ++step) {
+      const auto& inserted = results[step];
+      for (int r = 0; r < inserted.rows(); ++r)
+        new_ids[key_in_row(inserted, r)] = inserted.integer(r, 0);
+    }
+    for (std::size_t i = 0; i < persists.size(); ++i) {
+      const auto& request = persists[i].message.request;
+      auto it = new_ids.find(key_of(request));
+      if (it == new_ids.end()) continue;
+      outcomes[i].id = it->second;
+      outcomes[i].inserted = true;
+      new_ids.erase(it);
+    }
+  } catch (const pg::error& e) {
+    failed = e;
+  }
+  if (committed) {
+    try {
+      find_existing(persists, outcomes);
+    } catch (const pg::error& e) {
+      failed = e;
+      for (auto& outcome : outcomes)
+        if (!outcome.inserted) outcome.error = std::string("storage error: ") + e.what();
+    }
+  } else {
+    for (auto& outcome : outcomes) outcome.error = std::string("storage error: ") + failed->what();
+  }
+  for (std::size_t i = 0; i < persists.size(); ++i)
+    asio::post(io_, [done = std::move(persists[i].done), outcome = std::move(outcomes[i])] {
+      done(outcome);
+    });
+  for (auto& job : completes)
+    asio::post(io_, [done = std::move(job.done), committed] { done(committed); });
+  if (failed) {
+    if (failed->retriable || !conn_->healthy()) throw *failed;
+    spdlog::error("storing messages failed: {}", failed->what());
+  }
+}
+
+void pg_message_store::find_existing(const std::vector<persist_job>& persists,
+                                     std::vector<persist_outcome>& outcomes) {
+  array_literal types, ids, keys;
+  bool any = false;
+  for (std::size_t i = 0; i < persists.size(); ++i) {
+    if (outcomes[i].inserted) continue;
+    const auto& request = persists[i].message.request;
+    types.text(request.entity_type);
+    ids.text(request.entity_id);
+    keys.text(*request.primary_key);
+    any = true;
+  }
+  if (!any) return;
+  auto existing = conn_->exec(find_existing_, {types.param(), ids.param(), keys.param()});
+  std::map<message_key, int> rows;
+  for (int r = 0; r < existing.rows(); ++r) rows[key_in_row(existing, r)] = r;
+  for (std::size_t i = 0; i < persists.size(); ++i) {
+    if (outcomes[i].inserted) continue;
+    const auto& request = persists[i].message.request;
+    auto it = rows.find(key_of(request));
+    if (it == rows.end()) {
+      outcomes[i].error = "message vanished during deduplication";
+      continue;
+    }
+    outcomes[i].id = existing.integer(it->second, 0);
+    if (!existing.is_null(it->second, 4))
+      outcomes[i].reply = reply_from_row(existing, it->second, 4);
+  }
+}
+
+void pg_message_store::listener_loop() {
+  std::unique_ptr<pg::connection> listen;
+  while (!stopping_) {
+    if (!listen || !listen->healthy()) {
+      try {
+        listen = std::make_unique<pg::connection>(settings_.conninfo());
+        listen->exec("LISTEN \"" + table("replies") + "\"");
+      } catch (const pg::error& e) {
+        listen.reset();
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        continue;
+      }
+    }
+    const int socket = PQsocket(listen->raw());
+    fd_set readable;
+    FD_ZERO(&readable);
+    FD_SET(socket, &readable);
+    timeval timeout{0, 200 * 1000};  // wake up to notice stop()
+    if (select(socket + 1, &readable, nullptr, nullptr, &timeout) <= 0) continue;
+    if (PQconsumeInput(listen->raw()) == 0) {
+      listen.reset();
+      continue;
+    }
+    while (PGnotify* note = PQnotifies(listen->raw())) {
+      std::string list = note->extra;
+      PQfreemem(note);
+      std::vector<std::int64_t> ids;
+      std::size_t start = list.empty() ? 0 : 1;  // "{1,2,3}"
+      while (start < list.size()) {
+        const auto end = list.find_first_of(",}", start);
+        if (end == std::string::npos || end == start) break;
+        ids.push_back(std::stoll(list.substr(start, end - start)));
+        start = end + 1;
+      }
+      asio::post(io_, [this, ids = std::move(ids)] {
+        if (on_reply)
+          for (auto id : ids) on_reply(id);
+      });
+    }
+  }
+}
+
+}  // namespace cluster

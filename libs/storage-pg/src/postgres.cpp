@@ -1,0 +1,235 @@
+#include "cluster/storage-pg/postgres.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+namespace cluster::pg {
+
+namespace {
+
+// The migrations, in order; `{p}` stands for the table prefix. Never edit a shipped step:
+// add a new one.
+const std::vector<std::string>& migrations() {
+  static const std::vector<std::string> steps = {
+      // 1: cluster state and durable messages
+      R"(
+      CREATE TABLE {p}_runners (
+        address text PRIMARY KEY,
+        name text NOT NULL,
+        registration bytea NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now());
+      CREATE TABLE {p}_shards (
+        shard_group text NOT NULL,
+        shard integer NOT NULL,
+        owner text NOT NULL DEFAULT '',
+        PRIMARY KEY (shard_group, shard));
+      CREATE TABLE {p}_messages (
+        id bigserial PRIMARY KEY,
+        shard_group text NOT NULL,
+        shard integer NOT NULL,
+        entity_type text NOT NULL,
+        entity_id text NOT NULL,
+        rpc text NOT NULL,
+        primary_key text NOT NULL,
+        payload bytea NOT NULL,
+        deliver_at timestamptz,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        processed boolean NOT NULL DEFAULT false,
+        processed_at timestamptz,
+        UNIQUE (entity_type, entity_id, primary_key));
+      CREATE INDEX {p}_messages_unprocessed ON {p}_messages (shard_group, shard, id)
+        WHERE NOT processed;
+      CREATE INDEX {p}_messages_processed_at ON {p}_messages (processed_at) WHERE processed;
+      CREATE TABLE {p}_replies (
+        message_id bigint PRIMARY KEY REFERENCES {p}_messages (id) ON DELETE CASCADE,
+        code integer NOT NULL,
+        error text NOT NULL,
+        message text NOT NULL,
+        payload bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now());
+      )",
+      // 2: unprocessed messages get a narrow queue table, so storing a reply is two inserts
+      // and a delete: no update of the wide, thrice-indexed message row and no foreign-key
+      // check per reply (purge deletes replies itself). `processed` is no longer written.
+      R"(
+      CREATE TABLE {p}_pending (
+        id bigint PRIMARY KEY,
+        shard_group text NOT NULL,
+        shard integer NOT NULL);
+      CREATE INDEX {p}_pending_shard ON {p}_pending (shard_group, shard, id);
+      INSERT INTO {p}_pending (id, shard_group, shard)
+        SELECT id, shard_group, shard FROM {p}_messages WHERE NOT processed;
+      DROP INDEX {p}_messages_unprocessed;
+      DROP INDEX {p}_messages_processed_at;
+      ALTER TABLE {p}_replies DROP CONSTRAINT {p}_replies_message_id_fkey;
+      CREATE INDEX {p}_replies_created_at ON {p}_replies (created_at);
+      )",
+  };
+  return steps;
+}
+
+}  // namespace
+
+std::string with_prefix(std::string sql, const std::string& prefix) {
+  for (auto at = sql.find("{p}"); at != std::string::npos; at = sql.find("{p}", at))
+    sql.replace(at, 3, prefix);
+  return sql;
+}
+
+cluster::bytes result::bytea(int row, int column) const {
+  std::size_t length = 0;
+  unsigned char* raw = PQunescapeBytea(
+      reinterpret_cast<const unsigned char*>(PQgetvalue(raw_.get(), row, column)), &length);
+  if (raw == nullptr) throw error("cannot decode a bytea column", false);
+  cluster::bytes out(raw, raw + length);
+  PQfreemem(raw);
+  return out;
+}
+
+connection::connection(const std::string& conninfo)
+    : raw_(PQconnectdb(conninfo.c_str()), &PQfinish) {
+  if (raw_ == nullptr || PQstatus(raw_.get()) != CONNECTION_OK) {
+    std::string message = raw_ ? PQerrorMessage(raw_.get()) : "out of memory";
+    while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
+      message.pop_back();
+    throw error("cannot connect to PostgreSQL: " + message, true);
+  }
+  PQsetNoticeProcessor(
+      raw_.get(), [](void*, const char*) {}, nullptr);
+}
+
+namespace {
+
+// libpq's parallel arrays for a statement's parameters (they point into `params`).
+struct param_arrays {
+  explicit param_arrays(const std::vector<param>& params) {
+    for (const auto& p : params) {
+      values.push_back(p.value ? p.value->data() : nullptr);
+      lengths.push_back(p.value ? static_cast<int>(p.value->size()) : 0);
+      formats.push_back(p.binary ? 1 : 0);
+    }
+  }
+  int count() const { return static_cast<int>(values.size()); }
+  std::vector<const char*> values;
+  std::vector<int> lengths;
+  std::vector<int> formats;
+};
+
+bool succeeded(PGresult* raw) {
+  const auto status = raw ? PQresultStatus(raw) : PGRES_FATAL_ERROR;
+  return status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK;
+}
+
+std::string trimmed(std::string message) {
+  while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
+  return message;
+}
+
+}  // namespace
+
+void connection::fail(PGresult* raw) {
+  const std::string message = raw ? PQresultErrorMessage(raw) : PQerrorMessage(raw_.get());
+  throw error(trimmed(message), !healthy());
+}
+
+result connection::exec(const std::string& sql, const std::vector<param>& params) {
+  const param_arrays arrays(params);
+  PGresult* raw = params.empty() ? PQexec(raw_.get(), sql.c_str())
+                                 : PQexecParams(raw_.get(), sql.c_str(), arrays.count(), nullptr,
+                                                arrays.values.data(), arrays.lengths.data(),
+                                                arrays.formats.data(), 0);
+  result out(raw);
+  if (!succeeded(raw)) fail(raw);
+  return out;
+}
+
+result connection::exec(const statement& prepared, const std::vector<param>& params) {
+  // Through the pipeline: a first use prepares and runs in one round trip.
+  return std::move(pipeline({{&prepared, params}}).front());
+}
+
+std::vector<result> connection::pipeline(const std::vector<pipelined>& steps) {
+  PGconn* conn = raw_.get();
+  if (PQenterPipelineMode(conn) == 0) fail(nullptr);
+  // Queued commands, in order: a statement to prepare, or (nullptr) a step to run.
+  std::vector<const statement*> sent;
+  std::unordered_set<std::string> preparing;
+  bool queued_all = true;
+  for (std::size_t i = 0; i < steps.size() && queued_all; ++i) {
+    const statement& what = *steps[i].what;
+    if (!prepared_.count(what.name) && preparing.insert(what.name).second) {
+      queued_all = PQsendPrepare(conn, what.name.c_str(), what.sql.c_str(), 0, nullptr) == 1;
+      sent.push_back(&what);
+    }
+    const param_arrays arrays(steps[i].params);
+    queued_all = queued_all &&
+                 PQsendQueryPrepared(conn, what.name.c_str(), arrays.count(), arrays.values.data(),
+                                     arrays.lengths.data(), arrays.formats.data(), 0) == 1;
+    sent.push_back(nullptr);
+  }
+  // The output is small (a few rows per step) next to the socket buffers, so a blocking
+  // connection cannot deadlock writing the whole pipeline before reading.
+  if (!queued_all || PQpipelineSync(conn) == 0) {
+    desynchronized_ = true;
+    fail(nullptr);
+  }
+  std::vector<result> out;
+  out.reserve(steps.size());
+  std::optional<std::string> failure;
+  for (const statement* preparing_one : sent) {
+    result got(PQgetResult(conn));
+    if (got.raw() == nullptr) {  // the connection broke
+      desynchronized_ = true;
+      fail(nullptr);
+    }
+    if (succeeded(got.raw())) {
+      if (preparing_one) prepared_.insert(preparing_one->name);
+    } else if (PQresultStatus(got.raw()) != PGRES_PIPELINE_ABORTED && !failure) {
+      failure = trimmed(PQresultErrorMessage(got.raw()));
+    }
+    if (!preparing_one) out.push_back(std::move(got));
+    if (PQgetResult(conn) != nullptr) desynchronized_ = true;  // one result per command
+  }
+  result sync(PQgetResult(conn));
+  if (sync.raw() == nullptr || PQresultStatus(sync.raw()) != PGRES_PIPELINE_SYNC ||
+      PQexitPipelineMode(conn) == 0)
+    desynchronized_ = true;
+  if (desynchronized_) throw error("PostgreSQL pipeline out of step; reconnecting", true);
+  if (failure) throw error(*failure, !healthy());
+  return out;
+}
+
+void validate_prefix(const std::string& prefix) {
+  const bool valid = !prefix.empty() && prefix.size() <= 40 &&
+                     std::isalpha(static_cast<unsigned char>(prefix[0])) &&
+                     std::all_of(prefix.begin(), prefix.end(), [](char c) {
+                       return std::islower(static_cast<unsigned char>(c)) ||
+                              std::isdigit(static_cast<unsigned char>(c)) || c == '_';
+                     });
+  if (!valid)
+    throw error("table prefix '" + prefix + "' must be lower-case letters, digits and _", false);
+}
+
+int latest_schema_version() { return static_cast<int>(migrations().size()); }
+
+void migrate(connection& conn, const std::string& prefix, int version_wanted) {
+  validate_prefix(prefix);
+  transaction(conn, [&] {
+    // Serializes concurrent start-ups: the lock is released at COMMIT.
+    conn.exec("SELECT pg_advisory_xact_lock(hashtext($1))", {param::text(prefix + "_migrations")});
+    conn.exec(
+        with_prefix("CREATE TABLE IF NOT EXISTS {p}_migrations (version integer PRIMARY KEY, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())",
+                    prefix));
+    auto current =
+        conn.exec(with_prefix("SELECT coalesce(max(version), 0) FROM {p}_migrations", prefix));
+    const int applied = static_cast<int>(current.integer(0, 0));
+    for (int version = applied + 1; version <= version_wanted; ++version) {
+      conn.exec(with_prefix(migrations()[static_cast<std::size_t>(version - 1)], prefix));
+      conn.exec(with_prefix("INSERT INTO {p}_migrations (version) VALUES ($1)", prefix),
+                {param::text(std::to_string(version))});
+    }
+  });
+}
+
+}  // namespace cluster::pg

@@ -1,0 +1,30 @@
+#include "cluster/storage-pg/stores.hpp"
+
+#include <stdexcept>
+
+#include "cluster/storage-pg/pg_manager_store.hpp"
+#include "cluster/storage-pg/pg_message_store.hpp"
+
+namespace cluster {
+
+namespace {
+[[noreturn]] void unknown_backend(const storage_settings& settings) {
+  throw std::runtime_error("unknown storage backend '" + settings.backend +
+                           "' (expected memory or postgres)");
+}
+}  // namespace
+
+std::unique_ptr<message_store> make_message_store(asio::io_context& io,
+                                                  const storage_settings& settings) {
+  if (settings.backend == "memory") return make_memory_message_store(io);
+  if (settings.backend == "postgres") return std::make_unique<pg_message_store>(io, settings);
+  unknown_backend(settings);
+}
+
+std::unique_ptr<manager_store> make_manager_store(const storage_settings& settings) {
+  if (settings.backend == "memory") return std::make_unique<memory_manager_store>();
+  if (settings.backend == "postgres") return make_pg_manager_store(settings);
+  unknown_backend(settings);
+}
+
+}  // namespace cluster

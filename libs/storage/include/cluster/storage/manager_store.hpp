@@ -1,0 +1,52 @@
+#pragma once
+// The manager's store: its interface and the memory backend (storage-pg has PostgreSQL's).
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cluster/protocol/messages.hpp"
+
+namespace cluster {
+
+/// The manager's durable state: registered runners and shard owners per group.
+class manager_store {
+ public:
+  virtual ~manager_store() = default;
+  virtual std::string backend_name() const = 0;
+  virtual void save_runner(const register_runner_msg& runner) = 0;
+  virtual void remove_runner(const std::string& address) = 0;
+  virtual std::vector<register_runner_msg> load_runners() = 0;
+  /// owners[i] is the address owning shard i + 1 of `group`, "" if none.
+  virtual void save_assignment(const std::string& group,
+                               const std::vector<std::string>& owners) = 0;
+  virtual std::map<std::string, std::vector<std::string>> load_assignments() = 0;
+};
+
+/// Keeps the state in memory: lost with the process.
+class memory_manager_store final : public manager_store {
+ public:
+  std::string backend_name() const override { return "memory"; }
+  void save_runner(const register_runner_msg& runner) override {
+    runners_[runner.address] = runner;
+  }
+  void remove_runner(const std::string& address) override { runners_.erase(address); }
+  std::vector<register_runner_msg> load_runners() override {
+    std::vector<register_runner_msg> out;
+    for (const auto& [address, runner] : runners_) out.push_back(runner);
+    return out;
+  }
+  void save_assignment(const std::string& group, const std::vector<std::string>& owners) override {
+    assignments_[group] = owners;
+  }
+  std::map<std::string, std::vector<std::string>> load_assignments() override {
+    return assignments_;
+  }
+
+ private:
+  std::map<std::string, register_runner_msg> runners_;
+  std::map<std::string, std::vector<std::string>> assignments_;
+};
+
+}  // namespace cluster

@@ -1,0 +1,30 @@
+#pragma once
+// Where the storage is: the `[cluster] storage` backend name and the `[storage]` section.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace cluster {
+
+struct storage_settings {
+  std::string backend = "memory";  ///< `[cluster] storage`: "memory" or "postgres"
+  std::string url;                 ///< libpq conninfo or URI; empty: built from the fields below
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 5432;
+  std::string user = "postgres";
+  std::string password;
+  std::string database = "cluster";
+  std::string table_prefix = "cluster";
+  std::chrono::milliseconds poll_interval{1000};  ///< reply polling when a notification is missed
+  std::chrono::milliseconds retention{7LL * 24 * 3600 *
+                                      1000};  ///< processed messages kept this long
+  std::uint32_t batch_size = 512;             ///< rows per statement and per replay read
+
+  /// The libpq connection string (the password is included: never log it).
+  std::string conninfo() const;
+  /// The same with the password masked, for logs.
+  std::string describe() const;
+};
+
+}  // namespace cluster
