@@ -1,6 +1,5 @@
 // The memory message store.
 #include <algorithm>
-#include <boost/asio/post.hpp>
 #include <tuple>
 
 #include "cluster/storage/message_store.hpp"

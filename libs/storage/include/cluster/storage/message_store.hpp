@@ -7,6 +7,7 @@
 // it, and its locks are always granted).
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <chrono>
 #include <functional>
 #include <map>
