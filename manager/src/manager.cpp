@@ -35,7 +35,9 @@ manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<ma
                          config_.common.limits(),
                          {"runner", "proxy"}},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
-      tick_timer_(io) {
+      ping_timer_(io),
+      expiry_timer_(io),
+      rebalance_timer_(io) {
   server_.on_disconnect = [this](const connection_ptr& conn) { on_disconnect(conn); };
 }
 
@@ -58,13 +60,16 @@ void manager::start() {
     for (const auto& type : entry.registration.entity_types) entity_types_.emplace(type.name, type);
   server_.listen();
   asio::co_spawn(io_, health_loop(), asio::detached);
+  schedule_expiry();
   spdlog::info("manager listening on {}:{} ({} storage, {} shards per group)", config_.host,
                server_.port(), store_->backend_name(), config_.shards_per_group);
 }
 
 void manager::stop() {
   stopped_ = true;
-  tick_timer_.cancel();
+  ping_timer_.cancel();
+  expiry_timer_.cancel();
+  rebalance_timer_.cancel();
   server_.stop();
 }
 
@@ -74,37 +79,57 @@ bool manager::is_live(const runner_entry& entry) const {
 }
 
 awaitable<void> manager::health_loop() {
-  auto next_ping = steady_clock::now();
   while (!stopped_) {
-    tick_timer_.expires_after(milliseconds(100));
-    error_code ec;
-    co_await tick_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
-    if (stopped_) break;
     const auto now = steady_clock::now();
-    if (now >= next_ping) {
-      next_ping = now + config_.health_check_interval;
-      for (const auto& [address, entry] : runners_) {
-        auto conn = entry.conn.lock();
-        if (!conn || !conn->is_open()) continue;
-        if (now - conn->last_heard() > config_.health_timeout) {
-          // Its disconnect handler probes the runner before any shard moves.
-          spdlog::warn("runner {} ({}) sent nothing for {} ms; dropping its connection",
-                       entry.registration.name, address,
-                       std::chrono::duration_cast<milliseconds>(now - conn->last_heard()).count());
-          conn->close();
-        } else {
-          conn->send(message_kind::ping, next_ping_id_++, empty_msg{});
-        }
+    for (const auto& [address, entry] : runners_) {
+      auto conn = entry.conn.lock();
+      if (!conn || !conn->is_open()) continue;
+      if (now - conn->last_heard() > config_.health_timeout) {
+        // Its disconnect handler probes the runner before any shard moves.
+        spdlog::warn("runner {} ({}) sent nothing for {} ms; dropping its connection",
+                     entry.registration.name, address,
+                     std::chrono::duration_cast<milliseconds>(now - conn->last_heard()).count());
+        conn->close();
+      } else {
+        conn->send(message_kind::ping, next_ping_id_++, empty_msg{});
       }
     }
-    std::vector<std::string> expired;
-    for (const auto& [address, entry] : runners_)
-      if (entry.keep_until && *entry.keep_until <= now && !entry.conn.lock())
-        expired.push_back(address);
-    for (const auto& address : expired) remove_runner(address, "did not register again in time");
-    if (rebalance_pending_ && now - last_rebalance_ >= config_.rebalance_interval)
-      rebalance_all(false);
+    ping_timer_.expires_after(config_.health_check_interval);
+    error_code ec;
+    co_await ping_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
   }
+}
+
+void manager::schedule_expiry() {
+  std::optional<steady_clock::time_point> earliest;
+  for (const auto& [address, entry] : runners_)
+    if (entry.keep_until && !entry.conn.lock())
+      earliest = earliest ? std::min(*earliest, *entry.keep_until) : *entry.keep_until;
+  if (!earliest || stopped_) {
+    expiry_timer_.cancel();
+    return;
+  }
+  expiry_timer_.expires_at(*earliest);
+  expiry_timer_.async_wait([this](const error_code& ec) {
+    if (!ec && !stopped_) expire_kept_runners();
+  });
+}
+
+void manager::expire_kept_runners() {
+  const auto now = steady_clock::now();
+  std::vector<std::string> expired;
+  for (const auto& [address, entry] : runners_)
+    if (entry.keep_until && *entry.keep_until <= now && !entry.conn.lock())
+      expired.push_back(address);
+  for (const auto& address : expired) remove_runner(address, "did not register again in time");
+  schedule_expiry();
+}
+
+void manager::schedule_rebalance() {
+  rebalance_timer_.expires_at(last_rebalance_ + config_.rebalance_interval);
+  rebalance_timer_.async_wait([this](const error_code& ec) {
+    if (!ec && !stopped_ && rebalance_pending_) rebalance_all(false);
+  });
 }
 
 awaitable<void> manager::probe_runner(std::string address, std::uint64_t generation) {
@@ -260,6 +285,7 @@ void manager::on_disconnect(const connection_ptr& conn) {
     spdlog::warn("runner {} ({}) lost its connection; probing it", entry.registration.name,
                  address);
     asio::co_spawn(io_, probe_runner(address, entry.generation), asio::detached);
+    schedule_expiry();
     publish();  // its health changed
     return;
   }
@@ -306,6 +332,7 @@ void manager::rebalance_all(bool force_publish) {
     }
   }
   rebalance_pending_ = limited;
+  if (limited) schedule_rebalance();
   if (changed) publish();
 }
 

@@ -2,101 +2,224 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
+
 #include "cluster/protocol/codec.hpp"
 #include "cluster/storage-pg/postgres.hpp"
 
 namespace cluster {
 
-/// Manager state in PostgreSQL. Writes are rare (joins, leaves, rebalances), so they run
-/// synchronously on the manager's thread; a failed write is logged and retried on the
-/// next change, and the in-memory state stays authoritative while the manager lives.
 namespace {
 
+constexpr std::chrono::milliseconds first_retry{100};
+constexpr std::chrono::milliseconds last_retry{5000};
+/// How long closing the store waits for writes still queued.
+constexpr std::chrono::milliseconds closing_flush{5000};
+
+/// Writes not stored yet, newest value per key: a runner's row (nullopt: delete it) and a
+/// group's owners. Only the latest value of a key matters, so a long outage queues at most
+/// one entry per runner and group.
+struct changes {
+  struct runner_row {
+    std::string name;
+    bytes registration;
+  };
+  std::map<std::string, std::optional<runner_row>> runners;
+  std::map<std::string, std::vector<std::string>> groups;
+
+  bool empty() const { return runners.empty() && groups.empty(); }
+  std::size_t size() const { return runners.size() + groups.size(); }
+  /// Puts back a batch that failed, under the changes made since (those are newer).
+  void restore_under(changes&& failed) {
+    runners.merge(failed.runners);
+    groups.merge(failed.groups);
+  }
+};
+
+/// The manager's state in PostgreSQL. The session belongs to one worker thread: the
+/// manager's thread only queues changes under `mutex_`, so neither a slow database nor a
+/// reconnect during a failover ever delays its pings and rebalances.
 class pg_manager_store final : public manager_store {
  public:
-  explicit pg_manager_store(const storage_settings& settings)
-      : settings_(settings), conn_(std::make_unique<pg::connection>(settings.conninfo())) {
-    pg::migrate(*conn_, settings_.table_prefix);
+  /// Start-up: connects, migrates and reads the stored state on the calling thread.
+  explicit pg_manager_store(const storage_settings& settings) : settings_(settings) {
+    session_ = std::make_unique<pg::connection>(settings_.conninfo());
+    pg::migrate(*session_, settings_.table_prefix);
+    runners_at_start_ = read_runners(*session_);
+    assignments_at_start_ = read_assignments(*session_);
+    worker_ = std::thread([this] { work(); });
   }
+  ~pg_manager_store() override {
+    if (!flush(closing_flush))
+      spdlog::error("manager storage: {} changes were not stored before the manager stopped",
+                    queued_size());
+    {
+      std::lock_guard lock(mutex_);
+      closing_ = true;
+    }
+    wake_.notify_all();
+    worker_.join();
+  }
+
   std::string backend_name() const override { return "postgres"; }
 
   void save_runner(const register_runner_msg& runner) override {
-    run([&](pg::connection& conn) {
-      conn.exec("INSERT INTO " + table("runners") +
-                    " (address, name, registration) VALUES ($1, $2, $3) ON CONFLICT (address) DO "
-                    "UPDATE SET name = excluded.name, registration = excluded.registration, "
-                    "updated_at = now()",
-                {pg::param::text(runner.address), pg::param::text(runner.name),
-                 pg::param::bytes(pack_bytes(runner))});
+    queue([&](changes& c) {
+      c.runners[runner.address] = changes::runner_row{runner.name, pack_bytes(runner)};
     });
   }
   void remove_runner(const std::string& address) override {
-    run([&](pg::connection& conn) {
-      conn.exec("DELETE FROM " + table("runners") + " WHERE address = $1",
-                {pg::param::text(address)});
-    });
-  }
-  std::vector<register_runner_msg> load_runners() override {
-    std::vector<register_runner_msg> out;
-    run([&](pg::connection& conn) {
-      auto rows = conn.exec("SELECT registration FROM " + table("runners"));
-      for (int r = 0; r < rows.rows(); ++r)
-        if (auto runner = unpack_bytes<register_runner_msg>(rows.bytea(r, 0)))
-          out.push_back(*runner);
-    });
-    return out;
+    queue([&](changes& c) { c.runners[address] = std::nullopt; });
   }
   void save_assignment(const std::string& group, const std::vector<std::string>& owners) override {
-    run([&](pg::connection& conn) {
-      std::string shards = "{", names = "{";
-      for (std::size_t i = 0; i < owners.size(); ++i) {
-        shards += (i ? "," : "") + std::to_string(i + 1);
-        names += std::string(i ? "," : "") + "\"" + owners[i] + "\"";
-      }
-      conn.exec(
-          "INSERT INTO " + table("shards") +
-              " (shard_group, shard, owner) SELECT $1, s, o FROM unnest($2::int[], "
-              "$3::text[]) AS t(s, o) ON CONFLICT (shard_group, shard) DO UPDATE SET owner = "
-              "excluded.owner WHERE " +
-              table("shards") + ".owner <> excluded.owner",
-          {pg::param::text(group), pg::param::text(shards + "}"), pg::param::text(names + "}")});
-    });
+    queue([&](changes& c) { c.groups[group] = owners; });
   }
+  std::vector<register_runner_msg> load_runners() override { return runners_at_start_; }
   std::map<std::string, std::vector<std::string>> load_assignments() override {
-    std::map<std::string, std::vector<std::string>> out;
-    run([&](pg::connection& conn) {
-      auto rows = conn.exec("SELECT shard_group, shard, owner FROM " + table("shards") +
-                            " ORDER BY shard_group, shard");
-      for (int r = 0; r < rows.rows(); ++r) {
-        auto& owners = out[rows.text(r, 0)];
-        const auto shard = static_cast<std::size_t>(rows.integer(r, 1));
-        if (owners.size() < shard) owners.resize(shard);
-        owners[shard - 1] = rows.text(r, 2);
-      }
-    });
-    return out;
+    return assignments_at_start_;
   }
 
+  bool flush(std::chrono::milliseconds timeout) override {
+    std::unique_lock lock(mutex_);
+    const std::uint64_t wanted = queued_count_;
+    return stored_.wait_for(lock, timeout, [&] { return stored_count_ >= wanted; });
+  }
+  bool reachable() const override { return reachable_; }
+
  private:
-  template <class Work>
-  void run(Work&& work) {
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      try {
-        if (!conn_ || !conn_->healthy())
-          conn_ = std::make_unique<pg::connection>(settings_.conninfo());
-        work(*conn_);
-        return;
-      } catch (const pg::error& e) {
-        spdlog::error("manager storage: {}", e.what());
-        if (!e.retriable) return;
-        conn_.reset();
-      }
+  template <class Change>
+  void queue(Change&& change) {
+    {
+      std::lock_guard lock(mutex_);
+      change(queued_);
+      ++queued_count_;
     }
+    wake_.notify_one();
+  }
+  std::size_t queued_size() {
+    std::lock_guard lock(mutex_);
+    return queued_.size();
+  }
+
+  // Worker thread from here on.
+  void work() {
+    auto retry = first_retry;
+    std::unique_lock lock(mutex_);
+    while (true) {
+      wake_.wait(lock, [&] { return closing_ || !queued_.empty(); });
+      if (queued_.empty()) return;  // closing, nothing left
+      changes batch = std::exchange(queued_, {});
+      const std::uint64_t covered = queued_count_;
+      lock.unlock();
+      const bool stored = store(batch);
+      lock.lock();
+      if (stored) {
+        stored_count_ = covered;
+        stored_.notify_all();
+        retry = first_retry;
+        continue;
+      }
+      queued_.restore_under(std::move(batch));
+      // Bounded backoff; closing cuts it short (the destructor's flush already gave up).
+      if (wake_.wait_for(lock, retry, [&] { return closing_; })) return;
+      retry = std::min(retry * 2, last_retry);
+    }
+  }
+
+  /// One transaction for the whole batch; false when it should be retried.
+  bool store(const changes& batch) {
+    try {
+      if (!session_ || !session_->healthy())
+        session_ = std::make_unique<pg::connection>(settings_.conninfo());
+      pg::transaction(*session_, [&] {
+        for (const auto& [address, row] : batch.runners) {
+          if (row) {
+            session_->exec("INSERT INTO " + table("runners") +
+                               " (address, name, registration) VALUES ($1, $2, $3) ON CONFLICT "
+                               "(address) DO UPDATE SET name = excluded.name, registration = "
+                               "excluded.registration, updated_at = now()",
+                           {pg::param::text(address), pg::param::text(row->name),
+                            pg::param::bytes(row->registration)});
+          } else {
+            session_->exec("DELETE FROM " + table("runners") + " WHERE address = $1",
+                           {pg::param::text(address)});
+          }
+        }
+        for (const auto& [group, owners] : batch.groups) {
+          pg::array_literal shards, names;
+          for (std::size_t i = 0; i < owners.size(); ++i) {
+            shards.number(static_cast<std::int64_t>(i + 1));
+            names.text(owners[i]);
+          }
+          session_->exec("INSERT INTO " + table("shards") +
+                             " (shard_group, shard, owner) SELECT $1, s, o FROM unnest($2::int[], "
+                             "$3::text[]) AS t(s, o) ON CONFLICT (shard_group, shard) DO UPDATE "
+                             "SET owner = excluded.owner WHERE " +
+                             table("shards") + ".owner <> excluded.owner",
+                         {pg::param::text(group), shards.param(), names.param()});
+        }
+      });
+      if (!reachable_.exchange(true))
+        spdlog::info("manager storage is reachable again; {} queued changes stored", batch.size());
+      return true;
+    } catch (const pg::error& e) {
+      if (!e.retriable) {
+        // Retrying a statement the server refuses would loop forever; drop this batch.
+        spdlog::error("manager storage refused {} changes: {}", batch.size(), e.what());
+        return true;
+      }
+      if (reachable_.exchange(false))
+        spdlog::warn(
+            "manager storage unavailable ({}); the manager keeps serving from memory and "
+            "retries",
+            e.what());
+      if (session_ && !session_->healthy()) session_.reset();
+      return false;
+    }
+  }
+
+  std::vector<register_runner_msg> read_runners(pg::connection& conn) const {
+    std::vector<register_runner_msg> out;
+    auto rows = conn.exec("SELECT registration FROM " + table("runners"));
+    for (int r = 0; r < rows.rows(); ++r)
+      if (auto runner = unpack_bytes<register_runner_msg>(rows.bytea(r, 0)))
+        out.push_back(std::move(*runner));
+    return out;
+  }
+  std::map<std::string, std::vector<std::string>> read_assignments(pg::connection& conn) const {
+    std::map<std::string, std::vector<std::string>> out;
+    auto rows = conn.exec("SELECT shard_group, shard, owner FROM " + table("shards") +
+                          " ORDER BY shard_group, shard");
+    for (int r = 0; r < rows.rows(); ++r) {
+      auto& owners = out[rows.text(r, 0)];
+      const auto shard = static_cast<std::size_t>(rows.integer(r, 1));
+      if (owners.size() < shard) owners.resize(shard);
+      owners[shard - 1] = rows.text(r, 2);
+    }
+    return out;
   }
   std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
 
-  storage_settings settings_;
-  std::unique_ptr<pg::connection> conn_;
+  const storage_settings settings_;
+  std::vector<register_runner_msg> runners_at_start_;
+  std::map<std::string, std::vector<std::string>> assignments_at_start_;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;    // queued changes or closing, for the worker
+  std::condition_variable stored_;  // stored_count_ moved, for flush()
+  changes queued_;
+  std::uint64_t queued_count_ = 0;  // writes queued since opening
+  std::uint64_t stored_count_ = 0;  // of those, how many are stored
+  bool closing_ = false;
+  std::atomic<bool> reachable_{true};
+
+  std::unique_ptr<pg::connection> session_;  // the worker's (the constructor's before it)
+  std::thread worker_;
 };
 
 }  // namespace

@@ -1,64 +1,37 @@
 #include "cluster/storage-pg/pg_message_store.hpp"
 
 #include <spdlog/spdlog.h>
-#include <sys/select.h>
+#include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <charconv>
 #include <tuple>
 
 namespace cluster {
 
 namespace {
 
-// A PostgreSQL array literal, one element at a time: `unnest($n::type[])` turns a few such
-// parameters back into rows, so one prepared statement stores a batch of any size.
-class array_literal {
- public:
-  array_literal& text(std::string_view value) {
-    separate();
-    out_ += '"';
-    for (char c : value) {
-      if (c == '"' || c == '\\') out_ += '\\';
-      out_ += c;
-    }
-    out_ += '"';
-    return *this;
-  }
-  array_literal& number(std::int64_t value) {
-    separate();
-    out_ += std::to_string(value);
-    return *this;
-  }
-  array_literal& null() {
-    separate();
-    out_ += "NULL";
-    return *this;
-  }
-  /// Bytes as hex digits: the statement decodes them with decode(x, 'hex').
-  array_literal& hex(const bytes& value) {
-    static constexpr char digits[] = "0123456789abcdef";
-    separate();
-    out_ += '"';
-    for (auto byte : value) {
-      out_ += digits[byte >> 4];
-      out_ += digits[byte & 0xf];
-    }
-    out_ += '"';
-    return *this;
-  }
-  pg::param param() const { return pg::param::text(out_ + '}'); }
+constexpr std::chrono::milliseconds listen_first_retry{100};
+constexpr std::chrono::milliseconds listen_last_retry{5000};
 
- private:
-  void separate() {
-    if (out_.size() > 1) out_ += ',';
+// The payload of a reply notification: message ids as a PostgreSQL array, "{1,2,3}".
+std::vector<std::int64_t> parse_id_array(std::string_view text) {
+  std::vector<std::int64_t> ids;
+  if (text.size() < 2 || text.front() != '{' || text.back() != '}') return ids;
+  const char* at = text.data() + 1;
+  const char* end = text.data() + text.size() - 1;
+  while (at < end) {
+    std::int64_t id = 0;
+    const auto [next, ec] = std::from_chars(at, end, id);
+    if (ec != std::errc()) break;
+    ids.push_back(id);
+    at = next + 1;  // past the comma
   }
-  std::string out_ = "{";
-};
-
-template <class Range>
-pg::param number_array(const Range& values) {
-  array_literal out;
-  for (auto value : values) out.number(value);
-  return out.param();
+  return ids;
 }
 
 // What deduplicates a message: (entity type, entity id, primary key).
@@ -142,7 +115,8 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
   conn_ = worker_session();
   pg::migrate(*conn_, settings_.table_prefix);
   worker_ = std::thread([this] { worker_loop(); });
-  listener_ = std::thread([this] { listener_loop(); });
+  asio::co_spawn(listen_io_, listen_for_replies(), asio::detached);
+  listener_ = std::thread([this] { listen_io_.run(); });
 }
 
 pg_message_store::~pg_message_store() { stop(); }
@@ -162,6 +136,7 @@ std::unique_ptr<pg::connection> pg_message_store::worker_session() const {
 void pg_message_store::stop() {
   if (stopping_.exchange(true)) return;
   wake_.notify_all();
+  listen_io_.stop();
   if (worker_.joinable()) worker_.join();
   if (listener_.joinable()) listener_.join();
 }
@@ -237,7 +212,7 @@ void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shar
         if (!wanted.empty()) {
           auto rows = conn.exec(
               "SELECT s, pg_try_advisory_lock(hashtext($1), s) FROM unnest($2::int[]) AS s",
-              {pg::param::text(lock_space(group)), number_array(wanted)});
+              {pg::param::text(lock_space(group)), pg::number_array(wanted)});
           for (int r = 0; r < rows.rows(); ++r) {
             if (!rows.boolean(r, 1)) continue;
             const auto shard = static_cast<std::int32_t>(rows.integer(r, 0));
@@ -258,7 +233,7 @@ void pg_message_store::release(std::string group, std::vector<std::int32_t> shar
                       if (mine.empty()) return;
                       conn.exec(
                           "SELECT pg_advisory_unlock(hashtext($1), s) FROM unnest($2::int[]) AS s",
-                          {pg::param::text(lock_space(group)), number_array(mine)});
+                          {pg::param::text(lock_space(group)), pg::number_array(mine)});
                     },
                     [] {}});
 }
@@ -268,7 +243,7 @@ void pg_message_store::replies(std::vector<std::int64_t> ids,
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(
       other_job{[this, ids, shared_done](pg::connection& conn) {
-                  auto rows = conn.exec(select_replies_, {number_array(ids)});
+                  auto rows = conn.exec(select_replies_, {pg::number_array(ids)});
                   std::map<std::int64_t, reply_msg> out;
                   for (int r = 0; r < rows.rows(); ++r)
                     out.emplace(rows.integer(r, 0), reply_from_row(rows, r, 1));
@@ -378,7 +353,7 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
   const std::size_t chunk = settings_.batch_size;
   std::vector<pg::pipelined> steps;
   for (std::size_t first = 0; first < persists.size(); first += chunk) {
-    array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at;
+    pg::array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at;
     for (std::size_t i = first; i < std::min(persists.size(), first + chunk); ++i) {
       const auto& m = persists[i].message;
       groups.text(m.group);
@@ -400,7 +375,7 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
   }
   const std::size_t persist_steps = steps.size();
   for (std::size_t first = 0; first < completes.size(); first += chunk) {
-    array_literal ids, codes, errors, messages, payloads, announced;
+    pg::array_literal ids, codes, errors, messages, payloads, announced;
     for (std::size_t i = first; i < std::min(completes.size(), first + chunk); ++i) {
       const auto& reply = completes[i].reply;
       ids.number(completes[i].id);
@@ -467,7 +442,7 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
 
 void pg_message_store::find_existing(const std::vector<persist_job>& persists,
                                      std::vector<persist_outcome>& outcomes) {
-  array_literal types, ids, keys;
+  pg::array_literal types, ids, keys;
   bool any = false;
   for (std::size_t i = 0; i < persists.size(); ++i) {
     if (outcomes[i].inserted) continue;
@@ -495,44 +470,42 @@ void pg_message_store::find_existing(const std::vector<persist_job>& persists,
   }
 }
 
-void pg_message_store::listener_loop() {
-  std::unique_ptr<pg::connection> listen;
+boost::asio::awaitable<void> pg_message_store::listen_for_replies() {
+  auto retry = listen_first_retry;
+  asio::steady_timer pause(listen_io_);
   while (!stopping_) {
-    if (!listen || !listen->healthy()) {
-      try {
-        listen = std::make_unique<pg::connection>(settings_.conninfo());
-        listen->exec("LISTEN \"" + table("replies") + "\"");
-      } catch (const pg::error& e) {
-        listen.reset();
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));
-        continue;
-      }
+    std::unique_ptr<pg::connection> session;
+    try {
+      // Blocks only this thread (connect_timeout bounds it); the runner's loop never waits.
+      session = std::make_unique<pg::connection>(settings_.conninfo());
+      session->exec("LISTEN \"" + table("replies") + "\"");
+      retry = listen_first_retry;
+    } catch (const pg::error& e) {
+      spdlog::debug("reply listener: {}; retrying in {} ms", e.what(), retry.count());
+      session.reset();
     }
-    const int socket = PQsocket(listen->raw());
-    fd_set readable;
-    FD_ZERO(&readable);
-    FD_SET(socket, &readable);
-    timeval timeout{0, 200 * 1000};  // wake up to notice stop()
-    if (select(socket + 1, &readable, nullptr, nullptr, &timeout) <= 0) continue;
-    if (PQconsumeInput(listen->raw()) == 0) {
-      listen.reset();
+    if (!session) {  // co_await is not allowed inside a catch block
+      pause.expires_after(retry);
+      boost::system::error_code ec;
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      retry = std::min(retry * 2, listen_last_retry);
       continue;
     }
-    while (PGnotify* note = PQnotifies(listen->raw())) {
-      std::string list = note->extra;
-      PQfreemem(note);
-      std::vector<std::int64_t> ids;
-      std::size_t start = list.empty() ? 0 : 1;  // "{1,2,3}"
-      while (start < list.size()) {
-        const auto end = list.find_first_of(",}", start);
-        if (end == std::string::npos || end == start) break;
-        ids.push_back(std::stoll(list.substr(start, end - start)));
-        start = end + 1;
+    // Its own descriptor for the session's socket: closing it leaves libpq's open.
+    asio::posix::stream_descriptor socket(listen_io_, ::dup(PQsocket(session->raw())));
+    while (!stopping_) {
+      boost::system::error_code ec;
+      co_await socket.async_wait(asio::posix::stream_descriptor::wait_read,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec || PQconsumeInput(session->raw()) == 0) break;  // stopped, or the session died
+      while (PGnotify* note = PQnotifies(session->raw())) {
+        auto ids = parse_id_array(note->extra);
+        PQfreemem(note);
+        asio::post(io_, [this, ids = std::move(ids)] {
+          if (on_reply)
+            for (auto id : ids) on_reply(id);
+        });
       }
-      asio::post(io_, [this, ids = std::move(ids)] {
-        if (on_reply)
-          for (auto id : ids) on_reply(id);
-      });
     }
   }
 }

@@ -200,14 +200,18 @@ std::vector<result> connection::pipeline(const std::vector<pipelined>& steps) {
 }
 
 void validate_prefix(const std::string& prefix) {
-  const bool valid = !prefix.empty() && prefix.size() <= 40 &&
+  // PostgreSQL cuts identifiers at 63 bytes: the longest derived name,
+  // `<prefix>_replies_message_id_fkey`, must still be whole.
+  const bool valid = !prefix.empty() && prefix.size() <= 32 &&
                      std::isalpha(static_cast<unsigned char>(prefix[0])) &&
                      std::all_of(prefix.begin(), prefix.end(), [](char c) {
                        return std::islower(static_cast<unsigned char>(c)) ||
                               std::isdigit(static_cast<unsigned char>(c)) || c == '_';
                      });
   if (!valid)
-    throw error("table prefix '" + prefix + "' must be lower-case letters, digits and _", false);
+    throw error("table prefix '" + prefix +
+                    "' must be at most 32 lower-case letters, digits and _, starting with a letter",
+                false);
 }
 
 int latest_schema_version() { return static_cast<int>(migrations().size()); }

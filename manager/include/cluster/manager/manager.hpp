@@ -73,8 +73,13 @@ class manager {
   void remove_runner(const std::string& address, const std::string& why);
   /// Confirms that a runner whose connection dropped is gone before its shards move.
   awaitable<void> probe_runner(std::string address, std::uint64_t generation);
-  /// Pings runners, drops silent ones, expires kept ones and continues limited rebalances.
+  /// Pings runners every health_check_interval and drops the connections of silent ones.
   awaitable<void> health_loop();
+  /// Arms expiry_timer_ for the earliest `keep_until` of a runner without a connection.
+  void schedule_expiry();
+  void expire_kept_runners();
+  /// Arms rebalance_timer_ for when the rate limit lets the next moves happen.
+  void schedule_rebalance();
   bool is_live(const runner_entry& entry) const;
   /// Recomputes every group's assignment and pushes the snapshot if anything changed.
   void rebalance_all(bool force_publish);
@@ -94,7 +99,9 @@ class manager {
   bool stopped_ = false;
   bool rebalance_pending_ = false;  // the last rebalance hit the move limit
   steady_clock::time_point last_rebalance_{};
-  asio::steady_timer tick_timer_;
+  asio::steady_timer ping_timer_;
+  asio::steady_timer expiry_timer_;
+  asio::steady_timer rebalance_timer_;
 };
 
 }  // namespace cluster::manager

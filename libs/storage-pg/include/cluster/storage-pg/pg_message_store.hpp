@@ -5,10 +5,13 @@
 // locks: they die with the session, so a crashed runner loses them at once) and runs every
 // statement. Messages and replies that arrive while a round runs are taken together next
 // time: prepared statements over arrays, pipelined in one round trip, one transaction and
-// one commit (group commit). A second thread LISTENs for stored replies. Completions are
-// posted to the io_context.
+// one commit (group commit). A second thread runs its own small io_context that waits on
+// the LISTEN session's socket (an Asio descriptor: no select, no polling) for stored
+// replies. Completions are posted to the runner's io_context.
 
 #include <atomic>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -60,7 +63,8 @@ class pg_message_store final : public message_store {
 
   void enqueue(other_job job);
   void worker_loop();
-  void listener_loop();
+  /// The listener thread: LISTEN, wait for notifications, reconnect with backoff.
+  boost::asio::awaitable<void> listen_for_replies();
   bool ensure_connected();
   /// A new session for the worker, set up for its prepared statements.
   std::unique_ptr<pg::connection> worker_session() const;
@@ -92,6 +96,7 @@ class pg_message_store final : public message_store {
   std::unique_ptr<pg::connection> conn_;
   std::set<std::pair<std::string, std::int32_t>> held_;
   std::thread worker_;
+  asio::io_context listen_io_{1};  // the listener thread's
   std::thread listener_;
 };
 

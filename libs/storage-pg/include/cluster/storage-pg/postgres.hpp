@@ -9,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <vector>
 
@@ -44,6 +45,58 @@ struct pipelined {
   const statement* what;
   std::vector<param> params;
 };
+
+// A PostgreSQL array literal, one element at a time: `unnest($n::type[])` turns a few such
+// parameters back into rows, so one prepared statement stores a batch of any size.
+class array_literal {
+ public:
+  array_literal& text(std::string_view value) {
+    separate();
+    out_ += '"';
+    for (char c : value) {
+      if (c == '"' || c == '\\') out_ += '\\';
+      out_ += c;
+    }
+    out_ += '"';
+    return *this;
+  }
+  array_literal& number(std::int64_t value) {
+    separate();
+    out_ += std::to_string(value);
+    return *this;
+  }
+  array_literal& null() {
+    separate();
+    out_ += "NULL";
+    return *this;
+  }
+  /// Bytes as hex digits: the statement decodes them with decode(x, 'hex').
+  array_literal& hex(const bytes& value) {
+    static constexpr char digits[] = "0123456789abcdef";
+    separate();
+    out_ += '"';
+    for (auto byte : value) {
+      out_ += digits[byte >> 4];
+      out_ += digits[byte & 0xf];
+    }
+    out_ += '"';
+    return *this;
+  }
+  pg::param param() const { return pg::param::text(out_ + '}'); }
+
+ private:
+  void separate() {
+    if (out_.size() > 1) out_ += ',';
+  }
+  std::string out_ = "{";
+};
+
+template <class Range>
+param number_array(const Range& values) {
+  array_literal out;
+  for (auto value : values) out.number(value);
+  return out.param();
+}
 
 class result {
  public:

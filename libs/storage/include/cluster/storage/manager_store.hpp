@@ -1,6 +1,7 @@
 #pragma once
 // The manager's store: its interface and the memory backend (storage-pg has PostgreSQL's).
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -11,17 +12,27 @@
 namespace cluster {
 
 /// The manager's durable state: registered runners and shard owners per group.
+///
+/// Called from the manager's event-loop thread. Writes return at once and never wait for
+/// the storage: a durable backend stores them later, in order, and keeps retrying while the
+/// storage is away (the manager's memory is authoritative while it lives). The loads are
+/// for start-up: a durable backend answers them with what it read when it was opened.
 class manager_store {
  public:
   virtual ~manager_store() = default;
   virtual std::string backend_name() const = 0;
   virtual void save_runner(const register_runner_msg& runner) = 0;
   virtual void remove_runner(const std::string& address) = 0;
-  virtual std::vector<register_runner_msg> load_runners() = 0;
   /// owners[i] is the address owning shard i + 1 of `group`, "" if none.
   virtual void save_assignment(const std::string& group,
                                const std::vector<std::string>& owners) = 0;
+  virtual std::vector<register_runner_msg> load_runners() = 0;
   virtual std::map<std::string, std::vector<std::string>> load_assignments() = 0;
+  /// Blocks up to `timeout` until every write made so far is stored; false when some are
+  /// not. For shutdown and tests only: never on an event loop.
+  virtual bool flush(std::chrono::milliseconds /*timeout*/) { return true; }
+  /// Did the latest attempt to reach the storage succeed?
+  virtual bool reachable() const { return true; }
 };
 
 /// Keeps the state in memory: lost with the process.
