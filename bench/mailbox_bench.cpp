@@ -14,8 +14,8 @@ using namespace cluster;
 void mailbox_greet_volatile(benchmark::State& state) {
   asio::io_context io(1);
   host::entity_registry registry;
-  if (auto error = registry.load_file(CLUSTER_PLUGIN_DIR "/libgreeter.so")) {
-    state.SkipWithError(error->c_str());
+  if (auto loaded = registry.load_file(CLUSTER_PLUGIN_DIR "/libgreeter.so"); !loaded) {
+    state.SkipWithError(loaded.error().message.c_str());
     return;
   }
   const auto* type = registry.find("Greeter");

@@ -6,12 +6,28 @@
 
 namespace cluster::host {
 
+// The host side of a cluster_call_context: one per running request, and one on the stack
+// while `create` runs (`creating`; then `done` is empty and calls are refused).
 struct entity_host::invocation {
   entity_host* host;
   slot_key key;
   std::string rpc;
   cluster_call_context ctx{};
   reply_callback done;
+  bool creating = false;
+  std::string* creation_error = nullptr;  // while creating: the last error the plugin logged
+
+  void bind(const slot& s) {
+    ctx = cluster_call_context{};
+    ctx.struct_size = sizeof(cluster_call_context);
+    ctx.shard = s.shard;
+    ctx.entity_type = s.type->info.name.c_str();
+    ctx.entity_id = key.second.c_str();
+    ctx.shard_group = s.type->info.group.c_str();
+    ctx.rpc = rpc.c_str();
+    ctx.api = &api;
+    ctx.host_ctx = this;
+  }
 
   static void log(void* host_ctx, std::int32_t level, const char* message) {
     auto* self = static_cast<invocation*>(host_ctx);
@@ -20,6 +36,8 @@ struct entity_host::invocation {
                            : level == 2 ? spdlog::level::warn
                                         : spdlog::level::err;
     spdlog::log(spd_level, "{}/{}: {}", self->key.first, self->key.second, message ? message : "");
+    if (self->creation_error != nullptr && level >= 3 && message != nullptr)
+      *self->creation_error = message;
   }
 
   static std::int64_t now_ms(void*) {
@@ -32,6 +50,14 @@ struct entity_host::invocation {
                    const std::uint8_t* payload, std::size_t size, const char* primary_key,
                    cluster_call_done_fn done, void* user) {
     auto* self = static_cast<invocation*>(host_ctx);
+    if (self->creating) {
+      // The entity does not exist yet: nothing could deliver the reply to it.
+      asio::post(self->host->io_, [done, user] {
+        done(user, CLUSTER_STATUS_CALL_FAILED, "InvalidRequest",
+             "an entity cannot call other entities from its constructor", nullptr, 0);
+      });
+      return;
+    }
     request_msg request;
     request.entity_type = entity_type ? entity_type : "";
     request.entity_id = entity_id ? entity_id : "";
@@ -88,15 +114,15 @@ struct entity_host::invocation {
     }
     self->host->finish(self, std::move(reply));
   }
+
+  static const cluster_host_api api;
 };
 
-namespace {
-const cluster_host_api host_api = {
-    sizeof(cluster_host_api),        &entity_host::invocation::log,
-    &entity_host::invocation::call,  &entity_host::invocation::now_ms,
-    &entity_host::invocation::sleep,
+const cluster_host_api entity_host::invocation::api = {
+    sizeof(cluster_host_api),         0,
+    &entity_host::invocation::log,    &entity_host::invocation::call,
+    &entity_host::invocation::now_ms, &entity_host::invocation::sleep,
 };
-}  // namespace
 
 entity_host::entity_host(asio::io_context& io, entity_host_options options, outbound_call call_out)
     : io_(io), options_(options), call_out_(std::move(call_out)), sweep_timer_(io) {
@@ -105,7 +131,7 @@ entity_host::entity_host(asio::io_context& io, entity_host_options options, outb
 
 entity_host::~entity_host() {
   for (auto& [key, s] : entities_)
-    if (!s.busy && s.instance != nullptr) s.type->descriptor->destroy(s.instance);
+    if (!s.busy && s.instance != nullptr) s.type->destroy(s.instance);
 }
 
 void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index,
@@ -122,18 +148,16 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
     fresh.type = address.type;
     fresh.id = address.entity_id;
     fresh.shard = address.shard;
-    cluster_call_context ctx{sizeof(cluster_call_context),
-                             address.type->info.name.c_str(),
-                             fresh.id.c_str(),
-                             address.type->info.group.c_str(),
-                             address.shard,
-                             "",
-                             &host_api,
-                             nullptr};
-    fresh.instance = address.type->descriptor->create(&ctx);
+    // The constructor gets a real context (log, clock, address) for the time it runs.
+    std::string creation_error;
+    invocation creating{this, key, std::string(), {}, {}, true, &creation_error};
+    creating.bind(fresh);
+    fresh.instance = address.type->create(&creating.ctx);
     if (fresh.instance == nullptr) {
-      done(reply_msg::failure(errc::defect, "activation of " + key.first + "/" + key.second +
-                                                " failed in its constructor"));
+      done(reply_msg::failure(
+          errc::defect, "activation of " + key.first + "/" + key.second +
+                            " failed in its constructor" +
+                            (creation_error.empty() ? std::string() : ": " + creation_error)));
       return;
     }
     ++activations_;
@@ -167,17 +191,9 @@ void entity_host::run_next(const slot_key& key) {
     }
     s.busy = true;
     auto* call = new invocation{this, key, next.request.rpc, {}, std::move(next.done)};
-    call->ctx = cluster_call_context{sizeof(cluster_call_context),
-                                     s.type->info.name.c_str(),
-                                     call->key.second.c_str(),
-                                     s.type->info.group.c_str(),
-                                     s.shard,
-                                     call->rpc.c_str(),
-                                     &host_api,
-                                     call};
-    s.type->descriptor->handle(s.instance, next.rpc_index, next.request.payload.data(),
-                               next.request.payload.size(), &call->ctx, &invocation::on_reply,
-                               call);
+    call->bind(s);
+    s.type->handle(s.instance, next.rpc_index, next.request.payload.data(),
+                   next.request.payload.size(), &call->ctx, &invocation::on_reply, call);
     return;  // the reply (maybe already sent) schedules the next message
   }
   if (!s.busy && s.mailbox.empty() && (s.evict || stopped_)) passivate(it);
@@ -200,7 +216,7 @@ void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
   slot& s = it->second;
   for (auto& pending : s.mailbox)
     pending.done(reply_msg::failure(errc::shutting_down, "entity passivated"));
-  s.type->descriptor->destroy(s.instance);
+  s.type->destroy(s.instance);
   ++passivations_;
   const auto shard = active_per_shard_.find({s.type->info.group, s.shard});
   if (--shard->second == 0) active_per_shard_.erase(shard);

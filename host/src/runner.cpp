@@ -272,7 +272,7 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
     return;
   }
   const entity_address address{type, request.entity_id, shard};
-  const bool persisted = type->descriptor->rpcs[*rpc_index].flags & CLUSTER_RPC_PERSISTED;
+  const bool persisted = type->persisted(*rpc_index);
   if (!persisted_->holds(type->info.group, shard)) {
     if (persisted_->suspended(type->info.group, shard)) {
       if (persisted) {

@@ -20,6 +20,7 @@ class Greeter {
   }
 };
 
-CLUSTER_PLUGIN(cluster::entity<Greeter>("Greeter")
+CLUSTER_PLUGIN(cluster::plugin("greeter").version("1.0.0"),
+               cluster::entity<Greeter>("Greeter")
                    .rpc<Greet>("Greet", &Greeter::greet, cluster::persisted)
                    .rpc<Greet>("GreetVolatile", &Greeter::greet))

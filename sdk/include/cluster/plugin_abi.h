@@ -1,12 +1,22 @@
-/* The binary contract between the runner and entity plugins.
+/* The binary contract between the runner and entity plugins (ABI 2).
  *
  * Only C types cross this boundary: integers, `const char*`, byte views of MessagePack
  * payloads, function pointers and opaque handles. Whoever allocates frees. Plugin
  * authors use the C++ wrapper in <cluster/sdk.hpp>; the runner includes only this file.
  *
- * Versioning: the runner accepts a plugin whose abi_major equals its own and whose
- * abi_minor is not newer than its own. Structs only grow at the end; `struct_size`
- * tells the reader how much of a struct the writer knew.
+ * How the ABI grows (the full rules are in sdk/README.md):
+ * - The runner accepts a plugin whose abi_major equals its own and whose abi_minor is not
+ *   newer than its own.
+ * - Every struct a plugin writes starts with `struct_size` (the writer's sizeof). The
+ *   runner copies each one into a zeroed struct of its own by that size, so a field the
+ *   plugin's minor did not have reads as zero, which always means "the default".
+ * - Arrays are arrays of pointers, so each element carries its own struct_size.
+ * - A minor only appends fields at the end of a struct. No struct has implicit padding
+ *   (checked below), so an appended field never lands in bytes an older writer left
+ *   uninitialized.
+ * - The entry symbol's signature, the first three fields of cluster_plugin_descriptor and
+ *   the layout of cluster_load_context never change, not even in a new major: they are
+ *   what every runner reads before it knows the plugin's version.
  */
 #ifndef CLUSTER_PLUGIN_ABI_H
 #define CLUSTER_PLUGIN_ABI_H
@@ -18,9 +28,9 @@
 extern "C" {
 #endif
 
-#define CLUSTER_ABI_MAJOR 1
+#define CLUSTER_ABI_MAJOR 2
 #define CLUSTER_ABI_MINOR 0
-/** Name of the one symbol every plugin exports. */
+/** Name of the one symbol every plugin exports (a cluster_plugin_entry_fn). */
 #define CLUSTER_PLUGIN_ENTRY_SYMBOL "cluster_plugin_entry"
 
 /** Outcome of a handler or of a call to another entity. */
@@ -32,12 +42,14 @@ typedef enum cluster_status {
   CLUSTER_STATUS_CALL_FAILED = 4        /**< a call to another entity failed in the cluster */
 } cluster_status;
 
-/** RPC flags. */
+/** RPC flags. Bits a runner does not know are ignored. */
 #define CLUSTER_RPC_PERSISTED 1u
 
+/** One RPC of an entity type. */
 typedef struct cluster_rpc_descriptor {
+  uint32_t struct_size;
+  uint32_t flags; /**< CLUSTER_RPC_* bits; 0: volatile */
   const char* name;
-  uint32_t flags;
 } cluster_rpc_descriptor;
 
 /** Completion of a handler: called exactly once, on the runner's thread.
@@ -50,13 +62,16 @@ typedef void (*cluster_reply_fn)(void* reply_ctx, int32_t status, const char* er
  *  For CLUSTER_STATUS_CALL_FAILED, `error_tag` is the cluster error's name. */
 typedef cluster_reply_fn cluster_call_done_fn;
 
-/** Services the runner offers to a handler for the duration of one request. */
+/** Services the runner offers to a plugin. The runner's struct is never older than the
+ *  plugin's minor, so a plugin may use every field its header declares. */
 typedef struct cluster_host_api {
   uint32_t struct_size;
+  uint32_t reserved; /**< 0 */
   /** level: 0 debug, 1 info, 2 warn, 3 error. */
   void (*log)(void* host_ctx, int32_t level, const char* message);
   /** Calls another entity without blocking the runner; `done` runs exactly once later,
-   *  on the runner's thread, never inside this call. */
+   *  on the runner's thread, never inside this call. Inside `create` the call is refused
+   *  (`done` gets CLUSTER_STATUS_CALL_FAILED): the entity does not exist yet. */
   void (*call)(void* host_ctx, const char* entity_type, const char* entity_id, const char* rpc,
                const uint8_t* payload, size_t size, const char* primary_key,
                cluster_call_done_fn done, void* user);
@@ -66,42 +81,88 @@ typedef struct cluster_host_api {
   void (*sleep)(void* host_ctx, int64_t delay_ms, void (*fire)(void* user), void* user);
 } cluster_host_api;
 
-/** What a handler knows about the entity it runs for. Valid until the reply is sent. */
+/** What `create` or a handler knows about its entity. Valid until `create` returns or
+ *  until the handler's reply is sent. `rpc` is "" inside `create`. */
 typedef struct cluster_call_context {
   uint32_t struct_size;
+  int32_t shard;
   const char* entity_type;
   const char* entity_id;
   const char* shard_group;
-  int32_t shard;
   const char* rpc;
   const cluster_host_api* api;
   void* host_ctx;
 } cluster_call_context;
 
+/** One entity type. Every callback gets the type's `type_data` back. */
 typedef struct cluster_entity_descriptor {
   uint32_t struct_size;
+  uint32_t rpc_count;
   const char* name;
   const char* shard_group; /**< NULL or "" means "default" */
-  const cluster_rpc_descriptor* rpcs;
-  uint32_t rpc_count;
+  /** `rpc_count` pointers; an RPC is named in calls by its index in this array. */
+  const cluster_rpc_descriptor* const* rpcs;
   /** Activates one entity; returns an opaque instance or NULL (activation failed). */
-  void* (*create)(const cluster_call_context* ctx);
-  void (*destroy)(void* instance);
+  void* (*create)(void* type_data, const cluster_call_context* ctx);
+  void (*destroy)(void* type_data, void* instance);
   /** Runs one RPC; must eventually call `reply` exactly once (possibly after returning). */
-  void (*handle)(void* instance, uint32_t rpc_index, const uint8_t* payload, size_t size,
-                 const cluster_call_context* ctx, cluster_reply_fn reply, void* reply_ctx);
+  void (*handle)(void* type_data, void* instance, uint32_t rpc_index, const uint8_t* payload,
+                 size_t size, const cluster_call_context* ctx, cluster_reply_fn reply,
+                 void* reply_ctx);
+  /** The plugin's own pointer for this type, handed back to every callback (may be NULL). */
+  void* type_data;
 } cluster_entity_descriptor;
 
+/** What the entry returns. It and everything it points to stay valid and unchanged while
+ *  the library is loaded. */
 typedef struct cluster_plugin_descriptor {
+  /* These three fields begin the descriptor of every major version. */
   uint32_t abi_major;
   uint32_t abi_minor;
   uint32_t struct_size;
-  const char* plugin_name;
-  const cluster_entity_descriptor* entities;
   uint32_t entity_count;
+  const char* plugin_name;
+  /** `entity_count` pointers. */
+  const cluster_entity_descriptor* const* entities;
+  /** The plugin's own version, shown by the runner; NULL or "" means "0.0.0". */
+  const char* plugin_version;
 } cluster_plugin_descriptor;
 
-typedef const cluster_plugin_descriptor* (*cluster_plugin_entry_fn)(void);
+/** What the runner hands the entry. Same layout in every major version. */
+typedef struct cluster_load_context {
+  uint32_t struct_size;
+  uint32_t host_abi_major;
+  uint32_t host_abi_minor;
+  uint32_t reserved; /**< 0 */
+  /** When the entry fails it returns NULL and writes a NUL-terminated reason here
+   *  (at most `error_size` bytes, truncated); the runner owns the buffer. */
+  char* error;
+  size_t error_size;
+} cluster_load_context;
+
+/** The entry: called once per load, on the runner's start-up thread. Returns the plugin's
+ *  descriptor, or NULL after writing the reason into `load->error`. Must not throw. */
+typedef const cluster_plugin_descriptor* (*cluster_plugin_entry_fn)(
+    const cluster_load_context* load);
+
+/* No implicit padding anywhere: a field a minor appends must start past every byte an
+ * older writer's struct_size covers. */
+#ifdef __cplusplus
+#define CLUSTER_ABI_ENDS_AT(type, last)                                    \
+  static_assert(sizeof(type) == offsetof(type, last) + sizeof(type::last), \
+                #type " has implicit padding")
+#else
+#define CLUSTER_ABI_ENDS_AT(type, last)                                           \
+  _Static_assert(sizeof(type) == offsetof(type, last) + sizeof(((type*)0)->last), \
+                 #type " has implicit padding")
+#endif
+CLUSTER_ABI_ENDS_AT(cluster_rpc_descriptor, name);
+CLUSTER_ABI_ENDS_AT(cluster_host_api, sleep);
+CLUSTER_ABI_ENDS_AT(cluster_call_context, host_ctx);
+CLUSTER_ABI_ENDS_AT(cluster_entity_descriptor, type_data);
+CLUSTER_ABI_ENDS_AT(cluster_plugin_descriptor, plugin_version);
+CLUSTER_ABI_ENDS_AT(cluster_load_context, error_size);
+#undef CLUSTER_ABI_ENDS_AT
 
 #ifdef __cplusplus
 }

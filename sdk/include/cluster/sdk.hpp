@@ -10,6 +10,9 @@
 ///   Reply handler(const Request&, cluster::context&)            (plain), or
 ///   cluster::task<Reply> handler(const Request&, cluster::context&)   (coroutine),
 /// where the RPC type `R` has nested `R::Request` and `R::Reply` with msgpack adaptors.
+/// The class is default-constructible or has a constructor taking `cluster::context&`:
+/// there the context logs and tells the time and the entity's address, but is valid only
+/// until the constructor returns (keep copies of what you need, not the context).
 
 #include <coroutine>
 #include <cstdint>
@@ -383,14 +386,30 @@ invoker<E> make_invoker(Method method) {
   };
 }
 
-/// Per entity class: the RPC table its C `handle` function dispatches through.
+/// What an entity declaration turns into: the C descriptor of one entity type and the
+/// storage it points into. Lives as long as the plugin is loaded.
+struct entity_record {
+  entity_record() = default;
+  entity_record(const entity_record&) = delete;
+  entity_record& operator=(const entity_record&) = delete;
+  virtual ~entity_record() = default;
+
+  std::string name;
+  std::string group;
+  std::vector<std::string> rpc_names;
+  std::vector<cluster_rpc_descriptor> rpcs;
+  std::vector<const cluster_rpc_descriptor*> rpc_pointers;
+  cluster_entity_descriptor descriptor{};
+};
+
+/// The record of one entity type implemented by class E. It is the type's `type_data`:
+/// the C callbacks reach this type's own RPC table through it, so two entity types
+/// backed by one class keep separate tables.
 template <class E>
-struct entity_table {
-  static std::vector<invoker<E>>& invokers() {
-    static std::vector<invoker<E>> table;
-    return table;
-  }
-  static void* create(const cluster_call_context* raw) noexcept {
+struct typed_entity_record final : entity_record {
+  std::vector<invoker<E>> invokers;
+
+  static void* create(void* /*type_data*/, const cluster_call_context* raw) noexcept {
     try {
       if constexpr (std::is_constructible_v<E, context&>) {
         context ctx(raw);
@@ -398,15 +417,20 @@ struct entity_table {
       } else {
         return new E();
       }
+    } catch (const std::exception& e) {
+      log_activation_failure(raw, e.what());
     } catch (...) {
-      return nullptr;
+      log_activation_failure(raw, "unknown exception");
     }
+    return nullptr;
   }
-  static void destroy(void* instance) noexcept { delete static_cast<E*>(instance); }
-  static void handle(void* instance, std::uint32_t rpc_index, const std::uint8_t* payload,
-                     std::size_t size, const cluster_call_context* raw, cluster_reply_fn reply,
-                     void* reply_ctx) noexcept {
-    auto& table = invokers();
+  static void destroy(void* /*type_data*/, void* instance) noexcept {
+    delete static_cast<E*>(instance);
+  }
+  static void handle(void* type_data, void* instance, std::uint32_t rpc_index,
+                     const std::uint8_t* payload, std::size_t size, const cluster_call_context* raw,
+                     cluster_reply_fn reply, void* reply_ctx) noexcept {
+    const auto& table = static_cast<const typed_entity_record*>(type_data)->invokers;
     if (rpc_index >= table.size()) {
       reply(reply_ctx, CLUSTER_STATUS_DEFECT, "Defect", "RPC index out of range", nullptr, 0);
       return;
@@ -417,15 +441,15 @@ struct entity_table {
       reply_failure(reply, reply_ctx, std::current_exception());
     }
   }
-};
 
-/// What an entity declaration turns into: a C descriptor with storage for its strings.
-struct entity_record {
-  std::string name;
-  std::string group;
-  std::vector<std::string> rpc_names;
-  std::vector<cluster_rpc_descriptor> rpcs;
-  cluster_entity_descriptor descriptor{};
+ private:
+  static void log_activation_failure(const cluster_call_context* raw, const char* what) noexcept {
+    try {
+      context(raw).log_error(std::string("activation failed: ") + what);
+    } catch (...) {
+      // Out of memory while reporting: the NULL instance still tells the runner.
+    }
+  }
 };
 
 }  // namespace detail
@@ -449,8 +473,11 @@ class entity_builder {
   template <class R, class Method>
   entity_builder& rpc(std::string name, Method method, rpc_flags flags = volatile_rpc) & {
     record_->rpc_names.push_back(std::move(name));
-    record_->rpcs.push_back(cluster_rpc_descriptor{nullptr, flags.bits});
-    invokers_.push_back(detail::make_invoker<E, R>(method));
+    cluster_rpc_descriptor rpc{};
+    rpc.struct_size = sizeof(cluster_rpc_descriptor);
+    rpc.flags = flags.bits;
+    record_->rpcs.push_back(rpc);
+    record_->invokers.push_back(detail::make_invoker<E, R>(method));
     return *this;
   }
   template <class R, class Method>
@@ -459,25 +486,36 @@ class entity_builder {
   }
 
   /// Finalizes into a descriptor whose pointers stay valid while the plugin is loaded.
+  /// Throws std::invalid_argument for a declaration the runner would refuse anyway.
   std::unique_ptr<detail::entity_record> build() && {
-    for (std::size_t i = 0; i < record_->rpcs.size(); ++i)
-      record_->rpcs[i].name = record_->rpc_names[i].c_str();
-    detail::entity_table<E>::invokers() = std::move(invokers_);
-    auto& d = record_->descriptor;
+    auto& r = *record_;
+    if (r.name.empty()) throw std::invalid_argument("an entity type has an empty name");
+    for (std::size_t i = 0; i < r.rpcs.size(); ++i) {
+      if (r.rpc_names[i].empty())
+        throw std::invalid_argument("entity type '" + r.name + "' has an RPC without a name");
+      for (std::size_t j = 0; j < i; ++j)
+        if (r.rpc_names[i] == r.rpc_names[j])
+          throw std::invalid_argument("entity type '" + r.name + "' declares RPC '" +
+                                      r.rpc_names[i] + "' twice");
+      r.rpcs[i].name = r.rpc_names[i].c_str();
+    }
+    for (const auto& rpc : r.rpcs) r.rpc_pointers.push_back(&rpc);
+    auto& d = r.descriptor;
     d.struct_size = sizeof(cluster_entity_descriptor);
-    d.name = record_->name.c_str();
-    d.shard_group = record_->group.empty() ? "default" : record_->group.c_str();
-    d.rpcs = record_->rpcs.data();
-    d.rpc_count = static_cast<std::uint32_t>(record_->rpcs.size());
-    d.create = &detail::entity_table<E>::create;
-    d.destroy = &detail::entity_table<E>::destroy;
-    d.handle = &detail::entity_table<E>::handle;
+    d.rpc_count = static_cast<std::uint32_t>(r.rpcs.size());
+    d.name = r.name.c_str();
+    d.shard_group = r.group.empty() ? "default" : r.group.c_str();
+    d.rpcs = r.rpc_pointers.data();
+    d.create = &detail::typed_entity_record<E>::create;
+    d.destroy = &detail::typed_entity_record<E>::destroy;
+    d.handle = &detail::typed_entity_record<E>::handle;
+    d.type_data = record_.get();
     return std::move(record_);
   }
 
  private:
-  std::unique_ptr<detail::entity_record> record_ = std::make_unique<detail::entity_record>();
-  std::vector<detail::invoker<E>> invokers_;
+  std::unique_ptr<detail::typed_entity_record<E>> record_ =
+      std::make_unique<detail::typed_entity_record<E>>();
 };
 
 /// Starts the declaration of entity type `name` implemented by class E.
@@ -486,43 +524,112 @@ entity_builder<E> entity(std::string name) {
   return entity_builder<E>(std::move(name));
 }
 
+/// Names and versions the plugin; optional, as the first argument of CLUSTER_PLUGIN:
+///   CLUSTER_PLUGIN(cluster::plugin("greeter").version("1.2.0"), cluster::entity<...>(...))
+/// Without it the plugin is named after its entity types, at version "0.0.0".
+class plugin_builder {
+ public:
+  explicit plugin_builder(std::string name) : name_(std::move(name)) {}
+  /// The plugin's own version, shown by the runner when it loads the plugin.
+  plugin_builder& version(std::string v) & {
+    version_ = std::move(v);
+    return *this;
+  }
+  plugin_builder&& version(std::string v) && { return std::move(version(std::move(v))); }
+
+  const std::string& name() const { return name_; }
+  const std::string& version() const { return version_; }
+
+ private:
+  std::string name_;
+  std::string version_ = "0.0.0";
+};
+
+/// Starts the plugin's own declaration (name, version).
+inline plugin_builder plugin(std::string name) { return plugin_builder(std::move(name)); }
+
 namespace detail {
 
 /// The plugin's descriptor and the storage it points into.
 class plugin_record {
  public:
-  template <class... Builders>
-  explicit plugin_record(Builders&&... builders) {
-    (records_.push_back(std::move(builders).build()), ...);
+  template <class... Declarations>
+  explicit plugin_record(Declarations&&... declarations) {
+    // Moved even when given as lvalues: a declaration is consumed by the plugin.
+    (add(std::move(declarations)), ...);
+    if (records_.empty()) throw std::invalid_argument("the plugin declares no entity type");
     for (const auto& r : records_) {
-      entities_.push_back(r->descriptor);
-      if (!name_.empty()) name_ += ",";
-      name_ += r->name;
+      for (const auto* seen : entities_)
+        if (r->name == seen->name)
+          throw std::invalid_argument("entity type '" + r->name + "' is declared twice");
+      entities_.push_back(&r->descriptor);
+      if (!named_) name_ += (name_.empty() ? "" : ",") + r->name;
     }
     descriptor_.abi_major = CLUSTER_ABI_MAJOR;
     descriptor_.abi_minor = CLUSTER_ABI_MINOR;
     descriptor_.struct_size = sizeof(cluster_plugin_descriptor);
+    descriptor_.entity_count = static_cast<std::uint32_t>(entities_.size());
     descriptor_.plugin_name = name_.c_str();
     descriptor_.entities = entities_.data();
-    descriptor_.entity_count = static_cast<std::uint32_t>(entities_.size());
+    descriptor_.plugin_version = version_.c_str();
   }
+  plugin_record(const plugin_record&) = delete;
+  plugin_record& operator=(const plugin_record&) = delete;
+
   const cluster_plugin_descriptor* descriptor() const { return &descriptor_; }
 
  private:
+  void add(plugin_builder&& p) {
+    if (named_) throw std::invalid_argument("cluster::plugin(...) is given twice");
+    named_ = true;
+    name_ = p.name();
+    version_ = p.version();
+  }
+  template <class E>
+  void add(entity_builder<E>&& builder) {
+    records_.push_back(std::move(builder).build());
+  }
+
   std::vector<std::unique_ptr<entity_record>> records_;
-  std::vector<cluster_entity_descriptor> entities_;
+  std::vector<const cluster_entity_descriptor*> entities_;
+  bool named_ = false;
   std::string name_;
+  std::string version_ = "0.0.0";
   cluster_plugin_descriptor descriptor_{};
 };
+
+/// Reports a failed entry through the load context; never throws.
+inline void report_entry_failure(const cluster_load_context* load, std::exception_ptr error) {
+  const char* what = "unknown exception";
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  if (load == nullptr || load->error == nullptr || load->error_size == 0 ||
+      load->struct_size < sizeof(cluster_load_context))
+    return;
+  std::size_t n = 0;
+  for (; what[n] != '\0' && n + 1 < load->error_size; ++n) load->error[n] = what[n];
+  load->error[n] = '\0';
+}
 
 }  // namespace detail
 }  // namespace cluster
 
 /// Declares the plugin's entity types; use once per plugin, at namespace scope:
 ///   CLUSTER_PLUGIN(cluster::entity<Greeter>("Greeter").rpc<Greet>("Greet", &Greeter::greet));
+/// An exception while the declaration is built (a bad declaration, or the plugin's own
+/// code in it) makes the entry fail with its message: the runner refuses the file.
 #define CLUSTER_PLUGIN(...)                                                          \
   extern "C" __attribute__((visibility("default"))) const cluster_plugin_descriptor* \
-  cluster_plugin_entry(void) {                                                       \
-    static const ::cluster::detail::plugin_record plugin{__VA_ARGS__};               \
-    return plugin.descriptor();                                                      \
+  cluster_plugin_entry(const cluster_load_context* load) noexcept {                  \
+    try {                                                                            \
+      static const ::cluster::detail::plugin_record plugin{__VA_ARGS__};             \
+      return plugin.descriptor();                                                    \
+    } catch (...) {                                                                  \
+      ::cluster::detail::report_entry_failure(load, std::current_exception());       \
+      return nullptr;                                                                \
+    }                                                                                \
   }

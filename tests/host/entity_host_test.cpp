@@ -1,0 +1,282 @@
+// The entity host on its own: one io_context, test plugins, no network.
+#include "cluster/host/entity_host.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <optional>
+
+#include "cluster/protocol/codec.hpp"
+#include "cluster_fixture.hpp"
+#include "log_capture.hpp"
+
+namespace cluster::host {
+namespace {
+
+using cluster::testing::make_request;
+using cluster::testing::reply_json;
+using cluster::testing::run_until;
+using cluster::testing::test_plugin;
+
+/// Where one delivery's reply lands; `count` catches a second reply.
+struct reply_slot {
+  std::optional<reply_msg> reply;
+  int count = 0;
+  bool answered() const { return reply.has_value(); }
+  const reply_msg& operator*() const { return *reply; }
+  const reply_msg* operator->() const { return &*reply; }
+};
+using slot_ptr = std::shared_ptr<reply_slot>;
+
+std::int64_t unix_ms() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+class entity_host_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* plugin : {"probe_plugin", "shared_class_plugin", "context_constructor_plugin",
+                               "old_minor_plugin", "throwing_constructor_plugin"}) {
+      const auto loaded = registry.load_file(test_plugin(plugin));
+      ASSERT_TRUE(loaded) << plugin << ": " << loaded.error().message;
+    }
+  }
+  void TearDown() override {
+    for (const auto& slot : sent) EXPECT_LE(slot->count, 1) << "a delivery was answered twice";
+  }
+
+  void make_host(entity_host_options options = {}, entity_host::outbound_call call_out = {}) {
+    if (!call_out)
+      call_out = [](request_msg, entity_host::reply_callback done) {
+        done(reply_msg::failure(errc::unavailable, "no router in this test"));
+      };
+    host = std::make_unique<entity_host>(io, options, std::move(call_out));
+  }
+
+  slot_ptr send(const std::string& type_name, const std::string& id, const std::string& rpc,
+                const nlohmann::json& payload = nlohmann::json::object(),
+                milliseconds timeout = milliseconds(5000)) {
+    request_msg request = make_request(type_name, id, rpc, payload);
+    return deliver(type_name, id, rpc, std::move(request), timeout);
+  }
+  slot_ptr deliver(const std::string& type_name, const std::string& id, const std::string& rpc,
+                   request_msg request, milliseconds timeout = milliseconds(5000)) {
+    const auto* type = registry.find(type_name);
+    EXPECT_NE(type, nullptr) << type_name;
+    auto slot = std::make_shared<reply_slot>();
+    sent.push_back(slot);
+    host->deliver(entity_address{type, id, 7}, *type->rpc_index(rpc), std::move(request),
+                  steady_clock::now() + timeout, [slot](reply_msg&& reply) {
+                    ++slot->count;
+                    slot->reply = std::move(reply);
+                  });
+    return slot;
+  }
+  bool wait(const slot_ptr& slot) {
+    return run_until(io, [&] { return slot->answered(); });
+  }
+
+  asio::io_context io;
+  entity_registry registry;
+  std::unique_ptr<entity_host> host;
+  std::vector<slot_ptr> sent;
+};
+
+TEST_F(entity_host_test, runs_one_entitys_messages_one_at_a_time_in_arrival_order) {
+  make_host();
+  std::vector<slot_ptr> replies;
+  for (int i = 0; i < 100; ++i)
+    replies.push_back(send("Probe", "ordered", "Append", {{"sender", "s"}, {"value", i}}));
+  ASSERT_TRUE(wait(replies.back()));
+  for (std::size_t i = 0; i < replies.size(); ++i) {
+    ASSERT_TRUE(replies[i]->answered());
+    ASSERT_TRUE((*replies[i])->ok()) << (*replies[i])->message;
+    const auto log = reply_json(**replies[i])["log"];
+    ASSERT_EQ(log.size(), i + 1);  // each message saw exactly the ones before it
+    EXPECT_EQ(log.back(), "s:" + std::to_string(i));
+  }
+  EXPECT_EQ(host->activations(), 1u);
+}
+
+TEST_F(entity_host_test, holds_the_next_message_until_a_suspended_handler_finishes) {
+  make_host();
+  const auto sleeping = send("Probe", "one", "Sleep", {{"ms", 30}});
+  const auto echo = send("Probe", "one", "Echo", {{"text", "after"}});
+  const auto other = send("Probe", "two", "Echo", {{"text", "meanwhile"}});
+  ASSERT_TRUE(wait(other));
+  EXPECT_FALSE(sleeping->answered());  // another entity ran while this one slept
+  ASSERT_TRUE(wait(echo));
+  ASSERT_TRUE(sleeping->answered());  // the Echo behind it waited for the sleep to end
+  EXPECT_TRUE((*sleeping)->ok());
+  EXPECT_TRUE((*echo)->ok());
+}
+
+TEST_F(entity_host_test, answers_mailbox_full_beyond_the_bound) {
+  make_host({3, milliseconds(60000)});
+  std::vector<slot_ptr> replies;
+  replies.push_back(send("Probe", "busy", "Sleep", {{"ms", 200}}));  // runs: not in the mailbox
+  for (int i = 1; i < 8; ++i) replies.push_back(send("Probe", "busy", "Echo", {{"text", "x"}}));
+  ASSERT_TRUE(run_until(io, [&] {
+    return std::all_of(replies.begin(), replies.end(),
+                       [](const slot_ptr& r) { return r->answered(); });
+  }));
+  std::size_t ok = 0, full = 0;
+  for (const auto& reply : replies) {
+    ok += (*reply)->ok() ? 1 : 0;
+    full += (*reply)->code == errc::mailbox_full ? 1 : 0;
+  }
+  EXPECT_EQ(ok, 4u);
+  EXPECT_EQ(full, 4u);
+  EXPECT_TRUE((*replies[0])->ok());
+}
+
+TEST_F(entity_host_test, answers_deadline_exceeded_for_a_message_that_expired_in_the_mailbox) {
+  make_host();
+  const auto sleeping = send("Probe", "late", "Sleep", {{"ms", 50}});
+  const auto expired = send("Probe", "late", "Echo", {{"text", "x"}}, milliseconds(1));
+  ASSERT_TRUE(wait(expired));
+  EXPECT_EQ((*expired)->code, errc::deadline_exceeded);
+  ASSERT_TRUE(wait(sleeping));
+  EXPECT_TRUE((*sleeping)->ok());
+}
+
+TEST_F(entity_host_test, passivates_entities_idle_longer_than_the_configured_time) {
+  make_host({4096, milliseconds(50)});
+  const auto first = send("Probe", "sleepy", "Echo", {{"text", "a"}});
+  ASSERT_TRUE(wait(first));
+  EXPECT_EQ(host->active_entities(), 1u);
+  ASSERT_TRUE(run_until(io, [&] { return host->active_entities() == 0; }));
+  EXPECT_EQ(host->passivations(), 1u);
+  const auto second = send("Probe", "sleepy", "Echo", {{"text", "b"}});
+  ASSERT_TRUE(wait(second));
+  EXPECT_EQ(host->activations(), 2u);  // a fresh instance after passivation
+  EXPECT_GT(reply_json(**second)["activation"].get<int>(),
+            reply_json(**first)["activation"].get<int>());
+}
+
+TEST_F(entity_host_test, fails_only_the_request_whose_handler_throws) {
+  make_host();
+  const auto failed = send("Probe", "fragile", "Fail");
+  const auto rejected = send("Probe", "fragile", "Reject");
+  const auto echo = send("Probe", "fragile", "Echo", {{"text", "still here"}});
+  ASSERT_TRUE(wait(echo));
+  EXPECT_EQ((*failed)->code, errc::defect);
+  EXPECT_NE((*failed)->message.find("probe failed on purpose"), std::string::npos);
+  EXPECT_EQ((*rejected)->code, errc::application_error);
+  EXPECT_EQ((*rejected)->error, "Rejected");
+  ASSERT_TRUE((*echo)->ok());
+  EXPECT_EQ(reply_json(**echo)["text"], "still here");
+  EXPECT_EQ(host->activations(), 1u);  // the entity survived its failing handler
+}
+
+TEST_F(entity_host_test, answers_bad_payload_for_a_request_of_the_wrong_shape) {
+  make_host();
+  const auto typed = send("Probe", "typed", "Append", {{"sender", 12}, {"value", "not a number"}});
+  request_msg garbage = make_request("Probe", "typed", "Echo");
+  garbage.payload = {0xc1, 0xff, 0x00};  // 0xc1 is never valid MessagePack
+  const auto raw = deliver("Probe", "typed", "Echo", std::move(garbage));
+  ASSERT_TRUE(wait(raw));
+  EXPECT_EQ((*typed)->code, errc::bad_payload);
+  EXPECT_EQ((*raw)->code, errc::bad_payload);
+}
+
+TEST_F(entity_host_test, evicts_entities_of_shards_it_no_longer_owns) {
+  make_host();
+  ASSERT_TRUE(wait(send("Probe", "moving", "Echo", {{"text", "a"}})));
+  host->evict_shards([](const std::string&, std::int32_t shard) { return shard != 7; });
+  EXPECT_EQ(host->active_entities(), 0u);
+  EXPECT_EQ(host->passivations(), 1u);
+}
+
+TEST_F(entity_host_test, stop_answers_queued_messages_and_lets_the_running_one_finish) {
+  make_host();
+  const auto running = send("Probe", "stopping", "Sleep", {{"ms", 20}});
+  const auto queued = send("Probe", "stopping", "Echo", {{"text", "x"}});
+  host->stop();
+  ASSERT_TRUE(queued->answered());
+  EXPECT_EQ((*queued)->code, errc::shutting_down);
+  ASSERT_TRUE(wait(running));
+  EXPECT_TRUE((*running)->ok());
+  ASSERT_TRUE(run_until(io, [&] { return host->active_entities() == 0; }));
+  const auto refused = send("Probe", "stopping", "Echo", {{"text", "y"}});
+  ASSERT_TRUE(refused->answered());
+  EXPECT_EQ((*refused)->code, errc::shutting_down);
+}
+
+TEST_F(entity_host_test, answers_a_clear_defect_when_an_activation_fails) {
+  make_host();
+  const auto touched = send("Fragile", "f1", "Touch");
+  ASSERT_TRUE(touched->answered());  // refused at once: no instance to queue for
+  EXPECT_EQ((*touched)->code, errc::defect);
+  EXPECT_EQ((*touched)->message,
+            "activation of Fragile/f1 failed in its constructor: activation failed: cannot "
+            "activate");
+  EXPECT_EQ(host->activations(), 0u);
+  EXPECT_EQ(host->active_entities(), 0u);
+  const auto echo = send("Probe", "p1", "Echo", {{"text", "fine"}});
+  ASSERT_TRUE(wait(echo));
+  EXPECT_TRUE((*echo)->ok());
+}
+
+TEST_F(entity_host_test, gives_a_constructor_that_takes_the_context_a_working_one) {
+  make_host();
+  cluster::testing::log_capture log;
+  const auto before = unix_ms();
+  const auto hello = send("Chatty", "c1", "Hello");
+  ASSERT_TRUE(wait(hello));
+  ASSERT_TRUE((*hello)->ok()) << (*hello)->message;
+  const auto reply = reply_json(**hello);
+  EXPECT_EQ(reply["created_for"], "c1");
+  EXPECT_EQ(reply["created_in_shard"], 7);
+  EXPECT_GE(reply["created_at_ms"].get<std::int64_t>(), before);
+  EXPECT_LE(reply["created_at_ms"].get<std::int64_t>(), unix_ms());
+  EXPECT_NE(log.text().find("Chatty/c1: activating c1 in group default"), std::string::npos)
+      << log.text();
+}
+
+TEST_F(entity_host_test, dispatches_two_types_on_one_class_to_their_own_handlers) {
+  make_host();
+  const auto left = send("LeftTwin", "t", "Who");
+  const auto right = send("RightTwin", "t", "Who");
+  const auto extra = send("RightTwin", "t", "Extra");
+  ASSERT_TRUE(wait(left));
+  ASSERT_TRUE(wait(right));
+  ASSERT_TRUE(wait(extra));
+  ASSERT_TRUE((*left)->ok()) << (*left)->message;
+  ASSERT_TRUE((*right)->ok()) << (*right)->message;
+  EXPECT_EQ(reply_json(**left)["handler"], "left");
+  EXPECT_EQ(reply_json(**left)["entity_type"], "LeftTwin");
+  EXPECT_EQ(reply_json(**right)["handler"], "right");
+  EXPECT_EQ(reply_json(**right)["entity_type"], "RightTwin");
+  EXPECT_EQ(reply_json(**extra)["handler"], "extra");
+}
+
+TEST_F(entity_host_test, runs_a_plugin_built_against_an_older_minor_with_the_defaults) {
+  make_host();
+  const auto ping = send("Elder", "e", "Ping");
+  ASSERT_TRUE(wait(ping));
+  // Elder answers TypeDataNotDefaulted if it is handed the garbage past its struct_size.
+  EXPECT_TRUE((*ping)->ok()) << (*ping)->error << ": " << (*ping)->message;
+  EXPECT_EQ(host->activations(), 1u);
+}
+
+TEST_F(entity_host_test, sends_a_handlers_call_out_and_resumes_it_with_the_reply) {
+  std::vector<request_msg> outbound;
+  make_host({}, [&outbound](request_msg request, entity_host::reply_callback done) {
+    outbound.push_back(request);
+    done(reply_msg::success(pack_bytes(std::map<std::string, std::string>{{"text", "from afar"}})));
+  });
+  const auto relayed = send("Probe", "caller", "Relay", {{"target", "callee"}, {"text", "hi"}});
+  ASSERT_TRUE(wait(relayed));
+  ASSERT_EQ(outbound.size(), 1u);
+  EXPECT_EQ(outbound[0].entity_type, "Probe");
+  EXPECT_EQ(outbound[0].entity_id, "callee");
+  EXPECT_EQ(outbound[0].rpc, "Echo");
+  ASSERT_TRUE((*relayed)->ok()) << (*relayed)->message;
+  EXPECT_EQ(reply_json(**relayed)["text"], "from afar");
+}
+
+}  // namespace
+}  // namespace cluster::host
