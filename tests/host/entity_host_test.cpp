@@ -37,8 +37,9 @@ std::int64_t unix_ms() {
 class entity_host_test : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* plugin : {"probe_plugin", "shared_class_plugin", "context_constructor_plugin",
-                               "old_minor_plugin", "throwing_constructor_plugin"}) {
+    for (const char* plugin :
+         {"probe_plugin", "shared_class_plugin", "context_constructor_plugin", "old_minor_plugin",
+          "throwing_constructor_plugin", "constructor_call_plugin"}) {
       const auto loaded = registry.load_file(test_plugin(plugin));
       ASSERT_TRUE(loaded) << plugin << ": " << loaded.error().message;
     }
@@ -234,6 +235,25 @@ TEST_F(entity_host_test, gives_a_constructor_that_takes_the_context_a_working_on
   EXPECT_LE(reply["created_at_ms"].get<std::int64_t>(), unix_ms());
   EXPECT_NE(log.text().find("Chatty/c1: activating c1 in group default"), std::string::npos)
       << log.text();
+}
+
+TEST_F(entity_host_test, refuses_a_call_from_a_constructor_later_and_without_crashing) {
+  std::size_t outbound = 0;
+  make_host({}, [&outbound](request_msg, entity_host::reply_callback done) {
+    ++outbound;
+    done(reply_msg::failure(errc::unavailable, "no router in this test"));
+  });
+  const auto first = send("EagerCaller", "e", "Report");  // activates: create calls out
+  ASSERT_TRUE(first->answered());                         // Report replies synchronously
+  EXPECT_EQ((*first)->error, "NotYet");  // the refusal did not run inside `call` or `create`
+  io.poll();                             // runs what is ready: the posted refusal
+  const auto report = send("EagerCaller", "e", "Report");
+  ASSERT_TRUE(report->answered());
+  EXPECT_EQ((*report)->error, "Later");
+  EXPECT_EQ((*report)->message,
+            std::to_string(CLUSTER_STATUS_CALL_FAILED) +
+                " InvalidRequest: an entity cannot call other entities from its constructor");
+  EXPECT_EQ(outbound, 0u);  // nothing left the runner
 }
 
 TEST_F(entity_host_test, dispatches_two_types_on_one_class_to_their_own_handlers) {

@@ -154,7 +154,8 @@ TEST(entity_registry, loads_the_good_plugins_of_a_folder_and_names_each_bad_file
     EXPECT_EQ(errors[i].rfind(std::string(CLUSTER_TEST_PLUGIN_DIR) + "/" + refused[i] + ": ", 0),
               0u)
         << errors[i];
-  for (const char* type : {"Probe", "Fragile", "Elder", "LeftTwin", "RightTwin", "Chatty"})
+  for (const char* type :
+       {"Probe", "Fragile", "Elder", "LeftTwin", "RightTwin", "Chatty", "EagerCaller"})
     EXPECT_NE(registry.find(type), nullptr) << type;
 }
 
