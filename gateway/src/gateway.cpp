@@ -6,6 +6,8 @@
 #include <boost/beast/http.hpp>
 #include <set>
 
+#include "cluster/process/gate.hpp"
+
 namespace cluster::gateway {
 
 namespace beast = boost::beast;
@@ -40,7 +42,8 @@ struct gateway::state {
         config(std::move(gateway_settings)),
         acceptor(io_context),
         proxy(io_context.get_executor(), std::move(proxy_options)),
-        request_handler(proxy, handler_options{config.max_body_bytes}) {}
+        request_handler(proxy, handler_options{config.max_body_bytes}),
+        open(io_context.get_executor()) {}
 
   asio::io_context& io;
   gateway_config config;
@@ -49,8 +52,16 @@ struct gateway::state {
   handler request_handler;
   std::uint16_t port = 0;
   bool stopping = false;
-  bool accepting = false;
+  bool stopped = false;
   std::set<std::shared_ptr<session>> sessions;
+  // Held by the accept loop and by every session: a stop waits for all of them.
+  gate open;
+  std::vector<std::function<void()>> on_stopped;
+
+  void notify_stopped() {
+    for (auto& callback : on_stopped) asio::post(io, std::move(callback));
+    on_stopped.clear();
+  }
 };
 
 namespace {
@@ -101,7 +112,7 @@ std::optional<http_response> read_failure_response(const error_code& ec) {
 }
 
 // One connection: read a request, handle it, answer; repeat while keep-alive holds.
-awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn) {
+awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holder hold) {
   beast::flat_buffer buffer;
   const auto& config = self->config;
   bool linger = false;
@@ -157,10 +168,10 @@ awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn) {
     conn->stream.socket().close(ignored);
   }
   self->sessions.erase(conn);
+  hold.release();
 }
 
-awaitable<void> accept_loop(state_ptr self) {
-  self->accepting = true;
+awaitable<void> accept_loop(state_ptr self, gate::holder hold) {
   while (!self->stopping) {
     tcp::socket socket(self->io);
     error_code ec;
@@ -180,27 +191,12 @@ awaitable<void> accept_loop(state_ptr self) {
     }
     auto conn = std::make_shared<session>(std::move(socket));
     self->sessions.insert(conn);
-    asio::co_spawn(self->io, serve(self, conn), asio::detached);
+    asio::co_spawn(self->io, serve(self, conn, self->open.hold()), asio::detached);
   }
-  self->accepting = false;
+  hold.release();
 }
 
 }  // namespace
-
-std::vector<config_section> gateway_config::sections() {
-  std::vector<config_section> sections;
-  common.declare(sections);
-  sections.emplace_back("gateway");
-  sections.back()
-      .key("host", &host)
-      .key("port", &port)
-      .key("proxy", &proxy)
-      .key("request_timeout_ms", &request_timeout)
-      .key("read_timeout_ms", &read_timeout)
-      .key("max_body_bytes", &max_body_bytes)
-      .key("max_header_bytes", &max_header_bytes);
-  return sections;
-}
 
 gateway::gateway(asio::io_context& io, gateway_config config) {
   auto proxy_address = parse_host_port(config.proxy);
@@ -230,14 +226,16 @@ std::uint16_t gateway::start() {
   s.acceptor.bind(endpoint);
   s.acceptor.listen(asio::socket_base::max_listen_connections);
   s.port = s.acceptor.local_endpoint().port();
-  asio::co_spawn(s.io, accept_loop(state_), asio::detached);
+  asio::co_spawn(s.io, accept_loop(state_, s.open.hold()), asio::detached);
   spdlog::info("gateway listening on {}:{}, calling proxy {}", s.config.host, s.port,
                s.config.proxy);
   return s.port;
 }
 
-void gateway::stop() {
+void gateway::stop(std::function<void()> on_stopped) {
   auto& s = *state_;
+  if (on_stopped) s.on_stopped.push_back(std::move(on_stopped));
+  if (s.stopped) s.notify_stopped();
   if (s.stopping) return;
   s.stopping = true;
   error_code ignored;
@@ -245,11 +243,15 @@ void gateway::stop() {
   // Idle keep-alive connections would otherwise wait out their read timeout.
   for (const auto& conn : s.sessions)
     if (!conn->busy) conn->stream.socket().close(ignored);
+  s.open.close([weak = std::weak_ptr<state>(state_)] {
+    if (auto self = weak.lock()) {
+      self->stopped = true;
+      self->notify_stopped();
+    }
+  });
 }
 
-bool gateway::idle() const {
-  return state_->stopping && !state_->accepting && state_->sessions.empty();
-}
+bool gateway::idle() const { return state_->stopped; }
 
 std::uint16_t gateway::port() const { return state_->port; }
 

@@ -6,11 +6,11 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <iostream>
-#include <nlohmann/json.hpp>
 
 #include "cluster/gateway/handler.hpp"
 #include "cluster/gateway/lambda_event.hpp"
 #include "cluster/gateway/proxy_client.hpp"
+#include "cluster/process/config.hpp"
 
 namespace cluster::gateway {
 
@@ -30,16 +30,6 @@ std::int64_t unix_now_ms() {
   return std::chrono::duration_cast<milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::optional<std::int64_t> parse_integer(std::string_view text) {
-  if (text.empty() || text.size() > 18) return std::nullopt;
-  std::int64_t value = 0;
-  for (const char c : text) {
-    if (c < '0' || c > '9') return std::nullopt;
-    value = value * 10 + (c - '0');
-  }
-  return value;
 }
 
 // One keep-alive HTTP/1.1 connection to the Runtime API, reopened when it drops.
@@ -209,7 +199,7 @@ awaitable<int> serve_invocations(runtime_api& api, handler& request_handler,
       continue;
     }
     const auto deadline =
-        parse_integer(std::string((*response)["Lambda-Runtime-Deadline-Ms"])).value_or(0);
+        parse_number<std::int64_t>((*response)["Lambda-Runtime-Deadline-Ms"]).value_or(0);
     std::string event = std::move(response->body());
     auto handled = invoke(api, request_handler, request_timeout, id, deadline, event);
     co_await std::move(handled);
@@ -230,31 +220,45 @@ void setup_lambda_logging(const std::string& level) {
 lambda_settings lambda_settings::from_environment(
     const std::function<const char*(const char*)>& getenv) {
   lambda_settings settings;
-  auto read = [&getenv](const char* name, std::string& into) {
-    if (const char* value = getenv(name); value != nullptr && *value != '\0') into = value;
-  };
-  read("AWS_LAMBDA_RUNTIME_API", settings.runtime_api);
-  if (const char* link = getenv("SST_RESOURCE_ProxyServer")) {
-    const auto parsed = nlohmann::json::parse(link, nullptr, false);
-    if (parsed.is_object()) {
-      auto text = [](const nlohmann::json& value) {
-        return value.is_string() ? value.get<std::string>() : value.dump();
-      };
-      if (parsed.contains("host")) settings.proxy_host = text(parsed["host"]);
-      if (parsed.contains("port")) settings.proxy_port = text(parsed["port"]);
+  if (const char* api = getenv("AWS_LAMBDA_RUNTIME_API"); api != nullptr) settings.runtime_api = api;
+  // The proxy's own names mean "listen here": a Lambda configured with them would quietly
+  // call the default address instead.
+  for (const char* listen_name : {"CLUSTER_PROXY_HOST", "CLUSTER_PROXY_PORT"}) {
+    if (getenv(listen_name) != nullptr) {
+      settings.init_error = std::string(listen_name) +
+                            " is where a cluster-proxy listens; the Lambda calls the proxy "
+                            "named by CLUSTER_GATEWAY_PROXY (host:port)";
+      return settings;
     }
   }
-  read("CLUSTER_PROXY_HOST", settings.proxy_host);
-  read("CLUSTER_PROXY_PORT", settings.proxy_port);
-  read("CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS", settings.request_timeout_ms);
-  read("CLUSTER_LOG_LEVEL", settings.log_level);
+  auto links = sst_link_settings(getenv);
+  if (!links) {
+    settings.init_error = links.error().message;
+    return settings;
+  }
+  config_sources sources;
+  sources.links = std::move(links.value());
+  sources.getenv = getenv;
+  auto sections = settings.gateway.sections();
+  if (auto loaded = load_config(sources, sections, all_config_sections()); !loaded) {
+    settings.init_error = loaded.error().message;
+    return settings;
+  }
+  const auto proxy = parse_host_port(settings.gateway.proxy);
+  if (!proxy || proxy->port == 0 || proxy->host.empty()) {
+    settings.init_error = "gateway.proxy (CLUSTER_GATEWAY_PROXY): expected host:port, got '" +
+                          settings.gateway.proxy + "'";
+  } else if (settings.gateway.request_timeout <= milliseconds(0)) {
+    settings.init_error =
+        "gateway.request_timeout_ms (CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS) must be positive";
+  }
   return settings;
 }
 
 lambda_runtime::lambda_runtime(lambda_settings settings) : settings_(std::move(settings)) {}
 
 int lambda_runtime::run() {
-  setup_lambda_logging(settings_.log_level);
+  setup_lambda_logging(settings_.gateway.common.log_level);
   if (settings_.runtime_api.empty()) {
     // Nowhere to report to: this is not running inside Lambda (or an emulator).
     std::cerr << "cluster-lambda: AWS_LAMBDA_RUNTIME_API is not set; run inside AWS Lambda or "
@@ -271,17 +275,7 @@ int lambda_runtime::run() {
   asio::io_context io(1);
   runtime_api api(io.get_executor(), *api_address);
 
-  std::string init_error;
-  const auto port = parse_integer(settings_.proxy_port);
-  const auto timeout_ms = parse_integer(settings_.request_timeout_ms);
-  if (!port || *port == 0 || *port > 65535) {
-    init_error = "CLUSTER_PROXY_PORT must be a port number, got '" + settings_.proxy_port + "'";
-  } else if (settings_.proxy_host.empty()) {
-    init_error = "CLUSTER_PROXY_HOST is empty";
-  } else if (!timeout_ms || *timeout_ms == 0) {
-    init_error = "CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS must be a positive integer, got '" +
-                 settings_.request_timeout_ms + "'";
-  }
+  const std::string& init_error = settings_.init_error;
   if (!init_error.empty()) {
     spdlog::critical("start-up failed: {}", init_error);
     asio::co_spawn(
@@ -298,11 +292,12 @@ int lambda_runtime::run() {
   }
 
   proxy_client_options options;
-  options.proxy = host_port{settings_.proxy_host, static_cast<std::uint16_t>(*port)};
+  options.proxy = *parse_host_port(settings_.gateway.proxy);  // checked by from_environment
   options.name = "lambda";
+  options.limits = settings_.gateway.common.limits();
   proxy_client proxy(io.get_executor(), options);
-  handler request_handler(proxy, handler_options{});
-  const milliseconds request_timeout(*timeout_ms);
+  handler request_handler(proxy, handler_options{settings_.gateway.max_body_bytes});
+  const milliseconds request_timeout = settings_.gateway.request_timeout;
   spdlog::info("serving invocations from {} through proxy {}", settings_.runtime_api,
                options.proxy.to_string());
 

@@ -217,7 +217,8 @@ void persisted_messages::run(persisted_message message) {
     finish(id, {message.group, message.shard},
            reply_msg::failure(type ? errc::unknown_rpc : errc::unknown_entity_type,
                               "stored message for " + message.request.entity_type + "." +
-                                  message.request.rpc + " has no handler on this runner"));
+                                  message.request.rpc + " has no handler on this runner"),
+           hold_in_flight());
     return;
   }
   const entity_address address{type, message.request.entity_id, message.shard};
@@ -226,7 +227,10 @@ void persisted_messages::run(persisted_message message) {
                   request = std::move(message.request)]() mutable {
     entities_.deliver(
         address, rpc_index, std::move(request), steady_clock::time_point::max(),
-        [this, id, shard](reply_msg&& reply) { finish(id, shard, std::move(reply)); }, false);
+        [this, id, shard, hold = hold_in_flight()](reply_msg&& reply) mutable {
+          finish(id, shard, std::move(reply), std::move(hold));
+        },
+        false);
   };
   const auto delay = message.request.deliver_at_ms ? *message.request.deliver_at_ms - unix_ms() : 0;
   if (delay <= 0) {
@@ -246,7 +250,8 @@ void persisted_messages::run(persisted_message message) {
   });
 }
 
-void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_msg&& reply) {
+void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_msg&& reply,
+                                gate::holder hold) {
   ++storing_;
   // Callers wait where the shard is served: here, unless it moved away while this ran (a
   // retry may then wait at the new owner). A move this runner has not heard of yet leaves
@@ -254,11 +259,12 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
   auto wanted = wanted_.find(shard.first);
   const bool moved =
       !held_.count(shard) || wanted == wanted_.end() || !wanted->second.count(shard.second);
-  store_->complete(id, reply, moved, [this, id, reply](bool stored) {
+  store_->complete(id, reply, moved, [this, id, reply, hold = std::move(hold)](bool stored) mutable {
     --storing_;
     running_.erase(id);
     if (!stored) spdlog::warn("reply of message {} not stored; it will run again", id);
     answer(id, reply);
+    hold.release();
   });
 }
 

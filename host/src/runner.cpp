@@ -41,7 +41,9 @@ runner::runner(asio::io_context& io, runner_config config)
                          config_.common.limits(),
                          {"runner", "proxy"}},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
-      router_(io, router_options{config_.name, "runner", config_.common.limits()}) {}
+      router_(io, router_options{config_.name, "runner", config_.common.limits()}),
+      work_(io.get_executor()),
+      drain_timer_(io) {}
 
 runner::~runner() = default;
 
@@ -74,6 +76,7 @@ void runner::start() {
   persisted_ =
       std::make_unique<persisted_messages>(io_, make_message_store(io_, config_.common.storage),
                                            *entities_, registry_, config_.common.storage);
+  persisted_->in_flight = &work_;
   persisted_->start();
   router_.is_local = [this](const std::string& owner) { return owner == address_; };
   router_.deliver_locally = [this](request_msg request,
@@ -82,7 +85,10 @@ void runner::start() {
         [this, request = std::move(request), deadline](auto handler) mutable {
           auto shared = std::make_shared<decltype(handler)>(std::move(handler));
           serve(std::move(request), deadline,
-                [shared](reply_msg&& reply) { (*shared)(std::move(reply)); });
+                [shared, hold = work_.hold()](reply_msg&& reply) mutable {
+                  (*shared)(std::move(reply));
+                  hold.release();
+                });
         },
         use_awaitable);
   };
@@ -92,12 +98,9 @@ void runner::start() {
   if (const char* metadata = std::getenv("ECS_CONTAINER_METADATA_URI_V4");
       advertised.empty() && metadata != nullptr) {
     // In ECS every runner of a task shares the task's private IP; others reach it there.
-    std::string error;
-    if (auto ip = ecs_task_ip(metadata, error)) {
-      advertised = *ip;
-    } else {
-      throw std::runtime_error("runner.advertise_host is empty and " + error);
-    }
+    auto ip = ecs_task_ip(metadata);
+    if (!ip) throw std::runtime_error("runner.advertise_host is empty and " + ip.error().message);
+    advertised = ip.value();
   }
   if (advertised.empty()) advertised = config_.host;
   address_ = advertised + ":" + std::to_string(server_.port());
@@ -126,21 +129,22 @@ void runner::start() {
   spdlog::info("runner {} listening on {}", config_.name, address_);
 }
 
-void runner::stop() {
+void runner::stop(std::function<void()> on_stopped) {
+  if (on_stopped) on_stopped_.push_back(std::move(on_stopped));
+  if (stopped() && !on_stopped_.empty()) notify_stopped();
   if (stopping_) return;
   stopping_ = true;
   server_.stop_accepting();
   asio::co_spawn(io_, shut_down(), asio::detached);
 }
 
-bool runner::idle() const {
-  return (!entities_ || entities_->busy_entities() == 0) &&
-         (!persisted_ || persisted_->storing() == 0);
+void runner::notify_stopped() {
+  for (auto& callback : on_stopped_) asio::post(io_, std::move(callback));
+  on_stopped_.clear();
 }
 
 awaitable<void> runner::shut_down() {
   const auto started = steady_clock::now();
-  const auto give_up = started + config_.shutdown_timeout;
   spdlog::info("runner {} stopping: leaving the cluster, finishing in-flight requests",
                config_.name);
   if (manager_ && manager_->connected()) {
@@ -153,17 +157,25 @@ awaitable<void> runner::shut_down() {
                    left.error, left.message);
   }
   if (manager_) manager_->stop();
-  while (!idle() && steady_clock::now() < give_up) co_await sleep_for(milliseconds(5));
-  if (!idle())
-    spdlog::warn("{} entities still busy after the {} ms shutdown timeout; their callers retry",
-                 entities_ ? entities_->busy_entities() : 0, config_.shutdown_timeout.count());
+  // Whichever comes first: the last piece of work leaving the gate, or the timeout.
+  drain_timer_.expires_at(started + config_.shutdown_timeout);
+  work_.close([this] { drain_timer_.cancel(); });
+  error_code ec;
+  co_await drain_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
+  if (work_.count() > 0)
+    spdlog::warn("{} requests still running after the {} ms shutdown timeout; their callers retry",
+                 work_.count(), config_.shutdown_timeout.count());
   if (persisted_) persisted_->stop();  // releases the shard locks
   if (entities_) entities_->stop();
   router_.stop();
+  server_.on_disconnect = [this](const connection_ptr&) {
+    if (server_.connection_count() == 0) notify_stopped();
+  };
   server_.close_after_flush();
   stopped_ = true;
   spdlog::info("runner {} left the cluster after {} ms", config_.name,
                std::chrono::duration_cast<milliseconds>(steady_clock::now() - started).count());
+  if (server_.connection_count() == 0) notify_stopped();
 }
 
 bool runner::owns(const std::string& group, std::int32_t shard) const {
@@ -233,11 +245,12 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
                            : config_.request_timeout;
   ++conn->in_flight;
   serve(std::move(request), steady_clock::now() + timeout,
-        [weak = std::weak_ptr<connection>(conn), id](reply_msg&& reply) {
+        [weak = std::weak_ptr<connection>(conn), id, hold = work_.hold()](reply_msg&& reply) mutable {
           if (auto live = weak.lock()) {
             --live->in_flight;
             live->send_reply(id, reply);
           }
+          hold.release();
         });
 }
 

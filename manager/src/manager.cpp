@@ -65,12 +65,14 @@ void manager::start() {
                server_.port(), store_->backend_name(), config_.shards_per_group);
 }
 
-void manager::stop() {
+void manager::stop(std::function<void()> on_stopped) {
   stopped_ = true;
   ping_timer_.cancel();
   expiry_timer_.cancel();
   rebalance_timer_.cancel();
   server_.stop();
+  // Nothing is left in flight: every store call returned before its handler did.
+  if (on_stopped) asio::post(io_, std::move(on_stopped));
 }
 
 bool manager::is_live(const runner_entry& entry) const {

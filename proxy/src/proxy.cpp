@@ -24,7 +24,8 @@ proxy::proxy(asio::io_context& io, proxy_config config)
           server_options{config_.host, config_.port, config_.common.max_connections,
                          config_.common.limits()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
-      router_(io, router_options{"proxy", "proxy", config_.common.limits()}) {}
+      router_(io, router_options{"proxy", "proxy", config_.common.limits()}),
+      in_flight_(io.get_executor()) {}
 
 void proxy::start() {
   auto manager_address = parse_host_port(config_.manager);
@@ -41,10 +42,27 @@ void proxy::start() {
   spdlog::info("proxy listening on {}:{}", config_.host, server_.port());
 }
 
-void proxy::stop() {
+void proxy::stop(std::function<void()> on_stopped) {
+  if (on_stopped) on_stopped_.push_back(std::move(on_stopped));
+  if (stopped_ && server_.connection_count() == 0) notify_stopped();
+  if (stopping_) return;
   stopping_ = true;
   server_.stop_accepting();
   if (manager_) manager_->stop();
+  in_flight_.close([this] {
+    // Every reply is queued: close each connection once it is written.
+    stopped_ = true;
+    server_.on_disconnect = [this](const connection_ptr&) {
+      if (server_.connection_count() == 0) notify_stopped();
+    };
+    server_.close_after_flush();
+    if (server_.connection_count() == 0) notify_stopped();
+  });
+}
+
+void proxy::notify_stopped() {
+  for (auto& callback : on_stopped_) asio::post(io_, std::move(callback));
+  on_stopped_.clear();
 }
 
 void proxy::on_message(const connection_ptr& conn, envelope&& env) {
@@ -83,15 +101,14 @@ void proxy::on_message(const connection_ptr& conn, envelope&& env) {
 
 void proxy::forward(const connection_ptr& conn, std::uint64_t id, request_msg request) {
   ++conn->in_flight;
-  ++in_flight_;
   const auto timeout = request.timeout_ms > 0
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
   router_.route(std::move(request), steady_clock::now() + timeout,
-                [this, conn, id](reply_msg&& reply) {
+                [conn, id, hold = in_flight_.hold()](reply_msg&& reply) mutable {
                   --conn->in_flight;
-                  --in_flight_;
                   conn->send_reply(id, reply);
+                  hold.release();
                 });
 }
 

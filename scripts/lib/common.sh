@@ -21,7 +21,7 @@ is_in() {
 # Debian 12 packages that build, test and run the project (one list for up, test and CI).
 DEV_PACKAGES=(
   g++ cmake ninja-build pkg-config
-  libboost-dev libboost-filesystem-dev libmsgpack-cxx-dev libpq-dev libtomlplusplus-dev
+  libboost-dev libboost-filesystem-dev libmsgpack-cxx-dev libpq-dev libtomlplusplus-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   postgresql postgresql-client clang-format curl python3
 )

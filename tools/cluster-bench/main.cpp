@@ -26,7 +26,11 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include <CLI/CLI.hpp>
+
 #include "cluster/net/connection.hpp"
+#include "cluster/process/config.hpp"
+#include "cluster/process/defaults.hpp"
 #include "latency_histogram.hpp"
 
 namespace {
@@ -36,7 +40,7 @@ using bench::latency_histogram;
 using json = nlohmann::json;
 
 struct options {
-  std::string proxy = "127.0.0.1:3333";
+  std::string proxy;  ///< defaults::proxy_address() unless --proxy or CLUSTER_PROXY_ADDRESS
   std::size_t connections = 1;
   std::size_t in_flight = 1;  ///< per connection
   std::uint64_t entities = 1000;
@@ -52,29 +56,6 @@ struct options {
   std::size_t threads = 1;
   bool as_json = false;
 };
-
-int usage(int code) {
-  (code == 0 ? std::cout : std::cerr)
-      << "usage: cluster-bench [options]\n"
-         "  --proxy HOST:PORT        proxy to call (default 127.0.0.1:3333, or\n"
-         "                           CLUSTER_PROXY_ADDRESS)\n"
-         "  --connections N          connections to the proxy (default 1)\n"
-         "  --in-flight M            requests in flight per connection (default 1);\n"
-         "                           N x M in flight in total\n"
-         "  --entities K             distinct entity ids bench-0 .. bench-(K-1) (default 1000)\n"
-         "  --pick round-robin|random  how each call picks its entity (default round-robin)\n"
-         "  --id-prefix P            entity id prefix (default bench-)\n"
-         "  --entity-type T          (default Greeter)\n"
-         "  --rpc R                  (default GreetVolatile; Greet is the persisted one)\n"
-         "  --payload JSON           request payload (default {\"name\":\"bench\"})\n"
-         "  --payload-size BYTES     payload {\"name\": <BYTES x 'x'>} instead of --payload\n"
-         "  --duration-s S           measured seconds (default 10)\n"
-         "  --warmup-s S             seconds of calls before measuring (default 2)\n"
-         "  --timeout-ms MS          deadline of each call (default 10000)\n"
-         "  --threads T              client threads, each with its own io_context (default 1)\n"
-         "  --json                   print one JSON object instead of text\n";
-  return code;
-}
 
 int fail(const std::string& message) {
   std::cerr << "cluster-bench: error: " << message << "\n";
@@ -320,79 +301,109 @@ std::optional<bytes> build_payload(const options& opts, std::string& error) {
   return bytes(packed.begin(), packed.end());
 }
 
-std::size_t positive(const std::string& flag, const char* text) {
-  std::size_t value = 0;
-  const std::string_view s(text);
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
-  if (ec != std::errc() || end != s.data() + s.size() || value == 0)
-    throw std::invalid_argument(flag + " needs a positive integer, got '" + s.data() + "'");
-  return value;
+result<std::size_t> positive(const std::string& flag, const std::string& text) {
+  const auto value = parse_number<std::size_t>(text);
+  if (!value || *value == 0)
+    return failure{errc::invalid_request,
+                   flag + " needs a positive integer, got '" + text + "'"};
+  return *value;
 }
 
-double seconds(const std::string& flag, const char* text, bool allow_zero) {
-  std::size_t used = 0;
-  const double value = std::stod(text, &used);
-  if (used != std::string_view(text).size() || value < 0 || (!allow_zero && value == 0) ||
-      !std::isfinite(value))
-    throw std::invalid_argument(flag + " needs a number of seconds, got '" + text + "'");
-  return value;
+result<double> seconds(const std::string& flag, const std::string& text, bool allow_zero) {
+  const auto value = parse_number<double>(text);
+  if (!value || *value < 0 || (!allow_zero && *value == 0) || !std::isfinite(*value))
+    return failure{errc::invalid_request,
+                   flag + " needs a number of seconds, got '" + text + "'"};
+  return *value;
 }
+
+// The command line, with CLI11. Numbers arrive as text and go through std::from_chars
+// (parse_number), so a bad one is reported as before: exit 1 naming the flag.
+struct command_line {
+  CLI::App app{"Drives a proxy with calls and reports throughput, latency and errors.",
+               "cluster-bench"};
+  std::map<std::string, std::string> numbers;  // flag → text, for the flags given
+
+  explicit command_line(options& opts) {
+    app.add_option("--proxy", opts.proxy,
+                   "proxy to call (default " + defaults::proxy_address() +
+                       ", or CLUSTER_PROXY_ADDRESS)")
+        ->type_name("HOST:PORT");
+    number("--connections", "N", "connections to the proxy (default 1)");
+    number("--in-flight", "M",
+           "requests in flight per connection (default 1); N x M in flight in total");
+    number("--entities", "K", "distinct entity ids bench-0 .. bench-(K-1) (default 1000)");
+    app.add_option("--pick", pick_, "how each call picks its entity (default round-robin)")
+        ->type_name("round-robin|random");
+    app.add_option("--id-prefix", opts.id_prefix, "entity id prefix (default bench-)")
+        ->type_name("P");
+    app.add_option("--entity-type", opts.entity_type, "(default Greeter)")->type_name("T");
+    app.add_option("--rpc", opts.rpc, "(default GreetVolatile; Greet is the persisted one)")
+        ->type_name("R");
+    app.add_option("--payload", opts.payload_json,
+                   "request payload (default {\"name\":\"bench\"})")
+        ->type_name("JSON");
+    number("--payload-size", "BYTES", "payload {\"name\": <BYTES x 'x'>} instead of --payload");
+    number("--duration-s", "S", "measured seconds (default 10)");
+    number("--warmup-s", "S", "seconds of calls before measuring (default 2)");
+    number("--timeout-ms", "MS", "deadline of each call (default 10000)");
+    number("--threads", "T", "client threads, each with its own io_context (default 1)");
+    app.add_flag("--json", opts.as_json, "print one JSON object instead of text");
+  }
+
+  // Applies the numbers and --pick to `opts` once parsed.
+  result<void> apply(options& opts) const {
+    for (const auto& [flag, text] : numbers) {
+      if (flag == "--duration-s") {
+        BOOST_OUTCOME_TRY(opts.duration_s, seconds(flag, text, false));
+      } else if (flag == "--warmup-s") {
+        BOOST_OUTCOME_TRY(opts.warmup_s, seconds(flag, text, true));
+      } else {
+        BOOST_OUTCOME_TRY(auto value, positive(flag, text));
+        if (flag == "--connections") opts.connections = value;
+        if (flag == "--in-flight") opts.in_flight = value;
+        if (flag == "--entities") opts.entities = value;
+        if (flag == "--payload-size") opts.payload_size = value;
+        if (flag == "--timeout-ms") opts.timeout = milliseconds(value);
+        if (flag == "--threads") opts.threads = value;
+      }
+    }
+    if (!pick_.empty()) {
+      if (pick_ != "round-robin" && pick_ != "random")
+        return failure{errc::invalid_request,
+                       "--pick is round-robin or random, got '" + pick_ + "'"};
+      opts.random_pick = pick_ == "random";
+    }
+    return success();
+  }
+
+ private:
+  void number(const std::string& flag, const std::string& type, const std::string& help) {
+    app.add_option_function<std::string>(
+           flag, [this, flag](const std::string& text) { numbers[flag] = text; }, help)
+        ->type_name(type);
+  }
+  std::string pick_;
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::off);
   options opts;
+  opts.proxy = defaults::proxy_address();
   if (const char* proxy = std::getenv("CLUSTER_PROXY_ADDRESS")) opts.proxy = proxy;
+  command_line line(opts);
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string arg = argv[i];
-      if (arg == "--help" || arg == "-h") return usage(0);
-      if (arg == "--json") {
-        opts.as_json = true;
-        continue;
-      }
-      if (i + 1 >= argc) return usage(2);
-      const char* value = argv[++i];
-      if (arg == "--proxy") {
-        opts.proxy = value;
-      } else if (arg == "--connections") {
-        opts.connections = positive(arg, value);
-      } else if (arg == "--in-flight") {
-        opts.in_flight = positive(arg, value);
-      } else if (arg == "--entities") {
-        opts.entities = positive(arg, value);
-      } else if (arg == "--entity-type") {
-        opts.entity_type = value;
-      } else if (arg == "--rpc") {
-        opts.rpc = value;
-      } else if (arg == "--payload") {
-        opts.payload_json = value;
-      } else if (arg == "--payload-size") {
-        opts.payload_size = positive(arg, value);
-      } else if (arg == "--pick") {
-        const std::string pick = value;
-        if (pick != "round-robin" && pick != "random")
-          throw std::invalid_argument("--pick is round-robin or random, got '" + pick + "'");
-        opts.random_pick = pick == "random";
-      } else if (arg == "--id-prefix") {
-        opts.id_prefix = value;
-      } else if (arg == "--duration-s") {
-        opts.duration_s = seconds(arg, value, false);
-      } else if (arg == "--warmup-s") {
-        opts.warmup_s = seconds(arg, value, true);
-      } else if (arg == "--timeout-ms") {
-        opts.timeout = milliseconds(positive(arg, value));
-      } else if (arg == "--threads") {
-        opts.threads = positive(arg, value);
-      } else {
-        std::cerr << "cluster-bench: unknown option " << arg << "\n";
-        return usage(2);
-      }
-    }
-  } catch (const std::exception& e) {
-    return fail(e.what());
+    line.app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {  // CLI11 reports --help and errors only by throwing
+    std::cout << line.app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "cluster-bench: " << e.what() << "\n" << line.app.help();
+    return 2;
   }
+  if (auto applied = line.apply(opts); !applied) return fail(applied.error().message);
   if (opts.threads > opts.connections)
     return fail("--threads (" + std::to_string(opts.threads) + ") exceeds --connections (" +
                 std::to_string(opts.connections) + ")");

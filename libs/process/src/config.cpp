@@ -4,43 +4,37 @@
 
 #include <algorithm>
 #include <cctype>
+#include <limits>
+#include <type_traits>
 
 namespace cluster {
 
 namespace {
 
-std::string env_name(const std::string& section, const std::string& key) {
-  std::string name = "CLUSTER_" + section + "_" + key;
-  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) {
-    return c == '.' || c == '-' ? '_' : static_cast<char>(std::toupper(c));
-  });
-  return name;
+failure config_failure(std::string message) {
+  return failure{errc::invalid_request, std::move(message)};
 }
 
-std::int64_t parse_integer(const std::string& text, const std::string& where) {
-  try {
-    std::size_t used = 0;
-    const long long value = std::stoll(text, &used);
-    if (used != text.size()) throw std::invalid_argument("trailing characters");
-    return value;
-  } catch (const std::exception&) {
-    throw config_error(where + ": expected an integer, got '" + text + "'");
-  }
-}
-
-std::int64_t checked_range(std::int64_t value, std::int64_t low, std::int64_t high,
-                           const std::string& where) {
-  if (value < low || value > high)
-    throw config_error(where + ": " + std::to_string(value) + " is outside [" +
-                       std::to_string(low) + ", " + std::to_string(high) + "]");
-  return value;
+// An integer of the field's type from `text`, or a failure naming `where`, the text and
+// the range. Parsed as int64 first so that "-1" for an unsigned field reports the range.
+template <class T>
+result<T> integer_from(const std::string& text, const std::string& where) {
+  const auto value = parse_number<std::int64_t>(text);
+  if (!value) return config_failure(where + ": expected an integer, got '" + text + "'");
+  constexpr auto low = static_cast<std::int64_t>(std::numeric_limits<T>::min());
+  constexpr auto high = static_cast<std::int64_t>(
+      std::min<std::uint64_t>(std::numeric_limits<T>::max(), INT64_MAX));
+  if (*value < low || *value > high)
+    return config_failure(where + ": " + std::to_string(*value) + " is outside [" +
+                          std::to_string(low) + ", " + std::to_string(high) + "]");
+  return static_cast<T>(*value);
 }
 
 // Assigns a value given as text (environment or --set).
-void assign_text(const config_section::target& target, const std::string& text,
-                 const std::string& where) {
-  std::visit(
-      [&](auto* field) {
+result<void> assign_text(const config_section::target& target, const std::string& text,
+                         const std::string& where) {
+  return std::visit(
+      [&](auto* field) -> result<void> {
         using field_type = std::remove_pointer_t<decltype(field)>;
         if constexpr (std::is_same_v<field_type, std::string>) {
           *field = text;
@@ -50,7 +44,7 @@ void assign_text(const config_section::target& target, const std::string& text,
           } else if (text == "false" || text == "0") {
             *field = false;
           } else {
-            throw config_error(where + ": expected true or false, got '" + text + "'");
+            return config_failure(where + ": expected true or false, got '" + text + "'");
           }
         } else if constexpr (std::is_same_v<field_type, std::vector<std::string>>) {
           field->clear();
@@ -61,46 +55,48 @@ void assign_text(const config_section::target& target, const std::string& text,
             start = comma + 1;
           }
         } else if constexpr (std::is_same_v<field_type, std::chrono::milliseconds>) {
-          *field = std::chrono::milliseconds(
-              checked_range(parse_integer(text, where), 0, INT64_MAX, where));
-        } else if constexpr (std::is_same_v<field_type, std::uint16_t>) {
-          *field = static_cast<std::uint16_t>(
-              checked_range(parse_integer(text, where), 0, 65535, where));
-        } else if constexpr (std::is_same_v<field_type, std::uint32_t>) {
-          *field = static_cast<std::uint32_t>(
-              checked_range(parse_integer(text, where), 0, UINT32_MAX, where));
+          // Durations are never negative; the field's own range is int64.
+          BOOST_OUTCOME_TRY(auto count, integer_from<std::int64_t>(text, where));
+          if (count < 0)
+            return config_failure(where + ": " + std::to_string(count) + " is outside [0, " +
+                                  std::to_string(INT64_MAX) + "]");
+          *field = std::chrono::milliseconds(count);
         } else {
-          *field = parse_integer(text, where);
+          BOOST_OUTCOME_TRY(auto value, integer_from<field_type>(text, where));
+          *field = value;
         }
+        return success();
       },
       target);
 }
 
 // Assigns a value from the TOML file, insisting on the field's type.
-void assign_node(const config_section::target& target, const toml::node& node,
-                 const std::string& where) {
-  std::visit(
-      [&](auto* field) {
+result<void> assign_node(const config_section::target& target, const toml::node& node,
+                         const std::string& where) {
+  return std::visit(
+      [&](auto* field) -> result<void> {
         using field_type = std::remove_pointer_t<decltype(field)>;
         if constexpr (std::is_same_v<field_type, std::string>) {
           auto value = node.value<std::string>();
-          if (!node.is_string() || !value) throw config_error(where + ": expected a string");
+          if (!node.is_string() || !value) return config_failure(where + ": expected a string");
           *field = *value;
         } else if constexpr (std::is_same_v<field_type, bool>) {
-          if (!node.is_boolean()) throw config_error(where + ": expected true or false");
+          if (!node.is_boolean()) return config_failure(where + ": expected true or false");
           *field = *node.value<bool>();
         } else if constexpr (std::is_same_v<field_type, std::vector<std::string>>) {
           const auto* array = node.as_array();
-          if (array == nullptr) throw config_error(where + ": expected an array of strings");
+          if (array == nullptr) return config_failure(where + ": expected an array of strings");
           field->clear();
           for (const auto& element : *array) {
-            if (!element.is_string()) throw config_error(where + ": expected an array of strings");
+            if (!element.is_string())
+              return config_failure(where + ": expected an array of strings");
             field->push_back(*element.value<std::string>());
           }
         } else {
-          if (!node.is_integer()) throw config_error(where + ": expected an integer");
-          assign_text(target, std::to_string(*node.value<std::int64_t>()), where);
+          if (!node.is_integer()) return config_failure(where + ": expected an integer");
+          return assign_text(target, std::to_string(*node.value<std::int64_t>()), where);
         }
+        return success();
       },
       target);
 }
@@ -111,7 +107,44 @@ config_section* find_section(std::vector<config_section>& sections, const std::s
   return nullptr;
 }
 
+result<toml::table> parse_file(const std::string& file) {
+  try {
+    return toml::parse_file(file);
+  } catch (const toml::parse_error& e) {  // toml++ reports errors only by throwing
+    return config_failure(file + ": " + std::string(e.description()));
+  }
+}
+
 }  // namespace
+
+std::string config_env_name(const std::string& section, const std::string& key) {
+  std::string name = "CLUSTER_" + section + "_" + key;
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) {
+    return c == '.' || c == '-' ? '_' : static_cast<char>(std::toupper(c));
+  });
+  return name;
+}
+
+std::string config_value_text(const config_section::target& target) {
+  return std::visit(
+      [](auto* field) -> std::string {
+        using field_type = std::remove_pointer_t<decltype(field)>;
+        if constexpr (std::is_same_v<field_type, std::string>) {
+          return *field;
+        } else if constexpr (std::is_same_v<field_type, bool>) {
+          return *field ? "true" : "false";
+        } else if constexpr (std::is_same_v<field_type, std::vector<std::string>>) {
+          std::string joined;
+          for (const auto& item : *field) joined += (joined.empty() ? "" : ",") + item;
+          return joined;
+        } else if constexpr (std::is_same_v<field_type, std::chrono::milliseconds>) {
+          return std::to_string(field->count());
+        } else {
+          return std::to_string(*field);
+        }
+      },
+      target);
+}
 
 const std::vector<std::string>& all_config_sections() {
   static const std::vector<std::string> names = {"cluster", "manager", "runner", "proxy",
@@ -119,31 +152,26 @@ const std::vector<std::string>& all_config_sections() {
   return names;
 }
 
-void load_config(const config_sources& sources, std::vector<config_section>& sections,
-                 const std::vector<std::string>& known_sections) {
+result<void> load_config(const config_sources& sources, std::vector<config_section>& sections,
+                         const std::vector<std::string>& known_sections) {
   if (!sources.file.empty()) {
-    toml::table file;
-    try {
-      file = toml::parse_file(sources.file);
-    } catch (const toml::parse_error& e) {
-      throw config_error(sources.file + ": " + std::string(e.description()));
-    }
+    BOOST_OUTCOME_TRY(auto file, parse_file(sources.file));
     for (const auto& [section_key, section_node] : file) {
       const std::string section_name(section_key.str());
       if (std::find(known_sections.begin(), known_sections.end(), section_name) ==
           known_sections.end())
-        throw config_error(sources.file + ": unknown section [" + section_name + "]");
+        return config_failure(sources.file + ": unknown section [" + section_name + "]");
       const auto* table = section_node.as_table();
       if (table == nullptr)
-        throw config_error(sources.file + ": '" + section_name + "' must be a [section]");
+        return config_failure(sources.file + ": '" + section_name + "' must be a [section]");
       auto* section = find_section(sections, section_name);
       if (section == nullptr) continue;  // another process's section
       for (const auto& [key, node] : *table) {
         const std::string key_name(key.str());
         const std::string where = sources.file + ": " + section_name + "." + key_name;
         auto it = section->keys().find(key_name);
-        if (it == section->keys().end()) throw config_error(where + ": unknown key");
-        assign_node(it->second, node, where);
+        if (it == section->keys().end()) return config_failure(where + ": unknown key");
+        BOOST_OUTCOME_TRY(assign_node(it->second, node, where));
       }
     }
   }
@@ -156,49 +184,30 @@ void load_config(const config_sources& sources, std::vector<config_section>& sec
     if (section == nullptr) continue;
     auto it = section->keys().find(link.substr(dot + 1, equals - dot - 1));
     if (it == section->keys().end()) continue;
-    assign_text(it->second, link.substr(equals + 1), "SST link " + link.substr(0, equals));
+    BOOST_OUTCOME_TRY(
+        assign_text(it->second, link.substr(equals + 1), "SST link " + link.substr(0, equals)));
   }
   for (auto& section : sections) {
     for (const auto& [key, target] : section.keys()) {
-      const std::string name = env_name(section.name(), key);
+      const std::string name = config_env_name(section.name(), key);
       if (const char* value = sources.getenv(name.c_str()); value != nullptr)
-        assign_text(target, value, "environment " + name);
+        BOOST_OUTCOME_TRY(assign_text(target, value, "environment " + name));
     }
   }
   for (const auto& set : sources.sets) {
     const auto equals = set.find('=');
     const auto dot = set.find('.');
     if (equals == std::string::npos || dot == std::string::npos || dot > equals)
-      throw config_error("--set " + set + ": expected section.key=value");
+      return config_failure("--set " + set + ": expected section.key=value");
     const std::string section_name = set.substr(0, dot);
     const std::string key_name = set.substr(dot + 1, equals - dot - 1);
     auto* section = find_section(sections, section_name);
-    if (section == nullptr) throw config_error("--set " + set + ": unknown section");
+    if (section == nullptr) return config_failure("--set " + set + ": unknown section");
     auto it = section->keys().find(key_name);
-    if (it == section->keys().end()) throw config_error("--set " + set + ": unknown key");
-    assign_text(it->second, set.substr(equals + 1), "--set " + set);
+    if (it == section->keys().end()) return config_failure("--set " + set + ": unknown key");
+    BOOST_OUTCOME_TRY(assign_text(it->second, set.substr(equals + 1), "--set " + set));
   }
-}
-
-command_line parse_command_line(int argc, char** argv) {
-  command_line result;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw config_error(arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--config" || arg == "-c") {
-      result.sources.file = value();
-    } else if (arg == "--set") {
-      result.sources.sets.push_back(value());
-    } else if (arg == "--help" || arg == "-h") {
-      result.help = true;
-    } else {
-      throw config_error("unknown argument '" + arg + "' (try --help)");
-    }
-  }
-  return result;
+  return success();
 }
 
 }  // namespace cluster

@@ -21,12 +21,11 @@ std::optional<std::string> ecs_task_ip_from_json(const std::string& task_json) {
   return std::nullopt;
 }
 
-std::optional<std::string> ecs_task_ip(const std::string& metadata_uri, std::string& error) {
+result<std::string> ecs_task_ip(const std::string& metadata_uri) {
+  auto unavailable = [](std::string why) { return failure{errc::unavailable, std::move(why)}; };
   const std::string scheme = "http://";
-  if (metadata_uri.rfind(scheme, 0) != 0) {
-    error = "metadata URI must start with http://";
-    return std::nullopt;
-  }
+  if (metadata_uri.rfind(scheme, 0) != 0)
+    return unavailable("metadata URI must start with http://");
   const auto slash = metadata_uri.find('/', scheme.size());
   const std::string authority = metadata_uri.substr(scheme.size(), slash - scheme.size());
   const std::string path = (slash == std::string::npos ? "" : metadata_uri.substr(slash)) + "/task";
@@ -44,16 +43,13 @@ std::optional<std::string> ecs_task_ip(const std::string& metadata_uri, std::str
     boost::beast::flat_buffer buffer;
     http::response<http::string_body> response;
     http::read(stream, buffer, response);
-    if (response.result() != http::status::ok) {
-      error = "metadata endpoint answered " + std::to_string(response.result_int());
-      return std::nullopt;
-    }
+    if (response.result() != http::status::ok)
+      return unavailable("metadata endpoint answered " + std::to_string(response.result_int()));
     auto ip = ecs_task_ip_from_json(response.body());
-    if (!ip) error = "no IPv4 address in the task metadata";
-    return ip;
-  } catch (const std::exception& e) {
-    error = std::string("cannot read the task metadata: ") + e.what();
-    return std::nullopt;
+    if (!ip) return unavailable("no IPv4 address in the task metadata");
+    return *ip;
+  } catch (const std::exception& e) {  // Beast's synchronous calls report errors by throwing
+    return unavailable(std::string("cannot read the task metadata: ") + e.what());
   }
 }
 

@@ -1,56 +1,62 @@
 #include "cluster/process/process.hpp"
 
-#include <spdlog/spdlog.h>
-
 #include <iostream>
-
-#include "cluster/process/settings.hpp"
 
 namespace cluster {
 
 std::optional<int> configure_process(int argc, char** argv, const std::string& process_name,
                                      std::vector<config_section> sections) {
-  try {
-    const auto cli = parse_command_line(argc, argv);
-    if (cli.help) {
-      std::cout << "usage: " << process_name << " [--config FILE] [--set section.key=value]...\n"
-                << "keys (override with CLUSTER_<SECTION>_<KEY> or --set):\n";
-      for (const auto& section : sections)
-        for (const auto& [key, target] : section.keys())
-          std::cout << "  " << section.name() << "." << key << "\n";
-      return 0;
-    }
-    auto sources = cli.sources;
-    sources.links = sst_link_settings();
-    load_config(sources, sections, all_config_sections());
-  } catch (const config_error& e) {
-    std::cerr << process_name << ": configuration error: " << e.what() << "\n";
+  auto cli = parse_command_line(argc, argv);
+  if (!cli) {
+    std::cerr << process_name << ": configuration error: " << cli.error().message << "\n";
     return 2;
   }
-  return std::nullopt;
+  if (cli.value().help) {
+    std::cout << cli.value().usage << "\n"
+              << "Keys, with their defaults (a file sets them in [section]; CLUSTER_<SECTION>_<KEY>\n"
+              << "or --set section.key=value overrides them):\n";
+    for (const auto& section : sections) {
+      for (const auto& [key, target] : section.keys()) {
+        const auto value = config_value_text(target);
+        std::cout << "  " << section.name() << "." << key << " = " << (value.empty() ? "\"\"" : value)
+                  << "  (" << config_env_name(section.name(), key) << ")\n";
+      }
+    }
+    return 0;
+  }
+  auto sources = std::move(cli.value().sources);
+  auto links = sst_link_settings();
+  if (links) {
+    sources.links = std::move(links.value());
+    if (auto loaded = load_config(sources, sections, all_config_sections()); loaded) return {};
+    std::cerr << process_name << ": configuration error: " << loaded.error().message << "\n";
+  } else {
+    std::cerr << process_name << ": configuration error: " << links.error().message << "\n";
+  }
+  return 2;
 }
 
-int run_until_signal(asio::io_context& io, const std::function<void()>& stop,
-                     const std::function<bool()>& drained, milliseconds drain_timeout) {
+int run_until_signal(asio::io_context& io,
+                     const std::function<void(std::function<void()> on_stopped)>& stop,
+                     milliseconds drain_timeout) {
   asio::signal_set signals(io, SIGINT, SIGTERM);
+  asio::steady_timer give_up(io);
   bool stopping = false;
   signals.async_wait([&](const error_code& ec, int signal_number) {
     if (ec) return;
     stopping = true;
     spdlog::info("received signal {}, stopping", signal_number);
-    stop();
-    asio::co_spawn(
-        io,
-        [io_ptr = &io, drained, drain_timeout]() -> awaitable<void> {
-          const auto give_up = steady_clock::now() + drain_timeout;
-          while (!drained() && steady_clock::now() < give_up) co_await sleep_for(milliseconds(10));
-          io_ptr->stop();
-        },
-        asio::detached);
+    give_up.expires_after(drain_timeout);
+    give_up.async_wait([&io, drain_timeout](const error_code& timer_ec) {
+      if (timer_ec) return;
+      spdlog::warn("not drained after {} ms; stopping anyway", drain_timeout.count());
+      io.stop();
+    });
+    stop([&io] { io.stop(); });
   });
   try {
     io.run();
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // a handler threw: nothing sane is left to run
     spdlog::critical("fatal: {}", e.what());
     return 1;
   }

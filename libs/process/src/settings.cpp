@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cluster/process/defaults.hpp"
+
 namespace cluster {
 
 void common_settings::declare(std::vector<config_section>& sections) {
@@ -35,14 +37,16 @@ void common_settings::declare_storage(std::vector<config_section>& sections) {
       .key("batch_size", &storage.batch_size);
 }
 
-std::vector<std::string> sst_link_settings(const std::function<const char*(const char*)>& getenv) {
+result<std::vector<std::string>> sst_link_settings(
+    const std::function<const char*(const char*)>& getenv) {
   std::vector<std::string> sets;
+  std::string malformed;
   auto link = [&](const char* name) -> nlohmann::json {
     const std::string variable = std::string("SST_RESOURCE_") + name;
     const char* value = getenv(variable.c_str());
     if (value == nullptr) return nullptr;
     auto parsed = nlohmann::json::parse(value, nullptr, false);
-    if (!parsed.is_object()) throw config_error(variable + ": expected a JSON object");
+    if (!parsed.is_object() && malformed.empty()) malformed = variable;
     return parsed;
   };
   auto text = [](const nlohmann::json& value) {
@@ -59,13 +63,16 @@ std::vector<std::string> sst_link_settings(const std::function<const char*(const
   }
   if (auto manager = link("ShardManager"); manager.is_object() && manager.contains("host")) {
     const std::string address =
-        text(manager["host"]) + ":" + text(manager.value("port", nlohmann::json(8080)));
+        text(manager["host"]) + ":" +
+        text(manager.value("port", nlohmann::json(defaults::manager_port)));
     sets.push_back("runner.manager=" + address);
     sets.push_back("proxy.manager=" + address);
   }
   if (auto proxy = link("ProxyServer"); proxy.is_object() && proxy.contains("host"))
     sets.push_back("gateway.proxy=" + text(proxy["host"]) + ":" +
-                   text(proxy.value("port", nlohmann::json(3333))));
+                   text(proxy.value("port", nlohmann::json(defaults::proxy_port))));
+  if (!malformed.empty())
+    return failure{errc::invalid_request, malformed + ": expected a JSON object"};
   return sets;
 }
 
@@ -78,14 +85,15 @@ connection_limits common_settings::limits() const {
   return limits;
 }
 
-void setup_logging(const std::string& name, const std::string& level) {
+result<void> setup_logging(const std::string& name, const std::string& level) {
   const auto parsed = spdlog::level::from_str(level);
   if (parsed == spdlog::level::off && level != "off")
-    throw config_error("log.level: unknown level '" + level + "'");
+    return failure{errc::invalid_request, "log.level: unknown level '" + level + "'"};
   auto logger = spdlog::stderr_color_mt(name);
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");
   logger->set_level(parsed);
   spdlog::set_default_logger(logger);
+  return success();
 }
 
 }  // namespace cluster

@@ -4,24 +4,28 @@
 // header and body sizes, a read timeout per request).
 //
 // Lifecycle: `start` binds (port 0 picks a free one) and accepts; `stop` stops accepting,
-// closes idle keep-alive connections and lets requests in progress finish (`idle()` tells
-// when). Thread: everything runs on the process's single io_context thread. The state the
+// closes idle keep-alive connections and lets requests in progress finish (a gate counts
+// the connections; `on_stopped` runs and `idle()` holds once the last one closed).
+// Thread: everything runs on the process's single io_context thread. The state the
 // coroutines use is shared with them, so destroying the object while requests are still
 // in flight is safe (they finish or die with the io_context).
 
 #include <memory>
 
 #include "cluster/gateway/handler.hpp"
+#include "cluster/process/defaults.hpp"
 #include "cluster/process/settings.hpp"
 
 namespace cluster::gateway {
 
+/// `[gateway]` settings of cluster-gateway and of the Lambda, which reads the same keys
+/// (`proxy`, `request_timeout_ms`, `max_body_bytes`; it has no HTTP listener of its own).
 struct gateway_config {
   common_settings common;
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 8787;
-  std::string proxy = "127.0.0.1:3333";  ///< host:port of a cluster-proxy
-  milliseconds request_timeout{10000};   ///< deadline of one cluster call
+  std::string host{defaults::host};                   ///< where cluster-gateway listens
+  std::uint16_t port = defaults::gateway_port;
+  std::string proxy = defaults::proxy_address();      ///< host:port of the cluster-proxy to call
+  milliseconds request_timeout{10000};                ///< deadline of one cluster call
   /// Time allowed to receive one request (headers and body); also the idle keep-alive limit.
   milliseconds read_timeout{15000};
   std::uint32_t max_body_bytes = 1024 * 1024;
@@ -33,6 +37,7 @@ struct gateway_config {
 
 class gateway {
  public:
+  using config_type = gateway_config;
   /// Throws config_error when `config.proxy` is not host:port.
   gateway(asio::io_context& io, gateway_config config);
   ~gateway();
@@ -41,8 +46,10 @@ class gateway {
 
   /// Binds and starts accepting; returns the bound port. Throws on a bind failure.
   std::uint16_t start();
-  /// Stops accepting and closes idle connections; requests in progress complete.
-  void stop();
+  /// Stops accepting and closes idle connections; requests in progress complete, then
+  /// `on_stopped` runs (posted, once per call).
+  void stop(std::function<void()> on_stopped);
+  void stop() { stop(nullptr); }
   /// True once stopped and no connection is left.
   bool idle() const;
   std::uint16_t port() const;

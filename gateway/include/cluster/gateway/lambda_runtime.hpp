@@ -12,20 +12,24 @@
 #include <functional>
 #include <string>
 
+#include "cluster/gateway/gateway.hpp"
 #include "cluster/net/asio.hpp"
 
 namespace cluster::gateway {
 
-/// Where the runtime finds its peers, from the environment Lambda gives the process.
+/// What the runtime needs, from the environment Lambda gives the process.
 struct lambda_settings {
-  std::string runtime_api;                   ///< AWS_LAMBDA_RUNTIME_API, host:port (required)
-  std::string proxy_host = "127.0.0.1";      ///< CLUSTER_PROXY_HOST
-  std::string proxy_port = "3333";           ///< CLUSTER_PROXY_PORT (checked by `run`)
-  std::string request_timeout_ms = "10000";  ///< CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS
-  std::string log_level = "info";            ///< CLUSTER_LOG_LEVEL
+  std::string runtime_api;  ///< AWS_LAMBDA_RUNTIME_API, host:port (required)
+  /// The gateway's keys through the processes' configuration loader (config.hpp), from
+  /// the environment: CLUSTER_GATEWAY_PROXY (host:port of the proxy to call; without it
+  /// the SST link SST_RESOURCE_ProxyServer, else 127.0.0.1:3333),
+  /// CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS, CLUSTER_GATEWAY_MAX_BODY_BYTES, CLUSTER_LOG_LEVEL
+  /// and the [cluster] connection limits. The HTTP listener keys are not used.
+  gateway_config gateway;
+  /// Why the configuration cannot be used (empty: it can); `run` posts it to init/error.
+  std::string init_error;
 
-  /// Reads the variables above. Without CLUSTER_PROXY_HOST, an SST link
-  /// `SST_RESOURCE_ProxyServer` (`{"host": ..., "port": ...}`) supplies the proxy.
+  /// Reads and checks the variables above; never throws.
   static lambda_settings from_environment(const std::function<const char*(const char*)>& getenv =
                                               [](const char* name) { return std::getenv(name); });
 };

@@ -10,11 +10,12 @@
 #include <string>
 
 #include "cluster/net/connection.hpp"
+#include "cluster/process/defaults.hpp"
 
 namespace cluster::gateway {
 
 struct proxy_client_options {
-  host_port proxy{"127.0.0.1", 3333};
+  host_port proxy{std::string(defaults::host), defaults::proxy_port};
   std::string name = "gateway";  ///< sent in hello; shows in the proxy's logs
   connection_limits limits;
   /// Upper bound of one connection attempt (the call's own deadline may be shorter).

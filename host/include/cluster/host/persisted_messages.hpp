@@ -14,6 +14,7 @@
 #include <set>
 
 #include "cluster/host/entity_host.hpp"
+#include "cluster/process/gate.hpp"
 #include "cluster/storage/message_store.hpp"
 
 namespace cluster::host {
@@ -49,6 +50,10 @@ class persisted_messages {
 
   std::size_t waiting_callers() const { return waiter_count_; }
 
+  /// When set, each message holds it from its hand-off to an entity until its reply is
+  /// stored: the runner's graceful stop waits on that gate.
+  gate* in_flight = nullptr;
+
  private:
   struct waiter {
     steady_clock::time_point deadline;
@@ -63,7 +68,8 @@ class persisted_messages {
   void lost_to_others(const std::string& group, const std::vector<std::int32_t>& wanted,
                       const std::vector<std::int32_t>& held);
   void run(persisted_message message);
-  void finish(std::int64_t id, const shard_key& shard, reply_msg&& reply);
+  void finish(std::int64_t id, const shard_key& shard, reply_msg&& reply, gate::holder hold);
+  gate::holder hold_in_flight() { return in_flight ? in_flight->hold() : gate::holder(); }
   void answer(std::int64_t id, const reply_msg& reply);
   void fetch_replies(std::vector<std::int64_t> ids);
   void locks_lost();

@@ -12,6 +12,8 @@
 #include "cluster/host/entity_host.hpp"
 #include "cluster/host/persisted_messages.hpp"
 #include "cluster/net/server.hpp"
+#include "cluster/process/defaults.hpp"
+#include "cluster/process/gate.hpp"
 #include "cluster/process/settings.hpp"
 
 namespace cluster::host {
@@ -19,10 +21,10 @@ namespace cluster::host {
 struct runner_config {
   common_settings common;
   std::string name = "runner-1";
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 34431;
+  std::string host{defaults::host};
+  std::uint16_t port = defaults::runner_port;
   std::string advertise_host;  ///< empty: `host`
-  std::string manager = "127.0.0.1:8080";
+  std::string manager = defaults::manager_address();
   std::vector<std::string> plugins;
   std::vector<std::string> groups;  ///< empty: the groups of the loaded entity types
   std::uint32_t mailbox_capacity = 4096;
@@ -37,6 +39,7 @@ struct runner_config {
 
 class runner {
  public:
+  using config_type = runner_config;
   runner(asio::io_context& io, runner_config config);
   ~runner();
   runner(const runner&) = delete;
@@ -48,8 +51,10 @@ class runner {
   /// Graceful stop: refuses new requests (ShuttingDown, which routers retry elsewhere),
   /// unregisters so the manager moves its shards at once, finishes in-flight requests
   /// within `shutdown_timeout`, passivates entities, releases its shard locks and closes its
-  /// connections once their replies are written. `stopped()` then holds.
-  void stop();
+  /// connections once their replies are written. `stopped()` then holds and `on_stopped`
+  /// runs (posted, once per call). In-flight work is counted by a gate, not polled.
+  void stop(std::function<void()> on_stopped);
+  void stop() { stop(nullptr); }
   bool stopped() const { return stopped_ && server_.connection_count() == 0; }
 
   std::uint16_t port() const { return server_.port(); }
@@ -69,7 +74,7 @@ class runner {
   void on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request);
   void on_snapshot(const assignment_snapshot& snapshot);
   awaitable<void> shut_down();
-  bool idle() const;
+  void notify_stopped();
   /// Resolves and delivers a request addressed to this runner; `done` runs once.
   void serve(request_msg request, steady_clock::time_point deadline,
              entity_host::reply_callback done);
@@ -87,6 +92,11 @@ class runner {
   std::map<std::string, std::uint32_t> shards_per_group_;
   bool stopping_ = false;
   bool stopped_ = false;
+  // Graceful stop: requests being served and persisted messages between their hand-off to
+  // an entity and their stored reply hold `work_`; the timer bounds the wait.
+  gate work_;
+  asio::steady_timer drain_timer_;
+  std::vector<std::function<void()>> on_stopped_;
 };
 
 }  // namespace cluster::host

@@ -11,6 +11,7 @@
 
 #include "cluster/manager/assignment.hpp"
 #include "cluster/net/server.hpp"
+#include "cluster/process/defaults.hpp"
 #include "cluster/process/settings.hpp"
 #include "cluster/storage/manager_store.hpp"
 
@@ -18,8 +19,8 @@ namespace cluster::manager {
 
 struct manager_config {
   common_settings common;
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 8080;
+  std::string host{defaults::host};
+  std::uint16_t port = defaults::manager_port;
   std::uint32_t shards_per_group = 300;
   /// After a restart, runners known from storage keep their shards this long while they
   /// reconnect, so a manager restart moves nothing. Also how long a runner that lost its
@@ -43,13 +44,17 @@ struct manager_config {
 
 class manager {
  public:
+  using config_type = manager_config;
   manager(asio::io_context& io, manager_config config, std::unique_ptr<manager_store> store);
   manager(const manager&) = delete;
   manager& operator=(const manager&) = delete;
 
   /// Restores state from the store and listens. Throws on start-up failure.
   void start();
-  void stop();
+  /// Stops the health loop and closes every connection (runners keep their shards: the
+  /// manager's state is in its store); `on_stopped` runs posted, once per call.
+  void stop(std::function<void()> on_stopped);
+  void stop() { stop(nullptr); }
 
   std::uint16_t port() const { return server_.port(); }
   /// The current snapshot (what subscribers last got).

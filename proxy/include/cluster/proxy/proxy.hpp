@@ -11,15 +11,17 @@
 #include "cluster/client/manager_client.hpp"
 #include "cluster/client/router.hpp"
 #include "cluster/net/server.hpp"
+#include "cluster/process/defaults.hpp"
+#include "cluster/process/gate.hpp"
 #include "cluster/process/settings.hpp"
 
 namespace cluster::proxy {
 
 struct proxy_config {
   common_settings common;
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 3333;
-  std::string manager = "127.0.0.1:8080";
+  std::string host{defaults::host};
+  std::uint16_t port = defaults::proxy_port;
+  std::string manager = defaults::manager_address();
   milliseconds request_timeout{10000};
 
   std::vector<config_section> sections();
@@ -27,27 +29,35 @@ struct proxy_config {
 
 class proxy {
  public:
+  using config_type = proxy_config;
   proxy(asio::io_context& io, proxy_config config);
   proxy(const proxy&) = delete;
   proxy& operator=(const proxy&) = delete;
 
   void start();
-  void stop();
+  /// Graceful stop: refuses new requests (ShuttingDown), leaves the manager, lets routed
+  /// requests finish, then closes client connections once their replies are written and
+  /// runs `on_stopped` (posted, once per call).
+  void stop(std::function<void()> on_stopped);
+  void stop() { stop(nullptr); }
   std::uint16_t port() const { return server_.port(); }
   const assignment_snapshot& snapshot() const { return router_.snapshot(); }
-  std::size_t in_flight() const { return in_flight_; }
+  std::size_t in_flight() const { return in_flight_.count(); }
 
  private:
   void on_message(const connection_ptr& conn, envelope&& env);
   void forward(const connection_ptr& conn, std::uint64_t id, request_msg request);
+  void notify_stopped();
 
   asio::io_context& io_;
   proxy_config config_;
   server server_;
   router router_;
   std::unique_ptr<manager_client> manager_;
-  std::size_t in_flight_ = 0;
+  gate in_flight_;  // routed requests not answered yet; a stop waits for them
   bool stopping_ = false;
+  bool stopped_ = false;
+  std::vector<std::function<void()>> on_stopped_;
 };
 
 }  // namespace cluster::proxy

@@ -6,21 +6,42 @@
 // (`SST_RESOURCE_<Name>`), the environment variable `CLUSTER_<SECTION>_<KEY>` (upper
 // case), then `--set section.key=value`.
 // A key that no field declares is an error naming the key.
+//
+// Start-up only: nothing here runs once a process serves.
 
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
+#include "cluster/protocol/result.hpp"
+
 namespace cluster {
 
+/// Thrown by constructors and `start()` of the process objects for a setting that loaded
+/// but cannot be used (an address that is not host:port); `run_process` reports it.
 struct config_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+/// All of `text` as a number of type T (integers in base 10, floating point in fixed or
+/// scientific form), or nullopt: empty, trailing characters, a sign T cannot hold, or out
+/// of T's range.
+template <class T>
+std::optional<T> parse_number(std::string_view text) {
+  T value{};
+  const auto* end = text.data() + text.size();
+  const auto [stop, ec] = std::from_chars(text.data(), end, value);
+  if (text.empty() || ec != std::errc() || stop != end) return std::nullopt;
+  return value;
+}
 
 /// Declares the keys of one section and where their values go.
 class config_section {
@@ -51,17 +72,26 @@ struct config_sources {
 };
 
 /// Applies file, environment and overrides to `sections`. Sections of the file that are
-/// not listed in `known_sections` are errors; listed but unused ones are skipped.
-/// Throws config_error naming the file, key and reason.
-void load_config(const config_sources& sources, std::vector<config_section>& sections,
-                 const std::vector<std::string>& known_sections);
+/// not listed in `known_sections` are errors; listed but unused ones are skipped. A
+/// failure (errc::invalid_request) names the file, variable or --set, the key and why.
+result<void> load_config(const config_sources& sources, std::vector<config_section>& sections,
+                         const std::vector<std::string>& known_sections);
 
-/// Parses the common command line (`--config FILE`, `--set k=v`, `--help`). Throws config_error.
+/// The environment variable that overrides `section.key`: CLUSTER_<SECTION>_<KEY>.
+std::string config_env_name(const std::string& section, const std::string& key);
+
+/// The current value of a declared key as `--set` would write it (lists comma-separated).
+std::string config_value_text(const config_section::target& target);
+
+/// The common command line of the four processes: `--config FILE` (`-c`), `--set k=v`
+/// (repeatable), `--help` (`-h`). Parsed with CLI11; an unknown argument or a missing
+/// value is a failure naming it.
 struct command_line {
   config_sources sources;
   bool help = false;
+  std::string usage;  ///< CLI11's help text for `--help`
 };
-command_line parse_command_line(int argc, char** argv);
+result<command_line> parse_command_line(int argc, char** argv);
 
 /// The section names every process accepts in a shared file.
 const std::vector<std::string>& all_config_sections();

@@ -30,11 +30,16 @@ struct common_settings {
 
 /// `--set`-style assignments from SST link variables (`SST_RESOURCE_<Name>` holding JSON):
 /// Database → storage.*, ShardManager → runner.manager / proxy.manager, ProxyServer →
-/// gateway.proxy. Malformed JSON is a config_error naming the variable.
-std::vector<std::string> sst_link_settings(const std::function<const char*(const char*)>& getenv =
-                                               [](const char* n) { return std::getenv(n); });
+/// gateway.proxy (what the gateway and the Lambda call). A link without a port gets the
+/// default port (cluster/process/defaults.hpp). Malformed JSON is a failure naming the
+/// variable.
+result<std::vector<std::string>> sst_link_settings(
+    const std::function<const char*(const char*)>& getenv = [](const char* n) {
+      return std::getenv(n);
+    });
 
-/// Configures spdlog's default logger for process `name` at `level`; throws config_error.
-void setup_logging(const std::string& name, const std::string& level);
+/// Configures spdlog's default logger for process `name` at `level` (colours on a terminal);
+/// an unknown level is a failure naming it.
+result<void> setup_logging(const std::string& name, const std::string& level);
 
 }  // namespace cluster

@@ -1,0 +1,21 @@
+// The [gateway] keys, shared by cluster-gateway and the Lambda (which compiles this file).
+#include "cluster/gateway/gateway.hpp"
+
+namespace cluster::gateway {
+
+std::vector<config_section> gateway_config::sections() {
+  std::vector<config_section> sections;
+  common.declare(sections);
+  sections.emplace_back("gateway");
+  sections.back()
+      .key("host", &host)
+      .key("port", &port)
+      .key("proxy", &proxy)
+      .key("request_timeout_ms", &request_timeout)
+      .key("read_timeout_ms", &read_timeout)
+      .key("max_body_bytes", &max_body_bytes)
+      .key("max_header_bytes", &max_header_bytes);
+  return sections;
+}
+
+}  // namespace cluster::gateway
