@@ -319,12 +319,12 @@ result<double> seconds(const std::string& flag, const std::string& text, bool al
 
 // The command line, with CLI11. Numbers arrive as text and go through std::from_chars
 // (parse_number), so a bad one is reported as before: exit 1 naming the flag.
-struct command_line {
+struct bench_command_line {
   CLI::App app{"Drives a proxy with calls and reports throughput, latency and errors.",
                "cluster-bench"};
   std::map<std::string, std::string> numbers;  // flag → text, for the flags given
 
-  explicit command_line(options& opts) {
+  explicit bench_command_line(options& opts) {
     app.add_option("--proxy", opts.proxy,
                    "proxy to call (default " + defaults::proxy_address() +
                        ", or CLUSTER_PROXY_ADDRESS)")
@@ -355,11 +355,13 @@ struct command_line {
   result<void> apply(options& opts) const {
     for (const auto& [flag, text] : numbers) {
       if (flag == "--duration-s") {
-        BOOST_OUTCOME_TRY(opts.duration_s, seconds(flag, text, false));
+        BOOST_OUTCOME_TRY(duration, seconds(flag, text, false));
+        opts.duration_s = duration;
       } else if (flag == "--warmup-s") {
-        BOOST_OUTCOME_TRY(opts.warmup_s, seconds(flag, text, true));
+        BOOST_OUTCOME_TRY(warmup, seconds(flag, text, true));
+        opts.warmup_s = warmup;
       } else {
-        BOOST_OUTCOME_TRY(auto value, positive(flag, text));
+        BOOST_OUTCOME_TRY(value, positive(flag, text));
         if (flag == "--connections") opts.connections = value;
         if (flag == "--in-flight") opts.in_flight = value;
         if (flag == "--entities") opts.entities = value;
@@ -393,7 +395,7 @@ int main(int argc, char** argv) {
   options opts;
   opts.proxy = defaults::proxy_address();
   if (const char* proxy = std::getenv("CLUSTER_PROXY_ADDRESS")) opts.proxy = proxy;
-  command_line line(opts);
+  bench_command_line line(opts);
   try {
     line.app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {  // CLI11 reports --help and errors only by throwing

@@ -56,13 +56,13 @@ result<void> assign_text(const config_section::target& target, const std::string
           }
         } else if constexpr (std::is_same_v<field_type, std::chrono::milliseconds>) {
           // Durations are never negative; the field's own range is int64.
-          BOOST_OUTCOME_TRY(auto count, integer_from<std::int64_t>(text, where));
+          BOOST_OUTCOME_TRY(count, integer_from<std::int64_t>(text, where));
           if (count < 0)
             return config_failure(where + ": " + std::to_string(count) + " is outside [0, " +
                                   std::to_string(INT64_MAX) + "]");
           *field = std::chrono::milliseconds(count);
         } else {
-          BOOST_OUTCOME_TRY(auto value, integer_from<field_type>(text, where));
+          BOOST_OUTCOME_TRY(value, integer_from<field_type>(text, where));
           *field = value;
         }
         return success();
@@ -155,7 +155,7 @@ const std::vector<std::string>& all_config_sections() {
 result<void> load_config(const config_sources& sources, std::vector<config_section>& sections,
                          const std::vector<std::string>& known_sections) {
   if (!sources.file.empty()) {
-    BOOST_OUTCOME_TRY(auto file, parse_file(sources.file));
+    BOOST_OUTCOME_TRY(file, parse_file(sources.file));
     for (const auto& [section_key, section_node] : file) {
       const std::string section_name(section_key.str());
       if (std::find(known_sections.begin(), known_sections.end(), section_name) ==
@@ -171,7 +171,7 @@ result<void> load_config(const config_sources& sources, std::vector<config_secti
         const std::string where = sources.file + ": " + section_name + "." + key_name;
         auto it = section->keys().find(key_name);
         if (it == section->keys().end()) return config_failure(where + ": unknown key");
-        BOOST_OUTCOME_TRY(assign_node(it->second, node, where));
+        BOOST_OUTCOME_TRYV(assign_node(it->second, node, where));
       }
     }
   }
@@ -184,14 +184,15 @@ result<void> load_config(const config_sources& sources, std::vector<config_secti
     if (section == nullptr) continue;
     auto it = section->keys().find(link.substr(dot + 1, equals - dot - 1));
     if (it == section->keys().end()) continue;
-    BOOST_OUTCOME_TRY(
+    BOOST_OUTCOME_TRYV(
         assign_text(it->second, link.substr(equals + 1), "SST link " + link.substr(0, equals)));
   }
   for (auto& section : sections) {
     for (const auto& [key, target] : section.keys()) {
       const std::string name = config_env_name(section.name(), key);
-      if (const char* value = sources.getenv(name.c_str()); value != nullptr)
-        BOOST_OUTCOME_TRY(assign_text(target, value, "environment " + name));
+      if (const char* value = sources.getenv(name.c_str()); value != nullptr) {
+        BOOST_OUTCOME_TRYV(assign_text(target, value, "environment " + name));
+      }
     }
   }
   for (const auto& set : sources.sets) {
@@ -205,7 +206,7 @@ result<void> load_config(const config_sources& sources, std::vector<config_secti
     if (section == nullptr) return config_failure("--set " + set + ": unknown section");
     auto it = section->keys().find(key_name);
     if (it == section->keys().end()) return config_failure("--set " + set + ": unknown key");
-    BOOST_OUTCOME_TRY(assign_text(it->second, set.substr(equals + 1), "--set " + set));
+    BOOST_OUTCOME_TRYV(assign_text(it->second, set.substr(equals + 1), "--set " + set));
   }
   return success();
 }

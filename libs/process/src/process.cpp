@@ -28,7 +28,8 @@ std::optional<int> configure_process(int argc, char** argv, const std::string& p
   auto links = sst_link_settings();
   if (links) {
     sources.links = std::move(links.value());
-    if (auto loaded = load_config(sources, sections, all_config_sections()); loaded) return {};
+    const auto loaded = load_config(sources, sections, all_config_sections());
+    if (loaded) return {};
     std::cerr << process_name << ": configuration error: " << loaded.error().message << "\n";
   } else {
     std::cerr << process_name << ": configuration error: " << links.error().message << "\n";

@@ -15,12 +15,14 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <type_traits>
 #include <string>
 #include <utility>
 
 #include "cluster/net/asio.hpp"
 #include "cluster/process/config.hpp"
 #include "cluster/process/settings.hpp"
+#include "cluster/protocol/assert.hpp"
 
 namespace cluster {
 
@@ -41,7 +43,7 @@ concept process_app = requires(App& app, typename App::config_type& config,
 template <class App>
 struct process_hooks {
   using config_type = typename App::config_type;
-  /// Builds the application; default `App(io, config)`.
+  /// Builds the application; default `App(io, config)` (required when that does not exist).
   std::function<std::unique_ptr<App>(asio::io_context&, const config_type&)> make;
   /// The logger's name; default the program name without "cluster-" (e.g. "proxy").
   std::function<std::string(const config_type&)> logger;
@@ -80,7 +82,14 @@ int run_process(int argc, char** argv, const std::string& process_name,
   }
   try {
     asio::io_context io(1);
-    auto app = hooks.make ? hooks.make(io, config) : std::make_unique<App>(io, config);
+    std::unique_ptr<App> app;
+    if (hooks.make) {
+      app = hooks.make(io, config);
+    } else if constexpr (std::is_constructible_v<App, asio::io_context&,
+                                                 const typename App::config_type&>) {
+      app = std::make_unique<App>(io, config);
+    }
+    CLUSTER_ASSERT(app != nullptr, "run_process: this App needs process_hooks::make");
     app->start();
     return run_until_signal(
         io, [&app](std::function<void()> on_stopped) { app->stop(std::move(on_stopped)); },
