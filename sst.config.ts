@@ -10,8 +10,8 @@
 //
 // The processes find each other through SST links: the Linkables "ShardManager" and
 // "ProxyServer" ({host, port}) and the Postgres "Database" reach them as
-// SST_RESOURCE_<Name> JSON environment variables. The Lambda gets the proxy's address as
-// CLUSTER_PROXY_HOST / CLUSTER_PROXY_PORT.
+// SST_RESOURCE_<Name> JSON environment variables. The Lambda gets the address of the proxy
+// it calls as CLUSTER_GATEWAY_PROXY (host:port; CLUSTER_PROXY_* is where a proxy listens).
 //
 // In `sst dev` nothing of the cluster runs in AWS: each service's dev.command starts the
 // locally built binary (build/release/bin/, built by `scripts/dev build`), the database is a
@@ -21,6 +21,8 @@
 // deploy/sst-config.test.mjs evaluates this file with stubbed SST globals and checks the
 // resource graph; deploy/check-sst-config.sh type-checks it against SST's own types.
 
+// The processes' own defaults (libs/process/include/cluster/process/defaults.hpp); set
+// explicitly here so the deployment does not depend on them.
 const MANAGER_PORT = 8080;
 const PROXY_PORT = 3333;
 const GATEWAY_PORT = 8787;
@@ -240,8 +242,7 @@ export default $config({
       memory: "512 MB",
       timeout: "30 seconds",
       environment: {
-        CLUSTER_PROXY_HOST: proxy.service,
-        CLUSTER_PROXY_PORT: String(PROXY_PORT),
+        CLUSTER_GATEWAY_PROXY: $interpolate`${proxy.service}:${PROXY_PORT}`,
       },
     });
 

@@ -5,7 +5,7 @@
 A tiny loopback HTTP server plays the Lambda runtime API (AWS_LAMBDA_RUNTIME_API points at
 it) and records when the first /next request arrives; it holds that request open (as the
 real API does while no event is queued), so the bootstrap is stopped with SIGTERM after
-each run. CLUSTER_PROXY_HOST/PORT name the local proxy (127.0.0.1:3333); the proxy does not
+each run. CLUSTER_GATEWAY_PROXY names the local proxy (127.0.0.1:3333); the proxy does not
 need to be running for this figure. Times are from just before Popen (fork + exec of
 /bin/sh, the bundled dynamic loader, cluster-lambda's start-up).
 
@@ -58,7 +58,7 @@ def main():
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = dict(os.environ, AWS_LAMBDA_RUNTIME_API="127.0.0.1:%d" % server.server_address[1],
-               CLUSTER_PROXY_HOST="127.0.0.1", CLUSTER_PROXY_PORT="3333")
+               CLUSTER_GATEWAY_PROXY="127.0.0.1:3333")
     results = []
     for _ in range(args.runs):
         RuntimeApi.first_next_ns = None

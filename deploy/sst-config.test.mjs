@@ -273,8 +273,10 @@ describe("deployed", () => {
     assert.equal(fn.args.handler, "bootstrap");
     assert.equal(fn.args.url, true);
     assert.equal(fn.args.vpc, vpc);
-    assert.equal(resolve(fn.args.environment.CLUSTER_PROXY_HOST), resolve(proxy.service));
-    assert.equal(fn.args.environment.CLUSTER_PROXY_PORT, "3333");
+    // The address it calls, under the gateway's name: CLUSTER_PROXY_* is where a proxy listens.
+    assert.equal(resolve(fn.args.environment.CLUSTER_GATEWAY_PROXY), `${resolve(proxy.service)}:3333`);
+    assert.equal(fn.args.environment.CLUSTER_PROXY_HOST, undefined);
+    assert.equal(fn.args.environment.CLUSTER_PROXY_PORT, undefined);
   });
 
   test("outputs: the function URL and the internal addresses", () => {

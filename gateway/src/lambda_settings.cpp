@@ -9,7 +9,8 @@ namespace cluster::gateway {
 lambda_settings lambda_settings::from_environment(
     const std::function<const char*(const char*)>& getenv) {
   lambda_settings settings;
-  if (const char* api = getenv("AWS_LAMBDA_RUNTIME_API"); api != nullptr) settings.runtime_api = api;
+  if (const char* api = getenv("AWS_LAMBDA_RUNTIME_API"); api != nullptr)
+    settings.runtime_api = api;
   // The proxy's own names mean "listen here": a Lambda configured with them would quietly
   // call the default address instead.
   for (const char* listen_name : {"CLUSTER_PROXY_HOST", "CLUSTER_PROXY_PORT"}) {

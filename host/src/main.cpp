@@ -9,7 +9,8 @@ int main(int argc, char** argv) {
       argc, argv, "cluster-runner",
       {.logger = [](const runner_config& config) { return config.name; },
        // The runner's own shutdown_timeout bounds the drain; the rest is for closing.
-       .drain_timeout = [](const runner_config& config) {
-         return config.shutdown_timeout + cluster::milliseconds(5000);
-       }});
+       .drain_timeout =
+           [](const runner_config& config) {
+             return config.shutdown_timeout + cluster::milliseconds(5000);
+           }});
 }

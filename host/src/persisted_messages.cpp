@@ -259,13 +259,15 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
   auto wanted = wanted_.find(shard.first);
   const bool moved =
       !held_.count(shard) || wanted == wanted_.end() || !wanted->second.count(shard.second);
-  store_->complete(id, reply, moved, [this, id, reply, hold = std::move(hold)](bool stored) mutable {
-    --storing_;
-    running_.erase(id);
-    if (!stored) spdlog::warn("reply of message {} not stored; it will run again", id);
-    answer(id, reply);
-    hold.release();
-  });
+  store_->complete(id, reply, moved,
+                   [this, id, reply, hold = std::move(hold)](bool stored) mutable {
+                     --storing_;
+                     running_.erase(id);
+                     if (!stored)
+                       spdlog::warn("reply of message {} not stored; it will run again", id);
+                     answer(id, reply);
+                     hold.release();
+                   });
 }
 
 void persisted_messages::answer(std::int64_t id, const reply_msg& reply) {

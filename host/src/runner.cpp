@@ -244,14 +244,15 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
   ++conn->in_flight;
-  serve(std::move(request), steady_clock::now() + timeout,
-        [weak = std::weak_ptr<connection>(conn), id, hold = work_.hold()](reply_msg&& reply) mutable {
-          if (auto live = weak.lock()) {
-            --live->in_flight;
-            live->send_reply(id, reply);
-          }
-          hold.release();
-        });
+  serve(
+      std::move(request), steady_clock::now() + timeout,
+      [weak = std::weak_ptr<connection>(conn), id, hold = work_.hold()](reply_msg&& reply) mutable {
+        if (auto live = weak.lock()) {
+          --live->in_flight;
+          live->send_reply(id, reply);
+        }
+        hold.release();
+      });
 }
 
 void runner::serve(request_msg request, steady_clock::time_point deadline,

@@ -287,9 +287,8 @@ class lambda_bundle : public ::testing::Test {
   child_process& start_bootstrap(const fake_runtime_api& api, std::uint16_t proxy,
                                  std::map<std::string, std::string> extra_env = {}) {
     extra_env["AWS_LAMBDA_RUNTIME_API"] = api.address();
-    extra_env["CLUSTER_PROXY_HOST"] = "127.0.0.1";
-    if (!extra_env.count("CLUSTER_PROXY_PORT"))
-      extra_env["CLUSTER_PROXY_PORT"] = std::to_string(proxy);
+    if (!extra_env.count("CLUSTER_GATEWAY_PROXY"))
+      extra_env["CLUSTER_GATEWAY_PROXY"] = "127.0.0.1:" + std::to_string(proxy);
     const scoped_env env(extra_env);
     return start("bootstrap", (bundle / "bootstrap").string(), {});
   }
@@ -421,11 +420,11 @@ TEST_F(lambda_bundle, posts_an_invocation_error_for_an_event_that_is_not_a_funct
 
 TEST_F(lambda_bundle, posts_an_init_error_and_exits_on_a_bad_proxy_port) {
   fake_runtime_api api(io);
-  auto& runtime = start_bootstrap(api, 0, {{"CLUSTER_PROXY_PORT", "not-a-port"}});
+  auto& runtime = start_bootstrap(api, 0, {{"CLUSTER_GATEWAY_PROXY", "127.0.0.1:not-a-port"}});
   ASSERT_TRUE(run_until(
       io, [&api] { return api.init_errors().size() == 1; }, 30000ms))
       << log("bootstrap");
-  EXPECT_NE(api.init_errors()[0].value("errorMessage", "").find("CLUSTER_PROXY_PORT"),
+  EXPECT_NE(api.init_errors()[0].value("errorMessage", "").find("CLUSTER_GATEWAY_PROXY"),
             std::string::npos);
   EXPECT_TRUE(api.init_errors()[0]["errorType"].is_string());
   std::optional<int> exit_status;

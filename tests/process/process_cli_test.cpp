@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "child_process.hpp"
 
@@ -44,8 +45,8 @@ TEST_P(process_cli, help_lists_the_flags_and_every_key_with_its_default_and_vari
 TEST_P(process_cli, refuses_a_bad_set_naming_it_with_exit_code_2) {
   const auto& p = GetParam();
   int status = -1;
-  for (const std::string set :
-       {p.section + ".no_such_key=1", "no_such_section.key=1", p.section + "." + p.key}) {
+  for (const std::string& set : std::vector<std::string>{
+           p.section + ".no_such_key=1", "no_such_section.key=1", p.section + "." + p.key}) {
     const auto out = run_command(bin + "/" + p.binary + " --set " + set + " 2>&1", status);
     EXPECT_EQ(status, 2) << set << ": " << out;
     EXPECT_NE(out.find("configuration error"), std::string::npos) << out;
@@ -82,8 +83,8 @@ INSTANTIATE_TEST_SUITE_P(
                       process_case{"cluster-runner", "runner", "manager", "127.0.0.1:8080"},
                       process_case{"cluster-proxy", "proxy", "port", "3333"},
                       process_case{"cluster-gateway", "gateway", "proxy", "127.0.0.1:3333"}),
-    [](const auto& info) {
-      std::string name = info.param.binary;
+    [](const ::testing::TestParamInfo<process_case>& test) {
+      std::string name = test.param.binary;
       for (auto& c : name)
         if (c == '-') c = '_';
       return name;
@@ -102,8 +103,7 @@ TEST(cluster_bench_cli, prints_help_and_refuses_bad_numbers_and_unknown_flags) {
   EXPECT_NE(out.find("--connections needs a positive integer, got '0'"), std::string::npos) << out;
   out = run_command(bin + "/cluster-bench --duration-s 1x 2>&1", status);
   EXPECT_EQ(status, 1) << out;
-  EXPECT_NE(out.find("--duration-s needs a number of seconds, got '1x'"), std::string::npos)
-      << out;
+  EXPECT_NE(out.find("--duration-s needs a number of seconds, got '1x'"), std::string::npos) << out;
   out = run_command(bin + "/cluster-bench --pick sideways 2>&1", status);
   EXPECT_EQ(status, 1) << out;
   EXPECT_NE(out.find("--pick is round-robin or random"), std::string::npos) << out;

@@ -17,6 +17,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
 #include <charconv>
 #include <cmath>
@@ -25,8 +26,6 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
-
-#include <CLI/CLI.hpp>
 
 #include "cluster/net/connection.hpp"
 #include "cluster/process/config.hpp"
@@ -304,16 +303,14 @@ std::optional<bytes> build_payload(const options& opts, std::string& error) {
 result<std::size_t> positive(const std::string& flag, const std::string& text) {
   const auto value = parse_number<std::size_t>(text);
   if (!value || *value == 0)
-    return failure{errc::invalid_request,
-                   flag + " needs a positive integer, got '" + text + "'"};
+    return failure{errc::invalid_request, flag + " needs a positive integer, got '" + text + "'"};
   return *value;
 }
 
 result<double> seconds(const std::string& flag, const std::string& text, bool allow_zero) {
   const auto value = parse_number<double>(text);
   if (!value || *value < 0 || (!allow_zero && *value == 0) || !std::isfinite(*value))
-    return failure{errc::invalid_request,
-                   flag + " needs a number of seconds, got '" + text + "'"};
+    return failure{errc::invalid_request, flag + " needs a number of seconds, got '" + text + "'"};
   return *value;
 }
 
@@ -325,9 +322,9 @@ struct bench_command_line {
   std::map<std::string, std::string> numbers;  // flag → text, for the flags given
 
   explicit bench_command_line(options& opts) {
-    app.add_option("--proxy", opts.proxy,
-                   "proxy to call (default " + defaults::proxy_address() +
-                       ", or CLUSTER_PROXY_ADDRESS)")
+    app.add_option(
+           "--proxy", opts.proxy,
+           "proxy to call (default " + defaults::proxy_address() + ", or CLUSTER_PROXY_ADDRESS)")
         ->type_name("HOST:PORT");
     number("--connections", "N", "connections to the proxy (default 1)");
     number("--in-flight", "M",
@@ -340,8 +337,7 @@ struct bench_command_line {
     app.add_option("--entity-type", opts.entity_type, "(default Greeter)")->type_name("T");
     app.add_option("--rpc", opts.rpc, "(default GreetVolatile; Greet is the persisted one)")
         ->type_name("R");
-    app.add_option("--payload", opts.payload_json,
-                   "request payload (default {\"name\":\"bench\"})")
+    app.add_option("--payload", opts.payload_json, "request payload (default {\"name\":\"bench\"})")
         ->type_name("JSON");
     number("--payload-size", "BYTES", "payload {\"name\": <BYTES x 'x'>} instead of --payload");
     number("--duration-s", "S", "measured seconds (default 10)");

@@ -18,8 +18,7 @@ result<command_line> parse_command_line(int argc, char** argv) {
   app.add_flag("-h,--help", line.help, "Print this help, with every key and its default");
   app.add_option("-c,--config", line.sources.file, "TOML file to read (config/local.toml)")
       ->type_name("FILE");
-  app.add_option("--set", line.sources.sets,
-                 "Override one key, last of all sources (repeatable)")
+  app.add_option("--set", line.sources.sets, "Override one key, last of all sources (repeatable)")
       ->type_name("section.key=value")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);

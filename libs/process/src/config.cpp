@@ -22,8 +22,8 @@ result<T> integer_from(const std::string& text, const std::string& where) {
   const auto value = parse_number<std::int64_t>(text);
   if (!value) return config_failure(where + ": expected an integer, got '" + text + "'");
   constexpr auto low = static_cast<std::int64_t>(std::numeric_limits<T>::min());
-  constexpr auto high = static_cast<std::int64_t>(
-      std::min<std::uint64_t>(std::numeric_limits<T>::max(), INT64_MAX));
+  constexpr auto high =
+      static_cast<std::int64_t>(std::min<std::uint64_t>(std::numeric_limits<T>::max(), INT64_MAX));
   if (*value < low || *value > high)
     return config_failure(where + ": " + std::to_string(*value) + " is outside [" +
                           std::to_string(low) + ", " + std::to_string(high) + "]");

@@ -12,14 +12,16 @@ std::optional<int> configure_process(int argc, char** argv, const std::string& p
     return 2;
   }
   if (cli.value().help) {
-    std::cout << cli.value().usage << "\n"
-              << "Keys, with their defaults (a file sets them in [section]; CLUSTER_<SECTION>_<KEY>\n"
-              << "or --set section.key=value overrides them):\n";
+    std::cout
+        << cli.value().usage << "\n"
+        << "Keys, with their defaults (a file sets them in [section]; CLUSTER_<SECTION>_<KEY>\n"
+        << "or --set section.key=value overrides them):\n";
     for (const auto& section : sections) {
       for (const auto& [key, target] : section.keys()) {
         const auto value = config_value_text(target);
-        std::cout << "  " << section.name() << "." << key << " = " << (value.empty() ? "\"\"" : value)
-                  << "  (" << config_env_name(section.name(), key) << ")\n";
+        std::cout << "  " << section.name() << "." << key << " = "
+                  << (value.empty() ? "\"\"" : value) << "  ("
+                  << config_env_name(section.name(), key) << ")\n";
       }
     }
     return 0;

@@ -62,9 +62,8 @@ result<std::vector<std::string>> sst_link_settings(
       if (db.contains(from)) sets.push_back(std::string("storage.") + to + "=" + text(db[from]));
   }
   if (auto manager = link("ShardManager"); manager.is_object() && manager.contains("host")) {
-    const std::string address =
-        text(manager["host"]) + ":" +
-        text(manager.value("port", nlohmann::json(defaults::manager_port)));
+    const std::string address = text(manager["host"]) + ":" +
+                                text(manager.value("port", nlohmann::json(defaults::manager_port)));
     sets.push_back("runner.manager=" + address);
     sets.push_back("proxy.manager=" + address);
   }

@@ -22,10 +22,10 @@ namespace cluster::gateway {
 /// (`proxy`, `request_timeout_ms`, `max_body_bytes`; it has no HTTP listener of its own).
 struct gateway_config {
   common_settings common;
-  std::string host{defaults::host};                   ///< where cluster-gateway listens
+  std::string host{defaults::host};  ///< where cluster-gateway listens
   std::uint16_t port = defaults::gateway_port;
-  std::string proxy = defaults::proxy_address();      ///< host:port of the cluster-proxy to call
-  milliseconds request_timeout{10000};                ///< deadline of one cluster call
+  std::string proxy = defaults::proxy_address();  ///< host:port of the cluster-proxy to call
+  milliseconds request_timeout{10000};            ///< deadline of one cluster call
   /// Time allowed to receive one request (headers and body); also the idle keep-alive limit.
   milliseconds read_timeout{15000};
   std::uint32_t max_body_bytes = 1024 * 1024;
