@@ -218,9 +218,13 @@ void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
     pending.done(reply_msg::failure(errc::shutting_down, "entity passivated"));
   s.type->destroy(s.instance);
   ++passivations_;
-  const auto shard = active_per_shard_.find({s.type->info.group, s.shard});
-  if (--shard->second == 0) active_per_shard_.erase(shard);
+  const std::string& group = s.type->info.group;  // the registry's: outlives the slot
+  const std::int32_t shard_number = s.shard;
+  const auto shard = active_per_shard_.find({group, shard_number});
+  const bool last = --shard->second == 0;
+  if (last) active_per_shard_.erase(shard);
   entities_.erase(it);
+  if (last && on_shard_passivated) on_shard_passivated(group, shard_number);
 }
 
 void entity_host::evict_shards(std::function<bool(const std::string&, std::int32_t)> keep) {

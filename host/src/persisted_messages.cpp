@@ -2,11 +2,24 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "cluster/client/router.hpp"
+#include "cluster/protocol/assert.hpp"
 
 namespace cluster::host {
 
 namespace {
+
+// A lock another runner holds is asked for again this often (it goes when that runner's
+// entities of the shard are idle, or with its session).
+constexpr milliseconds lock_retry_interval{100};
+// While the storage is away, retries start at this and double up to the bound.
+constexpr milliseconds first_backoff{100};
+constexpr milliseconds max_backoff{2000};
+// Waiters ask the store for a reply no more often than this (at most once per
+// poll_interval each, however small the setting).
+constexpr milliseconds min_poll_interval{100};
 
 std::int64_t unix_ms() {
   return std::chrono::duration_cast<milliseconds>(
@@ -14,7 +27,98 @@ std::int64_t unix_ms() {
       .count();
 }
 
+bool locked(shard_state state) {
+  switch (state) {
+    case shard_state::replaying:
+    case shard_state::replay_failed:
+    case shard_state::serving:
+    case shard_state::releasing:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The shard lifecycle: every transition a shard may take. `to` nullopt: the shard is
+// forgotten (neither assigned nor locked any more).
+constexpr bool may_move(shard_state from, std::optional<shard_state> to) {
+  using s = shard_state;
+  if (!to) {
+    // Unassigned (a late grant of an acquiring shard is released when it arrives), or the
+    // lock released or lost while releasing. A locked shard goes through `releasing`.
+    return from == s::awaiting_lock || from == s::acquiring || from == s::suspended ||
+           from == s::suspended_acquiring || from == s::releasing;
+  }
+  switch (from) {
+    case s::awaiting_lock:
+      return *to == s::acquiring;
+    case s::acquiring:
+      return *to == s::replaying || *to == s::awaiting_lock;  // granted, refused or lost
+    case s::replaying:
+      return *to == s::serving || *to == s::replay_failed || *to == s::releasing ||
+             *to == s::suspended;
+    case s::replay_failed:
+      return *to == s::replaying || *to == s::releasing || *to == s::suspended;
+    case s::serving:
+      return *to == s::releasing || *to == s::suspended;
+    case s::releasing:
+      return *to == s::replaying;  // assigned here again before the lock went
+    case s::suspended:
+      return *to == s::suspended_acquiring;
+    case s::suspended_acquiring:
+      // Granted; the storage still away; reachable but the lock went to another runner.
+      return *to == s::replaying || *to == s::suspended || *to == s::awaiting_lock;
+  }
+  return false;
+}
+
 }  // namespace
+
+std::string_view to_string(shard_state state) {
+  switch (state) {
+    case shard_state::awaiting_lock:
+      return "awaiting_lock";
+    case shard_state::acquiring:
+      return "acquiring";
+    case shard_state::replaying:
+      return "replaying";
+    case shard_state::replay_failed:
+      return "replay_failed";
+    case shard_state::serving:
+      return "serving";
+    case shard_state::releasing:
+      return "releasing";
+    case shard_state::suspended:
+      return "suspended";
+    case shard_state::suspended_acquiring:
+      return "suspended_acquiring";
+  }
+  return "unknown";
+}
+
+// --- wakeup ----------------------------------------------------------------------------
+
+persisted_messages::wakeup::wakeup(asio::io_context& io, std::function<void()> fire)
+    : timer_(io), fire_(std::move(fire)) {}
+
+void persisted_messages::wakeup::at(steady_clock::time_point when) {
+  if (when >= due_) return;
+  due_ = when;
+  timer_.expires_at(when);  // cancels the later wait, if any
+  // A cancelled wait only reads its error code: the timer may be gone by then.
+  timer_.async_wait([this](const error_code& ec) {
+    if (ec) return;
+    due_ = steady_clock::time_point::max();
+    fire_();
+  });
+}
+
+void persisted_messages::wakeup::cancel() {
+  due_ = steady_clock::time_point::min();  // nothing is armed again
+  timer_.cancel();
+}
+
+// --- lifecycle -------------------------------------------------------------------------
 
 persisted_messages::persisted_messages(asio::io_context& io, std::unique_ptr<message_store> store,
                                        entity_host& entities, const entity_registry& registry,
@@ -24,144 +128,326 @@ persisted_messages::persisted_messages(asio::io_context& io, std::unique_ptr<mes
       entities_(entities),
       registry_(registry),
       settings_(std::move(settings)),
-      maintenance_timer_(io),
-      purge_timer_(io) {
+      backoff_(first_backoff),
+      retry_(io, [this] { retry(); }),
+      waiters_due_(io, [this] { check_waiters(); }),
+      purge_due_(io, [this] { purge(); }) {
   store_->on_reply = [this](std::int64_t id) {
     if (waiters_.count(id) && !running_.count(id)) fetch_replies({id});
   };
   store_->on_locks_lost = [this] { locks_lost(); };
+  entities_.on_shard_passivated = [this](const std::string& group, std::int32_t shard) {
+    shard_passivated(group, shard);
+  };
 }
 
-persisted_messages::~persisted_messages() { store_->stop(); }
+persisted_messages::~persisted_messages() {
+  entities_.on_shard_passivated = nullptr;
+  store_->stop();
+}
 
 void persisted_messages::start() {
-  asio::co_spawn(io_, maintenance_loop(), asio::detached);
-  asio::co_spawn(io_, purge_loop(), asio::detached);
+  const auto every =
+      std::clamp<milliseconds>(settings_.retention / 10, milliseconds(100), milliseconds(60000));
+  purge_due_.at(steady_clock::now() + every);
 }
 
 void persisted_messages::stop() {
   if (stopped_) return;
   stopped_ = true;
-  maintenance_timer_.cancel();
-  purge_timer_.cancel();
+  retry_.cancel();
+  waiters_due_.cancel();
+  purge_due_.cancel();
+  scheduled_.clear();  // their messages stay stored: the shard's next holder replays them
   // Retriable: the caller's retry (same primary key) finds the message at its next owner.
-  for (auto& [id, list] : waiters_)
-    for (auto& w : list) w.done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
+  auto waiting = std::move(waiters_);
   waiters_.clear();
   waiter_count_ = 0;
-  held_.clear();
-  suspended_.clear();
+  for (auto& [id, list] : waiting)
+    for (auto& w : list) w.done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
+  // Every state ends here at once: the store releases every lock as it stops.
+  shards_.clear();
+  held_shards_ = 0;
   store_->stop();  // finishes queued statements, then releases every lock
 }
 
+// --- shard states ----------------------------------------------------------------------
+
+void persisted_messages::add(shard_key key) {
+  shards_.emplace(std::move(key), shard_state::awaiting_lock);
+}
+
+void persisted_messages::enter(shard_map::iterator it, shard_state next) {
+  const shard_state from = it->second;
+  if (!may_move(from, next)) {
+    spdlog::critical("shard {}/{}: no transition from {} to {}", it->first.first, it->first.second,
+                     to_string(from), to_string(next));
+    CLUSTER_ASSERT(false, "impossible shard state transition");
+  }
+  held_shards_ += locked(next);
+  held_shards_ -= locked(from);
+  it->second = next;
+}
+
+void persisted_messages::forget(shard_map::iterator it) {
+  if (!may_move(it->second, std::nullopt)) {
+    spdlog::critical("shard {}/{}: cannot be forgotten while {}", it->first.first, it->first.second,
+                     to_string(it->second));
+    CLUSTER_ASSERT(false, "impossible shard state transition");
+  }
+  held_shards_ -= locked(it->second);
+  shards_.erase(it);
+}
+
 bool persisted_messages::holds(const std::string& group, std::int32_t shard) const {
-  return held_.count({group, shard}) > 0;
+  const auto current = state(group, shard);
+  return current && locked(*current);
 }
 
 bool persisted_messages::suspended(const std::string& group, std::int32_t shard) const {
-  return suspended_.count({group, shard}) > 0;
+  const auto current = state(group, shard);
+  return current == shard_state::suspended || current == shard_state::suspended_acquiring;
 }
 
-std::size_t persisted_messages::held_shards() const { return held_.size(); }
+std::optional<shard_state> persisted_messages::state(std::string_view group,
+                                                     std::int32_t shard) const {
+  auto it = shards_.find(shard_ref{group, shard});
+  if (it == shards_.end()) return std::nullopt;
+  return it->second;
+}
 
-void persisted_messages::set_wanted(std::map<std::string, std::set<std::int32_t>> wanted) {
-  wanted_ = std::move(wanted);
-  std::erase_if(suspended_, [this](const shard_key& shard) {
-    auto it = wanted_.find(shard.first);
-    return it == wanted_.end() || !it->second.count(shard.second);
-  });
-  // Stop serving shards that moved away at once; their locks go once their entities are idle.
+bool persisted_messages::runs_here(std::string_view group, std::int32_t shard) const {
+  const auto current = state(group, shard);
+  return current == shard_state::serving || current == shard_state::replaying ||
+         current == shard_state::replay_failed;
+}
+
+void persisted_messages::set_wanted(const std::map<std::string, std::set<std::int32_t>>& wanted) {
+  if (stopped_) return;
+  const auto assigned = [&wanted](const shard_key& key) {
+    auto group = wanted.find(key.first);
+    return group != wanted.end() && group->second.count(key.second) > 0;
+  };
+  for (auto it = shards_.begin(); it != shards_.end();) {
+    auto current = it++;
+    if (assigned(current->first)) continue;
+    if (locked(current->second)) {
+      if (current->second != shard_state::releasing) enter(current, shard_state::releasing);
+    } else {
+      forget(current);  // a grant still in flight is released when it arrives
+    }
+  }
+  for (const auto& [group, shards] : wanted) {
+    for (auto shard : shards) {
+      auto it = shards_.find(shard_ref{group, shard});
+      if (it == shards_.end()) {
+        add({group, shard});
+      } else if (it->second == shard_state::releasing) {
+        enter(it, shard_state::replaying);  // its messages may have moved meanwhile: read again
+        replay(it->first, 0);
+      }
+    }
+  }
+  // Stop serving shards that moved away at once; their locks go once their entities are
+  // passivated (shard_passivated), or now for those without any.
   entities_.evict_shards([this](const std::string& group, std::int32_t shard) {
-    auto it = wanted_.find(group);
-    return it != wanted_.end() && it->second.count(shard);
+    const auto current = state(group, shard);
+    return current && *current != shard_state::releasing;
   });
+  release_idle();
   sync_locks();
+}
+
+void persisted_messages::release_idle() {
+  std::map<std::string, std::vector<std::int32_t>> release;
+  for (auto it = shards_.begin(); it != shards_.end();) {
+    auto current = it++;
+    const auto& [group, shard] = current->first;
+    if (current->second != shard_state::releasing || entities_.shard_active(group, shard)) continue;
+    release[group].push_back(shard);
+    forget(current);
+  }
+  for (auto& [group, shards] : release) store_->release(group, std::move(shards));
+}
+
+void persisted_messages::shard_passivated(const std::string& group, std::int32_t shard) {
+  if (stopped_) return;
+  auto it = shards_.find(shard_ref{group, shard});
+  if (it == shards_.end() || it->second != shard_state::releasing) return;
+  forget(it);
+  store_->release(group, {shard});
 }
 
 void persisted_messages::sync_locks() {
   if (stopped_) return;
-  std::map<std::string, std::vector<std::int32_t>> acquire, release;
-  for (const auto& [group, shards] : wanted_)
-    for (auto shard : shards)
-      if (!held_.count({group, shard}) && !acquiring_.count({group, shard}))
-        acquire[group].push_back(shard);
-  for (auto it = held_.begin(); it != held_.end();) {
-    const auto& [group, shard] = *it;
-    auto wanted = wanted_.find(group);
-    const bool keep = wanted != wanted_.end() && wanted->second.count(shard);
-    if (!keep && !entities_.shard_active(group, shard)) {
-      release[group].push_back(shard);
-      replaying_.erase(*it);
-      it = held_.erase(it);
+  std::map<std::string, std::vector<std::int32_t>> acquire;
+  for (auto it = shards_.begin(); it != shards_.end(); ++it) {
+    if (it->second == shard_state::awaiting_lock) {
+      enter(it, shard_state::acquiring);
+    } else if (it->second == shard_state::suspended) {
+      enter(it, shard_state::suspended_acquiring);
     } else {
-      ++it;
+      continue;
+    }
+    acquire[it->first.first].push_back(it->first.second);
+  }
+  for (auto& [group, shards] : acquire)
+    store_->acquire(group, shards,
+                    [this, group = group, shards = shards](result<std::vector<std::int32_t>> held) {
+                      acquired(group, shards, std::move(held));
+                    });
+}
+
+void persisted_messages::acquired(const std::string& group, const std::vector<std::int32_t>& asked,
+                                  result<std::vector<std::int32_t>> held) {
+  if (stopped_) return;
+  // A failure says nothing about other owners: suspended shards stay suspended.
+  const bool reachable = held.has_value();
+  static const std::vector<std::int32_t> none;
+  const auto& granted = reachable ? held.value() : none;
+  for (auto shard : granted) {
+    auto it = shards_.find(shard_ref{group, shard});
+    if (it == shards_.end()) {
+      store_->release(group, {shard});  // no longer assigned here
+      continue;
+    }
+    // Other states: an answer from before the locks were lost, or one asked twice.
+    if (it->second != shard_state::acquiring && it->second != shard_state::suspended_acquiring)
+      continue;
+    enter(it, shard_state::replaying);
+    replay(it->first, 0);
+  }
+  const std::set<std::int32_t> granted_set(granted.begin(), granted.end());
+  std::set<std::int32_t> lost;
+  bool retry_needed = false;
+  for (auto shard : asked) {
+    if (granted_set.count(shard)) continue;
+    auto it = shards_.find(shard_ref{group, shard});
+    if (it == shards_.end()) continue;
+    if (it->second == shard_state::acquiring) {
+      enter(it, shard_state::awaiting_lock);
+      retry_needed = true;
+    } else if (it->second == shard_state::suspended_acquiring) {
+      if (reachable) {
+        lost.insert(shard);
+        enter(it, shard_state::awaiting_lock);
+      } else {
+        enter(it, shard_state::suspended);
+      }
+      retry_needed = true;
     }
   }
-  for (auto& [group, shards] : release) store_->release(group, shards);
-  for (auto& [group, shards] : acquire) {
-    for (auto shard : shards) acquiring_.insert({group, shard});
-    store_->acquire(group, shards,
-                    [this, group = group, shards = shards,
-                     epoch = lock_epoch_](std::vector<std::int32_t> held) {
-                      for (auto shard : shards) acquiring_.erase({group, shard});
-                      if (stopped_ || epoch != lock_epoch_) return;
-                      if (store_->reachable()) lost_to_others(group, shards, held);
-                      for (auto shard : held) {
-                        suspended_.erase({group, shard});
-                        auto wanted = wanted_.find(group);
-                        if (wanted == wanted_.end() || !wanted->second.count(shard)) {
-                          store_->release(group, {shard});  // moved away meanwhile
-                          continue;
-                        }
-                        if (!held_.insert({group, shard}).second) continue;
-                        replaying_.insert({group, shard});
-                        replay({group, shard}, 0);
-                      }
-                    });
+  if (!lost.empty()) {
+    spdlog::warn(
+        "{} shards of group '{}' are locked by another runner since the storage "
+        "outage; passivating their entities",
+        lost.size(), group);
+    entities_.evict_shards(
+        [&](const std::string& g, std::int32_t shard) { return g != group || !lost.count(shard); });
   }
+  if (reachable) backoff_ = first_backoff;
+  if (retry_needed) schedule_retry(reachable ? lock_retry_interval : storage_backoff());
+  if (!reachable)
+    spdlog::debug("shard locks of group '{}' not asked: {}", group, held.error().message);
 }
 
-void persisted_messages::lost_to_others(const std::string& group,
-                                        const std::vector<std::int32_t>& wanted,
-                                        const std::vector<std::int32_t>& held) {
-  std::set<std::int32_t> lost;
-  for (auto shard : wanted)
-    if (suspended_.count({group, shard}) &&
-        std::find(held.begin(), held.end(), shard) == held.end())
-      lost.insert(shard);
-  if (lost.empty()) return;
-  spdlog::warn(
-      "{} shards of group '{}' are locked by another runner since the storage "
-      "outage; passivating their entities",
-      lost.size(), group);
-  for (auto shard : lost) suspended_.erase({group, shard});
-  entities_.evict_shards(
-      [&](const std::string& g, std::int32_t shard) { return g != group || !lost.count(shard); });
+milliseconds persisted_messages::storage_backoff() {
+  const auto delay = backoff_;
+  backoff_ = std::min(backoff_ * 2, max_backoff);
+  return delay;
 }
 
-void persisted_messages::replay(const shard_key& shard, std::int64_t after) {
-  store_->unprocessed(
-      shard.first, shard.second, after,
-      [this, shard, epoch = lock_epoch_](std::vector<persisted_message> batch, bool ok) {
-        if (stopped_ || epoch != lock_epoch_ || !held_.count(shard)) return;
-        if (!ok) {
-          retry_replay_.insert(shard);  // storage trouble: the next maintenance tick retries
-          return;
-        }
-        std::int64_t last = 0;
-        for (auto& message : batch) {
-          last = message.id;
-          if (!running_.count(message.id)) run(std::move(message));
-        }
-        if (batch.size() >= settings_.batch_size) {
-          replay(shard, last);
-        } else {
-          replaying_.erase(shard);
-          if (!batch.empty())
-            spdlog::info("replayed {} stored messages of shard {}/{}", batch.size(), shard.first,
-                         shard.second);
-        }
-      });
+void persisted_messages::schedule_retry(milliseconds delay) {
+  if (stopped_) return;
+  retry_.at(steady_clock::now() + delay);
+}
+
+void persisted_messages::retry() {
+  if (stopped_) return;
+  for (auto it = shards_.begin(); it != shards_.end(); ++it) {
+    if (it->second != shard_state::replay_failed) continue;
+    enter(it, shard_state::replaying);
+    replay(it->first, 0);
+  }
+  sync_locks();
+}
+
+void persisted_messages::locks_lost() {
+  if (stopped_) return;
+  ++lock_epoch_;
+  // Scheduled messages are read again by the replay once the locks are back.
+  for (const auto& [id, timer] : scheduled_) running_.erase(id);
+  scheduled_.clear();
+  std::size_t suspended = 0;
+  for (auto it = shards_.begin(); it != shards_.end();) {
+    auto current = it++;
+    switch (current->second) {
+      case shard_state::acquiring:
+        enter(current, shard_state::awaiting_lock);
+        break;
+      case shard_state::suspended_acquiring:
+        enter(current, shard_state::suspended);
+        break;
+      case shard_state::replaying:
+      case shard_state::replay_failed:
+      case shard_state::serving:
+        // Nobody else can take these locks while the storage is away; entities stay active
+        // (their in-memory state survives a database restart) unless another runner has
+        // them on return.
+        enter(current, shard_state::suspended);
+        ++suspended;
+        break;
+      case shard_state::releasing:
+        forget(current);  // the lock is gone already
+        break;
+      case shard_state::awaiting_lock:
+      case shard_state::suspended:
+        break;
+    }
+  }
+  if (suspended > 0)
+    spdlog::error(
+        "lost the storage session: {} shards serve volatile calls only until their "
+        "locks are back",
+        suspended);
+  schedule_retry(storage_backoff());
+}
+
+// --- messages --------------------------------------------------------------------------
+
+void persisted_messages::replay(const shard_key& shard, std::int64_t after, std::size_t replayed) {
+  store_->unprocessed(shard.first, shard.second, after,
+                      [this, shard, replayed,
+                       epoch = lock_epoch_](result<std::vector<persisted_message>> read) mutable {
+                        if (stopped_ || epoch != lock_epoch_) return;
+                        auto it = shards_.find(shard);
+                        // Released, moved or lost meanwhile: whoever holds the lock next replays.
+                        if (it == shards_.end() || it->second != shard_state::replaying) return;
+                        if (!read) {
+                          spdlog::warn("replay of shard {}/{} failed ({}); retrying", shard.first,
+                                       shard.second, read.error().message);
+                          enter(it, shard_state::replay_failed);
+                          schedule_retry(storage_backoff());
+                          return;
+                        }
+                        auto& batch = read.value();
+                        const std::size_t count = batch.size();
+                        std::int64_t last = 0;
+                        for (auto& message : batch) {
+                          last = message.id;
+                          if (running_.count(message.id)) continue;
+                          run(std::move(message));
+                          ++replayed;
+                        }
+                        if (count >= settings_.batch_size) {
+                          replay(shard, last, replayed);
+                        } else {
+                          enter(it, shard_state::serving);
+                          if (replayed > 0)
+                            spdlog::info("replayed {} stored messages of shard {}/{}", replayed,
+                                         shard.first, shard.second);
+                        }
+                      });
 }
 
 void persisted_messages::submit(const entity_address& address, std::uint32_t rpc_index,
@@ -181,27 +467,33 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
   message.request = std::move(request);
   (void)rpc_index;
   store_->persist(message, [this, message, deadline, done = std::move(done),
-                            epoch = lock_epoch_](persist_outcome outcome) mutable {
-    if (outcome.error) {
-      done(reply_msg::failure(errc::storage_error, *outcome.error));
+                            epoch = lock_epoch_](result<persist_outcome> stored) mutable {
+    if (!stored) {
+      done(reply_msg::failure(stored.error().code, std::move(stored.error().message)));
       return;
     }
+    auto& outcome = stored.value();
     if (outcome.reply) {  // a duplicate of a processed message: its reply, not a second run
       done(std::move(*outcome.reply));
       return;
     }
-    const shard_key shard{message.group, message.shard};
-    if (outcome.inserted && !store_->shared() && (epoch != lock_epoch_ || !held_.count(shard))) {
+    const auto current = epoch == lock_epoch_ ? state(message.group, message.shard) : std::nullopt;
+    const bool here = current == shard_state::serving || current == shard_state::replaying ||
+                      current == shard_state::replay_failed;
+    if (outcome.inserted && !store_->shared() && !here) {
       // The shard moved while the message was stored, and its next owner cannot see this
       // store: the caller's retry (routers retry NotOwner) runs it there instead.
       done(reply_msg::failure(errc::not_owner, "shard moved away while the message was stored"));
       return;
     }
-    waiters_[outcome.id].push_back(waiter{deadline, steady_clock::now(), std::move(done)});
+    const auto now = steady_clock::now();
+    const auto poll_at = now + std::max(settings_.poll_interval, min_poll_interval);
+    waiters_[outcome.id].push_back(waiter{deadline, poll_at, std::move(done)});
     ++waiter_count_;
-    // While a shard replays, new messages run from the replay, in id order.
-    if (outcome.inserted && epoch == lock_epoch_ && held_.count(shard) &&
-        !replaying_.count(shard) && !running_.count(outcome.id)) {
+    waiters_due_.at(std::min(deadline, poll_at));
+    // While a shard replays, new messages run from the replay, in id order. A shard moving
+    // away runs nothing new: its next owner replays the message.
+    if (outcome.inserted && current == shard_state::serving && !running_.count(outcome.id)) {
       message.id = outcome.id;
       run(std::move(message));
     }
@@ -212,36 +504,43 @@ void persisted_messages::run(persisted_message message) {
   const entity_type* type = registry_.find(message.request.entity_type);
   const std::int64_t id = message.id;
   running_.insert(id);
+  shard_key shard{std::move(message.group), message.shard};
   if (type == nullptr || !type->rpc_index(message.request.rpc)) {
     // Stored by a runner with other plugins: answer it rather than replay it forever.
-    finish(id, {message.group, message.shard},
+    finish(id, shard,
            reply_msg::failure(type ? errc::unknown_rpc : errc::unknown_entity_type,
                               "stored message for " + message.request.entity_type + "." +
                                   message.request.rpc + " has no handler on this runner"),
            hold_in_flight());
     return;
   }
-  const entity_address address{type, message.request.entity_id, message.shard};
+  entity_address address{type, message.request.entity_id, message.shard};
   const auto rpc_index = *type->rpc_index(message.request.rpc);
-  auto deliver = [this, address, rpc_index, id, shard = shard_key{message.group, message.shard},
+  const auto delay = message.request.deliver_at_ms ? *message.request.deliver_at_ms - unix_ms() : 0;
+  std::optional<shard_key> scheduled;  // deliver-at: the shard to check when the time comes
+  if (delay > 0) scheduled = shard;
+  auto deliver = [this, address = std::move(address), rpc_index, id, shard = std::move(shard),
                   request = std::move(message.request)]() mutable {
     entities_.deliver(
         address, rpc_index, std::move(request), steady_clock::time_point::max(),
-        [this, id, shard, hold = hold_in_flight()](reply_msg&& reply) mutable {
+        [this, id, shard = std::move(shard), hold = hold_in_flight()](reply_msg&& reply) mutable {
           finish(id, shard, std::move(reply), std::move(hold));
         },
         false);
   };
-  const auto delay = message.request.deliver_at_ms ? *message.request.deliver_at_ms - unix_ms() : 0;
   if (delay <= 0) {
     deliver();
     return;
   }
-  auto timer = std::make_shared<asio::steady_timer>(io_, milliseconds(delay));
-  timer->async_wait([timer, deliver = std::move(deliver), this, id,
-                     shard = shard_key{message.group, message.shard},
-                     epoch = lock_epoch_](const error_code&) mutable {
-    if (stopped_ || epoch != lock_epoch_ || !held_.count(shard)) {
+  // One timer per message (running_ keeps a message from running twice), owned here so that
+  // stop() and the destructor cancel it.
+  auto& timer = scheduled_[id];
+  timer = std::make_unique<asio::steady_timer>(io_, milliseconds(delay));
+  timer->async_wait([deliver = std::move(deliver), this, id, shard = std::move(*scheduled),
+                     epoch = lock_epoch_](const error_code& ec) mutable {
+    if (ec) return;  // cancelled: this object may be gone
+    scheduled_.erase(id);
+    if (stopped_ || epoch != lock_epoch_ || !runs_here(shard.first, shard.second)) {
       // The shard moved or its lock was lost meanwhile: its next holder replays the message.
       running_.erase(id);
       return;
@@ -256,15 +555,14 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
   // Callers wait where the shard is served: here, unless it moved away while this ran (a
   // retry may then wait at the new owner). A move this runner has not heard of yet leaves
   // that caller to the reply polling.
-  auto wanted = wanted_.find(shard.first);
-  const bool moved =
-      !held_.count(shard) || wanted == wanted_.end() || !wanted->second.count(shard.second);
+  const bool moved = !runs_here(shard.first, shard.second);
   store_->complete(id, reply, moved,
-                   [this, id, reply, hold = std::move(hold)](bool stored) mutable {
+                   [this, id, reply, hold = std::move(hold)](result<void> stored) mutable {
                      --storing_;
                      running_.erase(id);
                      if (!stored)
-                       spdlog::warn("reply of message {} not stored; it will run again", id);
+                       spdlog::warn("reply of message {} not stored ({}); it will run again", id,
+                                    stored.error().message);
                      answer(id, reply);
                      hold.release();
                    });
@@ -280,74 +578,59 @@ void persisted_messages::answer(std::int64_t id, const reply_msg& reply) {
 }
 
 void persisted_messages::fetch_replies(std::vector<std::int64_t> ids) {
-  store_->replies(std::move(ids), [this](std::map<std::int64_t, reply_msg> found) {
-    for (auto& [id, reply] : found) answer(id, reply);
+  store_->replies(std::move(ids), [this](result<std::map<std::int64_t, reply_msg>> found) {
+    if (!found) return;  // the waiters poll again later
+    for (auto& [id, reply] : found.value()) answer(id, reply);
   });
 }
 
-void persisted_messages::locks_lost() {
-  if (held_.empty()) return;
-  spdlog::error(
-      "lost the storage session: {} shards serve volatile calls only until their "
-      "locks are back",
-      held_.size());
-  ++lock_epoch_;
-  // Nobody else can take these locks while the storage is away; entities stay active (their
-  // in-memory state survives a database restart) unless another runner has them on return.
-  suspended_.insert(held_.begin(), held_.end());
-  held_.clear();
-  replaying_.clear();
-  acquiring_.clear();
-}
-
-awaitable<void> persisted_messages::maintenance_loop() {
-  while (!stopped_) {
-    maintenance_timer_.expires_after(milliseconds(100));
-    error_code ec;
-    co_await maintenance_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
-    if (stopped_) break;
-    sync_locks();
-    auto retry = std::move(retry_replay_);
-    retry_replay_.clear();
-    for (const auto& shard : retry)
-      if (held_.count(shard)) replay(shard, 0);
-    // Waiters: answer the expired, poll for replies a notification may have missed.
-    const auto now = steady_clock::now();
-    std::vector<std::int64_t> poll;
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      auto& list = it->second;
-      for (auto w = list.begin(); w != list.end();) {
-        if (w->deadline <= now) {
-          w->done(reply_msg::failure(errc::deadline_exceeded,
-                                     "stored, not yet processed; retry with the same key"));
-          w = list.erase(w);
-          --waiter_count_;
-        } else {
-          if (now - w->since >= settings_.poll_interval && !running_.count(it->first))
-            poll.push_back(it->first);
-          ++w;
-        }
+void persisted_messages::check_waiters() {
+  if (stopped_) return;
+  const auto now = steady_clock::now();
+  const auto poll_every = std::max(settings_.poll_interval, min_poll_interval);
+  auto next = steady_clock::time_point::max();
+  std::vector<std::int64_t> poll;
+  // Answered after the walk: a caller's callback may submit again.
+  std::vector<entity_host::reply_callback> expired;
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    auto& list = it->second;
+    bool due = false;
+    for (auto w = list.begin(); w != list.end();) {
+      if (w->deadline <= now) {
+        expired.push_back(std::move(w->done));
+        w = list.erase(w);
+        --waiter_count_;
+        continue;
       }
-      it = list.empty() ? waiters_.erase(it) : std::next(it);
+      if (w->next_poll <= now) {
+        due = true;
+        w->next_poll = now + poll_every;
+      }
+      next = std::min({next, w->deadline, w->next_poll});
+      ++w;
     }
-    std::sort(poll.begin(), poll.end());
-    poll.erase(std::unique(poll.begin(), poll.end()), poll.end());
-    if (!poll.empty()) fetch_replies(std::move(poll));
+    // A message running here answers its waiters when it is stored.
+    if (due && !running_.count(it->first)) poll.push_back(it->first);
+    it = list.empty() ? waiters_.erase(it) : std::next(it);
   }
+  if (!poll.empty()) fetch_replies(std::move(poll));  // ids in order, each once
+  if (next != steady_clock::time_point::max()) waiters_due_.at(next);
+  for (auto& done : expired)
+    done(reply_msg::failure(errc::deadline_exceeded,
+                            "stored, not yet processed; retry with the same key"));
 }
 
-awaitable<void> persisted_messages::purge_loop() {
-  const auto idle =
-      std::clamp<milliseconds>(settings_.retention / 10, milliseconds(100), milliseconds(60000));
-  while (!stopped_) {
-    purge_timer_.expires_after(idle);
-    error_code ec;
-    co_await purge_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
-    if (stopped_) break;
-    store_->purge([](std::size_t purged) {
-      if (purged > 0) spdlog::info("purged {} processed messages past retention", purged);
-    });
-  }
+void persisted_messages::purge() {
+  if (stopped_) return;
+  store_->purge([this](result<std::size_t> purged) {
+    if (purged && purged.value() > 0)
+      spdlog::info("purged {} processed messages past retention", purged.value());
+    if (stopped_) return;
+    // The next round once this one is done: purges never pile up behind a slow store.
+    const auto every =
+        std::clamp<milliseconds>(settings_.retention / 10, milliseconds(100), milliseconds(60000));
+    purge_due_.at(steady_clock::now() + every);
+  });
 }
 
 }  // namespace cluster::host

@@ -48,6 +48,18 @@ persisted_message message_for(const std::string& id, const std::string& key,
   return m;
 }
 
+/// A completion that keeps the value of a result in `slot` (a failure fails the test).
+template <class T>
+std::function<void(result<T>)> store_into(std::optional<T>& slot) {
+  return [&slot](result<T> done) {
+    if (done) {
+      slot = std::move(done.value());
+    } else {
+      ADD_FAILURE() << "storage failed: " << done.error().message;
+    }
+  };
+}
+
 template <class T>
 T wait_result(asio::io_context& io, std::optional<T>& slot) {
   EXPECT_TRUE(run_until(io, [&] { return slot.has_value(); }));
@@ -143,8 +155,10 @@ TEST(postgres, upgrading_from_schema_1_keeps_unprocessed_messages_queued) {
   asio::io_context io;
   pg_message_store store(io, settings_for(prefix));  // migrates to the latest schema
   std::optional<std::vector<persisted_message>> queued;
-  store.unprocessed("default", 5, 0,
-                    [&](std::vector<persisted_message> batch, bool) { queued = batch; });
+  store.unprocessed("default", 5, 0, [&](result<std::vector<persisted_message>> batch) {
+    EXPECT_TRUE(batch.has_value());
+    if (batch) queued = std::move(batch.value());
+  });
   const auto batch = wait_result(io, queued);
   ASSERT_EQ(batch.size(), 1u);
   EXPECT_EQ(batch[0].id, 2);
@@ -152,11 +166,13 @@ TEST(postgres, upgrading_from_schema_1_keeps_unprocessed_messages_queued) {
 
   // Its reply takes it off the queue.
   std::optional<bool> stored;
-  store.complete(2, reply_msg::success({}), false, [&](bool ok) { stored = ok; });
+  store.complete(2, reply_msg::success({}), false,
+                 [&](result<void> done) { stored = done.has_value(); });
   EXPECT_TRUE(wait_result(io, stored));
   queued.reset();
-  store.unprocessed("default", 5, 0,
-                    [&](std::vector<persisted_message> rest, bool) { queued = rest; });
+  store.unprocessed("default", 5, 0, [&](result<std::vector<persisted_message>> rest) {
+    if (rest) queued = std::move(rest.value());
+  });
   EXPECT_TRUE(wait_result(io, queued).empty());
   store.stop();
 }
@@ -173,16 +189,16 @@ TEST(postgres, gives_each_shard_lock_to_exactly_one_store) {
   const auto settings = settings_for(unique_prefix());
   pg_message_store first(io, settings), second(io, settings);
   std::optional<std::vector<std::int32_t>> a, b;
-  first.acquire("default", {1, 2, 3}, [&](std::vector<std::int32_t> held) { a = held; });
+  first.acquire("default", {1, 2, 3}, store_into(a));
   EXPECT_EQ(wait_result(io, a), (std::vector<std::int32_t>{1, 2, 3}));
   // Both believe they own shards 2..4: only the free one goes to the second store.
-  second.acquire("default", {2, 3, 4}, [&](std::vector<std::int32_t> held) { b = held; });
+  second.acquire("default", {2, 3, 4}, store_into(b));
   EXPECT_EQ(wait_result(io, b), (std::vector<std::int32_t>{4}));
   first.release("default", {2});
   b.reset();
   run_until(
       io, [] { return false; }, milliseconds(200));
-  second.acquire("default", {2, 3}, [&](std::vector<std::int32_t> held) { b = held; });
+  second.acquire("default", {2, 3}, store_into(b));
   EXPECT_EQ(wait_result(io, b), (std::vector<std::int32_t>{2}));
   first.stop();
   second.stop();
@@ -195,11 +211,11 @@ TEST(postgres, frees_the_locks_of_a_store_whose_session_ends) {
   auto first = std::make_unique<pg_message_store>(io, settings);
   pg_message_store second(io, settings);
   std::optional<std::vector<std::int32_t>> held;
-  first->acquire("default", {7}, [&](std::vector<std::int32_t> h) { held = h; });
+  first->acquire("default", {7}, store_into(held));
   EXPECT_EQ(wait_result(io, held).size(), 1u);
   first.reset();  // the session ends, as when a runner dies
   held.reset();
-  second.acquire("default", {7}, [&](std::vector<std::int32_t> h) { held = h; });
+  second.acquire("default", {7}, store_into(held));
   EXPECT_EQ(wait_result(io, held), (std::vector<std::int32_t>{7}));
   second.stop();
 }
@@ -209,20 +225,19 @@ TEST(postgres, deduplicates_by_primary_key_and_returns_the_stored_reply) {
   asio::io_context io;
   pg_message_store store(io, settings_for(unique_prefix()));
   std::optional<persist_outcome> first, again, after;
-  store.persist(message_for("e1", "k1"), [&](persist_outcome o) { first = o; });
+  store.persist(message_for("e1", "k1"), store_into(first));
   const auto stored = wait_result(io, first);
-  ASSERT_FALSE(stored.error) << *stored.error;
   EXPECT_TRUE(stored.inserted);
-  store.persist(message_for("e1", "k1"), [&](persist_outcome o) { again = o; });
+  store.persist(message_for("e1", "k1"), store_into(again));
   const auto duplicate = wait_result(io, again);
   EXPECT_FALSE(duplicate.inserted);
   EXPECT_EQ(duplicate.id, stored.id);
   EXPECT_FALSE(duplicate.reply.has_value());  // not processed yet
   std::optional<bool> completed;
   store.complete(stored.id, reply_msg::success({0x81, 0xa1, 'v', 0x05}), false,
-                 [&](bool ok) { completed = ok; });
+                 [&](result<void> done) { completed = done.has_value(); });
   EXPECT_TRUE(wait_result(io, completed));
-  store.persist(message_for("e1", "k1"), [&](persist_outcome o) { after = o; });
+  store.persist(message_for("e1", "k1"), store_into(after));
   const auto processed = wait_result(io, after);
   ASSERT_TRUE(processed.reply.has_value());
   EXPECT_EQ(processed.reply->payload, (bytes{0x81, 0xa1, 'v', 0x05}));
@@ -236,16 +251,21 @@ TEST(postgres, batches_concurrent_messages_and_lists_unprocessed_ones_in_order) 
   std::size_t pending = 300;
   std::vector<std::int64_t> ids(300);
   for (int i = 0; i < 300; ++i)
-    store.persist(message_for("ordered", "key-" + std::to_string(i), 9), [&, i](persist_outcome o) {
-      ids[i] = o.id;
-      --pending;
-    });
+    store.persist(message_for("ordered", "key-" + std::to_string(i), 9),
+                  [&, i](result<persist_outcome> o) {
+                    if (o) {
+                      ids[i] = o.value().id;
+                    } else {
+                      ADD_FAILURE() << o.error().message;
+                    }
+                    --pending;
+                  });
   ASSERT_TRUE(run_until(io, [&] { return pending == 0; }));
   EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));  // arrival order is id order
   std::optional<std::vector<persisted_message>> listed;
-  store.unprocessed("default", 9, 0, [&](std::vector<persisted_message> batch, bool ok) {
-    EXPECT_TRUE(ok);
-    listed = std::move(batch);
+  store.unprocessed("default", 9, 0, [&](result<std::vector<persisted_message>> batch) {
+    EXPECT_TRUE(batch.has_value());
+    if (batch) listed = std::move(batch.value());
   });
   const auto batch = wait_result(io, listed);
   ASSERT_EQ(batch.size(), 300u);
@@ -266,13 +286,13 @@ TEST(postgres, notifies_other_stores_of_the_replies_it_is_asked_to_announce) {
   run_until(
       io, [] { return false; }, milliseconds(300));  // let the watcher LISTEN
   std::optional<persist_outcome> quiet, announced;
-  writer.persist(message_for("n1", "k"), [&](persist_outcome o) { quiet = o; });
-  writer.persist(message_for("n2", "k"), [&](persist_outcome o) { announced = o; });
+  writer.persist(message_for("n1", "k"), store_into(quiet));
+  writer.persist(message_for("n2", "k"), store_into(announced));
   const auto quiet_id = wait_result(io, quiet).id;
   const auto announced_id = wait_result(io, announced).id;
   // Notifications arrive in commit order: once the second is in, the first would be too.
-  writer.complete(quiet_id, reply_msg::success({}), false, [](bool) {});
-  writer.complete(announced_id, reply_msg::success({}), true, [](bool) {});
+  writer.complete(quiet_id, reply_msg::success({}), false, [](result<void>) {});
+  writer.complete(announced_id, reply_msg::success({}), true, [](result<void>) {});
   EXPECT_TRUE(run_until(io, [&] {
     return std::find(notified.begin(), notified.end(), announced_id) != notified.end();
   }));
@@ -288,20 +308,21 @@ TEST(postgres, purges_processed_messages_past_retention_only) {
   settings.retention = milliseconds(200);
   pg_message_store store(io, settings);
   std::optional<persist_outcome> done_one, open_one;
-  store.persist(message_for("p", "done"), [&](persist_outcome o) { done_one = o; });
-  store.persist(message_for("p", "open"), [&](persist_outcome o) { open_one = o; });
+  store.persist(message_for("p", "done"), store_into(done_one));
+  store.persist(message_for("p", "open"), store_into(open_one));
   const auto processed_id = wait_result(io, done_one).id;
   wait_result(io, open_one);
   std::optional<bool> completed;
-  store.complete(processed_id, reply_msg::success({}), false, [&](bool ok) { completed = ok; });
+  store.complete(processed_id, reply_msg::success({}), false,
+                 [&](result<void> done) { completed = done.has_value(); });
   wait_result(io, completed);
   std::optional<std::size_t> purged;
-  store.purge([&](std::size_t n) { purged = n; });
+  store.purge(store_into(purged));
   EXPECT_EQ(wait_result(io, purged), 0u);  // younger than the retention
   run_until(
       io, [] { return false; }, milliseconds(400));
   purged.reset();
-  store.purge([&](std::size_t n) { purged = n; });
+  store.purge(store_into(purged));
   EXPECT_EQ(wait_result(io, purged), 1u);
   pg::connection conn(pg_url());
   auto left = conn.exec("SELECT primary_key FROM " + settings.table_prefix + "_messages");

@@ -46,6 +46,8 @@ message_key key_in_row(const pg::result& rows, int row) {
   return {rows.text(row, 1), rows.text(row, 2), rows.text(row, 3)};
 }
 
+failure unavailable() { return failure{errc::storage_error, "storage unavailable"}; }
+
 reply_msg reply_from_row(const pg::result& rows, int row, int first_column) {
   reply_msg reply;
   reply.code = static_cast<errc>(rows.integer(row, first_column));
@@ -141,8 +143,7 @@ void pg_message_store::stop() {
   if (listener_.joinable()) listener_.join();
 }
 
-void pg_message_store::persist(persisted_message message,
-                               std::function<void(persist_outcome)> done) {
+void pg_message_store::persist(persisted_message message, persist_done done) {
   {
     std::lock_guard lock(mutex_);
     persists_.push_back(persist_job{std::move(message), std::move(done)});
@@ -151,7 +152,7 @@ void pg_message_store::persist(persisted_message message,
 }
 
 void pg_message_store::complete(std::int64_t id, reply_msg reply, bool announce,
-                                std::function<void(bool)> done) {
+                                complete_done done) {
   {
     std::lock_guard lock(mutex_);
     completes_.push_back(complete_job{id, std::move(reply), announce, std::move(done)});
@@ -168,7 +169,7 @@ void pg_message_store::enqueue(other_job job) {
 }
 
 void pg_message_store::unprocessed(std::string group, std::int32_t shard, std::int64_t after,
-                                   std::function<void(std::vector<persisted_message>, bool)> done) {
+                                   unprocessed_done done) {
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(other_job{
       [this, group, shard, after, shared_done](pg::connection& conn) {
@@ -191,13 +192,14 @@ void pg_message_store::unprocessed(std::string group, std::int32_t shard, std::i
           if (!rows.is_null(r, 6)) m.request.deliver_at_ms = rows.integer(r, 6);
           out.push_back(std::move(m));
         }
-        asio::post(io_, [shared_done, out = std::move(out)] { (*shared_done)(out, true); });
+        asio::post(
+            io_, [shared_done, out = std::move(out)]() mutable { (*shared_done)(std::move(out)); });
       },
-      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}, false); }); }});
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
 }
 
 void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shards,
-                               std::function<void(std::vector<std::int32_t>)> done) {
+                               acquire_done done) {
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(other_job{
       [this, group, shards, shared_done](pg::connection& conn) {
@@ -220,9 +222,11 @@ void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shar
             held.push_back(shard);
           }
         }
-        asio::post(io_, [shared_done, held = std::move(held)] { (*shared_done)(held); });
+        asio::post(io_, [shared_done, held = std::move(held)]() mutable {
+          (*shared_done)(std::move(held));
+        });
       },
-      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}); }); }});
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
 }
 
 void pg_message_store::release(std::string group, std::vector<std::int32_t> shards) {
@@ -238,21 +242,21 @@ void pg_message_store::release(std::string group, std::vector<std::int32_t> shar
                     [] {}});
 }
 
-void pg_message_store::replies(std::vector<std::int64_t> ids,
-                               std::function<void(std::map<std::int64_t, reply_msg>)> done) {
+void pg_message_store::replies(std::vector<std::int64_t> ids, replies_done done) {
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
-  enqueue(
-      other_job{[this, ids, shared_done](pg::connection& conn) {
-                  auto rows = conn.exec(select_replies_, {pg::number_array(ids)});
-                  std::map<std::int64_t, reply_msg> out;
-                  for (int r = 0; r < rows.rows(); ++r)
-                    out.emplace(rows.integer(r, 0), reply_from_row(rows, r, 1));
-                  asio::post(io_, [shared_done, out = std::move(out)] { (*shared_done)(out); });
-                },
-                [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)({}); }); }});
+  enqueue(other_job{
+      [this, ids, shared_done](pg::connection& conn) {
+        auto rows = conn.exec(select_replies_, {pg::number_array(ids)});
+        std::map<std::int64_t, reply_msg> out;
+        for (int r = 0; r < rows.rows(); ++r)
+          out.emplace(rows.integer(r, 0), reply_from_row(rows, r, 1));
+        asio::post(
+            io_, [shared_done, out = std::move(out)]() mutable { (*shared_done)(std::move(out)); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
 }
 
-void pg_message_store::purge(std::function<void(std::size_t)> done) {
+void pg_message_store::purge(purge_done done) {
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(other_job{
       [this, shared_done](pg::connection& conn) {
@@ -262,7 +266,7 @@ void pg_message_store::purge(std::function<void(std::size_t)> done) {
         const auto purged = static_cast<std::size_t>(rows.rows());
         asio::post(io_, [shared_done, purged] { (*shared_done)(purged); });
       },
-      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(0); }); }});
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
 }
 
 bool pg_message_store::ensure_connected() {
@@ -309,12 +313,10 @@ void pg_message_store::worker_loop() {
     const bool idle = persists.empty() && completes.empty() && others.empty();
     if (!ensure_connected()) {
       if (!held_.empty()) connection_failed("cannot reconnect");
-      for (auto& job : persists) {
-        persist_outcome failed;
-        failed.error = "storage unavailable";
-        asio::post(io_, [done = std::move(job.done), failed] { done(failed); });
-      }
-      for (auto& job : completes) asio::post(io_, [done = std::move(job.done)] { done(false); });
+      for (auto& job : persists)
+        asio::post(io_, [done = std::move(job.done)] { done(unavailable()); });
+      for (auto& job : completes)
+        asio::post(io_, [done = std::move(job.done)] { done(unavailable()); });
       for (auto& job : others) job.fail();
       if (idle || !stopping_) std::this_thread::sleep_for(std::chrono::milliseconds(200));
       continue;
@@ -392,7 +394,7 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
 
   // One implicit transaction, so one commit (one fsync) for every message and every reply
   // of this round: callers hear back only after it committed.
-  std::vector<persist_outcome> outcomes(persists.size());
+  std::vector<result<persist_outcome>> outcomes(persists.size(), persist_outcome{});
   std::optional<pg::error> failed;
   bool committed = false;
   try {
@@ -410,8 +412,8 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
       const auto& request = persists[i].message.request;
       auto it = new_ids.find(key_of(request));
       if (it == new_ids.end()) continue;
-      outcomes[i].id = it->second;
-      outcomes[i].inserted = true;
+      outcomes[i].value().id = it->second;
+      outcomes[i].value().inserted = true;
       new_ids.erase(it);
     }
   } catch (const pg::error& e) {
@@ -423,17 +425,24 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
     } catch (const pg::error& e) {
       failed = e;
       for (auto& outcome : outcomes)
-        if (!outcome.inserted) outcome.error = std::string("storage error: ") + e.what();
+        if (outcome.has_value() && !outcome.value().inserted)
+          outcome = failure{errc::storage_error, std::string("storage error: ") + e.what()};
     }
   } else {
-    for (auto& outcome : outcomes) outcome.error = std::string("storage error: ") + failed->what();
+    for (auto& outcome : outcomes)
+      outcome = failure{errc::storage_error, std::string("storage error: ") + failed->what()};
   }
   for (std::size_t i = 0; i < persists.size(); ++i)
-    asio::post(io_, [done = std::move(persists[i].done), outcome = std::move(outcomes[i])] {
-      done(outcome);
+    asio::post(io_, [done = std::move(persists[i].done),
+                     outcome = std::move(outcomes[i])]() mutable { done(std::move(outcome)); });
+  for (auto& job : completes) {
+    result<void> stored = success();
+    if (!committed)
+      stored = failure{errc::storage_error, "reply not stored: " + std::string(failed->what())};
+    asio::post(io_, [done = std::move(job.done), stored = std::move(stored)]() mutable {
+      done(std::move(stored));
     });
-  for (auto& job : completes)
-    asio::post(io_, [done = std::move(job.done), committed] { done(committed); });
+  }
   if (failed) {
     if (failed->retriable || !conn_->healthy()) throw *failed;
     spdlog::error("storing messages failed: {}", failed->what());
@@ -441,11 +450,11 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
 }
 
 void pg_message_store::find_existing(const std::vector<persist_job>& persists,
-                                     std::vector<persist_outcome>& outcomes) {
+                                     std::vector<result<persist_outcome>>& outcomes) {
   pg::array_literal types, ids, keys;
   bool any = false;
   for (std::size_t i = 0; i < persists.size(); ++i) {
-    if (outcomes[i].inserted) continue;
+    if (outcomes[i].value().inserted) continue;
     const auto& request = persists[i].message.request;
     types.text(request.entity_type);
     ids.text(request.entity_id);
@@ -457,16 +466,16 @@ void pg_message_store::find_existing(const std::vector<persist_job>& persists,
   std::map<message_key, int> rows;
   for (int r = 0; r < existing.rows(); ++r) rows[key_in_row(existing, r)] = r;
   for (std::size_t i = 0; i < persists.size(); ++i) {
-    if (outcomes[i].inserted) continue;
+    if (outcomes[i].value().inserted) continue;
     const auto& request = persists[i].message.request;
     auto it = rows.find(key_of(request));
     if (it == rows.end()) {
-      outcomes[i].error = "message vanished during deduplication";
+      outcomes[i] = failure{errc::storage_error, "message vanished during deduplication"};
       continue;
     }
-    outcomes[i].id = existing.integer(it->second, 0);
-    if (!existing.is_null(it->second, 4))
-      outcomes[i].reply = reply_from_row(existing, it->second, 4);
+    auto& outcome = outcomes[i].value();
+    outcome.id = existing.integer(it->second, 0);
+    if (!existing.is_null(it->second, 4)) outcome.reply = reply_from_row(existing, it->second, 4);
   }
 }
 

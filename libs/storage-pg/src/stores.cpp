@@ -16,7 +16,7 @@ namespace {
 
 std::unique_ptr<message_store> make_message_store(asio::io_context& io,
                                                   const storage_settings& settings) {
-  if (settings.backend == "memory") return make_memory_message_store(io);
+  if (settings.backend == "memory") return make_memory_message_store(io, settings.batch_size);
   if (settings.backend == "postgres") return std::make_unique<pg_message_store>(io, settings);
   unknown_backend(settings);
 }

@@ -63,6 +63,9 @@ class entity_host {
 
   std::size_t active_entities() const { return entities_.size(); }
   std::size_t busy_entities() const;
+  /// Runs when a shard's last active entity was passivated (a moving shard's lock may go).
+  std::function<void(const std::string& group, std::int32_t shard)> on_shard_passivated;
+
   /// Counters for tests and metrics.
   std::uint64_t activations() const { return activations_; }
   std::uint64_t passivations() const { return passivations_; }

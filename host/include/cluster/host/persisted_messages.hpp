@@ -8,16 +8,44 @@
 // primary key) before it runs; its reply is stored and the message marked processed in
 // one transaction, and every caller waiting for that message gets the stored reply.
 //
+// Nothing here polls on a fixed tick: work starts when something changes (an assignment,
+// a lock granted or refused, the storage session lost, an entity of a moving shard
+// passivated), and timers run only while there is something to retry or wait for (a lock
+// held by another runner, the storage away, a waiter's deadline or reply poll).
+//
 // Thread: the runner's io_context thread; storage work happens on the store's own thread.
 
 #include <map>
+#include <optional>
 #include <set>
+#include <string_view>
 
 #include "cluster/host/entity_host.hpp"
 #include "cluster/process/gate.hpp"
 #include "cluster/storage/message_store.hpp"
 
 namespace cluster::host {
+
+/// Where a shard stands with its storage lock on this runner. A shard that is neither
+/// assigned here nor locked here has no state ("unowned"). The transitions are listed in
+/// persisted_messages.cpp (`may_move`); any other one is a bug and aborts.
+enum class shard_state : std::uint8_t {
+  awaiting_lock,        ///< assigned, not locked: the lock is asked for at once, then on a timer
+                        ///< while another runner holds it or the storage cannot be asked
+  acquiring,            ///< assigned, a lock request in flight
+  replaying,            ///< locked: running the stored unprocessed messages in id order; new
+                        ///< messages are left to the replay, which reads them in order too
+  replay_failed,        ///< locked, a replay read failed: read again on a timer
+  serving,              ///< locked and replayed: new messages run at once
+  releasing,            ///< locked, no longer assigned: runs nothing new; the lock goes as soon
+                        ///< as the shard's last entity is passivated
+  suspended,            ///< assigned, the lock went with the storage session: nobody else can take
+                        ///< it while the storage is away, so entities serve volatile calls only;
+                        ///< the lock is asked for again on a timer
+  suspended_acquiring,  ///< suspended, a lock request in flight
+};
+
+std::string_view to_string(shard_state state);
 
 class persisted_messages {
  public:
@@ -33,16 +61,18 @@ class persisted_messages {
   std::string backend_name() const { return store_->backend_name(); }
 
   /// The shards the assignment gives this runner; locks follow (taken and released).
-  void set_wanted(std::map<std::string, std::set<std::int32_t>> wanted);
+  void set_wanted(const std::map<std::string, std::set<std::int32_t>>& wanted);
   /// May entities of this shard run here now?
   bool holds(const std::string& group, std::int32_t shard) const;
   /// Was this shard's lock lost only because the storage went away? Its entities keep
   /// serving volatile calls (nobody else can take the lock meanwhile); persisted calls are
   /// refused with StorageError until the lock is back.
   bool suspended(const std::string& group, std::int32_t shard) const;
+  /// The shard's state; nullopt when it is neither assigned nor locked here.
+  std::optional<shard_state> state(std::string_view group, std::int32_t shard) const;
   /// Replies of finished messages being stored (a graceful stop waits for them).
   std::size_t storing() const { return storing_; }
-  std::size_t held_shards() const;
+  std::size_t held_shards() const { return held_shards_; }
 
   /// Stores a persisted request for a held shard and answers with its (stored) reply.
   void submit(const entity_address& address, std::uint32_t rpc_index, request_msg request,
@@ -57,44 +87,82 @@ class persisted_messages {
  private:
   struct waiter {
     steady_clock::time_point deadline;
-    steady_clock::time_point since;
+    steady_clock::time_point next_poll;  ///< ask the store for its reply then
     entity_host::reply_callback done;
   };
   using shard_key = std::pair<std::string, std::int32_t>;
+  using shard_ref = std::pair<std::string_view, std::int32_t>;
+  /// Orders keys and looks them up by (string_view, shard) without building a string.
+  struct shard_less {
+    using is_transparent = void;
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+      const int order = std::string_view(a.first).compare(std::string_view(b.first));
+      return order < 0 || (order == 0 && a.second < b.second);
+    }
+  };
+  using shard_map = std::map<shard_key, shard_state, shard_less>;
 
+  /// A timer that runs `fire` at the earliest time asked for: one pending wait at most,
+  /// re-armed only when asked for an earlier time.
+  class wakeup {
+   public:
+    wakeup(asio::io_context& io, std::function<void()> fire);
+    void at(steady_clock::time_point when);
+    void cancel();
+
+   private:
+    asio::steady_timer timer_;
+    steady_clock::time_point due_ = steady_clock::time_point::max();
+    std::function<void()> fire_;
+  };
+
+  // The only places shard states change (each asserts the transition is in the table).
+  void add(shard_key key);
+  void enter(shard_map::iterator it, shard_state next);
+  void forget(shard_map::iterator it);
+
+  /// Locks for every shard awaiting one, one request per group.
   void sync_locks();
-  void replay(const shard_key& shard, std::int64_t after);
-  /// Suspended shards of `wanted` the store did not lock although it is reachable.
-  void lost_to_others(const std::string& group, const std::vector<std::int32_t>& wanted,
-                      const std::vector<std::int32_t>& held);
+  void acquired(const std::string& group, const std::vector<std::int32_t>& asked,
+                result<std::vector<std::int32_t>> held);
+  /// Releases the locks of releasing shards without active entities.
+  void release_idle();
+  void shard_passivated(const std::string& group, std::int32_t shard);
+  /// Reads (and runs) the shard's unprocessed messages after id `after`, a batch at a time.
+  void replay(const shard_key& shard, std::int64_t after, std::size_t replayed = 0);
+  void retry();
+  void schedule_retry(milliseconds delay);
+  /// The next delay while the storage is away (doubling up to a bound); a success resets it.
+  milliseconds storage_backoff();
   void run(persisted_message message);
   void finish(std::int64_t id, const shard_key& shard, reply_msg&& reply, gate::holder hold);
   gate::holder hold_in_flight() { return in_flight ? in_flight->hold() : gate::holder(); }
   void answer(std::int64_t id, const reply_msg& reply);
   void fetch_replies(std::vector<std::int64_t> ids);
+  /// Answers expired waiters, polls for replies a notification may have missed.
+  void check_waiters();
+  void purge();
   void locks_lost();
-  awaitable<void> maintenance_loop();
-  awaitable<void> purge_loop();
+  /// Are the shard's new messages run here now (locked, assigned)?
+  bool runs_here(std::string_view group, std::int32_t shard) const;
 
   asio::io_context& io_;
   std::unique_ptr<message_store> store_;
   entity_host& entities_;
   const entity_registry& registry_;
   storage_settings settings_;
-  std::map<std::string, std::set<std::int32_t>> wanted_;
-  std::set<shard_key> held_;
-  std::set<shard_key> suspended_;
-  std::set<shard_key> acquiring_;
-  // Held, replay not finished: new messages are left to the replay, which reads them in id
-  // order (the store runs statements in the order they were issued, so none is missed).
-  std::set<shard_key> replaying_;
-  std::set<shard_key> retry_replay_;
+  shard_map shards_;
+  std::size_t held_shards_ = 0;
   std::set<std::int64_t> running_;  // ids handed to an entity and not yet stored as done
+  std::map<std::int64_t, std::unique_ptr<asio::steady_timer>> scheduled_;  // deliver-at waits
   std::map<std::int64_t, std::vector<waiter>> waiters_;
   std::size_t waiter_count_ = 0;
   std::size_t storing_ = 0;
-  asio::steady_timer maintenance_timer_;
-  asio::steady_timer purge_timer_;
+  milliseconds backoff_;
+  wakeup retry_;
+  wakeup waiters_due_;
+  wakeup purge_due_;
   bool stopped_ = false;
   std::uint64_t lock_epoch_ = 0;  // bumped when locks are lost: stale completions are ignored
 };

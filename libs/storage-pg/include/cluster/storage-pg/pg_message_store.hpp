@@ -30,17 +30,14 @@ class pg_message_store final : public message_store {
   ~pg_message_store() override;
 
   std::string backend_name() const override { return "postgres"; }
-  void persist(persisted_message message, std::function<void(persist_outcome)> done) override;
-  void complete(std::int64_t id, reply_msg reply, bool announce,
-                std::function<void(bool)> done) override;
+  void persist(persisted_message message, persist_done done) override;
+  void complete(std::int64_t id, reply_msg reply, bool announce, complete_done done) override;
   void unprocessed(std::string group, std::int32_t shard, std::int64_t after,
-                   std::function<void(std::vector<persisted_message>, bool)> done) override;
-  void acquire(std::string group, std::vector<std::int32_t> shards,
-               std::function<void(std::vector<std::int32_t>)> done) override;
+                   unprocessed_done done) override;
+  void acquire(std::string group, std::vector<std::int32_t> shards, acquire_done done) override;
   void release(std::string group, std::vector<std::int32_t> shards) override;
-  void replies(std::vector<std::int64_t> ids,
-               std::function<void(std::map<std::int64_t, reply_msg>)> done) override;
-  void purge(std::function<void(std::size_t)> done) override;
+  void replies(std::vector<std::int64_t> ids, replies_done done) override;
+  void purge(purge_done done) override;
   void stop() override;
   bool reachable() const override { return reachable_; }
   bool shared() const override { return true; }
@@ -48,13 +45,13 @@ class pg_message_store final : public message_store {
  private:
   struct persist_job {
     persisted_message message;
-    std::function<void(persist_outcome)> done;
+    persist_done done;
   };
   struct complete_job {
     std::int64_t id;
     reply_msg reply;
     bool announce;
-    std::function<void(bool)> done;
+    complete_done done;
   };
   struct other_job {
     std::function<void(pg::connection&)> run;  // posts its own completion
@@ -73,7 +70,7 @@ class pg_message_store final : public message_store {
   void run_writes(std::vector<persist_job>& persists, std::vector<complete_job>& completes);
   /// Ids and stored replies of messages that were already stored (outcomes not `inserted`).
   void find_existing(const std::vector<persist_job>& persists,
-                     std::vector<persist_outcome>& outcomes);
+                     std::vector<result<persist_outcome>>& outcomes);
   void connection_failed(const std::string& why);
   std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
   std::string lock_space(const std::string& group) const {

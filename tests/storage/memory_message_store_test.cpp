@@ -1,0 +1,142 @@
+// The memory message store: deduplication, stored replies, the unprocessed queue in id
+// order and in batches, locks, and completions that always arrive through the io_context.
+#include <gtest/gtest.h>
+
+#include "cluster/storage/message_store.hpp"
+#include "cluster_fixture.hpp"
+
+namespace cluster {
+namespace {
+
+using cluster::testing::make_request;
+using cluster::testing::run_until;
+
+persisted_message message_for(const std::string& entity_id, const std::string& key,
+                              std::int32_t shard = 7, const std::string& group = "default") {
+  persisted_message m;
+  m.group = group;
+  m.shard = shard;
+  m.request = make_request("Probe", entity_id, "Append", {{"sender", "s"}, {"value", 1}});
+  m.request.primary_key = key;
+  m.request.persisted = true;
+  return m;
+}
+
+class memory_store : public ::testing::Test {
+ protected:
+  persist_outcome persist(persisted_message message) {
+    std::optional<result<persist_outcome>> out;
+    store->persist(std::move(message), [&](result<persist_outcome> r) { out = std::move(r); });
+    EXPECT_TRUE(run_until(io, [&] { return out.has_value(); }));
+    EXPECT_TRUE(out && out->has_value());
+    return out && out->has_value() ? out->value() : persist_outcome{};
+  }
+  void complete(std::int64_t id, reply_msg reply) {
+    std::optional<result<void>> out;
+    store->complete(id, std::move(reply), false, [&](result<void> r) { out = std::move(r); });
+    EXPECT_TRUE(run_until(io, [&] { return out.has_value(); }));
+    EXPECT_TRUE(out && out->has_value());
+  }
+  std::vector<persisted_message> unprocessed(std::int32_t shard, std::int64_t after,
+                                             const std::string& group = "default") {
+    std::optional<result<std::vector<persisted_message>>> out;
+    store->unprocessed(group, shard, after,
+                       [&](result<std::vector<persisted_message>> r) { out = std::move(r); });
+    EXPECT_TRUE(run_until(io, [&] { return out.has_value(); }));
+    EXPECT_TRUE(out && out->has_value());
+    return out && out->has_value() ? out->value() : std::vector<persisted_message>{};
+  }
+  std::vector<std::int64_t> ids_of(const std::vector<persisted_message>& messages) {
+    std::vector<std::int64_t> ids;
+    for (const auto& m : messages) ids.push_back(m.id);
+    return ids;
+  }
+
+  asio::io_context io;
+  std::unique_ptr<message_store> store = make_memory_message_store(io, 3);
+};
+
+TEST_F(memory_store, stores_new_messages_with_increasing_ids_and_finds_duplicates) {
+  const auto first = persist(message_for("a", "k1"));
+  EXPECT_TRUE(first.inserted);
+  EXPECT_FALSE(first.reply.has_value());
+  const auto second = persist(message_for("a", "k2"));
+  EXPECT_TRUE(second.inserted);
+  EXPECT_GT(second.id, first.id);
+  // The key is (entity type, entity id, primary key): another entity may reuse a key.
+  EXPECT_TRUE(persist(message_for("b", "k1")).inserted);
+  const auto again = persist(message_for("a", "k1"));
+  EXPECT_FALSE(again.inserted);
+  EXPECT_EQ(again.id, first.id);
+  EXPECT_FALSE(again.reply.has_value()) << "not processed yet";
+}
+
+TEST_F(memory_store, answers_a_processed_duplicate_with_the_first_stored_reply) {
+  const auto stored = persist(message_for("a", "k"));
+  complete(stored.id, reply_msg::success({0x01}));
+  complete(stored.id, reply_msg::success({0x02}));  // a rerun after a lost lock
+  const auto again = persist(message_for("a", "k"));
+  EXPECT_FALSE(again.inserted);
+  ASSERT_TRUE(again.reply.has_value());
+  EXPECT_EQ(again.reply->payload, (bytes{0x01}));
+
+  std::optional<std::map<std::int64_t, reply_msg>> found;
+  store->replies({stored.id, stored.id + 100},
+                 [&](result<std::map<std::int64_t, reply_msg>> r) { found = r.value(); });
+  ASSERT_TRUE(run_until(io, [&] { return found.has_value(); }));
+  ASSERT_EQ(found->size(), 1u) << "only messages with a reply are listed";
+  EXPECT_EQ(found->at(stored.id).payload, (bytes{0x01}));
+}
+
+TEST_F(memory_store, lists_a_shards_unprocessed_messages_in_id_order_in_batches) {
+  std::vector<std::int64_t> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(persist(message_for("e" + std::to_string(i), "k")).id);
+    persist(message_for("other" + std::to_string(i), "k", 8));          // another shard
+    persist(message_for("group" + std::to_string(i), "k", 7, "jobs"));  // another group
+  }
+  complete(ids[1], reply_msg::success({}));
+  const auto first = unprocessed(7, 0);
+  EXPECT_EQ(ids_of(first), (std::vector<std::int64_t>{ids[0], ids[2], ids[3]}));  // batch of 3
+  EXPECT_EQ(first[0].request.entity_id, "e0");
+  EXPECT_EQ(*first[0].request.primary_key, "k");
+  EXPECT_EQ(first[0].group, "default");
+  EXPECT_EQ(first[0].shard, 7);
+  const auto rest = unprocessed(7, first.back().id);
+  EXPECT_EQ(ids_of(rest), (std::vector<std::int64_t>{ids[4]}));
+  EXPECT_TRUE(unprocessed(7, ids[4]).empty());
+  EXPECT_EQ(unprocessed(7, 0, "jobs").size(), 3u);
+}
+
+TEST_F(memory_store, completes_through_the_io_context_never_inside_the_call) {
+  bool persisted = false, completed = false, listed = false, locked = false, found = false,
+       purged = false;
+  std::vector<std::int64_t> announced;
+  store->on_reply = [&](std::int64_t id) { announced.push_back(id); };
+  store->persist(message_for("a", "k"), [&](result<persist_outcome>) { persisted = true; });
+  store->complete(1, reply_msg::success({}), false, [&](result<void>) { completed = true; });
+  store->unprocessed("default", 7, 0,
+                     [&](result<std::vector<persisted_message>>) { listed = true; });
+  store->acquire("default", {1, 2}, [&](result<std::vector<std::int32_t>> held) {
+    locked = true;
+    EXPECT_EQ(held.value(), (std::vector<std::int32_t>{1, 2})) << "memory locks are always granted";
+  });
+  store->replies({1}, [&](result<std::map<std::int64_t, reply_msg>>) { found = true; });
+  store->purge([&](result<std::size_t>) { purged = true; });
+  EXPECT_FALSE(persisted || completed || listed || locked || found || purged);
+  EXPECT_TRUE(announced.empty());
+  ASSERT_TRUE(
+      run_until(io, [&] { return persisted && completed && listed && locked && found && purged; }));
+  EXPECT_EQ(announced, (std::vector<std::int64_t>{1}));  // every stored reply, in one process
+}
+
+TEST(memory_store_death, refuses_a_message_without_a_primary_key) {
+  asio::io_context io;
+  auto store = make_memory_message_store(io);
+  auto message = message_for("a", "k");
+  message.request.primary_key.reset();
+  EXPECT_DEATH(store->persist(message, [](result<persist_outcome>) {}), "primary key");
+}
+
+}  // namespace
+}  // namespace cluster
