@@ -1,5 +1,5 @@
 // The real binaries on a real PostgreSQL: crashes under persisted load, manager restarts,
-// scheduled delivery and deduplication. Skipped without CLUSTER_TEST_PG_URL.
+// the replay of a scheduled message and deduplication. Skipped without CLUSTER_TEST_PG_URL.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cluster/protocol/shard.hpp"
 #include "cluster/storage-pg/postgres.hpp"
 #include "process_cluster.hpp"
 
@@ -131,16 +132,19 @@ TEST_F(pg_processes, restart_the_manager_without_moving_a_shard) {
   EXPECT_EQ(code, 0) << out;
 }
 
-TEST_F(pg_processes, deliver_a_scheduled_message_after_its_runner_restarts) {
+TEST_F(pg_processes, replay_a_stored_scheduled_message_after_its_runner_is_killed) {
   start_manager();
   start_runner(1);
   start_runner(2);
   start_proxy();
   ASSERT_TRUE(ready(2));
-  const auto deliver_at =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count() +
-      3000;
+  const auto unix_ms = [] {
+    return std::chrono::duration_cast<milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  // Far enough ahead that its runner is killed before it is due.
+  const auto deliver_at = unix_ms() + 6000;
   std::string out;
   int code = -1;
   std::thread caller([&] {
@@ -148,16 +152,47 @@ TEST_F(pg_processes, deliver_a_scheduled_message_after_its_runner_restarts) {
                          " Probe scheduled Stamp '{}'",
                      code);
   });
-  std::this_thread::sleep_for(700ms);
-  // Kill whichever runner holds the entity, then start it again.
-  for (const std::string victim : {"runner-1", "runner-2"}) {
-    end(victim, SIGKILL, 5s);
-    start_runner(victim == "runner-1" ? 1 : 2);
-    ASSERT_TRUE(ready(2));
-  }
+  pg::connection db(test_pg_url());
+  const auto count = [&](const std::string& sql) { return db.exec(sql).integer(0, 0); };
+  const std::string stored_sql =
+      "SELECT count(*) FROM " + prefix + "_messages WHERE primary_key = 'sched-1'";
+  const std::string answered_sql = "SELECT count(*) FROM " + prefix + "_replies r JOIN " + prefix +
+                                   "_messages m ON m.id = r.message_id WHERE m.primary_key = "
+                                   "'sched-1'";
+  const bool stored = wait_for([&] { return count(stored_sql) == 1; }, 30s);
+  if (!stored) caller.join();
+  ASSERT_TRUE(stored) << "the scheduled message was never stored: " << out;
+
+  // Kill the runner serving the message's shard: it stored the message and waits for its time.
+  const auto shard = shard_for("scheduled", 300);
+  const auto owner =
+      db.exec("SELECT owner FROM " + prefix +
+              "_shards WHERE shard_group = 'default' AND shard = " + std::to_string(shard))
+          .text(0, 0);
+  const int victim = owner == "127.0.0.1:" + std::to_string(runner_ports[0]) ? 1 : 2;
+  end("runner-" + std::to_string(victim), SIGKILL, 5s);
+  const bool before_its_time = unix_ms() < deliver_at;
+  EXPECT_EQ(count(answered_sql), 0) << "it ran before its time, or before its runner was killed";
+  start_runner(victim);
+  ASSERT_TRUE(ready(2));
   caller.join();
   ASSERT_EQ(code, 0) << out;
   EXPECT_GE(nlohmann::json::parse(out)["at_ms"].get<std::int64_t>(), deliver_at);
+
+  // Stored once and answered once: the shard's next lock holder replayed it from the table.
+  ASSERT_TRUE(before_its_time) << "the runner was killed after the message was due";
+  EXPECT_EQ(count(stored_sql), 1);
+  EXPECT_EQ(count(answered_sql), 1);
+  EXPECT_EQ(count("SELECT count(*) FROM " + prefix + "_pending"), 0);
+  const std::string replayed = "stored messages of shard default/" + std::to_string(shard);
+  bool logged = false;
+  for (const auto& name : {"runner-1", "runner-2"}) {
+    std::ifstream log(dir / (std::string(name) + ".log"));
+    for (std::string line; std::getline(log, line);)
+      logged = logged || (line.find("replayed") != std::string::npos &&
+                          line.find(replayed) != std::string::npos);
+  }
+  EXPECT_TRUE(logged) << "no runner logged the replay of shard " << shard;
 }
 
 TEST_F(pg_processes, return_the_stored_reply_for_a_repeated_primary_key) {
