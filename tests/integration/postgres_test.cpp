@@ -220,6 +220,55 @@ TEST(postgres, frees_the_locks_of_a_store_whose_session_ends) {
   second.stop();
 }
 
+TEST(postgres, reports_a_lost_session_fails_what_it_could_not_store_and_reconnects) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  const auto settings = settings_for(unique_prefix());
+  pg_message_store store(io, settings);
+  bool lost = false;
+  store.on_locks_lost = [&] { lost = true; };
+  std::optional<std::vector<std::int32_t>> held;
+  store.acquire("default", {3}, store_into(held));
+  ASSERT_EQ(wait_result(io, held), (std::vector<std::int32_t>{3}));
+
+  // End the store's session from outside, as a database restart or a network cut would: the
+  // session is the one holding the shard's advisory lock.
+  pg::connection admin(pg_url());
+  auto holder = admin.exec(
+      "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND objid = 3 AND "
+      "classid = (hashtext($1)::bigint & 4294967295)::oid",
+      {pg::param::text(settings.table_prefix + ":default")});
+  ASSERT_EQ(holder.rows(), 1);
+  const auto pid = holder.text(0, 0);
+  admin.exec("SELECT pg_terminate_backend(" + pid + ")");
+  const auto gone = [&] {
+    return admin.exec("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid).integer(0, 0) ==
+           0;
+  };
+  ASSERT_TRUE(run_until(io, gone));
+
+  // The next statement finds the session gone (unless the store's idle check did first): what
+  // it carried fails with StorageError, and the lost locks are reported either way.
+  std::optional<result<persist_outcome>> first;
+  store.persist(message_for("x", "k"), [&](result<persist_outcome> r) { first = std::move(r); });
+  ASSERT_TRUE(run_until(io, [&] { return first.has_value(); }));
+  if (!first->has_value()) {
+    EXPECT_EQ(first->error().code, errc::storage_error);
+  }
+  EXPECT_TRUE(run_until(io, [&] { return lost; }));
+
+  // It reconnects by itself: the message is stored (again, if the first attempt failed) and
+  // the lock can be taken back.
+  std::optional<persist_outcome> again;
+  store.persist(message_for("x", "k"), store_into(again));
+  const auto stored = wait_result(io, again);
+  EXPECT_EQ(stored.inserted, !first->has_value());
+  held.reset();
+  store.acquire("default", {3}, store_into(held));
+  EXPECT_EQ(wait_result(io, held), (std::vector<std::int32_t>{3}));
+  store.stop();
+}
+
 TEST(postgres, deduplicates_by_primary_key_and_returns_the_stored_reply) {
   REQUIRE_POSTGRES();
   asio::io_context io;
