@@ -15,6 +15,8 @@ namespace cluster {
 
 namespace {
 
+constexpr std::chrono::milliseconds reconnect_first{100};
+constexpr std::chrono::milliseconds reconnect_last{2000};
 constexpr std::chrono::milliseconds listen_first_retry{100};
 constexpr std::chrono::milliseconds listen_last_retry{5000};
 
@@ -272,13 +274,20 @@ void pg_message_store::purge(purge_done done) {
 bool pg_message_store::ensure_connected() {
   if (conn_ && conn_->healthy()) return true;
   conn_.reset();
+  // While the database is away, jobs fail at once and reconnects are spaced out (100 ms
+  // doubling to 2 s): a black-holed server costs one connect_timeout per attempt.
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_connect_) return false;
   try {
     conn_ = worker_session();
     spdlog::info("reconnected to PostgreSQL at {}", settings_.describe());
     reachable_ = true;
+    connect_backoff_ = reconnect_first;
     return true;
   } catch (const pg::error& e) {
-    reachable_ = false;
+    if (reachable_.exchange(false)) spdlog::warn("PostgreSQL unreachable: {}", e.what());
+    next_connect_ = std::chrono::steady_clock::now() + connect_backoff_;
+    connect_backoff_ = std::min(connect_backoff_ * 2, reconnect_last);
     return false;
   }
 }
@@ -318,7 +327,6 @@ void pg_message_store::worker_loop() {
       for (auto& job : completes)
         asio::post(io_, [done = std::move(job.done)] { done(unavailable()); });
       for (auto& job : others) job.fail();
-      if (idle || !stopping_) std::this_thread::sleep_for(std::chrono::milliseconds(200));
       continue;
     }
     try {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
+#include <cstring>
 
 namespace cluster::pg {
 
@@ -74,6 +76,16 @@ std::string with_prefix(std::string sql, const std::string& prefix) {
   for (auto at = sql.find("{p}"); at != std::string::npos; at = sql.find("{p}", at))
     sql.replace(at, 3, prefix);
   return sql;
+}
+
+std::int64_t result::integer(int row, int column) const {
+  const char* value = PQgetvalue(raw_.get(), row, column);
+  const char* end = value + std::strlen(value);
+  std::int64_t out = 0;
+  const auto [stop, ec] = std::from_chars(value, end, out);
+  if (ec != std::errc() || stop != end)
+    throw error("column " + std::to_string(column) + " is not an integer: '" + value + "'", false);
+  return out;
 }
 
 cluster::bytes result::bytea(int row, int column) const {

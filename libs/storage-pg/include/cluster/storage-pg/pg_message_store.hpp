@@ -91,6 +91,8 @@ class pg_message_store final : public message_store {
   std::atomic<bool> reachable_{true};
   // Worker-thread state.
   std::unique_ptr<pg::connection> conn_;
+  std::chrono::steady_clock::time_point next_connect_{};  // no reconnect before this
+  std::chrono::milliseconds connect_backoff_{100};
   std::set<std::pair<std::string, std::int32_t>> held_;
   std::thread worker_;
   asio::io_context listen_io_{1};  // the listener thread's

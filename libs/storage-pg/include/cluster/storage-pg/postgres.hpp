@@ -104,7 +104,8 @@ class result {
   int rows() const { return PQntuples(raw_.get()); }
   bool is_null(int row, int column) const { return PQgetisnull(raw_.get(), row, column) != 0; }
   std::string text(int row, int column) const { return PQgetvalue(raw_.get(), row, column); }
-  std::int64_t integer(int row, int column) const { return std::stoll(text(row, column)); }
+  /// An integer column; throws pg::error when it holds something else.
+  std::int64_t integer(int row, int column) const;
   bool boolean(int row, int column) const { return text(row, column) == "t"; }
   PGresult* raw() const { return raw_.get(); }
   /// A bytea column in text (hex) format.
