@@ -1,38 +1,42 @@
-// clusterctl: one call through a proxy, or the manager's view of the cluster.
+// clusterctl: one call through a proxy, the manager's view of the cluster, or a bounded wait
+// until the cluster (or a gateway, or a call) is ready.
 //
 //   clusterctl [--proxy H:P] [--manager H:P] [--timeout-ms N] call [--key K] [--deliver-at-ms T]
 //              <EntityType> <entityId> <Rpc> '<json>'
 //   clusterctl [--manager H:P] [--proxy H:P] status [--json]
+//   clusterctl [...] wait [--timeout-s N] [--interval-ms N] [--watch [LABEL=]PID]... CONDITION...
+//       CONDITION: manager | runners N [--exactly] | shards [--balanced] | runner NAME
+//                | gateway URL | call [--key K] <EntityType> <entityId> <Rpc> '<json>'
+//
+// Exit codes: 0 success (or every condition met), 1 failure (or the wait's deadline passed;
+// the last observed state goes to stderr), 2 bad command line.
 
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <functional>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
+#include "cluster/launch/launch.hpp"
 #include "cluster/net/connection.hpp"
 
 namespace {
 
 using namespace cluster;
 using json = nlohmann::json;
+namespace beast = boost::beast;
+namespace http = beast::http;
 
 struct options {
   std::string proxy = "127.0.0.1:3333";
   std::string manager = "127.0.0.1:8080";
   milliseconds timeout{10000};
-  std::vector<std::string> args;  // command and its arguments
 };
-
-int usage(int code) {
-  (code == 0 ? std::cout : std::cerr)
-      << "usage:\n"
-         "  clusterctl [--proxy HOST:PORT] [--timeout-ms N] call [--key K] [--deliver-at-ms T]\n"
-         "             <EntityType> <entityId> <Rpc> '<json>'\n"
-         "  clusterctl [--manager HOST:PORT] [--proxy HOST:PORT] status [--json]\n"
-         "defaults: --proxy 127.0.0.1:3333 --manager 127.0.0.1:8080 (or CLUSTER_PROXY_ADDRESS,\n"
-         "CLUSTER_MANAGER_ADDRESS)\n";
-  return code;
-}
 
 int fail(const std::string& name, const std::string& message) {
   std::cerr << "error: " << name << ": " << message << "\n";
@@ -75,72 +79,89 @@ reply_msg round_trip(const std::string& address, message_kind kind, const reques
   return result;
 }
 
-int call(const options& opts, std::vector<std::string> args) {
+std::string describe(const reply_msg& reply) { return reply.error + ": " + reply.message; }
+
+// --- call -------------------------------------------------------------------------------
+
+struct call_args {
+  std::optional<std::string> key;
+  std::optional<std::int64_t> deliver_at_ms;
+  std::string type, id, rpc, body;
+};
+
+// The reply as one line of JSON, or a failure whose message is "<ErrorName>: <detail>".
+result<std::string> call_entity(const options& opts, const call_args& args, milliseconds timeout) {
   request_msg request;
-  while (!args.empty() && args.front().rfind("--", 0) == 0) {
-    if (args.size() < 2) return usage(2);
-    if (args[0] == "--key") {
-      request.primary_key = args[1];
-    } else if (args[0] == "--deliver-at-ms") {
-      request.deliver_at_ms = std::stoll(args[1]);
-    } else {
-      return usage(2);
-    }
-    args.erase(args.begin(), args.begin() + 2);
-  }
-  if (args.size() != 4) return usage(2);
-  request.entity_type = args[0];
-  request.entity_id = args[1];
-  request.rpc = args[2];
-  json body;
-  try {
-    body = json::parse(args[3]);
-  } catch (const json::parse_error& e) {
-    return fail("InvalidJson", e.what());
-  }
+  request.entity_type = args.type;
+  request.entity_id = args.id;
+  request.rpc = args.rpc;
+  request.primary_key = args.key;
+  request.deliver_at_ms = args.deliver_at_ms;
+  json body = json::parse(args.body, nullptr, false);
+  if (body.is_discarded())
+    return failure{errc::invalid_request, "InvalidJson: '" + args.body + "' is not JSON"};
   const auto packed = json::to_msgpack(body);
   request.payload.assign(packed.begin(), packed.end());
-  request.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
-  const auto reply = round_trip(opts.proxy, message_kind::request, &request, opts.timeout);
-  if (!reply.ok()) return fail(reply.error, reply.message);
+  request.timeout_ms = static_cast<std::uint32_t>(timeout.count());
+  const auto reply = round_trip(opts.proxy, message_kind::request, &request, timeout);
+  if (!reply.ok()) return failure{reply.code, describe(reply)};
   try {
-    std::cout << json::from_msgpack(reply.payload).dump() << "\n";
+    return json::from_msgpack(reply.payload).dump();
   } catch (const json::exception& e) {
-    return fail("BadReply", std::string("reply is not MessagePack: ") + e.what());
+    return failure{errc::bad_payload,
+                   std::string("BadReply: reply is not MessagePack: ") + e.what()};
   }
-  return 0;
 }
 
-int status(const options& opts, const std::vector<std::string>& args) {
-  const bool as_json = !args.empty() && args[0] == "--json";
-  const auto reply = round_trip(opts.manager, message_kind::get_status, nullptr, opts.timeout);
-  if (!reply.ok()) return fail(reply.error, reply.message);
+// Prints a failure of call_entity as "error: <ErrorName>: <detail>".
+int print_failure(const failure& f) {
+  std::cerr << "error: " << f.message << "\n";
+  return 1;
+}
+
+// --- status -----------------------------------------------------------------------------
+
+result<assignment_snapshot> fetch_status(const options& opts, milliseconds timeout) {
+  const auto reply = round_trip(opts.manager, message_kind::get_status, nullptr, timeout);
+  if (!reply.ok()) return failure{reply.code, describe(reply)};
   auto snapshot = unpack_bytes<assignment_snapshot>(reply.payload);
-  if (!snapshot) return fail("BadReply", "status reply does not decode");
+  if (!snapshot) return failure{errc::bad_payload, "BadReply: status reply does not decode"};
+  return std::move(*snapshot);
+}
+
+std::size_t unassigned_shards(const assignment_snapshot& snapshot) {
   std::size_t unassigned = 0;
-  for (const auto& group : snapshot->groups)
+  for (const auto& group : snapshot.groups)
     for (const auto& owner : group.owners) unassigned += owner.empty() ? 1 : 0;
+  return unassigned;
+}
+
+int status(const options& opts, bool as_json) {
+  auto fetched = fetch_status(opts, opts.timeout);
+  if (!fetched) return print_failure(fetched.error());
+  const auto& snapshot = fetched.value();
+  const std::size_t unassigned = unassigned_shards(snapshot);
   json out = {
-      {"storage", snapshot->storage},   {"manager", opts.manager},  {"proxy", opts.proxy},
-      {"version", snapshot->version},   {"runners", json::array()}, {"groups", json::array()},
+      {"storage", snapshot.storage},    {"manager", opts.manager},  {"proxy", opts.proxy},
+      {"version", snapshot.version},    {"runners", json::array()}, {"groups", json::array()},
       {"unassigned_shards", unassigned}};
-  for (const auto& runner : snapshot->runners)
+  for (const auto& runner : snapshot.runners)
     out["runners"].push_back({{"name", runner.name},
                               {"address", runner.address},
                               {"shards", runner.shards},
                               {"healthy", runner.healthy}});
-  for (const auto& group : snapshot->groups)
+  for (const auto& group : snapshot.groups)
     out["groups"].push_back({{"name", group.group}, {"shards", group.shards}});
   if (as_json) {
     std::cout << out.dump() << "\n";
     return 0;
   }
-  std::cout << "storage " << snapshot->storage << ", manager " << opts.manager << ", version "
-            << snapshot->version << ", unassigned shards " << unassigned << "\n";
-  for (const auto& runner : snapshot->runners)
+  std::cout << "storage " << snapshot.storage << ", manager " << opts.manager << ", version "
+            << snapshot.version << ", unassigned shards " << unassigned << "\n";
+  for (const auto& runner : snapshot.runners)
     std::cout << "  " << runner.name << "  " << runner.address << "  shards " << runner.shards
               << (runner.healthy ? "  healthy" : "  UNHEALTHY") << "\n";
-  for (const auto& type : snapshot->entity_types) {
+  for (const auto& type : snapshot.entity_types) {
     std::cout << "  entity " << type.name << " (group " << type.group << "):";
     for (const auto& rpc : type.rpcs) std::cout << " " << rpc.name << (rpc.persisted ? "*" : "");
     std::cout << "\n";
@@ -148,37 +169,420 @@ int status(const options& opts, const std::vector<std::string>& args) {
   return 0;
 }
 
+// --- wait -------------------------------------------------------------------------------
+
+struct http_answer {
+  unsigned status = 0;
+  std::string body;
+};
+
+// GET `url` (http://HOST[:PORT][/PATH]) on a fresh connection, bounded by `timeout`.
+result<http_answer> http_get(const std::string& url, milliseconds timeout) {
+  constexpr std::string_view scheme = "http://";
+  if (!url.starts_with(scheme))
+    return failure{errc::invalid_request, "'" + url + "' is not an http:// URL"};
+  const auto rest = std::string_view(url).substr(scheme.size());
+  const auto slash = rest.find('/');
+  const std::string authority(rest.substr(0, slash));
+  const std::string target =
+      slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
+  std::string host = authority, port = "80";
+  if (const auto colon = authority.rfind(':'); colon != std::string::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+  }
+  if (host.empty() || !launch::parse_number<std::uint16_t>(port))
+    return failure{errc::invalid_request, "'" + url + "' has no valid host and port"};
+
+  asio::io_context io(1);
+  result<http_answer> outcome = failure{errc::unavailable, "no answer"};
+  asio::co_spawn(
+      io,
+      [&io, host, port, target, authority, timeout, out = &outcome]() -> awaitable<void> {
+        error_code ec;
+        tcp::resolver resolver(io);
+        auto resolve = resolver.async_resolve(host, port, asio::redirect_error(use_awaitable, ec));
+        const auto endpoints = co_await std::move(resolve);
+        if (ec) {
+          *out = failure{errc::unavailable, "cannot resolve " + host + ": " + ec.message()};
+          co_return;
+        }
+        beast::tcp_stream stream(io);
+        stream.expires_after(timeout);
+        auto connect = stream.async_connect(endpoints, asio::redirect_error(use_awaitable, ec));
+        co_await std::move(connect);
+        http::request<http::empty_body> request{http::verb::get, target, 11};
+        request.set(http::field::host, authority);
+        request.set(http::field::connection, "close");
+        if (!ec) {
+          auto write = http::async_write(stream, request, asio::redirect_error(use_awaitable, ec));
+          co_await std::move(write);
+        }
+        beast::flat_buffer buffer;
+        http::response<http::string_body> response;
+        if (!ec) {
+          auto read =
+              http::async_read(stream, buffer, response, asio::redirect_error(use_awaitable, ec));
+          co_await std::move(read);
+        }
+        if (ec) {
+          *out = failure{errc::unavailable, ec.message()};
+          co_return;
+        }
+        *out = http_answer{response.result_int(), std::move(response.body())};
+      },
+      asio::detached);
+  io.run();
+  return outcome;
+}
+
+// One observation of the cluster per round, shared by the conditions that read it.
+struct observation {
+  result<assignment_snapshot> status = failure{errc::unavailable, "not asked"};
+};
+
+struct condition {
+  std::string what;  // "2 healthy runners", for messages
+  bool needs_status = false;
+  // True when met; `detail` is what to print when met, or what was observed when not.
+  std::function<bool(const observation&, milliseconds timeout, std::string& detail)> check;
+};
+
+// Names and shard counts of the runners, for "last observed" messages.
+std::string runner_summary(const assignment_snapshot& snapshot) {
+  if (snapshot.runners.empty()) return "no runners registered";
+  std::string text;
+  for (const auto& r : snapshot.runners) {
+    if (!text.empty()) text += ", ";
+    text += r.name + (r.healthy ? "" : " UNHEALTHY") + " " + std::to_string(r.shards) + " shards";
+  }
+  return text;
+}
+
+condition manager_condition(const options& opts) {
+  return {"the manager at " + opts.manager + " to answer", true,
+          [manager = opts.manager](const observation& seen, milliseconds, std::string& detail) {
+            if (!seen.status) {
+              detail = "manager " + manager + ": " + seen.status.error().message;
+              return false;
+            }
+            detail = "manager " + manager + " answers (version " +
+                     std::to_string(seen.status.value().version) + ", storage " +
+                     seen.status.value().storage + ")";
+            return true;
+          }};
+}
+
+condition runners_condition(std::size_t wanted, bool exactly) {
+  auto what = exactly ? "exactly " + std::to_string(wanted) + " runners, all healthy"
+                      : std::to_string(wanted) + " healthy runners";
+  return {
+      what, true, [wanted, exactly](const observation& seen, milliseconds, std::string& detail) {
+        if (!seen.status) {
+          detail = seen.status.error().message;
+          return false;
+        }
+        const auto& snapshot = seen.status.value();
+        std::string names;
+        std::size_t healthy = 0;
+        for (const auto& r : snapshot.runners)
+          if (r.healthy) {
+            ++healthy;
+            names += (names.empty() ? "" : ", ") + r.name;
+          }
+        const bool met =
+            exactly ? healthy == wanted && snapshot.runners.size() == wanted : healthy >= wanted;
+        detail =
+            met ? std::to_string(healthy) + " healthy runners: " + names : runner_summary(snapshot);
+        return met;
+      }};
+}
+
+condition shards_condition(bool balanced) {
+  auto what = std::string("every shard assigned to a healthy runner") +
+              (balanced ? ", balanced within one" : "");
+  return {what, true, [balanced](const observation& seen, milliseconds, std::string& detail) {
+            if (!seen.status) {
+              detail = seen.status.error().message;
+              return false;
+            }
+            const auto& snapshot = seen.status.value();
+            std::set<std::string> healthy;
+            for (const auto& r : snapshot.runners)
+              if (r.healthy) healthy.insert(r.address);
+            std::size_t total = 0, owned = 0;
+            for (const auto& group : snapshot.groups)
+              for (const auto& owner : group.owners) {
+                ++total;
+                owned += healthy.contains(owner) ? 1 : 0;
+              }
+            std::uint32_t fewest = UINT32_MAX, most = 0;
+            for (const auto& r : snapshot.runners)
+              if (r.healthy) {
+                fewest = std::min(fewest, r.shards);
+                most = std::max(most, r.shards);
+              }
+            const bool is_balanced = healthy.empty() || most - fewest <= 1;
+            const bool met = total > 0 && owned == total && (!balanced || is_balanced);
+            detail = std::to_string(owned) + " of " + std::to_string(total) +
+                     " shards assigned to healthy runners";
+            if (!met) detail += " (" + runner_summary(snapshot) + ")";
+            return met;
+          }};
+}
+
+condition runner_condition(const std::string& name) {
+  return {"runner " + name + " healthy and owning shards", true,
+          [name](const observation& seen, milliseconds, std::string& detail) {
+            if (!seen.status) {
+              detail = seen.status.error().message;
+              return false;
+            }
+            for (const auto& r : seen.status.value().runners) {
+              if (r.name != name) continue;
+              if (!r.healthy) {
+                detail = name + " is registered but unhealthy";
+                return false;
+              }
+              if (r.shards == 0) {
+                detail = name + " is healthy but owns no shards";
+                return false;
+              }
+              detail = name + " is serving " + std::to_string(r.shards) + " shards";
+              return true;
+            }
+            detail = name + " is not registered (" + runner_summary(seen.status.value()) + ")";
+            return false;
+          }};
+}
+
+condition gateway_condition(const std::string& url) {
+  return {"the gateway at " + url + " to answer HTTP", false,
+          [url](const observation&, milliseconds timeout, std::string& detail) {
+            auto answer = http_get(url, timeout);
+            if (!answer) {
+              detail = "GET " + url + ": " + answer.error().message;
+              return false;
+            }
+            detail = "HTTP " + std::to_string(answer.value().status) + " " + answer.value().body;
+            return true;
+          }};
+}
+
+condition call_condition(const options& opts, const call_args& args) {
+  return {"the call " + args.type + " " + args.id + " " + args.rpc + " to succeed", false,
+          [opts, args](const observation&, milliseconds timeout, std::string& detail) {
+            auto reply = call_entity(opts, args, timeout);
+            detail = reply ? reply.value() : reply.error().message;
+            return reply.has_value();
+          }};
+}
+
+struct watched {
+  std::string label;
+  pid_t pid = 0;
+};
+
+struct wait_args {
+  long timeout_s = 30;
+  long interval_ms = 200;
+  std::vector<watched> watch;
+};
+
+std::string joined(const std::vector<condition>& conditions) {
+  std::string text;
+  for (std::size_t i = 0; i < conditions.size(); ++i)
+    text += (i == 0 ? "" : " and ") + conditions[i].what;
+  return text;
+}
+
+int wait_until(const options& opts, const wait_args& args,
+               const std::vector<condition>& conditions) {
+  using clock = steady_clock;
+  const auto deadline = clock::now() + std::chrono::seconds(args.timeout_s);
+  launch::exit_watch exits;
+  for (const auto& w : args.watch) exits.add(w.pid);
+  const bool needs_status =
+      std::any_of(conditions.begin(), conditions.end(), [](auto& c) { return c.needs_status; });
+  std::vector<std::string> details(conditions.size());
+  auto exited = [&](std::size_t i) {
+    const auto& w = args.watch[i];
+    return fail("Exited", w.label + " (pid " + std::to_string(w.pid) +
+                              ") exited while waiting for " + joined(conditions));
+  };
+  for (;;) {
+    if (auto gone = exits.wait_any(milliseconds(0))) return exited(*gone);
+    // Each attempt gets the remaining time, at most --timeout-ms.
+    const auto left =
+        std::max(std::chrono::ceil<milliseconds>(deadline - clock::now()), milliseconds(1));
+    const auto attempt = std::min(left, opts.timeout);
+    observation seen;
+    if (needs_status) seen.status = fetch_status(opts, attempt);
+    bool all = true;
+    for (std::size_t i = 0; i < conditions.size(); ++i)
+      all = conditions[i].check(seen, attempt, details[i]) && all;
+    if (all) {
+      for (const auto& line : details) std::cout << line << "\n";
+      return 0;
+    }
+    const auto now = clock::now();
+    if (now >= deadline) {
+      std::string last;
+      // Conditions that read the same failed status would repeat its error.
+      std::vector<std::string> distinct;
+      for (const auto& line : details)
+        if (std::find(distinct.begin(), distinct.end(), line) == distinct.end())
+          distinct.push_back(line);
+      for (const auto& line : distinct) last += (last.empty() ? "" : "; ") + line;
+      return fail("Timeout", "waited " + std::to_string(args.timeout_s) + "s for " +
+                                 joined(conditions) + "; last observed: " + last);
+    }
+    const auto pause =
+        std::min(std::chrono::ceil<milliseconds>(deadline - now), milliseconds(args.interval_ms));
+    if (auto gone = exits.wait_any(pause)) return exited(*gone);
+  }
+}
+
+// --- command line -----------------------------------------------------------------------
+
+// A number option parsed with std::from_chars; `min` is the smallest value accepted.
+template <class T>
+CLI::Option* number_option(CLI::App* app, const std::string& name, T& target, T min,
+                           const std::string& description) {
+  return app
+      ->add_option_function<std::string>(
+          name,
+          [&target, min, name](const std::string& text) {
+            auto value = launch::parse_number<T>(text);
+            if (!value || *value < min)
+              throw CLI::ValidationError(
+                  name, "'" + text + "' is not a number >= " + std::to_string(min));
+            target = *value;
+          },
+          description)
+      ->type_name("N");
+}
+
+void add_call_arguments(CLI::App* command, call_args& args) {
+  command->add_option("--key", args.key, "primary key: a persisted RPC runs once per key");
+  command
+      ->add_option_function<std::string>(
+          "--deliver-at-ms",
+          [&args](const std::string& text) {
+            args.deliver_at_ms = launch::parse_number<std::int64_t>(text);
+            if (!args.deliver_at_ms)
+              throw CLI::ValidationError("--deliver-at-ms", "'" + text + "' is not a number");
+          },
+          "unix time in ms before which a persisted RPC does not run")
+      ->type_name("T");
+  command->add_option("EntityType", args.type)->required();
+  command->add_option("entityId", args.id)->required();
+  command->add_option("Rpc", args.rpc)->required();
+  command->add_option("json", args.body, "the request as JSON")->required();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::err);
+  CLI::App app{"Calls entities, shows the cluster and waits until it is ready.", "clusterctl"};
+  app.footer(
+      "Exit status: 0 on success, 1 on failure or a wait's deadline (error: <ErrorName>: "
+      "<message>\n"
+      "on stderr), 2 on a bad command line.");
   options opts;
-  if (const char* proxy = std::getenv("CLUSTER_PROXY_ADDRESS")) opts.proxy = proxy;
-  if (const char* manager = std::getenv("CLUSTER_MANAGER_ADDRESS")) opts.manager = manager;
-  int i = 1;
+  app.add_option("--proxy", opts.proxy, "proxy HOST:PORT for calls (default 127.0.0.1:3333)")
+      ->envname("CLUSTER_PROXY_ADDRESS")
+      ->type_name("HOST:PORT");
+  app.add_option("--manager", opts.manager, "manager HOST:PORT for status (default 127.0.0.1:8080)")
+      ->envname("CLUSTER_MANAGER_ADDRESS")
+      ->type_name("HOST:PORT");
+  std::int64_t timeout_ms = opts.timeout.count();
+  number_option<std::int64_t>(&app, "--timeout-ms", timeout_ms, 1,
+                              "deadline of one call or status request (default 10000)");
+  app.require_subcommand(1, 1);
+
+  call_args call;
+  auto* call_cmd = app.add_subcommand("call", "call an entity through the proxy; prints the reply");
+  add_call_arguments(call_cmd, call);
+  call_cmd->fallthrough();
+
+  bool as_json = false;
+  auto* status_cmd = app.add_subcommand("status", "runners and shard assignment from the manager");
+  status_cmd->add_flag("--json", as_json, "one line of JSON");
+  status_cmd->fallthrough();
+
+  wait_args wait;
+  std::vector<std::string> watch_specs;
+  auto* wait_cmd = app.add_subcommand(
+      "wait", "wait until every CONDITION holds at once (bounded); prints what was met");
+  number_option<long>(wait_cmd, "--timeout-s", wait.timeout_s, 0, "deadline (default 30)");
+  number_option<long>(wait_cmd, "--interval-ms", wait.interval_ms, 1,
+                      "pause between observations (default 200)");
+  wait_cmd
+      ->add_option("--watch", watch_specs,
+                   "[LABEL=]PID: fail at once if that process ends meanwhile")
+      ->type_name("[LABEL=]PID");
+  wait_cmd->require_subcommand(1, 0);  // any number of conditions, chained
+  wait_cmd->fallthrough();
+  std::vector<condition> conditions;
+  // Conditions are created after parsing (they capture the final options), in command-line order.
+  std::vector<std::function<condition()>> pending;
+
+  auto* w_manager = wait_cmd->add_subcommand("manager", "the manager answers");
+  w_manager->callback([&] { pending.push_back([&] { return manager_condition(opts); }); });
+  std::size_t runner_count = 0;
+  bool exactly = false;
+  auto* w_runners = wait_cmd->add_subcommand("runners", "at least N healthy runners");
+  w_runners->add_option("N", runner_count)->required();
+  w_runners->add_flag("--exactly", exactly, "exactly N runners registered, all healthy");
+  w_runners->callback([&] {
+    pending.push_back([n = runner_count, e = exactly] { return runners_condition(n, e); });
+  });
+  bool balanced = false;
+  auto* w_shards =
+      wait_cmd->add_subcommand("shards", "every shard of every group owned by a healthy runner");
+  w_shards->add_flag("--balanced", balanced, "and healthy runners' shard counts within one");
+  w_shards->callback([&] { pending.push_back([b = balanced] { return shards_condition(b); }); });
+  std::string runner_name;
+  auto* w_runner = wait_cmd->add_subcommand("runner", "runner NAME healthy and owning shards");
+  w_runner->add_option("NAME", runner_name)->required();
+  w_runner->callback([&] { pending.push_back([n = runner_name] { return runner_condition(n); }); });
+  std::string gateway_url;
+  auto* w_gateway = wait_cmd->add_subcommand("gateway", "GET URL gets an HTTP answer (any status)");
+  w_gateway->add_option("URL", gateway_url)->required();
+  w_gateway->callback(
+      [&] { pending.push_back([u = gateway_url] { return gateway_condition(u); }); });
+  call_args wait_call;
+  auto* w_call = wait_cmd->add_subcommand("call", "a call through the proxy succeeds");
+  add_call_arguments(w_call, wait_call);
+  w_call->callback(
+      [&] { pending.push_back([&, c = wait_call] { return call_condition(opts, c); }); });
+  for (auto* sub : {w_manager, w_runners, w_shards, w_runner, w_gateway, w_call})
+    sub->fallthrough();
+
   try {
-    for (; i < argc; ++i) {
-      const std::string arg = argv[i];
-      if (arg == "--help" || arg == "-h") return usage(0);
-      if (arg.rfind("--", 0) != 0) break;
-      if (i + 1 >= argc) return usage(2);
-      if (arg == "--proxy") {
-        opts.proxy = argv[++i];
-      } else if (arg == "--manager") {
-        opts.manager = argv[++i];
-      } else if (arg == "--timeout-ms") {
-        opts.timeout = milliseconds(std::stoll(argv[++i]));
-      } else {
-        return usage(2);
-      }
+    app.parse(argc, argv);
+    for (const auto& spec : watch_specs) {
+      const auto equals = spec.rfind('=');
+      const auto label = equals == std::string::npos ? "process" : spec.substr(0, equals);
+      auto pid =
+          launch::parse_number<pid_t>(equals == std::string::npos ? spec : spec.substr(equals + 1));
+      if (!pid || *pid <= 0) throw CLI::ValidationError("--watch", "'" + spec + "' has no PID");
+      wait.watch.push_back({label, *pid});
     }
-    if (i >= argc) return usage(2);
-    const std::string command = argv[i];
-    std::vector<std::string> args(argv + i + 1, argv + argc);
-    if (command == "call") return call(opts, std::move(args));
-    if (command == "status") return status(opts, args);
-    return usage(2);
-  } catch (const std::exception& e) {
-    return fail("InvalidArgument", e.what());
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
   }
+  opts.timeout = milliseconds(timeout_ms);
+
+  if (*call_cmd) {
+    auto reply = call_entity(opts, call, opts.timeout);
+    if (!reply) return print_failure(reply.error());
+    std::cout << reply.value() << "\n";
+    return 0;
+  }
+  if (*status_cmd) return status(opts, as_json);
+  for (auto& make : pending) conditions.push_back(make());
+  return wait_until(opts, wait, conditions);
 }

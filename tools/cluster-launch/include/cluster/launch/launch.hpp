@@ -1,0 +1,120 @@
+#pragma once
+// Process supervision, one implementation for scripts/dev (through the cluster-launch tool)
+// and the multi-process tests (linked directly): start a program with its output appended
+// to a log, tell whether a PID is still the program that was started, stop it with a signal
+// and SIGKILL after a timeout. Exits are waited for on a pidfd (poll(2) wakes up when the
+// process ends), not by polling /proc; signals go through the same pidfd, so a PID that was
+// reused in between is never signalled.
+//
+// Not thread-safe per object; a `child` belongs to the thread that uses it.
+
+#include <sys/types.h>
+
+#include <charconv>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cluster/protocol/result.hpp"
+
+namespace cluster::launch {
+
+using std::chrono::milliseconds;
+
+struct spawn_options {
+  std::string program;            ///< path of the executable (not searched in PATH)
+  std::vector<std::string> args;  ///< argv[1...]
+  std::string log_file;           ///< stdout and stderr are appended here; empty: inherited
+  bool new_session = false;       ///< setsid(): no controlling terminal, its own process group
+};
+
+/// A process this one started. Its exit status is collected when it ends; the destructor
+/// only releases the handle (the owner decides whether to stop it first).
+class child {
+ public:
+  /// Starts `options.program`; fails (with errno's text) if it cannot be executed. Standard
+  /// input is /dev/null, descriptors above 2 are closed, signal dispositions are defaults.
+  static result<child> spawn(const spawn_options& options);
+
+  child(child&& other) noexcept;
+  child& operator=(child&& other) noexcept;
+  child(const child&) = delete;
+  child& operator=(const child&) = delete;
+  ~child();
+
+  pid_t pid() const { return pid_; }
+  /// Does not block: false once the process ended (its status is then `exit_status()`).
+  bool running();
+  /// Waits up to `timeout` for the process to end; its exit status (128 + signal when a
+  /// signal ended it), or nullopt while it still runs.
+  std::optional<int> wait(milliseconds timeout);
+  /// Sends `signal` (0: none) if it still runs, then `wait(timeout)`.
+  std::optional<int> stop(int signal, milliseconds timeout);
+  std::optional<int> exit_status() const { return status_; }
+
+ private:
+  child(pid_t pid, int pidfd) : pid_(pid), pidfd_(pidfd) {}
+  bool reap();
+
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+  std::optional<int> status_;
+};
+
+/// The command line (argv) of a live process, or nullopt when there is no such process or
+/// it is a zombie (ended, not yet reaped).
+std::optional<std::vector<std::string>> command_line(pid_t pid);
+
+/// True if `pid` is alive and runs `argv`: the same command line and /proc/PID/exe is
+/// argv[0] (also when that file was rebuilt since). A stale or reused PID is not.
+bool runs(pid_t pid, const std::vector<std::string>& argv);
+
+/// What `stop_all` did to one process.
+enum class stop_outcome {
+  exited,    ///< ended within the timeout after the first signal (or was already gone)
+  killed,    ///< needed SIGKILL
+  survived,  ///< still there after SIGKILL (uninterruptible sleep, or not ours to kill)
+};
+
+/// Stops processes that need not be children of this one: `signal` to all at once, up to
+/// `timeout` (one deadline for all) for them to end, then SIGKILL to the rest and up to
+/// `kill_timeout` more. A PID that no longer runs counts as exited.
+std::vector<stop_outcome> stop_all(const std::vector<pid_t>& pids, int signal, milliseconds timeout,
+                                   milliseconds kill_timeout = milliseconds(5000));
+
+/// The whole of `text` as a number (std::from_chars: no sign for unsigned types, no
+/// spaces, no trailing characters), or nullopt.
+template <class T>
+std::optional<T> parse_number(std::string_view text) {
+  T value{};
+  const auto* end = text.data() + text.size();
+  const auto [ptr, error] = std::from_chars(text.data(), end, value);
+  if (error != std::errc() || ptr != end || text.empty()) return std::nullopt;
+  return value;
+}
+
+/// Watches processes that need not be children of this one, to wake up as soon as one
+/// of them ends (pidfds in poll(2)).
+class exit_watch {
+ public:
+  exit_watch() = default;
+  exit_watch(const exit_watch&) = delete;
+  exit_watch& operator=(const exit_watch&) = delete;
+  ~exit_watch();
+  /// Adds `pid`; its index is the number of processes added before it.
+  void add(pid_t pid);
+  /// The index of a watched process that has ended (ended ones count at once), waiting up
+  /// to `timeout` for one to end; nullopt if all still run.
+  std::optional<std::size_t> wait_any(milliseconds timeout);
+
+ private:
+  std::vector<pid_t> pids_;
+  std::vector<int> fds_;  // -1: no pidfd (gone at add(), or pidfds unavailable)
+};
+
+/// Moves `log_file` to `log_file.1` (replacing it) if it exists.
+result<void> rotate_log(const std::string& log_file);
+
+}  // namespace cluster::launch
