@@ -54,7 +54,7 @@ run_bench_matrix() {
     shift
   done
   ensure_cluster_bench
-  if ! component_pid proxy >/dev/null || [[ -z "$(status_json)" ]]; then
+  if ! component_pid proxy >/dev/null || ! ctl --timeout-ms 2000 status >/dev/null 2>&1; then
     die "the local cluster is not running (no proxy or manager answering); start it with scripts/dev up"
   fi
 

@@ -1,9 +1,7 @@
 #include "child_process.hpp"
 
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,53 +9,25 @@
 #include <array>
 #include <cstdio>
 #include <stdexcept>
-#include <thread>
-
-extern char** environ;
 
 namespace cluster::testing {
 
-child_process::child_process(const std::string& program, const std::vector<std::string>& args,
-                             const std::string& log_file) {
-  std::vector<std::string> argv_storage{program};
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& arg : argv_storage) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  const int rc = posix_spawn(&pid_, program.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) throw std::runtime_error("cannot start " + program);
+namespace {
+launch::child spawn(const std::string& program, const std::vector<std::string>& args,
+                    const std::string& log_file) {
+  auto started = launch::child::spawn({program, args, log_file, false});
+  if (!started) throw std::runtime_error(started.error().message);
+  return std::move(started).value();
 }
+}  // namespace
+
+child_process::child_process(const std::string& program, const std::vector<std::string>& args,
+                             const std::string& log_file)
+    : child_(spawn(program, args, log_file)) {}
 
 child_process::~child_process() {
-  if (running()) {
-    stop(SIGTERM, std::chrono::milliseconds(5000));
-    if (running()) stop(SIGKILL, std::chrono::milliseconds(5000));
-  }
-}
-
-bool child_process::running() {
-  if (exit_status_) return false;
-  int status = 0;
-  const pid_t done = waitpid(pid_, &status, WNOHANG);
-  if (done == pid_) {
-    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return false;
-  }
-  return true;
-}
-
-std::optional<int> child_process::stop(int signal, std::chrono::milliseconds timeout) {
-  if (running()) kill(pid_, signal);
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (running() && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  return exit_status_;
+  if (running() && !stop(SIGTERM, std::chrono::milliseconds(5000)))
+    stop(SIGKILL, std::chrono::milliseconds(5000));
 }
 
 std::string run_command(const std::string& command, int& status) {

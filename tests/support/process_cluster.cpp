@@ -4,7 +4,7 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <limits>
+#include <iostream>
 #include <set>
 #include <sstream>
 
@@ -111,20 +111,24 @@ bool process_cluster_test::wait_for(const std::function<bool()>& done,
 }
 
 bool process_cluster_test::ready(std::size_t runners) {
-  return wait_for([&] {
-    auto s = status();
-    if (!s.is_object() || s["runners"].size() != runners || s["unassigned_shards"] != 0)
-      return false;
-    // Healthy and balanced: moves between live runners are rate-limited, so a join
-    // finishes a little after the registration.
-    int fewest = std::numeric_limits<int>::max(), most = 0;
-    for (const auto& r : s["runners"]) {
-      if (!r["healthy"].get<bool>()) return false;
-      fewest = std::min(fewest, r["shards"].get<int>());
-      most = std::max(most, r["shards"].get<int>());
-    }
-    return most - fewest <= 1;
-  });
+  std::string output;
+  const int code = clusterctl_wait(
+      "runners " + std::to_string(runners) + " --exactly shards --balanced", 30s, output);
+  if (code != 0) std::cerr << "clusterctl wait exited with " << code << ": " << output;
+  return code == 0;
+}
+
+int process_cluster_test::clusterctl_wait(const std::string& conditions,
+                                          std::chrono::seconds timeout, std::string& output) {
+  int code = 0;
+  // Moves between live runners are rate-limited, so a join finishes a little after the
+  // registration: look often.
+  output = run_command(bin + "/clusterctl --manager 127.0.0.1:" + std::to_string(manager_port) +
+                           " --proxy 127.0.0.1:" + std::to_string(proxy_port) +
+                           " --timeout-ms 5000 wait --interval-ms 50 --timeout-s " +
+                           std::to_string(timeout.count()) + " " + conditions + " 2>&1",
+                       code);
+  return code;
 }
 
 std::string process_cluster_test::busiest_runner() {

@@ -42,8 +42,13 @@ class process_cluster_test : public ::testing::Test {
   nlohmann::json status();
   bool wait_for(const std::function<bool()>& done,
                 std::chrono::milliseconds timeout = std::chrono::seconds(30));
-  /// `runners` healthy runners registered and every shard assigned.
+  /// Exactly `runners` runners registered, all healthy, every shard assigned and balanced
+  /// within one (`clusterctl wait`, up to 30 s; its last observation goes to stderr).
   bool ready(std::size_t runners);
+  /// Runs `clusterctl wait --timeout-s <timeout> <conditions>` against this cluster's manager
+  /// and proxy; its exit status, and what it printed (stdout and stderr) in `output`.
+  int clusterctl_wait(const std::string& conditions, std::chrono::seconds timeout,
+                      std::string& output);
   /// The name of the runner owning the most shards.
   std::string busiest_runner();
   std::string clusterctl(const std::string& args, int& code);
