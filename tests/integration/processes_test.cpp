@@ -112,7 +112,7 @@ TEST_F(processes, clusterctl_wait_returns_once_every_condition_holds_and_says_wh
   EXPECT_NE(out.find("manager 127.0.0.1:" + std::to_string(manager_port) + " answers"),
             std::string::npos)
       << out;
-  EXPECT_NE(out.find("2 healthy runners: runner-1, runner-2"), std::string::npos) << out;
+  EXPECT_NE(out.find("2 healthy runners: runner-1 runner-2"), std::string::npos) << out;
   EXPECT_NE(out.find("300 of 300 shards assigned to healthy runners"), std::string::npos) << out;
   EXPECT_NE(out.find("runner-2 is serving 150 shards"), std::string::npos) << out;
   EXPECT_NE(out.find("{\"message\":\"Hello, John! from Test Greeter 216\"}"), std::string::npos)

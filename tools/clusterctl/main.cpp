@@ -251,11 +251,12 @@ struct condition {
 // Names and shard counts of the runners, for "last observed" messages.
 std::string runner_summary(const assignment_snapshot& snapshot) {
   if (snapshot.runners.empty()) return "no runners registered";
+  std::map<std::string, std::string> by_name;  // sorted: the manager's order varies
+  for (const auto& r : snapshot.runners)
+    by_name[r.name] =
+        r.name + (r.healthy ? "" : " UNHEALTHY") + " " + std::to_string(r.shards) + " shards";
   std::string text;
-  for (const auto& r : snapshot.runners) {
-    if (!text.empty()) text += ", ";
-    text += r.name + (r.healthy ? "" : " UNHEALTHY") + " " + std::to_string(r.shards) + " shards";
-  }
+  for (const auto& [name, line] : by_name) text += (text.empty() ? "" : ", ") + line;
   return text;
 }
 
@@ -283,17 +284,17 @@ condition runners_condition(std::size_t wanted, bool exactly) {
           return false;
         }
         const auto& snapshot = seen.status.value();
-        std::string names;
-        std::size_t healthy = 0;
+        std::set<std::string> names;  // sorted: the manager's order varies
         for (const auto& r : snapshot.runners)
-          if (r.healthy) {
-            ++healthy;
-            names += (names.empty() ? "" : ", ") + r.name;
-          }
+          if (r.healthy) names.insert(r.name);
+        const std::size_t healthy = names.size();
         const bool met =
             exactly ? healthy == wanted && snapshot.runners.size() == wanted : healthy >= wanted;
-        detail =
-            met ? std::to_string(healthy) + " healthy runners: " + names : runner_summary(snapshot);
+        detail = runner_summary(snapshot);
+        if (met) {
+          detail = std::to_string(healthy) + " healthy runners:";
+          for (const auto& name : names) detail += " " + name;
+        }
         return met;
       }};
 }
@@ -412,10 +413,11 @@ int wait_until(const options& opts, const wait_args& args,
   };
   for (;;) {
     if (auto gone = exits.wait_any(milliseconds(0))) return exited(*gone);
-    // Each attempt gets the remaining time, at most --timeout-ms.
-    const auto left =
-        std::max(std::chrono::ceil<milliseconds>(deadline - clock::now()), milliseconds(1));
-    const auto attempt = std::min(left, opts.timeout);
+    // Each attempt gets the time left, at most --timeout-ms, but never less than a second
+    // (or --timeout-ms): a last attempt squeezed into the final millisecond would report a
+    // timeout of its own instead of what the cluster looks like.
+    const auto left = std::chrono::ceil<milliseconds>(deadline - clock::now());
+    const auto attempt = std::min(opts.timeout, std::max(left, milliseconds(1000)));
     observation seen;
     if (needs_status) seen.status = fetch_status(opts, attempt);
     bool all = true;
