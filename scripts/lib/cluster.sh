@@ -139,3 +139,19 @@ show_log_tails() {
   done
   printf '\n' >&2
 }
+
+# A pid file written before cluster-launch kept command lines (no <name>.cmdline): adopt
+# its process if it runs this component's binary from this checkout (a runner: with its
+# runner.name), so that `down` and `restart` still stop a cluster started that way.
+adopt_unrecorded() {
+  local name pid exe
+  for name in "${ALL_COMPONENTS[@]}"; do
+    [[ -f "$RUN_DIR/$name.pid" && ! -f "$RUN_DIR/$name.cmdline" ]] || continue
+    pid=$(<"$RUN_DIR/$name.pid")
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+    [[ "${exe% (deleted)}" == "$(readlink -f "$(component_binary "$name")")" ]] || continue
+    [[ "$name" != runner-* ]] || tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF "runner.name=$name" || continue
+    cp "/proc/$pid/cmdline" "$RUN_DIR/$name.cmdline"
+  done
+}
+adopt_unrecorded
