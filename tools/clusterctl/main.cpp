@@ -447,18 +447,20 @@ int wait_until(const options& opts, const wait_args& args,
 
 // --- command line -----------------------------------------------------------------------
 
-// A number option parsed with std::from_chars; `min` is the smallest value accepted.
+// A number option parsed with std::from_chars, accepted in [min, max] (a bound keeps
+// deadlines computed from it from overflowing the clock).
 template <class T>
-CLI::Option* number_option(CLI::App* app, const std::string& name, T& target, T min,
+CLI::Option* number_option(CLI::App* app, const std::string& name, T& target, T min, T max,
                            const std::string& description) {
   return app
       ->add_option_function<std::string>(
           name,
-          [&target, min, name](const std::string& text) {
+          [&target, min, max, name](const std::string& text) {
             auto value = launch::parse_number<T>(text);
-            if (!value || *value < min)
-              throw CLI::ValidationError(
-                  name, "'" + text + "' is not a number >= " + std::to_string(min));
+            if (!value || *value < min || *value > max)
+              throw CLI::ValidationError(name, "'" + text + "' is not a number from " +
+                                                   std::to_string(min) + " to " +
+                                                   std::to_string(max));
             target = *value;
           },
           description)
@@ -500,7 +502,7 @@ int main(int argc, char** argv) {
       ->envname("CLUSTER_MANAGER_ADDRESS")
       ->type_name("HOST:PORT");
   std::int64_t timeout_ms = opts.timeout.count();
-  number_option<std::int64_t>(&app, "--timeout-ms", timeout_ms, 1,
+  number_option<std::int64_t>(&app, "--timeout-ms", timeout_ms, 1, 86400000,
                               "deadline of one call or status request (default 10000)");
   app.require_subcommand(1, 1);
 
@@ -518,8 +520,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> watch_specs;
   auto* wait_cmd = app.add_subcommand(
       "wait", "wait until every CONDITION holds at once (bounded); prints what was met");
-  number_option<long>(wait_cmd, "--timeout-s", wait.timeout_s, 0, "deadline (default 30)");
-  number_option<long>(wait_cmd, "--interval-ms", wait.interval_ms, 1,
+  number_option<long>(wait_cmd, "--timeout-s", wait.timeout_s, 0, 86400, "deadline (default 30)");
+  number_option<long>(wait_cmd, "--interval-ms", wait.interval_ms, 1, 60000,
                       "pause between observations (default 200)");
   wait_cmd
       ->add_option("--watch", watch_specs,

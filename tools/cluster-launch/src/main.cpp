@@ -230,7 +230,7 @@ int main(int argc, char** argv) {
       "--timeout-s",
       [&](const std::string& text) {
         auto value = parse_number<long>(text);
-        if (!value || *value < 0)
+        if (!value || *value < 0 || *value > 86400)
           throw CLI::ValidationError("--timeout-s", "'" + text + "' is not a number of seconds");
         timeout_s = *value;
       },
