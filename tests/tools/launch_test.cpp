@@ -76,6 +76,7 @@ TEST_F(launch_test, a_pid_is_recognised_only_while_it_runs_the_same_command_line
   auto sleeper = launch::child::spawn({"/bin/sleep", {"60"}, "", false});
   ASSERT_TRUE(sleeper.has_value());
   const auto pid = sleeper.value().pid();
+  EXPECT_TRUE(launch::wait_runs(pid, {"/bin/sleep", "60"}, 10s));
   EXPECT_TRUE(launch::runs(pid, {"/bin/sleep", "60"}));
   EXPECT_FALSE(launch::runs(pid, {"/bin/sleep", "61"}));
   EXPECT_FALSE(launch::runs(pid, {"/bin/true", "60"}));
@@ -105,7 +106,7 @@ TEST_F(launch_test, stop_all_escalates_to_sigkill_only_for_what_ignores_sigterm)
 
 TEST_F(launch_test, exit_watch_wakes_up_when_one_of_its_processes_ends) {
   auto lasting = spawn("exec sleep 60");
-  auto brief = spawn("exec sleep 0.2");
+  auto brief = spawn("exec sleep 1");
   launch::exit_watch watch;
   watch.add(lasting.pid());
   watch.add(brief.pid());

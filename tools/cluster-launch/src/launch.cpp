@@ -196,6 +196,16 @@ bool runs(pid_t pid, const std::vector<std::string>& argv) {
   return !error && exe == expected.string();
 }
 
+bool wait_runs(pid_t pid, const std::vector<std::string>& argv, milliseconds timeout) {
+  const auto deadline = clock::now() + timeout;
+  for (;;) {
+    if (runs(pid, argv)) return true;
+    if (!alive(pid) || clock::now() >= deadline) return false;
+    // The window lasts microseconds: there is no event to wait for, so look again soon.
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
 std::vector<stop_outcome> stop_all(const std::vector<pid_t>& pids, int signal, milliseconds timeout,
                                    milliseconds kill_timeout) {
   std::vector<stop_outcome> outcomes(pids.size(), stop_outcome::exited);

@@ -159,6 +159,8 @@ int start(const registry& reg, const std::string& name, std::vector<std::string>
   auto started = child::spawn(options);
   if (!started) return fail(started.error().message);
   const pid_t pid = started.value().pid();
+  // From here on `pid NAME` and `stop NAME` recognise it (unless it already exited).
+  wait_runs(pid, command, milliseconds(1000));
   if (auto written = reg.write(name, {pid, command}); !written) {
     stop_all({pid}, SIGKILL, milliseconds(5000));
     return fail(written.error().message);

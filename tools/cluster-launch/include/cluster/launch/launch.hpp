@@ -71,6 +71,12 @@ std::optional<std::vector<std::string>> command_line(pid_t pid);
 /// argv[0] (also when that file was rebuilt since). A stale or reused PID is not.
 bool runs(pid_t pid, const std::vector<std::string>& argv);
 
+/// Waits up to `timeout` until `runs(pid, argv)`; false if the process ended first or the
+/// time passed. Needed right after `child::spawn`: the kernel lets posix_spawn return once
+/// the exec has replaced the child's memory, a moment before /proc shows its new command
+/// line.
+bool wait_runs(pid_t pid, const std::vector<std::string>& argv, milliseconds timeout);
+
 /// What `stop_all` did to one process.
 enum class stop_outcome {
   exited,    ///< ended within the timeout after the first signal (or was already gone)
