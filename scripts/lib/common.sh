@@ -23,7 +23,7 @@ DEV_PACKAGES=(
   g++ cmake ninja-build pkg-config
   libboost-dev libboost-filesystem-dev libmsgpack-cxx-dev libpq-dev libtomlplusplus-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
-  libcli11-dev postgresql postgresql-client clang-format curl python3
+  postgresql postgresql-client clang-format curl python3
 )
 
 # Prints the packages of DEV_PACKAGES that dpkg does not report as installed, one a line.

@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "child_process.hpp"
+#include "cluster/process/config.hpp"
 
 namespace cluster::testing {
 namespace {
@@ -115,16 +116,6 @@ TEST_F(launch_test, exit_watch_wakes_up_when_one_of_its_processes_ends) {
   lasting.stop(SIGKILL, 10s);
 }
 
-TEST_F(launch_test, numbers_are_whole_strings) {
-  EXPECT_EQ(launch::parse_number<int>("42"), std::optional<int>(42));
-  EXPECT_EQ(launch::parse_number<int>("-7"), std::optional<int>(-7));
-  EXPECT_EQ(launch::parse_number<unsigned>("-7"), std::nullopt);
-  EXPECT_EQ(launch::parse_number<int>("42s"), std::nullopt);
-  EXPECT_EQ(launch::parse_number<int>(" 42"), std::nullopt);
-  EXPECT_EQ(launch::parse_number<int>(""), std::nullopt);
-  EXPECT_EQ(launch::parse_number<std::uint16_t>("65536"), std::nullopt);
-}
-
 TEST_F(launch_test, the_tool_keeps_pid_files_and_logs_and_stops_by_name) {
   int status = 0;
   const auto log = dir / "logs" / "sleeper.log";
@@ -132,7 +123,7 @@ TEST_F(launch_test, the_tool_keeps_pid_files_and_logs_and_stops_by_name) {
   std::ofstream(log) << "previous run\n";
   auto out = tool("start --rotate-log sleeper -- /bin/sleep 60", status);
   ASSERT_EQ(status, 0) << out;
-  const auto pid = launch::parse_number<pid_t>(out.substr(0, out.find('\n')));
+  const auto pid = parse_number<pid_t>(out.substr(0, out.find('\n')));
   ASSERT_TRUE(pid) << out;
   EXPECT_EQ(read_file(dir / "run" / "sleeper.pid"), std::to_string(*pid) + "\n");
   EXPECT_EQ(read_file(dir / "run" / "sleeper.cmdline"), std::string("/bin/sleep\0"

@@ -24,6 +24,8 @@
 
 #include "cluster/launch/launch.hpp"
 #include "cluster/net/connection.hpp"
+#include "cluster/process/config.hpp"
+#include "cluster/process/defaults.hpp"
 
 namespace {
 
@@ -33,8 +35,8 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 
 struct options {
-  std::string proxy = "127.0.0.1:3333";
-  std::string manager = "127.0.0.1:8080";
+  std::string proxy = defaults::proxy_address();
+  std::string manager = defaults::manager_address();
   milliseconds timeout{10000};
 };
 
@@ -191,7 +193,7 @@ result<http_answer> http_get(const std::string& url, milliseconds timeout) {
     host = authority.substr(0, colon);
     port = authority.substr(colon + 1);
   }
-  if (host.empty() || !launch::parse_number<std::uint16_t>(port))
+  if (host.empty() || !parse_number<std::uint16_t>(port))
     return failure{errc::invalid_request, "'" + url + "' has no valid host and port"};
 
   asio::io_context io(1);
@@ -456,7 +458,7 @@ CLI::Option* number_option(CLI::App* app, const std::string& name, T& target, T 
       ->add_option_function<std::string>(
           name,
           [&target, min, max, name](const std::string& text) {
-            auto value = launch::parse_number<T>(text);
+            auto value = parse_number<T>(text);
             if (!value || *value < min || *value > max)
               throw CLI::ValidationError(name, "'" + text + "' is not a number from " +
                                                    std::to_string(min) + " to " +
@@ -473,7 +475,7 @@ void add_call_arguments(CLI::App* command, call_args& args) {
       ->add_option_function<std::string>(
           "--deliver-at-ms",
           [&args](const std::string& text) {
-            args.deliver_at_ms = launch::parse_number<std::int64_t>(text);
+            args.deliver_at_ms = parse_number<std::int64_t>(text);
             if (!args.deliver_at_ms)
               throw CLI::ValidationError("--deliver-at-ms", "'" + text + "' is not a number");
           },
@@ -495,10 +497,11 @@ int main(int argc, char** argv) {
       "<message>\n"
       "on stderr), 2 on a bad command line.");
   options opts;
-  app.add_option("--proxy", opts.proxy, "proxy HOST:PORT for calls (default 127.0.0.1:3333)")
+  app.add_option("--proxy", opts.proxy, "proxy HOST:PORT for calls (default " + opts.proxy + ")")
       ->envname("CLUSTER_PROXY_ADDRESS")
       ->type_name("HOST:PORT");
-  app.add_option("--manager", opts.manager, "manager HOST:PORT for status (default 127.0.0.1:8080)")
+  app.add_option("--manager", opts.manager,
+                 "manager HOST:PORT for status (default " + opts.manager + ")")
       ->envname("CLUSTER_MANAGER_ADDRESS")
       ->type_name("HOST:PORT");
   std::int64_t timeout_ms = opts.timeout.count();
@@ -570,8 +573,7 @@ int main(int argc, char** argv) {
     for (const auto& spec : watch_specs) {
       const auto equals = spec.rfind('=');
       const auto label = equals == std::string::npos ? "process" : spec.substr(0, equals);
-      auto pid =
-          launch::parse_number<pid_t>(equals == std::string::npos ? spec : spec.substr(equals + 1));
+      auto pid = parse_number<pid_t>(equals == std::string::npos ? spec : spec.substr(equals + 1));
       if (!pid || *pid <= 0) throw CLI::ValidationError("--watch", "'" + spec + "' has no PID");
       wait.watch.push_back({label, *pid});
     }

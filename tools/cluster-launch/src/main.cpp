@@ -20,6 +20,7 @@
 #include <iterator>
 
 #include "cluster/launch/launch.hpp"
+#include "cluster/process/config.hpp"
 
 namespace {
 

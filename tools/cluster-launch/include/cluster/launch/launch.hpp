@@ -10,11 +10,9 @@
 
 #include <sys/types.h>
 
-#include <charconv>
 #include <chrono>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "cluster/protocol/result.hpp"
@@ -89,17 +87,6 @@ enum class stop_outcome {
 /// `kill_timeout` more. A PID that no longer runs counts as exited.
 std::vector<stop_outcome> stop_all(const std::vector<pid_t>& pids, int signal, milliseconds timeout,
                                    milliseconds kill_timeout = milliseconds(5000));
-
-/// The whole of `text` as a number (std::from_chars: no sign for unsigned types, no
-/// spaces, no trailing characters), or nullopt.
-template <class T>
-std::optional<T> parse_number(std::string_view text) {
-  T value{};
-  const auto* end = text.data() + text.size();
-  const auto [ptr, error] = std::from_chars(text.data(), end, value);
-  if (error != std::errc() || ptr != end || text.empty()) return std::nullopt;
-  return value;
-}
 
 /// Watches processes that need not be children of this one, to wake up as soon as one
 /// of them ends (pidfds in poll(2)).
