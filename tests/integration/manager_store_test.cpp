@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "cluster/storage-pg/stores.hpp"
+#include "test_postgres.hpp"
 
 namespace cluster::testing {
 namespace {
@@ -20,16 +21,6 @@ namespace {
 namespace net = boost::asio;
 using net::ip::tcp;
 using namespace std::chrono_literals;
-
-std::string pg_url() {
-  const char* url = std::getenv("CLUSTER_TEST_PG_URL");
-  return url ? url : "";
-}
-
-#define REQUIRE_POSTGRES()                                       \
-  if (pg_url().empty())                                          \
-  GTEST_SKIP() << "CLUSTER_TEST_PG_URL is not set (run through " \
-                  "scripts/dev test)"
 
 /// The fields of a libpq URL or conninfo string.
 std::map<std::string, std::string> conninfo_fields(const std::string& url) {
@@ -161,13 +152,13 @@ class forwarder {
 
 struct manager_store_test : ::testing::Test {
   void SetUp() override {
-    if (pg_url().empty()) return;
-    auto fields = conninfo_fields(pg_url());
+    if (test_pg_url().empty()) return;
+    auto fields = conninfo_fields(test_pg_url());
     const auto host = fields.count("host") ? fields["host"] : "127.0.0.1";
     const auto port = fields.count("port") ? std::stoi(fields["port"]) : 5432;
     proxy = std::make_unique<forwarder>(host, static_cast<std::uint16_t>(port));
     direct.backend = "postgres";
-    direct.url = pg_url();
+    direct.url = test_pg_url();
     static int counter = 0;
     direct.table_prefix = "ms" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
     through_proxy = direct;

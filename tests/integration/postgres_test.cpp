@@ -11,19 +11,10 @@
 #include "cluster/storage-pg/pg_message_store.hpp"
 #include "cluster/storage-pg/stores.hpp"
 #include "cluster_fixture.hpp"
+#include "test_postgres.hpp"
 
 namespace cluster::testing {
 namespace {
-
-std::string pg_url() {
-  const char* url = std::getenv("CLUSTER_TEST_PG_URL");
-  return url ? url : "";
-}
-
-#define REQUIRE_POSTGRES()                                       \
-  if (pg_url().empty())                                          \
-  GTEST_SKIP() << "CLUSTER_TEST_PG_URL is not set (run through " \
-                  "scripts/dev test)"
 
 std::string unique_prefix() {
   static std::atomic<int> counter{0};
@@ -33,7 +24,7 @@ std::string unique_prefix() {
 storage_settings settings_for(const std::string& prefix) {
   storage_settings settings;
   settings.backend = "postgres";
-  settings.url = pg_url();
+  settings.url = test_pg_url();
   settings.table_prefix = prefix;
   return settings;
 }
@@ -69,7 +60,7 @@ T wait_result(asio::io_context& io, std::optional<T>& slot) {
 TEST(postgres, migrates_an_empty_database_and_is_idempotent) {
   REQUIRE_POSTGRES();
   const auto prefix = unique_prefix();
-  pg::connection conn(pg_url());
+  pg::connection conn(test_pg_url());
   pg::migrate(conn, prefix);
   pg::migrate(conn, prefix);
   auto versions = conn.exec("SELECT count(*) FROM " + prefix + "_migrations");
@@ -86,7 +77,7 @@ TEST(postgres, migrates_safely_when_processes_start_at_once) {
   for (int i = 0; i < 6; ++i)
     starters.emplace_back([&] {
       try {
-        pg::connection conn(pg_url());
+        pg::connection conn(test_pg_url());
         pg::migrate(conn, prefix);
       } catch (const std::exception&) {
         ++failures;
@@ -94,7 +85,7 @@ TEST(postgres, migrates_safely_when_processes_start_at_once) {
     });
   for (auto& t : starters) t.join();
   EXPECT_EQ(failures, 0);
-  pg::connection conn(pg_url());
+  pg::connection conn(test_pg_url());
   EXPECT_EQ(conn.exec("SELECT count(*) FROM " + prefix + "_migrations").integer(0, 0),
             pg::latest_schema_version());
 }
@@ -102,7 +93,7 @@ TEST(postgres, migrates_safely_when_processes_start_at_once) {
 TEST(postgres, runs_a_pipeline_as_one_transaction_and_rolls_it_all_back_on_failure) {
   REQUIRE_POSTGRES();
   const auto table = unique_prefix() + "_pipeline";
-  pg::connection conn(pg_url());
+  pg::connection conn(test_pg_url());
   conn.exec("CREATE TABLE " + table + " (n integer PRIMARY KEY)");
   const pg::statement insert{"test_insert", "INSERT INTO " + table + " VALUES ($1) RETURNING n"};
   const pg::statement count{"test_count", "SELECT count(*) FROM " + table};
@@ -140,7 +131,7 @@ TEST(postgres, upgrading_from_schema_1_keeps_unprocessed_messages_queued) {
   REQUIRE_POSTGRES();
   const auto prefix = unique_prefix();
   {
-    pg::connection conn(pg_url());
+    pg::connection conn(test_pg_url());
     pg::migrate(conn, prefix, 1);
     // Schema 1 marked processed messages with a flag (and stored their reply).
     conn.exec("INSERT INTO " + prefix +
@@ -233,7 +224,7 @@ TEST(postgres, reports_a_lost_session_fails_what_it_could_not_store_and_reconnec
 
   // End the store's session from outside, as a database restart or a network cut would: the
   // session is the one holding the shard's advisory lock.
-  pg::connection admin(pg_url());
+  pg::connection admin(test_pg_url());
   auto holder = admin.exec(
       "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND objid = 3 AND "
       "classid = (hashtext($1)::bigint & 4294967295)::oid",
@@ -373,7 +364,7 @@ TEST(postgres, purges_processed_messages_past_retention_only) {
   purged.reset();
   store.purge(store_into(purged));
   EXPECT_EQ(wait_result(io, purged), 1u);
-  pg::connection conn(pg_url());
+  pg::connection conn(test_pg_url());
   auto left = conn.exec("SELECT primary_key FROM " + settings.table_prefix + "_messages");
   ASSERT_EQ(left.rows(), 1);
   EXPECT_EQ(left.text(0, 0), "open");  // unprocessed messages are never purged

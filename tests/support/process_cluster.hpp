@@ -15,11 +15,9 @@
 
 #include "child_process.hpp"
 #include "cluster_fixture.hpp"
+#include "test_postgres.hpp"
 
 namespace cluster::testing {
-
-/// CLUSTER_TEST_PG_URL, set by scripts/dev test (empty when unset).
-std::string test_pg_url();
 
 /// Fixture: one scratch folder per test, free ports, and the processes by name
 /// ("manager", "proxy", "runner-N"). Children end with the test (SIGTERM, then SIGKILL).
