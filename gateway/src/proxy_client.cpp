@@ -16,15 +16,15 @@ void proxy_client::close() {
   conn_.reset();
 }
 
-awaitable<connection_ptr> proxy_client::connection(milliseconds timeout, std::string& error) {
+awaitable<result<connection_ptr>> proxy_client::connection(milliseconds timeout) {
   if (connected()) co_return conn_;
   if (connecting_) {
     // Someone else is connecting: wait for that attempt (bounded by its own timeout).
     error_code ec;
     co_await connect_done_.async_wait(asio::redirect_error(use_awaitable, ec));
     if (connected()) co_return conn_;
-    error = last_connect_error_.empty() ? "cannot connect to the proxy" : last_connect_error_;
-    co_return nullptr;
+    co_return failure{errc::unavailable, last_connect_error_.empty() ? "cannot connect to the proxy"
+                                                                     : last_connect_error_};
   }
   connecting_ = true;
   connect_done_.expires_at(steady_clock::time_point::max());
@@ -38,26 +38,25 @@ awaitable<connection_ptr> proxy_client::connection(milliseconds timeout, std::st
       std::max(milliseconds(1), std::min(timeout, options_.connect_timeout));
   auto connect =
       connect_to(options_.proxy, hello, options_.limits, connect_timeout, ignore, on_close);
-  auto result = co_await std::move(connect);
+  auto connected = co_await std::move(connect);
   connecting_ = false;
-  conn_ = std::move(result.conn);
-  last_connect_error_ = result.error;
+  conn_ = connected ? connected.value() : nullptr;
+  last_connect_error_ = connected ? "" : connected.error().message;
   connect_done_.cancel();
-  if (conn_) {
+  if (connected) {
     spdlog::info("connected to proxy {}", options_.proxy.to_string());
-    co_return conn_;
+  } else {
+    spdlog::warn("{}", connected.error().message);
   }
-  spdlog::warn("{}", result.error);
-  error = result.error;
-  co_return nullptr;
+  co_return connected;
 }
 
 awaitable<reply_msg> proxy_client::call(request_msg request, milliseconds timeout) {
   const auto deadline = steady_clock::now() + timeout;
-  std::string error;
-  auto open = connection(timeout, error);
+  auto open = connection(timeout);
   auto conn = co_await std::move(open);
-  if (!conn) co_return reply_msg::failure(errc::unavailable, "proxy unreachable: " + error);
+  if (!conn)
+    co_return reply_msg::failure(errc::unavailable, "proxy unreachable: " + conn.error().message);
   const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
   if (remaining <= milliseconds(0))
     co_return reply_msg::failure(errc::deadline_exceeded, "deadline passed while connecting");
@@ -66,7 +65,7 @@ awaitable<reply_msg> proxy_client::call(request_msg request, milliseconds timeou
   const auto margin = std::min(remaining / 10, milliseconds(100));
   request.timeout_ms =
       static_cast<std::uint32_t>(std::max(milliseconds(1), remaining - margin).count());
-  auto send = conn->async_call(message_kind::request, request, remaining);
+  auto send = conn.value()->async_call(message_kind::request, request, remaining);
   auto reply = co_await std::move(send);
   co_return reply;
 }

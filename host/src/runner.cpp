@@ -216,14 +216,14 @@ void runner::on_snapshot(const assignment_snapshot& snapshot) {
 void runner::on_message(const connection_ptr& conn, envelope&& env) {
   switch (static_cast<message_kind>(env.kind)) {
     case message_kind::request: {
-      std::string error;
-      auto request = env.as<request_msg>(&error);
+      auto request = env.as<request_msg>();
       if (!request) {
-        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
-                                                    "request has the wrong shape: " + error));
+        conn->send_reply(
+            env.id, reply_msg::failure(errc::invalid_request,
+                                       "request has the wrong shape: " + request.error().message));
         return;
       }
-      on_request(conn, env.id, std::move(*request));
+      on_request(conn, env.id, std::move(request).value());
       return;
     }
     default:

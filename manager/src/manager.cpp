@@ -149,17 +149,17 @@ awaitable<void> manager::probe_runner(std::string address, std::uint64_t generat
     std::function<void()> on_close;
     auto connect = connect_to(*target, hello, config_.common.limits(), config_.probe_timeout,
                               ignore, on_close);
-    auto result = co_await std::move(connect);
-    if (result.conn) result.conn->close();
+    auto connected = co_await std::move(connect);
+    if (connected) connected.value()->close();
     if (stopped_ || !current()) co_return;
-    if (result.conn) {
+    if (connected) {
       spdlog::warn(
           "runner {} lost its manager connection but answers; it keeps its shards "
           "for up to {} ms while it registers again",
           address, config_.reconnect_grace.count());
       co_return;
     }
-    last_error = result.error;
+    last_error = connected.error().message;
   }
   if (current()) remove_runner(address, "connection lost and not reachable (" + last_error + ")");
 }
@@ -191,35 +191,35 @@ assignment_snapshot manager::snapshot() const {
 }
 
 void manager::on_message(const connection_ptr& conn, envelope&& env) {
-  std::string error;
   switch (static_cast<message_kind>(env.kind)) {
     case message_kind::register_runner: {
-      auto msg = env.as<register_runner_msg>(&error);
+      auto msg = env.as<register_runner_msg>();
       if (!msg) {
-        conn->send_reply(env.id,
-                         reply_msg::failure(errc::invalid_request,
-                                            "register_runner has the wrong shape: " + error));
+        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
+                                                    "register_runner has the wrong shape: " +
+                                                        msg.error().message));
         return;
       }
-      register_runner(conn, env.id, std::move(*msg));
+      register_runner(conn, env.id, std::move(msg).value());
       return;
     }
     case message_kind::unregister_runner: {
-      auto msg = env.as<unregister_runner_msg>(&error);
+      auto msg = env.as<unregister_runner_msg>();
       if (!msg) {
-        conn->send_reply(env.id,
-                         reply_msg::failure(errc::invalid_request,
-                                            "unregister_runner has the wrong shape: " + error));
+        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
+                                                    "unregister_runner has the wrong shape: " +
+                                                        msg.error().message));
         return;
       }
-      auto it = runners_.find(msg->address);
+      const std::string& address = msg.value().address;
+      auto it = runners_.find(address);
       if (it == runners_.end() || it->second.conn.lock() != conn) {
         conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
-                                                    "runner " + msg->address +
+                                                    "runner " + address +
                                                         " is not registered on this connection"));
         return;
       }
-      remove_runner(msg->address, "unregistered");
+      remove_runner(address, "unregistered");
       conn->send_reply(env.id, reply_msg{});
       return;
     }

@@ -68,11 +68,11 @@ void proxy::notify_stopped() {
 void proxy::on_message(const connection_ptr& conn, envelope&& env) {
   switch (static_cast<message_kind>(env.kind)) {
     case message_kind::request: {
-      std::string error;
-      auto request = env.as<request_msg>(&error);
+      auto request = env.as<request_msg>();
       if (!request) {
-        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
-                                                    "request has the wrong shape: " + error));
+        conn->send_reply(
+            env.id, reply_msg::failure(errc::invalid_request,
+                                       "request has the wrong shape: " + request.error().message));
         return;
       }
       if (stopping_) {
@@ -85,7 +85,7 @@ void proxy::on_message(const connection_ptr& conn, envelope&& env) {
                                             "too many requests in flight on this connection"));
         return;
       }
-      forward(conn, env.id, std::move(*request));
+      forward(conn, env.id, std::move(request).value());
       return;
     }
     case message_kind::get_status:

@@ -1,5 +1,5 @@
 // Framed, multiplexed connections and the server over real loopback sockets
-// (common/include/cluster/common/{connection,server}.hpp).
+// (libs/net: cluster/net/{connection,server}.hpp).
 //
 // Everything runs on one io_context driven by the test thread through `run_until`, the same
 // single-threaded model as the processes.
@@ -102,11 +102,11 @@ class raw_peer {
                   header);
       const auto size = cluster::decode_frame_header(header);
       if (received.size() - at - cluster::frame_header_size < size) break;
-      std::string error;
-      auto env = cluster::decode_envelope(received.data() + at + cluster::frame_header_size, size,
-                                          {}, error);
-      EXPECT_TRUE(env.has_value()) << "the server sent an undecodable frame: " << error;
-      if (env) result.push_back(std::move(*env));
+      auto env =
+          cluster::decode_envelope(received.data() + at + cluster::frame_header_size, size, {});
+      EXPECT_TRUE(env.has_value())
+          << "the server sent an undecodable frame: " << env.error().message;
+      if (env) result.push_back(std::move(env).value());
       at += cluster::frame_header_size + size;
     }
     return result;
@@ -226,20 +226,20 @@ class loopback : public ::testing::Test {
                        reply_msg::failure(errc::unknown_kind, "kind " + std::to_string(env.kind)));
       return;
     }
-    std::string error;
-    auto request = env.as<request_msg>(&error);
-    if (!request) {
-      conn->send_reply(env.id, reply_msg::failure(errc::invalid_request, error));
+    auto decoded = env.as<request_msg>();
+    if (!decoded) {
+      conn->send_reply(env.id, reply_msg::failure(std::move(decoded).error()));
       return;
     }
-    if (request->rpc == "echo") {
-      conn->send_reply(env.id, reply_msg::success(request->payload));
-    } else if (request->rpc == "bad-reply") {
+    const request_msg& request = decoded.value();
+    if (request.rpc == "echo") {
+      conn->send_reply(env.id, reply_msg::success(request.payload));
+    } else if (request.rpc == "bad-reply") {
       conn->send(message_kind::reply, env.id, reply_with_string_code{});
-    } else if (request->rpc == "close") {
+    } else if (request.rpc == "close") {
       conn->close();
-    } else if (request->rpc == "hold") {
-      held_.push_back({conn, env.id, request->payload});
+    } else if (request.rpc == "hold") {
+      held_.push_back({conn, env.id, request.payload});
       if (held_.size() == hold_count_) {
         auto held = std::move(held_);
         held_.clear();
@@ -254,9 +254,9 @@ class loopback : public ::testing::Test {
   }
 
   /// Connects with connect_to on the test's io_context; never throws.
-  cluster::connect_result connect(cluster::hello_msg hello = client_hello(), std::uint16_t port = 0,
-                                  milliseconds timeout = 5s) {
-    auto result = std::make_shared<std::optional<cluster::connect_result>>();
+  cluster::result<connection_ptr> connect(cluster::hello_msg hello = client_hello(),
+                                          std::uint16_t port = 0, milliseconds timeout = 5s) {
+    auto result = std::make_shared<std::optional<cluster::result<connection_ptr>>>();
     auto thrown = std::make_shared<bool>(false);
     cluster::connection_limits limits;
     cluster::host_port address{"127.0.0.1", port == 0 ? port_ : port};
@@ -264,23 +264,25 @@ class loopback : public ::testing::Test {
     std::function<void()> on_close;
     auto op = cluster::connect_to(std::move(address), std::move(hello), limits, timeout,
                                   std::move(on_message), std::move(on_close));
-    asio::co_spawn(io_, std::move(op),
-                   [result, thrown](std::exception_ptr e, cluster::connect_result r) {
-                     *thrown = e != nullptr;
-                     *result = std::move(r);
-                   });
+    asio::co_spawn(
+        io_,
+        [op = std::move(op), result]() mutable -> cluster::awaitable<void> {
+          auto connected = co_await std::move(op);
+          result->emplace(std::move(connected));
+        },
+        [thrown](std::exception_ptr e) { *thrown = e != nullptr; });
     EXPECT_TRUE(run_until(
         io_, [result] { return result->has_value(); }, timeout + 5s));
     EXPECT_FALSE(*thrown) << "connect_to threw";
-    if (!result->has_value()) return {};
-    if ((*result)->conn) clients_.push_back((*result)->conn);
+    if (!result->has_value()) return cluster::failure{errc::defect, "connect_to never finished"};
+    if (result->value()) clients_.push_back(result->value().value());
     return std::move(**result);
   }
 
   connection_ptr connect_ok() {
     auto result = connect();
-    EXPECT_NE(result.conn, nullptr) << result.error;
-    return result.conn;
+    EXPECT_TRUE(result.has_value()) << result.error().message;
+    return result ? result.value() : nullptr;
   }
 
   /// Makes one call and waits for its reply.
@@ -337,11 +339,11 @@ class loopback : public ::testing::Test {
 void expect_reply(const envelope& env, std::uint64_t id, errc code) {
   EXPECT_EQ(env.kind, static_cast<std::uint32_t>(message_kind::reply));
   EXPECT_EQ(env.id, id);
-  std::string error;
-  const auto reply = env.as<reply_msg>(&error);
-  ASSERT_TRUE(reply.has_value()) << error;
-  EXPECT_EQ(reply->code, code) << cluster::to_string(reply->code) << ": " << reply->message;
-  EXPECT_EQ(reply->error, cluster::to_string(code));
+  const auto reply = env.as<reply_msg>();
+  ASSERT_TRUE(reply.has_value()) << reply.error().message;
+  EXPECT_EQ(reply.value().code, code)
+      << cluster::to_string(reply.value().code) << ": " << reply.value().message;
+  EXPECT_EQ(reply.value().error, cluster::to_string(code));
 }
 
 }  // namespace
@@ -524,8 +526,10 @@ TEST_F(loopback, refuses_a_hello_of_another_protocol_version) {
   expect_reply(frames[0], 3, errc::unsupported_version);
 
   const auto result = connect(client_hello(99));
-  EXPECT_EQ(result.conn, nullptr);
-  EXPECT_NE(result.error.find("UnsupportedVersion"), std::string::npos) << result.error;
+  ASSERT_FALSE(result.has_value());
+  EXPECT_EQ(result.error().code, errc::unsupported_version);
+  EXPECT_NE(result.error().message.find("UnsupportedVersion"), std::string::npos)
+      << result.error().message;
 }
 
 TEST_F(loopback, refuses_a_hello_of_the_wrong_shape_as_malformed) {
@@ -613,7 +617,7 @@ TEST_F(loopback, lets_a_handler_close_its_own_connection) {
   expect_usable(other);
 }
 
-TEST_F(loopback, reports_a_refused_connection_as_an_error_string) {
+TEST_F(loopback, reports_a_refused_connection_as_unavailable_naming_the_address) {
   // A port that was free a moment ago: bind it, note it, release it.
   std::uint16_t closed_port = 0;
   {
@@ -621,10 +625,12 @@ TEST_F(loopback, reports_a_refused_connection_as_an_error_string) {
     closed_port = acceptor.local_endpoint().port();
   }
   const auto result = connect(client_hello(), closed_port);
-  EXPECT_EQ(result.conn, nullptr);
-  EXPECT_NE(result.error.find("cannot connect to 127.0.0.1:" + std::to_string(closed_port)),
-            std::string::npos)
-      << result.error;
+  ASSERT_FALSE(result.has_value());
+  EXPECT_EQ(result.error().code, errc::unavailable);
+  EXPECT_NE(
+      result.error().message.find("cannot connect to 127.0.0.1:" + std::to_string(closed_port)),
+      std::string::npos)
+      << result.error().message;
 }
 
 TEST_F(loopback, reports_a_peer_that_never_acknowledges_hello_as_timed_out) {
@@ -633,8 +639,9 @@ TEST_F(loopback, reports_a_peer_that_never_acknowledges_hello_as_timed_out) {
   tcp::socket accepted(io_);
   acceptor.async_accept(accepted, [](const cluster::error_code&) {});
   const auto result = connect(client_hello(), acceptor.local_endpoint().port(), 200ms);
-  EXPECT_EQ(result.conn, nullptr);
-  EXPECT_NE(result.error.find("timed out"), std::string::npos) << result.error;
+  ASSERT_FALSE(result.has_value());
+  EXPECT_EQ(result.error().code, errc::unavailable);
+  EXPECT_NE(result.error().message.find("timed out"), std::string::npos) << result.error().message;
 }
 
 // Over max_connections the server answers TooManyRequests, then closes.

@@ -313,13 +313,13 @@ void expect_within_limits(const msgpack::object& root, const decode_limits& limi
 // Converts the fields to T; a failure must say why, and must not throw.
 template <class T>
 void convert(const cluster::envelope& env, tally& counts) {
-  std::string error;
-  std::optional<T> value;
-  ASSERT_NO_THROW(value = env.as<T>(&error));
-  if (value) {
+  std::optional<cluster::result<T>> value;
+  ASSERT_NO_THROW(value.emplace(env.as<T>()));
+  if (value->has_value()) {
     ++counts.converted;
   } else {
-    EXPECT_FALSE(error.empty()) << "a conversion failed without a reason";
+    EXPECT_FALSE(value->error().message.empty()) << "a conversion failed without a reason";
+    EXPECT_EQ(value->error().code, cluster::errc::invalid_request);
   }
 }
 
@@ -351,35 +351,36 @@ void feed(const std::string& data, const decode_limits& limits, tally& counts) {
       std::min<std::size_t>(size, data.size() - cluster::frame_header_size);
   if (available < size) ++counts.incomplete;
   const char* body = data.data() + cluster::frame_header_size;
-  std::string error;
-  std::optional<cluster::envelope> env;
-  ASSERT_NO_THROW(env = cluster::decode_envelope(body, available, limits, error));
-  if (!env) {
+  std::optional<cluster::result<cluster::envelope>> decoded;
+  ASSERT_NO_THROW(decoded.emplace(cluster::decode_envelope(body, available, limits)));
+  if (!decoded->has_value()) {
     ++counts.rejected;
-    EXPECT_FALSE(error.empty()) << "a body was rejected without a reason";
+    EXPECT_FALSE(decoded->error().message.empty()) << "a body was rejected without a reason";
+    EXPECT_EQ(decoded->error().code, cluster::errc::malformed_frame);
     return;
   }
   ++counts.decoded;
-  expect_within_limits(env->handle.get(), limits, available);
+  const cluster::envelope& env = decoded->value();
+  expect_within_limits(env.handle.get(), limits, available);
   convert_to_every<cluster::hello_msg, cluster::hello_ack_msg, cluster::request_msg,
                    cluster::reply_msg, cluster::register_runner_msg, cluster::unregister_runner_msg,
                    cluster::empty_msg, cluster::assignment_snapshot,
                    cluster::shard_group_assignment, cluster::runner_info, cluster::entity_type_info,
-                   cluster::rpc_info>(*env, counts);
+                   cluster::rpc_info>(env, counts);
   // Payloads are decoded again by whoever receives them (clusterctl: a status snapshot).
   using string_map = std::map<std::string, std::string>;
-  std::optional<cluster::reply_msg> reply;
-  ASSERT_NO_THROW(reply = env->as<cluster::reply_msg>());
-  if (reply) {
-    ASSERT_NO_THROW(
-        (void)cluster::unpack_bytes<cluster::assignment_snapshot>(reply->payload, limits));
-    ASSERT_NO_THROW((void)cluster::unpack_bytes<string_map>(reply->payload, limits));
+  std::optional<cluster::result<cluster::reply_msg>> reply;
+  ASSERT_NO_THROW(reply.emplace(env.as<cluster::reply_msg>()));
+  if (reply->has_value()) {
+    const auto& payload = reply->value().payload;
+    ASSERT_NO_THROW((void)cluster::unpack_bytes<cluster::assignment_snapshot>(payload, limits));
+    ASSERT_NO_THROW((void)cluster::unpack_bytes<string_map>(payload, limits));
   }
-  std::optional<cluster::request_msg> request;
-  ASSERT_NO_THROW(request = env->as<cluster::request_msg>());
-  if (request) {
+  std::optional<cluster::result<cluster::request_msg>> request;
+  ASSERT_NO_THROW(request.emplace(env.as<cluster::request_msg>()));
+  if (request->has_value()) {
     ASSERT_NO_THROW(
-        (void)cluster::unpack_bytes<std::vector<std::int64_t>>(request->payload, limits));
+        (void)cluster::unpack_bytes<std::vector<std::int64_t>>(request->value().payload, limits));
   }
 }
 

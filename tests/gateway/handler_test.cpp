@@ -58,8 +58,8 @@ class fake_proxy {
     if (env.kind != static_cast<std::uint32_t>(message_kind::request)) return;
     auto request = env.as<request_msg>();
     ASSERT_TRUE(request.has_value());
-    requests.push_back(*request);
-    if (auto reply = answer(*request, conn)) conn->send_reply(env.id, *reply);
+    requests.push_back(request.value());
+    if (auto reply = answer(request.value(), conn)) conn->send_reply(env.id, *reply);
   }
 
   server server_;

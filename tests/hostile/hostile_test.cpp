@@ -136,10 +136,10 @@ class raw_client {
     const std::size_t size = decode_frame_header(header);
     while (buffer_.size() < frame_header_size + size)
       if (!receive_some(deadline)) return std::nullopt;
-    std::string error;
-    auto env = decode_envelope(buffer_.data() + frame_header_size, size, decode_limits{}, error);
+    auto env = decode_envelope(buffer_.data() + frame_header_size, size, decode_limits{});
     buffer_.erase(0, frame_header_size + size);
-    return env;
+    if (!env) return std::nullopt;
+    return std::move(env).value();
   }
 
   /// The reply with `id`, skipping pushes; nullopt on timeout or close.
@@ -148,8 +148,10 @@ class raw_client {
     while (steady_clock::now() < deadline) {
       auto env = read_frame(deadline - steady_clock::now());
       if (!env) return std::nullopt;
-      if (env->kind == static_cast<std::uint32_t>(message_kind::reply) && env->id == id)
-        return env->as<reply_msg>();
+      if (env->kind != static_cast<std::uint32_t>(message_kind::reply) || env->id != id) continue;
+      auto reply = env->as<reply_msg>();
+      if (!reply) return std::nullopt;
+      return std::move(reply).value();
     }
     return std::nullopt;
   }
@@ -209,13 +211,13 @@ void expect_only_error_replies(const std::string& bytes, const std::string& wher
                 header);
     const std::size_t size = decode_frame_header(header);
     if (bytes.size() - at - frame_header_size < size) break;
-    std::string error;
-    auto env = decode_envelope(bytes.data() + at + frame_header_size, size, {}, error);
-    ASSERT_TRUE(env.has_value()) << where << ": the server sent an undecodable frame: " << error;
-    if (env->kind == static_cast<std::uint32_t>(message_kind::reply)) {
-      auto reply = env->as<reply_msg>();
+    auto env = decode_envelope(bytes.data() + at + frame_header_size, size, {});
+    ASSERT_TRUE(env.has_value()) << where << ": the server sent an undecodable frame: "
+                                 << env.error().message;
+    if (env.value().kind == static_cast<std::uint32_t>(message_kind::reply)) {
+      auto reply = env.value().as<reply_msg>();
       ASSERT_TRUE(reply.has_value()) << where;
-      EXPECT_FALSE(reply->ok()) << where << ": hostile input got a successful reply";
+      EXPECT_FALSE(reply.value().ok()) << where << ": hostile input got a successful reply";
     }
     at += frame_header_size + size;
   }
@@ -433,7 +435,8 @@ TEST_F(hostile_input, a_4_gb_length_prefix_gets_frame_too_large_and_a_close_on_e
       EXPECT_EQ(reply->id, 0u) << where;
       auto fields = reply->as<reply_msg>();
       ASSERT_TRUE(fields.has_value()) << where;
-      EXPECT_EQ(fields->code, errc::frame_too_large) << where << ": " << fields->message;
+      EXPECT_EQ(fields.value().code, errc::frame_too_large)
+          << where << ": " << fields.value().message;
       EXPECT_TRUE(client.closed_within(close_deadline)) << where << ": still open";
     }
   }
@@ -534,7 +537,8 @@ TEST_F(hostile_input, messagepack_announcing_huge_containers_is_refused_as_malfo
         ASSERT_TRUE(reply.has_value()) << where << ": no answer";
         auto fields = reply->as<reply_msg>();
         ASSERT_TRUE(fields.has_value()) << where;
-        EXPECT_EQ(fields->code, errc::malformed_frame) << where << ": " << fields->message;
+        EXPECT_EQ(fields.value().code, errc::malformed_frame)
+            << where << ": " << fields.value().message;
         EXPECT_TRUE(client.closed_within(close_deadline)) << where << ": still open";
       }
     }

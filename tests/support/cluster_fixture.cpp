@@ -147,7 +147,7 @@ connection_ptr connect_client(asio::io_context& io, const std::string& address,
         auto connect =
             connect_to(*parse_host_port(address), hello, limits, timeout, ignore, on_close);
         auto connected = co_await std::move(connect);
-        *out = connected.conn;
+        *out = connected ? connected.value() : nullptr;
         *finished = true;
       },
       asio::detached);

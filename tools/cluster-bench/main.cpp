@@ -235,17 +235,17 @@ class worker {
       std::function<void()> on_close;
       auto connect = connect_to(proxy_, hello, limits, milliseconds(3000), ignore, on_close);
       auto connected = co_await std::move(connect);
-      if (connected.conn && stopping_) {
-        connected.conn->close();
+      if (connected && stopping_) {
+        connected.value()->close();
         break;
       }
-      c->conn = connected.conn;
+      c->conn = connected ? connected.value() : nullptr;
       if (c->conn) {
         if (retry)
           for (auto& s : c->slots) issue(s);
         break;
       }
-      connect_error_ = connected.error;
+      connect_error_ = connected.error().message;
       if (!retry) break;
       if (steady_clock::now() >= measure_from_) {
         ++results_.errors[std::string(to_string(errc::unavailable))];

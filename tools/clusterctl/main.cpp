@@ -62,19 +62,20 @@ reply_msg round_trip(const std::string& address, message_kind kind, const reques
         std::function<void()> on_close;
         auto connect = connect_to(target, hello, limits, timeout, ignore, on_close);
         auto connected = co_await std::move(connect);
-        if (!connected.conn) {
-          *out = reply_msg::failure(errc::unavailable, connected.error);
+        if (!connected) {
+          *out = reply_msg::failure(errc::unavailable, connected.error().message);
           co_return;
         }
+        const connection_ptr conn = connected.value();
         if (request != nullptr) {
-          auto call = connected.conn->async_call(kind, *request, timeout + milliseconds(500));
+          auto call = conn->async_call(kind, *request, timeout + milliseconds(500));
           *out = co_await std::move(call);
         } else {
           const empty_msg no_fields;
-          auto call = connected.conn->async_call(kind, no_fields, timeout);
+          auto call = conn->async_call(kind, no_fields, timeout);
           *out = co_await std::move(call);
         }
-        connected.conn->close();
+        conn->close();
       },
       asio::detached);
   io.run();
@@ -128,7 +129,7 @@ result<assignment_snapshot> fetch_status(const options& opts, milliseconds timeo
   if (!reply.ok()) return failure{reply.code, describe(reply)};
   auto snapshot = unpack_bytes<assignment_snapshot>(reply.payload);
   if (!snapshot) return failure{errc::bad_payload, "BadReply: status reply does not decode"};
-  return std::move(*snapshot);
+  return snapshot;
 }
 
 std::size_t unassigned_shards(const assignment_snapshot& snapshot) {

@@ -34,25 +34,24 @@ awaitable<void> manager_client::run() {
     // Named, not temporaries: GCC 12 mishandles non-trivial temporaries in co_await calls.
     connection::message_handler on_message = [this](const connection_ptr&, envelope&& env) {
       if (env.kind != static_cast<std::uint32_t>(message_kind::assignments)) return;
-      std::string error;
-      if (auto snapshot = env.as<assignment_snapshot>(&error)) {
-        on_snapshot_(*snapshot);
+      if (auto snapshot = env.as<assignment_snapshot>()) {
+        on_snapshot_(snapshot.value());
       } else {
-        spdlog::error("manager sent a malformed assignment snapshot: {}", error);
+        spdlog::error("manager sent a malformed assignment snapshot: {}", snapshot.error().message);
       }
     };
     std::function<void()> on_close = [wake] { wake->cancel(); };
     auto connect = connect_to(options_.manager, options_.hello, options_.limits,
                               options_.connect_timeout, on_message, on_close);
-    auto result = co_await std::move(connect);
-    if (!result.conn) {
-      if (!warned) spdlog::warn("manager unreachable, retrying: {}", result.error);
+    auto connected = co_await std::move(connect);
+    if (!connected) {
+      if (!warned) spdlog::warn("manager unreachable, retrying: {}", connected.error().message);
       warned = true;
       co_await pause(*wake, backoff);
       backoff = std::min(backoff * 2, options_.backoff_max);
       continue;
     }
-    conn_ = result.conn;
+    conn_ = connected.value();
     bool ready = true;
     if (options_.registration) {
       auto call = conn_->async_call(message_kind::register_runner, *options_.registration,

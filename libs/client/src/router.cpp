@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <random>
 
 #include "cluster/protocol/shard.hpp"
@@ -37,28 +38,27 @@ void router::update(assignment_snapshot snapshot) {
   }
 }
 
-std::variant<entity_location, reply_msg> router::locate(const std::string& entity_type,
-                                                        const std::string& entity_id,
-                                                        const std::string& rpc) const {
+result<entity_location> router::locate(const std::string& entity_type, const std::string& entity_id,
+                                       const std::string& rpc) const {
   const auto* type = snapshot_.find_entity_type(entity_type);
   if (type == nullptr) {
     if (snapshot_.version == 0 || snapshot_.entity_types.empty())
-      return reply_msg::failure(errc::no_runner, "no assignments received yet");
-    return reply_msg::failure(errc::unknown_entity_type,
-                              "unknown entity type '" + entity_type + "'");
+      return failure{errc::no_runner, "no assignments received yet"};
+    return failure{errc::unknown_entity_type, "unknown entity type '" + entity_type + "'"};
   }
   if (!rpc.empty() && type->find_rpc(rpc) == nullptr)
-    return reply_msg::failure(errc::unknown_rpc,
-                              "entity type '" + entity_type + "' has no RPC '" + rpc + "'");
+    return failure{errc::unknown_rpc, "entity type '" + entity_type + "' has no RPC '" + rpc + "'"};
   const auto* group = snapshot_.find_group(type->group);
   if (group == nullptr || group->shards == 0)
-    return reply_msg::failure(errc::no_runner,
-                              "no runner serves shard group '" + type->group + "'");
-  entity_location location;
-  location.group = type->group;
-  location.shard = shard_for(entity_id, static_cast<std::int32_t>(group->shards));
-  location.owner = group->owners.at(static_cast<std::size_t>(location.shard - 1));
-  return location;
+    return failure{errc::no_runner, "no runner serves shard group '" + type->group + "'"};
+  // A snapshot whose owners do not match its shard count is refused, not indexed past.
+  if (group->owners.size() != group->shards ||
+      group->shards > static_cast<std::uint32_t>(std::numeric_limits<std::int32_t>::max()))
+    return failure{errc::no_runner, "shard group '" + type->group + "' lists " +
+                                        std::to_string(group->owners.size()) + " owners for " +
+                                        std::to_string(group->shards) + " shards"};
+  const auto shard = shard_for(entity_id, static_cast<std::int32_t>(group->shards));
+  return entity_location{type->group, shard, group->owners[static_cast<std::size_t>(shard - 1)]};
 }
 
 void router::ensure_primary_key(request_msg& request) const {
@@ -72,10 +72,10 @@ void router::ensure_primary_key(request_msg& request) const {
 
 connection_ptr router::ready_connection(const request_msg& request) const {
   auto located = locate(request.entity_type, request.entity_id, request.rpc);
-  const auto* location = std::get_if<entity_location>(&located);
-  if (location == nullptr || location->owner.empty()) return nullptr;
-  if (is_local && deliver_locally && is_local(location->owner)) return nullptr;
-  auto it = pool_.find(location->owner);
+  if (!located || located.value().owner.empty()) return nullptr;
+  const std::string& owner = located.value().owner;
+  if (is_local && deliver_locally && is_local(owner)) return nullptr;
+  auto it = pool_.find(owner);
   if (it == pool_.end() || !it->second->is_open()) return nullptr;
   return it->second;
 }
@@ -101,33 +101,31 @@ awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point
   reply_msg last = reply_msg::failure(errc::no_runner, "not routed");
   while (true) {
     auto located = locate(request.entity_type, request.entity_id, request.rpc);
-    if (auto* refused = std::get_if<reply_msg>(&located)) {
-      if (!is_routing_retriable(refused->code)) co_return *refused;
-      last = *refused;
+    if (!located) {
+      if (!is_routing_retriable(located.error().code))
+        co_return reply_msg::failure(std::move(located).error());
+      last = reply_msg::failure(std::move(located).error());
+    } else if (const entity_location& location = located.value(); location.owner.empty()) {
+      last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
+                                                     " of group '" + location.group +
+                                                     "' has no runner");
+    } else if (is_local && deliver_locally && is_local(location.owner)) {
+      auto delivery = deliver_locally(request, deadline);
+      last = co_await std::move(delivery);
+      if (!is_routing_retriable(last.code)) co_return last;
     } else {
-      const auto& location = std::get<entity_location>(located);
-      if (location.owner.empty()) {
-        last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
-                                                       " of group '" + location.group +
-                                                       "' has no runner");
-      } else if (is_local && deliver_locally && is_local(location.owner)) {
-        auto delivery = deliver_locally(request, deadline);
-        last = co_await std::move(delivery);
-        if (!is_routing_retriable(last.code)) co_return last;
+      auto connect = connection_to(location.owner, deadline);
+      auto conn = co_await std::move(connect);
+      if (!conn) {
+        // Whatever stopped the connection, the request did not run: worth another try.
+        last = reply_msg::failure(errc::unavailable, std::move(conn).error().message);
       } else {
-        std::string error;
-        auto conn = co_await connection_to(location.owner, deadline, error);
-        if (!conn) {
-          last = reply_msg::failure(errc::unavailable, error);
-        } else {
-          const auto left =
-              std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
-          request.timeout_ms = static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count()));
-          auto call =
-              conn->async_call(message_kind::request, request, std::max(left, milliseconds(1)));
-          last = co_await std::move(call);
-          if (!is_routing_retriable(last.code)) co_return last;
-        }
+        const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+        request.timeout_ms = static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count()));
+        auto call = conn.value()->async_call(message_kind::request, request,
+                                             std::max(left, milliseconds(1)));
+        last = co_await std::move(call);
+        if (!is_routing_retriable(last.code)) co_return last;
       }
     }
     if (steady_clock::now() + backoff >= deadline) co_return expired(last);
@@ -136,9 +134,8 @@ awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point
   }
 }
 
-awaitable<connection_ptr> router::connection_to(const std::string& address,
-                                                steady_clock::time_point deadline,
-                                                std::string& error) {
+awaitable<result<connection_ptr>> router::connection_to(const std::string& address,
+                                                        steady_clock::time_point deadline) {
   while (true) {
     if (auto it = pool_.find(address); it != pool_.end()) {
       if (it->second->is_open()) co_return it->second;
@@ -149,20 +146,13 @@ awaitable<connection_ptr> router::connection_to(const std::string& address,
     auto event = waiting->second;
     error_code ignored;
     co_await event->async_wait(asio::redirect_error(use_awaitable, ignored));
-    if (steady_clock::now() >= deadline) {
-      error = "timed out waiting for a connection to " + address;
-      co_return nullptr;
-    }
-    if (pool_.find(address) == pool_.end()) {
-      error = "cannot connect to " + address;
-      co_return nullptr;
-    }
+    if (steady_clock::now() >= deadline)
+      co_return failure{errc::unavailable, "timed out waiting for a connection to " + address};
+    if (pool_.find(address) == pool_.end())
+      co_return failure{errc::unavailable, "cannot connect to " + address};
   }
   auto target = parse_host_port(address);
-  if (!target) {
-    error = "bad runner address '" + address + "'";
-    co_return nullptr;
-  }
+  if (!target) co_return failure{errc::unavailable, "bad runner address '" + address + "'"};
   auto event = std::make_shared<asio::steady_timer>(io_, steady_clock::time_point::max());
   connecting_[address] = event;
   const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
@@ -175,15 +165,11 @@ awaitable<connection_ptr> router::connection_to(const std::string& address,
   auto connect =
       connect_to(*target, hello, options_.limits,
                  std::clamp(left, milliseconds(1), options_.connect_timeout), refuse, on_close);
-  auto result = co_await std::move(connect);
+  auto connected = co_await std::move(connect);
   connecting_.erase(address);
   event->cancel();
-  if (!result.conn) {
-    error = result.error;
-    co_return nullptr;
-  }
-  pool_[address] = result.conn;
-  co_return result.conn;
+  if (connected) pool_[address] = connected.value();
+  co_return connected;
 }
 
 void router::stop() {

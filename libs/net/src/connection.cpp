@@ -8,29 +8,23 @@ namespace cluster {
 
 namespace {
 
-struct read_result {
-  std::optional<envelope> env;
-  errc code = errc::ok;  // set with `error` when the frame itself is bad
-  std::string error;     // empty with no env: the peer closed or the socket failed
-};
-
-// Reads one frame. A stalled body is cut off by `body_timer` closing the socket.
-// `on_stall` runs if the body does not arrive in time; it must close the socket.
-awaitable<read_result> read_frame(tcp::socket& socket, std::vector<char>& body,
-                                  asio::steady_timer& body_timer, const connection_limits& limits,
-                                  std::function<void()> on_stall) {
-  read_result result;
+// Reads one frame: its envelope, or why there is none (`unavailable` when the peer closed or
+// the socket failed, `frame_too_large` or `malformed_frame` when the frame itself is bad).
+// `on_stall` runs if the body does not arrive within the frame body timeout; it must close
+// the socket.
+awaitable<result<envelope>> read_frame(tcp::socket& socket, std::vector<char>& body,
+                                       asio::steady_timer& body_timer,
+                                       const connection_limits& limits,
+                                       std::function<void()> on_stall) {
   unsigned char header[frame_header_size];
   error_code ec;
   co_await asio::async_read(socket, asio::buffer(header), asio::redirect_error(use_awaitable, ec));
-  if (ec) co_return result;
+  if (ec) co_return failure{errc::unavailable, ec.message()};
   const std::uint32_t size = decode_frame_header(header);
-  if (size > limits.decode.max_frame_bytes) {
-    result.code = errc::frame_too_large;
-    result.error = "frame of " + std::to_string(size) + " bytes exceeds the limit of " +
-                   std::to_string(limits.decode.max_frame_bytes);
-    co_return result;
-  }
+  if (size > limits.decode.max_frame_bytes)
+    co_return failure{errc::frame_too_large, "frame of " + std::to_string(size) +
+                                                 " bytes exceeds the limit of " +
+                                                 std::to_string(limits.decode.max_frame_bytes)};
   body_timer.expires_after(limits.frame_body_timeout);
   body_timer.async_wait([on_stall = std::move(on_stall)](const error_code& timer_ec) {
     if (!timer_ec) on_stall();
@@ -49,12 +43,11 @@ awaitable<read_result> read_frame(tcp::socket& socket, std::vector<char>& body,
                                           asio::redirect_error(use_awaitable, ec));
   }
   body_timer.cancel();
-  if (ec) co_return result;
-  result.env = decode_envelope(body.data(), size, limits.decode, result.error);
-  if (!result.env) result.code = errc::malformed_frame;
+  if (ec) co_return failure{errc::unavailable, ec.message()};
+  auto env = decode_envelope(body.data(), size, limits.decode);
   // The envelope owns copies of what it needs: do not keep a large buffer per idle connection.
   if (body.capacity() > first_chunk) std::vector<char>().swap(body);
-  co_return result;
+  co_return env;
 }
 
 std::string describe_peer(const tcp::socket& socket) {
@@ -151,16 +144,14 @@ awaitable<void> connection::read_loop(connection_ptr self) {
           body_timer_.cancel();
           stall_timer_armed = false;
         }
-        std::string error;
-        auto env =
-            decode_envelope(buffer.data() + begin + frame_header_size, size, limits_.decode, error);
+        auto env = decode_envelope(buffer.data() + begin + frame_header_size, size, limits_.decode);
         begin += whole;
         if (!env) {
-          protocol_error(0, errc::malformed_frame, error);
+          protocol_error(0, env.error().code, env.error().message);
           break;
         }
         last_heard_ = steady_clock::now();
-        if (!dispatch(self, std::move(*env))) break;
+        if (!dispatch(self, std::move(env).value())) break;
         continue;
       }
       if (!stall_timer_armed) {
@@ -233,19 +224,20 @@ bool connection::handle_handshake(const envelope& env) {
     protocol_error(env.id, errc::handshake_required, "the first message must be hello");
     return false;
   }
-  std::string error;
-  auto hello = env.as<hello_msg>(&error);
-  if (!hello) {
-    protocol_error(env.id, errc::malformed_frame, "hello has the wrong shape: " + error);
+  auto decoded = env.as<hello_msg>();
+  if (!decoded) {
+    protocol_error(env.id, errc::malformed_frame,
+                   "hello has the wrong shape: " + decoded.error().message);
     return false;
   }
-  if (hello->protocol_version != protocol_version) {
+  const hello_msg& hello = decoded.value();
+  if (hello.protocol_version != protocol_version) {
     protocol_error(env.id, errc::unsupported_version,
-                   "protocol version " + std::to_string(hello->protocol_version) +
+                   "protocol version " + std::to_string(hello.protocol_version) +
                        " is not supported; this peer speaks " + std::to_string(protocol_version));
     return false;
   }
-  if (admit && !admit(hello->role)) {
+  if (admit && !admit(hello.role)) {
     protocol_error(env.id, errc::too_many_requests,
                    "too many connections from clients; the rest are kept for the cluster's "
                    "own processes");
@@ -253,8 +245,8 @@ bool connection::handle_handshake(const envelope& env) {
   }
   handshaken_ = true;
   body_timer_.cancel();
-  peer_name = hello->name;
-  peer_role = hello->role;
+  peer_name = hello.name;
+  peer_role = hello.role;
   send(message_kind::hello_ack, env.id, hello_ack_msg{});
   return true;
 }
@@ -264,11 +256,13 @@ void connection::handle_reply(envelope&& env) {
   if (it == pending_.end()) return;  // late reply to a call that already timed out
   auto done = std::move(it->second.done);
   pending_.erase(it);
-  std::string error;
-  auto reply = env.as<reply_msg>(&error);
-  if (!reply)
-    reply = reply_msg::failure(errc::malformed_frame, "reply has the wrong shape: " + error);
-  done(std::move(*reply));
+  auto reply = env.as<reply_msg>();
+  if (!reply) {
+    done(reply_msg::failure(errc::malformed_frame,
+                            "reply has the wrong shape: " + reply.error().message));
+    return;
+  }
+  done(std::move(reply).value());
 }
 
 void connection::close_after_flush() {
@@ -377,10 +371,13 @@ struct handshake_state {
 };
 }  // namespace
 
-awaitable<connect_result> connect_to(host_port address, hello_msg hello, connection_limits limits,
-                                     milliseconds timeout, connection::message_handler on_message,
-                                     std::function<void()> on_close) {
-  connect_result result;
+awaitable<result<connection_ptr>> connect_to(host_port address, hello_msg hello,
+                                             connection_limits limits, milliseconds timeout,
+                                             connection::message_handler on_message,
+                                             std::function<void()> on_close) {
+  const auto cannot = [&address](errc code, const std::string& why) {
+    return failure{code, "cannot connect to " + address.to_string() + ": " + why};
+  };
   auto executor = co_await asio::this_coro::executor;
   auto state = std::make_shared<handshake_state>(executor);
   asio::steady_timer deadline(executor);
@@ -400,39 +397,42 @@ awaitable<connect_result> connect_to(host_port address, hello_msg hello, connect
     co_await asio::async_write(state->socket, asio::buffer(out.data(), out.size()),
                                asio::redirect_error(use_awaitable, ec));
   }
-  std::optional<envelope> ack;
+  std::optional<result<envelope>> ack;
   if (!ec && !state->timed_out) {
     std::vector<char> body;
     asio::steady_timer body_timer(executor);
     std::function<void()> on_stall = [state] { state->abort(); };
     auto read = read_frame(state->socket, body, body_timer, limits, on_stall);
     auto frame_read = co_await std::move(read);
-    if (frame_read.env) {
-      ack = std::move(frame_read.env);
-    } else {
-      result.error =
-          frame_read.error.empty() ? "connection closed during the handshake" : frame_read.error;
-    }
+    ack.emplace(std::move(frame_read));
   }
   deadline.cancel();
-  if (state->timed_out) {
-    result.error = "timed out after " + std::to_string(timeout.count()) + " ms";
-  } else if (ec) {
-    result.error = ec.message();
-  } else if (ack && ack->kind == static_cast<std::uint32_t>(message_kind::reply)) {
-    auto reply = ack->as<reply_msg>();
-    result.error = reply ? reply->error + ": " + reply->message : "handshake refused";
-  } else if (ack && ack->kind != static_cast<std::uint32_t>(message_kind::hello_ack)) {
-    result.error = "expected hello_ack, got kind " + std::to_string(ack->kind);
-  } else if (ack) {
-    auto hello_ack = ack->as<hello_ack_msg>();
-    result.conn = std::make_shared<connection>(std::move(state->socket), limits, false);
-    result.conn->peer_name = hello_ack ? hello_ack->name : "";
-    result.conn->start(std::move(on_message), std::move(on_close));
+  if (state->timed_out)
+    co_return cannot(errc::unavailable,
+                     "timed out after " + std::to_string(timeout.count()) + " ms");
+  if (ec) co_return cannot(errc::unavailable, ec.message());
+  if (!ack->has_value()) {
+    const auto& why = ack->error();
+    co_return cannot(why.code, why.code == errc::unavailable
+                                   ? "connection closed during the handshake"
+                                   : why.message);
   }
-  if (!result.conn && result.error.empty()) result.error = "handshake failed";
-  if (!result.conn) result.error = "cannot connect to " + address.to_string() + ": " + result.error;
-  co_return result;
+  const envelope& answer = ack->value();
+  if (answer.kind == static_cast<std::uint32_t>(message_kind::reply)) {
+    // The peer refused the handshake: keep its code (e.g. UnsupportedVersion).
+    auto refusal = answer.as<reply_msg>();
+    if (!refusal || refusal.value().ok())
+      co_return cannot(errc::malformed_frame, "handshake refused");
+    co_return cannot(refusal.value().code, refusal.value().error + ": " + refusal.value().message);
+  }
+  if (answer.kind != static_cast<std::uint32_t>(message_kind::hello_ack))
+    co_return cannot(errc::malformed_frame,
+                     "expected hello_ack, got kind " + std::to_string(answer.kind));
+  auto hello_ack = answer.as<hello_ack_msg>();
+  auto conn = std::make_shared<connection>(std::move(state->socket), limits, false);
+  conn->peer_name = hello_ack ? hello_ack.value().name : "";
+  conn->start(std::move(on_message), std::move(on_close));
+  co_return conn;
 }
 
 }  // namespace cluster

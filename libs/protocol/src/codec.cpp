@@ -10,13 +10,11 @@ std::uint32_t decode_frame_header(const unsigned char (&header)[frame_header_siz
          (std::uint32_t{header[2]} << 8) | std::uint32_t{header[3]};
 }
 
-std::optional<envelope> decode_envelope(const char* data, std::size_t size,
-                                        const decode_limits& limits, std::string& error) {
-  if (size > limits.max_frame_bytes) {
-    error = "frame of " + std::to_string(size) + " bytes exceeds the limit of " +
-            std::to_string(limits.max_frame_bytes);
-    return std::nullopt;
-  }
+result<envelope> decode_envelope(const char* data, std::size_t size, const decode_limits& limits) {
+  if (size > limits.max_frame_bytes)
+    return failure{errc::frame_too_large, "frame of " + std::to_string(size) +
+                                              " bytes exceeds the limit of " +
+                                              std::to_string(limits.max_frame_bytes)};
   envelope env;
   try {
     msgpack::unpack_limit limit(limits.max_container_elements, limits.max_container_elements,
@@ -31,26 +29,20 @@ std::optional<envelope> decode_envelope(const char* data, std::size_t size,
     const msgpack::object root =
         msgpack::unpack(*zone, data, size, offset, nullptr, nullptr, limit);
     env.handle = msgpack::object_handle(root, std::move(zone));
-    if (offset != size) {
-      error = "trailing bytes after the message body";
-      return std::nullopt;
-    }
+    if (offset != size)
+      return failure{errc::malformed_frame, "trailing bytes after the message body"};
   } catch (const std::exception& e) {
-    error = std::string("body is not valid MessagePack: ") + e.what();
-    return std::nullopt;
+    return failure{errc::malformed_frame,
+                   std::string("body is not valid MessagePack: ") + e.what()};
   }
   const msgpack::object& root = env.handle.get();
-  if (root.type != msgpack::type::ARRAY || root.via.array.size != 3) {
-    error = "body is not a [kind, id, fields] array";
-    return std::nullopt;
-  }
+  if (root.type != msgpack::type::ARRAY || root.via.array.size != 3)
+    return failure{errc::malformed_frame, "body is not a [kind, id, fields] array"};
   const msgpack::object& kind = root.via.array.ptr[0];
   const msgpack::object& id = root.via.array.ptr[1];
   if (kind.type != msgpack::type::POSITIVE_INTEGER || kind.via.u64 > 0xffffffffu ||
-      id.type != msgpack::type::POSITIVE_INTEGER) {
-    error = "kind and id must be unsigned integers";
-    return std::nullopt;
-  }
+      id.type != msgpack::type::POSITIVE_INTEGER)
+    return failure{errc::malformed_frame, "kind and id must be unsigned integers"};
   env.kind = static_cast<std::uint32_t>(kind.via.u64);
   env.id = id.via.u64;
   return env;

@@ -188,7 +188,7 @@ class pg_manager_store final : public manager_store {
     auto rows = conn.exec("SELECT registration FROM " + table("runners"));
     for (int r = 0; r < rows.rows(); ++r)
       if (auto runner = unpack_bytes<register_runner_msg>(rows.bytea(r, 0)))
-        out.push_back(std::move(*runner));
+        out.push_back(std::move(runner).value());
     return out;
   }
   std::map<std::string, std::vector<std::string>> read_assignments(pg::connection& conn) const {

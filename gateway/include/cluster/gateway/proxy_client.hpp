@@ -31,7 +31,7 @@ class proxy_client {
 
   /// Sends `request` through the proxy and waits at most `timeout` for its reply. Never
   /// throws: a failed connection is an `unavailable` reply, a late one `deadline_exceeded`.
-  /// Build the awaitable in its own statement (GCC 12 coroutine temporaries, common/README).
+  /// Build the awaitable in its own statement (GCC 12 coroutine temporaries, libs/net/README.md).
   awaitable<reply_msg> call(request_msg request, milliseconds timeout);
 
   /// Drops the connection (pending calls fail with `unavailable`); the next call reconnects.
@@ -40,8 +40,8 @@ class proxy_client {
   const proxy_client_options& options() const { return options_; }
 
  private:
-  // The open connection, connecting first if needed; nullptr (with `error`) on failure.
-  awaitable<connection_ptr> connection(milliseconds timeout, std::string& error);
+  // The open connection, connecting first if needed (`unavailable` when that fails).
+  awaitable<result<connection_ptr>> connection(milliseconds timeout);
 
   asio::any_io_executor executor_;
   proxy_client_options options_;

@@ -6,7 +6,6 @@
 // Used by the proxy and by runners (entity-to-entity calls). Single-threaded.
 
 #include <map>
-#include <variant>
 
 #include "cluster/net/connection.hpp"
 
@@ -40,10 +39,11 @@ class router {
   void update(assignment_snapshot snapshot);
   const assignment_snapshot& snapshot() const { return snapshot_; }
 
-  /// Locates an entity; an error reply for an unknown type or RPC (empty rpc: not checked).
-  std::variant<entity_location, reply_msg> locate(const std::string& entity_type,
-                                                  const std::string& entity_id,
-                                                  const std::string& rpc) const;
+  /// Locates an entity: `unknown_entity_type`, `unknown_rpc` (empty rpc: not checked) or
+  /// `no_runner` (no snapshot yet, or the group has no shards). An unassigned shard is a
+  /// location with an empty owner.
+  result<entity_location> locate(const std::string& entity_type, const std::string& entity_id,
+                                 const std::string& rpc) const;
 
   /// Sends `request` to its owner and returns the reply; retries retriable failures
   /// with backoff until `deadline`, then answers deadline_exceeded with the last cause.
@@ -63,8 +63,9 @@ class router {
   void stop();
 
  private:
-  awaitable<connection_ptr> connection_to(const std::string& address,
-                                          steady_clock::time_point deadline, std::string& error);
+  /// The pooled connection to `address`, connecting (once for all waiting callers) if needed.
+  awaitable<result<connection_ptr>> connection_to(const std::string& address,
+                                                  steady_clock::time_point deadline);
   /// Gives a persisted request without a key its generated one (kept across retries).
   void ensure_primary_key(request_msg& request) const;
   /// The open pooled connection to the remote owner of `request`'s entity, if there is one.

@@ -140,14 +140,13 @@ class connection : public std::enable_shared_from_this<connection> {
 
 using connection_ptr = std::shared_ptr<connection>;
 
-struct connect_result {
-  connection_ptr conn;  ///< started with `on_message`; nullptr on failure
-  std::string error;
-};
-
 /// Connects, sends hello, waits for hello_ack, then starts the connection. Never throws.
-awaitable<connect_result> connect_to(host_port address, hello_msg hello, connection_limits limits,
-                                     milliseconds timeout, connection::message_handler on_message,
-                                     std::function<void()> on_close);
+/// Fails with `unavailable` (unreachable, timed out, closed during the handshake), the code
+/// of the peer's refusal (e.g. `unsupported_version`, `too_many_requests`) or
+/// `malformed_frame`; the message names the address.
+awaitable<result<connection_ptr>> connect_to(host_port address, hello_msg hello,
+                                             connection_limits limits, milliseconds timeout,
+                                             connection::message_handler on_message,
+                                             std::function<void()> on_close);
 
 }  // namespace cluster

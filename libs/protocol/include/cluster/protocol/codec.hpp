@@ -3,10 +3,10 @@
 
 #include <cstdint>
 #include <msgpack.hpp>
-#include <optional>
 #include <string>
 
 #include "cluster/protocol/messages.hpp"
+#include "cluster/protocol/result.hpp"
 
 namespace cluster {
 
@@ -59,21 +59,21 @@ struct envelope {
   msgpack::object_handle handle;
   const msgpack::object& fields() const { return handle.get().via.array.ptr[2]; }
 
-  /// Converts the fields to T; nullopt (with `error` set) when they have the wrong shape.
+  /// Converts the fields to T; `invalid_request` when they have the wrong shape (the caller
+  /// picks the code it answers with, e.g. `malformed_frame` for a hello).
   template <class T>
-  std::optional<T> as(std::string* error = nullptr) const {
+  result<T> as() const {
     try {
       return fields().as<T>();
     } catch (const std::exception& e) {
-      if (error != nullptr) *error = e.what();
-      return std::nullopt;
+      return failure{errc::invalid_request, e.what()};
     }
   }
 };
 
-/// Decodes one body. On failure returns nullopt and describes why in `error`.
-std::optional<envelope> decode_envelope(const char* data, std::size_t size,
-                                        const decode_limits& limits, std::string& error);
+/// Decodes one body: `frame_too_large` over `limits.max_frame_bytes`, `malformed_frame` for
+/// anything but a valid `[kind, id, fields]` (the message says why).
+result<envelope> decode_envelope(const char* data, std::size_t size, const decode_limits& limits);
 
 /// Packs any msgpack-adaptable value into bytes (payloads of requests and replies).
 template <class T>
@@ -83,9 +83,9 @@ bytes pack_bytes(const T& value) {
   return bytes(buffer.data(), buffer.data() + buffer.size());
 }
 
-/// Unpacks bytes produced by pack_bytes; nullopt on any decoding or shape error.
+/// Unpacks bytes produced by pack_bytes; `bad_payload` on any decoding or shape error.
 template <class T>
-std::optional<T> unpack_bytes(const bytes& data, const decode_limits& limits = {}) {
+result<T> unpack_bytes(const bytes& data, const decode_limits& limits = {}) {
   try {
     msgpack::unpack_limit limit(limits.max_container_elements, limits.max_container_elements,
                                 limits.max_frame_bytes, limits.max_frame_bytes,
@@ -93,10 +93,11 @@ std::optional<T> unpack_bytes(const bytes& data, const decode_limits& limits = {
     std::size_t offset = 0;
     auto handle = msgpack::unpack(reinterpret_cast<const char*>(data.data()), data.size(), offset,
                                   nullptr, nullptr, limit);
-    if (offset != data.size()) return std::nullopt;  // trailing bytes: not what was packed
+    // Trailing bytes: not what was packed.
+    if (offset != data.size()) return failure{errc::bad_payload, "trailing bytes after the value"};
     return handle.get().as<T>();
-  } catch (const std::exception&) {
-    return std::nullopt;
+  } catch (const std::exception& e) {
+    return failure{errc::bad_payload, e.what()};
   }
 }
 

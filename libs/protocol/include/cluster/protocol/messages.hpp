@@ -4,6 +4,10 @@
 // A frame is a 4-byte big-endian body length followed by a MessagePack body
 // `[kind, id, fields]`: `kind` a message_kind, `id` the request id that the reply
 // repeats (0 for pushes), `fields` a map with the kind's named fields.
+//
+// Each struct lists its fields once, in CLUSTER_WIRE_FIELDS (wire_fields.hpp): that list is
+// the map's keys, the decoder and operator==. A field left out of it is not sent: the
+// round-trip tests in tests/common/codec_test.cpp catch that.
 
 #include <cstdint>
 #include <msgpack.hpp>
@@ -13,6 +17,11 @@
 #include <vector>
 
 #include "cluster/protocol/errc.hpp"
+#include "cluster/protocol/result.hpp"
+#include "cluster/protocol/wire_fields.hpp"
+
+// Before the structs: their decoders convert errc values.
+MSGPACK_ADD_ENUM(cluster::errc);
 
 namespace cluster {
 
@@ -40,13 +49,13 @@ struct hello_msg {
   std::uint32_t protocol_version = cluster::protocol_version;
   std::string role;  ///< "runner", "proxy", "client", "manager"
   std::string name;
-  MSGPACK_DEFINE_MAP(protocol_version, role, name);
+  CLUSTER_WIRE_FIELDS(hello_msg, protocol_version, role, name);
 };
 
 struct hello_ack_msg {
   std::uint32_t protocol_version = cluster::protocol_version;
   std::string name;
-  MSGPACK_DEFINE_MAP(protocol_version, name);
+  CLUSTER_WIRE_FIELDS(hello_ack_msg, protocol_version, name);
 };
 
 struct request_msg {
@@ -58,8 +67,8 @@ struct request_msg {
   std::optional<std::string> primary_key;
   std::optional<std::int64_t> deliver_at_ms;  ///< unix ms; persisted RPCs only
   std::uint32_t timeout_ms = 0;               ///< 0: the receiver's default
-  MSGPACK_DEFINE_MAP(entity_type, entity_id, rpc, payload, persisted, primary_key, deliver_at_ms,
-                     timeout_ms);
+  CLUSTER_WIRE_FIELDS(request_msg, entity_type, entity_id, rpc, payload, persisted, primary_key,
+                      deliver_at_ms, timeout_ms);
 };
 
 struct reply_msg {
@@ -67,7 +76,7 @@ struct reply_msg {
   std::string error;    ///< application error tag, or the code's name
   std::string message;  ///< human-readable detail
   bytes payload;        ///< MessagePack reply (ok) or error details
-  MSGPACK_DEFINE_MAP(code, error, message, payload);
+  CLUSTER_WIRE_FIELDS(reply_msg, code, error, message, payload);
 
   bool ok() const { return code == errc::ok; }
   static reply_msg success(bytes payload_bytes) {
@@ -82,19 +91,23 @@ struct reply_msg {
     r.message = std::move(detail);
     return r;
   }
+  /// The reply that reports `why` to a caller.
+  static reply_msg failure(cluster::failure why) {
+    return failure(why.code, std::move(why.message));
+  }
 };
 
 struct rpc_info {
   std::string name;
   bool persisted = false;
-  MSGPACK_DEFINE_MAP(name, persisted);
+  CLUSTER_WIRE_FIELDS(rpc_info, name, persisted);
 };
 
 struct entity_type_info {
   std::string name;
   std::string group;
   std::vector<rpc_info> rpcs;
-  MSGPACK_DEFINE_MAP(name, group, rpcs);
+  CLUSTER_WIRE_FIELDS(entity_type_info, name, group, rpcs);
 
   const rpc_info* find_rpc(std::string_view rpc) const {
     for (const auto& r : rpcs)
@@ -109,16 +122,17 @@ struct register_runner_msg {
   std::vector<std::string> groups;
   std::string version;
   std::vector<entity_type_info> entity_types;
-  MSGPACK_DEFINE_MAP(name, address, groups, version, entity_types);
+  CLUSTER_WIRE_FIELDS(register_runner_msg, name, address, groups, version, entity_types);
 };
 
 struct unregister_runner_msg {
   std::string address;
-  MSGPACK_DEFINE_MAP(address);
+  CLUSTER_WIRE_FIELDS(unregister_runner_msg, address);
 };
 
 /// A message without fields: an empty map on the wire.
 struct empty_msg {
+  static constexpr std::size_t wire_field_count = 0;
   template <class Packer>
   void msgpack_pack(Packer& packer) const {
     packer.pack_map(0);
@@ -126,13 +140,14 @@ struct empty_msg {
   void msgpack_unpack(const msgpack::object& object) {
     if (object.type != msgpack::type::MAP) throw msgpack::type_error();
   }
+  friend bool operator==(const empty_msg&, const empty_msg&) = default;
 };
 
 struct shard_group_assignment {
   std::string group;
   std::uint32_t shards = 0;
   std::vector<std::string> owners;  ///< owners[i]: address of shard i + 1's runner, "" if none
-  MSGPACK_DEFINE_MAP(group, shards, owners);
+  CLUSTER_WIRE_FIELDS(shard_group_assignment, group, shards, owners);
 };
 
 struct runner_info {
@@ -142,7 +157,7 @@ struct runner_info {
   std::string version;
   bool healthy = true;
   std::uint32_t shards = 0;
-  MSGPACK_DEFINE_MAP(name, address, groups, version, healthy, shards);
+  CLUSTER_WIRE_FIELDS(runner_info, name, address, groups, version, healthy, shards);
 };
 
 /// The manager's view of the cluster: pushed on every change and answered to get_status.
@@ -152,7 +167,7 @@ struct assignment_snapshot {
   std::vector<shard_group_assignment> groups;
   std::vector<entity_type_info> entity_types;
   std::vector<runner_info> runners;
-  MSGPACK_DEFINE_MAP(version, storage, groups, entity_types, runners);
+  CLUSTER_WIRE_FIELDS(assignment_snapshot, version, storage, groups, entity_types, runners);
 
   const shard_group_assignment* find_group(std::string_view name) const {
     for (const auto& g : groups)
@@ -167,72 +182,3 @@ struct assignment_snapshot {
 };
 
 }  // namespace cluster
-
-MSGPACK_ADD_ENUM(cluster::errc);
-
-// The two messages of every call are decoded in one pass over their map. MSGPACK_DEFINE_MAP's
-// own unpack first copies every key into a std::map<std::string, ...>, which was a
-// measurable share of a proxy's time under load. Same rules: the fields must be a map with
-// string keys (else msgpack::type_error), unknown keys are skipped, missing ones keep their
-// defaults; of duplicate keys the last wins.
-namespace cluster::detail {
-template <class Field>
-void for_each_field(const msgpack::object& fields, Field&& field) {
-  if (fields.type != msgpack::type::MAP) throw msgpack::type_error();
-  for (std::uint32_t i = 0; i < fields.via.map.size; ++i) {
-    const msgpack::object_kv& kv = fields.via.map.ptr[i];
-    if (kv.key.type != msgpack::type::STR) throw msgpack::type_error();
-    field(std::string_view(kv.key.via.str.ptr, kv.key.via.str.size), kv.val);
-  }
-}
-}  // namespace cluster::detail
-
-namespace msgpack {
-MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
-  namespace adaptor {
-  template <>
-  struct convert<cluster::request_msg> {
-    const msgpack::object& operator()(const msgpack::object& o, cluster::request_msg& v) const {
-      cluster::detail::for_each_field(o, [&v](std::string_view key, const msgpack::object& value) {
-        if (key == "entity_type") {
-          value.convert(v.entity_type);
-        } else if (key == "entity_id") {
-          value.convert(v.entity_id);
-        } else if (key == "rpc") {
-          value.convert(v.rpc);
-        } else if (key == "payload") {
-          value.convert(v.payload);
-        } else if (key == "persisted") {
-          value.convert(v.persisted);
-        } else if (key == "primary_key") {
-          value.convert(v.primary_key);
-        } else if (key == "deliver_at_ms") {
-          value.convert(v.deliver_at_ms);
-        } else if (key == "timeout_ms") {
-          value.convert(v.timeout_ms);
-        }
-      });
-      return o;
-    }
-  };
-
-  template <>
-  struct convert<cluster::reply_msg> {
-    const msgpack::object& operator()(const msgpack::object& o, cluster::reply_msg& v) const {
-      cluster::detail::for_each_field(o, [&v](std::string_view key, const msgpack::object& value) {
-        if (key == "code") {
-          value.convert(v.code);
-        } else if (key == "error") {
-          value.convert(v.error);
-        } else if (key == "message") {
-          value.convert(v.message);
-        } else if (key == "payload") {
-          value.convert(v.payload);
-        }
-      });
-      return o;
-    }
-  };
-  }  // namespace adaptor
-}  // MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS)
-}  // namespace msgpack
