@@ -409,6 +409,65 @@ TEST_F(loopback, fails_a_call_that_is_never_answered_with_deadline_exceeded) {
   expect_usable(conn);
 }
 
+TEST_F(loopback, fails_a_call_with_deadline_exceeded_at_its_deadline_not_before) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  const auto sent = cluster::steady_clock::now();
+  auto failed_at = std::make_shared<std::optional<cluster::steady_clock::time_point>>();
+  conn->call(message_kind::request, echo_request("silent", {}), 150ms, [failed_at](reply_msg&& r) {
+    EXPECT_EQ(r.code, errc::deadline_exceeded);
+    *failed_at = cluster::steady_clock::now();
+  });
+  ASSERT_TRUE(run_until(io_, [failed_at] { return failed_at->has_value(); }));
+  EXPECT_GE(**failed_at - sent, 150ms);
+  // The timer is armed for the deadline itself (there is no sweep interval to wait out);
+  // the bound only has to hold on a loaded machine.
+  EXPECT_LT(**failed_at - sent, 150ms + 2s);
+}
+
+TEST_F(loopback, a_later_call_with_an_earlier_deadline_expires_first) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto order = std::make_shared<std::vector<std::string>>();
+  auto record = [order](std::string name) {
+    return [order, name = std::move(name)](reply_msg&& r) {
+      order->push_back(name + ":" + std::string(cluster::to_string(r.code)));
+    };
+  };
+  // Armed for 30 s first; each later call must re-arm the timer for its earlier deadline.
+  conn->call(message_kind::request, echo_request("silent", {}), 30s, record("30s"));
+  conn->call(message_kind::request, echo_request("silent", {}), 400ms, record("400ms"));
+  conn->call(message_kind::request, echo_request("silent", {}), 100ms, record("100ms"));
+  conn->call(message_kind::request, echo_request("silent", {}), 250ms, record("250ms"));
+  ASSERT_TRUE(run_until(io_, [order] { return order->size() == 3; }));
+  EXPECT_EQ(*order, (std::vector<std::string>{"100ms:DeadlineExceeded", "250ms:DeadlineExceeded",
+                                              "400ms:DeadlineExceeded"}));
+  EXPECT_EQ(conn->pending_calls(), 1u);  // the 30 s call still waits
+  expect_usable(conn);
+}
+
+TEST_F(loopback, expires_on_time_after_many_calls_were_answered_while_one_waits) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  // One call stays pending throughout, so answered calls' deadlines pile up and get pruned.
+  auto long_call = std::make_shared<std::optional<reply_msg>>();
+  conn->call(message_kind::request, echo_request("silent", {}), 30s,
+             [long_call](reply_msg&& r) { *long_call = std::move(r); });
+  for (int i = 0; i < 300; ++i) {
+    const auto reply = call(conn, message_kind::request, echo_request("echo", bytes{1}));
+    ASSERT_TRUE(reply.has_value());
+    ASSERT_TRUE(reply->ok()) << reply->message;
+  }
+  const auto reply = call(conn, message_kind::request, echo_request("silent", {}), 100ms);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->code, errc::deadline_exceeded);
+  EXPECT_FALSE(long_call->has_value());
+  EXPECT_EQ(conn->pending_calls(), 1u);
+}
+
 TEST_F(loopback, fails_pending_calls_with_unavailable_when_the_server_closes) {
   start_server();
   auto conn = connect_ok();

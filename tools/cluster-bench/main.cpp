@@ -249,7 +249,7 @@ class worker {
       if (!retry) break;
       if (steady_clock::now() >= measure_from_) {
         ++results_.errors[std::string(to_string(errc::unavailable))];
-        results_.last_error = connected.error;
+        results_.last_error = connected.error().message;
       }
     }
     c->connecting = false;

@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 
 namespace cluster {
 
@@ -256,6 +258,9 @@ void connection::handle_reply(envelope&& env) {
   if (it == pending_.end()) return;  // late reply to a call that already timed out
   auto done = std::move(it->second.done);
   pending_.erase(it);
+  // Nothing pending: every deadline entry is stale. The armed timer, if any, fires once
+  // and finds nothing to do.
+  if (pending_.empty()) deadlines_.clear();
   auto reply = env.as<reply_msg>();
   if (!reply) {
     done(reply_msg::failure(errc::malformed_frame,
@@ -305,28 +310,49 @@ void connection::write_queued() {
                     });
 }
 
-void connection::arm_deadline_sweep() {
-  if (sweep_armed_) return;
-  sweep_armed_ = true;
-  deadline_timer_.expires_after(milliseconds(20));
+void connection::watch_deadline(std::uint64_t id, steady_clock::time_point deadline) {
+  if (deadlines_.size() >= 2 * pending_.size() + 64) {
+    // Mostly answered calls: rebuild from what is pending (this call included).
+    deadlines_.clear();
+    for (const auto& [pending_id, call] : pending_)
+      deadlines_.push_back({call.deadline, pending_id});
+    std::make_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
+  } else {
+    deadlines_.push_back({deadline, id});
+    std::push_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
+  }
+  if (deadline < timer_at_) arm_deadline_timer(deadline);
+}
+
+void connection::arm_deadline_timer(steady_clock::time_point at) {
+  timer_at_ = at;
+  // Replaces (cancels) the wait for a later deadline, if any.
+  deadline_timer_.expires_at(at);
   deadline_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
     auto self = weak.lock();
     if (ec || !self) return;
-    self->sweep_armed_ = false;
-    const auto now = steady_clock::now();
-    std::vector<reply_callback> expired;
-    for (auto it = self->pending_.begin(); it != self->pending_.end();) {
-      if (it->second.deadline <= now) {
-        expired.push_back(std::move(it->second.done));
-        it = self->pending_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    if (!self->pending_.empty()) self->arm_deadline_sweep();
-    for (auto& done : expired)
-      done(reply_msg::failure(errc::deadline_exceeded, "no reply from " + self->peer_));
+    self->expire_due_calls();
   });
+}
+
+void connection::expire_due_calls() {
+  timer_at_ = steady_clock::time_point::max();
+  const auto now = steady_clock::now();
+  std::vector<reply_callback> expired;
+  while (!deadlines_.empty()) {
+    const deadline_entry earliest = deadlines_.front();
+    auto it = pending_.find(earliest.id);
+    if (it != pending_.end() && earliest.at > now) break;
+    std::pop_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
+    deadlines_.pop_back();
+    if (it == pending_.end()) continue;  // answered before its deadline
+    expired.push_back(std::move(it->second.done));
+    pending_.erase(it);
+  }
+  if (!deadlines_.empty()) arm_deadline_timer(deadlines_.front().at);
+  // The callbacks may call again (a router retrying elsewhere) or close this connection.
+  for (auto& done : expired)
+    done(reply_msg::failure(errc::deadline_exceeded, "no reply from " + peer_));
 }
 
 void connection::fail_later(reply_callback done, errc code, std::string message) {
@@ -347,6 +373,8 @@ void connection::close() {
   queued_.clear();
   auto pending = std::move(pending_);
   pending_.clear();
+  deadlines_.clear();
+  timer_at_ = steady_clock::time_point::max();
   for (auto& [id, call] : pending)
     fail_later(std::move(call.done), errc::unavailable, "connection to " + peer_ + " was lost");
   if (on_close_) {

@@ -9,6 +9,11 @@ namespace cluster {
 server::server(asio::io_context& io, server_options options, connection::message_handler on_message)
     : io_(io), options_(std::move(options)), on_message_(std::move(on_message)), acceptor_(io) {}
 
+server::~server() {
+  *alive_ = false;
+  stop_accepting();
+}
+
 std::uint16_t server::listen() {
   const tcp::endpoint endpoint(asio::ip::make_address(options_.host), options_.port);
   acceptor_.open(endpoint.protocol());
@@ -16,19 +21,21 @@ std::uint16_t server::listen() {
   acceptor_.bind(endpoint);
   acceptor_.listen(asio::socket_base::max_listen_connections);
   port_ = acceptor_.local_endpoint().port();
-  asio::co_spawn(io_, accept_loop(), asio::detached);
+  asio::co_spawn(io_, accept_loop(alive_), asio::detached);
   return port_;
 }
 
-awaitable<void> server::accept_loop() {
-  while (acceptor_.is_open()) {
+awaitable<void> server::accept_loop(std::shared_ptr<bool> alive) {
+  while (*alive && acceptor_.is_open()) {
     error_code ec;
     tcp::socket socket = co_await acceptor_.async_accept(asio::redirect_error(use_awaitable, ec));
+    if (!*alive) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor_.is_open()) break;
       // Out of descriptors and the like: back off instead of spinning.
       spdlog::warn("accept failed: {}", ec.message());
       co_await sleep_for(milliseconds(50));
+      if (!*alive) co_return;
       continue;
     }
     if (connections_.size() >= options_.max_connections) {
@@ -42,7 +49,8 @@ awaitable<void> server::accept_loop() {
     if (!options_.reserved_for_roles.empty())
       conn->admit = [this](const std::string& role) { return admits(role); };
     connections_.insert(conn);
-    conn->start(on_message_, [this, weak = std::weak_ptr<connection>(conn)] {
+    conn->start(on_message_, [this, alive, weak = std::weak_ptr<connection>(conn)] {
+      if (!*alive) return;
       if (auto closed = weak.lock()) {
         connections_.erase(closed);
         if (on_disconnect) on_disconnect(closed);

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "cluster/net/asio.hpp"
 #include "cluster/protocol/codec.hpp"
@@ -60,8 +61,9 @@ class connection : public std::enable_shared_from_this<connection> {
       fail_later(std::move(done), errc::unavailable, "connection to " + peer_ + " is closed");
       return;
     }
-    pending_.emplace(id, pending_call{steady_clock::now() + timeout, std::move(done)});
-    arm_deadline_sweep();
+    const auto deadline = steady_clock::now() + timeout;
+    pending_.emplace(id, pending_call{deadline, std::move(done)});
+    watch_deadline(id, deadline);
     append_frame(queued_, kind, id, fields);
     schedule_write();
   }
@@ -109,7 +111,11 @@ class connection : public std::enable_shared_from_this<connection> {
   void schedule_write();
   void write_queued();
   awaitable<void> read_loop(std::shared_ptr<connection> self);
-  void arm_deadline_sweep();
+  /// Adds a pending call's deadline; re-arms the timer if it is the earliest.
+  void watch_deadline(std::uint64_t id, steady_clock::time_point deadline);
+  void arm_deadline_timer(steady_clock::time_point at);
+  /// The timer fired: fails the calls whose deadline passed, re-arms for the next one.
+  void expire_due_calls();
   void fail_later(reply_callback done, errc code, std::string message);
   void protocol_error(std::uint64_t id, errc code, const std::string& message);
   bool handle_handshake(const envelope& env);
@@ -124,7 +130,6 @@ class connection : public std::enable_shared_from_this<connection> {
   bool handshaken_;
   bool closing_ = false;  // close once the write queue is flushed
   bool writing_ = false;  // a write is scheduled or in progress
-  bool sweep_armed_ = false;
   // Frames wait in `queued_` while `in_write_` is on the wire; the two swap after each
   // write, so steady traffic allocates nothing per frame.
   msgpack::sbuffer queued_{1024};
@@ -132,6 +137,17 @@ class connection : public std::enable_shared_from_this<connection> {
   std::uint64_t next_id_ = 1;
   steady_clock::time_point last_heard_ = steady_clock::now();
   std::unordered_map<std::uint64_t, pending_call> pending_;
+  // Deadlines of pending calls, a min-heap on `at`. One timer is armed for the earliest;
+  // nothing runs while no call is pending. Entries of calls answered meanwhile stay until
+  // they reach the top or the heap is rebuilt from pending_ (when it holds more than twice
+  // as many entries), so a reply costs nothing here and a call one push.
+  struct deadline_entry {
+    steady_clock::time_point at;
+    std::uint64_t id;
+    bool operator>(const deadline_entry& other) const { return at > other.at; }
+  };
+  std::vector<deadline_entry> deadlines_;
+  steady_clock::time_point timer_at_ = steady_clock::time_point::max();  // max: not armed
   asio::steady_timer deadline_timer_;
   asio::steady_timer body_timer_;
   message_handler on_message_;

@@ -25,6 +25,9 @@ struct server_options {
 class server {
  public:
   server(asio::io_context& io, server_options options, connection::message_handler on_message);
+  /// Stops accepting; handlers still queued for it then do nothing. Connections still open
+  /// stay open (call `stop` first to close them) but no longer report to it.
+  ~server();
   server(const server&) = delete;
   server& operator=(const server&) = delete;
 
@@ -42,7 +45,9 @@ class server {
   std::function<void(const connection_ptr&)> on_disconnect;
 
  private:
-  awaitable<void> accept_loop();
+  /// `alive` is a copy of alive_ in the coroutine frame: the server may be gone before the
+  /// loop starts or when an accept completes.
+  awaitable<void> accept_loop(std::shared_ptr<bool> alive);
   /// May one more peer with this role (just past its hello) stay?
   bool admits(const std::string& role) const;
 
@@ -52,6 +57,9 @@ class server {
   tcp::acceptor acceptor_;
   std::set<connection_ptr> connections_;
   std::uint16_t port_ = 0;
+  // False once destroyed: the accept loop and the connections' close handlers hold a copy
+  // and may resume after the server is gone.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace cluster
