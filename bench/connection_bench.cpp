@@ -31,7 +31,7 @@ class loopback_pair {
           auto connect = connect_to(host_port{"127.0.0.1", port}, hello, limits, milliseconds(3000),
                                     ignore, on_close);
           auto connected = co_await std::move(connect);
-          client_ = connected.conn;
+          client_ = connected ? connected.value() : nullptr;
           connect_done_ = true;
         },
         asio::detached);
