@@ -4,6 +4,7 @@
 // From that list it generates, inside the struct:
 //   - msgpack_pack: a map from each field's name (str) to its value, in list order; the same
 //     bytes MSGPACK_DEFINE_MAP wrote, so the wire format is unchanged;
+//   - msgpack_pack writes each key as bytes built at compile time (one append per key);
 //   - msgpack_unpack: one pass over the received map with no per-key allocation: the map
 //     must have str keys (else msgpack::type_error), unknown keys are skipped, missing ones
 //     keep their defaults, of duplicate keys the last wins, a value of the wrong type throws;
@@ -22,7 +23,6 @@
 //   };
 
 #include <boost/preprocessor/seq/for_each.hpp>
-#include <boost/preprocessor/seq/for_each_i.hpp>
 #include <boost/preprocessor/seq/size.hpp>
 #include <boost/preprocessor/stringize.hpp>
 #include <boost/preprocessor/variadic/to_seq.hpp>
@@ -34,31 +34,14 @@
 
 namespace cluster::detail {
 
-/// Index of `key` in `names`, or names.size() if it is not there. Fields usually arrive in
-/// the order they are declared, so the one after the previous match is tried first.
-template <std::size_t N>
-constexpr std::size_t wire_field_index(const std::string_view (&names)[N], std::string_view key,
-                                       std::size_t expected) {
-  if (expected < N && names[expected] == key) return expected;
-  for (std::size_t i = 0; i < N; ++i)
-    if (names[i] == key) return i;
-  return N;
-}
-
-/// The decoder every CLUSTER_WIRE_FIELDS struct shares: `target.wire_convert_field(i, value)`
-/// converts the value of field i.
-template <class T>
-void unpack_wire_fields(const msgpack::object& fields, T& target) {
+/// Calls `field(key, value)` for each entry of a fields map.
+template <class Field>
+void for_each_wire_field(const msgpack::object& fields, Field&& field) {
   if (fields.type != msgpack::type::MAP) throw msgpack::type_error();
-  std::size_t expected = 0;
   for (std::uint32_t i = 0; i < fields.via.map.size; ++i) {
     const msgpack::object_kv& kv = fields.via.map.ptr[i];
     if (kv.key.type != msgpack::type::STR) throw msgpack::type_error();
-    const std::size_t index = wire_field_index(
-        T::wire_field_names, std::string_view(kv.key.via.str.ptr, kv.key.via.str.size), expected);
-    if (index == T::wire_field_count) continue;
-    target.wire_convert_field(index, kv.val);
-    expected = index + 1;
+    field(std::string_view(kv.key.via.str.ptr, kv.key.via.str.size), kv.val);
   }
 }
 
@@ -80,40 +63,54 @@ constexpr std::size_t aggregate_member_count() {
     return N;
 }
 
-template <class Packer>
-void pack_wire_key(Packer& packer, std::string_view name) {
-  packer.pack_str(static_cast<std::uint32_t>(name.size()));
-  packer.pack_str_body(name.data(), static_cast<std::uint32_t>(name.size()));
-}
+// A field name as MessagePack bytes (fixstr header and name), built at compile time, so a key
+// costs one append.
+template <std::size_t N>
+struct encoded_key {
+  static_assert(N - 1 < 32, "a wire field name must be shorter than 32 characters");
+  char bytes[N]{};
+  constexpr explicit encoded_key(const char (&name)[N]) {
+    bytes[0] = static_cast<char>(0xa0 | (N - 1));
+    for (std::size_t i = 0; i + 1 < N; ++i) bytes[i + 1] = name[i];
+  }
+};
 
 }  // namespace cluster::detail
 
 #define CLUSTER_WIRE_FIELD_NAME(r, data, field) std::string_view(BOOST_PP_STRINGIZE(field)),
-#define CLUSTER_WIRE_FIELD_PACK(r, data, field)                        \
-  ::cluster::detail::pack_wire_key(packer, BOOST_PP_STRINGIZE(field)); \
-  packer.pack(field);
-#define CLUSTER_WIRE_FIELD_CONVERT(r, data, index, field) \
-  case index:                                             \
-    value.convert(field);                                 \
-    break;
-
-#define CLUSTER_WIRE_FIELDS_SEQ(type, seq)                                               \
-  static constexpr std::size_t wire_field_count = BOOST_PP_SEQ_SIZE(seq);                \
-  static constexpr std::string_view wire_field_names[] = {                               \
-      BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_NAME, _, seq)};                           \
-  template <class Packer>                                                                \
-  void msgpack_pack(Packer& packer) const {                                              \
-    packer.pack_map(static_cast<std::uint32_t>(wire_field_count));                       \
-    BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_PACK, _, seq)                               \
-  }                                                                                      \
-  void msgpack_unpack(const msgpack::object& fields) {                                   \
-    static_assert(::cluster::detail::aggregate_member_count<type>() == wire_field_count, \
-                  "CLUSTER_WIRE_FIELDS(" #type ", ...) must list every member");         \
-    ::cluster::detail::unpack_wire_fields(fields, *this);                                \
-  }                                                                                      \
-  void wire_convert_field(std::size_t wire_index, const msgpack::object& value) {        \
-    switch (wire_index) { BOOST_PP_SEQ_FOR_EACH_I(CLUSTER_WIRE_FIELD_CONVERT, _, seq) }  \
-  }                                                                                      \
+// The names inside the generated code start with cluster_wire_ so that no field name can
+// shadow them.
+#define CLUSTER_WIRE_FIELD_PACK(r, data, field)                                                    \
+  {                                                                                                \
+    static constexpr ::cluster::detail::encoded_key cluster_wire_key(BOOST_PP_STRINGIZE(field));   \
+    cluster_wire_packer.pack_str_body(cluster_wire_key.bytes,                                      \
+                                      static_cast<std::uint32_t>(sizeof(cluster_wire_key.bytes))); \
+  }                                                                                                \
+  cluster_wire_packer.pack(field);
+#define CLUSTER_WIRE_FIELD_MATCH(r, data, field)                                            \
+  if (cluster_wire_key ==                                                                   \
+      std::string_view(BOOST_PP_STRINGIZE(field), sizeof(BOOST_PP_STRINGIZE(field)) - 1)) { \
+    cluster_wire_value.convert(field);                                                      \
+    return;                                                                                 \
+  }
+#define CLUSTER_WIRE_FIELDS_SEQ(type, seq)                                                     \
+  static constexpr std::size_t wire_field_count = BOOST_PP_SEQ_SIZE(seq);                      \
+  static constexpr std::string_view wire_field_names[] = {                                     \
+      BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_NAME, _, seq)};                                 \
+  template <class Packer>                                                                      \
+  void msgpack_pack(Packer& cluster_wire_packer) const {                                       \
+    cluster_wire_packer.pack_map(static_cast<std::uint32_t>(wire_field_count));                \
+    BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_PACK, _, seq)                                     \
+  }                                                                                            \
+  void msgpack_unpack(const msgpack::object& cluster_wire_fields) {                            \
+    static_assert(::cluster::detail::aggregate_member_count<type>() == wire_field_count,       \
+                  "CLUSTER_WIRE_FIELDS(" #type ", ...) must list every member");               \
+    ::cluster::detail::for_each_wire_field(                                                    \
+        cluster_wire_fields,                                                                   \
+        [this](std::string_view cluster_wire_key, const msgpack::object& cluster_wire_value) { \
+          BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_MATCH, _, seq)                              \
+        });                                                                                    \
+  }                                                                                            \
   friend bool operator==(const type&, const type&) = default
 
 #define CLUSTER_WIRE_FIELDS(type, ...) \
