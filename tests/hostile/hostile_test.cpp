@@ -1,4 +1,4 @@
-// Hostile input on every listening port of the real binaries (issue 4, item 6): the
+// Hostile input on every listening port of the real binaries: the
 // manager, both runners and the proxy (framed MessagePack) and the gateway (HTTP) get random
 // bytes, a 4 GB length prefix, half frames that stall, MessagePack announcing huge
 // containers, unknown kinds and fields of the wrong type, and more connections than they
