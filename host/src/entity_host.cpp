@@ -262,12 +262,6 @@ bool entity_host::mailbox_full(const std::string& type, const std::string& id) c
   return it != entities_.end() && it->second.mailbox.size() >= options_.mailbox_capacity;
 }
 
-std::size_t entity_host::busy_entities() const {
-  std::size_t busy = 0;
-  for (const auto& [key, s] : entities_) busy += s.busy ? 1 : 0;
-  return busy;
-}
-
 void entity_host::stop() {
   stopped_ = true;
   sweep_timer_.cancel();

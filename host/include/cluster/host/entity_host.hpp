@@ -62,7 +62,6 @@ class entity_host {
   void stop();
 
   std::size_t active_entities() const { return entities_.size(); }
-  std::size_t busy_entities() const;
   /// Runs when a shard's last active entity was passivated (a moving shard's lock may go).
   std::function<void(const std::string& group, std::int32_t shard)> on_shard_passivated;
 
