@@ -71,6 +71,11 @@ struct request_msg {
                       deliver_at_ms, timeout_ms);
 };
 
+/// `reply.error` of a Defect whose attempt was cut short: the plugin's process crashed, was
+/// killed past runner.handler_timeout_ms or ran out of memory. A persisted message answered
+/// so is retried (up to storage.max_attempts) rather than stored as processed.
+inline constexpr std::string_view plugin_crashed_tag = "PluginCrashed";
+
 struct reply_msg {
   errc code = errc::ok;
   std::string error;    ///< application error tag, or the code's name
@@ -95,6 +100,13 @@ struct reply_msg {
   static reply_msg failure(cluster::failure why) {
     return failure(why.code, std::move(why.message));
   }
+  /// A Defect for an attempt cut short by the plugin's process (see plugin_crashed_tag).
+  static reply_msg crashed(std::string detail) {
+    reply_msg r = failure(errc::defect, std::move(detail));
+    r.error = std::string(plugin_crashed_tag);
+    return r;
+  }
+  bool attempt_cut_short() const { return code == errc::defect && error == plugin_crashed_tag; }
 };
 
 struct rpc_info {
