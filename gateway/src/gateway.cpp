@@ -42,7 +42,8 @@ struct gateway::state {
         config(std::move(gateway_settings)),
         acceptor(io_context),
         proxy(io_context.get_executor(), std::move(proxy_options)),
-        request_handler(proxy, handler_options{config.max_body_bytes}),
+        request_handler(proxy,
+                        handler_options{config.max_body_bytes, config.common.request_limits()}),
         open(io_context.get_executor()) {}
 
   asio::io_context& io;

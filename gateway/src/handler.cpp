@@ -151,6 +151,14 @@ route_result route(const http_request& request, const handler_options& options) 
       return answer(error_response(400, "BadRequest",
                                    "malformed percent-encoding in '" + std::string(path) + "'"));
   }
+  route_result result;
+  result.call.emplace();
+  result.call->entity_type = std::move(*parts[0]);
+  result.call->entity_id = std::move(*parts[1]);
+  result.call->rpc = std::move(*parts[2]);
+  // Decoded first: %FF is one invalid byte, answered here rather than by the cluster.
+  if (auto valid = validate_request(*result.call, options.limits); !valid)
+    return answer(error_response(400, to_string(errc::invalid_request), valid.error().message));
   if (request.body.size() > options.max_body_bytes)
     return answer(
         error_response(413, "PayloadTooLarge",
@@ -175,11 +183,6 @@ route_result route(const http_request& request, const handler_options& options) 
       return answer(error_response(400, "InvalidJson", "the request body is not valid JSON"));
   }
 
-  route_result result;
-  result.call.emplace();
-  result.call->entity_type = std::move(*parts[0]);
-  result.call->entity_id = std::move(*parts[1]);
-  result.call->rpc = std::move(*parts[2]);
   const auto packed = json::to_msgpack(payload);
   result.call->payload.assign(packed.begin(), packed.end());
   return result;

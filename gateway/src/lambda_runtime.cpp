@@ -260,7 +260,8 @@ int lambda_runtime::run() {
   options.name = "lambda";
   options.limits = settings_.gateway.common.limits();
   proxy_client proxy(io.get_executor(), options);
-  handler request_handler(proxy, handler_options{settings_.gateway.max_body_bytes});
+  handler request_handler(proxy, handler_options{settings_.gateway.max_body_bytes,
+                                                 settings_.gateway.common.request_limits()});
   const milliseconds request_timeout = settings_.gateway.request_timeout;
   spdlog::info("serving invocations from {} through proxy {}", settings_.runtime_api,
                options.proxy.to_string());

@@ -261,6 +261,11 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
     done(reply_msg::failure(errc::shutting_down, "runner " + config_.name + " is stopping"));
     return;
   }
+  // Before storage or a plugin sees it: a bad id fails this call only.
+  if (auto valid = validate_request(request, config_.common.request_limits()); !valid) {
+    done(reply_msg::failure(std::move(valid).error()));
+    return;
+  }
   const entity_type* type = registry_.find(request.entity_type);
   if (type == nullptr) {
     done(reply_msg::failure(

@@ -25,7 +25,8 @@ proxy::proxy(asio::io_context& io, proxy_config config)
                          config_.common.limits()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{"proxy", "proxy", config_.common.limits()}),
-      in_flight_(io.get_executor()) {}
+      in_flight_(io.get_executor()),
+      limits_(config_.common.request_limits()) {}
 
 void proxy::start() {
   auto manager_address = parse_host_port(config_.manager);
@@ -73,6 +74,10 @@ void proxy::on_message(const connection_ptr& conn, envelope&& env) {
         conn->send_reply(
             env.id, reply_msg::failure(errc::invalid_request,
                                        "request has the wrong shape: " + request.error().message));
+        return;
+      }
+      if (auto valid = validate_request(request.value(), limits_); !valid) {
+        conn->send_reply(env.id, reply_msg::failure(std::move(valid).error()));
         return;
       }
       if (stopping_) {

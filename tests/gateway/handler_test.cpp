@@ -224,6 +224,43 @@ TEST_F(handler_test, malformed_percent_encoding_is_400) {
   EXPECT_TRUE(proxy.requests.empty());
 }
 
+TEST_F(handler_test, ids_that_decode_to_invalid_utf8_a_nul_or_too_many_bytes_are_400) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"/Greeter/%FF/Greet", "entity_id is not valid UTF-8 (byte 0xff at offset 0)"},
+      {"/Greeter/ab%C3/Greet", "entity_id is not valid UTF-8 (byte 0xc3 at offset 2)"},
+      {"/Greeter/a%00b/Greet", "entity_id contains a NUL byte at offset 1"},
+      {"/Gr%E9eter/alice/Greet", "entity_type is not valid UTF-8 (byte 0xe9 at offset 2)"},
+      {"/Greeter/alice/Gr%80", "rpc is not valid UTF-8 (byte 0x80 at offset 2)"},
+      {"/Greeter/" + std::string(1025, 'x') + "/Greet",
+       "entity_id is 1025 bytes long; at most 1024 are allowed"},
+  };
+  for (const auto& [target, message] : cases) {
+    const auto response = handle("POST", target, "{}");
+    EXPECT_EQ(response.status, 400u) << target;
+    EXPECT_TRUE(is_error_body(response)) << response.body;
+    EXPECT_EQ(body_json(response)["error"], "InvalidRequest") << target;
+    EXPECT_EQ(body_json(response)["message"], message) << target;
+  }
+  EXPECT_TRUE(proxy.requests.empty());
+  // Percent-encoded UTF-8 is fine: %C3%BC is "ü".
+  const auto response = handle("POST", "/Greeter/z%C3%BCrich/Greet", "{}");
+  EXPECT_EQ(response.status, 200u);
+  ASSERT_EQ(proxy.requests.size(), 1u);
+  EXPECT_EQ(proxy.requests[0].entity_id, "z\xC3\xBCrich");
+}
+
+TEST(route, checks_ids_against_the_configured_max_id_bytes) {
+  handler_options options;
+  options.limits.max_id_bytes = 4;
+  auto routed = route(http_request{"POST", "/Greeter/abcd/Greet", ""}, options);
+  ASSERT_TRUE(routed.call.has_value());
+  routed = route(http_request{"POST", "/Greeter/abcde/Greet", ""}, options);
+  ASSERT_FALSE(routed.call.has_value());
+  EXPECT_EQ(routed.response.status, 400u);
+  EXPECT_EQ(body_json(routed.response)["message"],
+            "entity_id is 5 bytes long; at most 4 are allowed");
+}
+
 TEST_F(handler_test, a_body_over_the_limit_is_413) {
   const std::string big = "\"" + std::string(handler_options{}.max_body_bytes, 'x') + "\"";
   const auto response = handle("POST", "/Greeter/alice/Greet", big);

@@ -316,6 +316,90 @@ TEST(postgres, batches_concurrent_messages_and_lists_unprocessed_ones_in_order) 
   store.stop();
 }
 
+// What no caller may read: the server's own words.
+void expect_no_database_internals(const std::string& text) {
+  for (const char* internal : {"ERROR", "SQLSTATE", "invalid byte sequence", "malformed array",
+                               "UTF8", "unnest", "_messages"})
+    EXPECT_EQ(text.find(internal), std::string::npos) << "'" << text << "' leaks " << internal;
+}
+
+TEST(postgres, a_row_the_server_refuses_fails_only_itself_not_the_rest_of_its_round) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  pg_message_store store(io, settings_for(unique_prefix()));
+  // Rows PostgreSQL refuses (validation at the edge keeps them out; the store must not rely
+  // on it): an id that is not UTF-8, a NUL in an id (it cuts the array literal short), a
+  // primary key that ends inside a character.
+  const std::map<int, persisted_message> refused = {
+      {40, message_for("bad-\xFF", "key-40")},
+      {41, message_for(std::string("bad-\0-nul", 9), "key-41")},
+      {170, message_for("bad-key", "key-\xC3")},
+  };
+  constexpr int total = 300;
+  std::vector<std::optional<result<persist_outcome>>> outcomes(total);
+  // Queued before the worker can take them, so they share a few rounds.
+  for (int i = 0; i < total; ++i) {
+    auto it = refused.find(i);
+    store.persist(it != refused.end() ? it->second
+                                      : message_for("good-" + std::to_string(i % 7),
+                                                    "key-" + std::to_string(i), 11),
+                  [&outcomes, i](result<persist_outcome> o) { outcomes[i] = std::move(o); });
+  }
+  ASSERT_TRUE(run_until(io, [&] {
+    return std::all_of(outcomes.begin(), outcomes.end(),
+                       [](const auto& o) { return o.has_value(); });
+  }));
+  std::vector<std::int64_t> ids;
+  for (int i = 0; i < total; ++i) {
+    const auto& outcome = *outcomes[i];
+    if (refused.count(i)) {
+      ASSERT_FALSE(outcome.has_value()) << i;
+      EXPECT_EQ(outcome.error().code, errc::storage_error);
+      EXPECT_EQ(outcome.error().message, "message could not be stored");
+      expect_no_database_internals(outcome.error().message);
+      continue;
+    }
+    ASSERT_TRUE(outcome.has_value()) << i << ": " << outcome.error().message;
+    EXPECT_TRUE(outcome.value().inserted) << i;
+    ids.push_back(outcome.value().id);
+  }
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));  // still arrival order
+
+  // Every accepted one is queued for its shard, once.
+  std::optional<std::vector<persisted_message>> listed;
+  store.unprocessed("default", 11, 0, [&](result<std::vector<persisted_message>> batch) {
+    EXPECT_TRUE(batch.has_value());
+    if (batch) listed = std::move(batch.value());
+  });
+  const auto batch = wait_result(io, listed);
+  std::vector<std::int64_t> queued;
+  for (const auto& m : batch) queued.push_back(m.id);
+  EXPECT_EQ(queued, ids);
+  store.stop();
+}
+
+TEST(postgres, stores_a_reply_whose_error_text_is_not_utf8_with_the_bad_bytes_replaced) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  pg_message_store store(io, settings_for(unique_prefix()));
+  std::optional<persist_outcome> first, again;
+  store.persist(message_for("e1", "k1"), store_into(first));
+  const auto stored = wait_result(io, first);
+  ASSERT_TRUE(stored.inserted);
+  auto reply = reply_msg::failure(errc::application_error, std::string("caf\xE9 \0 ok", 9));
+  reply.error = "Tag\xFF";
+  std::optional<bool> completed;
+  store.complete(stored.id, reply, false, [&](result<void> done) { completed = done.has_value(); });
+  EXPECT_TRUE(wait_result(io, completed));
+  store.persist(message_for("e1", "k1"), store_into(again));
+  const auto duplicate = wait_result(io, again);
+  ASSERT_TRUE(duplicate.reply.has_value());
+  EXPECT_EQ(duplicate.reply->code, errc::application_error);
+  EXPECT_EQ(duplicate.reply->error, "Tag\xEF\xBF\xBD");
+  EXPECT_EQ(duplicate.reply->message, "caf\xEF\xBF\xBD \xEF\xBF\xBD ok");
+  store.stop();
+}
+
 TEST(postgres, notifies_other_stores_of_the_replies_it_is_asked_to_announce) {
   REQUIRE_POSTGRES();
   asio::io_context io;

@@ -17,7 +17,8 @@ void common_settings::declare(std::vector<config_section>& sections) {
       .key("handshake_timeout_ms", &handshake_timeout)
       .key("frame_body_timeout_ms", &frame_body_timeout)
       .key("max_connections", &max_connections)
-      .key("max_in_flight", &max_in_flight);
+      .key("max_in_flight", &max_in_flight)
+      .key("max_id_bytes", &max_id_bytes);
   sections.emplace_back("log");
   sections.back().key("level", &log_level);
 }
@@ -81,6 +82,12 @@ connection_limits common_settings::limits() const {
   limits.handshake_timeout = handshake_timeout;
   limits.frame_body_timeout = frame_body_timeout;
   limits.max_in_flight = max_in_flight;
+  return limits;
+}
+
+cluster::request_limits common_settings::request_limits() const {
+  cluster::request_limits limits;
+  limits.max_id_bytes = max_id_bytes;
   return limits;
 }
 

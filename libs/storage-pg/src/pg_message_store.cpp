@@ -11,6 +11,8 @@
 #include <charconv>
 #include <tuple>
 
+#include "cluster/protocol/validate.hpp"
+
 namespace cluster {
 
 namespace {
@@ -360,11 +362,81 @@ void pg_message_store::worker_loop() {
 void pg_message_store::run_writes(std::vector<persist_job>& persists,
                                   std::vector<complete_job>& completes) {
   if (persists.empty() && completes.empty()) return;
+  write_round round{persists, completes,
+                    std::vector<result<persist_outcome>>(persists.size(), persist_outcome{}),
+                    std::vector<result<void>>(completes.size(), success()), std::nullopt};
+  write_part(round, 0, persists.size() + completes.size());
+  for (std::size_t i = 0; i < persists.size(); ++i)
+    asio::post(io_,
+               [done = std::move(persists[i].done),
+                outcome = std::move(round.outcomes[i])]() mutable { done(std::move(outcome)); });
+  for (std::size_t i = 0; i < completes.size(); ++i)
+    asio::post(io_, [done = std::move(completes[i].done),
+                     stored = std::move(round.stored[i])]() mutable { done(std::move(stored)); });
+  // The session is gone: the worker reconnects, and callers retry.
+  if (round.lost) throw *round.lost;
+}
+
+void pg_message_store::write_part(write_round& round, std::size_t first, std::size_t last) {
+  const std::size_t persist_count = round.persists.size();
+  // Callers hear plain words; the database's own text goes to the log only.
+  const auto fail_part = [&](const failure& why) {
+    for (std::size_t i = first; i < last; ++i) {
+      if (i < persist_count) {
+        round.outcomes[i] = why;
+      } else {
+        round.stored[i - persist_count] = why;
+      }
+    }
+  };
+  if (round.lost) {
+    fail_part(unavailable());
+    return;
+  }
+  auto failed = write_once(round, first, last);
+  if (!failed) return;
+  if (failed->retriable || !conn_->healthy()) {
+    round.lost = std::move(failed);
+    fail_part(unavailable());
+    return;
+  }
+  if (last - first == 1) {
+    if (first < persist_count) {
+      const auto& request = round.persists[first].message.request;
+      spdlog::error("storage refused a message for {} (primary key {}): {}", request.entity_type,
+                    *request.primary_key, failed->what());
+      round.outcomes[first] = failure{errc::storage_error, "message could not be stored"};
+    } else {
+      spdlog::error("storage refused the reply of message {}: {}",
+                    round.completes[first - persist_count].id, failed->what());
+      round.stored[first - persist_count] =
+          failure{errc::storage_error, "reply could not be stored"};
+    }
+    return;
+  }
+  // One row the server refuses aborts the whole transaction: store the round again in halves
+  // (each its own transaction), down to the offending rows, so only they fail.
+  if (first == 0 && last == persist_count + round.completes.size())
+    spdlog::warn("a store round of {} messages and {} replies failed ({}); storing it in parts",
+                 persist_count, round.completes.size(), failed->what());
+  const std::size_t middle = first + (last - first) / 2;
+  write_part(round, first, middle);
+  write_part(round, middle, last);
+}
+
+std::optional<pg::error> pg_message_store::write_once(write_round& round, std::size_t first,
+                                                      std::size_t last) {
+  const auto& persists = round.persists;
+  const auto& completes = round.completes;
+  const std::size_t persist_first = std::min(first, persists.size());
+  const std::size_t persist_last = std::min(last, persists.size());
+  const std::size_t complete_first = std::max(first, persists.size()) - persists.size();
+  const std::size_t complete_last = std::max(last, persists.size()) - persists.size();
   const std::size_t chunk = settings_.batch_size;
   std::vector<pg::pipelined> steps;
-  for (std::size_t first = 0; first < persists.size(); first += chunk) {
+  for (std::size_t from = persist_first; from < persist_last; from += chunk) {
     pg::array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at;
-    for (std::size_t i = first; i < std::min(persists.size(), first + chunk); ++i) {
+    for (std::size_t i = from; i < std::min(persist_last, from + chunk); ++i) {
       const auto& m = persists[i].message;
       groups.text(m.group);
       shards.number(m.shard);
@@ -384,14 +456,20 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
                       keys.param(), payloads.param(), deliver_at.param()}});
   }
   const std::size_t persist_steps = steps.size();
-  for (std::size_t first = 0; first < completes.size(); first += chunk) {
+  for (std::size_t from = complete_first; from < complete_last; from += chunk) {
     pg::array_literal ids, codes, errors, messages, payloads, announced;
-    for (std::size_t i = first; i < std::min(completes.size(), first + chunk); ++i) {
+    for (std::size_t i = from; i < std::min(complete_last, from + chunk); ++i) {
       const auto& reply = completes[i].reply;
       ids.number(completes[i].id);
       codes.number(static_cast<std::int64_t>(reply.code));
-      errors.text(reply.error);
-      messages.text(reply.message);
+      // A handler's error text may hold any bytes; PostgreSQL text takes clean UTF-8 only.
+      if (is_clean_text(reply.error) && is_clean_text(reply.message)) {
+        errors.text(reply.error);
+        messages.text(reply.message);
+      } else {
+        errors.text(to_clean_text(reply.error));
+        messages.text(to_clean_text(reply.message));
+      }
       payloads.hex(reply.payload);
       if (completes[i].announce) announced.number(completes[i].id);
     }
@@ -401,13 +479,14 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
   }
 
   // One implicit transaction, so one commit (one fsync) for every message and every reply
-  // of this round: callers hear back only after it committed.
-  std::vector<result<persist_outcome>> outcomes(persists.size(), persist_outcome{});
-  std::optional<pg::error> failed;
-  bool committed = false;
+  // of this part: callers hear back only after it committed.
+  std::vector<pg::result> results;
   try {
-    auto results = conn_->pipeline(steps);
-    committed = true;
+    results = conn_->pipeline(steps);
+  } catch (const pg::error& e) {
+    return e;  // nothing of this part took effect
+  }
+  try {
     // RETURNING lists the rows inserted; the others were stored before (or twice in this
     // batch: the first is new, the next ones are duplicates of it).
     std::map<message_key, std::int64_t> new_ids;
@@ -416,53 +495,66 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
       for (int r = 0; r < inserted.rows(); ++r)
         new_ids[key_in_row(inserted, r)] = inserted.integer(r, 0);
     }
-    for (std::size_t i = 0; i < persists.size(); ++i) {
-      const auto& request = persists[i].message.request;
-      auto it = new_ids.find(key_of(request));
+    for (std::size_t i = persist_first; i < persist_last; ++i) {
+      auto it = new_ids.find(key_of(persists[i].message.request));
       if (it == new_ids.end()) continue;
-      outcomes[i].value().id = it->second;
-      outcomes[i].value().inserted = true;
+      round.outcomes[i].value().id = it->second;
+      round.outcomes[i].value().inserted = true;
       new_ids.erase(it);
     }
   } catch (const pg::error& e) {
-    failed = e;
+    // Committed all the same: the lookup below finds what could not be read here.
+    spdlog::error("unexpected answer to storing messages: {}", e.what());
   }
-  if (committed) {
-    try {
-      find_existing(persists, outcomes);
-    } catch (const pg::error& e) {
-      failed = e;
-      for (auto& outcome : outcomes)
-        if (outcome.has_value() && !outcome.value().inserted)
-          outcome = failure{errc::storage_error, std::string("storage error: ") + e.what()};
-    }
-  } else {
-    for (auto& outcome : outcomes)
-      outcome = failure{errc::storage_error, std::string("storage error: ") + failed->what()};
-  }
-  for (std::size_t i = 0; i < persists.size(); ++i)
-    asio::post(io_, [done = std::move(persists[i].done),
-                     outcome = std::move(outcomes[i])]() mutable { done(std::move(outcome)); });
-  for (auto& job : completes) {
-    result<void> stored = success();
-    if (!committed)
-      stored = failure{errc::storage_error, "reply not stored: " + std::string(failed->what())};
-    asio::post(io_, [done = std::move(job.done), stored = std::move(stored)]() mutable {
-      done(std::move(stored));
-    });
-  }
-  if (failed) {
-    if (failed->retriable || !conn_->healthy()) throw *failed;
-    spdlog::error("storing messages failed: {}", failed->what());
-  }
+  // Committed: what follows only reads, and only for the messages stored before.
+  find_existing_part(round, persist_first, persist_last);
+  return std::nullopt;
 }
 
-void pg_message_store::find_existing(const std::vector<persist_job>& persists,
+void pg_message_store::find_existing_part(write_round& round, std::size_t first, std::size_t last) {
+  const auto not_inserted = [&](std::size_t i) {
+    return round.outcomes[i].has_value() && !round.outcomes[i].value().inserted;
+  };
+  const auto fail_part = [&](const failure& why) {
+    for (std::size_t i = first; i < last; ++i)
+      if (not_inserted(i)) round.outcomes[i] = why;
+  };
+  if (round.lost) {
+    fail_part(unavailable());
+    return;
+  }
+  std::optional<pg::error> failed;
+  try {
+    find_existing(round.persists, first, last, round.outcomes);
+    return;
+  } catch (const pg::error& e) {
+    failed = e;
+  }
+  if (failed->retriable || !conn_->healthy()) {
+    round.lost = std::move(failed);
+    fail_part(unavailable());
+    return;
+  }
+  if (last - first == 1) {
+    spdlog::error("storage could not look up a stored message: {}", failed->what());
+    fail_part(failure{errc::storage_error, "message could not be looked up"});
+    return;
+  }
+  const std::size_t middle = first + (last - first) / 2;
+  find_existing_part(round, first, middle);
+  find_existing_part(round, middle, last);
+}
+
+void pg_message_store::find_existing(const std::vector<persist_job>& persists, std::size_t first,
+                                     std::size_t last,
                                      std::vector<result<persist_outcome>>& outcomes) {
+  const auto wanted = [&](std::size_t i) {
+    return outcomes[i].has_value() && !outcomes[i].value().inserted;
+  };
   pg::array_literal types, ids, keys;
   bool any = false;
-  for (std::size_t i = 0; i < persists.size(); ++i) {
-    if (outcomes[i].value().inserted) continue;
+  for (std::size_t i = first; i < last; ++i) {
+    if (!wanted(i)) continue;
     const auto& request = persists[i].message.request;
     types.text(request.entity_type);
     ids.text(request.entity_id);
@@ -473,8 +565,8 @@ void pg_message_store::find_existing(const std::vector<persist_job>& persists,
   auto existing = conn_->exec(find_existing_, {types.param(), ids.param(), keys.param()});
   std::map<message_key, int> rows;
   for (int r = 0; r < existing.rows(); ++r) rows[key_in_row(existing, r)] = r;
-  for (std::size_t i = 0; i < persists.size(); ++i) {
-    if (outcomes[i].value().inserted) continue;
+  for (std::size_t i = first; i < last; ++i) {
+    if (!wanted(i)) continue;
     const auto& request = persists[i].message.request;
     auto it = rows.find(key_of(request));
     if (it == rows.end()) {

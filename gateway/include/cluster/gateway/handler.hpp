@@ -16,6 +16,7 @@
 
 #include "cluster/gateway/proxy_client.hpp"
 #include "cluster/protocol/messages.hpp"
+#include "cluster/protocol/validate.hpp"
 
 namespace cluster::gateway {
 
@@ -37,6 +38,9 @@ struct http_response {
 struct handler_options {
   /// Bodies larger than this are refused with 413 before any parsing.
   std::size_t max_body_bytes = 1024 * 1024;
+  /// The decoded path segments are checked against these (InvalidRequest, 400) before any
+  /// call: `cluster.max_id_bytes` and the fixed name bound.
+  request_limits limits{};
 };
 
 /// A JSON error response `{"error": error, "message": message}`.
@@ -51,7 +55,9 @@ struct route_result {
   http_response response;
 };
 
-/// Parses method, path and body into a cluster request; never touches the network.
+/// Parses method, path and body into a cluster request; never touches the network. The path
+/// segments are percent-decoded and then validated (validate_request): an entity id that is
+/// not UTF-8, holds a NUL or is too long is answered 400 InvalidRequest here.
 route_result route(const http_request& request, const handler_options& options = {});
 
 /// Turns the proxy's reply into the HTTP response.

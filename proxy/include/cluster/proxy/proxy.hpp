@@ -55,6 +55,7 @@ class proxy {
   router router_;
   std::unique_ptr<manager_client> manager_;
   gate in_flight_;  // routed requests not answered yet; a stop waits for them
+  request_limits limits_;
   bool stopping_ = false;
   bool stopped_ = false;
   std::vector<std::function<void()>> on_stopped_;

@@ -5,6 +5,7 @@
 
 #include "cluster/net/connection.hpp"
 #include "cluster/process/config.hpp"
+#include "cluster/protocol/validate.hpp"
 #include "cluster/storage/storage_settings.hpp"
 
 namespace cluster {
@@ -19,6 +20,8 @@ struct common_settings {
   std::uint32_t max_connections = 4096;
   /// Requests one connection may have in flight; more are answered TooManyRequests.
   std::uint32_t max_in_flight = 4096;
+  /// Longest entity id and primary key a request may carry; longer ones get InvalidRequest.
+  std::uint32_t max_id_bytes = 1024;
   std::string log_level = "info";
 
   /// Adds the `[cluster]` and `[log]` sections to `sections`.
@@ -26,6 +29,8 @@ struct common_settings {
   /// Adds the `[storage]` section (processes that talk to the database).
   void declare_storage(std::vector<config_section>& sections);
   connection_limits limits() const;
+  /// What validate_request checks requests against where they enter this process.
+  cluster::request_limits request_limits() const;
 };
 
 /// `--set`-style assignments from SST link variables (`SST_RESOURCE_<Name>` holding JSON):

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -65,11 +66,29 @@ class pg_message_store final : public message_store {
   bool ensure_connected();
   /// A new session for the worker, set up for its prepared statements.
   std::unique_ptr<pg::connection> worker_session() const;
+  /// A round of writes being stored, and what each job will be told.
+  struct write_round {
+    std::vector<persist_job>& persists;
+    std::vector<complete_job>& completes;
+    std::vector<result<persist_outcome>> outcomes;  // one per persist
+    std::vector<result<void>> stored;               // one per complete
+    std::optional<pg::error> lost;                  // the session failed: the rest fail too
+  };
   /// Stores this round's messages and replies in one transaction (one pipelined round trip,
-  /// one commit), then answers each job.
+  /// one commit), then answers each job. When the server refuses the transaction (a row it
+  /// will not take), the round is stored again in halves so only the offending rows fail;
+  /// a lost session fails what is left and throws.
   void run_writes(std::vector<persist_job>& persists, std::vector<complete_job>& completes);
-  /// Ids and stored replies of messages that were already stored (outcomes not `inserted`).
-  void find_existing(const std::vector<persist_job>& persists,
+  /// Jobs [first, last) of a round, persists first and then completes, in one transaction;
+  /// bisects on a refusal.
+  void write_part(write_round& round, std::size_t first, std::size_t last);
+  /// One transaction for jobs [first, last); the error when it did not commit.
+  std::optional<pg::error> write_once(write_round& round, std::size_t first, std::size_t last);
+  /// find_existing for persists [first, last), bisecting when the server refuses it.
+  void find_existing_part(write_round& round, std::size_t first, std::size_t last);
+  /// Ids and stored replies of persists [first, last) that were already stored (outcomes not
+  /// `inserted`).
+  void find_existing(const std::vector<persist_job>& persists, std::size_t first, std::size_t last,
                      std::vector<result<persist_outcome>>& outcomes);
   void connection_failed(const std::string& why);
   std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
