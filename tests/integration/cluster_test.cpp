@@ -248,6 +248,77 @@ TEST(cluster, runner_answers_not_owner_for_a_shard_it_does_not_serve) {
   EXPECT_EQ(first.entities().active_entities(), 0u);
 }
 
+std::int64_t unix_ms() {
+  return std::chrono::duration_cast<milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Requests no process may pass on: each with the message its InvalidRequest names.
+std::vector<std::pair<request_msg, std::string>> invalid_requests() {
+  std::vector<std::pair<request_msg, std::string>> out;
+  auto add = [&](request_msg request, std::string message) {
+    out.emplace_back(std::move(request), std::move(message));
+  };
+  add(make_request("Probe", "\xFF", "Append", {{"sender", "bad"}, {"value", 1}}),
+      "entity_id is not valid UTF-8 (byte 0xff at offset 0)");
+  add(make_request("Probe", std::string("a\0b", 3), "Echo", {{"text", "x"}}),
+      "entity_id contains a NUL byte at offset 1");
+  add(make_request("Probe", std::string(1025, 'x'), "Echo", {{"text", "x"}}),
+      "entity_id is 1025 bytes long; at most 1024 are allowed");
+  add(make_request("Pro\xC0\xAF", "x", "Echo"),
+      "entity_type is not valid UTF-8 (byte 0xc0 at offset 3)");
+  add(make_request("Probe", "x", std::string(300, 'R')),
+      "rpc is 300 bytes long; at most 255 are allowed");
+  auto key = make_request("Probe", "x", "Append", {{"sender", "bad"}, {"value", 1}});
+  key.primary_key = "k\xED\xA0\x80";
+  add(key, "primary_key is not valid UTF-8 (byte 0xed at offset 1)");
+  auto later = make_request("Probe", "x", "Append", {{"sender", "bad"}, {"value", 1}});
+  later.primary_key = "later";
+  later.deliver_at_ms = unix_ms() + 3650LL * 24 * 60 * 60 * 1000 + 60000;
+  add(later, "deliver_at_ms is 3650 days ahead; at most 365 days are allowed");
+  return out;
+}
+
+TEST(cluster, refuses_invalid_ids_names_and_times_at_the_proxy_and_at_the_runner) {
+  in_process_cluster cluster;
+  auto& runner = cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  auto direct = cluster.connect("127.0.0.1:" + std::to_string(runner.port()));
+  ASSERT_NE(direct, nullptr);
+  for (const auto& [request, message] : invalid_requests()) {
+    const auto through_proxy = cluster.call(request);
+    EXPECT_EQ(through_proxy.code, errc::invalid_request) << message;
+    EXPECT_EQ(through_proxy.error, "InvalidRequest");
+    EXPECT_EQ(through_proxy.message, message);
+    std::optional<reply_msg> reply;
+    direct->call(message_kind::request, request, milliseconds(2000),
+                 [&reply](reply_msg&& r) { reply = std::move(r); });
+    ASSERT_TRUE(run_until(cluster.io, [&] { return reply.has_value(); }));
+    EXPECT_EQ(reply->code, errc::invalid_request) << message;
+    EXPECT_EQ(reply->message, message);
+  }
+  // Nothing of it reached an entity, and the next valid call is served.
+  EXPECT_EQ(runner.entities().active_entities(), 0u);
+  EXPECT_TRUE(cluster.call(make_request("Probe", "fine", "Echo", {{"text", "x"}})).ok());
+}
+
+TEST(cluster, takes_ids_up_to_the_configured_max_id_bytes) {
+  in_process_cluster cluster;
+  auto& runner = cluster.add_runner([](host::runner_config& c) { c.common.max_id_bytes = 8; });
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  auto direct = cluster.connect("127.0.0.1:" + std::to_string(runner.port()));
+  ASSERT_NE(direct, nullptr);
+  std::map<std::string, reply_msg> replies;
+  for (const std::string id : {"12345678", "123456789"})
+    direct->call(message_kind::request, make_request("Probe", id, "Echo", {{"text", "x"}}),
+                 milliseconds(2000), [&replies, id](reply_msg&& r) { replies[id] = std::move(r); });
+  ASSERT_TRUE(run_until(cluster.io, [&] { return replies.size() == 2; }));
+  EXPECT_TRUE(replies["12345678"].ok()) << replies["12345678"].message;
+  EXPECT_EQ(replies["123456789"].code, errc::invalid_request);
+  EXPECT_EQ(replies["123456789"].message, "entity_id is 9 bytes long; at most 8 are allowed");
+}
+
 TEST(cluster, survives_a_plugin_whose_entities_cannot_activate) {
   in_process_cluster cluster;
   cluster.add_runner([](host::runner_config& c) {
