@@ -96,10 +96,17 @@ log_file() { echo "$LOG_DIR/$1.log"; }
 launcher() { "$LAUNCHER" --tag dev --run-dir "$RUN_DIR" --log-dir "$LOG_DIR" "$@"; }
 ctl() { "$CLUSTERCTL" --manager "$MANAGER_ADDR" --proxy "$PROXY_ADDR" "$@"; }
 
-# Prints the PID of component $1 if it is running (and was started by us); else fails.
+# Prints the PID of component $1 if it is running (and was started by us); else fails,
+# also while its supervisor waits to restart it.
 component_pid() {
   [[ -x "$LAUNCHER" ]] || return 1
   launcher pid "$1" 2>/dev/null
+}
+
+# True while component $1 runs or its supervisor is about to restart it.
+component_alive() {
+  [[ -x "$LAUNCHER" ]] || return 1
+  launcher status "$1" >/dev/null 2>&1
 }
 
 # True if something accepts TCP connections on 127.0.0.1:$1.
@@ -110,13 +117,20 @@ port_in_use() {
 # start_component NAME STORAGE [URL] [--rotate-log]: starts NAME in the background in its own
 # session (no controlling terminal: closing the terminal or Ctrl-C later does not reach
 # it), output appended to its log; cluster-launch closes every inherited descriptor, the
-# lock fd 9 included.
+# lock fd 9 included. A supervisor (cluster-launch --supervise) restarts it whenever it
+# ends, as ECS restarts a task: after 0.5 s, doubling to 10 s while it keeps ending, back to
+# 0.5 s once a run lasted 30 s (DEV_RESTART_BACKOFF_MS, DEV_RESTART_MAX_BACKOFF_MS,
+# DEV_RESTART_RESET_MS), with a line "restarted after exit by SIGABRT (restart 2)" in its
+# log. Stopping it (down, restart) stops the supervisor and it.
 start_component() {
   local name=$1 storage=$2 url=${3:-} pid
   local -a COMMAND
   component_command "$name" "$storage" "$url"
   [[ -x "${COMMAND[0]}" ]] || die "${COMMAND[0]} is not built"
-  pid=$(launcher start "${@:4}" "$name" -- "${COMMAND[@]}") || die "could not start $name"
+  pid=$(launcher start "${@:4}" --supervise --backoff-ms "${DEV_RESTART_BACKOFF_MS:-500}" \
+    --max-backoff-ms "${DEV_RESTART_MAX_BACKOFF_MS:-10000}" \
+    --reset-after-ms "${DEV_RESTART_RESET_MS:-30000}" "$name" -- "${COMMAND[@]}") ||
+    die "could not start $name"
   say "started $name (pid $pid, port $(component_port "$name"))"
 }
 

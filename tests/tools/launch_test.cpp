@@ -9,6 +9,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <thread>
 
 #include "child_process.hpp"
 #include "cluster/process/config.hpp"
@@ -176,6 +179,175 @@ TEST_F(launch_test, a_stale_pid_file_never_gets_another_process_signalled) {
   EXPECT_EQ(status, 1) << out;
   EXPECT_NE(out.find("No such file or directory"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir / "run" / "nothing.pid"));
+}
+
+// --- supervision (start --supervise) ------------------------------------------------------
+
+class supervise_test : public launch_test {
+ protected:
+  // NAME.state as the supervisor last wrote it (an empty object when there is none).
+  nlohmann::json state(const std::string& name) {
+    auto json = nlohmann::json::parse(read_file(dir / "run" / (name + ".state")), nullptr, false);
+    return json.is_object() ? json : nlohmann::json::object();
+  }
+  pid_t program_pid(const std::string& name) { return state(name).value("pid", 0); }
+  // Waits until the supervised program runs with a PID other than `old`; its PID, or 0.
+  pid_t next_pid(const std::string& name, pid_t old) {
+    pid_t now = 0;
+    const bool changed = wait_until(
+        [&] {
+          now = program_pid(name);
+          return now > 0 && now != old;
+        },
+        20s);
+    return changed ? now : 0;
+  }
+  bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(10ms);
+    }
+    return true;
+  }
+  pid_t start_supervised(const std::string& args) {
+    int status = 0;
+    const auto out = tool("start --supervise " + args, status);
+    EXPECT_EQ(status, 0) << out;
+    return parse_number<pid_t>(out.substr(0, out.find('\n'))).value_or(0);
+  }
+  // The waits the supervisor announced ("... restarting in N ms"), in order.
+  std::vector<long> announced_backoffs(const std::string& name) {
+    std::vector<long> waits;
+    const std::string log = read_file(dir / "logs" / (name + ".log"));
+    const std::string marker = "restarting in ";
+    for (auto at = log.find(marker); at != std::string::npos; at = log.find(marker, at + 1))
+      waits.push_back(std::stol(log.substr(at + marker.size())));
+    return waits;
+  }
+};
+
+TEST_F(supervise_test, a_killed_program_comes_back_with_a_new_pid_and_its_restarts_counted) {
+  const pid_t first = start_supervised("--backoff-ms 50 crasher -- /bin/sleep 60");
+  ASSERT_GT(first, 0);
+  EXPECT_TRUE(launch::runs(first, {"/bin/sleep", "60"}));
+  int status = 0;
+  EXPECT_EQ(tool("pid crasher", status), std::to_string(first) + "\n");
+  auto out = tool("status --json crasher", status);
+  EXPECT_EQ(status, 0) << out;
+  auto json = nlohmann::json::parse(out, nullptr, false)["crasher"];
+  EXPECT_EQ(json["state"], "running") << out;
+  EXPECT_EQ(json["pid"], first);
+  EXPECT_EQ(json["restarts"], 0);
+  EXPECT_TRUE(json["last_exit"].is_null());
+  const pid_t supervisor = json["supervisor"].get<pid_t>();
+  EXPECT_NE(supervisor, first);
+
+  ASSERT_EQ(::kill(first, SIGKILL), 0);
+  const pid_t second = next_pid("crasher", first);
+  ASSERT_GT(second, 0);
+  EXPECT_TRUE(launch::runs(second, {"/bin/sleep", "60"}));
+  EXPECT_EQ(state("crasher")["restarts"], 1);
+  EXPECT_EQ(state("crasher")["last_exit"], "exit by SIGKILL");
+
+  ASSERT_EQ(::kill(second, SIGABRT), 0);
+  const pid_t third = next_pid("crasher", second);
+  ASSERT_GT(third, 0);
+  out = tool("status crasher", status);
+  EXPECT_EQ(out, "crasher: running, pid " + std::to_string(third) + ", supervised by pid " +
+                     std::to_string(supervisor) + ", 2 restarts, last exit by SIGABRT\n");
+  const auto log = read_file(dir / "logs" / "crasher.log");
+  EXPECT_NE(log.find("restarted after exit by SIGKILL (restart 1)\n"), std::string::npos) << log;
+  EXPECT_NE(log.find("restarted after exit by SIGABRT (restart 2)\n"), std::string::npos) << log;
+
+  // Stopping the supervisor stops its program; nothing is restarted.
+  out = tool("--tag dev stop --timeout-s 10 crasher", status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_EQ(out, "dev: stopping crasher (pid " + std::to_string(supervisor) + ", running pid " +
+                     std::to_string(third) + ")\n");
+  EXPECT_FALSE(launch::runs(third, {"/bin/sleep", "60"}));
+  EXPECT_EQ(launch::command_line(supervisor), std::nullopt);
+  EXPECT_FALSE(fs::exists(dir / "run" / "crasher.pid"));
+  EXPECT_FALSE(fs::exists(dir / "run" / "crasher.state"));
+  out = tool("status crasher", status);
+  EXPECT_EQ(status, 1);
+  EXPECT_EQ(out, "crasher: stopped\n");
+}
+
+TEST_F(supervise_test,
+       the_wait_between_restarts_doubles_up_to_its_limit_and_resets_after_a_long_run) {
+  // Each run lasts ~0.3 s: shorter than --reset-after-ms for "flaky", longer for "steady".
+  const std::string program = " -- /bin/sh -c 'sleep 0.3; exit 3'";
+  ASSERT_GT(start_supervised("--backoff-ms 100 --max-backoff-ms 400 --reset-after-ms 60000 flaky" +
+                             program),
+            0);
+  ASSERT_GT(start_supervised("--backoff-ms 100 --max-backoff-ms 400 --reset-after-ms 250 steady" +
+                             program),
+            0);
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return state("flaky").value("restarts", 0) >= 4 &&
+               state("steady").value("restarts", 0) >= 4;
+      },
+      30s))
+      << read_file(dir / "logs" / "flaky.log");
+  const auto flaky = announced_backoffs("flaky");
+  ASSERT_GE(flaky.size(), 4u);
+  EXPECT_EQ(std::vector<long>(flaky.begin(), flaky.begin() + 4),
+            (std::vector<long>{100, 200, 400, 400}));
+  for (long wait : announced_backoffs("steady")) EXPECT_EQ(wait, 100);
+  EXPECT_EQ(state("flaky")["last_exit"], "exit with status 3");
+
+  // A stop between two runs ends the supervisor at once.
+  int status = 0;
+  const auto out = tool("stop --timeout-s 10 flaky steady", status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_EQ(tool("status flaky steady", status), "flaky: stopped\nsteady: stopped\n");
+}
+
+TEST_F(supervise_test,
+       stop_kills_a_program_that_ignores_sigterm_and_one_left_without_its_supervisor) {
+  const auto ready = (dir / "ready").string();
+  const pid_t stubborn = start_supervised("stubborn -- /bin/sh -c \"trap '' TERM; : > " + ready +
+                                          "; while :; do sleep 1; done\"");
+  ASSERT_GT(stubborn, 0);
+  ASSERT_TRUE(wait_until([&] { return fs::exists(ready); }, 10s));
+  int status = 0;
+  const pid_t supervisor =
+      nlohmann::json::parse(tool("status --json stubborn", status))["stubborn"]["supervisor"]
+          .get<pid_t>();
+  auto out = tool("stop --timeout-s 1 stubborn", status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("did not stop within 1s; sent SIGKILL"), std::string::npos) << out;
+  EXPECT_EQ(launch::command_line(stubborn), std::nullopt);
+  EXPECT_EQ(launch::command_line(supervisor), std::nullopt);
+
+  // The supervisor killed from outside leaves its program running: stop still ends it.
+  const pid_t orphan = start_supervised("orphan -- /bin/sleep 60");
+  ASSERT_GT(orphan, 0);
+  const pid_t its_supervisor =
+      nlohmann::json::parse(tool("status --json orphan", status))["orphan"]["supervisor"]
+          .get<pid_t>();
+  ASSERT_EQ(::kill(its_supervisor, SIGKILL), 0);
+  ASSERT_TRUE(wait_until([&] { return !launch::command_line(its_supervisor); }, 10s));
+  EXPECT_EQ(tool("status orphan", status),
+            "orphan: running, pid " + std::to_string(orphan) + ", 0 restarts\n");
+  out = tool("stop --timeout-s 10 orphan", status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_FALSE(launch::runs(orphan, {"/bin/sleep", "60"}));
+}
+
+TEST_F(supervise_test, a_program_that_cannot_start_is_reported_at_once) {
+  int status = 0;
+  const auto out = tool("start --supervise nothing -- " + (dir / "missing").string(), status);
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_NE(out.find("ended at once"), std::string::npos) << out;
+  EXPECT_NE(read_file(dir / "logs" / "nothing.log").find("No such file or directory"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(dir / "run" / "nothing.pid"));
+  EXPECT_NE(tool("start --supervise --backoff-ms 0 x -- /bin/true", status).find("--backoff-ms"),
+            std::string::npos);
+  EXPECT_EQ(status, 2);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <iterator>
 #include <thread>
 
@@ -282,6 +284,121 @@ std::optional<std::size_t> exit_watch::wait_any(milliseconds timeout) {
     if (ready < 0 && errno != EINTR) return std::nullopt;
     if (clock::now() >= deadline) return std::nullopt;
   }
+}
+
+std::string describe_exit(int status) {
+  if (status > 128 && status < 128 + NSIG) {
+    const char* name = ::sigabbrev_np(status - 128);
+    if (name != nullptr) return std::string("exit by SIG") + name;
+    return "exit by signal " + std::to_string(status - 128);
+  }
+  if (status < 0) return "exit (status unknown)";
+  return "exit with status " + std::to_string(status);
+}
+
+namespace {
+
+std::string stamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S", &local);
+  return std::string("=== ") + text + ": ";
+}
+
+// Waits up to `deadline` for a stop signal on `signals` (a signalfd) or, with `pidfd` >= 0,
+// for that process to end; the signal's number, or 0.
+int wait_stop_or_exit(int signals, int pidfd, std::optional<clock::time_point> deadline) {
+  for (;;) {
+    int timeout_ms = -1;
+    if (deadline) {
+      const auto left = std::chrono::ceil<milliseconds>(*deadline - clock::now());
+      timeout_ms = static_cast<int>(std::max<milliseconds::rep>(left.count(), 0));
+    }
+    pollfd entries[2] = {{signals, POLLIN, 0}, {pidfd, POLLIN, 0}};
+    const int ready = ::poll(entries, pidfd >= 0 ? 2 : 1, timeout_ms);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready > 0 && entries[0].revents != 0) {
+      signalfd_siginfo info{};
+      if (::read(signals, &info, sizeof info) == static_cast<ssize_t>(sizeof info))
+        return static_cast<int>(info.ssi_signo);
+      continue;
+    }
+    return 0;  // the process ended, the time is up, or poll failed
+  }
+}
+
+}  // namespace
+
+int supervise(const spawn_options& program, const restart_policy& policy,
+              const std::function<void(const supervised_state&)>& report) {
+  sigset_t stops;
+  sigemptyset(&stops);
+  for (int signal : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stops, signal);
+  ::sigprocmask(SIG_BLOCK, &stops, nullptr);
+  const int signals = ::signalfd(-1, &stops, SFD_CLOEXEC);
+  if (signals < 0) {
+    std::cerr << stamp() << "cannot supervise: signalfd: " << errno_text(errno) << std::endl;
+    return 1;
+  }
+  supervised_state state;
+  milliseconds backoff = policy.first_backoff;
+  int stop_signal = 0;
+  for (bool first = true;; first = false) {
+    auto started = child::spawn(program);
+    if (!started && first) {
+      std::cerr << stamp() << started.error().message << std::endl;
+      ::close(signals);
+      return 1;
+    }
+    if (!started) {
+      state.last_exit = started.error().message;
+      std::cerr << stamp() << "could not restart (" << state.last_exit << "); next try in "
+                << backoff.count() << " ms" << std::endl;
+    } else {
+      auto& running = started.value();
+      state.pid = running.pid();
+      if (!first) {
+        ++state.restarts;
+        std::cerr << stamp() << "restarted after " << state.last_exit << " (restart "
+                  << state.restarts << ")" << std::endl;
+      }
+      report(state);
+      const auto began = clock::now();
+      // No pidfd (very old kernels): look at the child every 50 ms.
+      while (running.running()) {
+        stop_signal = wait_stop_or_exit(
+            signals, running.pidfd(),
+            running.pidfd() >= 0
+                ? std::nullopt
+                : std::optional<clock::time_point>(clock::now() + milliseconds(50)));
+        if (stop_signal != 0) break;
+      }
+      if (stop_signal != 0) {
+        // A deliberate stop: pass it on and wait as long as the program takes (whoever
+        // stops us escalates to SIGKILL for both).
+        running.stop(stop_signal, std::chrono::hours(24 * 365));
+        break;
+      }
+      const auto ran = std::chrono::duration_cast<milliseconds>(clock::now() - began);
+      if (ran >= policy.reset_after) backoff = policy.first_backoff;
+      state.pid = 0;
+      state.last_exit = describe_exit(running.exit_status().value_or(-1));
+      std::cerr << stamp() << state.last_exit << " after " << ran.count() << " ms; restarting in "
+                << backoff.count() << " ms" << std::endl;
+    }
+    state.next_backoff = backoff;
+    report(state);
+    stop_signal = wait_stop_or_exit(signals, -1, clock::now() + backoff);
+    if (stop_signal != 0) break;
+    backoff = std::min(backoff * 2, policy.max_backoff);
+  }
+  state.pid = 0;
+  state.next_backoff = milliseconds(0);
+  report(state);
+  ::close(signals);
+  return 0;
 }
 
 result<void> rotate_log(const std::string& log_file) {

@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,6 +52,8 @@ class child {
   /// Sends `signal` (0: none) if it still runs, then `wait(timeout)`.
   std::optional<int> stop(int signal, milliseconds timeout);
   std::optional<int> exit_status() const { return status_; }
+  /// Readable in poll(2) once the process ended; -1 without pidfds.
+  int pidfd() const { return pidfd_; }
 
  private:
   child(pid_t pid, int pidfd) : pid_(pid), pidfd_(pidfd) {}
@@ -106,6 +109,35 @@ class exit_watch {
   std::vector<pid_t> pids_;
   std::vector<int> fds_;  // -1: no pidfd (gone at add(), or pidfds unavailable)
 };
+
+/// How a supervised program is restarted after it ends, whatever the cause (as ECS restarts
+/// a task): after `first_backoff`, doubling up to `max_backoff` while it keeps ending; a run
+/// of at least `reset_after` starts over from `first_backoff`.
+struct restart_policy {
+  milliseconds first_backoff{500};
+  milliseconds max_backoff{10000};
+  milliseconds reset_after{30000};
+};
+
+/// What a supervisor reports after every change.
+struct supervised_state {
+  pid_t pid = 0;                 ///< the running program, 0 while it waits to restart it
+  unsigned restarts = 0;         ///< restarts after the program ended by itself (crashes)
+  std::string last_exit;         ///< how it last ended ("" before the first end), see describe_exit
+  milliseconds next_backoff{0};  ///< the wait before the next restart, once it ended
+};
+
+/// An exit status as child::wait reports it, in words: "exit by SIGABRT", "exit with status 1".
+std::string describe_exit(int status);
+
+/// Runs `program` and restarts it (per `policy`) each time it ends, until SIGTERM, SIGINT or
+/// SIGHUP reaches this process: that signal is passed on to the program, which is waited
+/// for, and then it returns 0 (at once when it arrives between runs). Blocks those signals in
+/// this process (the program starts with none blocked). `report` runs after every start and
+/// end; progress lines ("restarted after exit by SIGABRT (restart 2)") go to stderr. Returns
+/// 1 without supervising when the program cannot be started the first time.
+int supervise(const spawn_options& program, const restart_policy& policy,
+              const std::function<void(const supervised_state&)>& report);
 
 /// Moves `log_file` to `log_file.1` (replacing it) if it exists.
 result<void> rotate_log(const std::string& log_file);
