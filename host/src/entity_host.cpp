@@ -4,6 +4,8 @@
 
 #include <chrono>
 
+#include "cluster/host/host_services.hpp"
+
 namespace cluster::host {
 
 // The host side of a cluster_call_context: one per running request, and one on the stack
@@ -31,20 +33,12 @@ struct entity_host::invocation {
 
   static void log(void* host_ctx, std::int32_t level, const char* message) {
     auto* self = static_cast<invocation*>(host_ctx);
-    const auto spd_level = level <= 0   ? spdlog::level::debug
-                           : level == 1 ? spdlog::level::info
-                           : level == 2 ? spdlog::level::warn
-                                        : spdlog::level::err;
-    spdlog::log(spd_level, "{}/{}: {}", self->key.first, self->key.second, message ? message : "");
+    log_for_plugin(self->key.first, self->key.second, level, message);
     if (self->creation_error != nullptr && level >= 3 && message != nullptr)
       *self->creation_error = message;
   }
 
-  static std::int64_t now_ms(void*) {
-    return std::chrono::duration_cast<milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-  }
+  static std::int64_t now_ms(void*) { return unix_now_ms(); }
 
   static void call(void* host_ctx, const char* entity_type, const char* entity_id, const char* rpc,
                    const std::uint8_t* payload, std::size_t size, const char* primary_key,
@@ -80,10 +74,7 @@ struct entity_host::invocation {
   }
 
   static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
-    auto* self = static_cast<invocation*>(host_ctx);
-    auto timer = std::make_shared<asio::steady_timer>(self->host->io_);
-    timer->expires_after(milliseconds(std::max<std::int64_t>(0, delay_ms)));
-    timer->async_wait([timer, fire, user](const error_code&) { fire(user); });
+    fire_after(static_cast<invocation*>(host_ctx)->host->io_, delay_ms, fire, user);
   }
 
   static void on_reply(void* reply_ctx, std::int32_t status, const char* tag, const char* message,
@@ -100,6 +91,9 @@ struct entity_host::invocation {
         reply.code = errc::application_error;
         reply.error = tag_text.empty() ? "ApplicationError" : tag_text;
         reply.message = message_text;
+        break;
+      case host_status_crashed:
+        reply = reply_msg::crashed(message_text);
         break;
       case CLUSTER_STATUS_BAD_PAYLOAD:
         reply = reply_msg::failure(errc::bad_payload, "payload does not decode as " +
@@ -125,13 +119,18 @@ const cluster_host_api entity_host::invocation::api = {
 };
 
 entity_host::entity_host(asio::io_context& io, entity_host_options options, outbound_call call_out)
-    : io_(io), options_(options), call_out_(std::move(call_out)), sweep_timer_(io) {
+    : io_(io),
+      options_(options),
+      call_out_(std::move(call_out)),
+      sweep_timer_(io),
+      watch_(options.handler_timeout) {
   asio::co_spawn(io_, sweep_loop(), asio::detached);
 }
 
 entity_host::~entity_host() {
   for (auto& [key, s] : entities_)
     if (!s.busy && s.instance != nullptr) s.type->destroy(s.instance);
+  // (No watch here: the runner is going away.)
 }
 
 void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index,
@@ -148,16 +147,9 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
     fresh.type = address.type;
     fresh.id = address.entity_id;
     fresh.shard = address.shard;
-    // The constructor gets a real context (log, clock, address) for the time it runs.
-    std::string creation_error;
-    invocation creating{this, key, std::string(), {}, {}, true, &creation_error};
-    creating.bind(fresh);
-    fresh.instance = address.type->create(&creating.ctx);
-    if (fresh.instance == nullptr) {
-      done(reply_msg::failure(
-          errc::defect, "activation of " + key.first + "/" + key.second +
-                            " failed in its constructor" +
-                            (creation_error.empty() ? std::string() : ": " + creation_error)));
+    std::string why;
+    if (!activate(key, fresh, why)) {
+      done(reply_msg::failure(errc::defect, why));
       return;
     }
     ++activations_;
@@ -189,11 +181,22 @@ void entity_host::run_next(const slot_key& key) {
       next.done(reply_msg::failure(errc::deadline_exceeded, "expired in the mailbox"));
       continue;
     }
+    if (s.instance == nullptr) {
+      // Its plugin's process ended since the last message: a new activation, in the next one.
+      std::string why;
+      if (!activate(key, s, why)) {
+        next.done(reply_msg::failure(errc::defect, why));
+        continue;
+      }
+    }
     s.busy = true;
     auto* call = new invocation{this, key, next.request.rpc, {}, std::move(next.done)};
     call->bind(s);
+    const bool watched = watch_.enabled() && !s.type->process;
+    if (watched) watch_.enter(key.first, key.second, call->rpc);
     s.type->handle(s.instance, next.rpc_index, next.request.payload.data(),
                    next.request.payload.size(), &call->ctx, &invocation::on_reply, call);
+    if (watched) watch_.leave();
     return;  // the reply (maybe already sent) schedules the next message
   }
   if (!s.busy && s.mailbox.empty() && (s.evict || stopped_)) passivate(it);
@@ -216,7 +219,7 @@ void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
   slot& s = it->second;
   for (auto& pending : s.mailbox)
     pending.done(reply_msg::failure(errc::shutting_down, "entity passivated"));
-  s.type->destroy(s.instance);
+  if (s.instance != nullptr) s.type->destroy(s.instance);
   ++passivations_;
   const std::string& group = s.type->info.group;  // the registry's: outlives the slot
   const std::int32_t shard_number = s.shard;
@@ -251,6 +254,27 @@ void entity_host::passivate_idle(steady_clock::time_point now) {
       decltype(s.mailbox)().swap(s.mailbox);  // gives back the empty mailbox's storage
     }
   }
+}
+
+bool entity_host::activate(const slot_key& key, slot& s, std::string& why) {
+  // The constructor gets a real context (log, clock, address) for the time it runs.
+  std::string creation_error;
+  invocation creating{this, key, std::string(), {}, {}, true, &creation_error};
+  creating.bind(s);
+  const bool watched = watch_.enabled() && !s.type->process;
+  if (watched) watch_.enter(key.first, key.second, "(constructor)");
+  s.instance = s.type->create(&creating.ctx);
+  if (watched) watch_.leave();
+  if (s.instance != nullptr) return true;
+  why = "activation of " + key.first + "/" + key.second + " failed in its constructor" +
+        (creation_error.empty() ? std::string() : ": " + creation_error);
+  return false;
+}
+
+void entity_host::instances_lost(const std::vector<std::string>& entity_types) {
+  for (auto& [key, s] : entities_)
+    if (std::find(entity_types.begin(), entity_types.end(), key.first) != entity_types.end())
+      s.instance = nullptr;
 }
 
 bool entity_host::shard_active(const std::string& group, std::int32_t shard) const {

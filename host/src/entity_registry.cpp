@@ -169,6 +169,7 @@ std::vector<std::string> entity_registry::load(const std::vector<std::string>& p
 result<void> entity_registry::load_file(const std::filesystem::path& file) {
   std::error_code exists_ec;
   if (!std::filesystem::exists(file, exists_ec)) return failure{refused, "no such file"};
+  if (isolated()) return load_isolated(file);
   auto library = std::make_shared<boost::dll::shared_library>();
   boost::dll::fs::error_code ec;
   // RTLD_NOW: a missing symbol refuses the file here, not the first request that needs it.
@@ -207,24 +208,57 @@ result<void> entity_registry::load_file(const std::filesystem::path& file) {
                                               : std::string("entry returned no descriptor")};
   }
   BOOST_OUTCOME_TRY(plugin, read_plugin(descriptor));
+  for (auto& type : plugin.types) type.library = library;
+  return add_plugin(file, std::move(plugin.types), plugin.name, plugin.version);
+}
 
+result<void> entity_registry::add_plugin(const std::filesystem::path& file,
+                                         std::vector<entity_type> types, const std::string& name,
+                                         const std::string& version) {
   // Refuse the whole file on a duplicate, so a plugin is never half registered.
-  for (const auto& type : plugin.types)
+  for (const auto& type : types)
     if (auto it = types_.find(type.info.name); it != types_.end())
       return failure{refused, "entity type '" + type.info.name + "' is already provided by " +
                                   it->second.plugin_path};
   std::string names;
-  for (auto& type : plugin.types) {
+  for (auto& type : types) {
     names += (names.empty() ? "" : ", ") + type.info.name;
-    type.library = library;
     type.plugin_path = file.string();
-    type.plugin_name = plugin.name;
-    type.plugin_version = plugin.version;
+    type.plugin_name = name;
+    type.plugin_version = version;
     std::string key = type.info.name;
     types_.emplace(std::move(key), std::move(type));
   }
-  spdlog::info("loaded plugin {} {} from {}: {}", plugin.name, plugin.version, file.string(),
-               names);
+  spdlog::info("loaded plugin {} {} from {}: {}", name, version, file.string(), names);
+  return success();
+}
+
+void entity_registry::isolate(asio::io_context& io, isolation_options options) {
+  io_ = &io;
+  isolation_ = std::move(options);
+}
+
+result<void> entity_registry::load_isolated(const std::filesystem::path& file) {
+  BOOST_OUTCOME_TRY(process, plugin_process::start(*io_, file, isolation_));
+  const auto& catalog = process->catalog();
+  if (catalog.types.empty()) return failure{refused, "declares no entity types"};
+  std::vector<entity_type> types;
+  for (std::size_t i = 0; i < catalog.types.size(); ++i) {
+    entity_type type;
+    type.descriptor = process->descriptor(i);
+    type.rpcs = process->rpc_descriptors(i);
+    type.info = catalog.types[i];
+    type.process = process;
+    types.push_back(std::move(type));
+  }
+  BOOST_OUTCOME_TRY(
+      add_plugin(file, std::move(types),
+                 catalog.plugin_name.empty() ? catalog.types.front().name : catalog.plugin_name,
+                 catalog.plugin_version.empty() ? "0.0.0" : catalog.plugin_version));
+  process->on_instances_lost = [this](const std::vector<std::string>& lost) {
+    if (on_instances_lost) on_instances_lost(lost);
+  };
+  processes_.push_back(std::move(process));
   return success();
 }
 

@@ -26,7 +26,11 @@ std::vector<config_section> runner_config::sections() {
       .key("mailbox_capacity", &mailbox_capacity)
       .key("passivate_after_ms", &passivate_after)
       .key("request_timeout_ms", &request_timeout)
-      .key("shutdown_timeout_ms", &shutdown_timeout);
+      .key("shutdown_timeout_ms", &shutdown_timeout)
+      .key("isolation", &isolation)
+      .key("handler_timeout_ms", &handler_timeout)
+      .key("plugin_memory_limit_mb", &plugin_memory_limit_mb)
+      .key("plugin_host", &plugin_host);
   return sections;
 }
 
@@ -48,6 +52,21 @@ runner::runner(asio::io_context& io, runner_config config)
 runner::~runner() = default;
 
 void runner::start() {
+  if (config_.isolation == "process") {
+    isolation_options isolation;
+    isolation.plugin_host = config_.plugin_host.empty()
+                                ? (std::filesystem::read_symlink("/proc/self/exe").parent_path() /
+                                   "cluster-plugin-host")
+                                      .string()
+                                : config_.plugin_host;
+    isolation.handler_timeout = config_.handler_timeout;
+    isolation.memory_limit_mb = config_.plugin_memory_limit_mb;
+    isolation.limits = config_.common.limits().decode;
+    registry_.isolate(io_, std::move(isolation));
+  } else if (config_.isolation != "none") {
+    throw config_error("runner.isolation: expected \"none\" or \"process\", got '" +
+                       config_.isolation + "'");
+  }
   for (const auto& error : registry_.load(config_.plugins))
     spdlog::error("refused plugin {}", error);
   if (registry_.empty())
@@ -60,7 +79,9 @@ void runner::start() {
   }
 
   entities_ = std::make_unique<entity_host>(
-      io_, entity_host_options{config_.mailbox_capacity, config_.passivate_after},
+      io_,
+      entity_host_options{config_.mailbox_capacity, config_.passivate_after,
+                          registry_.isolated() ? milliseconds(0) : config_.handler_timeout},
       [this](request_msg request, entity_host::reply_callback done) {
         asio::co_spawn(
             io_,
@@ -73,6 +94,9 @@ void runner::start() {
             },
             asio::detached);
       });
+  registry_.on_instances_lost = [this](const std::vector<std::string>& types) {
+    entities_->instances_lost(types);
+  };
   persisted_ =
       std::make_unique<persisted_messages>(io_, make_message_store(io_, config_.common.storage),
                                            *entities_, registry_, config_.common.storage);

@@ -3,7 +3,7 @@
 //   cluster-bench [--proxy H:P] [--connections N] [--in-flight M] [--entities K]
 //                 [--entity-type T] [--rpc R] [--payload JSON | --payload-size BYTES]
 //                 [--pick round-robin|random] [--duration-s S] [--warmup-s S]
-//                 [--timeout-ms MS] [--threads T] [--json]
+//                 [--timeout-ms MS] [--threads T] [--cpu-pid PID]... [--json]
 //
 // N connections each keep M requests in flight (N x M in total): a call's reply starts the
 // next call on the same connection at once (closed loop). Latency is measured per call with
@@ -31,6 +31,7 @@
 #include "cluster/process/config.hpp"
 #include "cluster/process/defaults.hpp"
 #include "latency_histogram.hpp"
+#include "process_cpu.hpp"
 
 namespace {
 
@@ -54,6 +55,7 @@ struct options {
   milliseconds timeout{10000};
   std::size_t threads = 1;
   bool as_json = false;
+  std::vector<long> cpu_pids;  ///< processes (and descendants) whose CPU time is reported
 };
 
 int fail(const std::string& message) {
@@ -345,6 +347,10 @@ struct bench_command_line {
     number("--timeout-ms", "MS", "deadline of each call (default 10000)");
     number("--threads", "T", "client threads, each with its own io_context (default 1)");
     app.add_flag("--json", opts.as_json, "print one JSON object instead of text");
+    app.add_option("--cpu-pid", opts.cpu_pids,
+                   "report the CPU time per call of this process and its descendants over the "
+                   "measured window (repeatable: the cluster's processes)")
+        ->type_name("PID");
   }
 
   // Applies the numbers and --pick to `opts` once parsed.
@@ -435,6 +441,16 @@ int main(int argc, char** argv) {
                                         std::chrono::duration<double>(opts.warmup_s));
   const auto end = measure_from + std::chrono::duration_cast<steady_clock::duration>(
                                       std::chrono::duration<double>(opts.duration_s));
+  // CPU of the cluster's processes over the measured window, sampled from its own thread.
+  double cpu_at_start = 0, cpu_at_end = 0;
+  std::thread cpu_sampler;
+  if (!opts.cpu_pids.empty())
+    cpu_sampler = std::thread([&] {
+      std::this_thread::sleep_until(measure_from);
+      cpu_at_start = bench::cpu_seconds(opts.cpu_pids);
+      std::this_thread::sleep_until(end);
+      cpu_at_end = bench::cpu_seconds(opts.cpu_pids);
+    });
   if (workers.size() == 1) {
     workers[0]->run(measure_from, end);
   } else {
@@ -444,8 +460,12 @@ int main(int argc, char** argv) {
     for (auto& t : threads) t.join();
   }
 
+  if (cpu_sampler.joinable()) cpu_sampler.join();
   results total;
   for (const auto& w : workers) total.merge(w->result());
+  // Microseconds of cluster CPU (every --cpu-pid and its descendants) per answered call.
+  const double cpu_us_per_call =
+      total.ok > 0 ? (cpu_at_end - cpu_at_start) * 1e6 / static_cast<double>(total.ok) : 0;
   const double rps = static_cast<double>(total.ok) / opts.duration_s;
   const auto& h = total.latency;
   const std::uint64_t errors = total.error_count();
@@ -474,6 +494,7 @@ int main(int argc, char** argv) {
                 {"max_ms", ms(h.max())},
                 {"errors", errors},
                 {"errors_by_kind", total.errors}};
+    if (!opts.cpu_pids.empty()) out["cpu_us_per_call"] = std::round(cpu_us_per_call * 100) / 100;
     std::cout << out.dump() << "\n";
   } else {
     std::printf(
@@ -488,6 +509,16 @@ int main(int argc, char** argv) {
     std::printf("latency ms  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
                 ms(h.quantile(0.5)), ms(h.quantile(0.9)), ms(h.quantile(0.99)),
                 ms(h.quantile(0.999)), ms(h.max()), h.mean() / 1e6);
+    if (!opts.cpu_pids.empty())
+      std::printf("cluster cpu %.2f us per call (processes %s and their descendants)\n",
+                  cpu_us_per_call,
+                  [&] {
+                    std::string pids;
+                    for (long pid : opts.cpu_pids)
+                      pids += (pids.empty() ? "" : ",") + std::to_string(pid);
+                    return pids;
+                  }()
+                      .c_str());
     if (errors > 0) {
       std::printf("errors     ");
       for (const auto& [kind, n] : total.errors)

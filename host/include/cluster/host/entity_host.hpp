@@ -12,6 +12,7 @@
 #include <set>
 
 #include "cluster/host/entity_registry.hpp"
+#include "cluster/host/handler_watch.hpp"
 #include "cluster/net/asio.hpp"
 #include "cluster/protocol/messages.hpp"
 
@@ -20,6 +21,9 @@ namespace cluster::host {
 struct entity_host_options {
   std::size_t mailbox_capacity = 4096;
   milliseconds passivate_after{60000};
+  /// One callback of an in-process plugin running longer than this ends the runner
+  /// (handler_watch.hpp); 0: no limit. Plugins in their own process are bounded there.
+  milliseconds handler_timeout{0};
 };
 
 /// Where a request runs: resolved by the runner before delivery.
@@ -58,6 +62,10 @@ class entity_host {
   /// Passivates every idle entity idle for longer than the configured time.
   void passivate_idle(steady_clock::time_point now);
 
+  /// The instances of these entity types are gone (their plugin's process ended): each is
+  /// activated again before its next message. Queued messages stay queued.
+  void instances_lost(const std::vector<std::string>& entity_types);
+
   /// Passivates everything now (shutdown); pending messages get `ShuttingDown`.
   void stop();
 
@@ -94,6 +102,9 @@ class entity_host {
   using slot_key = std::pair<std::string, std::string>;  // entity type, entity id
 
   void run_next(const slot_key& key);
+  /// Creates the plugin's instance of `s`; false (and the reason in `why`) when the
+  /// constructor failed.
+  bool activate(const slot_key& key, slot& s, std::string& why);
   void finish(invocation* call, reply_msg&& reply);
   void passivate(std::map<slot_key, slot>::iterator it);
   awaitable<void> sweep_loop();
@@ -106,6 +117,7 @@ class entity_host {
   /// Active entities per (group, shard): lock release asks for every moved shard, often.
   std::map<std::pair<std::string, std::int32_t>, std::size_t> active_per_shard_;
   asio::steady_timer sweep_timer_;
+  handler_watch watch_;
   bool stopped_ = false;
   std::uint64_t activations_ = 0;
   std::uint64_t passivations_ = 0;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/host/plugin_process.hpp"
 #include "cluster/plugin_abi.h"
 #include "cluster/protocol/messages.hpp"
 #include "cluster/protocol/result.hpp"
@@ -29,6 +30,8 @@ struct entity_type {
   /// Copies of the RPC descriptors, in the plugin's order (the index the plugin expects).
   std::vector<cluster_rpc_descriptor> rpcs;
   std::shared_ptr<boost::dll::shared_library> library;  // keeps the code mapped
+  /// Set when the type runs in a child process: the descriptor's callbacks forward there.
+  std::shared_ptr<plugin_process> process;
   std::string plugin_path;
   std::string plugin_name;
   std::string plugin_version;  // "0.0.0" when the plugin gives none
@@ -65,12 +68,28 @@ class entity_registry {
   /// entity types.
   result<void> load_file(const std::filesystem::path& file);
 
+  /// Plugins loaded from now on run in child processes (runner.isolation = "process"); their
+  /// callbacks are then asynchronous messages on `io`.
+  void isolate(asio::io_context& io, isolation_options options);
+  bool isolated() const { return io_ != nullptr; }
+  /// Runs when a plugin's process ended: every instance of these types is gone.
+  std::function<void(const std::vector<std::string>& entity_types)> on_instances_lost;
+  /// The plugins' processes (isolation "process"), one per plugin file.
+  const std::vector<std::shared_ptr<plugin_process>>& processes() const { return processes_; }
+
   const entity_type* find(std::string_view name) const;
   std::vector<entity_type_info> catalog() const;
   bool empty() const { return types_.empty(); }
 
  private:
+  result<void> load_isolated(const std::filesystem::path& file);
+  result<void> add_plugin(const std::filesystem::path& file, std::vector<entity_type> types,
+                          const std::string& name, const std::string& version);
+
   std::map<std::string, entity_type, std::less<>> types_;
+  asio::io_context* io_ = nullptr;
+  isolation_options isolation_;
+  std::vector<std::shared_ptr<plugin_process>> processes_;
 };
 
 }  // namespace cluster::host

@@ -32,6 +32,16 @@ struct runner_config {
   milliseconds request_timeout{10000};
   /// A graceful stop (SIGTERM) waits this long for in-flight requests before it gives up.
   milliseconds shutdown_timeout{30000};
+  /// "none": plugins run in the runner's process (fastest; a crash in one ends the runner).
+  /// "process": each plugin file runs in its own cluster-plugin-host child (plugin_process.hpp).
+  std::string isolation = "none";
+  /// One plugin callback running longer than this is stopped: with "process" its child is
+  /// killed, with "none" the runner ends itself (handler_watch.hpp). 0: no limit.
+  milliseconds handler_timeout{30000};
+  /// With "process": a child whose resident memory passes this is killed. 0: no limit.
+  std::uint32_t plugin_memory_limit_mb = 0;
+  /// The cluster-plugin-host executable; empty: the one next to this program.
+  std::string plugin_host;
 
   /// Declares `[cluster]`, `[log]` and `[runner]`.
   std::vector<config_section> sections();

@@ -71,10 +71,14 @@ struct request_msg {
                       deliver_at_ms, timeout_ms);
 };
 
-/// `reply.error` of a Defect whose attempt was cut short: the plugin's process crashed, was
-/// killed past runner.handler_timeout_ms or ran out of memory. A persisted message answered
-/// so is retried (up to storage.max_attempts) rather than stored as processed.
-inline constexpr std::string_view plugin_crashed_tag = "PluginCrashed";
+/// The error details (`reply.payload`) of a Defect whose attempt was cut short: the
+/// plugin's process crashed, was killed past runner.handler_timeout_ms or over its memory
+/// limit. MessagePack {"cut_short": true}. A persisted message answered so is retried (up to
+/// storage.max_attempts) rather than stored as processed; callers see a plain Defect.
+inline const bytes& cut_short_details() {
+  static const bytes details = {0x81, 0xa9, 'c', 'u', 't', '_', 's', 'h', 'o', 'r', 't', 0xc3};
+  return details;
+}
 
 struct reply_msg {
   errc code = errc::ok;
@@ -100,13 +104,13 @@ struct reply_msg {
   static reply_msg failure(cluster::failure why) {
     return failure(why.code, std::move(why.message));
   }
-  /// A Defect for an attempt cut short by the plugin's process (see plugin_crashed_tag).
+  /// A Defect for an attempt cut short by the plugin's process (see cut_short_details).
   static reply_msg crashed(std::string detail) {
     reply_msg r = failure(errc::defect, std::move(detail));
-    r.error = std::string(plugin_crashed_tag);
+    r.payload = cut_short_details();
     return r;
   }
-  bool attempt_cut_short() const { return code == errc::defect && error == plugin_crashed_tag; }
+  bool attempt_cut_short() const { return code == errc::defect && payload == cut_short_details(); }
 };
 
 struct rpc_info {

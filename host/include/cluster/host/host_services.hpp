@@ -1,0 +1,27 @@
+#pragma once
+// The services of cluster_host_api that do not depend on where the entity runs: logging,
+// the clock and timers. The runner's entity host (isolation "none") and the plugin host
+// (isolation "process") both implement the API with these, so a plugin sees the same
+// behaviour in either mode.
+//
+// Thread: the calling io_context's thread.
+
+#include <cstdint>
+#include <string_view>
+
+#include "cluster/net/asio.hpp"
+
+namespace cluster::host {
+
+/// Logs a plugin's message as "<type>/<id>: <message>" at the ABI's level (0 debug, 1 info,
+/// 2 warn, 3 error).
+void log_for_plugin(std::string_view entity_type, std::string_view entity_id, std::int32_t level,
+                    const char* message);
+
+/// Unix time in milliseconds.
+std::int64_t unix_now_ms();
+
+/// Runs `fire(user)` after `delay_ms` (negative: 0) on `io`, never inside this call.
+void fire_after(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*), void* user);
+
+}  // namespace cluster::host
