@@ -95,6 +95,10 @@ struct entity_host::invocation {
       case host_status_crashed:
         reply = reply_msg::crashed(message_text);
         break;
+      case host_status_activation_failed:
+        reply = reply_msg::failure(errc::defect, message_text);
+        self->host->activation_failed(self->key);
+        break;
       case CLUSTER_STATUS_BAD_PAYLOAD:
         reply = reply_msg::failure(errc::bad_payload, "payload does not decode as " +
                                                           self->key.first + "." + self->rpc +
@@ -269,6 +273,10 @@ bool entity_host::activate(const slot_key& key, slot& s, std::string& why) {
   why = "activation of " + key.first + "/" + key.second + " failed in its constructor" +
         (creation_error.empty() ? std::string() : ": " + creation_error);
   return false;
+}
+
+void entity_host::activation_failed(const slot_key& key) {
+  if (auto it = entities_.find(key); it != entities_.end()) it->second.instance = nullptr;
 }
 
 void entity_host::instances_lost(const std::vector<std::string>& entity_types) {

@@ -20,6 +20,7 @@
 #include "cluster/host/entity_registry.hpp"
 #include "cluster/host/host_services.hpp"
 #include "cluster/host/plugin_channel.hpp"
+#include "cluster/host/plugin_process.hpp"
 #include "cluster/process/settings.hpp"
 
 namespace cluster::host {
@@ -162,10 +163,16 @@ class plugin_host {
 
   void handle(std::uint64_t operation, const plugin_handle_msg& m) {
     auto it = instances_.find(m.instance);
-    if (it == instances_.end() || it->second.object == nullptr) {
-      const std::string why =
-          it == instances_.end() ? "no such instance in the plugin host" : it->second.failure;
-      send_reply(operation, CLUSTER_STATUS_DEFECT, nullptr, why.c_str(), nullptr, 0);
+    if (it == instances_.end()) {
+      send_reply(operation, CLUSTER_STATUS_DEFECT, nullptr, "no such instance in the plugin host",
+                 nullptr, 0);
+      return;
+    }
+    if (it->second.object == nullptr) {
+      // The runner activates the entity again for its next message.
+      const std::string why = std::move(it->second.failure);
+      instances_.erase(it);
+      send_reply(operation, host_status_activation_failed, nullptr, why.c_str(), nullptr, 0);
       return;
     }
     instance& entity = it->second;

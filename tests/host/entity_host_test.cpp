@@ -34,9 +34,21 @@ std::int64_t unix_ms() {
       .count();
 }
 
-class entity_host_test : public ::testing::Test {
+/// Every test runs twice: plugins in this process (runner.isolation = "none") and in
+/// cluster-plugin-host children ("process"). What differs is said where it does.
+class entity_host_test : public ::testing::TestWithParam<bool> {
  protected:
+  bool isolated() const { return GetParam(); }
   void SetUp() override {
+    if (isolated()) {
+      isolation_options options;
+      options.plugin_host = std::string(CLUSTER_BIN_DIR) + "/cluster-plugin-host";
+      options.handler_timeout = milliseconds(0);
+      registry.isolate(io, options);
+      registry.on_instances_lost = [this](const std::vector<std::string>& types) {
+        if (host) host->instances_lost(types);
+      };
+    }
     for (const char* plugin :
          {"probe_plugin", "shared_class_plugin", "context_constructor_plugin", "old_minor_plugin",
           "throwing_constructor_plugin", "constructor_call_plugin"}) {
@@ -85,7 +97,7 @@ class entity_host_test : public ::testing::Test {
   std::vector<slot_ptr> sent;
 };
 
-TEST_F(entity_host_test, runs_one_entitys_messages_one_at_a_time_in_arrival_order) {
+TEST_P(entity_host_test, runs_one_entitys_messages_one_at_a_time_in_arrival_order) {
   make_host();
   std::vector<slot_ptr> replies;
   for (int i = 0; i < 100; ++i)
@@ -101,7 +113,7 @@ TEST_F(entity_host_test, runs_one_entitys_messages_one_at_a_time_in_arrival_orde
   EXPECT_EQ(host->activations(), 1u);
 }
 
-TEST_F(entity_host_test, holds_the_next_message_until_a_suspended_handler_finishes) {
+TEST_P(entity_host_test, holds_the_next_message_until_a_suspended_handler_finishes) {
   make_host();
   const auto sleeping = send("Probe", "one", "Sleep", {{"ms", 30}});
   const auto echo = send("Probe", "one", "Echo", {{"text", "after"}});
@@ -114,7 +126,7 @@ TEST_F(entity_host_test, holds_the_next_message_until_a_suspended_handler_finish
   EXPECT_TRUE((*echo)->ok());
 }
 
-TEST_F(entity_host_test, answers_mailbox_full_beyond_the_bound) {
+TEST_P(entity_host_test, answers_mailbox_full_beyond_the_bound) {
   make_host({3, milliseconds(60000)});
   std::vector<slot_ptr> replies;
   replies.push_back(send("Probe", "busy", "Sleep", {{"ms", 200}}));  // runs: not in the mailbox
@@ -133,7 +145,7 @@ TEST_F(entity_host_test, answers_mailbox_full_beyond_the_bound) {
   EXPECT_TRUE((*replies[0])->ok());
 }
 
-TEST_F(entity_host_test, answers_deadline_exceeded_for_a_message_that_expired_in_the_mailbox) {
+TEST_P(entity_host_test, answers_deadline_exceeded_for_a_message_that_expired_in_the_mailbox) {
   make_host();
   const auto sleeping = send("Probe", "late", "Sleep", {{"ms", 50}});
   const auto expired = send("Probe", "late", "Echo", {{"text", "x"}}, milliseconds(1));
@@ -143,7 +155,7 @@ TEST_F(entity_host_test, answers_deadline_exceeded_for_a_message_that_expired_in
   EXPECT_TRUE((*sleeping)->ok());
 }
 
-TEST_F(entity_host_test, passivates_entities_idle_longer_than_the_configured_time) {
+TEST_P(entity_host_test, passivates_entities_idle_longer_than_the_configured_time) {
   make_host({4096, milliseconds(50)});
   const auto first = send("Probe", "sleepy", "Echo", {{"text", "a"}});
   ASSERT_TRUE(wait(first));
@@ -157,7 +169,7 @@ TEST_F(entity_host_test, passivates_entities_idle_longer_than_the_configured_tim
             reply_json(**first)["activation"].get<int>());
 }
 
-TEST_F(entity_host_test, fails_only_the_request_whose_handler_throws) {
+TEST_P(entity_host_test, fails_only_the_request_whose_handler_throws) {
   make_host();
   const auto failed = send("Probe", "fragile", "Fail");
   const auto rejected = send("Probe", "fragile", "Reject");
@@ -172,7 +184,7 @@ TEST_F(entity_host_test, fails_only_the_request_whose_handler_throws) {
   EXPECT_EQ(host->activations(), 1u);  // the entity survived its failing handler
 }
 
-TEST_F(entity_host_test, answers_bad_payload_for_a_request_of_the_wrong_shape) {
+TEST_P(entity_host_test, answers_bad_payload_for_a_request_of_the_wrong_shape) {
   make_host();
   const auto typed = send("Probe", "typed", "Append", {{"sender", 12}, {"value", "not a number"}});
   request_msg garbage = make_request("Probe", "typed", "Echo");
@@ -183,7 +195,7 @@ TEST_F(entity_host_test, answers_bad_payload_for_a_request_of_the_wrong_shape) {
   EXPECT_EQ((*raw)->code, errc::bad_payload);
 }
 
-TEST_F(entity_host_test, evicts_entities_of_shards_it_no_longer_owns) {
+TEST_P(entity_host_test, evicts_entities_of_shards_it_no_longer_owns) {
   make_host();
   ASSERT_TRUE(wait(send("Probe", "moving", "Echo", {{"text", "a"}})));
   host->evict_shards([](const std::string&, std::int32_t shard) { return shard != 7; });
@@ -191,7 +203,7 @@ TEST_F(entity_host_test, evicts_entities_of_shards_it_no_longer_owns) {
   EXPECT_EQ(host->passivations(), 1u);
 }
 
-TEST_F(entity_host_test, stop_answers_queued_messages_and_lets_the_running_one_finish) {
+TEST_P(entity_host_test, stop_answers_queued_messages_and_lets_the_running_one_finish) {
   make_host();
   const auto running = send("Probe", "stopping", "Sleep", {{"ms", 20}});
   const auto queued = send("Probe", "stopping", "Echo", {{"text", "x"}});
@@ -206,22 +218,33 @@ TEST_F(entity_host_test, stop_answers_queued_messages_and_lets_the_running_one_f
   EXPECT_EQ((*refused)->code, errc::shutting_down);
 }
 
-TEST_F(entity_host_test, answers_a_clear_defect_when_an_activation_fails) {
+TEST_P(entity_host_test, answers_a_clear_defect_when_an_activation_fails) {
   make_host();
   const auto touched = send("Fragile", "f1", "Touch");
-  ASSERT_TRUE(touched->answered());  // refused at once: no instance to queue for
+  // In the runner the refusal is at once (no instance to queue for); a plugin's process
+  // reports it with the first message.
+  if (isolated()) {
+    ASSERT_TRUE(wait(touched));
+  }
+  ASSERT_TRUE(touched->answered());
   EXPECT_EQ((*touched)->code, errc::defect);
   EXPECT_EQ((*touched)->message,
             "activation of Fragile/f1 failed in its constructor: activation failed: cannot "
             "activate");
-  EXPECT_EQ(host->activations(), 0u);
-  EXPECT_EQ(host->active_entities(), 0u);
+  if (!isolated()) {
+    EXPECT_EQ(host->activations(), 0u);
+    EXPECT_EQ(host->active_entities(), 0u);
+  }
+  // The next message tries the constructor again, and fails the same way.
+  const auto again = send("Fragile", "f1", "Touch");
+  ASSERT_TRUE(wait(again));
+  EXPECT_EQ((*again)->message, (*touched)->message);
   const auto echo = send("Probe", "p1", "Echo", {{"text", "fine"}});
   ASSERT_TRUE(wait(echo));
   EXPECT_TRUE((*echo)->ok());
 }
 
-TEST_F(entity_host_test, gives_a_constructor_that_takes_the_context_a_working_one) {
+TEST_P(entity_host_test, gives_a_constructor_that_takes_the_context_a_working_one) {
   make_host();
   cluster::testing::log_capture log;
   const auto before = unix_ms();
@@ -233,21 +256,30 @@ TEST_F(entity_host_test, gives_a_constructor_that_takes_the_context_a_working_on
   EXPECT_EQ(reply["created_in_shard"], 7);
   EXPECT_GE(reply["created_at_ms"].get<std::int64_t>(), before);
   EXPECT_LE(reply["created_at_ms"].get<std::int64_t>(), unix_ms());
-  EXPECT_NE(log.text().find("Chatty/c1: activating c1 in group default"), std::string::npos)
-      << log.text();
+  // A plugin's process logs to its own stderr (the runner's log), not through this logger.
+  if (!isolated()) {
+    EXPECT_NE(log.text().find("Chatty/c1: activating c1 in group default"), std::string::npos)
+        << log.text();
+  }
 }
 
-TEST_F(entity_host_test, refuses_a_call_from_a_constructor_later_and_without_crashing) {
+TEST_P(entity_host_test, refuses_a_call_from_a_constructor_later_and_without_crashing) {
   std::size_t outbound = 0;
   make_host({}, [&outbound](request_msg, entity_host::reply_callback done) {
     ++outbound;
     done(reply_msg::failure(errc::unavailable, "no router in this test"));
   });
   const auto first = send("EagerCaller", "e", "Report");  // activates: create calls out
-  ASSERT_TRUE(first->answered());                         // Report replies synchronously
+  if (isolated()) {
+    ASSERT_TRUE(wait(first));
+  }
+  ASSERT_TRUE(first->answered());        // Report replies synchronously
   EXPECT_EQ((*first)->error, "NotYet");  // the refusal did not run inside `call` or `create`
   io.poll();                             // runs what is ready: the posted refusal
   const auto report = send("EagerCaller", "e", "Report");
+  if (isolated()) {
+    ASSERT_TRUE(wait(report));
+  }
   ASSERT_TRUE(report->answered());
   EXPECT_EQ((*report)->error, "Later");
   EXPECT_EQ((*report)->message,
@@ -256,7 +288,7 @@ TEST_F(entity_host_test, refuses_a_call_from_a_constructor_later_and_without_cra
   EXPECT_EQ(outbound, 0u);  // nothing left the runner
 }
 
-TEST_F(entity_host_test, dispatches_two_types_on_one_class_to_their_own_handlers) {
+TEST_P(entity_host_test, dispatches_two_types_on_one_class_to_their_own_handlers) {
   make_host();
   const auto left = send("LeftTwin", "t", "Who");
   const auto right = send("RightTwin", "t", "Who");
@@ -273,7 +305,7 @@ TEST_F(entity_host_test, dispatches_two_types_on_one_class_to_their_own_handlers
   EXPECT_EQ(reply_json(**extra)["handler"], "extra");
 }
 
-TEST_F(entity_host_test, runs_a_plugin_built_against_an_older_minor_with_the_defaults) {
+TEST_P(entity_host_test, runs_a_plugin_built_against_an_older_minor_with_the_defaults) {
   make_host();
   const auto ping = send("Elder", "e", "Ping");
   ASSERT_TRUE(wait(ping));
@@ -282,7 +314,7 @@ TEST_F(entity_host_test, runs_a_plugin_built_against_an_older_minor_with_the_def
   EXPECT_EQ(host->activations(), 1u);
 }
 
-TEST_F(entity_host_test, sends_a_handlers_call_out_and_resumes_it_with_the_reply) {
+TEST_P(entity_host_test, sends_a_handlers_call_out_and_resumes_it_with_the_reply) {
   std::vector<request_msg> outbound;
   make_host({}, [&outbound](request_msg request, entity_host::reply_callback done) {
     outbound.push_back(request);
@@ -296,6 +328,90 @@ TEST_F(entity_host_test, sends_a_handlers_call_out_and_resumes_it_with_the_reply
   EXPECT_EQ(outbound[0].rpc, "Echo");
   ASSERT_TRUE((*relayed)->ok()) << (*relayed)->message;
   EXPECT_EQ(reply_json(**relayed)["text"], "from afar");
+}
+
+INSTANTIATE_TEST_SUITE_P(isolation, entity_host_test, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& mode) {
+                           return mode.param ? "process" : "none";
+                         });
+
+/// What only a plugin in its own process survives: the faulty plugin's crashes.
+class crashing_plugin_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    isolation_options options;
+    options.plugin_host = std::string(CLUSTER_BIN_DIR) + "/cluster-plugin-host";
+    options.handler_timeout = milliseconds(300);
+    registry.isolate(io, options);
+    registry.on_instances_lost = [this](const std::vector<std::string>& types) {
+      host->instances_lost(types);
+    };
+    ASSERT_TRUE(registry.load_file(CLUSTER_FAULTY_PLUGIN));
+    ASSERT_TRUE(registry.load_file(test_plugin("probe_plugin")));
+    host = std::make_unique<entity_host>(io, entity_host_options{}, [](request_msg, auto done) {
+      done(reply_msg::failure(errc::unavailable, "no router in this test"));
+    });
+  }
+  std::shared_ptr<std::optional<reply_msg>> send(const std::string& type_name,
+                                                 const std::string& id, const std::string& rpc,
+                                                 const nlohmann::json& payload) {
+    const auto* type = registry.find(type_name);
+    auto slot = std::make_shared<std::optional<reply_msg>>();
+    host->deliver(entity_address{type, id, 1}, *type->rpc_index(rpc),
+                  make_request(type_name, id, rpc, payload), steady_clock::now() + seconds(10),
+                  [slot](reply_msg&& reply) { *slot = std::move(reply); });
+    return slot;
+  }
+  bool wait(const std::shared_ptr<std::optional<reply_msg>>& slot) {
+    return run_until(io, [&] { return slot->has_value(); });
+  }
+  using seconds = std::chrono::seconds;
+
+  asio::io_context io;
+  entity_registry registry;
+  std::unique_ptr<entity_host> host;
+};
+
+TEST_F(crashing_plugin_test, a_crash_cuts_short_what_ran_in_the_process_and_keeps_the_queue) {
+  const auto warm = send("Faulty", "a", "Who", nlohmann::json::object());
+  ASSERT_TRUE(wait(warm));
+  const auto first_pid = reply_json(**warm)["pid"].get<long>();
+  const auto crash = send("Faulty", "a", "CrashVolatile", {{"mode", "segfault"}});
+  const auto queued = send("Faulty", "a", "Who", nlohmann::json::object());  // waits its turn
+  const auto other_plugin = send("Probe", "p", "Echo", {{"text", "unaffected"}});
+  ASSERT_TRUE(wait(crash));
+  EXPECT_EQ((*crash)->code, errc::defect);
+  EXPECT_TRUE((*crash)->attempt_cut_short());
+  EXPECT_EQ((*crash)->message,
+            "plugin libfaulty.so crashed: SIGSEGV while running Faulty/a CrashVolatile");
+  // The queued message ran in the next process, in a new activation of the same entity.
+  ASSERT_TRUE(wait(queued));
+  ASSERT_TRUE((*queued)->ok()) << (*queued)->message;
+  EXPECT_NE(reply_json(**queued)["pid"].get<long>(), first_pid);
+  EXPECT_EQ(reply_json(**queued)["seen"], 1);
+  ASSERT_TRUE(wait(other_plugin));
+  EXPECT_TRUE((*other_plugin)->ok());
+  EXPECT_EQ(registry.find("Faulty")->process->restarts(), 1u);
+  EXPECT_EQ(registry.find("Probe")->process->restarts(), 0u);
+}
+
+TEST_F(crashing_plugin_test, a_handler_past_the_timeout_is_killed_and_named) {
+  const auto loop = send("Faulty", "l", "CrashVolatile", {{"mode", "loop"}});
+  ASSERT_TRUE(wait(loop));
+  EXPECT_TRUE((*loop)->attempt_cut_short());
+  EXPECT_EQ((*loop)->message,
+            "plugin libfaulty.so killed: Faulty/l CrashVolatile ran past "
+            "runner.handler_timeout_ms (300 ms)");
+  const auto after = send("Faulty", "l", "CrashVolatile", {{"mode", "ok"}});
+  ASSERT_TRUE(wait(after));
+  EXPECT_TRUE((*after)->ok()) << (*after)->message;
+}
+
+TEST_F(crashing_plugin_test, refuses_a_plugin_the_host_cannot_load_with_its_reason) {
+  const auto refused = registry.load_file(test_plugin("wrong_abi_plugin"));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("ABI major version"), std::string::npos)
+      << refused.error().message;
 }
 
 }  // namespace

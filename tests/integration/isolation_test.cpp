@@ -5,6 +5,8 @@
 // other entity keeps answering, and the plugin's next process serves its entities again.
 #include <signal.h>
 
+#include <fstream>
+
 #include "process_cluster.hpp"
 
 namespace cluster::testing {
@@ -14,11 +16,11 @@ using namespace std::chrono_literals;
 
 class isolation : public process_cluster_test {
  protected:
-  void start_cluster(std::vector<std::string> runner_settings) {
+  void start_cluster(std::vector<std::string> runner_settings, const char* mode = "process") {
     start_manager();
     std::vector<std::string> args = {
         "--set", "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR) + "," + CLUSTER_FAULTY_PLUGIN,
-        "--set", "runner.isolation=process",
+        "--set", std::string("runner.isolation=") + mode,
         "--set", std::string("runner.plugin_host=") + CLUSTER_BIN_DIR + "/cluster-plugin-host"};
     for (auto& setting : runner_settings) {
       args.push_back("--set");
@@ -118,6 +120,21 @@ TEST_F(isolation, requests_in_flight_in_a_crashed_process_fail_and_the_rest_are_
   EXPECT_EQ(other.load(), 0);
   EXPECT_GT(answered.load(), 0);
   EXPECT_TRUE(slots.at("runner-1")->running());
+}
+
+TEST_F(isolation, without_isolation_a_handler_past_its_time_ends_the_runner_and_says_why) {
+  start_cluster({"runner.handler_timeout_ms=500"}, "none");
+  EXPECT_EQ(plugin_pid("w"), runner_pid);  // the plugin runs in the runner
+  const auto reply = call("Faulty stuck CrashVolatile '{\"mode\":\"loop\"}'");
+  // Nothing could stop the handler but the end of its process: the runner's own.
+  const auto status = slots.at("runner-1")->stop(0, std::chrono::seconds(20));
+  ASSERT_TRUE(status.has_value()) << "the runner still runs";
+  EXPECT_EQ(*status, 128 + SIGABRT);
+  std::ifstream log(dir / "runner-1.log");
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("Faulty/stuck CrashVolatile ran past runner.handler_timeout_ms (500 ms)"),
+            std::string::npos)
+      << text;
 }
 
 }  // namespace

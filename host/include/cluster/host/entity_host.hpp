@@ -105,6 +105,8 @@ class entity_host {
   /// Creates the plugin's instance of `s`; false (and the reason in `why`) when the
   /// constructor failed.
   bool activate(const slot_key& key, slot& s, std::string& why);
+  /// A constructor run in a plugin's process failed: the next message activates again.
+  void activation_failed(const slot_key& key);
   void finish(invocation* call, reply_msg&& reply);
   void passivate(std::map<slot_key, slot>::iterator it);
   awaitable<void> sweep_loop();

@@ -33,6 +33,10 @@ namespace cluster::host {
 /// The host-side status a crashed child's requests are answered with: never seen by a
 /// plugin (the runner's entity host turns it into reply_msg::crashed).
 inline constexpr std::int32_t host_status_crashed = 1000;
+/// The host-side status of a request whose entity's constructor failed in the child: the
+/// entity host answers Defect and activates the entity again for its next message, as it
+/// does for a constructor that fails in the runner.
+inline constexpr std::int32_t host_status_activation_failed = 1001;
 
 struct isolation_options {
   std::string plugin_host;       ///< the cluster-plugin-host executable
