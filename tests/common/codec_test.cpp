@@ -94,17 +94,17 @@ struct request_with_integer_entity_type {
 }  // namespace
 
 TEST(codec, marks_an_attempt_cut_short_by_error_details_callers_can_read) {
-  const auto crashed = reply_msg::crashed("plugin libx.so crashed: SIGSEGV");
+  const auto crashed = cluster::reply_msg::crashed("plugin libx.so crashed: SIGSEGV");
   EXPECT_EQ(crashed.code, errc::defect);
   EXPECT_EQ(crashed.error, "Defect");  // callers see a plain Defect
   EXPECT_TRUE(crashed.attempt_cut_short());
-  const auto details = unpack_bytes<std::map<std::string, bool>>(crashed.payload);
+  const auto details = cluster::unpack_bytes<std::map<std::string, bool>>(crashed.payload);
   ASSERT_TRUE(details);
   EXPECT_EQ(details.value(), (std::map<std::string, bool>{{"cut_short", true}}));
   // It survives the wire; a handler's own Defect is not cut short.
   const auto back = round_trip(message_kind::reply, 1, crashed);
   EXPECT_TRUE(back.attempt_cut_short());
-  EXPECT_FALSE(reply_msg::failure(errc::defect, "threw").attempt_cut_short());
+  EXPECT_FALSE(cluster::reply_msg::failure(errc::defect, "threw").attempt_cut_short());
 }
 
 TEST(codec, round_trips_a_hello) {

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-namespace bench {
+namespace cluster::bench {
 
 /// Parent and CPU ticks (utime + stime) of one process from /proc/PID/stat.
 struct proc_sample {
@@ -61,4 +61,4 @@ inline double cpu_seconds(const std::vector<long>& roots) {
   return static_cast<double>(ticks) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
-}  // namespace bench
+}  // namespace cluster::bench
