@@ -17,6 +17,8 @@ constexpr milliseconds lock_retry_interval{100};
 // While the storage is away, retries start at this and double up to the bound.
 constexpr milliseconds first_backoff{100};
 constexpr milliseconds max_backoff{2000};
+// A message whose attempt was cut short runs again after this, doubling per attempt.
+constexpr milliseconds retry_first_backoff{100};
 // Waiters ask the store for a reply no more often than this (at most once per
 // poll_interval each, however small the setting).
 constexpr milliseconds min_poll_interval{100};
@@ -136,6 +138,9 @@ persisted_messages::persisted_messages(asio::io_context& io, std::unique_ptr<mes
     if (waiters_.count(id) && !running_.count(id)) fetch_replies({id});
   };
   store_->on_locks_lost = [this] { locks_lost(); };
+  store_->on_requeued = [this](const std::string& group, std::int32_t shard, std::int64_t id) {
+    requeued(group, shard, id);
+  };
   entities_.on_shard_passivated = [this](const std::string& group, std::int32_t shard) {
     shard_passivated(group, shard);
   };
@@ -159,6 +164,8 @@ void persisted_messages::stop() {
   waiters_due_.cancel();
   purge_due_.cancel();
   scheduled_.clear();  // their messages stay stored: the shard's next holder replays them
+  alone_.clear();
+  alone_running_.clear();
   // Retriable: the caller's retry (same primary key) finds the message at its next owner.
   auto waiting = std::move(waiters_);
   waiters_.clear();
@@ -416,38 +423,176 @@ void persisted_messages::locks_lost() {
 // --- messages --------------------------------------------------------------------------
 
 void persisted_messages::replay(const shard_key& shard, std::int64_t after, std::size_t replayed) {
-  store_->unprocessed(shard.first, shard.second, after,
-                      [this, shard, replayed,
-                       epoch = lock_epoch_](result<std::vector<persisted_message>> read) mutable {
-                        if (stopped_ || epoch != lock_epoch_) return;
-                        auto it = shards_.find(shard);
-                        // Released, moved or lost meanwhile: whoever holds the lock next replays.
-                        if (it == shards_.end() || it->second != shard_state::replaying) return;
-                        if (!read) {
-                          spdlog::warn("replay of shard {}/{} failed ({}); retrying", shard.first,
-                                       shard.second, read.error().message);
-                          enter(it, shard_state::replay_failed);
-                          schedule_retry(storage_backoff());
-                          return;
-                        }
-                        auto& batch = read.value();
-                        const std::size_t count = batch.size();
-                        std::int64_t last = 0;
-                        for (auto& message : batch) {
-                          last = message.id;
-                          if (running_.count(message.id)) continue;
-                          run(std::move(message));
-                          ++replayed;
-                        }
-                        if (count >= settings_.batch_size) {
-                          replay(shard, last, replayed);
-                        } else {
-                          enter(it, shard_state::serving);
-                          if (replayed > 0)
-                            spdlog::info("replayed {} stored messages of shard {}/{}", replayed,
-                                         shard.first, shard.second);
-                        }
-                      });
+  store_->unprocessed(
+      shard.first, shard.second, after,
+      [this, shard, replayed,
+       epoch = lock_epoch_](result<std::vector<persisted_message>> read) mutable {
+        if (stopped_ || epoch != lock_epoch_) return;
+        auto it = shards_.find(shard);
+        // Released, moved or lost meanwhile: whoever holds the lock next replays.
+        if (it == shards_.end() || it->second != shard_state::replaying) return;
+        if (!read) {
+          spdlog::warn("replay of shard {}/{} failed ({}); retrying", shard.first, shard.second,
+                       read.error().message);
+          enter(it, shard_state::replay_failed);
+          schedule_retry(storage_backoff());
+          return;
+        }
+        auto& batch = read.value();
+        const std::size_t count = batch.size();
+        std::int64_t last = 0;
+        alone_run alone;
+        // Entities with a suspect queued: their later messages queue behind it (entity order).
+        std::set<std::pair<std::string_view, std::string_view>> held_back;
+        for (auto& message : batch) {
+          last = message.id;
+          if (running_.count(message.id)) continue;
+          ++replayed;
+          if (message.suspect ||
+              held_back.count({message.request.entity_type, message.request.entity_id})) {
+            alone.queue.push_back(std::move(message));
+            const auto& queued = alone.queue.back().request;  // deques keep elements in place
+            held_back.insert({queued.entity_type, queued.entity_id});
+            continue;
+          }
+          run(std::move(message));
+        }
+        const bool more = count >= settings_.batch_size;
+        if (alone.queue.empty()) return replay_next(it, more, last, replayed);
+        spdlog::warn(
+            "shard {}/{}: {} stored messages were cut short before; running them one at a time",
+            shard.first, shard.second, alone.queue.size());
+        alone.generation = ++alone_generation_;
+        alone.more = more;
+        alone.last = last;
+        alone.replayed = replayed;
+        alone_.insert_or_assign(shard, std::move(alone));
+        run_next_alone(shard);
+      });
+}
+
+void persisted_messages::replay_next(shard_map::iterator it, bool more, std::int64_t last,
+                                     std::size_t replayed) {
+  if (more) return replay(it->first, last, replayed);
+  enter(it, shard_state::serving);
+  if (replayed > 0)
+    spdlog::info("replayed {} stored messages of shard {}/{}", replayed, it->first.first,
+                 it->first.second);
+}
+
+void persisted_messages::run_next_alone(const shard_key& shard) {
+  auto found = alone_.find(shard);
+  if (found == alone_.end()) return;
+  auto it = shards_.find(shard);
+  if (stopped_ || it == shards_.end() || it->second != shard_state::replaying) {
+    alone_.erase(found);  // whoever replays the shard next reads these again
+    return;
+  }
+  auto& alone = found->second;
+  while (!alone.queue.empty()) {
+    auto message = std::move(alone.queue.front());
+    alone.queue.pop_front();
+    if (running_.count(message.id)) continue;
+    const bool due = !message.request.deliver_at_ms || *message.request.deliver_at_ms <= unix_ms();
+    if (!message.suspect) {
+      if (!due) {  // its time orders it anyway
+        run(std::move(message));
+        continue;
+      }
+      alone_running_[message.id] = {shard, alone.generation};
+      run(std::move(message));
+      return;
+    }
+    const auto id = message.id;
+    running_.insert(id);  // not replayed twice meanwhile
+    alone_running_[id] = {shard, alone.generation};
+    store_->next_attempt(
+        id, std::nullopt, [this, id, epoch = lock_epoch_](result<attempt_outcome> next) mutable {
+          if (stopped_) return;
+          if (epoch != lock_epoch_ || !next) {
+            if (!next)
+              spdlog::warn("message {} not counted ({}); left to a replay", id,
+                           next.error().message);
+            running_.erase(id);
+            alone_running_.erase(id);
+            return;
+          }
+          auto& outcome = next.value();
+          if (outcome.rerun) {
+            run(std::move(*outcome.rerun));
+            return;
+          }
+          running_.erase(id);
+          if (outcome.dead_lettered) {
+            spdlog::warn("message {} dead-lettered: {}", id, outcome.dead_lettered->message);
+            answer(id, *outcome.dead_lettered);
+          } else if (waiters_.count(id)) {
+            fetch_replies({id});
+          }
+          message_done(id);
+        });
+    return;
+  }
+  const bool more = alone.more;
+  const auto last = alone.last;
+  const auto replayed = alone.replayed;
+  alone_.erase(found);
+  replay_next(it, more, last, replayed);
+}
+
+void persisted_messages::message_done(std::int64_t id) {
+  if (alone_running_.empty()) return;  // the common case: nothing runs alone
+  auto it = alone_running_.find(id);
+  if (it == alone_running_.end()) return;
+  const auto [shard, generation] = std::move(it->second);
+  alone_running_.erase(it);
+  auto queue = alone_.find(shard);
+  if (queue != alone_.end() && queue->second.generation == generation) run_next_alone(shard);
+}
+
+void persisted_messages::cut_short(std::int64_t id, std::string why) {
+  store_->next_attempt(id, std::move(why), [this, id](result<attempt_outcome> next) mutable {
+    if (stopped_) return;
+    if (!next) {
+      spdlog::warn("attempt of message {} cut short and not counted ({}); left to a replay", id,
+                   next.error().message);
+      running_.erase(id);
+      message_done(id);
+      return;
+    }
+    auto& outcome = next.value();
+    if (outcome.rerun) {
+      // The plugin's process restarts meanwhile: 100 ms, doubling with every attempt.
+      const int doublings = std::clamp(outcome.rerun->attempts - 2, 0, 5);
+      run(std::move(*outcome.rerun), retry_first_backoff * (1 << doublings));
+      return;
+    }
+    running_.erase(id);
+    if (outcome.dead_lettered) {
+      spdlog::warn("message {} dead-lettered: {}", id, outcome.dead_lettered->message);
+      answer(id, *outcome.dead_lettered);
+    } else if (waiters_.count(id)) {
+      fetch_replies({id});
+    }
+    message_done(id);
+  });
+}
+
+void persisted_messages::requeued(const std::string& group, std::int32_t shard, std::int64_t id) {
+  if (stopped_ || running_.count(id) || !runs_here(group, shard)) return;
+  running_.insert(id);
+  store_->next_attempt(id, std::nullopt,
+                       [this, id, epoch = lock_epoch_](result<attempt_outcome> next) mutable {
+                         if (stopped_) return;
+                         if (epoch == lock_epoch_ && next && next.value().rerun) {
+                           spdlog::info("running replayed dead letter {}", id);
+                           run(std::move(*next.value().rerun));
+                           return;
+                         }
+                         running_.erase(id);
+                         if (next && next.value().dead_lettered)
+                           answer(id, *next.value().dead_lettered);
+                       });
 }
 
 void persisted_messages::submit(const entity_address& address, std::uint32_t rpc_index,
@@ -465,6 +610,8 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
     request.primary_key = generated_request_key();
   request.persisted = true;
   message.request = std::move(request);
+  // Counted at insert when it runs right after it is stored; a replay counts the others.
+  message.attempts = state(message.group, message.shard) == shard_state::serving ? 1 : 0;
   (void)rpc_index;
   store_->persist(message, [this, message, deadline, done = std::move(done),
                             epoch = lock_epoch_](result<persist_outcome> stored) mutable {
@@ -500,7 +647,7 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
   });
 }
 
-void persisted_messages::run(persisted_message message) {
+void persisted_messages::run(persisted_message message, milliseconds backoff) {
   const entity_type* type = registry_.find(message.request.entity_type);
   const std::int64_t id = message.id;
   running_.insert(id);
@@ -516,7 +663,9 @@ void persisted_messages::run(persisted_message message) {
   }
   entity_address address{type, message.request.entity_id, message.shard};
   const auto rpc_index = *type->rpc_index(message.request.rpc);
-  const auto delay = message.request.deliver_at_ms ? *message.request.deliver_at_ms - unix_ms() : 0;
+  const auto delay = std::max<std::int64_t>(
+      message.request.deliver_at_ms ? *message.request.deliver_at_ms - unix_ms() : 0,
+      backoff.count());
   std::optional<shard_key> scheduled;  // deliver-at: the shard to check when the time comes
   if (delay > 0) scheduled = shard;
   auto deliver = [this, address = std::move(address), rpc_index, id, shard = std::move(shard),
@@ -543,6 +692,7 @@ void persisted_messages::run(persisted_message message) {
     if (stopped_ || epoch != lock_epoch_ || !runs_here(shard.first, shard.second)) {
       // The shard moved or its lock was lost meanwhile: its next holder replays the message.
       running_.erase(id);
+      message_done(id);
       return;
     }
     deliver();
@@ -551,6 +701,13 @@ void persisted_messages::run(persisted_message message) {
 
 void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_msg&& reply,
                                 gate::holder hold) {
+  if (reply.attempt_cut_short()) {
+    // Not its reply: the plugin's process died under it. Its callers keep waiting.
+    spdlog::warn("message {} ({}/{}): {}; counting the attempt", id, shard.first, shard.second,
+                 reply.message);
+    if (!stopped_) cut_short(id, std::move(reply.message));
+    return;  // `hold` ends here: a graceful stop need not wait out the backoff
+  }
   ++storing_;
   // Callers wait where the shard is served: here, unless it moved away while this ran (a
   // retry may then wait at the new owner). A move this runner has not heard of yet leaves
@@ -565,6 +722,7 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
                                     stored.error().message);
                      answer(id, reply);
                      hold.release();
+                     message_done(id);
                    });
 }
 

@@ -99,6 +99,21 @@ class session_store final : public message_store {
     if (!storage_.reachable) return fail(std::move(done));
     storage_.backend->unprocessed(std::move(group), shard, after, guard(std::move(done)));
   }
+  void next_attempt(std::int64_t id, std::optional<std::string> failure,
+                    attempt_done done) override {
+    ++attempts_counted;
+    if (!storage_.reachable) return fail(std::move(done));
+    storage_.backend->next_attempt(
+        id, std::move(failure),
+        guard(attempt_done([this, id, done = std::move(done)](result<attempt_outcome> next) {
+          const bool dead = next.has_value() && next.value().dead_lettered.has_value();
+          done(std::move(next));
+          // A dead letter's reply is announced like a stored one.
+          if (dead)
+            for (auto* session : storage_.sessions)
+              if (session->on_reply) session->on_reply(id);
+        })));
+  }
   void acquire(std::string group, std::vector<std::int32_t> shards, acquire_done done) override {
     ++acquires;
     if (!storage_.reachable) return fail(std::move(done));
@@ -138,6 +153,7 @@ class session_store final : public message_store {
   int acquires = 0;
   int reads = 0;
   int reply_reads = 0;
+  int attempts_counted = 0;
 
  private:
   void drop_locks() {
@@ -350,6 +366,68 @@ TEST_F(persisted_messages_test, replays_stored_messages_in_id_order_before_new_o
   EXPECT_EQ(log_of(reply), (std::vector<std::string>{"old:1", "old:2", "old:3", "new:4"}));
   EXPECT_TRUE(wait_for_state(node, shard_of("carol"), shard_state::serving));
   EXPECT_EQ(node.store->reads, 3);  // 2 + 2 + none left
+}
+
+TEST_F(persisted_messages_test, dead_letters_a_message_cut_short_max_attempts_times) {
+  // Three runners died while running it: two replays counted, the third attempt was counted
+  // by next_attempt before it ran alone (what a crashing message goes through).
+  const auto shard = shard_of("erin");
+  std::string frank = "frank";  // another entity of the same shard
+  for (int n = 0; shard_of(frank) != shard; ++n) frank = "frank-" + std::to_string(n);
+  const auto poison = store_directly("erin", "poison", 1, "k1");
+  store_directly(frank, "innocent", 2, "k2");
+  for (int replay = 0; replay < 2; ++replay) {
+    std::optional<bool> read;
+    storage().backend->unprocessed(
+        "default", shard, 0,
+        [&](result<std::vector<persisted_message>> r) { read = r.has_value(); });
+    ASSERT_TRUE(step_until(io, [&] { return read.has_value(); }));
+  }
+  std::optional<bool> counted;
+  storage().backend->next_attempt(poison, std::nullopt,
+                                  [&](result<attempt_outcome> r) { counted = r.has_value(); });
+  ASSERT_TRUE(step_until(io, [&] { return counted.has_value(); }));
+
+  auto& node = add_runner();
+  const auto waiting = append(node, "erin", "poison", 1, "k1");  // a retry of its caller
+  node.persisted->set_wanted(only(shard));
+  const auto reply = wait_reply(waiting);
+  EXPECT_EQ(reply.code, errc::defect);
+  EXPECT_EQ(reply.message, "dead-lettered after 3 attempts: the runner running it stopped");
+  // The shard goes on: the innocent message, a suspect too, runs alone and is answered.
+  const auto innocent = wait_reply(append(node, frank, "innocent", 2, "k2"));
+  ASSERT_TRUE(innocent.ok()) << innocent.message;
+  EXPECT_EQ(log_of(innocent), (std::vector<std::string>{"innocent:2"}));
+  EXPECT_TRUE(wait_for_state(node, shard, shard_state::serving));
+  const auto later = wait_reply(append(node, "erin", "after", 3, "k3"));
+  ASSERT_TRUE(later.ok()) << later.message;
+  EXPECT_EQ(log_of(later), (std::vector<std::string>{"after:3"})) << "the poison never ran";
+  // Every later caller with its key gets the dead letter's reply.
+  EXPECT_EQ(wait_reply(append(node, "erin", "poison", 1, "k1")).message, reply.message);
+}
+
+TEST_F(persisted_messages_test,
+       runs_suspects_alone_in_id_order_with_their_entity_s_later_messages) {
+  // Two messages cut short twice each (suspects) and a fresh message of the first's entity.
+  settings.batch_size = 10;
+  store_directly("gina", "s", 1, "k1");
+  store_directly("gina", "s", 2, "k2");
+  const auto shard = shard_of("gina");
+  for (int replay = 0; replay < 2; ++replay) {
+    std::optional<bool> read;
+    storage().backend->unprocessed(
+        "default", shard, 0,
+        [&](result<std::vector<persisted_message>> r) { read = r.has_value(); });
+    ASSERT_TRUE(step_until(io, [&] { return read.has_value(); }));
+  }
+  store_directly("gina", "s", 3, "k3");
+  auto& node = add_runner();
+  node.persisted->set_wanted(only(shard));
+  ASSERT_TRUE(wait_for_state(node, shard, shard_state::serving));
+  EXPECT_EQ(node.store->attempts_counted, 2) << "each suspect is counted before it runs";
+  const auto reply = wait_reply(append(node, "gina", "new", 4, "k4"));
+  ASSERT_TRUE(reply.ok()) << reply.message;
+  EXPECT_EQ(log_of(reply), (std::vector<std::string>{"s:1", "s:2", "s:3", "new:4"}));
 }
 
 TEST_F(persisted_messages_test, hands_a_moved_shard_over_once_its_entities_are_passivated) {

@@ -130,6 +130,61 @@ TEST_F(memory_store, completes_through_the_io_context_never_inside_the_call) {
   EXPECT_EQ(announced, (std::vector<std::int64_t>{1}));  // every stored reply, in one process
 }
 
+TEST_F(memory_store, counts_attempts_by_replay_reads_and_leaves_suspects_to_next_attempt) {
+  const auto id = persist(message_for("a", "k1")).id;  // attempts 0: a replay will read it
+  EXPECT_EQ(unprocessed(7, 0).at(0).attempts, 1);      // the read counts the attempt
+  auto again = unprocessed(7, 0).at(0);                // a second crash, a second replay
+  EXPECT_EQ(again.attempts, 2);
+  EXPECT_FALSE(again.suspect);
+  auto third = unprocessed(7, 0).at(0);  // cut short twice: not counted, run alone
+  EXPECT_EQ(third.attempts, 2);
+  EXPECT_TRUE(third.suspect);
+
+  std::optional<result<attempt_outcome>> next;
+  store->next_attempt(id, std::string("boom"), [&](result<attempt_outcome> r) { next = r; });
+  ASSERT_TRUE(run_until(io, [&] { return next.has_value(); }));
+  ASSERT_TRUE(next->has_value());
+  ASSERT_TRUE(next->value().rerun.has_value());
+  EXPECT_EQ(next->value().rerun->attempts, 3);
+  EXPECT_EQ(next->value().rerun->request.entity_id, "a");
+
+  // The third attempt was cut short too: dead-lettered, with the last failure in its reply.
+  std::optional<std::int64_t> announced;
+  store->on_reply = [&](std::int64_t reply_id) { announced = reply_id; };
+  next.reset();
+  store->next_attempt(id, std::string("boom again"), [&](result<attempt_outcome> r) { next = r; });
+  ASSERT_TRUE(run_until(io, [&] { return next.has_value() && announced.has_value(); }));
+  ASSERT_TRUE(next->value().dead_lettered.has_value());
+  EXPECT_EQ(next->value().dead_lettered->code, errc::defect);
+  EXPECT_EQ(next->value().dead_lettered->message, "dead-lettered after 3 attempts: boom again");
+  EXPECT_EQ(*announced, id);
+  EXPECT_TRUE(unprocessed(7, 0).empty());
+  // A later caller with the same key gets the stored error reply.
+  const auto duplicate = persist(message_for("a", "k1"));
+  ASSERT_TRUE(duplicate.reply.has_value());
+  EXPECT_EQ(duplicate.reply->message, "dead-lettered after 3 attempts: boom again");
+
+  // Not pending any more: nothing to count, nothing to dead-letter.
+  next.reset();
+  store->next_attempt(id, std::nullopt, [&](result<attempt_outcome> r) { next = r; });
+  ASSERT_TRUE(run_until(io, [&] { return next.has_value(); }));
+  EXPECT_FALSE(next->value().rerun || next->value().dead_lettered);
+}
+
+TEST_F(memory_store, does_not_count_a_scheduled_message_before_its_time) {
+  auto later = message_for("a", "k1");
+  later.request.deliver_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count() +
+                                3600 * 1000;
+  persist(later);
+  for (int read = 0; read < 4; ++read) {
+    const auto listed = unprocessed(7, 0).at(0);
+    EXPECT_EQ(listed.attempts, 0);
+    EXPECT_FALSE(listed.suspect);
+  }
+}
+
 TEST(memory_store_death, refuses_a_message_without_a_primary_key) {
   asio::io_context io;
   auto store = make_memory_message_store(io);

@@ -35,7 +35,8 @@ void common_settings::declare_storage(std::vector<config_section>& sections) {
       .key("table_prefix", &storage.table_prefix)
       .key("poll_interval_ms", &storage.poll_interval)
       .key("retention_ms", &storage.retention)
-      .key("batch_size", &storage.batch_size);
+      .key("batch_size", &storage.batch_size)
+      .key("max_attempts", &storage.max_attempts);
 }
 
 result<std::vector<std::string>> sst_link_settings(

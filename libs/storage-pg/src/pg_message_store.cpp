@@ -3,12 +3,14 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <charconv>
+#include <optional>
 #include <tuple>
 
 #include "cluster/protocol/validate.hpp"
@@ -36,6 +38,25 @@ std::vector<std::int64_t> parse_id_array(std::string_view text) {
     at = next + 1;  // past the comma
   }
   return ids;
+}
+
+// The payload of a requeued notification (see pg_dead_letter_store): "shard:id:group".
+struct requeued_message {
+  std::int32_t shard = 0;
+  std::int64_t id = 0;
+  std::string group;
+};
+
+std::optional<requeued_message> parse_requeued(std::string_view text) {
+  requeued_message out;
+  const char* at = text.data();
+  const char* end = text.data() + text.size();
+  auto [after_shard, ec1] = std::from_chars(at, end, out.shard);
+  if (ec1 != std::errc() || after_shard == end || *after_shard != ':') return std::nullopt;
+  auto [after_id, ec2] = std::from_chars(after_shard + 1, end, out.id);
+  if (ec2 != std::errc() || after_id == end || *after_id != ':') return std::nullopt;
+  out.group.assign(after_id + 1, end);
+  return out;
 }
 
 // What deduplicates a message: (entity type, entity id, primary key).
@@ -81,8 +102,8 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
         ON CONFLICT (entity_type, entity_id, primary_key) DO NOTHING
         RETURNING id, shard_group, shard, entity_type, entity_id, primary_key),
       queued AS (
-        INSERT INTO {p}_pending (id, shard_group, shard)
-        SELECT id, shard_group, shard FROM inserted)
+        INSERT INTO {p}_pending (id, shard_group, shard, attempts)
+        SELECT id, shard_group, shard, $9::int FROM inserted)
       SELECT id, entity_type, entity_id, primary_key FROM inserted)");
   // Stores the replies, takes their messages off the queue and, at commit, tells every
   // runner that LISTENs about those in $6: callers waiting there wake up.
@@ -102,18 +123,57 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
       FROM {p}_messages m LEFT JOIN {p}_replies r ON r.message_id = m.id
       WHERE (m.entity_type, m.entity_id, m.primary_key) IN
             (SELECT * FROM unnest($1::text[], $2::text[], $3::text[])))");
+  // Counts the attempt of each due message it returns in the same statement, so that a
+  // crash while it runs is counted; suspects ($5: see counted_by_replay) are left to
+  // next_attempt. The outer SELECT sees the rows as they were before the UPDATE.
   select_unprocessed_ = prepared("select_unprocessed", R"(
+      WITH batch AS (
+        SELECT q.id, q.attempts, (m.deliver_at IS NULL OR m.deliver_at <= now()) AS due
+        FROM {p}_pending q JOIN {p}_messages m ON m.id = q.id
+        WHERE q.shard_group = $1 AND q.shard = $2 AND q.id > $3
+        ORDER BY q.id LIMIT $4),
+      counted AS (
+        UPDATE {p}_pending q SET attempts = q.attempts + 1 FROM batch b
+        WHERE q.id = b.id AND b.due AND b.attempts < $5)
       SELECT m.id, m.entity_type, m.entity_id, m.rpc, m.primary_key, m.payload,
-             (extract(epoch FROM m.deliver_at) * 1000)::bigint
-      FROM {p}_pending q JOIN {p}_messages m ON m.id = q.id
-      WHERE q.shard_group = $1 AND q.shard = $2 AND q.id > $3
-      ORDER BY q.id LIMIT $4)");
+             (extract(epoch FROM m.deliver_at) * 1000)::bigint,
+             b.attempts + (b.due AND b.attempts < $5)::int, b.due AND b.attempts >= $5
+      FROM batch b JOIN {p}_messages m ON m.id = b.id
+      ORDER BY b.id)");
+  // One more attempt of a pending message that has not had them all ($3 = max_attempts).
+  count_attempt_ = prepared("count_attempt", R"(
+      WITH counted AS (
+        UPDATE {p}_pending SET attempts = attempts + 1, last_failure = coalesce($2, last_failure)
+        WHERE id = $1 AND attempts < $3
+        RETURNING id, attempts)
+      SELECT m.id, m.shard_group, m.shard, m.entity_type, m.entity_id, m.rpc, m.primary_key,
+             m.payload, (extract(epoch FROM m.deliver_at) * 1000)::bigint, c.attempts
+      FROM counted c JOIN {p}_messages m ON m.id = c.id)");
+  // Dead-letters a pending message in one statement (one transaction): its error reply
+  // ($4, $5: the Defect's code and tag), the dead letter, off the queue, and the same
+  // notification as a stored reply, so that waiting callers on every runner hear of it.
+  dead_letter_ = prepared("dead_letter", R"(
+      WITH gone AS (
+        DELETE FROM {p}_pending WHERE id = $1
+        RETURNING id, attempts, coalesce($2, last_failure, $3) AS why),
+      told AS (
+        SELECT id, attempts, why, 'dead-lettered after ' || attempts ||
+               CASE WHEN attempts = 1 THEN ' attempt: ' ELSE ' attempts: ' END || why AS told_text
+        FROM gone),
+      noted AS (
+        INSERT INTO {p}_dead_letters (message_id, attempts, last_failure)
+        SELECT id, attempts, why FROM told ON CONFLICT (message_id) DO NOTHING),
+      stored AS (
+        INSERT INTO {p}_replies (message_id, code, error, message, payload)
+        SELECT id, $4, $5, told_text, ''::bytea FROM told ON CONFLICT (message_id) DO NOTHING)
+      SELECT id, told_text, pg_notify('{p}_replies', '{' || id || '}') FROM told)");
   purge_processed_ = prepared("purge_processed", R"(
       WITH old AS (
         SELECT message_id FROM {p}_replies
         WHERE created_at < now() - make_interval(secs => $1::double precision / 1000)
         ORDER BY created_at LIMIT $2),
-      replies AS (DELETE FROM {p}_replies WHERE message_id IN (SELECT message_id FROM old))
+      replies AS (DELETE FROM {p}_replies WHERE message_id IN (SELECT message_id FROM old)),
+      dead AS (DELETE FROM {p}_dead_letters WHERE message_id IN (SELECT message_id FROM old))
       DELETE FROM {p}_messages WHERE id IN (SELECT message_id FROM old) RETURNING id)");
   select_replies_ = prepared("select_replies", R"(
       SELECT message_id, code, error, message, payload FROM {p}_replies
@@ -177,10 +237,13 @@ void pg_message_store::unprocessed(std::string group, std::int32_t shard, std::i
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(other_job{
       [this, group, shard, after, shared_done](pg::connection& conn) {
+        const auto counted_below =
+            std::min<std::uint32_t>(settings_.max_attempts, 2);  // see counted_by_replay
         auto rows = conn.exec(select_unprocessed_,
                               {pg::param::text(group), pg::param::text(std::to_string(shard)),
                                pg::param::text(std::to_string(after)),
-                               pg::param::text(std::to_string(settings_.batch_size))});
+                               pg::param::text(std::to_string(settings_.batch_size)),
+                               pg::param::text(std::to_string(counted_below))});
         std::vector<persisted_message> out;
         for (int r = 0; r < rows.rows(); ++r) {
           persisted_message m;
@@ -194,10 +257,53 @@ void pg_message_store::unprocessed(std::string group, std::int32_t shard, std::i
           m.request.payload = rows.bytea(r, 5);
           m.request.persisted = true;
           if (!rows.is_null(r, 6)) m.request.deliver_at_ms = rows.integer(r, 6);
+          m.attempts = static_cast<std::int32_t>(rows.integer(r, 7));
+          m.suspect = rows.boolean(r, 8);
           out.push_back(std::move(m));
         }
         asio::post(
             io_, [shared_done, out = std::move(out)]() mutable { (*shared_done)(std::move(out)); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
+}
+
+void pg_message_store::next_attempt(std::int64_t id, std::optional<std::string> failure,
+                                    attempt_done done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(other_job{
+      [this, id, failure = std::move(failure), shared_done](pg::connection& conn) {
+        const auto why = failure ? pg::param::text(*failure) : pg::param::null();
+        attempt_outcome outcome;
+        auto counted =
+            conn.exec(count_attempt_, {pg::param::text(std::to_string(id)), why,
+                                       pg::param::text(std::to_string(settings_.max_attempts))});
+        if (counted.rows() > 0) {
+          persisted_message m;
+          m.id = counted.integer(0, 0);
+          m.group = counted.text(0, 1);
+          m.shard = static_cast<std::int32_t>(counted.integer(0, 2));
+          m.request.entity_type = counted.text(0, 3);
+          m.request.entity_id = counted.text(0, 4);
+          m.request.rpc = counted.text(0, 5);
+          m.request.primary_key = counted.text(0, 6);
+          m.request.payload = counted.bytea(0, 7);
+          m.request.persisted = true;
+          if (!counted.is_null(0, 8)) m.request.deliver_at_ms = counted.integer(0, 8);
+          m.attempts = static_cast<std::int32_t>(counted.integer(0, 9));
+          outcome.rerun = std::move(m);
+        } else {
+          // Not below max_attempts, or not pending at all (then this finds nothing).
+          auto dead = conn.exec(dead_letter_,
+                                {pg::param::text(std::to_string(id)), why,
+                                 pg::param::text(std::string(runner_stopped_failure)),
+                                 pg::param::text(std::to_string(static_cast<int>(errc::defect))),
+                                 pg::param::text(std::string(to_string(errc::defect)))});
+          if (dead.rows() > 0)
+            outcome.dead_lettered = reply_msg::failure(errc::defect, dead.text(0, 1));
+        }
+        asio::post(io_, [shared_done, outcome = std::move(outcome)]() mutable {
+          (*shared_done)(std::move(outcome));
+        });
       },
       [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
 }
@@ -434,10 +540,23 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
   const std::size_t complete_last = std::max(last, persists.size()) - persists.size();
   const std::size_t chunk = settings_.batch_size;
   std::vector<pg::pipelined> steps;
-  for (std::size_t from = persist_first; from < persist_last; from += chunk) {
+  // A message that runs right after this commit counts that attempt here (no statement of
+  // its own); one a replay will read counts none yet. One step per starting count: the
+  // second is nearly always empty.
+  std::vector<std::size_t> order;
+  order.reserve(persist_last - persist_first);
+  for (std::size_t i = persist_first; i < persist_last; ++i) order.push_back(i);
+  std::stable_partition(order.begin(), order.end(),
+                        [&](std::size_t i) { return persists[i].message.attempts > 0; });
+  for (std::size_t from = 0; from < order.size();) {
+    const bool counted = persists[order[from]].message.attempts > 0;
+    std::size_t to = from;
+    while (to < order.size() && to - from < chunk &&
+           (persists[order[to]].message.attempts > 0) == counted)
+      ++to;
     pg::array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at;
-    for (std::size_t i = from; i < std::min(persist_last, from + chunk); ++i) {
-      const auto& m = persists[i].message;
+    for (std::size_t at = from; at < to; ++at) {
+      const auto& m = persists[order[at]].message;
       groups.text(m.group);
       shards.number(m.shard);
       types.text(m.request.entity_type);
@@ -451,9 +570,11 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
         deliver_at.null();
       }
     }
-    steps.push_back({&insert_messages_,
-                     {groups.param(), shards.param(), types.param(), ids.param(), rpcs.param(),
-                      keys.param(), payloads.param(), deliver_at.param()}});
+    steps.push_back(
+        {&insert_messages_,
+         {groups.param(), shards.param(), types.param(), ids.param(), rpcs.param(), keys.param(),
+          payloads.param(), deliver_at.param(), pg::param::text(counted ? "1" : "0")}});
+    from = to;
   }
   const std::size_t persist_steps = steps.size();
   for (std::size_t from = complete_first; from < complete_last; from += chunk) {
@@ -588,6 +709,7 @@ boost::asio::awaitable<void> pg_message_store::listen_for_replies() {
       // Blocks only this thread (connect_timeout bounds it); the runner's loop never waits.
       session = std::make_unique<pg::connection>(settings_.conninfo());
       session->exec("LISTEN \"" + table("replies") + "\"");
+      session->exec("LISTEN \"" + table("requeued") + "\"");
       retry = listen_first_retry;
     } catch (const pg::error& e) {
       spdlog::debug("reply listener: {}; retrying in {} ms", e.what(), retry.count());
@@ -608,6 +730,15 @@ boost::asio::awaitable<void> pg_message_store::listen_for_replies() {
                                  asio::redirect_error(asio::use_awaitable, ec));
       if (ec || PQconsumeInput(session->raw()) == 0) break;  // stopped, or the session died
       while (PGnotify* note = PQnotifies(session->raw())) {
+        if (table("requeued") == note->relname) {
+          auto requeued = parse_requeued(note->extra);
+          PQfreemem(note);
+          if (!requeued) continue;
+          asio::post(io_, [this, requeued = std::move(*requeued)] {
+            if (on_requeued) on_requeued(requeued.group, requeued.shard, requeued.id);
+          });
+          continue;
+        }
         auto ids = parse_id_array(note->extra);
         PQfreemem(note);
         asio::post(io_, [this, ids = std::move(ids)] {

@@ -66,6 +66,17 @@ const std::vector<std::string>& migrations() {
       ALTER TABLE {p}_replies DROP CONSTRAINT {p}_replies_message_id_fkey;
       CREATE INDEX {p}_replies_created_at ON {p}_replies (created_at);
       )",
+      // 3: attempt counts that survive crashes, and the dead letters: messages not run again
+      // after storage.max_attempts (their error reply is in _replies; purge deletes both).
+      R"(
+      ALTER TABLE {p}_pending ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+      ALTER TABLE {p}_pending ADD COLUMN IF NOT EXISTS last_failure text;
+      CREATE TABLE IF NOT EXISTS {p}_dead_letters (
+        message_id bigint PRIMARY KEY,
+        attempts integer NOT NULL,
+        last_failure text NOT NULL,
+        dead_at timestamptz NOT NULL DEFAULT now());
+      )",
   };
   return steps;
 }

@@ -16,7 +16,12 @@ namespace {
 
 std::unique_ptr<message_store> make_message_store(asio::io_context& io,
                                                   const storage_settings& settings) {
-  if (settings.backend == "memory") return make_memory_message_store(io, settings.batch_size);
+  if (settings.max_attempts < 1 || settings.max_attempts > 1000)
+    throw std::runtime_error("storage.max_attempts must be between 1 and 1000, not " +
+                             std::to_string(settings.max_attempts));
+  if (settings.backend == "memory")
+    return make_memory_message_store(io, settings.batch_size,
+                                     static_cast<std::int32_t>(settings.max_attempts));
   if (settings.backend == "postgres") return std::make_unique<pg_message_store>(io, settings);
   unknown_backend(settings);
 }

@@ -8,6 +8,15 @@
 // primary key) before it runs; its reply is stored and the message marked processed in
 // one transaction, and every caller waiting for that message gets the stored reply.
 //
+// Poison messages: every attempt is counted in storage before it runs (at insert for a new
+// message, by the replay read after a crash or a move, by `next_attempt` before a rerun), so
+// a message that kills its runner is counted too. A message cut short twice is a suspect:
+// the replay runs it alone (with the later messages of its entity behind it) so that it
+// cannot take the shard's other messages down with it again. One that had
+// storage.max_attempts is dead-lettered: its callers get a Defect, the shard goes on. A
+// reply that says the attempt was cut short (`reply_msg::attempt_cut_short`, a crashed
+// plugin process) is not stored: the message runs again after a backoff, its callers wait.
+//
 // Nothing here polls on a fixed tick: work starts when something changes (an assignment,
 // a lock granted or refused, the storage session lost, an entity of a moving shard
 // passivated), and timers run only while there is something to retry or wait for (a lock
@@ -15,6 +24,7 @@
 //
 // Thread: the runner's io_context thread; storage work happens on the store's own thread.
 
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -131,11 +141,21 @@ class persisted_messages {
   void shard_passivated(const std::string& group, std::int32_t shard);
   /// Reads (and runs) the shard's unprocessed messages after id `after`, a batch at a time.
   void replay(const shard_key& shard, std::int64_t after, std::size_t replayed = 0);
+  /// After a replay batch: the next batch, or serving.
+  void replay_next(shard_map::iterator it, bool more, std::int64_t last, std::size_t replayed);
+  /// Runs the next message of the shard's run-alone queue (see `alone_run`).
+  void run_next_alone(const shard_key& shard);
+  /// A message handed to `run` is done with (stored, dead-lettered, or left to a replay).
+  void message_done(std::int64_t id);
+  /// The attempt of message `id` was cut short: count the next one and run it after a
+  /// backoff, or dead-letter it.
+  void cut_short(std::int64_t id, std::string why);
+  void requeued(const std::string& group, std::int32_t shard, std::int64_t id);
   void retry();
   void schedule_retry(milliseconds delay);
   /// The next delay while the storage is away (doubling up to a bound); a success resets it.
   milliseconds storage_backoff();
-  void run(persisted_message message);
+  void run(persisted_message message, milliseconds backoff = milliseconds(0));
   void finish(std::int64_t id, const shard_key& shard, reply_msg&& reply, gate::holder hold);
   gate::holder hold_in_flight() { return in_flight ? in_flight->hold() : gate::holder(); }
   void answer(std::int64_t id, const reply_msg& reply);
@@ -157,6 +177,18 @@ class persisted_messages {
   std::set<std::int64_t> running_;  // ids handed to an entity and not yet stored as done
   std::map<std::int64_t, std::unique_ptr<asio::steady_timer>> scheduled_;  // deliver-at waits
   std::map<std::int64_t, std::vector<waiter>> waiters_;
+  /// A replay batch's suspects and the messages of their entities after them, run one at a
+  /// time in id order; the shard's next batch is read once the queue is done.
+  struct alone_run {
+    std::deque<persisted_message> queue;
+    std::uint64_t generation = 0;
+    bool more = false;  ///< the batch was full: read another after `last`
+    std::int64_t last = 0;
+    std::size_t replayed = 0;
+  };
+  std::map<shard_key, alone_run, shard_less> alone_;
+  std::map<std::int64_t, std::pair<shard_key, std::uint64_t>> alone_running_;  // id → queue
+  std::uint64_t alone_generation_ = 0;
   std::size_t waiter_count_ = 0;
   std::size_t storing_ = 0;
   milliseconds backoff_;

@@ -35,6 +35,8 @@ class pg_message_store final : public message_store {
   void complete(std::int64_t id, reply_msg reply, bool announce, complete_done done) override;
   void unprocessed(std::string group, std::int32_t shard, std::int64_t after,
                    unprocessed_done done) override;
+  void next_attempt(std::int64_t id, std::optional<std::string> failure,
+                    attempt_done done) override;
   void acquire(std::string group, std::vector<std::int32_t> shards, acquire_done done) override;
   void release(std::string group, std::vector<std::int32_t> shards) override;
   void replies(std::vector<std::int64_t> ids, replies_done done) override;
@@ -61,7 +63,8 @@ class pg_message_store final : public message_store {
 
   void enqueue(other_job job);
   void worker_loop();
-  /// The listener thread: LISTEN, wait for notifications, reconnect with backoff.
+  /// The listener thread: LISTEN (stored replies, replayed dead letters), wait for
+  /// notifications, reconnect with backoff.
   boost::asio::awaitable<void> listen_for_replies();
   bool ensure_connected();
   /// A new session for the worker, set up for its prepared statements.
@@ -100,7 +103,7 @@ class pg_message_store final : public message_store {
   storage_settings settings_;
   // Prepared on the worker's session (see the constructor for their SQL).
   pg::statement insert_messages_, store_replies_, find_existing_, select_unprocessed_,
-      select_replies_, purge_processed_;
+      select_replies_, purge_processed_, count_attempt_, dead_letter_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<persist_job> persists_;

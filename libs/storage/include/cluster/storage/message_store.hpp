@@ -8,6 +8,7 @@
 // batch); the memory backend keeps everything in the process (nothing survives it, and its
 // locks are always granted).
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cluster/protocol/messages.hpp"
@@ -31,7 +33,26 @@ struct persisted_message {
   std::string group;
   std::int32_t shard = 0;
   request_msg request;  ///< primary_key always set (a generated one when the caller gave none)
+  /// Attempts counted so far, the one about to run included. `persist`: what the stored row
+  /// starts with (1 when the message runs right after it is stored, 0 when a replay will read
+  /// it). `unprocessed` and `next_attempt`: the stored count after their own bump.
+  std::int32_t attempts = 0;
+  /// From `unprocessed`: a message that is due but was not counted by the read, because it
+  /// was cut short at least twice already (or reached storage.max_attempts). Run it alone,
+  /// after `next_attempt`, so that it cannot take the messages running beside it down again.
+  bool suspect = false;
 };
+
+/// What `next_attempt` found. Neither set: the message is no longer pending (processed).
+struct attempt_outcome {
+  std::optional<persisted_message> rerun;  ///< counted: run it now
+  std::optional<reply_msg> dead_lettered;  ///< it had its storage.max_attempts: its stored reply
+};
+
+/// The message of a dead-lettered reply: "dead-lettered after 3 attempts: <last failure>".
+std::string dead_letter_message(std::int32_t attempts, std::string_view last_failure);
+/// The last failure of a message whose attempts were all counted by replays: nobody saw why.
+inline constexpr std::string_view runner_stopped_failure = "the runner running it stopped";
 
 /// What storing a persisted request found.
 struct persist_outcome {
@@ -49,6 +70,7 @@ class message_store {
   using acquire_done = std::function<void(result<std::vector<std::int32_t>>)>;
   using replies_done = std::function<void(result<std::map<std::int64_t, reply_msg>>)>;
   using purge_done = std::function<void(result<std::size_t>)>;
+  using attempt_done = std::function<void(result<attempt_outcome>)>;
 
   virtual ~message_store() = default;
   virtual std::string backend_name() const = 0;
@@ -60,8 +82,19 @@ class message_store {
   /// (PostgreSQL: NOTIFY at commit), for a caller that may wait on another runner.
   virtual void complete(std::int64_t id, reply_msg reply, bool announce, complete_done done) = 0;
   /// Unprocessed messages of a shard with id > `after`, oldest first, at most batch_size.
+  /// Counts an attempt of every due one it returns (same statement: a crash while it runs is
+  /// counted), except suspects (see persisted_message::suspect), which it leaves to
+  /// `next_attempt`. A message it returns that is running here already is counted too.
   virtual void unprocessed(std::string group, std::int32_t shard, std::int64_t after,
                            unprocessed_done done) = 0;
+  /// Before pending message `id` runs again: counts the attempt and returns the message, or,
+  /// when it has had storage.max_attempts, dead-letters it. Dead-lettering is one
+  /// transaction: the Defect reply "dead-lettered after N attempts: <last failure>" is stored
+  /// (and announced like `complete(announce = true)`), the message leaves the queue and a
+  /// dead letter records it. `failure`: why the attempt before ended early (kept as the last
+  /// failure); nullopt keeps the stored one.
+  virtual void next_attempt(std::int64_t id, std::optional<std::string> failure,
+                            attempt_done done) = 0;
   /// Takes the single-owner locks of `shards` that nobody else holds; reports those held
   /// now. A failure says nothing about other owners (the storage could not be asked).
   virtual void acquire(std::string group, std::vector<std::int32_t> shards, acquire_done done) = 0;
@@ -80,11 +113,22 @@ class message_store {
   std::function<void(std::int64_t id)> on_reply;
   /// The storage session ended: every lock is gone.
   std::function<void()> on_locks_lost;
+  /// Dead letter `id` of that shard was replayed (`clusterctl dead-letters replay`): it is
+  /// pending again with no attempts counted, for the shard's lock holder to run.
+  std::function<void(const std::string& group, std::int32_t shard, std::int64_t id)> on_requeued;
 };
 
 /// The memory backend: everything stays in this process, locks are always granted.
-/// `unprocessed` lists at most `batch_size` messages per call.
+/// `unprocessed` lists at most `batch_size` messages per call; a message is dead-lettered
+/// after `max_attempts`.
 std::unique_ptr<message_store> make_memory_message_store(asio::io_context& io,
-                                                         std::uint32_t batch_size = 512);
+                                                         std::uint32_t batch_size = 512,
+                                                         std::int32_t max_attempts = 3);
+
+/// Does a replay read count this message's attempt? Those below the bound have been cut
+/// short once at most; the others are suspects (run alone).
+inline bool counted_by_replay(std::int32_t attempts, std::int32_t max_attempts) {
+  return attempts < std::min(max_attempts, 2);
+}
 
 }  // namespace cluster

@@ -20,6 +20,9 @@ struct storage_settings {
   std::chrono::milliseconds retention{7LL * 24 * 3600 *
                                       1000};  ///< processed messages kept this long
   std::uint32_t batch_size = 512;             ///< rows per statement and per replay read
+  /// A persisted message whose attempts were cut short (a crash of its runner or plugin) this
+  /// many times is not run again: it is dead-lettered with an error reply.
+  std::uint32_t max_attempts = 3;  ///< 1..1000
 
   /// The libpq connection string (the password is included: never log it).
   std::string conninfo() const;
