@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "cluster/storage-pg/stores.hpp"
+
 namespace cluster::manager {
 
 std::vector<config_section> manager_config::sections() {
@@ -44,6 +46,7 @@ manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<ma
 void manager::start() {
   if (config_.shards_per_group == 0)
     throw config_error("manager.shards_per_group must be positive");
+  dead_letters_ = make_dead_letter_store(io_, config_.common.storage);
   groups_ = store_->load_assignments();
   for (auto& [group, owners] : groups_) owners.resize(config_.shards_per_group);
   // Runners from a previous life must register again over a live connection; until then
@@ -71,6 +74,7 @@ void manager::stop(std::function<void()> on_stopped) {
   expiry_timer_.cancel();
   rebalance_timer_.cancel();
   server_.stop();
+  dead_letters_.reset();  // drops queued operations: their connections are closed
   // Nothing is left in flight: every store call returned before its handler did.
   if (on_stopped) asio::post(io_, std::move(on_stopped));
 }
@@ -232,10 +236,74 @@ void manager::on_message(const connection_ptr& conn, envelope&& env) {
     case message_kind::get_status:
       conn->send_reply(env.id, reply_msg::success(pack_bytes(snapshot())));
       return;
+    case message_kind::list_dead_letters:
+    case message_kind::replay_dead_letter:
+    case message_kind::drop_dead_letter:
+      serve_dead_letters(conn, std::move(env));
+      return;
     default:
       conn->send_reply(env.id, reply_msg::failure(errc::unknown_kind,
                                                   "the manager does not handle message kind " +
                                                       std::to_string(env.kind)));
+  }
+}
+
+void manager::serve_dead_letters(const connection_ptr& conn, envelope&& env) {
+  if (!dead_letters_) {
+    conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
+                                                "dead letters need the postgres storage backend"));
+    return;
+  }
+  // The reply goes out on the io_context thread once the store answers, if the caller waits.
+  std::weak_ptr<connection> weak = conn;
+  const auto id = env.id;
+  if (static_cast<message_kind>(env.kind) == message_kind::list_dead_letters) {
+    auto msg = env.as<list_dead_letters_msg>();
+    if (!msg) {
+      conn->send_reply(
+          id, reply_msg::failure(errc::invalid_request,
+                                 "list_dead_letters has the wrong shape: " + msg.error().message));
+      return;
+    }
+    dead_letters_->list(
+        msg.value().limit, [weak, id](result<std::vector<dead_letter_info>> listed) {
+          auto caller = weak.lock();
+          if (!caller) return;
+          if (!listed) {
+            caller->send_reply(id, reply_msg::failure(listed.error()));
+            return;
+          }
+          caller->send_reply(
+              id, reply_msg::success(pack_bytes(dead_letters_msg{std::move(listed).value()})));
+        });
+    return;
+  }
+  auto msg = env.as<dead_letter_ref_msg>();
+  if (!msg) {
+    conn->send_reply(id, reply_msg::failure(
+                             errc::invalid_request,
+                             "a dead letter request has the wrong shape: " + msg.error().message));
+    return;
+  }
+  const bool replay = static_cast<message_kind>(env.kind) == message_kind::replay_dead_letter;
+  const auto letter = msg.value().id;
+  auto done = [weak, id, letter, replay](result<bool> changed) {
+    auto caller = weak.lock();
+    if (!caller) return;
+    if (!changed) {
+      caller->send_reply(id, reply_msg::failure(changed.error()));
+    } else if (!changed.value()) {
+      caller->send_reply(id, reply_msg::failure(errc::invalid_request,
+                                                "no dead letter " + std::to_string(letter)));
+    } else {
+      spdlog::info("dead letter {} {}", letter, replay ? "replayed" : "dropped");
+      caller->send_reply(id, reply_msg{});
+    }
+  };
+  if (replay) {
+    dead_letters_->replay(letter, std::move(done));
+  } else {
+    dead_letters_->drop(letter, std::move(done));
   }
 }
 

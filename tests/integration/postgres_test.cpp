@@ -65,7 +65,7 @@ TEST(postgres, migrates_an_empty_database_and_is_idempotent) {
   pg::migrate(conn, prefix);
   auto versions = conn.exec("SELECT count(*) FROM " + prefix + "_migrations");
   EXPECT_EQ(versions.integer(0, 0), pg::latest_schema_version());
-  for (const char* table : {"runners", "shards", "messages", "replies"})
+  for (const char* table : {"runners", "shards", "messages", "replies", "pending", "dead_letters"})
     EXPECT_NO_THROW(conn.exec(std::string("SELECT count(*) FROM ") + prefix + "_" + table));
 }
 
@@ -425,11 +425,162 @@ TEST(postgres, notifies_other_stores_of_the_replies_it_is_asked_to_announce) {
   watcher.stop();
 }
 
+std::vector<persisted_message> read_unprocessed(asio::io_context& io, message_store& store,
+                                                std::int32_t shard) {
+  std::optional<std::vector<persisted_message>> listed;
+  store.unprocessed("default", shard, 0, [&](result<std::vector<persisted_message>> batch) {
+    EXPECT_TRUE(batch.has_value());
+    if (batch) listed = std::move(batch.value());
+  });
+  return wait_result(io, listed);
+}
+
+attempt_outcome count_next(asio::io_context& io, message_store& store, std::int64_t id,
+                           std::optional<std::string> failure) {
+  std::optional<attempt_outcome> outcome;
+  store.next_attempt(id, std::move(failure), store_into(outcome));
+  return wait_result(io, outcome);
+}
+
+TEST(postgres, counts_attempts_and_dead_letters_a_message_after_max_attempts) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  const auto settings = settings_for(unique_prefix());
+  pg_message_store runner(io, settings), other_runner(io, settings);
+  std::vector<std::int64_t> notified;
+  other_runner.on_reply = [&](std::int64_t id) { notified.push_back(id); };
+  auto poison = message_for("poison", "k1", 11);
+  poison.attempts = 1;  // stored on a serving shard: its first run counts at insert
+  auto bystander = message_for("bystander", "k2", 11);
+  std::optional<persist_outcome> stored, other;
+  runner.persist(poison, store_into(stored));
+  runner.persist(bystander, store_into(other));
+  const auto id = wait_result(io, stored).id;
+  wait_result(io, other);
+
+  // The runner died: the next owner's read counts the second attempt of each.
+  auto replay = read_unprocessed(io, runner, 11);
+  ASSERT_EQ(replay.size(), 2u);
+  EXPECT_EQ(replay[0].attempts, 2);
+  EXPECT_FALSE(replay[0].suspect);
+  EXPECT_EQ(replay[1].attempts, 1);
+  // It died again: the poison is a suspect now, left to next_attempt; the other one is not.
+  replay = read_unprocessed(io, runner, 11);
+  EXPECT_TRUE(replay[0].suspect);
+  EXPECT_EQ(replay[0].attempts, 2);
+  EXPECT_FALSE(replay[1].suspect);
+  const auto third = count_next(io, runner, id, std::nullopt);
+  ASSERT_TRUE(third.rerun.has_value());
+  EXPECT_EQ(third.rerun->attempts, 3);
+  EXPECT_EQ(third.rerun->request.entity_id, "poison");
+  EXPECT_EQ(third.rerun->request.payload, poison.request.payload);
+
+  // Cut short a third time: dead-lettered, announced to every runner, answered to callers.
+  run_until(
+      io, [] { return false; }, milliseconds(300));  // let the other store LISTEN
+  const auto dead = count_next(io, runner, id, std::string("plugin libx.so crashed: SIGSEGV"));
+  ASSERT_TRUE(dead.dead_lettered.has_value());
+  EXPECT_EQ(dead.dead_lettered->code, errc::defect);
+  EXPECT_EQ(dead.dead_lettered->message,
+            "dead-lettered after 3 attempts: plugin libx.so crashed: SIGSEGV");
+  EXPECT_TRUE(run_until(io, [&] { return !notified.empty(); }));
+  EXPECT_EQ(notified, (std::vector<std::int64_t>{id}));
+  std::optional<persist_outcome> retried;
+  runner.persist(poison, store_into(retried));
+  const auto again = wait_result(io, retried);
+  ASSERT_TRUE(again.reply.has_value());
+  EXPECT_EQ(again.reply->message, dead.dead_lettered->message);
+  // The shard's other message is still there, the dead one is not.
+  replay = read_unprocessed(io, runner, 11);
+  ASSERT_EQ(replay.size(), 1u);
+  EXPECT_EQ(replay[0].request.entity_id, "bystander");
+
+  // Operators see it, replay it (the runners hear of it) and it can be dead-lettered anew.
+  std::vector<std::int64_t> requeued;
+  other_runner.on_requeued = [&](const std::string& group, std::int32_t shard, std::int64_t rid) {
+    EXPECT_EQ(group, "default");
+    EXPECT_EQ(shard, 11);
+    requeued.push_back(rid);
+  };
+  auto letters = make_dead_letter_store(io, settings);
+  std::optional<std::vector<dead_letter_info>> listed;
+  letters->list(100, store_into(listed));
+  const auto list = wait_result(io, listed);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].id, id);
+  EXPECT_EQ(list[0].entity_type, "Probe");
+  EXPECT_EQ(list[0].entity_id, "poison");
+  EXPECT_EQ(list[0].rpc, "Append");
+  EXPECT_EQ(list[0].primary_key, "k1");
+  EXPECT_EQ(list[0].attempts, 3);
+  EXPECT_EQ(list[0].last_failure, "plugin libx.so crashed: SIGSEGV");
+  EXPECT_GT(list[0].dead_at_ms, 0);
+  std::optional<bool> replayed;
+  letters->replay(id, store_into(replayed));
+  EXPECT_TRUE(wait_result(io, replayed));
+  EXPECT_TRUE(run_until(io, [&] { return !requeued.empty(); }));
+  EXPECT_EQ(requeued, (std::vector<std::int64_t>{id}));
+  const auto rerun = count_next(io, runner, id, std::nullopt);
+  ASSERT_TRUE(rerun.rerun.has_value());
+  EXPECT_EQ(rerun.rerun->attempts, 1) << "a replayed dead letter starts over";
+  std::optional<persist_outcome> waiting;
+  runner.persist(poison, store_into(waiting));
+  EXPECT_FALSE(wait_result(io, waiting).reply.has_value()) << "its error reply is gone";
+  replayed.reset();
+  letters->replay(id, store_into(replayed));
+  EXPECT_FALSE(wait_result(io, replayed)) << "no dead letter any more";
+
+  // Dead again (counted without a failure seen), then dropped: the error reply stays.
+  count_next(io, runner, id, std::nullopt);
+  count_next(io, runner, id, std::nullopt);
+  const auto stopped = count_next(io, runner, id, std::nullopt);
+  ASSERT_TRUE(stopped.dead_lettered.has_value());
+  EXPECT_EQ(stopped.dead_lettered->message,
+            "dead-lettered after 3 attempts: the runner running it stopped")
+      << "the failure before the replay is not this run's";
+  std::optional<bool> dropped;
+  letters->drop(id, store_into(dropped));
+  EXPECT_TRUE(wait_result(io, dropped));
+  listed.reset();
+  letters->list(100, store_into(listed));
+  EXPECT_TRUE(wait_result(io, listed).empty());
+  std::optional<persist_outcome> after_drop;
+  runner.persist(poison, store_into(after_drop));
+  const auto kept = wait_result(io, after_drop);
+  ASSERT_TRUE(kept.reply.has_value());
+  EXPECT_EQ(kept.reply->code, errc::defect);
+  letters.reset();
+  runner.stop();
+  other_runner.stop();
+}
+
+TEST(postgres, says_the_runner_stopped_when_only_replays_counted_the_attempts) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  auto settings = settings_for(unique_prefix());
+  settings.max_attempts = 1;
+  pg_message_store store(io, settings);
+  auto message = message_for("once", "k", 12);
+  message.attempts = 1;
+  std::optional<persist_outcome> stored;
+  store.persist(message, store_into(stored));
+  const auto id = wait_result(io, stored).id;
+  const auto replay = read_unprocessed(io, store, 12);
+  ASSERT_EQ(replay.size(), 1u);
+  EXPECT_TRUE(replay[0].suspect) << "it had its one attempt";
+  const auto dead = count_next(io, store, id, std::nullopt);
+  ASSERT_TRUE(dead.dead_lettered.has_value());
+  EXPECT_EQ(dead.dead_lettered->message,
+            "dead-lettered after 1 attempt: the runner running it stopped");
+  store.stop();
+}
+
 TEST(postgres, purges_processed_messages_past_retention_only) {
   REQUIRE_POSTGRES();
   asio::io_context io;
   auto settings = settings_for(unique_prefix());
   settings.retention = milliseconds(200);
+  settings.max_attempts = 1;
   pg_message_store store(io, settings);
   std::optional<persist_outcome> done_one, open_one;
   store.persist(message_for("p", "done"), store_into(done_one));
@@ -440,6 +591,11 @@ TEST(postgres, purges_processed_messages_past_retention_only) {
   store.complete(processed_id, reply_msg::success({}), false,
                  [&](result<void> done) { completed = done.has_value(); });
   wait_result(io, completed);
+  auto poison = message_for("p", "dead");  // dead letters go with their replies
+  poison.attempts = 1;
+  std::optional<persist_outcome> dead_one;
+  store.persist(poison, store_into(dead_one));
+  ASSERT_TRUE(count_next(io, store, wait_result(io, dead_one).id, "boom").dead_lettered);
   std::optional<std::size_t> purged;
   store.purge(store_into(purged));
   EXPECT_EQ(wait_result(io, purged), 0u);  // younger than the retention
@@ -447,13 +603,16 @@ TEST(postgres, purges_processed_messages_past_retention_only) {
       io, [] { return false; }, milliseconds(400));
   purged.reset();
   store.purge(store_into(purged));
-  EXPECT_EQ(wait_result(io, purged), 1u);
+  EXPECT_EQ(wait_result(io, purged), 2u);
   pg::connection conn(test_pg_url());
   auto left = conn.exec("SELECT primary_key FROM " + settings.table_prefix + "_messages");
   ASSERT_EQ(left.rows(), 1);
   EXPECT_EQ(left.text(0, 0), "open");  // unprocessed messages are never purged
   EXPECT_EQ(conn.exec("SELECT count(*) FROM " + settings.table_prefix + "_replies").integer(0, 0),
             0);
+  EXPECT_EQ(
+      conn.exec("SELECT count(*) FROM " + settings.table_prefix + "_dead_letters").integer(0, 0),
+      0);
   store.stop();
 }
 

@@ -4,6 +4,7 @@
 //   clusterctl [--proxy H:P] [--manager H:P] [--timeout-ms N] call [--key K] [--deliver-at-ms T]
 //              <EntityType> <entityId> <Rpc> '<json>'
 //   clusterctl [--manager H:P] [--proxy H:P] status [--json]
+//   clusterctl [--manager H:P] dead-letters list [--json] | replay ID | drop ID
 //   clusterctl [...] wait [--timeout-s N] [--interval-ms N] [--watch [LABEL=]PID]... CONDITION...
 //       CONDITION: manager | runners N [--exactly] | shards [--balanced] | runner NAME
 //                | gateway URL | call [--key K] <EntityType> <entityId> <Rpc> '<json>'
@@ -16,6 +17,7 @@
 #include <CLI/CLI.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <ctime>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -26,6 +28,7 @@
 #include "cluster/net/connection.hpp"
 #include "cluster/process/config.hpp"
 #include "cluster/process/defaults.hpp"
+#include "cluster/protocol/codec.hpp"
 
 namespace {
 
@@ -46,7 +49,8 @@ int fail(const std::string& name, const std::string& message) {
 }
 
 // One round trip on a fresh connection; the reply or a failure reply.
-reply_msg round_trip(const std::string& address, message_kind kind, const request_msg* request,
+template <class Fields>
+reply_msg round_trip(const std::string& address, message_kind kind, const Fields& fields,
                      milliseconds timeout) {
   asio::io_context io(1);
   reply_msg result = reply_msg::failure(errc::unavailable, "no reply");
@@ -54,7 +58,7 @@ reply_msg round_trip(const std::string& address, message_kind kind, const reques
   if (!target) return reply_msg::failure(errc::invalid_request, "bad address '" + address + "'");
   asio::co_spawn(
       io,
-      [target = *target, kind, request, timeout, out = &result]() -> awaitable<void> {
+      [target = *target, kind, fields = &fields, timeout, out = &result]() -> awaitable<void> {
         // GCC 12 destroys temporaries of a co_await full-expression twice: build first.
         hello_msg hello{protocol_version, "client", "clusterctl"};
         const connection_limits limits;
@@ -67,14 +71,10 @@ reply_msg round_trip(const std::string& address, message_kind kind, const reques
           co_return;
         }
         const connection_ptr conn = connected.value();
-        if (request != nullptr) {
-          auto call = conn->async_call(kind, *request, timeout + milliseconds(500));
-          *out = co_await std::move(call);
-        } else {
-          const empty_msg no_fields;
-          auto call = conn->async_call(kind, no_fields, timeout);
-          *out = co_await std::move(call);
-        }
+        // A request's own timeout travels with it: leave the proxy time to answer it.
+        const auto wait = kind == message_kind::request ? timeout + milliseconds(500) : timeout;
+        auto call = conn->async_call(kind, *fields, wait);
+        *out = co_await std::move(call);
         conn->close();
       },
       asio::detached);
@@ -106,7 +106,7 @@ result<std::string> call_entity(const options& opts, const call_args& args, mill
   const auto packed = json::to_msgpack(body);
   request.payload.assign(packed.begin(), packed.end());
   request.timeout_ms = static_cast<std::uint32_t>(timeout.count());
-  const auto reply = round_trip(opts.proxy, message_kind::request, &request, timeout);
+  const auto reply = round_trip(opts.proxy, message_kind::request, request, timeout);
   if (!reply.ok()) return failure{reply.code, describe(reply)};
   try {
     return json::from_msgpack(reply.payload).dump();
@@ -125,7 +125,7 @@ int print_failure(const failure& f) {
 // --- status -----------------------------------------------------------------------------
 
 result<assignment_snapshot> fetch_status(const options& opts, milliseconds timeout) {
-  const auto reply = round_trip(opts.manager, message_kind::get_status, nullptr, timeout);
+  const auto reply = round_trip(opts.manager, message_kind::get_status, empty_msg{}, timeout);
   if (!reply.ok()) return failure{reply.code, describe(reply)};
   auto snapshot = unpack_bytes<assignment_snapshot>(reply.payload);
   if (!snapshot) return failure{errc::bad_payload, "BadReply: status reply does not decode"};
@@ -169,6 +169,62 @@ int status(const options& opts, bool as_json) {
     for (const auto& rpc : type.rpcs) std::cout << " " << rpc.name << (rpc.persisted ? "*" : "");
     std::cout << "\n";
   }
+  return 0;
+}
+
+// --- dead-letters -----------------------------------------------------------------------
+
+std::string unix_ms_text(std::int64_t ms) {
+  const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+int dead_letters_list(const options& opts, bool as_json) {
+  const auto reply = round_trip(opts.manager, message_kind::list_dead_letters,
+                                list_dead_letters_msg{}, opts.timeout);
+  if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
+  auto listed = unpack_bytes<dead_letters_msg>(reply.payload);
+  if (!listed)
+    return print_failure(failure{errc::bad_payload, "BadReply: dead letters do not decode"});
+  const auto& letters = listed.value().dead_letters;
+  if (as_json) {
+    json out = json::array();
+    for (const auto& d : letters)
+      out.push_back({{"id", d.id},
+                     {"entity_type", d.entity_type},
+                     {"entity_id", d.entity_id},
+                     {"rpc", d.rpc},
+                     {"primary_key", d.primary_key},
+                     {"shard_group", d.shard_group},
+                     {"shard", d.shard},
+                     {"attempts", d.attempts},
+                     {"last_failure", d.last_failure},
+                     {"dead_at_ms", d.dead_at_ms},
+                     {"dead_at", unix_ms_text(d.dead_at_ms)}});
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  if (letters.empty()) {
+    std::cout << "no dead letters\n";
+    return 0;
+  }
+  for (const auto& d : letters)
+    std::cout << d.id << "  " << d.entity_type << "/" << d.entity_id << " " << d.rpc << "  key "
+              << d.primary_key << "  " << d.attempts << " attempts  " << unix_ms_text(d.dead_at_ms)
+              << "  " << d.last_failure << "\n";
+  return 0;
+}
+
+int dead_letter_change(const options& opts, message_kind kind, std::int64_t id) {
+  const auto reply = round_trip(opts.manager, kind, dead_letter_ref_msg{id}, opts.timeout);
+  if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
+  std::cout << "dead letter " << id
+            << (kind == message_kind::replay_dead_letter ? " queued to run again" : " dropped")
+            << "\n";
   return 0;
 }
 
@@ -520,6 +576,23 @@ int main(int argc, char** argv) {
   status_cmd->add_flag("--json", as_json, "one line of JSON");
   status_cmd->fallthrough();
 
+  auto* dead_cmd = app.add_subcommand(
+      "dead-letters", "persisted messages not run again after storage.max_attempts (manager)");
+  dead_cmd->require_subcommand(1, 1);
+  dead_cmd->fallthrough();
+  bool dead_json = false;
+  auto* dead_list = dead_cmd->add_subcommand(
+      "list", "id, entity, RPC, primary key, attempts, dead-lettered at, last failure");
+  dead_list->add_flag("--json", dead_json, "one line of JSON");
+  std::int64_t dead_id = 0;
+  auto* dead_replay = dead_cmd->add_subcommand(
+      "replay", "run dead letter ID again (its attempts start over, its error reply goes)");
+  dead_replay->add_option("ID", dead_id)->required();
+  auto* dead_drop =
+      dead_cmd->add_subcommand("drop", "forget dead letter ID; callers keep its error reply");
+  dead_drop->add_option("ID", dead_id)->required();
+  for (auto* sub : {dead_list, dead_replay, dead_drop}) sub->fallthrough();
+
   wait_args wait;
   std::vector<std::string> watch_specs;
   auto* wait_cmd = app.add_subcommand(
@@ -590,6 +663,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*status_cmd) return status(opts, as_json);
+  if (*dead_list) return dead_letters_list(opts, dead_json);
+  if (*dead_replay) return dead_letter_change(opts, message_kind::replay_dead_letter, dead_id);
+  if (*dead_drop) return dead_letter_change(opts, message_kind::drop_dead_letter, dead_id);
   for (auto& make : pending) conditions.push_back(make());
   return wait_until(opts, wait, conditions);
 }

@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "cluster/storage-pg/pg_dead_letter_store.hpp"
 #include "cluster/storage-pg/pg_manager_store.hpp"
 #include "cluster/storage-pg/pg_message_store.hpp"
 
@@ -29,6 +30,13 @@ std::unique_ptr<message_store> make_message_store(asio::io_context& io,
 std::unique_ptr<manager_store> make_manager_store(const storage_settings& settings) {
   if (settings.backend == "memory") return std::make_unique<memory_manager_store>();
   if (settings.backend == "postgres") return make_pg_manager_store(settings);
+  unknown_backend(settings);
+}
+
+std::unique_ptr<dead_letter_store> make_dead_letter_store(asio::io_context& io,
+                                                          const storage_settings& settings) {
+  if (settings.backend == "memory") return nullptr;
+  if (settings.backend == "postgres") return make_pg_dead_letter_store(io, settings);
   unknown_backend(settings);
 }
 

@@ -3,7 +3,8 @@
 //
 // Owns, on the process's single io_context thread: the protocol server, the registry of
 // live runners (each bound to its registration connection), the assignment per group,
-// the subscribers that get every new snapshot, and the manager store.
+// the subscribers that get every new snapshot, the manager store and the dead-letter store
+// (whose worker thread answers on this thread).
 
 #include <memory>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "cluster/net/server.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/settings.hpp"
+#include "cluster/storage/dead_letter_store.hpp"
 #include "cluster/storage/manager_store.hpp"
 
 namespace cluster::manager {
@@ -75,6 +77,8 @@ class manager {
   void on_message(const connection_ptr& conn, envelope&& env);
   void on_disconnect(const connection_ptr& conn);
   void register_runner(const connection_ptr& conn, std::uint64_t id, register_runner_msg&& msg);
+  /// list_dead_letters, replay_dead_letter, drop_dead_letter: answered through the store.
+  void serve_dead_letters(const connection_ptr& conn, envelope&& env);
   void remove_runner(const std::string& address, const std::string& why);
   /// Confirms that a runner whose connection dropped is gone before its shards move.
   awaitable<void> probe_runner(std::string address, std::uint64_t generation);
@@ -93,6 +97,7 @@ class manager {
   asio::io_context& io_;
   manager_config config_;
   std::unique_ptr<manager_store> store_;
+  std::unique_ptr<dead_letter_store> dead_letters_;  // nullptr with the memory backend
   server server_;
   std::map<std::string, runner_entry> runners_;  // by address
   std::map<std::string, shard_owners> groups_;   // group → owners

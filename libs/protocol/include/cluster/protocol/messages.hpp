@@ -41,6 +41,9 @@ enum class message_kind : std::uint32_t {
   assignments = 10,           ///< manager → subscriber push (id 0): an assignment_snapshot
   get_status = 11,            ///< ask the manager for an assignment_snapshot in the reply payload
   interrupt = 12,             ///< caller no longer waits for request `id` (best effort)
+  list_dead_letters = 13,     ///< ask the manager for dead letters (a dead_letters_msg payload)
+  replay_dead_letter = 14,    ///< manager: run dead letter `id` again, attempts from 0
+  drop_dead_letter = 15,      ///< manager: forget dead letter `id`, keep its error reply
 };
 
 using bytes = std::vector<std::uint8_t>;
@@ -195,6 +198,40 @@ struct assignment_snapshot {
       if (t.name == name) return &t;
     return nullptr;
   }
+};
+
+/// A persisted message that is not run again: its attempts were cut short
+/// storage.max_attempts times. Its error reply is stored (callers with its primary key get it).
+struct dead_letter_info {
+  std::int64_t id = 0;  ///< the message's id
+  std::string shard_group;
+  std::int32_t shard = 0;
+  std::string entity_type;
+  std::string entity_id;
+  std::string rpc;
+  std::string primary_key;
+  std::int32_t attempts = 0;
+  std::string last_failure;
+  std::int64_t dead_at_ms = 0;  ///< unix ms
+  CLUSTER_WIRE_FIELDS(dead_letter_info, id, shard_group, shard, entity_type, entity_id, rpc,
+                      primary_key, attempts, last_failure, dead_at_ms);
+};
+
+struct list_dead_letters_msg {
+  std::uint32_t limit = 1000;  ///< oldest first, at most this many
+  CLUSTER_WIRE_FIELDS(list_dead_letters_msg, limit);
+};
+
+/// The reply payload of list_dead_letters.
+struct dead_letters_msg {
+  std::vector<dead_letter_info> dead_letters;
+  CLUSTER_WIRE_FIELDS(dead_letters_msg, dead_letters);
+};
+
+/// The dead letter that replay_dead_letter and drop_dead_letter act on.
+struct dead_letter_ref_msg {
+  std::int64_t id = 0;
+  CLUSTER_WIRE_FIELDS(dead_letter_ref_msg, id);
 };
 
 }  // namespace cluster

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "cluster/storage/dead_letter_store.hpp"
 #include "cluster/storage/manager_store.hpp"
 #include "cluster/storage/message_store.hpp"
 
@@ -13,5 +14,8 @@ namespace cluster {
 std::unique_ptr<message_store> make_message_store(asio::io_context& io,
                                                   const storage_settings& settings);
 std::unique_ptr<manager_store> make_manager_store(const storage_settings& settings);
+/// nullptr for the memory backend: its dead letters live and die in one runner.
+std::unique_ptr<dead_letter_store> make_dead_letter_store(asio::io_context& io,
+                                                          const storage_settings& settings);
 
 }  // namespace cluster
