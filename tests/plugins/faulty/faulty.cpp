@@ -6,6 +6,8 @@
 // call std::abort(), write through a null pointer, spin forever and allocate without bound.
 // `Crash` is persisted, `CrashVolatile` is not; `Who` reports the process that runs the
 // entity and how many messages it has seen (fencing tests compare owners with it).
+// `CrashWhile` (persisted) takes {path}: it aborts while a file exists there, so a test can
+// make a message crash for a while and then let it succeed (a transient fault).
 #include <unistd.h>
 
 #include <cluster/sdk.hpp>
@@ -24,6 +26,14 @@ struct Crash {
     std::int64_t pid = 0;
     MSGPACK_DEFINE_MAP(mode, pid);
   };
+};
+
+struct CrashWhile {
+  struct Request {
+    std::string path;
+    MSGPACK_DEFINE_MAP(path);
+  };
+  using Reply = Crash::Reply;
 };
 
 struct Who {
@@ -67,6 +77,11 @@ class Faulty {
     misbehave(request.mode);
     return {request.mode, static_cast<std::int64_t>(::getpid())};
   }
+  CrashWhile::Reply crash_while(const CrashWhile::Request& request, cluster::context&) {
+    ++seen_;
+    if (!request.path.empty() && ::access(request.path.c_str(), F_OK) == 0) std::abort();
+    return {"ok", static_cast<std::int64_t>(::getpid())};
+  }
   Who::Reply who(const Who::Request&, cluster::context&) {
     return {static_cast<std::int64_t>(::getpid()), ++seen_};
   }
@@ -79,4 +94,5 @@ CLUSTER_PLUGIN(cluster::plugin("faulty").version("1.0.0"),
                cluster::entity<Faulty>("Faulty")
                    .rpc<Crash>("Crash", &Faulty::crash, cluster::persisted)
                    .rpc<Crash>("CrashVolatile", &Faulty::crash)
+                   .rpc<CrashWhile>("CrashWhile", &Faulty::crash_while, cluster::persisted)
                    .rpc<Who>("Who", &Faulty::who))
