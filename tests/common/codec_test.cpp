@@ -218,6 +218,21 @@ TEST(codec, round_trips_an_assignment_snapshot) {
   EXPECT_EQ(back.runners[1].shards, 1u);
 }
 
+TEST(codec, round_trips_the_dead_letter_messages) {
+  const auto ref =
+      round_trip(message_kind::replay_dead_letter, 6, cluster::dead_letter_ref_msg{1234567890123});
+  EXPECT_EQ(ref.id, 1234567890123);
+  EXPECT_EQ(
+      round_trip(message_kind::list_dead_letters, 7, cluster::list_dead_letters_msg{25}).limit,
+      25u);
+  cluster::dead_letters_msg listed;
+  listed.dead_letters.push_back(
+      {42, "default", 17, "Faulty", "x", "Crash", "poison", 3, "plugin crashed", 1700000000000});
+  const auto back = cluster::unpack_bytes<cluster::dead_letters_msg>(cluster::pack_bytes(listed));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back.value(), listed);
+}
+
 TEST(codec, writes_the_body_length_big_endian_in_the_frame_header) {
   // A 300-byte name makes the body longer than 255 bytes, so two header bytes are non-zero.
   cluster::hello_msg hello;
