@@ -272,7 +272,10 @@ void pg_message_store::next_attempt(std::int64_t id, std::optional<std::string> 
   auto shared_done = std::make_shared<decltype(done)>(std::move(done));
   enqueue(other_job{
       [this, id, failure = std::move(failure), shared_done](pg::connection& conn) {
-        const auto why = failure ? pg::param::text(*failure) : pg::param::null();
+        // A crash report may quote any bytes; PostgreSQL text takes clean UTF-8 only.
+        const auto why = !failure                  ? pg::param::null()
+                         : is_clean_text(*failure) ? pg::param::text(*failure)
+                                                   : pg::param::text(to_clean_text(*failure));
         attempt_outcome outcome;
         auto counted =
             conn.exec(count_attempt_, {pg::param::text(std::to_string(id)), why,
