@@ -551,31 +551,37 @@ void persisted_messages::message_done(std::int64_t id) {
 }
 
 void persisted_messages::cut_short(std::int64_t id, std::string why) {
-  store_->next_attempt(id, std::move(why), [this, id](result<attempt_outcome> next) mutable {
-    if (stopped_) return;
-    if (!next) {
-      spdlog::warn("attempt of message {} cut short and not counted ({}); left to a replay", id,
-                   next.error().message);
-      running_.erase(id);
-      message_done(id);
-      return;
-    }
-    auto& outcome = next.value();
-    if (outcome.rerun) {
-      // The plugin's process restarts meanwhile: 100 ms, doubling with every attempt.
-      const int doublings = std::clamp(outcome.rerun->attempts - 2, 0, 5);
-      run(std::move(*outcome.rerun), retry_first_backoff * (1 << doublings));
-      return;
-    }
-    running_.erase(id);
-    if (outcome.dead_lettered) {
-      spdlog::warn("message {} dead-lettered: {}", id, outcome.dead_lettered->message);
-      answer(id, *outcome.dead_lettered);
-    } else if (waiters_.count(id)) {
-      fetch_replies({id});
-    }
-    message_done(id);
-  });
+  store_->next_attempt(
+      id, std::move(why), [this, id, epoch = lock_epoch_](result<attempt_outcome> next) mutable {
+        if (stopped_) return;
+        if (epoch != lock_epoch_) {  // the lock went meanwhile: its next holder replays it
+          running_.erase(id);
+          message_done(id);
+          return;
+        }
+        if (!next) {
+          spdlog::warn("attempt of message {} cut short and not counted ({}); left to a replay", id,
+                       next.error().message);
+          running_.erase(id);
+          message_done(id);
+          return;
+        }
+        auto& outcome = next.value();
+        if (outcome.rerun) {
+          // The plugin's process restarts meanwhile: 100 ms, doubling with every attempt.
+          const int doublings = std::clamp(outcome.rerun->attempts - 2, 0, 5);
+          run(std::move(*outcome.rerun), retry_first_backoff * (1 << doublings));
+          return;
+        }
+        running_.erase(id);
+        if (outcome.dead_lettered) {
+          spdlog::warn("message {} dead-lettered: {}", id, outcome.dead_lettered->message);
+          answer(id, *outcome.dead_lettered);
+        } else if (waiters_.count(id)) {
+          fetch_replies({id});
+        }
+        message_done(id);
+      });
 }
 
 void persisted_messages::requeued(const std::string& group, std::int32_t shard, std::int64_t id) {
