@@ -6,6 +6,7 @@
 // it. Skipped without CLUSTER_TEST_PG_URL. Every wait is for an event with a deadline.
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <iostream>
 
@@ -186,6 +187,88 @@ TEST_F(dead_letters, a_replayed_dead_letter_runs_again_once_its_fault_is_gone) {
   const auto unknown = manager_ctl("dead-letters replay " + id, code);
   EXPECT_NE(code, 0) << "replayed twice: " << unknown;
   expect_others_answer("after-replay");
+}
+
+/// The same with runner.isolation = "process": the plugin's process dies, the runner stays.
+class dead_letters_isolated : public pg_cluster_test {
+ protected:
+  void SetUp() override {
+    pg_cluster_test::SetUp();
+    if (IsSkipped()) return;
+    start_manager();
+    runner_pid =
+        start_runner(
+            1, {"--set",
+                "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR) + "," + CLUSTER_FAULTY_PLUGIN,
+                "--set", "runner.isolation=process", "--set",
+                std::string("runner.plugin_host=") + CLUSTER_BIN_DIR + "/cluster-plugin-host"})
+            .pid();
+    start_proxy();
+    ASSERT_TRUE(ready(1));
+  }
+  std::string call(const std::string& args, int& code) {
+    return run_command(std::string(CLUSTER_BIN_DIR) +
+                           "/clusterctl --proxy 127.0.0.1:" + std::to_string(proxy_port) +
+                           " --timeout-ms 30000 call " + args + " 2>&1",
+                       code);
+  }
+  long runner_pid = 0;
+};
+
+TEST_F(dead_letters_isolated,
+       a_crashing_persisted_call_is_retried_then_dead_lettered_while_its_caller_waits) {
+  int code = 0;
+  // One call: its caller waits through every attempt and gets the dead letter's reply.
+  const auto start = std::chrono::steady_clock::now();
+  const auto answer = call("--key poison Faulty x Crash '{\"mode\":\"abort\"}'", code);
+  std::cout << "dead-lettered in "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - start)
+                   .count()
+            << " ms: " << answer;
+  EXPECT_NE(code, 0);
+  EXPECT_NE(answer.find("Defect: dead-lettered after 3 attempts: "), std::string::npos) << answer;
+  EXPECT_EQ(answer.find("the runner running it stopped"), std::string::npos)
+      << "the last failure is the plugin's crash: " << answer;
+  EXPECT_TRUE(slots.at("runner-1")->running()) << "the runner died with its plugin";
+  EXPECT_EQ(slots.at("runner-1")->pid(), runner_pid);
+  const auto counter = call("Counter c1 Increment '{\"by\":1}'", code);
+  EXPECT_EQ(code, 0) << counter;
+  std::string who;
+  EXPECT_TRUE(wait_for(
+      [&] {
+        who = call("Faulty y Who '{}'", code);
+        return code == 0;
+      },
+      30s))
+      << who;
+
+  // A fault that goes away before the attempts run out: the caller gets the real reply.
+  const auto marker = (dir / "crash-while-this-exists").string();
+  std::ofstream(marker) << "crash\n";
+  // Attempts the runner saw cut short so far (its log has one line for each).
+  const auto cut_short = [this] {
+    std::ifstream log(dir / "runner-1.log");
+    std::size_t count = 0;
+    for (std::string line; std::getline(log, line);)
+      count += line.find("; counting the attempt") != std::string::npos ? 1 : 0;
+    return count;
+  };
+  const auto before = cut_short();
+  EXPECT_GE(before, 3u) << "the poison's attempts were cut short";
+  std::atomic<bool> crashed{false};
+  std::thread fix([&] {
+    // Fixed once the first attempt was cut short, well before the attempts run out (reruns
+    // wait 100 ms, then 200 ms).
+    crashed = wait_for([&] { return cut_short() > before; }, 30s);
+    std::filesystem::remove(marker);
+  });
+  const auto transient =
+      call("--key transient Faulty z CrashWhile '{\"path\":\"" + marker + "\"}'", code);
+  fix.join();
+  EXPECT_EQ(code, 0) << transient;
+  EXPECT_NE(transient.find("\"mode\":\"ok\""), std::string::npos) << transient;
+  EXPECT_TRUE(crashed) << "the first attempt did not crash";
 }
 
 class dead_letters_memory : public process_cluster_test {};
