@@ -54,6 +54,11 @@ run_bench_matrix() {
     shift
   done
   ensure_cluster_bench
+  # Cluster CPU per call: the processes on a call's path and their children (plugin hosts).
+  local component pid
+  for component in manager runner-1 runner-2 proxy; do
+    pid=$(component_pid "$component") && extra+=(--cpu-pid "$pid")
+  done
   if ! component_pid proxy >/dev/null || ! ctl --timeout-ms 2000 status >/dev/null 2>&1; then
     die "the local cluster is not running (no proxy or manager answering); start it with scripts/dev up"
   fi
@@ -61,7 +66,8 @@ run_bench_matrix() {
   local rpc in_flight line failed=0
   if ((!as_json)); then
     say "matrix: ${BENCH_RPCS[*]} x in flight ${BENCH_IN_FLIGHT[*]} x $BENCH_ENTITIES entities, ${BENCH_DURATION_S}s each after ${BENCH_WARMUP_S}s warm-up"
-    printf '%-14s %9s %9s %11s %9s %9s %7s\n' rpc in_flight entities rps p50_ms p99_ms errors
+    printf '%-14s %9s %9s %11s %9s %9s %7s %9s\n' rpc in_flight entities rps p50_ms p99_ms errors \
+      cpu_us
   fi
   for rpc in "${BENCH_RPCS[@]}"; do
     for in_flight in "${BENCH_IN_FLIGHT[@]}"; do
@@ -73,10 +79,11 @@ run_bench_matrix() {
       if ((as_json)); then
         printf '%s\n' "$line"
       else
-        printf '%-14s %9s %9s %11s %9s %9s %7s\n' "$(json_field "$line" rpc | tr -d '"')" \
+        printf '%-14s %9s %9s %11s %9s %9s %7s %9s\n' "$(json_field "$line" rpc | tr -d '"')" \
           "$(json_field "$line" in_flight)" "$(json_field "$line" entities)" \
           "$(json_field "$line" rps)" "$(json_field "$line" p50_ms)" \
-          "$(json_field "$line" p99_ms)" "$(json_field "$line" errors)"
+          "$(json_field "$line" p99_ms)" "$(json_field "$line" errors)" \
+          "$(json_field "$line" cpu_us_per_call)"
       fi
     done
   done
