@@ -32,9 +32,10 @@ struct runner_config {
   milliseconds request_timeout{10000};
   /// A graceful stop (SIGTERM) waits this long for in-flight requests before it gives up.
   milliseconds shutdown_timeout{30000};
-  /// "none": plugins run in the runner's process (fastest; a crash in one ends the runner).
-  /// "process": each plugin file runs in its own cluster-plugin-host child (plugin_process.hpp).
-  std::string isolation = "none";
+  /// "process": each plugin file runs in its own cluster-plugin-host child (plugin_process.hpp):
+  /// a crash costs that child's requests, not the runner. "none": plugins run in the runner's
+  /// process (less CPU per call; a crash in one ends the runner). docs/benchmarks.md has both.
+  std::string isolation = "process";
   /// One plugin callback running longer than this is stopped: with "process" its child is
   /// killed, with "none" the runner ends itself (handler_watch.hpp). 0: no limit.
   milliseconds handler_timeout{30000};
