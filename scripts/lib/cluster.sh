@@ -84,8 +84,9 @@ component_command() {
         --set "gateway.proxy=$PROXY_ADDR")
       ;;
     runner-*)
+      # DEV_PLUGINS: more plugin files or folders (comma-separated), e.g. one built out of tree.
       COMMAND+=(--set "runner.name=$name" --set "runner.port=$port"
-        --set "runner.plugins=$PLUGIN_DIR")
+        --set "runner.plugins=$PLUGIN_DIR${DEV_PLUGINS:+,$DEV_PLUGINS}")
       ;;
   esac
 }
