@@ -29,10 +29,12 @@ class dead_letters : public pg_cluster_test {
     ASSERT_TRUE(ready(runners));
   }
 
+  /// Plugins in the runner (isolation "none"): an abort in a handler ends the runner.
   void start_runner_with_faulty(int n) {
-    start_runner(
-        n, {"--set", "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR) + "," +
-                         CLUSTER_TEST_PLUGIN_DIR + "/libprobe_plugin.so," + CLUSTER_FAULTY_PLUGIN});
+    start_runner(n, {"--set",
+                     "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR) + "," +
+                         CLUSTER_TEST_PLUGIN_DIR + "/libprobe_plugin.so," + CLUSTER_FAULTY_PLUGIN,
+                     "--set", "runner.isolation=none"});
   }
 
   /// Restarts the runners that died (a supervisor's job); how many it restarted.
