@@ -185,6 +185,12 @@ void entity_host::run_next(const slot_key& key) {
       next.done(reply_msg::failure(errc::deadline_exceeded, "expired in the mailbox"));
       continue;
     }
+    if (may_run && !may_run(s.type->info.group, s.shard)) {
+      next.done(reply_msg::failure(errc::not_owner, "the runner stopped serving shard " +
+                                                        std::to_string(s.shard) + " of group '" +
+                                                        s.type->info.group + "'"));
+      continue;
+    }
     if (s.instance == nullptr) {
       // Its plugin's process ended since the last message: a new activation, in the next one.
       std::string why;

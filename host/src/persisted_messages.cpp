@@ -707,6 +707,15 @@ void persisted_messages::run(persisted_message message, milliseconds backoff) {
 
 void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_msg&& reply,
                                 gate::holder hold) {
+  if (reply.code == errc::not_owner) {
+    // Refused before it ran (plugins cannot answer NotOwner): the runner was fenced. The
+    // message stays stored, unprocessed, for the shard's holder to replay; the callers'
+    // routers retry there with the same primary key and wait for that run.
+    running_.erase(id);
+    answer(id, reply);
+    message_done(id);
+    return;
+  }
   if (reply.attempt_cut_short()) {
     // Not its reply: the plugin's process died under it. Its callers keep waiting.
     spdlog::warn("message {} ({}/{}): {}; counting the attempt", id, shard.first, shard.second,

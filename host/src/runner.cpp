@@ -2,13 +2,26 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
+#include <random>
 #include <set>
 
 #include "cluster/process/ecs_metadata.hpp"
 #include "cluster/protocol/shard.hpp"
 #include "cluster/storage-pg/stores.hpp"
+#include "cluster/storage/manager_store.hpp"
 
 namespace cluster::host {
+
+namespace {
+std::string random_incarnation() {
+  std::random_device seed;
+  std::mt19937_64 random((static_cast<std::uint64_t>(seed()) << 32) ^ seed());
+  char text[17];
+  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(random()));
+  return text;
+}
+}  // namespace
 
 std::vector<config_section> runner_config::sections() {
   std::vector<config_section> sections;
@@ -30,7 +43,8 @@ std::vector<config_section> runner_config::sections() {
       .key("isolation", &isolation)
       .key("handler_timeout_ms", &handler_timeout)
       .key("plugin_memory_limit_mb", &plugin_memory_limit_mb)
-      .key("plugin_host", &plugin_host);
+      .key("plugin_host", &plugin_host)
+      .key("stall_fence_ms", &stall_fence);
   return sections;
 }
 
@@ -47,7 +61,9 @@ runner::runner(asio::io_context& io, runner_config config)
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{config_.name, "runner", config_.common.limits()}),
       work_(io.get_executor()),
-      drain_timer_(io) {}
+      drain_timer_(io),
+      incarnation_(random_incarnation()),
+      stall_timer_(io) {}
 
 runner::~runner() = default;
 
@@ -97,6 +113,9 @@ void runner::start() {
   registry_.on_instances_lost = [this](const std::vector<std::string>& types) {
     entities_->instances_lost(types);
   };
+  // The manager ends the sessions of this incarnation if it declares the runner dead.
+  config_.common.storage.application_name = runner_session_name(incarnation_);
+  entities_->may_run = [this](const std::string&, std::int32_t) { return !check_fenced(); };
   persisted_ =
       std::make_unique<persisted_messages>(io_, make_message_store(io_, config_.common.storage),
                                            *entities_, registry_, config_.common.storage);
@@ -133,6 +152,7 @@ void runner::start() {
   registration.name = config_.name;
   registration.address = address_;
   registration.version = "0.1.0";
+  registration.incarnation = incarnation_;
   registration.entity_types = registry_.catalog();
   std::set<std::string> groups(config_.groups.begin(), config_.groups.end());
   if (groups.empty())
@@ -150,7 +170,56 @@ void runner::start() {
   manager_ = std::make_unique<manager_client>(
       io_, options, [this](const assignment_snapshot& snapshot) { on_snapshot(snapshot); });
   manager_->start();
-  spdlog::info("runner {} listening on {}", config_.name, address_);
+  last_tick_ = steady_clock::now();
+  watch_stalls();
+  spdlog::info("runner {} listening on {} (incarnation {})", config_.name, address_, incarnation_);
+}
+
+void runner::watch_stalls() {
+  const auto tick =
+      std::clamp<milliseconds>(config_.stall_fence / 4, milliseconds(1), milliseconds(250));
+  stall_timer_.expires_after(tick);
+  stall_timer_.async_wait([this](const error_code& ec) {
+    if (ec || stopping_) return;
+    const auto now = steady_clock::now();
+    const auto gap = std::chrono::duration_cast<milliseconds>(now - last_tick_);
+    if (gap > config_.stall_fence) begin_fence(gap);
+    last_tick_ = now;
+    watch_stalls();
+  });
+}
+
+bool runner::check_fenced() {
+  if (fenced_) return true;
+  // After a SIGCONT, requests read from the socket and queued messages may run before the
+  // late tick does: they compare the clock with the last tick themselves.
+  const auto gap = std::chrono::duration_cast<milliseconds>(steady_clock::now() - last_tick_);
+  if (gap <= config_.stall_fence) return false;
+  begin_fence(gap);
+  return true;
+}
+
+void runner::begin_fence(milliseconds stalled) {
+  if (fenced_) return;
+  fenced_ = true;
+  fenced_at_ = steady_clock::now();
+  // Posted: this may run inside the entity host's loop over a mailbox, and the fence
+  // passivates entities.
+  asio::post(io_, [this, stalled] { enter_fence(stalled); });
+}
+
+void runner::enter_fence(milliseconds stalled) {
+  if (stopping_) return;
+  spdlog::warn(
+      "runner {}: the event loop stalled for {} ms, long enough for the manager to move its "
+      "shards; fenced: serving nothing until it has registered again and has a fresh assignment",
+      config_.name, stalled.count());
+  owned_.clear();
+  // Locked shards go to releasing (nothing new runs, locks go as entities passivate), the
+  // others are forgotten; then every entity is passivated, busy ones once idle.
+  if (persisted_) persisted_->set_wanted({});
+  entities_->evict_shards([](const std::string&, std::int32_t) { return false; });
+  if (manager_) manager_->reconnect();
 }
 
 void runner::stop(std::function<void()> on_stopped) {
@@ -158,6 +227,7 @@ void runner::stop(std::function<void()> on_stopped) {
   if (stopped() && !on_stopped_.empty()) notify_stopped();
   if (stopping_) return;
   stopping_ = true;
+  stall_timer_.cancel();
   server_.stop_accepting();
   asio::co_spawn(io_, shut_down(), asio::detached);
 }
@@ -217,6 +287,17 @@ std::size_t runner::owned_shards() const {
 }
 
 void runner::on_snapshot(const assignment_snapshot& snapshot) {
+  if (fenced_) {
+    // Only a snapshot answering a registration sent after the stall tells what this runner
+    // still owns; an older one may predate the manager moving its shards.
+    if (!manager_ || !manager_->registered() || manager_->registered_at() <= fenced_at_) {
+      router_.update(snapshot);
+      return;
+    }
+    fenced_ = false;
+    spdlog::info("runner {}: fence lifted by assignment v{} after registering again", config_.name,
+                 snapshot.version);
+  }
   std::map<std::string, std::vector<bool>> owned;
   for (const auto& group : snapshot.groups) {
     auto& flags = owned[group.group];
@@ -285,6 +366,11 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
     done(reply_msg::failure(errc::shutting_down, "runner " + config_.name + " is stopping"));
     return;
   }
+  if (check_fenced()) {
+    done(reply_msg::failure(errc::not_owner,
+                            "runner " + config_.name + " is registering again after a stall"));
+    return;
+  }
   // Before storage or a plugin sees it: a bad id fails this call only.
   if (auto valid = validate_request(request, config_.common.request_limits()); !valid) {
     done(reply_msg::failure(std::move(valid).error()));
@@ -322,6 +408,14 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
         done(reply_msg::failure(errc::storage_error,
                                 "storage is unavailable: persisted calls are refused until it is "
                                 "back (retry later)"));
+      } else if (!manager_->heard_within(config_.stall_fence)) {
+        // Nobody else takes the lock while the storage is away, unless the manager declared
+        // this runner dead and ended its sessions: only while the manager is heard from
+        // (it pings every health_check_interval_ms) is the lock's loss the storage's doing.
+        done(reply_msg::failure(errc::not_owner,
+                                "runner " + config_.name + " lost the lock of shard " +
+                                    std::to_string(shard) + " of group '" + type->info.group +
+                                    "' and cannot reach the manager"));
       } else {
         entities_->deliver(address, *rpc_index, std::move(request), deadline, std::move(done));
       }

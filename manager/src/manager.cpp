@@ -127,7 +127,8 @@ void manager::expire_kept_runners() {
   for (const auto& [address, entry] : runners_)
     if (entry.keep_until && *entry.keep_until <= now && !entry.conn.lock())
       expired.push_back(address);
-  for (const auto& address : expired) remove_runner(address, "did not register again in time");
+  for (const auto& address : expired)
+    remove_runner(address, "did not register again in time", true);
   schedule_expiry();
 }
 
@@ -165,7 +166,8 @@ awaitable<void> manager::probe_runner(std::string address, std::uint64_t generat
     }
     last_error = connected.error().message;
   }
-  if (current()) remove_runner(address, "connection lost and not reachable (" + last_error + ")");
+  if (current())
+    remove_runner(address, "connection lost and not reachable (" + last_error + ")", true);
 }
 
 assignment_snapshot manager::snapshot() const {
@@ -223,7 +225,7 @@ void manager::on_message(const connection_ptr& conn, envelope&& env) {
                                                         " is not registered on this connection"));
         return;
       }
-      remove_runner(address, "unregistered");
+      remove_runner(address, "unregistered", false);
       conn->send_reply(env.id, reply_msg{});
       return;
     }
@@ -361,13 +363,29 @@ void manager::on_disconnect(const connection_ptr& conn) {
   }
 }
 
-void manager::remove_runner(const std::string& address_ref, const std::string& why) {
+void manager::remove_runner(const std::string& address_ref, const std::string& why, bool fence) {
   const std::string address = address_ref;  // the caller's reference may be the erased key
   auto it = runners_.find(address);
   if (it == runners_.end()) return;
   spdlog::info("runner {} ({}) left: {}", it->second.registration.name, address, why);
+  const std::string name = it->second.registration.name;
+  const std::string incarnation = it->second.registration.incarnation;
   runners_.erase(it);
   store_->remove_runner(address);
+  // A runner declared dead may only be frozen: its storage sessions would keep its shard
+  // locks (and its shards unserved) for as long as it stays so. Ending them lets the new
+  // owners take the locks on their next try; if it wakes, it finds its sessions gone.
+  if (fence && !incarnation.empty()) {
+    store_->fence_runner(incarnation, [name, address](result<std::size_t> ended) {
+      // The store's thread: log only, the manager's state is its loop's.
+      if (!ended)
+        spdlog::warn("runner {} ({}) could not be fenced: {}", name, address,
+                     ended.error().message);
+      else
+        spdlog::info("runner {} ({}) fenced: {} storage sessions ended", name, address,
+                     ended.value());
+    });
+  }
   rebalance_all(true);
 }
 

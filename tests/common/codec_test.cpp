@@ -628,11 +628,14 @@ TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
   for (auto kind : {message_kind::ping, message_kind::pong, message_kind::subscribe_assignments,
                     message_kind::get_status, message_kind::interrupt})
     expect_every_field_travels(kind, cluster::empty_msg{}, 0);
-  expect_every_field_travels(
-      message_kind::register_runner,
-      cluster::register_runner_msg{
-          "runner-a", "10.0.0.1:7000", {"default", "billing"}, "1.2.3", {sample_entity_type()}},
-      5);
+  expect_every_field_travels(message_kind::register_runner,
+                             cluster::register_runner_msg{"runner-a",
+                                                          "10.0.0.1:7000",
+                                                          {"default", "billing"},
+                                                          "1.2.3",
+                                                          {sample_entity_type()},
+                                                          "0123abcdef"},
+                             6);
   expect_every_field_travels(message_kind::unregister_runner,
                              cluster::unregister_runner_msg{"10.0.0.1:7000"}, 1);
   expect_every_field_travels(message_kind::assignments, sample_snapshot(), 5);
@@ -704,7 +707,18 @@ TEST(wire_fields, writes_the_same_bytes_as_msgpack_define_map_did) {
       {{"Counter", "billing", {{"Increment", true}, {"Get", false}}}}};
   const cluster::register_runner_msg registration{
       "runner-a", "10.0.0.1:7000", {"default"}, "1.2.3", {sample_entity_type()}};
-  EXPECT_EQ(cluster::pack_bytes(registration), cluster::pack_bytes(old_registration));
+  // A registration gained `incarnation` since: an older runner's (without it) still decodes,
+  // with an empty incarnation, and an older manager skips the new key.
+  EXPECT_EQ(
+      cluster::unpack_bytes<cluster::register_runner_msg>(cluster::pack_bytes(old_registration))
+          .value(),
+      registration);
+  auto with_incarnation = registration;
+  with_incarnation.incarnation = "5eed";
+  EXPECT_EQ(cluster::unpack_bytes<old_register_runner_msg>(cluster::pack_bytes(with_incarnation))
+                .value()
+                .address,
+            "10.0.0.1:7000");
   // And what the old encoder wrote decodes to the same message.
   EXPECT_EQ(cluster::unpack_bytes<cluster::assignment_snapshot>(
                 cluster::pack_bytes(old_sample_snapshot()))

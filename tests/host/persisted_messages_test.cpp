@@ -614,5 +614,29 @@ TEST_F(persisted_messages_test, answers_not_owner_when_an_unshared_store_s_shard
   EXPECT_EQ(node.entities.activations(), 0u);
 }
 
+TEST_F(persisted_messages_test,
+       a_message_refused_by_a_fenced_runner_stays_stored_for_the_next_holder) {
+  const std::string id = "lena";
+  const auto shard = shard_of(id);
+  auto& fenced = serving_runner(id);
+  // What a runner that was frozen answers from its entity host: nothing reaches the plugin.
+  fenced.entities.may_run = [](const std::string&, std::int32_t) { return false; };
+  const auto refused = wait_reply(append(fenced, id, "s", 1, "k1"));
+  EXPECT_EQ(refused.code, errc::not_owner) << refused.message;
+  EXPECT_TRUE(fenced.store->completed.empty()) << "a message that never ran was stored as done";
+  EXPECT_EQ(fenced.persisted->waiting_callers(), 0u);
+
+  // The fenced runner gives the shard up; its next holder replays the message, once, and
+  // the caller's retry with the same key gets that run's reply.
+  fenced.persisted->set_wanted({});
+  ASSERT_TRUE(wait_for_state(fenced, shard, std::nullopt));
+  auto& next = serving_runner(id);
+  const auto retried = wait_reply(append(next, id, "s", 1, "k1"));
+  ASSERT_TRUE(retried.ok()) << retried.message;
+  EXPECT_EQ(log_of(retried), (std::vector<std::string>{"s:1"}));
+  ASSERT_TRUE(step_until(io, [&] { return next.persisted->storing() == 0; }));
+  EXPECT_EQ(next.store->completed.size(), 1u);
+}
+
 }  // namespace
 }  // namespace cluster::host

@@ -3,6 +3,7 @@
 
 #include <map>
 #include <set>
+#include <thread>
 
 #include "cluster/protocol/shard.hpp"
 #include "cluster_fixture.hpp"
@@ -339,6 +340,114 @@ TEST(cluster, serves_the_seed_greeting_with_the_shard_number) {
   const auto reply = cluster.call(make_request("Greeter", "Test", "Greet", {{"name", "John"}}));
   ASSERT_TRUE(reply.ok()) << reply.message;
   EXPECT_EQ(reply_json(reply)["message"], "Hello, John! from Test Greeter 216");
+}
+
+// The whole process stands still (the test thread runs none of its handlers), as under
+// SIGSTOP: the runner must not serve from what it knew before, but register again first.
+TEST(cluster, a_runner_whose_loop_stalled_serves_nothing_until_it_has_registered_again) {
+  in_process_cluster cluster;
+  auto& runner = cluster.add_runner(
+      [](host::runner_config& config) { config.stall_fence = milliseconds(200); });
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  const auto before = cluster.call(make_request("Probe", "frozen", "Echo", {{"text", "a"}}));
+  ASSERT_TRUE(before.ok()) << before.message;
+  auto direct = cluster.connect("127.0.0.1:" + std::to_string(runner.port()));
+  ASSERT_NE(direct, nullptr);
+
+  std::this_thread::sleep_for(milliseconds(500));  // the stall itself
+  // Written at once; the runner reads it in the first round of handlers after the stall.
+  reply_msg refused;
+  bool done = false;
+  direct->call(message_kind::request, make_request("Probe", "frozen", "Echo", {{"text", "b"}}),
+               milliseconds(5000), [&](reply_msg&& r) {
+                 refused = std::move(r);
+                 done = true;
+               });
+  ASSERT_TRUE(run_until(cluster.io, [&] { return done; }));
+  EXPECT_EQ(refused.code, errc::not_owner) << refused.message;
+
+  // It registers again; the fresh assignment lifts the fence and its shards come back.
+  ASSERT_TRUE(run_until(cluster.io, [&] { return !runner.fenced(); }));
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  const auto after = cluster.call(make_request("Probe", "frozen", "Echo", {{"text", "c"}}));
+  ASSERT_TRUE(after.ok()) << after.message;
+  // A new activation: the one from before the stall was passivated with the fence.
+  EXPECT_GT(reply_json(after)["activation"].get<std::int64_t>(),
+            reply_json(before)["activation"].get<std::int64_t>());
+}
+
+/// A manager store that records the fences the manager asks for.
+class fence_recorder final : public manager_store {
+ public:
+  explicit fence_recorder(std::shared_ptr<std::vector<std::string>> fenced)
+      : fenced_(std::move(fenced)) {}
+  std::string backend_name() const override { return "memory"; }
+  void save_runner(const register_runner_msg& runner) override { inner_.save_runner(runner); }
+  void remove_runner(const std::string& address) override { inner_.remove_runner(address); }
+  void save_assignment(const std::string& group, const std::vector<std::string>& owners) override {
+    inner_.save_assignment(group, owners);
+  }
+  std::vector<register_runner_msg> load_runners() override { return inner_.load_runners(); }
+  std::map<std::string, std::vector<std::string>> load_assignments() override {
+    return inner_.load_assignments();
+  }
+  void fence_runner(const std::string& incarnation, fence_done done) override {
+    fenced_->push_back(incarnation);
+    done(1);
+  }
+
+ private:
+  memory_manager_store inner_;
+  std::shared_ptr<std::vector<std::string>> fenced_;
+};
+
+TEST(manager, fences_a_runner_it_declares_dead_but_not_one_that_leaves) {
+  asio::io_context io;
+  auto fenced = std::make_shared<std::vector<std::string>>();
+  manager::manager_config config;
+  config.host = "127.0.0.1";
+  config.port = 0;
+  config.probe_timeout = milliseconds(100);
+  manager::manager manager(io, config, std::make_unique<fence_recorder>(fenced));
+  manager.start();
+  const std::string address = "127.0.0.1:" + std::to_string(manager.port());
+
+  // Registers as a runner at an address where nothing listens (probes fail at once).
+  auto join = [&](const std::string& name, const std::string& incarnation) {
+    auto conn = connect_client(io, address);
+    EXPECT_NE(conn, nullptr);
+    register_runner_msg registration;
+    registration.name = name;
+    registration.address = "127.0.0.1:" + std::to_string(1 + name.size());
+    registration.groups = {"default"};
+    registration.incarnation = incarnation;
+    bool done = false;
+    conn->call(message_kind::register_runner, registration, milliseconds(5000),
+               [&](reply_msg&& reply) {
+                 EXPECT_TRUE(reply.ok()) << reply.message;
+                 done = true;
+               });
+    EXPECT_TRUE(run_until(io, [&] { return done; }));
+    return std::make_pair(conn, registration.address);
+  };
+  auto count_runners = [&] { return manager.snapshot().runners.size(); };
+
+  auto [leaving, leaving_address] = join("leaving-runner", "1eave");
+  bool left = false;
+  leaving->call(message_kind::unregister_runner, unregister_runner_msg{leaving_address},
+                milliseconds(5000), [&](reply_msg&& reply) {
+                  EXPECT_TRUE(reply.ok()) << reply.message;
+                  left = true;
+                });
+  ASSERT_TRUE(run_until(io, [&] { return left && count_runners() == 0; }));
+
+  auto [dying, dying_address] = join("dying", "dead0");
+  dying->close();  // connection lost, and the probes find nobody at its address
+  ASSERT_TRUE(run_until(io, [&] { return count_runners() == 0; }));
+  EXPECT_EQ(*fenced, (std::vector<std::string>{"dead0"}));
+  manager.stop();
+  run_until(
+      io, [] { return false; }, milliseconds(50));
 }
 
 }  // namespace

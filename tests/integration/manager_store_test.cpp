@@ -12,6 +12,7 @@
 #include <memory>
 #include <thread>
 
+#include "cluster/storage-pg/postgres.hpp"
 #include "cluster/storage-pg/stores.hpp"
 #include "test_postgres.hpp"
 
@@ -238,6 +239,75 @@ TEST_F(manager_store_test, retries_through_an_outage_and_keeps_only_the_latest_s
   ASSERT_EQ(runners.size(), 1u);
   EXPECT_EQ(runners[0].name, "runner-b");
   EXPECT_EQ(fresh->load_assignments().at("default"), (std::vector<std::string>{"b", "b"}));
+}
+
+/// Waits for a fence's completion (it runs on the store's thread).
+result<std::size_t> fence(manager_store& store, const std::string& incarnation) {
+  auto ended = std::make_shared<std::promise<result<std::size_t>>>();
+  auto future = ended->get_future();
+  store.fence_runner(incarnation, [ended](result<std::size_t> r) { ended->set_value(r); });
+  if (future.wait_for(30s) != std::future_status::ready)
+    return failure{errc::deadline_exceeded, "the fence did not complete within 30 s"};
+  return future.get();
+}
+
+bool lock_is_free(pg::connection& conn, std::int64_t key) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    // A terminated backend lets its locks go as it exits, a moment after the signal.
+    if (conn.exec("SELECT pg_try_advisory_lock($1)", {pg::param::text(std::to_string(key))})
+            .boolean(0, 0))
+      return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+TEST_F(manager_store_test, a_fence_ends_only_that_runner_incarnation_s_sessions_and_their_locks) {
+  REQUIRE_POSTGRES();
+  const std::string incarnation = "t" + std::to_string(::getpid()) + "frozen";
+  const std::int64_t key = 4'200'000 + ::getpid();
+  pg::connection frozen(test_pg_url(), runner_session_name(incarnation));
+  pg::connection listener(test_pg_url(), runner_session_name(incarnation));
+  pg::connection bystander(test_pg_url(), runner_session_name(incarnation + "-other"));
+  frozen.exec("SELECT pg_advisory_lock($1)", {pg::param::text(std::to_string(key))});
+  pg::connection next_owner(test_pg_url());
+  ASSERT_FALSE(
+      next_owner.exec("SELECT pg_try_advisory_lock($1)", {pg::param::text(std::to_string(key))})
+          .boolean(0, 0));
+
+  auto store = make_manager_store(direct);
+  const auto ended = fence(*store, incarnation);
+  ASSERT_TRUE(ended.has_value()) << ended.error().message;
+  EXPECT_EQ(ended.value(), 2u) << "both sessions of the incarnation, nothing else";
+  EXPECT_TRUE(lock_is_free(next_owner, key)) << "the fenced session's lock was not released";
+  EXPECT_THROW(frozen.exec("SELECT 1"), pg::error);
+  EXPECT_NO_THROW(bystander.exec("SELECT 1"));
+  // Nothing left to end: a second fence finds no session.
+  const auto again = fence(*store, incarnation);
+  ASSERT_TRUE(again.has_value()) << again.error().message;
+  EXPECT_EQ(again.value(), 0u);
+}
+
+TEST_F(manager_store_test, a_fence_asked_for_while_the_database_is_away_runs_when_it_is_back) {
+  REQUIRE_POSTGRES();
+  const std::string incarnation = "t" + std::to_string(::getpid()) + "later";
+  pg::connection frozen(test_pg_url(), runner_session_name(incarnation));
+  auto store = make_manager_store(through_proxy);
+  proxy->cut();
+  auto ended = std::make_shared<std::promise<result<std::size_t>>>();
+  auto future = ended->get_future();
+  store->fence_runner(incarnation, [ended](result<std::size_t> r) { ended->set_value(r); });
+  const auto give_up = std::chrono::steady_clock::now() + 30s;
+  while (store->reachable() && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(store->reachable()) << "the fence should have found the server away";
+  proxy->restore();
+  ASSERT_EQ(future.wait_for(30s), std::future_status::ready);
+  const auto result = future.get();
+  ASSERT_TRUE(result.has_value()) << result.error().message;
+  EXPECT_EQ(result.value(), 1u);
+  EXPECT_THROW(frozen.exec("SELECT 1"), pg::error);
 }
 
 }  // namespace

@@ -19,6 +19,12 @@ manager_client::manager_client(asio::io_context& io, manager_client_options opti
 
 void manager_client::start() { asio::co_spawn(io_, run(), asio::detached); }
 
+void manager_client::reconnect() {
+  registered_ = false;
+  // The loop wakes (the connection's on_close) and starts over without a backoff.
+  if (conn_) conn_->close();
+}
+
 void manager_client::stop() {
   stopped_ = true;
   if (wake_) wake_->cancel();
@@ -54,14 +60,16 @@ awaitable<void> manager_client::run() {
     conn_ = connected.value();
     bool ready = true;
     if (options_.registration) {
+      const auto sent_at = steady_clock::now();
       auto call = conn_->async_call(message_kind::register_runner, *options_.registration,
                                     options_.connect_timeout);
       auto reply = co_await std::move(call);
       if (!reply.ok()) {
         spdlog::error("manager refused registration: {} {}", reply.error, reply.message);
         ready = false;
-      } else {
+      } else if (conn_->is_open()) {
         registered_ = true;
+        registered_at_ = sent_at;
       }
     }
     if (ready) {

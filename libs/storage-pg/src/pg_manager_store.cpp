@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -48,7 +49,7 @@ class pg_manager_store final : public manager_store {
  public:
   /// Start-up: connects, migrates and reads the stored state on the calling thread.
   explicit pg_manager_store(const storage_settings& settings) : settings_(settings) {
-    session_ = std::make_unique<pg::connection>(settings_.conninfo());
+    session_ = std::make_unique<pg::connection>(settings_.conninfo(), settings_.application_name);
     pg::migrate(*session_, settings_.table_prefix);
     runners_at_start_ = read_runners(*session_);
     assignments_at_start_ = read_assignments(*session_);
@@ -91,7 +92,20 @@ class pg_manager_store final : public manager_store {
   }
   bool reachable() const override { return reachable_; }
 
+  void fence_runner(const std::string& incarnation, fence_done done) override {
+    {
+      std::lock_guard lock(mutex_);
+      fences_.push_back(fence_job{incarnation, std::move(done)});
+    }
+    wake_.notify_one();
+  }
+
  private:
+  struct fence_job {
+    std::string incarnation;
+    fence_done done;
+  };
+
   template <class Change>
   void queue(Change&& change) {
     {
@@ -111,23 +125,74 @@ class pg_manager_store final : public manager_store {
     auto retry = first_retry;
     std::unique_lock lock(mutex_);
     while (true) {
-      wake_.wait(lock, [&] { return closing_ || !queued_.empty(); });
-      if (queued_.empty()) return;  // closing, nothing left
+      wake_.wait(lock, [&] { return closing_ || !queued_.empty() || !fences_.empty(); });
+      if (queued_.empty() && fences_.empty()) return;  // closing, nothing left
+      std::deque<fence_job> fences = std::exchange(fences_, {});
       changes batch = std::exchange(queued_, {});
       const std::uint64_t covered = queued_count_;
       lock.unlock();
-      const bool stored = store(batch);
+      // Fences first: the new owners of a dead runner's shards wait for the locks it holds.
+      while (!fences.empty() && fence(fences.front())) fences.pop_front();
+      const bool stored = batch.empty() || store(batch);
       lock.lock();
       if (stored) {
         stored_count_ = covered;
         stored_.notify_all();
+      } else {
+        queued_.restore_under(std::move(batch));
+      }
+      if (fences.empty() && stored) {
         retry = first_retry;
         continue;
       }
-      queued_.restore_under(std::move(batch));
+      // Unfinished fences go back before the ones asked for since.
+      for (auto it = fences.rbegin(); it != fences.rend(); ++it) fences_.push_front(std::move(*it));
       // Bounded backoff; closing cuts it short (the destructor's flush already gave up).
-      if (wake_.wait_for(lock, retry, [&] { return closing_; })) return;
+      if (wake_.wait_for(lock, retry, [&] { return closing_; })) {
+        for (auto& job : std::exchange(fences_, {}))
+          job.done(failure{errc::storage_error, "the manager stopped before the fence ran"});
+        return;
+      }
       retry = std::min(retry * 2, last_retry);
+    }
+  }
+
+  /// Ends the sessions of one runner incarnation; false when it should be retried.
+  bool fence(fence_job& job) {
+    try {
+      if (!session_ || !session_->healthy())
+        session_ =
+            std::make_unique<pg::connection>(settings_.conninfo(), settings_.application_name);
+      // In the select list, not the WHERE clause: only the rows the filter keeps are
+      // terminated, whatever order the planner evaluates conditions in.
+      auto rows = session_->exec(
+          "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+          "$1 AND pid <> pg_backend_pid()",
+          {pg::param::text(runner_session_name(job.incarnation))});
+      std::string pids;
+      std::size_t ended = 0;
+      for (int r = 0; r < rows.rows(); ++r) {
+        if (!rows.boolean(r, 1)) continue;
+        pids += (ended++ > 0 ? ", " : "") + rows.text(r, 0);
+      }
+      reachable_ = true;
+      if (ended > 0)
+        spdlog::info(
+            "fenced runner incarnation {}: ended its {} storage sessions (backend pids {})",
+            job.incarnation, ended, pids);
+      job.done(ended);
+      return true;
+    } catch (const pg::error& e) {
+      if (!e.retriable) {
+        // No permission to end other sessions (pg_signal_backend), for one: retrying will not
+        // help; the locks go when the runner's connections do.
+        spdlog::error("cannot fence runner incarnation {}: {}", job.incarnation, e.what());
+        job.done(failure{errc::storage_error, "the storage refused to end the runner's sessions"});
+        return true;
+      }
+      reachable_ = false;
+      if (session_ && !session_->healthy()) session_.reset();
+      return false;
     }
   }
 
@@ -135,7 +200,8 @@ class pg_manager_store final : public manager_store {
   bool store(const changes& batch) {
     try {
       if (!session_ || !session_->healthy())
-        session_ = std::make_unique<pg::connection>(settings_.conninfo());
+        session_ =
+            std::make_unique<pg::connection>(settings_.conninfo(), settings_.application_name);
       pg::transaction(*session_, [&] {
         for (const auto& [address, row] : batch.runners) {
           if (row) {
@@ -213,6 +279,7 @@ class pg_manager_store final : public manager_store {
   std::condition_variable wake_;    // queued changes or closing, for the worker
   std::condition_variable stored_;  // stored_count_ moved, for flush()
   changes queued_;
+  std::deque<fence_job> fences_;
   std::uint64_t queued_count_ = 0;  // writes queued since opening
   std::uint64_t stored_count_ = 0;  // of those, how many are stored
   bool closing_ = false;

@@ -188,7 +188,7 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
 pg_message_store::~pg_message_store() { stop(); }
 
 std::unique_ptr<pg::connection> pg_message_store::worker_session() const {
-  auto session = std::make_unique<pg::connection>(settings_.conninfo());
+  auto session = std::make_unique<pg::connection>(settings_.conninfo(), settings_.application_name);
   // The batch statements take arrays whose length PostgreSQL cannot guess: left alone it
   // keeps planning them per call. Their plans do not depend on the values.
   session->exec("SET plan_cache_mode = force_generic_plan");
@@ -710,7 +710,7 @@ boost::asio::awaitable<void> pg_message_store::listen_for_replies() {
     std::unique_ptr<pg::connection> session;
     try {
       // Blocks only this thread (connect_timeout bounds it); the runner's loop never waits.
-      session = std::make_unique<pg::connection>(settings_.conninfo());
+      session = std::make_unique<pg::connection>(settings_.conninfo(), settings_.application_name);
       session->exec("LISTEN \"" + table("replies") + "\"");
       session->exec("LISTEN \"" + table("requeued") + "\"");
       retry = listen_first_retry;

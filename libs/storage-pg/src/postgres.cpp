@@ -109,8 +109,18 @@ cluster::bytes result::bytea(int row, int column) const {
   return out;
 }
 
-connection::connection(const std::string& conninfo)
-    : raw_(PQconnectdb(conninfo.c_str()), &PQfinish) {
+namespace {
+PGconn* open_session(const std::string& conninfo, const std::string& application_name) {
+  if (application_name.empty()) return PQconnectdb(conninfo.c_str());
+  // expand_dbname: the first value is the whole conninfo or URI; later keywords override it.
+  const char* keywords[] = {"dbname", "application_name", nullptr};
+  const char* values[] = {conninfo.c_str(), application_name.c_str(), nullptr};
+  return PQconnectdbParams(keywords, values, 1);
+}
+}  // namespace
+
+connection::connection(const std::string& conninfo, const std::string& application_name)
+    : raw_(open_session(conninfo, application_name), &PQfinish) {
   if (raw_ == nullptr || PQstatus(raw_.get()) != CONNECTION_OK) {
     std::string message = raw_ ? PQerrorMessage(raw_.get()) : "out of memory";
     while (!message.empty() && (message.back() == '\n' || message.back() == ' '))

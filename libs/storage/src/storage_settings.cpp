@@ -14,7 +14,7 @@ std::string storage_settings::conninfo() const {
   };
   std::string info = "host=" + quote(host) + " port=" + std::to_string(port) +
                      " user=" + quote(user) + " dbname=" + quote(database) +
-                     " connect_timeout=5 application_name='cluster-sst'";
+                     " connect_timeout=5 application_name=" + quote(application_name);
   if (!password.empty()) info += " password=" + quote(password);
   return info;
 }

@@ -72,6 +72,10 @@ class entity_host {
   std::size_t active_entities() const { return entities_.size(); }
   /// Runs when a shard's last active entity was passivated (a moving shard's lock may go).
   std::function<void(const std::string& group, std::int32_t shard)> on_shard_passivated;
+  /// Asked right before a message is handed to its entity: false answers it NotOwner
+  /// without running it (the runner was frozen and may have lost the shard since it was
+  /// queued). Unset: everything runs.
+  std::function<bool(const std::string& group, std::int32_t shard)> may_run;
 
   /// Counters for tests and metrics.
   std::uint64_t activations() const { return activations_; }

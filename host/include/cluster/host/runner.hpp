@@ -43,11 +43,22 @@ struct runner_config {
   std::uint32_t plugin_memory_limit_mb = 0;
   /// The cluster-plugin-host executable; empty: the one next to this program.
   std::string plugin_host;
+  /// An event loop that did not run for longer than this (the process was frozen, or a
+  /// handler blocked it) may have lost its shards meanwhile: the runner then fences itself
+  /// (see `runner`). Keep it below the manager's earliest expiry of a silent runner
+  /// (health_timeout_ms - health_check_interval_ms + its probes; 2 s by default).
+  milliseconds stall_fence{1000};
 
   /// Declares `[cluster]`, `[log]` and `[runner]`.
   std::vector<config_section> sections();
 };
 
+/// Fencing: after a stall longer than `stall_fence` (noticed by a steady timer whose ticks
+/// came late, or by a request or a queued message that finds the last tick too old) the
+/// runner answers NotOwner to every request (routers retry at the owner), answers queued
+/// messages NotOwner instead of running them (persisted ones stay stored for their shard's
+/// holder), gives up its shards and locks, passivates its entities, and registers with the
+/// manager again. Only an assignment received on that new registration lifts the fence.
 class runner {
  public:
   using config_type = runner_config;
@@ -79,6 +90,10 @@ class runner {
   const entity_registry& registry() const { return registry_; }
   entity_host& entities() { return *entities_; }
   bool registered() const { return manager_ && manager_->registered(); }
+  /// Fenced after a stall, until a fresh assignment arrives.
+  bool fenced() const { return fenced_; }
+  /// Random hex chosen at construction; the registration and the storage sessions carry it.
+  const std::string& incarnation() const { return incarnation_; }
 
  private:
   void on_message(const connection_ptr& conn, envelope&& env);
@@ -89,6 +104,13 @@ class runner {
   /// Resolves and delivers a request addressed to this runner; `done` runs once.
   void serve(request_msg request, steady_clock::time_point deadline,
              entity_host::reply_callback done);
+  /// Ticks every stall_fence / 4 (at most 250 ms) and fences after a late tick.
+  void watch_stalls();
+  /// Is the runner fenced now? Starts the fence when the loop stalled since the last tick.
+  bool check_fenced();
+  /// Marks the fence at once (callable anywhere) and posts the rest of it.
+  void begin_fence(milliseconds stalled);
+  void enter_fence(milliseconds stalled);
 
   asio::io_context& io_;
   runner_config config_;
@@ -108,6 +130,12 @@ class runner {
   gate work_;
   asio::steady_timer drain_timer_;
   std::vector<std::function<void()>> on_stopped_;
+  std::string incarnation_;
+  // The stall watch: the last tick of stall_timer_, and since when the runner is fenced.
+  asio::steady_timer stall_timer_;
+  steady_clock::time_point last_tick_ = steady_clock::now();
+  bool fenced_ = false;
+  steady_clock::time_point fenced_at_{};
 };
 
 }  // namespace cluster::host

@@ -29,13 +29,20 @@ struct manager_config {
   /// connection but still answers probes keeps its shards while it registers again.
   milliseconds reconnect_grace{10000};
   /// The manager pings every runner this often...
-  milliseconds health_check_interval{1000};
+  milliseconds health_check_interval{500};
   /// ...and drops the connection of a runner it has not heard from for this long.
-  milliseconds health_timeout{3000};
+  milliseconds health_timeout{1500};
   /// A runner whose connection dropped is probed (connect + handshake to its address) this
   /// many times before its shards move; one that answers keeps them while it reconnects.
-  std::uint32_t probe_attempts = 3;
-  milliseconds probe_timeout{500};
+  /// A frozen runner's kernel still accepts the connection, so each probe of one lasts the
+  /// whole timeout, and the probes of one take probe_attempts timeouts plus a half timeout
+  /// between two (1 s). A frozen runner loses its shards (and is fenced) at most
+  /// health_timeout + health_check_interval + that (3 s) after it froze, and at the earliest
+  /// health_timeout - health_check_interval + that (2 s): runner.stall_fence_ms (1 s) must
+  /// stay below the latter, so a runner fences itself after any stall that could have cost
+  /// it its shards.
+  std::uint32_t probe_attempts = 2;
+  milliseconds probe_timeout{400};
   /// Moves of shards between live runners (joins, balancing) happen at most this many per
   /// rebalance interval; orphaned shards (their runner left or died) are assigned at once.
   std::uint32_t max_moves_per_rebalance = 50;
@@ -79,7 +86,8 @@ class manager {
   void register_runner(const connection_ptr& conn, std::uint64_t id, register_runner_msg&& msg);
   /// list_dead_letters, replay_dead_letter, drop_dead_letter: answered through the store.
   void serve_dead_letters(const connection_ptr& conn, envelope&& env);
-  void remove_runner(const std::string& address, const std::string& why);
+  /// `fence`: the runner was declared dead rather than leaving: end its storage sessions.
+  void remove_runner(const std::string& address, const std::string& why, bool fence);
   /// Confirms that a runner whose connection dropped is gone before its shards move.
   awaitable<void> probe_runner(std::string address, std::uint64_t generation);
   /// Pings runners every health_check_interval and drops the connections of silent ones.

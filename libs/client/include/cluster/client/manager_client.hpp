@@ -35,6 +35,17 @@ class manager_client {
   awaitable<reply_msg> unregister(milliseconds timeout);
   bool connected() const { return conn_ && conn_->is_open(); }
   bool registered() const { return registered_; }
+  /// When the registration of the current connection was sent (valid while `registered()`):
+  /// a snapshot on that connection reflects the manager's view after that moment.
+  steady_clock::time_point registered_at() const { return registered_at_; }
+  /// Is the connection open, with something heard from the manager (its pings, at least)
+  /// within `window`?
+  bool heard_within(milliseconds window) const {
+    return connected() && steady_clock::now() - conn_->last_heard() <= window;
+  }
+  /// Drops the connection (if any) and connects, registers and subscribes again at once:
+  /// a runner that was frozen re-establishes its membership this way.
+  void reconnect();
 
  private:
   awaitable<void> run();
@@ -45,6 +56,7 @@ class manager_client {
   connection_ptr conn_;
   bool stopped_ = false;
   bool registered_ = false;
+  steady_clock::time_point registered_at_{};
   std::shared_ptr<asio::steady_timer> wake_;  // cancelled when the connection closes or on stop
 };
 

@@ -141,7 +141,11 @@ struct register_runner_msg {
   std::vector<std::string> groups;
   std::string version;
   std::vector<entity_type_info> entity_types;
-  CLUSTER_WIRE_FIELDS(register_runner_msg, name, address, groups, version, entity_types);
+  /// Random hex chosen at the runner's start: its storage sessions carry it, so the manager
+  /// can end them when it declares the runner dead. Empty from older runners (not fenced).
+  std::string incarnation;
+  CLUSTER_WIRE_FIELDS(register_runner_msg, name, address, groups, version, entity_types,
+                      incarnation);
 };
 
 struct unregister_runner_msg {

@@ -117,8 +117,9 @@ class result {
 
 class connection {
  public:
-  /// Connects with a libpq conninfo string or URI; throws pg::error.
-  explicit connection(const std::string& conninfo);
+  /// Connects with a libpq conninfo string or URI; throws pg::error. A non-empty
+  /// `application_name` overrides the one `conninfo` names (pg_stat_activity shows it).
+  explicit connection(const std::string& conninfo, const std::string& application_name = {});
   /// Runs one statement; throws pg::error on failure.
   result exec(const std::string& sql, const std::vector<param>& params = {});
   result exec(const statement& prepared, const std::vector<param>& params = {});

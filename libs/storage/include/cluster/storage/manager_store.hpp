@@ -2,14 +2,22 @@
 // The manager's store: its interface and the memory backend (storage-pg has PostgreSQL's).
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "cluster/protocol/messages.hpp"
+#include "cluster/protocol/result.hpp"
 
 namespace cluster {
+
+/// The `application_name` of a runner incarnation's storage sessions: how the manager finds
+/// them to end them (fits PostgreSQL's 63 bytes for incarnations up to 48 characters).
+inline std::string runner_session_name(const std::string& incarnation) {
+  return "cluster-runner/" + incarnation;
+}
 
 /// The manager's durable state: registered runners and shard owners per group.
 ///
@@ -33,6 +41,15 @@ class manager_store {
   virtual bool flush(std::chrono::milliseconds /*timeout*/) { return true; }
   /// Did the latest attempt to reach the storage succeed?
   virtual bool reachable() const { return true; }
+
+  /// How many sessions a fence ended, or why it could not run.
+  using fence_done = std::function<void(result<std::size_t>)>;
+  /// Ends every storage session of the runner incarnation `incarnation` (a runner the manager
+  /// declared dead), so the shard locks those sessions hold go now rather than when the
+  /// runner wakes up or its TCP connections time out. Returns at once; the backend retries
+  /// while the storage is away. `done` runs once, on the store's own thread (the memory
+  /// backend, which has no sessions: inside the call, with 0).
+  virtual void fence_runner(const std::string& /*incarnation*/, fence_done done) { done(0); }
 };
 
 /// Keeps the state in memory: lost with the process.

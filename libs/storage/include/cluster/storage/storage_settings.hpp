@@ -23,6 +23,9 @@ struct storage_settings {
   /// A persisted message whose attempts were cut short (a crash of its runner or plugin) this
   /// many times is not run again: it is dead-lettered with an error reply.
   std::uint32_t max_attempts = 3;  ///< 1..1000
+  /// The sessions' `application_name` (set by the process, not configured: a runner's
+  /// names its incarnation so that the manager can end its sessions).
+  std::string application_name = "cluster-sst";
 
   /// The libpq connection string (the password is included: never log it).
   std::string conninfo() const;
