@@ -211,9 +211,10 @@ void runner::begin_fence(milliseconds stalled) {
 void runner::enter_fence(milliseconds stalled) {
   if (stopping_) return;
   spdlog::warn(
-      "runner {}: the event loop stalled for {} ms, long enough for the manager to move its "
-      "shards; fenced: serving nothing until it has registered again and has a fresh assignment",
-      config_.name, stalled.count());
+      "runner {}: the event loop stalled for {} ms (over runner.stall_fence_ms = {}), so the "
+      "manager may have moved its shards; fenced: serving nothing until it has registered "
+      "again and has a fresh assignment",
+      config_.name, stalled.count(), config_.stall_fence.count());
   owned_.clear();
   // Locked shards go to releasing (nothing new runs, locks go as entities passivate), the
   // others are forgotten; then every entity is passivated, busy ones once idle.

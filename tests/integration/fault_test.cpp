@@ -5,7 +5,9 @@
 // every wait is for an event (a number of answered calls, a reply) with a deadline.
 #include <signal.h>
 
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <set>
 
@@ -16,6 +18,138 @@ namespace cluster::testing {
 namespace {
 
 using namespace std::chrono_literals;
+
+/// Calls `Faulty/who-<i> Who` for every entity, one call per entity at a time, from its own
+/// thread until stopped, and keeps every answer: which process answered and how many
+/// messages its activation had seen.
+class who_prober {
+ public:
+  struct answer {
+    std::int64_t pid = 0;
+    std::int64_t seen = 0;
+    steady_clock::time_point sent, received;
+  };
+
+  who_prober(std::uint16_t proxy_port, int entities)
+      : proxy_port_(proxy_port),
+        answers_(static_cast<std::size_t>(entities)),
+        sent_(static_cast<std::size_t>(entities)),
+        thread_([this] { run(); }) {}
+  ~who_prober() { stop(); }
+
+  void stop() {
+    stopping_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  std::size_t answered() const { return answered_; }
+  /// Every entity answered at least once.
+  bool all_answered() {
+    std::lock_guard lock(mutex_);
+    return std::all_of(answers_.begin(), answers_.end(), [](const auto& a) { return !a.empty(); });
+  }
+  /// Per entity, in the order they came: the answers, and when each call was sent.
+  std::vector<std::vector<answer>> answers() {
+    std::lock_guard lock(mutex_);
+    return answers_;
+  }
+  std::vector<std::vector<steady_clock::time_point>> sent() {
+    std::lock_guard lock(mutex_);
+    return sent_;
+  }
+
+ private:
+  void run() {
+    asio::io_context io;
+    connection_ptr conn;
+    std::vector<std::unique_ptr<asio::steady_timer>> pauses;
+    for (std::size_t i = 0; i < answers_.size(); ++i)
+      pauses.push_back(std::make_unique<asio::steady_timer>(io));
+    std::function<void(std::size_t)> call = [&](std::size_t i) {
+      if (stopping_) return;
+      if (!conn || !conn->is_open()) {
+        conn = connect_client(io, "127.0.0.1:" + std::to_string(proxy_port_), milliseconds(1000));
+        if (!conn) {
+          pauses[i]->expires_after(milliseconds(100));
+          pauses[i]->async_wait([&, i](const error_code&) { call(i); });
+          return;
+        }
+      }
+      auto request = make_request("Faulty", "who-" + std::to_string(i), "Who");
+      request.timeout_ms = 1000;
+      const auto sent = steady_clock::now();
+      {
+        std::lock_guard lock(mutex_);
+        sent_[i].push_back(sent);
+      }
+      conn->call(message_kind::request, request, milliseconds(1500), [&, i, sent](reply_msg&& r) {
+        if (r.ok()) {
+          const auto who = reply_json(r);
+          std::lock_guard lock(mutex_);
+          answers_[i].push_back(answer{who.value("pid", std::int64_t{0}),
+                                       who.value("seen", std::int64_t{0}), sent,
+                                       steady_clock::now()});
+          ++answered_;
+        }
+        pauses[i]->expires_after(milliseconds(20));
+        pauses[i]->async_wait([&, i](const error_code&) { call(i); });
+      });
+    };
+    for (std::size_t i = 0; i < answers_.size(); ++i) call(i);
+    run_until(
+        io, [&] { return stopping_.load(); }, std::chrono::hours(1));
+    if (conn) conn->close();
+    for (auto& pause : pauses) pause->cancel();
+    run_until(
+        io, [] { return false; }, milliseconds(50));
+  }
+
+  std::uint16_t proxy_port_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::size_t> answered_{0};
+  std::mutex mutex_;
+  std::vector<std::vector<answer>> answers_;
+  std::vector<std::vector<steady_clock::time_point>> sent_;
+  std::thread thread_;
+};
+
+/// Milliseconds until each of `entities` Probe ids has answered a volatile Echo and a
+/// persisted Append (one primary key per entity, so retries are one message) through the
+/// proxy, at most `limit`. Calls go in rounds with short deadlines.
+std::int64_t time_until_all_answer_both(std::uint16_t proxy_port, int entities,
+                                        const std::string& tag, std::chrono::milliseconds limit) {
+  asio::io_context io;
+  const auto start = steady_clock::now();
+  connection_ptr conn;
+  std::set<std::pair<int, bool>> pending;  // (entity, persisted)
+  for (int i = 0; i < entities; ++i) pending.insert({i, false}), pending.insert({i, true});
+  std::size_t outstanding = 0;
+  while (!pending.empty() && steady_clock::now() - start < limit) {
+    if (!conn || !conn->is_open()) {
+      conn = connect_client(io, "127.0.0.1:" + std::to_string(proxy_port), milliseconds(1000));
+      if (!conn) continue;
+    }
+    for (const auto& [i, persisted] : pending) {
+      const std::string id = "spread-" + std::to_string(i);
+      auto request = persisted
+                         ? make_request("Probe", id, "Append", {{"sender", tag}, {"value", i}})
+                         : make_request("Probe", id, "Echo", {{"text", "x"}});
+      if (persisted) request.primary_key = tag + "-" + std::to_string(i);
+      request.timeout_ms = persisted ? 600 : 250;
+      ++outstanding;
+      conn->call(message_kind::request, request, milliseconds(request.timeout_ms + 100),
+                 [&, key = std::make_pair(i, persisted)](reply_msg&& reply) {
+                   --outstanding;
+                   if (reply.ok()) pending.erase(key);
+                 });
+    }
+    run_until(
+        io, [&] { return outstanding == 0; }, milliseconds(2000));
+  }
+  if (conn) conn->close();
+  run_until(
+      io, [] { return false; }, milliseconds(20));
+  return std::chrono::duration_cast<milliseconds>(steady_clock::now() - start).count();
+}
 
 class faults : public pg_cluster_test {
  protected:
@@ -156,6 +290,103 @@ TEST_F(faults, a_database_restart_refuses_persisted_calls_clearly_and_recovers) 
     EXPECT_TRUE(slots.at(name)->running()) << name << " died with the database";
   for (const auto& problem : overlapping_owners(owner_log)) ADD_FAILURE() << problem;
   run_command(script + " stop " + pg_dir.string(), code);
+}
+
+TEST_F(faults, a_frozen_runner_is_fenced_and_the_cluster_is_whole_again_once_it_wakes) {
+  const std::vector<std::string> plugins{
+      "--set", "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR) + "," + CLUSTER_TEST_PLUGIN_DIR +
+                   "/libprobe_plugin.so," + CLUSTER_FAULTY_PLUGIN};
+  start_manager();
+  for (int n = 1; n <= 2; ++n) start_runner(n, plugins);
+  start_proxy();
+  ASSERT_TRUE(ready(2));
+  std::map<std::int64_t, std::string> runner_of_pid;
+  for (const auto& name : {"runner-1", "runner-2"}) runner_of_pid[slots.at(name)->pid()] = name;
+
+  load_generator load(proxy_port, {});
+  who_prober who(proxy_port, 16);
+  ASSERT_TRUE(load.wait_answered(200, 60s));
+  ASSERT_TRUE(wait_for([&] { return who.all_answered(); }, 60s));
+
+  const std::string victim = busiest_runner();
+  ASSERT_FALSE(victim.empty());
+  const pid_t frozen = slots.at(victim)->pid();
+  // Whatever happens below, the frozen runner is woken before the fixture ends it.
+  struct wake_on_exit {
+    pid_t pid;
+    ~wake_on_exit() { ::kill(pid, SIGCONT); }
+  } wake{frozen};
+  ASSERT_EQ(::kill(frozen, SIGSTOP), 0);
+  const auto stopped_at = steady_clock::now();
+
+  // Its entities answer again, volatile and persisted, within 5 s of the freeze.
+  const auto recovered = time_until_all_answer_both(proxy_port, 40, "frozen", 60s);
+  std::cout << victim << " frozen: 40 entities answered Echo and Append again " << recovered
+            << " ms later\n";
+  EXPECT_LE(recovered, 5000) << "entities of the frozen runner stayed unavailable too long";
+  // Frozen for a while longer (a long GC pause, a stopped VM): calls go on meanwhile.
+  std::this_thread::sleep_until(stopped_at + 8s);
+  ASSERT_TRUE(load.wait_answered(load.answered() + 200, 60s)) << "calls stalled while frozen";
+  const std::size_t who_before_wake = who.answered();
+  ASSERT_TRUE(wait_for([&] { return who.answered() >= who_before_wake + 32; }, 60s));
+
+  ASSERT_EQ(::kill(frozen, SIGCONT), 0);
+  const auto woken_at = steady_clock::now();
+  std::cout << victim << " woken after "
+            << std::chrono::duration_cast<milliseconds>(woken_at - stopped_at).count() << " ms\n";
+  // It re-registers by itself and gets shards again: nothing restarted.
+  ASSERT_TRUE(ready(2)) << "the woken runner did not rejoin";
+  EXPECT_TRUE(slots.at(victim)->running());
+  EXPECT_EQ(slots.at(victim)->pid(), frozen);
+  ASSERT_TRUE(load.wait_answered(load.answered() + 200, 60s));
+  const std::size_t who_after_wake = who.answered();
+  ASSERT_TRUE(wait_for([&] { return who.answered() >= who_after_wake + 64; }, 60s));
+  who.stop();
+  const auto result = load.stop();
+  std::cout << result.ok << " calls answered, " << result.persisted_ok << " persisted\n";
+  expect_no_failures(result);
+  expect_every_acknowledged_append_ran(result.sent);
+
+  // The manager ended the frozen runner's sessions; the runner noticed its stall.
+  auto log_of = [&](const std::string& name) {
+    std::ifstream in(dir / (name + ".log"));
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_NE(log_of("manager").find("storage sessions ended"), std::string::npos);
+  EXPECT_NE(log_of(victim).find("event loop stalled"), std::string::npos);
+
+  // One owner at a time for every probed entity: while frozen nothing came from it, and an
+  // entity that moves back to it after the wake starts a fresh activation there.
+  const auto answers = who.answers();
+  const auto sent = who.sent();
+  for (std::size_t i = 0; i < answers.size(); ++i) {
+    const auto& list = answers[i];
+    std::string sequence;
+    for (const auto& a : list) {
+      const auto name = runner_of_pid.count(a.pid) ? runner_of_pid[a.pid] : "?";
+      if (sequence.empty() || sequence.substr(sequence.rfind(' ') + 1) != name)
+        sequence += " " + name;
+      EXPECT_TRUE(runner_of_pid.count(a.pid)) << "who-" << i << " answered from pid " << a.pid;
+      if (a.pid == frozen) {
+        EXPECT_FALSE(a.sent > stopped_at && a.received < woken_at)
+            << "who-" << i << " was answered by the frozen runner";
+      }
+    }
+    for (std::size_t k = 1; k < list.size(); ++k) {
+      if (list[k].pid == list[k - 1].pid) {
+        EXPECT_GT(list[k].seen, list[k - 1].seen)
+            << "who-" << i << ": two activations answered in turn on one runner";
+        continue;
+      }
+      // A new owner: its activation can only have seen calls sent since the last answer of
+      // the previous owner (one call per entity at a time).
+      const auto since = std::count_if(sent[i].begin(), sent[i].end(),
+                                       [&](auto at) { return at >= list[k - 1].received; });
+      EXPECT_LE(list[k].seen, since) << "who-" << i << " moved to a runner whose activation "
+                                     << "had seen " << list[k].seen << " messages:" << sequence;
+    }
+    std::cout << "who-" << i << ":" << sequence << "\n";
+  }
 }
 
 }  // namespace
