@@ -357,17 +357,28 @@ TEST_F(faults, a_frozen_runner_is_fenced_and_the_cluster_is_whole_again_once_it_
 
   // One owner at a time for every probed entity: while frozen nothing came from it, and an
   // entity that moves back to it after the wake starts a fresh activation there.
+  // With runner.isolation = "process" the pid is that of the runner's plugin-host child.
+  auto runner_of = [&](std::int64_t pid) -> std::string {
+    if (runner_of_pid.count(pid)) return runner_of_pid[pid];
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);)
+      if (line.rfind("PPid:", 0) == 0) {
+        const auto parent = std::stoll(line.substr(5));
+        if (runner_of_pid.count(parent)) return runner_of_pid[pid] = runner_of_pid[parent];
+      }
+    return "?";
+  };
   const auto answers = who.answers();
   const auto sent = who.sent();
   for (std::size_t i = 0; i < answers.size(); ++i) {
     const auto& list = answers[i];
     std::string sequence;
     for (const auto& a : list) {
-      const auto name = runner_of_pid.count(a.pid) ? runner_of_pid[a.pid] : "?";
+      const auto name = runner_of(a.pid);
       if (sequence.empty() || sequence.substr(sequence.rfind(' ') + 1) != name)
         sequence += " " + name;
-      EXPECT_TRUE(runner_of_pid.count(a.pid)) << "who-" << i << " answered from pid " << a.pid;
-      if (a.pid == frozen) {
+      EXPECT_NE(name, "?") << "who-" << i << " answered from pid " << a.pid;
+      if (name == victim) {
         EXPECT_FALSE(a.sent > stopped_at && a.received < woken_at)
             << "who-" << i << " was answered by the frozen runner";
       }
