@@ -5,17 +5,9 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cluster/host/host_services.hpp"
+
 namespace cluster::host {
-
-namespace {
-
-std::int64_t monotonic_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 handler_watch::handler_watch(std::chrono::milliseconds timeout) : timeout_(timeout) {
   if (enabled()) thread_ = std::thread([this] { watch(); });

@@ -23,6 +23,12 @@ std::int64_t unix_now_ms() {
       .count();
 }
 
+std::int64_t monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             steady_clock::now().time_since_epoch())
+      .count();
+}
+
 void fire_after(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*), void* user) {
   auto timer = std::make_shared<asio::steady_timer>(io);
   timer->expires_after(milliseconds(std::max<std::int64_t>(0, delay_ms)));

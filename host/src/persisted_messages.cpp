@@ -506,31 +506,24 @@ void persisted_messages::run_next_alone(const shard_key& shard) {
     const auto id = message.id;
     running_.insert(id);  // not replayed twice meanwhile
     alone_running_[id] = {shard, alone.generation};
-    store_->next_attempt(
-        id, std::nullopt, [this, id, epoch = lock_epoch_](result<attempt_outcome> next) mutable {
-          if (stopped_) return;
-          if (epoch != lock_epoch_ || !next) {
-            if (!next)
-              spdlog::warn("message {} not counted ({}); left to a replay", id,
-                           next.error().message);
-            running_.erase(id);
-            alone_running_.erase(id);
-            return;
-          }
-          auto& outcome = next.value();
-          if (outcome.rerun) {
-            run(std::move(*outcome.rerun));
-            return;
-          }
-          running_.erase(id);
-          if (outcome.dead_lettered) {
-            spdlog::warn("message {} dead-lettered: {}", id, outcome.dead_lettered->message);
-            answer(id, *outcome.dead_lettered);
-          } else if (waiters_.count(id)) {
-            fetch_replies({id});
-          }
-          message_done(id);
-        });
+    store_->next_attempt(id, std::nullopt,
+                         [this, id, epoch = lock_epoch_](result<attempt_outcome> next) mutable {
+                           if (stopped_) return;
+                           if (epoch != lock_epoch_ || !next) {
+                             if (!next)
+                               spdlog::warn("message {} not counted ({}); left to a replay", id,
+                                            next.error().message);
+                             running_.erase(id);
+                             alone_running_.erase(id);
+                             return;
+                           }
+                           auto& outcome = next.value();
+                           if (outcome.rerun) {
+                             run(std::move(*outcome.rerun));
+                             return;
+                           }
+                           not_run_again(id, outcome);
+                         });
     return;
   }
   const bool more = alone.more;
@@ -538,6 +531,17 @@ void persisted_messages::run_next_alone(const shard_key& shard) {
   const auto replayed = alone.replayed;
   alone_.erase(found);
   replay_next(it, more, last, replayed);
+}
+
+void persisted_messages::not_run_again(std::int64_t id, const attempt_outcome& outcome) {
+  running_.erase(id);
+  if (outcome.dead_lettered) {
+    spdlog::warn("message {} dead-lettered: {}", id, outcome.dead_lettered->message);
+    answer(id, *outcome.dead_lettered);
+  } else if (waiters_.count(id)) {
+    fetch_replies({id});  // answered meanwhile (another runner ran it)
+  }
+  message_done(id);
 }
 
 void persisted_messages::message_done(std::int64_t id) {
@@ -573,14 +577,7 @@ void persisted_messages::cut_short(std::int64_t id, std::string why) {
           run(std::move(*outcome.rerun), retry_first_backoff * (1 << doublings));
           return;
         }
-        running_.erase(id);
-        if (outcome.dead_lettered) {
-          spdlog::warn("message {} dead-lettered: {}", id, outcome.dead_lettered->message);
-          answer(id, *outcome.dead_lettered);
-        } else if (waiters_.count(id)) {
-          fetch_replies({id});
-        }
-        message_done(id);
+        not_run_again(id, outcome);
       });
 }
 

@@ -26,12 +26,6 @@
 namespace cluster::host {
 namespace {
 
-std::int64_t monotonic_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             steady_clock::now().time_since_epoch())
-      .count();
-}
-
 /// A handler's reply or a call's completion, packed straight from the plugin's buffer.
 struct outcome_view {
   std::int32_t status;

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <fstream>
 
+#include "cluster/host/host_services.hpp"
+
 extern char** environ;
 
 namespace cluster::host {
@@ -52,12 +54,6 @@ int reap(pid_t pid) {
     if (errno != EINTR) return -1;
   }
   return status;
-}
-
-std::int64_t monotonic_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             steady_clock::now().time_since_epoch())
-      .count();
 }
 
 std::uint64_t resident_bytes(pid_t pid) {

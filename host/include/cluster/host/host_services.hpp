@@ -21,6 +21,10 @@ void log_for_plugin(std::string_view entity_type, std::string_view entity_id, st
 /// Unix time in milliseconds.
 std::int64_t unix_now_ms();
 
+/// steady_clock (CLOCK_MONOTONIC: the same in every process) in nanoseconds, for timestamps
+/// shared between threads or processes as plain integers.
+std::int64_t monotonic_ns();
+
 /// Runs `fire(user)` after `delay_ms` (negative: 0) on `io`, never inside this call.
 void fire_after(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*), void* user);
 

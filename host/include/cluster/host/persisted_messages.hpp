@@ -145,6 +145,9 @@ class persisted_messages {
   void replay_next(shard_map::iterator it, bool more, std::int64_t last, std::size_t replayed);
   /// Runs the next message of the shard's run-alone queue (see `alone_run`).
   void run_next_alone(const shard_key& shard);
+  /// After next_attempt: the message is dead-lettered or already answered; its waiters
+  /// get the outcome.
+  void not_run_again(std::int64_t id, const attempt_outcome& outcome);
   /// A message handed to `run` is done with (stored, dead-lettered, or left to a replay).
   void message_done(std::int64_t id);
   /// The attempt of message `id` was cut short: count the next one and run it after a
