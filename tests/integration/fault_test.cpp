@@ -112,45 +112,6 @@ class who_prober {
   std::thread thread_;
 };
 
-/// Milliseconds until each of `entities` Probe ids has answered a volatile Echo and a
-/// persisted Append (one primary key per entity, so retries are one message) through the
-/// proxy, at most `limit`. Calls go in rounds with short deadlines.
-std::int64_t time_until_all_answer_both(std::uint16_t proxy_port, int entities,
-                                        const std::string& tag, std::chrono::milliseconds limit) {
-  asio::io_context io;
-  const auto start = steady_clock::now();
-  connection_ptr conn;
-  std::set<std::pair<int, bool>> pending;  // (entity, persisted)
-  for (int i = 0; i < entities; ++i) pending.insert({i, false}), pending.insert({i, true});
-  std::size_t outstanding = 0;
-  while (!pending.empty() && steady_clock::now() - start < limit) {
-    if (!conn || !conn->is_open()) {
-      conn = connect_client(io, "127.0.0.1:" + std::to_string(proxy_port), milliseconds(1000));
-      if (!conn) continue;
-    }
-    for (const auto& [i, persisted] : pending) {
-      const std::string id = "spread-" + std::to_string(i);
-      auto request = persisted
-                         ? make_request("Probe", id, "Append", {{"sender", tag}, {"value", i}})
-                         : make_request("Probe", id, "Echo", {{"text", "x"}});
-      if (persisted) request.primary_key = tag + "-" + std::to_string(i);
-      request.timeout_ms = persisted ? 600 : 250;
-      ++outstanding;
-      conn->call(message_kind::request, request, milliseconds(request.timeout_ms + 100),
-                 [&, key = std::make_pair(i, persisted)](reply_msg&& reply) {
-                   --outstanding;
-                   if (reply.ok()) pending.erase(key);
-                 });
-    }
-    run_until(
-        io, [&] { return outstanding == 0; }, milliseconds(2000));
-  }
-  if (conn) conn->close();
-  run_until(
-      io, [] { return false; }, milliseconds(20));
-  return std::chrono::duration_cast<milliseconds>(steady_clock::now() - start).count();
-}
-
 class faults : public pg_cluster_test {
  protected:
   void start_cluster(int runners) {
@@ -320,7 +281,7 @@ TEST_F(faults, a_frozen_runner_is_fenced_and_the_cluster_is_whole_again_once_it_
   const auto stopped_at = steady_clock::now();
 
   // Its entities answer again, volatile and persisted, within 5 s of the freeze.
-  const auto recovered = time_until_all_answer_both(proxy_port, 40, "frozen", 60s);
+  const auto recovered = time_until_all_answer(proxy_port, 40, 60s, "frozen");
   std::cout << victim << " frozen: 40 entities answered Echo and Append again " << recovered
             << " ms later\n";
   EXPECT_LE(recovered, 5000) << "entities of the frozen runner stayed unavailable too long";

@@ -151,27 +151,36 @@ std::string process_cluster_test::clusterctl(const std::string& args, int& code)
 }
 
 std::int64_t time_until_all_answer(std::uint16_t proxy_port, int entities,
-                                   std::chrono::milliseconds limit) {
+                                   std::chrono::milliseconds limit,
+                                   const std::string& persisted_tag) {
   asio::io_context io;
   const auto start = steady_clock::now();
   connection_ptr conn;
-  std::set<int> pending;
-  for (int i = 0; i < entities; ++i) pending.insert(i);
+  std::set<std::pair<int, bool>> pending;  // (entity, persisted)
+  for (int i = 0; i < entities; ++i) {
+    pending.insert({i, false});
+    if (!persisted_tag.empty()) pending.insert({i, true});
+  }
   std::size_t outstanding = 0;
   while (!pending.empty() && steady_clock::now() - start < limit) {
     if (!conn || !conn->is_open()) {
       conn = connect_client(io, "127.0.0.1:" + std::to_string(proxy_port), milliseconds(1000));
       if (!conn) continue;
     }
-    // One round: every entity still silent gets a call with a short deadline.
-    for (int i : pending) {
-      auto request = make_request("Probe", "spread-" + std::to_string(i), "Echo", {{"text", "x"}});
-      request.timeout_ms = 250;
+    // One round: every call still unanswered is sent again with a short deadline.
+    for (const auto& [i, persisted] : pending) {
+      const std::string id = "spread-" + std::to_string(i);
+      auto request =
+          persisted ? make_request("Probe", id, "Append", {{"sender", persisted_tag}, {"value", i}})
+                    : make_request("Probe", id, "Echo", {{"text", "x"}});
+      if (persisted) request.primary_key = persisted_tag + "-" + std::to_string(i);
+      request.timeout_ms = persisted ? 600 : 250;
       ++outstanding;
-      conn->call(message_kind::request, request, milliseconds(300), [&, i](reply_msg&& reply) {
-        --outstanding;
-        if (reply.ok()) pending.erase(i);
-      });
+      conn->call(message_kind::request, request, milliseconds(persisted ? 700 : 300),
+                 [&, key = std::make_pair(i, persisted)](reply_msg&& reply) {
+                   --outstanding;
+                   if (reply.ok()) pending.erase(key);
+                 });
     }
     run_until(
         io, [&] { return outstanding == 0; }, milliseconds(2000));

@@ -115,8 +115,11 @@ class load_generator {
 
 /// Milliseconds until `entities` Probe ids (spread over the shards) have all answered an
 /// Echo through the proxy (at most `limit`); calls are concurrent with 250 ms deadlines.
+/// With a `persisted_tag`, each id must also have answered a persisted Append (primary key
+/// "<tag>-<n>", 600 ms deadlines).
 std::int64_t time_until_all_answer(std::uint16_t proxy_port, int entities,
-                                   std::chrono::milliseconds limit);
+                                   std::chrono::milliseconds limit,
+                                   const std::string& persisted_tag = {});
 
 /// Every run of Probe.Append from CLUSTER_PROBE_OWNER_LOG: entity → (process, activation)
 /// → [first, last] CLOCK_MONOTONIC ns. Reports entities run by two activations at
