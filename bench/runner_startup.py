@@ -159,21 +159,30 @@ def stop(proc, timeout_s):
 
 
 def runner_command(name, port):
+    """The runner's command line; the database URL (it holds the password) goes to
+    runner_environment() instead, out of `ps`."""
     run = os.path.join(ROOT, ".local", "run")
     storage = open(os.path.join(run, "storage")).read().strip()
     cmd = [os.path.join(ROOT, "build/release/bin/cluster-runner"), "--config",
            os.path.join(ROOT, "config/local.toml"), "--set", "cluster.storage=" + storage]
-    if storage == "postgres":
-        cmd += ["--set", "storage.url=" + open(os.path.join(run, "postgres.url")).read().strip()]
     cmd += ["--set", "runner.name=" + name, "--set", "runner.port=%d" % port,
             "--set", "runner.plugins=" + os.path.join(ROOT, "build/release/plugins")]
     return cmd
 
 
+def runner_environment():
+    run = os.path.join(ROOT, ".local", "run")
+    env = dict(os.environ)
+    if open(os.path.join(run, "storage")).read().strip() == "postgres":
+        env["CLUSTER_STORAGE_URL"] = open(os.path.join(run, "postgres.url")).read().strip()
+    return env
+
+
 def measure(name, port, ids, log):
     cmd = runner_command(name, port)
     t0 = time.monotonic_ns()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=runner_environment())
     ms = lambda: (time.monotonic_ns() - t0) / 1e6
     try:
         sock = None

@@ -71,7 +71,9 @@ component_command() {
       COMMAND+=(--set "cluster.storage=$storage")
       if [[ "$storage" == postgres ]]; then
         [[ -n "$url" ]] || die "$name: storage postgres needs the database URL"
-        COMMAND+=(--set "storage.url=$url")
+        # The URL carries the database password: in the environment, not on the command line
+        # that every user of the machine can read (ps).
+        COMMAND_STORAGE_URL=$url
       fi
       ;;
     proxy) COMMAND+=(--set "cluster.storage=$storage") ;;
@@ -126,9 +128,12 @@ port_in_use() {
 start_component() {
   local name=$1 storage=$2 url=${3:-} pid
   local -a COMMAND
+  local COMMAND_STORAGE_URL=""
   component_command "$name" "$storage" "$url"
   [[ -x "${COMMAND[0]}" ]] || die "${COMMAND[0]} is not built"
-  pid=$(launcher start "${@:4}" --supervise --backoff-ms "${DEV_RESTART_BACKOFF_MS:-500}" \
+  # Exported in the $(...) subshell only: the supervisor and its restarts inherit it.
+  pid=$([[ -z "$COMMAND_STORAGE_URL" ]] || export CLUSTER_STORAGE_URL=$COMMAND_STORAGE_URL
+    launcher start "${@:4}" --supervise --backoff-ms "${DEV_RESTART_BACKOFF_MS:-500}" \
     --max-backoff-ms "${DEV_RESTART_MAX_BACKOFF_MS:-10000}" \
     --reset-after-ms "${DEV_RESTART_RESET_MS:-30000}" "$name" -- "${COMMAND[@]}") ||
     die "could not start $name"

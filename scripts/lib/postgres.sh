@@ -14,8 +14,16 @@
 #
 # The server refuses to run as root, so as root it runs as the `postgres` system user
 # (created by the postgresql package). Globals set by pg_start and pg_attach: PG_URL,
-# PG_PORT, PG_DATA, PG_BASE, PG_TEMPORARY, PG_BIN. Call them in the current shell, never in
-# $(...): pg_stop needs those globals. They report on stderr.
+# PG_PORT, PG_DATA, PG_BASE, PG_TEMPORARY, PG_BIN, PG_PASSWORD. Call them in the current
+# shell, never in $(...): pg_stop needs those globals. They report on stderr.
+#
+# Only the cluster's own connections get in: every connection, TCP on loopback and the Unix
+# socket alike, authenticates with SCRAM-SHA-256 as user postgres with a password generated
+# at initdb, kept in DIR/password (mode 0600) and carried by PG_URL
+# (postgresql://postgres:PASSWORD@127.0.0.1:PORT/cluster), so another user of the machine
+# cannot read or change the cluster's data. A data directory made by an earlier version (with
+# `trust`) gets a password and the same rules on its next start or attach. Keep PG_URL out of
+# command lines (other users see those): pass it in the environment (CLUSTER_STORAGE_URL).
 #
 # Settings read by pg_start: PG_FIRST_PORT (first port tried, default 5435; the next free
 # one is used when it is taken), PG_LOG (the server's log file, default DIR/postgres.log),
@@ -28,6 +36,7 @@ PG_DATA=""
 PG_BASE=""
 PG_TEMPORARY=0
 PG_BIN=""
+PG_PASSWORD=""
 PG_SUPERUSER=postgres
 PG_DATABASE=cluster
 PG_FIRST_PORT=${PG_FIRST_PORT:-5435}
@@ -65,8 +74,74 @@ _pg_port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# The password reaches psql in its environment, never on its command line.
 _pg_psql() {
-  "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_SUPERUSER" "$@"
+  PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_SUPERUSER" "$@"
+}
+
+_pg_password_file() { echo "$PG_BASE/password"; }
+
+# Writes a new random password (48 hex digits: nothing to escape in a URL or in SQL) to
+# DIR/password, mode 0600, readable by the server's owner (initdb reads it).
+_pg_new_password() {
+  local file
+  file=$(_pg_password_file)
+  PG_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n') || return 1
+  [[ ${#PG_PASSWORD} == 48 ]] || { _pg_log "could not read random bytes for a password"; return 1; }
+  (umask 077 && printf '%s\n' "$PG_PASSWORD" >"$file.new") || return 1
+  ((EUID == 0)) && chown postgres: "$file.new"
+  mv -f "$file.new" "$file"
+}
+
+# Reads DIR/password into PG_PASSWORD; fails if there is none.
+_pg_read_password() {
+  local file
+  file=$(_pg_password_file)
+  [[ -s "$file" ]] || return 1
+  PG_PASSWORD=$(head -n 1 "$file") || return 1
+  [[ "$PG_PASSWORD" =~ ^[0-9a-f]{48}$ ]] || { _pg_log "$file does not hold a password made by this script"; return 1; }
+}
+
+# The server's client authentication: SCRAM for everyone, nothing else (no trust, no peer).
+_pg_hba_text() {
+  cat <<'HBA'
+# Written by scripts/lib/postgres.sh on every start: every connection needs the password.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+HBA
+}
+
+_pg_write_hba() {
+  _pg_hba_text >"$PG_DATA/pg_hba.conf.new" || return 1
+  ((EUID == 0)) && chown postgres: "$PG_DATA/pg_hba.conf.new"
+  chmod 0600 "$PG_DATA/pg_hba.conf.new" && mv -f "$PG_DATA/pg_hba.conf.new" "$PG_DATA/pg_hba.conf"
+}
+
+# True if pg_hba.conf is the one _pg_write_hba writes.
+_pg_hba_is_ours() {
+  [[ "$(cat "$PG_DATA/pg_hba.conf" 2>/dev/null)" == "$(_pg_hba_text)" ]]
+}
+
+# Makes the running server at $PG_PORT password-only. A data directory without DIR/password
+# comes from an earlier version whose server trusted loopback: set a new password through
+# that trust, then close it. Fails with a clear message when the password is unknown.
+_pg_secure() {
+  if ! _pg_read_password; then
+    _pg_new_password || { _pg_log "could not write $(_pg_password_file)"; return 1; }
+    if ! _pg_psql -d postgres -c "alter role $PG_SUPERUSER password '$PG_PASSWORD'" >/dev/null 2>&1; then
+      rm -f "$(_pg_password_file)"
+      _pg_log "the server on $PG_DATA has no password file ($(_pg_password_file)) and does not let this script set one; stop it and remove $PG_BASE to start afresh"
+      return 1
+    fi
+    _pg_log "set a password for the server on $PG_DATA (kept in $(_pg_password_file))"
+  fi
+  if ! _pg_hba_is_ours; then
+    _pg_write_hba || { _pg_log "could not write $PG_DATA/pg_hba.conf"; return 1; }
+    _pg_psql -d postgres -tAc "select pg_reload_conf()" >/dev/null ||
+      { _pg_log "the server on port $PG_PORT does not take the password (see its log)"; return 1; }
+  fi
 }
 
 # Creates database $PG_DATABASE on the server at $PG_PORT unless it exists.
@@ -112,8 +187,13 @@ pg_start() {
   fi
 
   if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
-    # Trust is fine: the server listens on loopback only and its socket sits in PG_DATA.
-    if ! _pg_as_owner "$PG_BIN/initdb" -D "$PG_DATA" -U "$PG_SUPERUSER" --auth=trust \
+    if ! _pg_new_password; then
+      _pg_log "could not write $(_pg_password_file)"
+      _pg_cleanup
+      return 1
+    fi
+    if ! _pg_as_owner "$PG_BIN/initdb" -D "$PG_DATA" -U "$PG_SUPERUSER" \
+      --auth=scram-sha-256 --pwfile="$(_pg_password_file)" \
       --encoding=UTF8 --locale=C >"$PG_BASE/initdb.log" 2>&1; then
       _pg_log "initdb failed:"
       cat "$PG_BASE/initdb.log" >&2
@@ -134,6 +214,12 @@ synchronous_commit = off
 full_page_writes = off"
   fi
 
+  # With its password known, the server starts password-only; an older data directory
+  # starts as it was and is secured by _pg_secure below, before anything else uses it.
+  if _pg_read_password; then
+    _pg_write_hba || { _pg_log "could not write $PG_DATA/pg_hba.conf"; _pg_cleanup; return 1; }
+  fi
+
   local port=$PG_FIRST_PORT attempt
   for attempt in $(seq 1 20); do
     while _pg_port_in_use "$port"; do port=$((port + 1)); done
@@ -141,6 +227,7 @@ full_page_writes = off"
     cat >"$PG_DATA/cluster-dev.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port
+password_encryption = 'scram-sha-256'
 unix_socket_directories = '$socket_dir'
 max_connections = 200
 $durability
@@ -166,12 +253,12 @@ CONF
     return 1
   fi
 
-  if ! _pg_ensure_database; then
+  if ! _pg_secure || ! _pg_ensure_database; then
     pg_stop
     return 1
   fi
-  PG_URL="postgresql://$PG_SUPERUSER@127.0.0.1:$PG_PORT/$PG_DATABASE"
-  _pg_log "private server running at $PG_URL (data in $PG_DATA)"
+  PG_URL="postgresql://$PG_SUPERUSER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DATABASE"
+  _pg_log "private server running on 127.0.0.1:$PG_PORT (data in $PG_DATA, password in $(_pg_password_file))"
 }
 
 # Stops the server started by pg_start (fast shutdown); removes a temporary data dir.
@@ -187,7 +274,7 @@ pg_stop() {
       fi
     fi
   fi
-  [[ -n "$PG_URL" && "$PG_QUIET" != 1 ]] && _pg_log "stopped $PG_URL"
+  [[ -n "$PG_URL" && "$PG_QUIET" != 1 ]] && _pg_log "stopped the server on 127.0.0.1:$PG_PORT"
   _pg_cleanup
 }
 
@@ -195,7 +282,7 @@ _pg_cleanup() {
   if ((PG_TEMPORARY)) && [[ "$PG_BASE" == /tmp/cluster-pg.* ]]; then
     rm -rf -- "$PG_BASE"
   fi
-  PG_URL="" PG_PORT="" PG_DATA="" PG_BASE="" PG_TEMPORARY=0
+  PG_URL="" PG_PORT="" PG_DATA="" PG_BASE="" PG_TEMPORARY=0 PG_PASSWORD=""
   return 0
 }
 
@@ -218,7 +305,8 @@ pg_server_pid() {
 }
 
 # pg_attach DIR: adopts the server already running on DIR/data (see pg_server_pid): sets
-# PG_URL, PG_PORT, PG_DATA, PG_BASE (PG_TEMPORARY=0) and creates the database if needed.
+# PG_URL, PG_PORT, PG_DATA, PG_BASE, PG_PASSWORD (PG_TEMPORARY=0), makes it password-only
+# (see _pg_secure) and creates the database if needed.
 pg_attach() {
   [[ -z "$PG_URL" ]] || { _pg_log "already attached to $PG_URL"; return 1; }
   _pg_find_bin || return 1
@@ -229,11 +317,11 @@ pg_attach() {
   port=$(sed -n 4p "$base/data/postmaster.pid" 2>/dev/null)
   [[ "$port" =~ ^[0-9]+$ ]] || { _pg_log "cannot read the port from $base/data/postmaster.pid"; return 1; }
   PG_BASE=$base PG_DATA=$base/data PG_PORT=$port PG_TEMPORARY=0
-  if ! _pg_ensure_database; then
-    PG_BASE="" PG_DATA="" PG_PORT=""
+  if ! _pg_secure || ! _pg_ensure_database; then
+    PG_BASE="" PG_DATA="" PG_PORT="" PG_PASSWORD=""
     return 1
   fi
-  PG_URL="postgresql://$PG_SUPERUSER@127.0.0.1:$PG_PORT/$PG_DATABASE"
+  PG_URL="postgresql://$PG_SUPERUSER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DATABASE"
 }
 
 # pg_stop_pid DIR PID [TIMEOUT_S]: stops the server on DIR/data by its PID, but only while

@@ -163,7 +163,9 @@ struct manager_store_test : ::testing::Test {
     static int counter = 0;
     direct.table_prefix = "ms" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
     through_proxy = direct;
+    // The password (the private server requires one) is hex, so it needs no escaping.
     through_proxy.url = "postgresql://" + (fields.count("user") ? fields["user"] : "postgres") +
+                        (fields.count("password") ? ":" + fields["password"] : "") +
                         "@127.0.0.1:" + std::to_string(proxy->port()) + "/" +
                         (fields.count("dbname") ? fields["dbname"] : "postgres") +
                         "?connect_timeout=2";
