@@ -32,6 +32,8 @@ void common_settings::declare_storage(std::vector<config_section>& sections) {
       .key("user", &storage.user)
       .key("password", &storage.password)
       .key("database", &storage.database)
+      .key("sslmode", &storage.sslmode)
+      .key("sslrootcert", &storage.sslrootcert)
       .key("table_prefix", &storage.table_prefix)
       .key("poll_interval_ms", &storage.poll_interval)
       .key("retention_ms", &storage.retention)

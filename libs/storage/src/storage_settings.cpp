@@ -15,6 +15,8 @@ std::string storage_settings::conninfo() const {
   std::string info = "host=" + quote(host) + " port=" + std::to_string(port) +
                      " user=" + quote(user) + " dbname=" + quote(database) +
                      " connect_timeout=5 application_name=" + quote(application_name);
+  if (!sslmode.empty()) info += " sslmode=" + quote(sslmode);
+  if (!sslrootcert.empty()) info += " sslrootcert=" + quote(sslrootcert);
   if (!password.empty()) info += " password=" + quote(password);
   return info;
 }
@@ -31,7 +33,8 @@ std::string storage_settings::describe() const {
     }
     return url.find("password") == std::string::npos ? url : "(connection string with password)";
   }
-  return user + "@" + host + ":" + std::to_string(port) + "/" + database;
+  return user + "@" + host + ":" + std::to_string(port) + "/" + database +
+         (sslmode.empty() ? "" : " (sslmode " + sslmode + ")");
 }
 
 }  // namespace cluster

@@ -15,6 +15,11 @@ struct storage_settings {
   std::string user = "postgres";
   std::string password;
   std::string database = "cluster";
+  /// libpq `sslmode` and `sslrootcert` of a connection built from the fields above (a `url`
+  /// carries its own): empty = libpq's default. In AWS "verify-full" with the RDS CA bundle
+  /// of the image, so a database reached over the network proves its name.
+  std::string sslmode;
+  std::string sslrootcert;
   std::string table_prefix = "cluster";
   std::chrono::milliseconds poll_interval{1000};  ///< reply polling when a notification is missed
   std::chrono::milliseconds retention{7LL * 24 * 3600 *
