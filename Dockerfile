@@ -5,6 +5,8 @@
 #   /app/plugins/  the entity plugins (*.so) the runners load
 #   /app/config/   local.toml; containers override host/port/plugins with --set and
 #                  CLUSTER_* variables, and SST links arrive as SST_RESOURCE_* variables.
+#   /app/certs/    rds-global-bundle.pem, the CA bundle of Amazon RDS: the manager and the
+#                  runners connect with sslmode=verify-full against it.
 #
 # Build it by hand with: docker build -t cluster-sst .
 # deploy/dockerfile.test.mjs checks its shape (no Docker needed).
@@ -38,6 +40,9 @@ WORKDIR /app
 COPY --from=build /src/build/release/bin/ /app/bin/
 COPY --from=build /src/build/release/plugins/*.so /app/plugins/
 COPY --from=build /src/config/ /app/config/
+# Fetched at build time (AWS rotates its CAs and publishes the bundle at this address), so
+# an image built today trusts today's RDS certificates.
+ADD --chmod=0644 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem /app/certs/rds-global-bundle.pem
 USER cluster
 # Manager, proxy, gateway and the four runners of the Runner task.
 EXPOSE 8080 3333 8787 34431-34434

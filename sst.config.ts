@@ -13,6 +13,22 @@
 // SST_RESOURCE_<Name> JSON environment variables. The Lambda gets the address of the proxy
 // it calls as CLUSTER_GATEWAY_PROXY (host:port; CLUSTER_PROXY_* is where a proxy listens).
 //
+// Credentials (docs/security.md): one Ed25519 key per role in the sst.Secrets
+// ClusterManagerKey, ClusterRunnerKey, ClusterProxyKey, ClusterClientKey (the Lambda) and
+// ClusterAdminKey (linked to nothing: operators only), and the trust list of public keys in
+// ClusterTrust. Each service links its own key and the trust list, nothing else, so a
+// broken-into runner holds no key of another role. Set them once per stage from
+// `clusterctl keys init DIR` with the lines deploy/secret-commands.sh prints.
+// Secrets, not keys generated here: they need no extra Pulumi provider (the offline checks
+// run with SST's platform alone), and the admin key exists on the operator's machine before
+// it exists in AWS.
+//
+// Per stage (STAGES below): the function URL's protection (a bearer token checked by the
+// handler, AWS_IAM, or both), Fargate Spot or regular capacity, the HTTP allowlist.
+// Deployed, each service has a security group of its own that admits only its port, from
+// the services that call it, and the database is reached over TLS with the server's name
+// verified against the RDS CA bundle the image ships.
+//
 // In `sst dev` nothing of the cluster runs in AWS: each service's dev.command starts the
 // locally built binary (build/release/bin/, built by `scripts/dev build`), the database is a
 // local PostgreSQL on 127.0.0.1:5435, and the local HTTP gateway (cluster-gateway, port 8787)
@@ -27,6 +43,31 @@ const MANAGER_PORT = 8080;
 const PROXY_PORT = 3333;
 const GATEWAY_PORT = 8787;
 const RUNNER_PORTS = [34431, 34432, 34433, 34434];
+
+// The RDS engine, pinned: SST's default moves with SST releases (17 in 4.17.1).
+const POSTGRES_VERSION = "16.4";
+const POSTGRES_PORT = 5432;
+// The CA bundle of RDS in the image (Dockerfile), for sslmode=verify-full.
+const IMAGE_RDS_CA = "/app/certs/rds-global-bundle.pem";
+
+type UrlAuth = "token" | "iam" | "iam+token";
+interface StageSettings {
+  // "token": a public URL whose handler requires `Authorization: Bearer <GatewayToken>`;
+  // "iam": the URL takes only SigV4-signed requests (AWS_IAM); "iam+token": both.
+  urlAuth: UrlAuth;
+  // Fargate Spot runs at a discount and may be reclaimed with a 2-minute notice: ECS sends
+  // SIGTERM and the processes drain within STOP_TIMEOUT_S, as for any stop.
+  spot: boolean;
+  // gateway.expose: the "Type" or "Type.Rpc" entries HTTP may call, comma-separated;
+  // "" leaves the gateway's default (the example plugins' types).
+  expose: string;
+}
+const DEFAULT_STAGE: StageSettings = { urlAuth: "token", spot: true, expose: "" };
+// Stages that differ from DEFAULT_STAGE.
+const STAGES: Record<string, Partial<StageSettings>> = {
+  production: { urlAuth: "iam" },
+};
+const stageSettings = (stage: string): StageSettings => ({ ...DEFAULT_STAGE, ...STAGES[stage] });
 
 // ECS sends SIGTERM, waits this long, then SIGKILL. 120 s is Fargate's maximum: a runner
 // hands its shards back and finishes in-flight messages before it exits.
@@ -63,12 +104,32 @@ export default $config({
   async run() {
     const fs = await import("node:fs");
     const path = await import("node:path");
+    const stage = stageSettings($app.stage);
+    const urlToken = stage.urlAuth !== "iam";
 
     const vpc = new sst.aws.Vpc("Vpc", { nat: "ec2" });
+
+    // --- credentials ---------------------------------------------------------------------
+    const keys = {
+      manager: new sst.Secret("ClusterManagerKey"),
+      runner: new sst.Secret("ClusterRunnerKey"),
+      proxy: new sst.Secret("ClusterProxyKey"),
+      client: new sst.Secret("ClusterClientKey"),
+      // Linked to nothing: operators read it (sst secret list, sst shell) for admin verbs.
+      admin: new sst.Secret("ClusterAdminKey"),
+    };
+    const trust = new sst.Secret("ClusterTrust");
+    // Only where the handler checks a token.
+    const gatewayToken = urlToken ? new sst.Secret("GatewayToken") : undefined;
+
+    // --- security groups (deployed only: in `sst dev` the processes run on this machine) --
+    // One per service; every ingress names the security group of the caller, none a CIDR.
+    const groups = $dev ? undefined : securityGroups(vpc);
 
     const database = new sst.aws.Postgres("Database", {
       vpc,
       database: "cluster",
+      version: POSTGRES_VERSION,
       // `sst dev` links the processes to this local server instead of RDS.
       dev: {
         username: "postgres",
@@ -77,7 +138,26 @@ export default $config({
         host: "127.0.0.1",
         port: 5435,
       },
+      transform: groups && {
+        // Only the manager's and the runners' security groups reach it.
+        instance: (args: aws.rds.InstanceArgs): undefined => {
+          args.vpcSecurityGroupIds = [groups.database.id];
+          return undefined;
+        },
+        // The server refuses connections without TLS (SST sets rds.force_ssl to 0).
+        parameterGroup: (args: aws.rds.ParameterGroupArgs): undefined => {
+          args.parameters = $resolve([args.parameters ?? []]).apply(([parameters]) => [
+            ...parameters.filter((p) => p.name !== "rds.force_ssl"),
+            { name: "rds.force_ssl", value: "1" },
+          ]);
+          return undefined;
+        },
+      },
     });
+    // Deployed, the manager and the runners verify the database's certificate and name.
+    const databaseTls = $dev
+      ? {}
+      : { CLUSTER_STORAGE_SSLMODE: "verify-full", CLUSTER_STORAGE_SSLROOTCERT: IMAGE_RDS_CA };
 
     const cluster = new sst.aws.Cluster("Cluster", { vpc });
 
@@ -96,7 +176,9 @@ export default $config({
       health(["/bin/bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${port}`]);
 
     // SST has no option for the container stop timeout: set it in the task definition.
-    const gracefulStop = {
+    // Deployed, the service's tasks get its own security group instead of the VPC's
+    // default one (which admits everything from inside the VPC).
+    const serviceTransform = (group: aws.ec2.SecurityGroup | undefined) => ({
       taskDefinition: (args: aws.ecs.TaskDefinitionArgs): undefined => {
         args.containerDefinitions = $jsonParse(args.containerDefinitions).apply(
           (containers: Record<string, unknown>[]) =>
@@ -106,7 +188,16 @@ export default $config({
         );
         return undefined;
       },
-    };
+      service: (args: aws.ecs.ServiceArgs): undefined => {
+        if (group) {
+          args.networkConfiguration = $resolve([args.networkConfiguration, group.id]).apply(
+            ([network, id]) => ({ ...network!, securityGroups: [id] }),
+          );
+        }
+        return undefined;
+      },
+    });
+    const capacity = stage.spot ? ("spot" as const) : undefined;
 
     // A process in the image: its binary, the config file and overrides for containers
     // (listen on all interfaces of the task instead of loopback).
@@ -127,10 +218,12 @@ export default $config({
       image,
       cpu: "0.25 vCPU",
       memory: "0.5 GB",
-      link: [database],
+      capacity,
+      link: [database, keys.manager, trust],
       environment: {
         CLUSTER_CLUSTER_STORAGE: "postgres",
         CLUSTER_MANAGER_PORT: String(MANAGER_PORT),
+        ...databaseTls,
       },
       command: imageCommand("cluster-manager", "manager.host=0.0.0.0"),
       health: health([
@@ -142,7 +235,7 @@ export default $config({
         "status",
       ]),
       dev: { command: devCommand("cluster-manager") },
-      transform: gracefulStop,
+      transform: serviceTransform(groups?.manager),
     });
 
     // In AWS the manager is reached through its Cloud Map name; in `sst dev` it runs here.
@@ -158,7 +251,8 @@ export default $config({
       image,
       cpu: "0.25 vCPU",
       memory: "0.5 GB",
-      link: [shardManager],
+      capacity,
+      link: [shardManager, keys.proxy, trust],
       environment: {
         CLUSTER_PROXY_PORT: String(PROXY_PORT),
       },
@@ -171,7 +265,7 @@ export default $config({
         memoryUtilization: 70,
       },
       dev: { command: devCommand("cluster-proxy") },
-      transform: gracefulStop,
+      transform: serviceTransform(groups?.proxy),
     });
 
     const proxyServer = new sst.Linkable("ProxyServer", {
@@ -187,7 +281,8 @@ export default $config({
       cluster,
       cpu: "1 vCPU",
       memory: "2 GB",
-      link: [database, shardManager],
+      capacity,
+      link: [database, shardManager, keys.runner, trust],
       containers: RUNNER_PORTS.map((port, index) => ({
         name: `runner-${index + 1}`,
         image,
@@ -195,18 +290,22 @@ export default $config({
           CLUSTER_CLUSTER_STORAGE: "postgres",
           CLUSTER_RUNNER_NAME: `runner-${index + 1}`,
           CLUSTER_RUNNER_PORT: String(port),
+          ...databaseTls,
         },
         command: imageCommand("cluster-runner", "runner.host=0.0.0.0", `runner.plugins=${IMAGE_PLUGINS}`),
         health: tcpHealth(port),
         dev: { command: devCommand("cluster-runner", `runner.plugins=${LOCAL_PLUGINS}`) },
       })),
-      transform: gracefulStop,
+      transform: serviceTransform(groups?.runner),
     });
 
     // `sst dev` only: the HTTP gateway that serves what the Lambda serves when deployed.
+    // What the HTTP side gets, in the Lambda and in the local gateway alike.
+    const httpLinks = [keys.client, trust, ...(gatewayToken ? [gatewayToken] : [])];
+    const exposeEnvironment = stage.expose ? { CLUSTER_GATEWAY_EXPOSE: stage.expose } : {};
     new sst.x.DevCommand("Gateway", {
-      link: [proxyServer],
-      environment: { CLUSTER_GATEWAY_PORT: String(GATEWAY_PORT) },
+      link: [proxyServer, ...httpLinks],
+      environment: { CLUSTER_GATEWAY_PORT: String(GATEWAY_PORT), ...exposeEnvironment },
       dev: {
         title: "Gateway",
         autostart: true,
@@ -232,24 +331,89 @@ export default $config({
       );
     }
 
+    // A custom runtime does not read SST's encrypted link file (resource.enc, read by SST's
+    // SDKs), so the linked secrets are also handed to the bootstrap as the config keys
+    // security.key, security.trust and gateway.bearer_token.
     const api = new sst.aws.Function("Api", {
-      vpc,
+      vpc: { privateSubnets: vpc.privateSubnets, securityGroups: [groups!.api.id] },
       runtime: "provided.al2023",
       architecture: "x86_64",
       bundle: LAMBDA_BUNDLE,
       handler: LAMBDA_HANDLER,
-      url: true,
+      url: { authorization: stage.urlAuth === "token" ? "none" : "iam" },
       memory: "512 MB",
       timeout: "30 seconds",
+      link: httpLinks,
       environment: {
         CLUSTER_GATEWAY_PROXY: $interpolate`${proxy.service}:${PROXY_PORT}`,
+        CLUSTER_SECURITY_KEY: keys.client.value,
+        CLUSTER_SECURITY_TRUST: trust.value,
+        ...(gatewayToken ? { CLUSTER_GATEWAY_BEARER_TOKEN: gatewayToken.value } : {}),
+        ...exposeEnvironment,
       },
     });
 
     return {
       api: api.url,
+      apiAuth: stage.urlAuth,
       manager: $interpolate`${manager.service}:${MANAGER_PORT}`,
       proxy: $interpolate`${proxy.service}:${PROXY_PORT}`,
     };
   },
 });
+
+// The security groups of the deployed services: each admits only its own port, only from
+// the security groups of the services that call it. The tasks' egress stays open (image
+// pulls, logs, AWS APIs); the Lambda may only reach the proxies.
+function securityGroups(vpc: sst.aws.Vpc) {
+  const group = (name: string, description: string) =>
+    new aws.ec2.SecurityGroup(`${name}SecurityGroup`, { vpcId: vpc.id, description });
+  const groups = {
+    manager: group("Manager", "cluster-manager: 8080 from runners and proxies"),
+    runner: group("Runner", "cluster-runner: 34431-34434 from proxies, runners and the manager"),
+    proxy: group("Proxy", "cluster-proxy: 3333 from the Lambda"),
+    api: group("Api", "the Lambda: no ingress, egress to the proxies only"),
+    database: group("Database", "PostgreSQL: 5432 from the manager and the runners"),
+  };
+  const allow = (
+    name: string,
+    to: aws.ec2.SecurityGroup,
+    from: aws.ec2.SecurityGroup,
+    ports: [number, number],
+  ) =>
+    new aws.vpc.SecurityGroupIngressRule(name, {
+      securityGroupId: to.id,
+      referencedSecurityGroupId: from.id,
+      ipProtocol: "tcp",
+      fromPort: ports[0],
+      toPort: ports[1],
+    });
+  const runnerPorts: [number, number] = [RUNNER_PORTS[0], RUNNER_PORTS[RUNNER_PORTS.length - 1]];
+  allow("ManagerFromRunner", groups.manager, groups.runner, [MANAGER_PORT, MANAGER_PORT]);
+  allow("ManagerFromProxy", groups.manager, groups.proxy, [MANAGER_PORT, MANAGER_PORT]);
+  allow("RunnerFromProxy", groups.runner, groups.proxy, runnerPorts);
+  allow("RunnerFromRunner", groups.runner, groups.runner, runnerPorts);
+  allow("RunnerFromManager", groups.runner, groups.manager, runnerPorts);
+  allow("ProxyFromApi", groups.proxy, groups.api, [PROXY_PORT, PROXY_PORT]);
+  allow("DatabaseFromManager", groups.database, groups.manager, [POSTGRES_PORT, POSTGRES_PORT]);
+  allow("DatabaseFromRunner", groups.database, groups.runner, [POSTGRES_PORT, POSTGRES_PORT]);
+  for (const [name, g] of [
+    ["Manager", groups.manager],
+    ["Runner", groups.runner],
+    ["Proxy", groups.proxy],
+  ] as const) {
+    new aws.vpc.SecurityGroupEgressRule(`${name}Egress`, {
+      securityGroupId: g.id,
+      cidrIpv4: "0.0.0.0/0",
+      ipProtocol: "-1",
+    });
+  }
+  new aws.vpc.SecurityGroupEgressRule("ApiToProxy", {
+    securityGroupId: groups.api.id,
+    referencedSecurityGroupId: groups.proxy.id,
+    ipProtocol: "tcp",
+    fromPort: PROXY_PORT,
+    toPort: PROXY_PORT,
+  });
+  return groups;
+}

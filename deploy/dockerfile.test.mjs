@@ -113,3 +113,16 @@ test(".dockerignore keeps build outputs, dependencies and local state out of the
     assert.ok(!lines.includes(needed), `${needed} is in the context`);
   }
 });
+
+test("the runtime stage ships the RDS CA bundle where sst.config.ts points verify-full", () => {
+  const config = read("sst.config.ts");
+  const m = /const IMAGE_RDS_CA = "([^"]+)";/.exec(config);
+  assert.ok(m, "sst.config.ts IMAGE_RDS_CA");
+  const adds = runtime.steps.filter((s) => s.keyword === "ADD").map((s) => s.args);
+  const bundle = adds.find((a) => a.endsWith(` ${m[1]}`));
+  assert.ok(bundle, `an ADD of the bundle to ${m[1]}`);
+  assert.match(bundle, /(^|\s)https:\/\/truststore\.pki\.rds\.amazonaws\.com\/global\/global-bundle\.pem\s/, "AWS's global bundle, over https");
+  assert.match(bundle, /--chmod=0?644\s/, "readable by the unprivileged user");
+  const steps = runtime.steps.map((s) => s.keyword);
+  assert.ok(steps.indexOf("ADD") < steps.indexOf("USER"), "added before USER");
+});

@@ -4,6 +4,7 @@
 
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -64,6 +65,39 @@ test("app(): name, home, pinned SST version and removal policy", async () => {
   assert.equal(production.app.removal, "retain");
   const dev = await evaluateConfig({ dev: false, stage: "dev", root: fakeRootWithBundle() });
   assert.equal(dev.app.removal, "remove");
+});
+
+test("deploy/secret-commands.sh sets every secret of the config from clusterctl keys init's files, values on stdin", async () => {
+  const { resources } = await evaluateConfig({ dev: false, root: fakeRootWithBundle() });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cluster-keys-"));
+  try {
+    for (const role of ["manager", "runner", "proxy", "client", "admin"]) {
+      fs.writeFileSync(path.join(dir, `${role}.key`), `${role}-private\n`, { mode: 0o600 });
+    }
+    fs.writeFileSync(path.join(dir, "trust"), "manager=AAAA\n");
+    const script = path.join(ROOT, "deploy", "secret-commands.sh");
+    const out = execFileSync(script, [dir, "--stage", "ci"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    const lines = out.trim().split("\n");
+    const set = lines.map((line) => {
+      const m = /^npx sst secret set ([A-Za-z0-9]+) --stage ci < (\S+)$/.exec(line);
+      assert.ok(m, `a command with the value on stdin: ${line}`);
+      assert.ok(fs.existsSync(m[2]), `${m[2]} exists`);
+      return m[1];
+    });
+    assert.deepEqual(set.sort(), byType(resources, "sst:sst:Secret").map((s) => s.name).sort());
+    assert.ok(!out.includes("private"), "no key in the output");
+    const token = path.join(dir, "gateway.token");
+    assert.equal(fs.statSync(token).mode & 0o777, 0o600, "the generated token is 0600");
+    assert.match(fs.readFileSync(token, "utf8"), /^[0-9a-f]{64}$/);
+    // A missing key is a clear error, not a half-printed list.
+    fs.rmSync(path.join(dir, "runner.key"));
+    assert.throws(
+      () => execFileSync(script, [dir], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }),
+      (e) => /runner\.key is missing/.test(String(e.stderr)) && String(e.stdout) === "",
+    );
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 for (const mode of ["dev", "deployed"]) {
@@ -131,13 +165,39 @@ for (const mode of ["dev", "deployed"]) {
 
     test("links: database to manager and runners, manager to runners and proxies, proxy to the gateway", () => {
       const { resources } = result;
-      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Manager").args), ["Database"]);
-      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Runner").args), ["Database", "ShardManager"]);
-      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Proxy").args), ["ShardManager"]);
-      assert.deepEqual(linkNames(one(resources, "sst:sst:DevCommand", "Gateway").args), ["ProxyServer"]);
+      // Each links its own key and the trust list, and no other key.
+      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Manager").args), ["ClusterManagerKey", "ClusterTrust", "Database"]);
+      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Runner").args), ["ClusterRunnerKey", "ClusterTrust", "Database", "ShardManager"]);
+      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Proxy").args), ["ClusterProxyKey", "ClusterTrust", "ShardManager"]);
+      assert.deepEqual(linkNames(one(resources, "sst:sst:DevCommand", "Gateway").args), ["ClusterClientKey", "ClusterTrust", "GatewayToken", "ProxyServer"]);
       const manager = one(resources, "sst:aws:Service", "Manager").args;
       assert.equal(manager.environment.CLUSTER_CLUSTER_STORAGE, "postgres");
       assert.equal(manager.environment.CLUSTER_MANAGER_PORT, "8080");
+    });
+
+    test("credentials: a secret per role key, the trust list and the gateway token; the admin key is linked to nothing", () => {
+      const { resources } = result;
+      const secrets = byType(resources, "sst:sst:Secret");
+      assert.deepEqual(
+        secrets.map((s) => s.name).sort(),
+        ["ClusterAdminKey", "ClusterClientKey", "ClusterManagerKey", "ClusterProxyKey", "ClusterRunnerKey", "ClusterTrust", "GatewayToken"],
+      );
+      for (const s of secrets) assert.equal(s.args.placeholder, undefined, `${s.name} has no value in the code`);
+      const linkers = resources.filter((r) => Array.isArray(r.args?.link));
+      const linkedBy = (name) => linkers.filter((r) => linkNames(r.args).includes(name)).map((r) => r.name).sort();
+      assert.deepEqual(linkedBy("ClusterAdminKey"), []);
+      assert.ok(linkedBy("ClusterTrust").length >= 4, "the trust list reaches every process");
+      // In `sst dev` SST also makes a DevCommand per container, with the service's links.
+      for (const [key, owners] of [
+        ["ClusterManagerKey", /^Manager/],
+        ["ClusterRunnerKey", /^Runner/],
+        ["ClusterProxyKey", /^Proxy/],
+        ["ClusterClientKey", /^(Api|Gateway)$/],
+      ]) {
+        const holders = linkedBy(key);
+        assert.ok(holders.length > 0, `${key} is linked`);
+        for (const holder of holders) assert.match(holder, owners, `${key} is linked only to its role's processes`);
+      }
     });
 
     test("every dev command runs a binary of the local release build", () => {
@@ -271,12 +331,101 @@ describe("deployed", () => {
     assert.equal(fn.args.runtime, "provided.al2023");
     assert.equal(fn.args.bundle, "dist/lambda");
     assert.equal(fn.args.handler, "bootstrap");
-    assert.equal(fn.args.url, true);
-    assert.equal(fn.args.vpc, vpc);
+    assert.deepEqual(resolve(fn.args.vpc.privateSubnets), resolve(vpc.privateSubnets), "in the private subnets");
+    assert.deepEqual(resolve(fn.args.vpc.securityGroups), [resolve(one(result.resources, "aws:ec2:SecurityGroup", "ApiSecurityGroup").component.id)]);
     // The address it calls, under the gateway's name: CLUSTER_PROXY_* is where a proxy listens.
     assert.equal(resolve(fn.args.environment.CLUSTER_GATEWAY_PROXY), `${resolve(proxy.service)}:3333`);
     assert.equal(fn.args.environment.CLUSTER_PROXY_HOST, undefined);
     assert.equal(fn.args.environment.CLUSTER_PROXY_PORT, undefined);
+  });
+
+  test("the Lambda gets the client key, the trust list and the bearer token as config keys (a custom runtime reads no resource.enc)", () => {
+    const fn = one(result.resources, "sst:aws:Function", "Api");
+    assert.deepEqual(linkNames(fn.args), ["ClusterClientKey", "ClusterTrust", "GatewayToken"]);
+    const env = resolve(fn.args.environment);
+    assert.equal(env.CLUSTER_SECURITY_KEY, "secret:ClusterClientKey");
+    assert.equal(env.CLUSTER_SECURITY_TRUST, "secret:ClusterTrust");
+    assert.equal(env.CLUSTER_GATEWAY_BEARER_TOKEN, "secret:GatewayToken");
+    assert.equal(env.CLUSTER_GATEWAY_EXPOSE, undefined, "the gateway's default allowlist unless the stage sets one");
+    for (const value of Object.values(env)) assert.doesNotMatch(String(value), /secret:Cluster(Admin|Manager|Runner|Proxy)Key/);
+  });
+
+  test("the function URL: a bearer token by default, AWS_IAM in production", async () => {
+    const fn = one(result.resources, "sst:aws:Function", "Api");
+    assert.deepEqual(resolve(fn.args.url), { authorization: "none" });
+    assert.equal(result.outputs.apiAuth, "token");
+
+    const production = await evaluateConfig({ dev: false, stage: "production", root });
+    const prodFn = one(production.resources, "sst:aws:Function", "Api");
+    assert.deepEqual(resolve(prodFn.args.url), { authorization: "iam" });
+    assert.equal(production.outputs.apiAuth, "iam");
+    // No token to set or check where IAM alone guards the URL.
+    assert.equal(production.resources.filter((r) => r.name === "GatewayToken").length, 0);
+    assert.equal(resolve(prodFn.args.environment).CLUSTER_GATEWAY_BEARER_TOKEN, undefined);
+    assert.deepEqual(linkNames(prodFn.args), ["ClusterClientKey", "ClusterTrust"]);
+  });
+
+  test("every service runs on Fargate Spot (a per-stage choice)", () => {
+    for (const service of byType(result.resources, "sst:aws:Service")) {
+      assert.equal(service.args.capacity, "spot", `${service.name}.capacity`);
+    }
+  });
+
+  test("PostgreSQL 16 pinned, TLS required by the server and verified by the clients", () => {
+    const db = one(result.resources, "sst:aws:Postgres", "Database");
+    assert.match(db.args.version, /^16\.\d+$/, "engine version pinned to a 16.x release");
+    assert.equal(db.component.instance.engineVersion, db.args.version);
+    assert.equal(db.component.parameterGroup.family, "postgres16");
+    const parameters = db.component.parameterGroup.parameters;
+    assert.deepEqual(parameters.filter((p) => p.name === "rds.force_ssl"), [{ name: "rds.force_ssl", value: "1" }]);
+    assert.ok(parameters.some((p) => p.name === "rds.logical_replication"), "SST's other parameters are kept");
+    const dockerfile = fs.readFileSync(path.join(ROOT, "Dockerfile"), "utf8");
+    const manager = one(result.resources, "sst:aws:Service", "Manager");
+    const runner = one(result.resources, "sst:aws:Service", "Runner");
+    for (const env of [manager.args.environment, ...runner.args.containers.map((c) => c.environment)]) {
+      assert.equal(env.CLUSTER_STORAGE_SSLMODE, "verify-full");
+      assert.equal(env.CLUSTER_STORAGE_SSLROOTCERT, "/app/certs/rds-global-bundle.pem");
+    }
+    assert.ok(dockerfile.includes("/app/certs/rds-global-bundle.pem"), "the image ships the CA bundle");
+    const proxy = one(result.resources, "sst:aws:Service", "Proxy");
+    assert.equal(proxy.args.environment.CLUSTER_STORAGE_SSLMODE, undefined, "the proxy has no [storage]");
+  });
+
+  test("security groups: each service admits only its port, only from the services that call it", () => {
+    const { resources } = result;
+    const groups = Object.fromEntries(
+      byType(resources, "aws:ec2:SecurityGroup").map((g) => [resolve(g.component.id), g.name.replace(/SecurityGroup$/, "")]),
+    );
+    assert.deepEqual(Object.values(groups).sort(), ["Api", "Database", "Manager", "Proxy", "Runner"]);
+    const ingress = byType(resources, "aws:vpc:SecurityGroupIngressRule").map((r) => {
+      const a = resolve(r.args);
+      assert.equal(a.ipProtocol, "tcp", `${r.name}: tcp only`);
+      assert.equal(a.cidrIpv4, undefined, `${r.name}: from a security group, not a CIDR`);
+      return `${groups[a.securityGroupId]}:${a.fromPort}-${a.toPort}<-${groups[a.referencedSecurityGroupId]}`;
+    });
+    assert.deepEqual(ingress.sort(), [
+      "Database:5432-5432<-Manager",
+      "Database:5432-5432<-Runner",
+      "Manager:8080-8080<-Proxy",
+      "Manager:8080-8080<-Runner",
+      "Proxy:3333-3333<-Api",
+      "Runner:34431-34434<-Manager",
+      "Runner:34431-34434<-Proxy",
+      "Runner:34431-34434<-Runner",
+    ]);
+    const apiEgress = byType(resources, "aws:vpc:SecurityGroupEgressRule")
+      .map((r) => resolve(r.args))
+      .filter((a) => groups[a.securityGroupId] === "Api");
+    assert.deepEqual(apiEgress.map((a) => [groups[a.referencedSecurityGroupId], a.fromPort, a.toPort, a.cidrIpv4]), [["Proxy", 3333, 3333, undefined]]);
+
+    // The tasks and the database use them instead of the VPC's default group.
+    for (const name of ["Manager", "Proxy", "Runner"]) {
+      const service = one(resources, "sst:aws:Service", name).component;
+      assert.deepEqual(service.ecsService.networkConfiguration.securityGroups.map((id) => groups[id]), [name]);
+      assert.equal(service.ecsService.networkConfiguration.assignPublicIp, true, "SST's other network settings are kept");
+    }
+    const db = one(resources, "sst:aws:Postgres", "Database").component;
+    assert.deepEqual(db.instance.vpcSecurityGroupIds.map((id) => groups[id]), ["Database"]);
   });
 
   test("outputs: the function URL and the internal addresses", () => {

@@ -1,7 +1,8 @@
 // Evaluates sst.config.ts outside SST: the TypeScript is transpiled with the `typescript`
 // package from node_modules, and the globals SST provides ($config, $app, $dev, $cli,
-// $interpolate, $jsonParse, sst.aws.*, sst.Linkable, sst.x.DevCommand) are small stubs that
-// record every component and its arguments. Pulumi Outputs are modelled as `Out` values that
+// $interpolate, $jsonParse, sst.aws.*, sst.Linkable, sst.Secret, sst.x.DevCommand, and the
+// few raw `aws.*` resources the config creates) are small stubs that record every component
+// and its arguments. Pulumi Outputs are modelled as `Out` values that
 // carry a known placeholder. The stubs also enforce the few rules of SST 4.17.1 that a
 // config can break without a type error (see .sst/platform/src/components after
 // `sst install`): top-level component names are unique regardless of case (link.ts), "app"
@@ -105,14 +106,89 @@ export async function evaluateConfig({ dev, stage = "ci", root = ROOT, command }
     constructor(name, args = {}) {
       super("sst:aws:Vpc", name, args);
     }
+    get id() {
+      return new Out(`vpc-${this.__name}`);
+    }
+    get privateSubnets() {
+      return new Out([`subnet-${this.__name}-private-1`, `subnet-${this.__name}-private-2`]);
+    }
+    get publicSubnets() {
+      return new Out([`subnet-${this.__name}-public-1`, `subnet-${this.__name}-public-2`]);
+    }
+    get securityGroups() {
+      return new Out([`sg-${this.__name}-default`]);
+    }
+  }
+
+  // Runs a `transform.<key>` hook as SST's transform() does: a function edits the args, an
+  // object is merged into them. Returns the args as they end up.
+  function applyTransform(hook, args, resourceName) {
+    if (typeof hook === "function") {
+      hook(args, {}, resourceName);
+      return args;
+    }
+    return hook ? { ...args, ...hook } : args;
   }
 
   class Postgres extends Component {
     constructor(name, args) {
       super("sst:aws:Postgres", name, args);
       if (!args?.vpc) throw new Error(`Postgres ${name}: vpc is required`);
+      if (!dev) {
+        // As SST 4.17.1's postgres.ts: the engine version (default "17") and the parameter
+        // group it creates, each through its transform hook.
+        const engineVersion = args.version ?? "17";
+        this.instance = resolve(
+          applyTransform(args.transform?.instance, {
+            engine: "postgres",
+            engineVersion,
+            dbSubnetGroupName: `${name}SubnetGroup`,
+            storageEncrypted: true,
+          }, `${name}Instance`),
+        );
+        this.parameterGroup = resolve(
+          applyTransform(args.transform?.parameterGroup, {
+            family: `postgres${String(engineVersion).split(".")[0]}`,
+            parameters: [
+              { name: "rds.force_ssl", value: "0" },
+              { name: "rds.logical_replication", value: "1", applyMethod: "pending-reboot" },
+            ],
+          }, `${name}ParameterGroup`),
+        );
+      }
     }
   }
+
+  class Secret extends Component {
+    constructor(name, placeholder) {
+      super("sst:sst:Secret", name, { placeholder });
+      if (!/^[A-Z][A-Za-z0-9]*$/.test(name)) {
+        throw new Error(`Secret ${name}: names start with a capital letter and hold only letters and digits`);
+      }
+    }
+    get value() {
+      return new Out(`secret:${this.__name}`);
+    }
+  }
+
+  // Raw Pulumi resources (no SST naming rules): recorded, with an `id` Output.
+  class Resource {
+    constructor(type, name, args) {
+      if (typeof name !== "string" || name.length === 0) throw new Error(`${type}: missing name`);
+      this.__name = name;
+      this.args = args ?? {};
+      resources.push({ type, name, args: this.args, component: this });
+    }
+    get id() {
+      return new Out(`${this.__name}-id`);
+    }
+  }
+  const resourceClass = (type) =>
+    class extends Resource {
+      constructor(name, args) {
+        super(type, name, args);
+      }
+    };
 
   class Cluster extends Component {
     constructor(name, args) {
@@ -166,10 +242,20 @@ export async function evaluateConfig({ dev, stage = "ci", root = ROOT, command }
             ),
           ),
         };
-        const hook = args.transform?.taskDefinition;
-        if (typeof hook === "function") hook(taskArgs, {}, `${name}Task`);
-        else if (hook) taskArgs = { ...taskArgs, ...hook };
+        taskArgs = applyTransform(args.transform?.taskDefinition, taskArgs, `${name}Task`);
         this.taskDefinition = resolve(taskArgs);
+        // As SST's service.ts: the ECS service in the VPC's public subnets with the cluster
+        // VPC's security groups, then `transform.service`.
+        const vpc = args.cluster.args.vpc;
+        const serviceArgs = applyTransform(args.transform?.service, {
+          name,
+          networkConfiguration: {
+            assignPublicIp: true,
+            subnets: vpc.publicSubnets,
+            securityGroups: vpc.securityGroups,
+          },
+        }, `${name}Service`);
+        this.ecsService = resolve(serviceArgs);
       }
       if (dev && args.dev !== false) {
         for (const container of this.containers) {
@@ -231,9 +317,16 @@ export async function evaluateConfig({ dev, stage = "ci", root = ROOT, command }
     sst: {
       aws: { Vpc, Postgres, Cluster, Service, Function },
       Linkable,
+      Secret,
       x: { DevCommand },
     },
-    aws: {},
+    aws: {
+      ec2: { SecurityGroup: resourceClass("aws:ec2:SecurityGroup") },
+      vpc: {
+        SecurityGroupIngressRule: resourceClass("aws:vpc:SecurityGroupIngressRule"),
+        SecurityGroupEgressRule: resourceClass("aws:vpc:SecurityGroupEgressRule"),
+      },
+    },
   };
 
   const saved = {};
