@@ -155,7 +155,7 @@ export default $config({
       },
     });
     // Deployed, the manager and the runners verify the database's certificate and name.
-    const databaseTls = $dev
+    const databaseTls: Record<string, string> = $dev
       ? {}
       : { CLUSTER_STORAGE_SSLMODE: "verify-full", CLUSTER_STORAGE_SSLROOTCERT: IMAGE_RDS_CA };
 
@@ -191,7 +191,11 @@ export default $config({
       service: (args: aws.ecs.ServiceArgs): undefined => {
         if (group) {
           args.networkConfiguration = $resolve([args.networkConfiguration, group.id]).apply(
-            ([network, id]) => ({ ...network!, securityGroups: [id] }),
+            ([network, id]) =>
+              ({
+                ...(network as Record<string, unknown>),
+                securityGroups: [id],
+              }) as aws.types.input.ecs.ServiceNetworkConfiguration,
           );
         }
         return undefined;
@@ -302,7 +306,9 @@ export default $config({
     // `sst dev` only: the HTTP gateway that serves what the Lambda serves when deployed.
     // What the HTTP side gets, in the Lambda and in the local gateway alike.
     const httpLinks = [keys.client, trust, ...(gatewayToken ? [gatewayToken] : [])];
-    const exposeEnvironment = stage.expose ? { CLUSTER_GATEWAY_EXPOSE: stage.expose } : {};
+    const exposeEnvironment: Record<string, string> = stage.expose
+      ? { CLUSTER_GATEWAY_EXPOSE: stage.expose }
+      : {};
     new sst.x.DevCommand("Gateway", {
       link: [proxyServer, ...httpLinks],
       environment: { CLUSTER_GATEWAY_PORT: String(GATEWAY_PORT), ...exposeEnvironment },
@@ -334,6 +340,9 @@ export default $config({
     // A custom runtime does not read SST's encrypted link file (resource.enc, read by SST's
     // SDKs), so the linked secrets are also handed to the bootstrap as the config keys
     // security.key, security.trust and gateway.bearer_token.
+    const tokenEnvironment: Record<string, $util.Output<string>> = gatewayToken
+      ? { CLUSTER_GATEWAY_BEARER_TOKEN: gatewayToken.value }
+      : {};
     const api = new sst.aws.Function("Api", {
       vpc: { privateSubnets: vpc.privateSubnets, securityGroups: [groups!.api.id] },
       runtime: "provided.al2023",
@@ -348,7 +357,7 @@ export default $config({
         CLUSTER_GATEWAY_PROXY: $interpolate`${proxy.service}:${PROXY_PORT}`,
         CLUSTER_SECURITY_KEY: keys.client.value,
         CLUSTER_SECURITY_TRUST: trust.value,
-        ...(gatewayToken ? { CLUSTER_GATEWAY_BEARER_TOKEN: gatewayToken.value } : {}),
+        ...tokenEnvironment,
         ...exposeEnvironment,
       },
     });
