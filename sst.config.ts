@@ -24,7 +24,7 @@
 // it exists in AWS.
 //
 // Per stage (STAGES below): the function URL's protection (a bearer token checked by the
-// handler, AWS_IAM, or both), Fargate Spot or regular capacity, the HTTP allowlist.
+// handler, or AWS_IAM), Fargate Spot or regular capacity, the HTTP allowlist.
 // Deployed, each service has a security group of its own that admits only its port, from
 // the services that call it, and the database is reached over TLS with the server's name
 // verified against the RDS CA bundle the image ships.
@@ -50,15 +50,16 @@ const POSTGRES_PORT = 5432;
 // The CA bundle of RDS in the image (Dockerfile), for sslmode=verify-full.
 const IMAGE_RDS_CA = "/app/certs/rds-global-bundle.pem";
 
-type UrlAuth = "token" | "iam" | "iam+token";
+type UrlAuth = "token" | "iam";
 interface StageSettings {
   // "token": a public URL whose handler requires `Authorization: Bearer <GatewayToken>`;
-  // "iam": the URL takes only SigV4-signed requests (AWS_IAM); "iam+token": both.
+  // "iam": the URL takes only SigV4-signed requests (AWS_IAM). Not both: SigV4 signs in
+  // the same Authorization header the handler reads the token from.
   urlAuth: UrlAuth;
   // Fargate Spot runs at a discount and may be reclaimed with a 2-minute notice: ECS sends
   // SIGTERM and the processes drain within STOP_TIMEOUT_S, as for any stop.
   spot: boolean;
-  // gateway.expose: the "Type" or "Type.Rpc" entries HTTP may call, comma-separated;
+  // gateway.expose: what HTTP may call, comma-separated "Type", "Type/Rpc" or "*";
   // "" leaves the gateway's default (the example plugins' types).
   expose: string;
 }
@@ -105,7 +106,7 @@ export default $config({
     const fs = await import("node:fs");
     const path = await import("node:path");
     const stage = stageSettings($app.stage);
-    const urlToken = stage.urlAuth !== "iam";
+    const urlToken = stage.urlAuth === "token";
 
     const vpc = new sst.aws.Vpc("Vpc", { nat: "ec2" });
 
