@@ -211,5 +211,37 @@ TEST_F(pg_processes, return_the_stored_reply_for_a_repeated_primary_key) {
   EXPECT_EQ(nlohmann::json::parse(got)["value"], 5);
 }
 
+TEST_F(pg_processes, refuse_a_primary_key_reused_with_a_different_request) {
+  start_manager();
+  start_runner(1);
+  start_proxy();
+  ASSERT_TRUE(ready(1));
+  int code = 0;
+  const auto alice = clusterctl("call --key k1 Greeter reuse Greet '{\"name\":\"Alice\"}'", code);
+  ASSERT_EQ(code, 0) << alice;
+  EXPECT_NE(alice.find("Hello, Alice!"), std::string::npos) << alice;
+  const auto mallory =
+      clusterctl("call --key k1 Greeter reuse Greet '{\"name\":\"Mallory\"}'", code);
+  EXPECT_NE(code, 0) << mallory;
+  EXPECT_NE(mallory.find("InvalidRequest: primary key reused with a different request"),
+            std::string::npos)
+      << mallory;
+  EXPECT_EQ(mallory.find("Alice"), std::string::npos) << "another caller's reply leaked";
+  const auto again = clusterctl("call --key k1 Greeter reuse Greet '{\"name\":\"Alice\"}'", code);
+  ASSERT_EQ(code, 0) << again;
+  EXPECT_EQ(again, alice);
+
+  // A refused reuse runs nothing: the counter moved once.
+  ASSERT_EQ(clusterctl("call --key inc-1 Counter reuse Increment '{\"by\":5}'", code).empty(),
+            false);
+  ASSERT_EQ(code, 0);
+  const auto bigger = clusterctl("call --key inc-1 Counter reuse Increment '{\"by\":500}'", code);
+  EXPECT_NE(code, 0) << bigger;
+  EXPECT_NE(bigger.find("InvalidRequest"), std::string::npos) << bigger;
+  const auto got = clusterctl("call Counter reuse Get '{}'", code);
+  ASSERT_EQ(code, 0) << got;
+  EXPECT_EQ(nlohmann::json::parse(got)["value"], 5);
+}
+
 }  // namespace
 }  // namespace cluster::testing

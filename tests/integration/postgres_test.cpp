@@ -284,6 +284,127 @@ TEST(postgres, deduplicates_by_primary_key_and_returns_the_stored_reply) {
   store.stop();
 }
 
+/// The outcome of storing `message`, failures included.
+result<persist_outcome> persist_now(asio::io_context& io, pg_message_store& store,
+                                    persisted_message message) {
+  std::optional<result<persist_outcome>> out;
+  store.persist(std::move(message), [&](result<persist_outcome> r) { out = std::move(r); });
+  EXPECT_TRUE(run_until(io, [&] { return out.has_value(); }));
+  return out.value_or(failure{errc::unavailable, "no answer"});
+}
+
+persisted_message message_with_value(const std::string& id, const std::string& key, int value) {
+  auto m = message_for(id, key);
+  m.request = make_request("Probe", id, "Append", {{"sender", "s"}, {"value", value}});
+  m.request.primary_key = key;
+  return m;
+}
+
+void expect_reused_key(const result<persist_outcome>& outcome) {
+  ASSERT_FALSE(outcome.has_value()) << "the reused key was accepted";
+  EXPECT_EQ(outcome.error().code, errc::invalid_request);
+  EXPECT_EQ(outcome.error().message, "primary key reused with a different request");
+}
+
+TEST(postgres, refuses_a_primary_key_reused_with_a_different_request) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  pg_message_store store(io, settings_for(unique_prefix()));
+  const auto stored = persist_now(io, store, message_with_value("e1", "k1", 1));
+  ASSERT_TRUE(stored.has_value());
+  expect_reused_key(persist_now(io, store, message_with_value("e1", "k1", 2)));
+  auto other_rpc = message_with_value("e1", "k1", 1);
+  other_rpc.request.rpc = "Read";
+  expect_reused_key(persist_now(io, store, other_rpc));
+  // The original is untouched: the same request joins it, and reads its reply once processed.
+  const auto joined = persist_now(io, store, message_with_value("e1", "k1", 1));
+  ASSERT_TRUE(joined.has_value());
+  EXPECT_FALSE(joined.value().inserted);
+  EXPECT_EQ(joined.value().id, stored.value().id);
+  std::optional<std::vector<persisted_message>> queued;
+  store.unprocessed("default", 5, 0, store_into(queued));
+  const auto batch = wait_result(io, queued);
+  ASSERT_EQ(batch.size(), 1u) << "nothing was stored for the reused key";
+  EXPECT_EQ(batch[0].request.payload, message_with_value("e1", "k1", 1).request.payload);
+  std::optional<bool> completed;
+  store.complete(stored.value().id, reply_msg::success({0x05}), false,
+                 [&](result<void> done) { completed = done.has_value(); });
+  EXPECT_TRUE(wait_result(io, completed));
+  const auto processed = persist_now(io, store, message_with_value("e1", "k1", 1));
+  ASSERT_TRUE(processed.has_value() && processed.value().reply.has_value());
+  EXPECT_EQ(processed.value().reply->payload, (bytes{0x05}));
+  expect_reused_key(persist_now(io, store, message_with_value("e1", "k1", 3)));
+  store.stop();
+}
+
+TEST(postgres, stores_one_request_of_a_key_sent_twice_differently_in_one_round) {
+  REQUIRE_POSTGRES();
+  asio::io_context io;
+  pg_message_store store(io, settings_for(unique_prefix()));
+  // Queued together, so that (past the first pairs, while the worker is busy) each pair shares
+  // a round; different starting attempts put the two of a pair in different statements of
+  // it, in the opposite order of their arrival.
+  constexpr int pairs = 40;
+  std::vector<persisted_message> replayed, running;
+  std::vector<std::optional<result<persist_outcome>>> first(pairs), second(pairs);
+  for (int i = 0; i < pairs; ++i) {
+    const auto key = "k" + std::to_string(i);
+    replayed.push_back(message_with_value("e2", key, 1));
+    replayed.back().attempts = 0;
+    running.push_back(message_with_value("e2", key, 2));
+    running.back().attempts = 1;
+    store.persist(replayed.back(), [&, i](result<persist_outcome> r) { first[i] = std::move(r); });
+    store.persist(running.back(), [&, i](result<persist_outcome> r) { second[i] = std::move(r); });
+  }
+  ASSERT_TRUE(run_until(io, [&] {
+    return std::all_of(second.begin(), second.end(), [](const auto& o) { return o.has_value(); });
+  }));
+  std::map<std::int64_t, bytes> kept;  // id → the payload its caller sent
+  for (int i = 0; i < pairs; ++i) {
+    ASSERT_TRUE(first[i].has_value());
+    ASSERT_NE(first[i]->has_value(), second[i]->has_value()) << "exactly one of pair " << i;
+    const bool first_kept = first[i]->has_value();
+    expect_reused_key(first_kept ? *second[i] : *first[i]);
+    const auto& outcome = first_kept ? *first[i] : *second[i];
+    EXPECT_TRUE(outcome.value().inserted);
+    kept[outcome.value().id] = (first_kept ? replayed : running)[i].request.payload;
+  }
+  std::optional<std::vector<persisted_message>> queued;
+  store.unprocessed("default", 5, 0, store_into(queued));
+  const auto batch = wait_result(io, queued);
+  ASSERT_EQ(batch.size(), static_cast<std::size_t>(pairs));
+  for (const auto& stored : batch) {
+    ASSERT_TRUE(kept.count(stored.id)) << "message " << stored.id << " was not told inserted";
+    EXPECT_EQ(stored.request.payload, kept[stored.id])
+        << "the stored row holds the request its caller was told was stored";
+  }
+  store.stop();
+}
+
+TEST(postgres, a_message_stored_before_fingerprints_keeps_answering_any_request_of_its_key) {
+  REQUIRE_POSTGRES();
+  const auto prefix = unique_prefix();
+  {
+    pg::connection conn(test_pg_url());
+    pg::migrate(conn, prefix, 3);
+    conn.exec("INSERT INTO " + prefix +
+              "_messages (id, shard_group, shard, entity_type, entity_id, rpc, primary_key, "
+              "payload) VALUES (1, 'default', 5, 'Probe', 'old', 'Append', 'k1', '\\x80')");
+    conn.exec("INSERT INTO " + prefix +
+              "_replies (message_id, code, error, message, payload) VALUES (1, 0, '', '', "
+              "'\\x81')");
+  }
+  asio::io_context io;
+  pg_message_store store(io, settings_for(prefix));  // migrates to the latest schema
+  const auto outcome = persist_now(io, store, message_with_value("old", "k1", 9));
+  ASSERT_TRUE(outcome.has_value()) << outcome.error().message;
+  EXPECT_FALSE(outcome.value().inserted);
+  EXPECT_EQ(outcome.value().id, 1);
+  ASSERT_TRUE(outcome.value().reply.has_value());
+  EXPECT_EQ(outcome.value().reply->payload, (bytes{0x81}));
+  store.stop();
+}
+
 TEST(postgres, batches_concurrent_messages_and_lists_unprocessed_ones_in_order) {
   REQUIRE_POSTGRES();
   asio::io_context io;

@@ -88,6 +88,34 @@ TEST_F(memory_store, answers_a_processed_duplicate_with_the_first_stored_reply) 
   EXPECT_EQ(found->at(stored.id).payload, (bytes{0x01}));
 }
 
+TEST_F(memory_store, refuses_a_primary_key_reused_with_a_different_request) {
+  const auto stored = persist(message_for("a", "k1"));
+  auto other_payload = message_for("a", "k1");
+  other_payload.request = make_request("Probe", "a", "Append", {{"sender", "s"}, {"value", 2}});
+  other_payload.request.primary_key = "k1";
+  auto other_rpc = message_for("a", "k1");
+  other_rpc.request.rpc = "Read";
+  for (auto& reused : {other_payload, other_rpc}) {
+    std::optional<result<persist_outcome>> out;
+    store->persist(reused, [&](result<persist_outcome> r) { out = std::move(r); });
+    ASSERT_TRUE(run_until(io, [&] { return out.has_value(); }));
+    ASSERT_FALSE(out->has_value());
+    EXPECT_EQ(out->error().code, errc::invalid_request);
+    EXPECT_EQ(out->error().message, "primary key reused with a different request");
+  }
+  // Nothing was stored for them, and the original is untouched: the same request still joins
+  // it, and once processed reads its reply.
+  EXPECT_EQ(ids_of(unprocessed(7, 0)), (std::vector<std::int64_t>{stored.id}));
+  EXPECT_EQ(unprocessed(7, 0).at(0).request.payload, message_for("a", "k1").request.payload);
+  const auto joined = persist(message_for("a", "k1"));
+  EXPECT_FALSE(joined.inserted);
+  EXPECT_EQ(joined.id, stored.id);
+  complete(stored.id, reply_msg::success({0x07}));
+  const auto again = persist(message_for("a", "k1"));
+  ASSERT_TRUE(again.reply.has_value());
+  EXPECT_EQ(again.reply->payload, (bytes{0x07}));
+}
+
 TEST_F(memory_store, lists_a_shards_unprocessed_messages_in_id_order_in_batches) {
   std::vector<std::int64_t> ids;
   for (int i = 0; i < 5; ++i) {

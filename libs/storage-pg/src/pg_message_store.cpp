@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "cluster/protocol/validate.hpp"
+#include "cluster/storage/request_fingerprint.hpp"
 
 namespace cluster {
 
@@ -73,6 +74,15 @@ message_key key_in_row(const pg::result& rows, int row) {
 
 failure unavailable() { return failure{errc::storage_error, "storage unavailable"}; }
 
+// Does a stored fingerprint column hold this one? NULL (a row stored before fingerprints
+// existed) matches any request: such rows keep answering as they always did.
+bool same_request(const pg::result& rows, int row, int column,
+                  const request_fingerprint& fingerprint) {
+  if (rows.is_null(row, column)) return true;
+  const auto stored = rows.bytea(row, column);
+  return std::equal(stored.begin(), stored.end(), fingerprint.begin(), fingerprint.end());
+}
+
 reply_msg reply_from_row(const pg::result& rows, int row, int first_column) {
   reply_msg reply;
   reply.code = static_cast<errc>(rows.integer(row, first_column));
@@ -95,16 +105,18 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
   insert_messages_ = prepared("insert_messages", R"(
       WITH inserted AS (
         INSERT INTO {p}_messages
-          (shard_group, shard, entity_type, entity_id, rpc, primary_key, payload, deliver_at)
-        SELECT g, s, t, e, r, k, decode(p, 'hex'), to_timestamp(d::double precision / 1000)
+          (shard_group, shard, entity_type, entity_id, rpc, primary_key, payload, deliver_at,
+           fingerprint)
+        SELECT g, s, t, e, r, k, decode(p, 'hex'), to_timestamp(d::double precision / 1000),
+               decode(f, 'hex')
         FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
-                    $7::text[], $8::bigint[]) AS u(g, s, t, e, r, k, p, d)
+                    $7::text[], $8::bigint[], $10::text[]) AS u(g, s, t, e, r, k, p, d, f)
         ON CONFLICT (entity_type, entity_id, primary_key) DO NOTHING
-        RETURNING id, shard_group, shard, entity_type, entity_id, primary_key),
+        RETURNING id, shard_group, shard, entity_type, entity_id, primary_key, fingerprint),
       queued AS (
         INSERT INTO {p}_pending (id, shard_group, shard, attempts)
         SELECT id, shard_group, shard, $9::int FROM inserted)
-      SELECT id, entity_type, entity_id, primary_key FROM inserted)");
+      SELECT id, entity_type, entity_id, primary_key, fingerprint FROM inserted)");
   // Stores the replies, takes their messages off the queue and, at commit, tells every
   // runner that LISTENs about those in $6: callers waiting there wake up.
   store_replies_ = prepared("store_replies", R"(
@@ -119,7 +131,7 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
       WHERE cardinality($6::bigint[]) > 0)");
   find_existing_ = prepared("find_existing", R"(
       SELECT m.id, m.entity_type, m.entity_id, m.primary_key, r.code, r.error, r.message,
-             r.payload
+             r.payload, m.fingerprint
       FROM {p}_messages m LEFT JOIN {p}_replies r ON r.message_id = m.id
       WHERE (m.entity_type, m.entity_id, m.primary_key) IN
             (SELECT * FROM unnest($1::text[], $2::text[], $3::text[])))");
@@ -431,6 +443,8 @@ void pg_message_store::worker_loop() {
       others.swap(others_);
     }
     const bool idle = persists.empty() && completes.empty() && others.empty();
+    // Here rather than in persist(): the runner's thread does not pay for the hashing.
+    for (auto& job : persists) job.fingerprint = fingerprint_of(job.message.request);
     if (!ensure_connected()) {
       if (!held_.empty()) connection_failed("cannot reconnect");
       for (auto& job : persists)
@@ -557,9 +571,10 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
     while (to < order.size() && to - from < chunk &&
            (persists[order[to]].message.attempts > 0) == counted)
       ++to;
-    pg::array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at;
+    pg::array_literal groups, shards, types, ids, rpcs, keys, payloads, deliver_at, fingerprints;
     for (std::size_t at = from; at < to; ++at) {
       const auto& m = persists[order[at]].message;
+      fingerprints.hex(persists[order[at]].fingerprint);
       groups.text(m.group);
       shards.number(m.shard);
       types.text(m.request.entity_type);
@@ -573,10 +588,10 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
         deliver_at.null();
       }
     }
-    steps.push_back(
-        {&insert_messages_,
-         {groups.param(), shards.param(), types.param(), ids.param(), rpcs.param(), keys.param(),
-          payloads.param(), deliver_at.param(), pg::param::text(counted ? "1" : "0")}});
+    steps.push_back({&insert_messages_,
+                     {groups.param(), shards.param(), types.param(), ids.param(), rpcs.param(),
+                      keys.param(), payloads.param(), deliver_at.param(),
+                      pg::param::text(counted ? "1" : "0"), fingerprints.param()}});
     from = to;
   }
   const std::size_t persist_steps = steps.size();
@@ -612,19 +627,27 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
   }
   try {
     // RETURNING lists the rows inserted; the others were stored before (or twice in this
-    // batch: the first is new, the next ones are duplicates of it).
-    std::map<message_key, std::int64_t> new_ids;
+    // batch: the first is new, the next ones are duplicates of it). With one key twice in a
+    // round, the row inserted is the one whose request it holds (the steps do not keep
+    // arrival order): any other request under that key is found as a reuse below.
+    struct inserted_row {
+      const pg::result* rows;
+      int row;
+    };
+    std::map<message_key, inserted_row> new_rows;
     for (std::size_t step = 0; step < persist_steps; ++step) {
       const auto& inserted = results[step];
       for (int r = 0; r < inserted.rows(); ++r)
-        new_ids[key_in_row(inserted, r)] = inserted.integer(r, 0);
+        new_rows[key_in_row(inserted, r)] = inserted_row{&inserted, r};
     }
     for (std::size_t i = persist_first; i < persist_last; ++i) {
-      auto it = new_ids.find(key_of(persists[i].message.request));
-      if (it == new_ids.end()) continue;
-      round.outcomes[i].value().id = it->second;
+      auto it = new_rows.find(key_of(persists[i].message.request));
+      if (it == new_rows.end()) continue;
+      const auto [rows, row] = it->second;
+      if (!same_request(*rows, row, 4, persists[i].fingerprint)) continue;
+      round.outcomes[i].value().id = rows->integer(row, 0);
       round.outcomes[i].value().inserted = true;
-      new_ids.erase(it);
+      new_rows.erase(it);
     }
   } catch (const pg::error& e) {
     // Committed all the same: the lookup below finds what could not be read here.
@@ -695,6 +718,10 @@ void pg_message_store::find_existing(const std::vector<persist_job>& persists, s
     auto it = rows.find(key_of(request));
     if (it == rows.end()) {
       outcomes[i] = failure{errc::storage_error, "message vanished during deduplication"};
+      continue;
+    }
+    if (!same_request(existing, it->second, 8, persists[i].fingerprint)) {
+      outcomes[i] = primary_key_reused();
       continue;
     }
     auto& outcome = outcomes[i].value();

@@ -77,6 +77,12 @@ const std::vector<std::string>& migrations() {
         last_failure text NOT NULL,
         dead_at timestamptz NOT NULL DEFAULT now());
       )",
+      // 4: each message keeps the SHA-256 of its request (request_fingerprint), so a primary
+      // key sent again with another request is refused. Rows stored before have none (NULL)
+      // and match any request, as they did.
+      R"(
+      ALTER TABLE {p}_messages ADD COLUMN IF NOT EXISTS fingerprint bytea;
+      )",
   };
   return steps;
 }

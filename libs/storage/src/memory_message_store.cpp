@@ -4,6 +4,7 @@
 
 #include "cluster/protocol/assert.hpp"
 #include "cluster/storage/message_store.hpp"
+#include "cluster/storage/request_fingerprint.hpp"
 
 namespace cluster {
 
@@ -26,18 +27,23 @@ class memory_message_store final : public message_store {
   void persist(persisted_message message, persist_done done) override {
     CLUSTER_ASSERT(message.request.primary_key.has_value(),
                    "persisted messages carry a primary key (a generated one at least)");
-    persist_outcome outcome;
+    result<persist_outcome> outcome = persist_outcome{};
     auto key = std::make_tuple(message.request.entity_type, message.request.entity_id,
                                *message.request.primary_key);
+    const auto fingerprint = fingerprint_of(message.request);
     if (auto it = by_key_.find(key); it != by_key_.end()) {
-      outcome.id = it->second;
-      if (auto reply = replies_.find(it->second); reply != replies_.end())
-        outcome.reply = reply->second;
+      if (it->second.fingerprint != fingerprint) {
+        outcome = primary_key_reused();
+      } else {
+        outcome.value().id = it->second.id;
+        if (auto reply = replies_.find(it->second.id); reply != replies_.end())
+          outcome.value().reply = reply->second;
+      }
     } else {
       message.id = ++next_id_;
-      outcome.id = message.id;
-      outcome.inserted = true;
-      by_key_.emplace(std::move(key), message.id);
+      outcome.value().id = message.id;
+      outcome.value().inserted = true;
+      by_key_.emplace(std::move(key), stored_key{message.id, fingerprint});
       unprocessed_.emplace(message.id, std::move(message));
     }
     asio::post(io_, [done = std::move(done), outcome = std::move(outcome)]() mutable {
@@ -128,7 +134,11 @@ class memory_message_store final : public message_store {
   std::uint32_t batch_size_;
   std::int32_t max_attempts_;
   std::int64_t next_id_ = 0;
-  std::map<std::tuple<std::string, std::string, std::string>, std::int64_t> by_key_;
+  struct stored_key {
+    std::int64_t id;
+    request_fingerprint fingerprint;  // of the request first stored under the key
+  };
+  std::map<std::tuple<std::string, std::string, std::string>, stored_key> by_key_;
   std::map<std::int64_t, persisted_message> unprocessed_;
   std::map<std::int64_t, reply_msg> replies_;
   std::map<std::int64_t, std::string> last_failures_;  // of pending messages cut short

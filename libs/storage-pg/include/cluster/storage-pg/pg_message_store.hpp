@@ -21,6 +21,7 @@
 
 #include "cluster/storage-pg/postgres.hpp"
 #include "cluster/storage/message_store.hpp"
+#include "cluster/storage/request_fingerprint.hpp"
 
 namespace cluster {
 
@@ -49,6 +50,7 @@ class pg_message_store final : public message_store {
   struct persist_job {
     persisted_message message;
     persist_done done;
+    request_fingerprint fingerprint{};  // computed by the worker, once per job
   };
   struct complete_job {
     std::int64_t id;

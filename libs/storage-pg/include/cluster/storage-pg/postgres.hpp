@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -71,7 +72,7 @@ class array_literal {
     return *this;
   }
   /// Bytes as hex digits: the statement decodes them with decode(x, 'hex').
-  array_literal& hex(const bytes& value) {
+  array_literal& hex(std::span<const std::uint8_t> value) {
     static constexpr char digits[] = "0123456789abcdef";
     separate();
     out_ += '"';

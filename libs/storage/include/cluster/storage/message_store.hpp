@@ -76,6 +76,9 @@ class message_store {
   virtual std::string backend_name() const = 0;
 
   /// Stores a message unless one with the same (entity type, entity id, primary key) exists.
+  /// That one must be the same request (its request_fingerprint: entity type, entity id, RPC
+  /// and payload), else the outcome is the failure `primary_key_reused()` (InvalidRequest)
+  /// and nothing is stored or run. Rows stored before fingerprints existed match any request.
   virtual void persist(persisted_message message, persist_done done) = 0;
   /// Stores the reply and marks the message processed in one transaction (a message keeps
   /// its first stored reply). `announce`: also tell every other store's `on_reply`
