@@ -37,13 +37,12 @@ bool is_http_error(const error_code& ec) {
 
 struct gateway::state {
   state(asio::io_context& io_context, gateway_config gateway_settings,
-        proxy_client_options proxy_options)
+        proxy_client_options proxy_options, handler_options options)
       : io(io_context),
         config(std::move(gateway_settings)),
         acceptor(io_context),
         proxy(io_context.get_executor(), std::move(proxy_options)),
-        request_handler(proxy,
-                        handler_options{config.max_body_bytes, config.common.request_limits()}),
+        request_handler(proxy, std::move(options)),
         open(io_context.get_executor()) {}
 
   asio::io_context& io;
@@ -149,7 +148,8 @@ awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holde
     const bool keep_alive = message.keep_alive();
     const unsigned version = message.version();
     http_request request{std::string(message.method_string()), std::string(message.target()),
-                         std::move(message.body())};
+                         std::move(message.body()),
+                         std::string(message[http::field::authorization])};
     const std::string method = request.method;
     const std::string target = request.target;
     auto handling = self->request_handler.handle(std::move(request), config.request_timeout);
@@ -207,7 +207,10 @@ gateway::gateway(asio::io_context& io, gateway_config config) {
   options.proxy = *proxy_address;
   options.name = "gateway";
   options.limits = config.common.limits();
-  state_ = std::make_shared<state>(io, std::move(config), std::move(options));
+  auto handling = config.handler_settings();
+  if (!handling) throw config_error(handling.error().message);
+  state_ = std::make_shared<state>(io, std::move(config), std::move(options),
+                                   std::move(handling.value()));
 }
 
 gateway::~gateway() {

@@ -1,5 +1,8 @@
 #include "cluster/gateway/handler.hpp"
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include <nlohmann/json.hpp>
 
 namespace cluster::gateway {
@@ -50,6 +53,47 @@ bool is_blank(std::string_view text) {
   return text.find_first_not_of(" \t\r\n") == std::string_view::npos;
 }
 
+bool equals_ignoring_case(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+http_response unauthorized(std::string_view message, std::string_view challenge) {
+  auto response = error_response(401, "Unauthorized", message);
+  response.headers.emplace_back("www-authenticate", std::string(challenge));
+  return response;
+}
+
+// Checks `Authorization: Bearer <token>` (the scheme in any case, RFC 7235) against the
+// configured token's digest. The digests are compared with CRYPTO_memcmp: the time taken
+// says nothing about how much of the token was right, nor how long it is. The token itself
+// is never logged nor echoed.
+std::optional<http_response> refuse_without_token(const http_request& request,
+                                                  const token_digest& expected) {
+  std::string_view header = request.authorization;
+  const auto space = header.find(' ');
+  if (header.empty() || space == std::string_view::npos ||
+      !equals_ignoring_case(header.substr(0, space), "Bearer"))
+    return unauthorized("this gateway needs the header 'Authorization: Bearer <token>'", "Bearer");
+  auto token = header.substr(space + 1);
+  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+  const auto presented = digest_of_token(token);
+  if (token.empty() || CRYPTO_memcmp(presented.data(), expected.data(), expected.size()) != 0)
+    return unauthorized("the bearer token is not valid", "Bearer error=\"invalid_token\"");
+  return std::nullopt;
+}
+
+http_response not_exposed(std::string_view type, std::string_view rpc) {
+  return error_response(
+      403, "Forbidden",
+      std::string(type) + "/" + std::string(rpc) + " is not exposed to HTTP (gateway.expose)");
+}
+
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -58,6 +102,47 @@ int hex_value(char c) {
 }
 
 }  // namespace
+
+token_digest digest_of_token(std::string_view token) {
+  token_digest out{};
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), out.data());
+  return out;
+}
+
+result<expose_list> expose_list::parse(const std::vector<std::string>& entries) {
+  expose_list list;
+  for (const auto& text : entries) {
+    if (text == "*") {
+      list.all_ = true;
+      continue;
+    }
+    const auto slash = text.find('/');
+    entry parsed;
+    parsed.type = text.substr(0, slash);
+    if (slash != std::string::npos) parsed.rpc = text.substr(slash + 1);
+    const bool well_formed = !parsed.type.empty() &&
+                             (slash == std::string::npos || !parsed.rpc.empty()) &&
+                             parsed.rpc.find('/') == std::string::npos;
+    if (!well_formed)
+      return failure{errc::invalid_request,
+                     "gateway.expose: '" + text + "' is not \"Type\", \"Type/Rpc\" or \"*\""};
+    list.entries_.push_back(std::move(parsed));
+  }
+  return list;
+}
+
+expose_list expose_list::everything() {
+  expose_list list;
+  list.all_ = true;
+  return list;
+}
+
+bool expose_list::allows(std::string_view type, std::string_view rpc) const {
+  if (all_) return true;
+  for (const auto& e : entries_)
+    if (e.type == type && (e.rpc.empty() || e.rpc == rpc)) return true;
+  return false;
+}
 
 http_response error_response(unsigned status, std::string_view error, std::string_view message) {
   http_response response;
@@ -123,6 +208,9 @@ std::optional<std::string> url_decode(std::string_view segment) {
 }
 
 route_result route(const http_request& request, const handler_options& options) {
+  if (options.bearer_token)
+    if (auto refused = refuse_without_token(request, *options.bearer_token))
+      return answer(std::move(*refused));
   std::string_view path = request.target;
   path = path.substr(0, path.find('?'));
   if (path.empty() || path.front() != '/')
@@ -132,6 +220,8 @@ route_result route(const http_request& request, const handler_options& options) 
     if (request.method != "GET") return answer(method_not_allowed(request.method, "GET"));
     route_result result;
     result.call = seed_call();
+    if (!options.expose.allows(result.call->entity_type, result.call->rpc))
+      return answer(not_exposed(result.call->entity_type, result.call->rpc));
     return result;
   }
 
@@ -159,6 +249,8 @@ route_result route(const http_request& request, const handler_options& options) 
   // Decoded first: %FF is one invalid byte, answered here rather than by the cluster.
   if (auto valid = validate_request(*result.call, options.limits); !valid)
     return answer(error_response(400, to_string(errc::invalid_request), valid.error().message));
+  if (!options.expose.allows(result.call->entity_type, result.call->rpc))
+    return answer(not_exposed(result.call->entity_type, result.call->rpc));
   if (request.body.size() > options.max_body_bytes)
     return answer(
         error_response(413, "PayloadTooLarge",

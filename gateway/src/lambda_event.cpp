@@ -1,5 +1,6 @@
 #include "cluster/gateway/lambda_event.hpp"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 namespace cluster::gateway {
@@ -75,6 +76,14 @@ std::optional<http_request> parse_function_url_event(std::string_view event, std
     error = "the event has no rawPath";
     return std::nullopt;
   }
+  // Function URLs pass header names in lower case; any case is accepted all the same.
+  if (const auto headers = parsed.find("headers"); headers != parsed.end() && headers->is_object())
+    for (const auto& [name, value] : headers->items())
+      if (value.is_string() && name.size() == 13 &&
+          std::equal(name.begin(), name.end(), "authorization", [](char a, char b) {
+            return (a >= 'A' && a <= 'Z' ? static_cast<char>(a + 32) : a) == b;
+          }))
+        request.authorization = value.get<std::string>();
   if (const auto body = parsed.find("body"); body != parsed.end() && body->is_string()) {
     request.body = body->get<std::string>();
     const auto encoded = parsed.find("isBase64Encoded");

@@ -11,6 +11,7 @@
 #include "cluster/gateway/lambda_event.hpp"
 #include "cluster/gateway/proxy_client.hpp"
 #include "cluster/process/config.hpp"
+#include "cluster/protocol/assert.hpp"
 
 namespace cluster::gateway {
 
@@ -260,8 +261,9 @@ int lambda_runtime::run() {
   options.name = "lambda";
   options.limits = settings_.gateway.common.limits();
   proxy_client proxy(io.get_executor(), options);
-  handler request_handler(proxy, handler_options{settings_.gateway.max_body_bytes,
-                                                 settings_.gateway.common.request_limits()});
+  auto handling = settings_.gateway.handler_settings();
+  CLUSTER_ASSERT(handling.has_value(), "from_environment checked the handler's settings");
+  handler request_handler(proxy, std::move(handling.value()));
   const milliseconds request_timeout = settings_.gateway.request_timeout;
   spdlog::info("serving invocations from {} through proxy {}", settings_.runtime_api,
                options.proxy.to_string());

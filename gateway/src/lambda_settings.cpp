@@ -41,6 +41,8 @@ lambda_settings lambda_settings::from_environment(
   } else if (settings.gateway.request_timeout <= milliseconds(0)) {
     settings.init_error =
         "gateway.request_timeout_ms (CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS) must be positive";
+  } else if (auto handling = settings.gateway.handler_settings(); !handling) {
+    settings.init_error = handling.error().message + " (CLUSTER_GATEWAY_EXPOSE)";
   }
   return settings;
 }

@@ -69,7 +69,11 @@ TEST_F(gateway_http, an_unknown_rpc_or_entity_type_is_404_with_error_and_message
   EXPECT_EQ(result.status, 404u) << result.body;
   EXPECT_TRUE(is_error_body(result)) << result.body;
   EXPECT_EQ(result.json()["error"], "UnknownRpc");
-  result = call("POST", "/NoSuchType/x/Greet", "{}");
+  // A type nobody serves is not exposed by default (403); exposing everything asks the cluster.
+  EXPECT_EQ(call("POST", "/NoSuchType/x/Greet", "{}").status, 403u);
+  extra =
+      start_gateway(cluster.proxy_address(), [](gateway_config& config) { config.expose = {"*"}; });
+  result = http_call(cluster.io, extra->port(), "POST", "/NoSuchType/x/Greet", "{}");
   EXPECT_EQ(result.status, 404u) << result.body;
   EXPECT_TRUE(is_error_body(result)) << result.body;
   EXPECT_EQ(result.json()["error"], "UnknownEntityType");
@@ -113,6 +117,63 @@ TEST_F(gateway_http, keeps_the_connection_alive_between_requests) {
     EXPECT_TRUE(result.keep_alive);
   }
   EXPECT_EQ(results[2].json()["value"], 5) << results[2].body;
+}
+
+TEST_F(gateway_http, refuses_a_missing_or_wrong_bearer_token_and_serves_the_right_one) {
+  extra = start_gateway(cluster.proxy_address(),
+                        [](gateway_config& config) { config.bearer_token = "http-s3cret"; });
+  // One keep-alive connection: refusals do not close it, and legitimate calls keep flowing.
+  const auto results =
+      http_session(cluster.io, extra->port(),
+                   {{"POST", "/Greeter/alice/Greet", R"({"name":"Alice"})", ""},
+                    {"POST", "/Greeter/alice/Greet", R"({"name":"Alice"})", "Bearer http-s3cret"},
+                    {"POST", "/Greeter/alice/Greet", R"({"name":"Alice"})", "Bearer wrong"},
+                    {"GET", "/", "", "Basic aHR0cC1zM2NyZXQ="},
+                    {"GET", "/", "", "Bearer http-s3cret"}});
+  ASSERT_EQ(results.size(), 5u);
+  for (const std::size_t refused : {0u, 2u, 3u}) {
+    EXPECT_EQ(results[refused].status, 401u) << refused << ": " << results[refused].body;
+    EXPECT_TRUE(is_error_body(results[refused])) << results[refused].body;
+    EXPECT_EQ(results[refused].json()["error"], "Unauthorized");
+    EXPECT_EQ(results[refused].www_authenticate.rfind("Bearer", 0), 0u)
+        << results[refused].www_authenticate;
+    EXPECT_TRUE(results[refused].keep_alive);
+  }
+  EXPECT_EQ(results[1].status, 200u) << results[1].body;
+  EXPECT_EQ(results[1].json().value("message", "").rfind("Hello, Alice!", 0), 0u)
+      << results[1].body;
+  EXPECT_EQ(results[4].status, 200u) << results[4].body;
+  // The gateway without a token configured is unaffected.
+  EXPECT_EQ(call("GET", "/").status, 200u);
+}
+
+TEST_F(gateway_http, a_call_not_exposed_is_403_and_never_reaches_the_cluster) {
+  extra = start_gateway(cluster.proxy_address(),
+                        [](gateway_config& config) { config.expose = {"Counter/Get"}; });
+  const auto results = http_session(cluster.io, extra->port(),
+                                    {{"POST", "/Counter/hidden/Increment", R"({"by":7})"},
+                                     {"POST", "/Greeter/alice/Greet", R"({"name":"Alice"})"},
+                                     {"GET", "/", ""},
+                                     {"POST", "/Counter/hidden/Get", "{}"}});
+  ASSERT_EQ(results.size(), 4u);
+  for (const std::size_t refused : {0u, 1u, 2u}) {
+    EXPECT_EQ(results[refused].status, 403u) << refused << ": " << results[refused].body;
+    EXPECT_EQ(results[refused].json()["error"], "Forbidden");
+  }
+  ASSERT_EQ(results[3].status, 200u) << results[3].body;
+  EXPECT_EQ(results[3].json()["value"], 0) << "the refused Increment ran";
+  // The default gateway exposes the example plugins' types only.
+  auto probe = call("POST", "/Probe/p/Append", R"({"sender":"s","value":1})");
+  EXPECT_EQ(probe.status, 403u) << probe.body;
+  EXPECT_EQ(call("POST", "/Counter/hidden/Increment", R"({"by":1})").json()["value"], 1);
+}
+
+TEST_F(gateway_http, refuses_to_start_with_a_malformed_expose_entry) {
+  gateway_config config;
+  config.port = 0;
+  config.proxy = cluster.proxy_address();
+  config.expose = {"Greeter", "Counter/"};
+  EXPECT_THROW(std::make_unique<gateway::gateway>(cluster.io, config), config_error);
 }
 
 TEST_F(gateway_http, a_body_over_the_limit_is_413) {

@@ -84,11 +84,13 @@ class handler_test : public ::testing::Test {
 
   http_response handle(const std::string& method, const std::string& target,
                        const std::string& body = "", milliseconds timeout = 5000ms) {
+    return handle_with(request_handler, http_request{method, target, body}, timeout);
+  }
+  http_response handle_with(handler& with, http_request request, milliseconds timeout = 5000ms) {
     auto out = std::make_shared<std::optional<http_response>>();
-    http_request request{method, target, body};
     asio::co_spawn(
         io,
-        [handler = &request_handler, request, timeout, out]() -> awaitable<void> {
+        [handler = &with, request, timeout, out]() -> awaitable<void> {
           auto handling = handler->handle(request, timeout);
           *out = co_await std::move(handling);
         },
@@ -190,6 +192,120 @@ TEST_F(handler_test, an_application_error_is_422_named_by_the_apps_tag) {
   EXPECT_EQ(body_json(response)["error"], "InsufficientFunds");
   EXPECT_EQ(body_json(response)["message"], "balance is 3");
   EXPECT_EQ(body_json(response)["details"], (json{{"balance", 3}}));
+}
+
+handler_options exposing(const std::vector<std::string>& entries) {
+  handler_options options;
+  auto list = expose_list::parse(entries);
+  EXPECT_TRUE(list.has_value()) << list.error().message;
+  if (list) options.expose = std::move(list.value());
+  return options;
+}
+
+std::string header_of(const http_response& response, const std::string& name) {
+  for (const auto& [key, value] : response.headers)
+    if (key == name) return value;
+  return "";
+}
+
+TEST_F(handler_test, a_type_or_rpc_not_exposed_is_403_without_calling_the_proxy) {
+  handler limited{client, exposing({"Greeter/Greet", "Counter"})};
+  auto response = handle_with(limited, {"POST", "/Greeter/alice/GreetVolatile", "{}"});
+  EXPECT_EQ(response.status, 403u) << response.body;
+  EXPECT_EQ(body_json(response)["error"], "Forbidden");
+  EXPECT_EQ(body_json(response)["message"],
+            "Greeter/GreetVolatile is not exposed to HTTP (gateway.expose)");
+  response = handle_with(limited, {"POST", "/Calculator/calc/AddCounters", "{}"});
+  EXPECT_EQ(response.status, 403u) << response.body;
+  // Refused before the body is even read as JSON.
+  response = handle_with(limited, {"POST", "/Probe/p/Append", "{not json"});
+  EXPECT_EQ(response.status, 403u) << response.body;
+  EXPECT_TRUE(proxy.requests.empty()) << "a refused call reached the proxy";
+
+  // What is exposed keeps flowing: a listed RPC, every RPC of a listed type, the seed call.
+  EXPECT_EQ(handle_with(limited, {"POST", "/Greeter/alice/Greet", "{}"}).status, 200u);
+  EXPECT_EQ(handle_with(limited, {"POST", "/Counter/c/Increment", "{}"}).status, 200u);
+  EXPECT_EQ(handle_with(limited, {"POST", "/Counter/c/Get", "{}"}).status, 200u);
+  EXPECT_EQ(handle_with(limited, {"GET", "/", ""}).status, 200u);
+  EXPECT_EQ(proxy.requests.size(), 4u);
+
+  handler no_greeter{client, exposing({"Counter"})};
+  response = handle_with(no_greeter, {"GET", "/", ""});
+  EXPECT_EQ(response.status, 403u) << "the seed call is a Greeter call like any other";
+  // Names are matched exactly, after percent-decoding.
+  EXPECT_EQ(handle_with(no_greeter, {"POST", "/counter/c/Get", "{}"}).status, 403u);
+  EXPECT_EQ(handle_with(no_greeter, {"POST", "/Count%65r/c/Get", "{}"}).status, 200u);
+}
+
+TEST(expose_list, takes_types_rpcs_and_a_star_and_names_a_malformed_entry) {
+  auto list = expose_list::parse({"Greeter", "Counter/Get"});
+  ASSERT_TRUE(list.has_value());
+  EXPECT_TRUE(list.value().allows("Greeter", "Anything"));
+  EXPECT_TRUE(list.value().allows("Counter", "Get"));
+  EXPECT_FALSE(list.value().allows("Counter", "Increment"));
+  EXPECT_FALSE(list.value().allows("Calculator", "AddCounters"));
+  auto all = expose_list::parse({"*"});
+  ASSERT_TRUE(all.has_value());
+  EXPECT_TRUE(all.value().allows("Anything", "AtAll"));
+  auto none = expose_list::parse({});
+  ASSERT_TRUE(none.has_value());
+  EXPECT_FALSE(none.value().allows("Greeter", "Greet")) << "an empty list exposes nothing";
+  for (const std::string bad : {"", "/Get", "Counter/", "A/B/C"}) {
+    auto refused = expose_list::parse({"Greeter", bad});
+    ASSERT_FALSE(refused.has_value()) << "'" << bad << "' was accepted";
+    EXPECT_NE(refused.error().message.find("gateway.expose: '" + bad + "'"), std::string::npos)
+        << refused.error().message;
+  }
+}
+
+TEST_F(handler_test, a_missing_or_wrong_bearer_token_is_401_and_the_right_one_passes) {
+  handler_options options;
+  options.bearer_token = digest_of_token("s3cret-token");
+  handler guarded{client, options};
+  const auto expect_unauthorized = [&](const std::string& authorization,
+                                       const std::string& challenge) {
+    const auto response =
+        handle_with(guarded, {"POST", "/Greeter/alice/Greet", "{}", authorization});
+    EXPECT_EQ(response.status, 401u) << "'" << authorization << "'";
+    EXPECT_EQ(body_json(response)["error"], "Unauthorized") << response.body;
+    EXPECT_TRUE(is_error_body(response)) << response.body;
+    EXPECT_EQ(header_of(response, "www-authenticate"), challenge) << "'" << authorization << "'";
+    EXPECT_EQ(response.body.find("s3cret"), std::string::npos) << "the token is echoed";
+  };
+  expect_unauthorized("", "Bearer");
+  expect_unauthorized("Basic czNjcmV0LXRva2Vu", "Bearer");
+  expect_unauthorized("Bearer", "Bearer");
+  expect_unauthorized("Bearer ", "Bearer error=\"invalid_token\"");
+  expect_unauthorized("Bearer wrong", "Bearer error=\"invalid_token\"");
+  expect_unauthorized("Bearer s3cret-toke", "Bearer error=\"invalid_token\"");
+  expect_unauthorized("Bearer s3cret-token2", "Bearer error=\"invalid_token\"");
+  expect_unauthorized("Bearer S3CRET-TOKEN", "Bearer error=\"invalid_token\"");
+  // Checked first: an unauthenticated caller learns nothing about paths or exposure.
+  const auto unknown = handle_with(guarded, {"GET", "/no/such/path", ""});
+  EXPECT_EQ(unknown.status, 401u);
+  EXPECT_TRUE(proxy.requests.empty()) << "an unauthenticated call reached the proxy";
+
+  for (const std::string good : {"Bearer s3cret-token", "bearer s3cret-token",
+                                 "BEARER   s3cret-token ", "Bearer s3cret-token\t"}) {
+    const auto response = handle_with(guarded, {"POST", "/Greeter/alice/Greet", "{}", good});
+    EXPECT_EQ(response.status, 200u) << "'" << good << "': " << response.body;
+  }
+  EXPECT_EQ(handle_with(guarded, {"GET", "/", "", "Bearer s3cret-token"}).status, 200u);
+  EXPECT_EQ(proxy.requests.size(), 5u);
+  // Without a configured token, the header is neither needed nor looked at.
+  EXPECT_EQ(handle_with(request_handler, {"GET", "/", "", "Bearer whatever"}).status, 200u);
+}
+
+TEST(digest_of_token, is_the_sha256_of_the_token) {
+  // echo -n s3cret-token | sha256sum
+  const auto digest = digest_of_token("s3cret-token");
+  std::string hex;
+  for (auto byte : digest) {
+    static constexpr char digits[] = "0123456789abcdef";
+    hex += digits[byte >> 4];
+    hex += digits[byte & 0xf];
+  }
+  EXPECT_EQ(hex, "a81e611a041b13f078bf8ebe5dab4d4fd63fcc5594661c918bec093a2f416a7e");
 }
 
 TEST_F(handler_test, malformed_json_is_400_without_calling_the_cluster) {

@@ -20,6 +20,7 @@ struct http_exchange {
   std::string method = "GET";
   std::string target = "/";
   std::string body;
+  std::string authorization;  ///< the Authorization header; empty: none
 };
 
 struct http_result {
@@ -27,6 +28,7 @@ struct http_result {
   std::string body;
   std::string content_type;
   std::string allow;
+  std::string www_authenticate;
   bool keep_alive = false;
   std::string error;
 
@@ -61,6 +63,8 @@ inline awaitable<void> run_exchanges(std::uint16_t port, std::vector<http_exchan
                                              11};
     if (request.method() == http::verb::unknown) request.method_string(exchange.method);
     request.set(http::field::host, "127.0.0.1");
+    if (!exchange.authorization.empty())
+      request.set(http::field::authorization, exchange.authorization);
     if (!exchange.body.empty() || request.method() == http::verb::post) {
       request.set(http::field::content_type, "application/json");
       request.body() = exchange.body;
@@ -80,6 +84,7 @@ inline awaitable<void> run_exchanges(std::uint16_t port, std::vector<http_exchan
       result.body = response.body();
       result.content_type = std::string(response[http::field::content_type]);
       result.allow = std::string(response[http::field::allow]);
+      result.www_authenticate = std::string(response[http::field::www_authenticate]);
       result.keep_alive = response.keep_alive();
     }
     state->results.push_back(result);

@@ -3,7 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
+
+#include "cluster/gateway/lambda_runtime.hpp"
 
 namespace cluster::gateway {
 namespace {
@@ -30,6 +33,88 @@ TEST(lambda_event, parses_method_raw_path_and_body) {
   EXPECT_EQ(request->method, "POST");
   EXPECT_EQ(request->target, "/Greeter/a%20b/Greet");  // decoded later, once, by the router
   EXPECT_EQ(request->body, R"({"name":"Alice"})");
+}
+
+TEST(lambda_event, passes_the_authorization_header_in_any_case) {
+  auto event = url_event("GET", "/");
+  std::string error;
+  auto request = parse_function_url_event(event.dump(), error);
+  ASSERT_TRUE(request.has_value()) << error;
+  EXPECT_EQ(request->authorization, "");
+  event["headers"]["authorization"] = "Bearer t0ken";
+  request = parse_function_url_event(event.dump(), error);
+  ASSERT_TRUE(request.has_value()) << error;
+  EXPECT_EQ(request->authorization, "Bearer t0ken");
+  event["headers"].erase("authorization");
+  event["headers"]["Authorization"] = "Bearer other";
+  request = parse_function_url_event(event.dump(), error);
+  ASSERT_TRUE(request.has_value()) << error;
+  EXPECT_EQ(request->authorization, "Bearer other");
+}
+
+std::function<const char*(const char*)> lambda_env(std::map<std::string, std::string> vars) {
+  return [vars = std::move(vars)](const char* name) -> const char* {
+    auto it = vars.find(name);
+    return it == vars.end() ? nullptr : it->second.c_str();
+  };
+}
+
+// The Lambda's own path: its settings from the environment, a Function URL event, the route.
+route_result route_event(const handler_options& options, const std::string& method,
+                         const std::string& path, const std::string& authorization) {
+  auto event = url_event(method, path);
+  if (!authorization.empty()) event["headers"]["authorization"] = authorization;
+  event["body"] = "{}";
+  std::string error;
+  const auto request = parse_function_url_event(event.dump(), error);
+  EXPECT_TRUE(request.has_value()) << error;
+  return route(request.value_or(http_request{}), options);
+}
+
+TEST(lambda_event, a_configured_lambda_refuses_bad_tokens_and_unexposed_rpcs_before_any_call) {
+  const auto settings = lambda_settings::from_environment(
+      lambda_env({{"AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"},
+                  {"CLUSTER_GATEWAY_BEARER_TOKEN", "lambda-token"},
+                  {"CLUSTER_GATEWAY_EXPOSE", "Greeter/Greet,Counter"}}));
+  ASSERT_EQ(settings.init_error, "");
+  auto options = settings.gateway.handler_settings();
+  ASSERT_TRUE(options.has_value()) << options.error().message;
+
+  auto routed = route_event(options.value(), "POST", "/Greeter/a/Greet", "");
+  EXPECT_FALSE(routed.call.has_value());
+  EXPECT_EQ(routed.response.status, 401u);
+  routed = route_event(options.value(), "POST", "/Greeter/a/Greet", "Bearer not-it");
+  EXPECT_FALSE(routed.call.has_value());
+  EXPECT_EQ(routed.response.status, 401u);
+  routed = route_event(options.value(), "POST", "/Greeter/a/GreetVolatile", "Bearer lambda-token");
+  EXPECT_FALSE(routed.call.has_value());
+  EXPECT_EQ(routed.response.status, 403u);
+  EXPECT_EQ(json::parse(routed.response.body)["error"], "Forbidden");
+
+  // Legitimate calls go to the cluster.
+  routed = route_event(options.value(), "POST", "/Greeter/a/Greet", "Bearer lambda-token");
+  ASSERT_TRUE(routed.call.has_value()) << routed.response.body;
+  EXPECT_EQ(routed.call->rpc, "Greet");
+  routed = route_event(options.value(), "POST", "/Counter/c/Increment", "Bearer lambda-token");
+  EXPECT_TRUE(routed.call.has_value()) << routed.response.body;
+  routed = route_event(options.value(), "GET", "/", "Bearer lambda-token");
+  EXPECT_TRUE(routed.call.has_value()) << routed.response.body;
+}
+
+TEST(lambda_event, an_unconfigured_lambda_exposes_the_example_types_without_a_token) {
+  const auto settings =
+      lambda_settings::from_environment(lambda_env({{"AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"}}));
+  ASSERT_EQ(settings.init_error, "");
+  EXPECT_EQ(settings.gateway.expose,
+            (std::vector<std::string>{"Greeter", "Counter", "Calculator"}));
+  auto options = settings.gateway.handler_settings();
+  ASSERT_TRUE(options.has_value());
+  EXPECT_FALSE(options.value().bearer_token.has_value());
+  for (const char* path : {"/Greeter/a/Greet", "/Counter/c/Get", "/Calculator/x/AddCounters"})
+    EXPECT_TRUE(route_event(options.value(), "POST", path, "").call.has_value()) << path;
+  const auto probe = route_event(options.value(), "POST", "/Probe/p/Append", "");
+  EXPECT_FALSE(probe.call.has_value());
+  EXPECT_EQ(probe.response.status, 403u);
 }
 
 TEST(lambda_event, decodes_a_base64_body) {

@@ -89,9 +89,12 @@ TEST(lambda_settings, read_the_proxy_from_the_sst_link_and_gateway_proxy_over_it
 
 TEST(lambda_settings, refuse_bad_values_naming_the_variable) {
   const std::map<std::string, std::string> cases = {
-      {"CLUSTER_GATEWAY_PROXY", "no-port"}, {"CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS", "soon"},
+      {"CLUSTER_GATEWAY_PROXY", "no-port"},
+      {"CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS", "soon"},
       {"CLUSTER_PROXY_HOST", "10.0.0.7"},  // the proxy's listen address, not ours
-      {"CLUSTER_PROXY_PORT", "3333"},       {"SST_RESOURCE_ProxyServer", "{not json"},
+      {"CLUSTER_PROXY_PORT", "3333"},
+      {"SST_RESOURCE_ProxyServer", "{not json"},
+      {"CLUSTER_GATEWAY_EXPOSE", "Greeter,Counter/"},
   };
   for (const auto& [name, value] : cases) {
     const auto settings = gateway::lambda_settings::from_environment(fake_env({{name, value}}));

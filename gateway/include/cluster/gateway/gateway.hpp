@@ -19,7 +19,8 @@
 namespace cluster::gateway {
 
 /// `[gateway]` settings of cluster-gateway and of the Lambda, which reads the same keys
-/// (`proxy`, `request_timeout_ms`, `max_body_bytes`; it has no HTTP listener of its own).
+/// (`proxy`, `request_timeout_ms`, `max_body_bytes`, `bearer_token`, `expose`; it has no
+/// HTTP listener of its own).
 struct gateway_config {
   common_settings common;
   std::string host{defaults::host};  ///< where cluster-gateway listens
@@ -30,6 +31,16 @@ struct gateway_config {
   milliseconds read_timeout{15000};
   std::uint32_t max_body_bytes = 1024 * 1024;
   std::uint32_t max_header_bytes = 16 * 1024;
+  /// Every request must carry `Authorization: Bearer <bearer_token>`; empty: no check.
+  /// A secret: never logged (the SST link `GatewayToken` sets it).
+  std::string bearer_token;
+  /// What HTTP may call: "Type" (every RPC of it), "Type/Rpc", or "*" (everything). The
+  /// default is the example plugins' entity types.
+  std::vector<std::string> expose = {"Greeter", "Counter", "Calculator"};
+
+  /// The handler's options from these settings; a failure names the bad `gateway.expose`
+  /// entry.
+  result<handler_options> handler_settings() const;
 
   /// `[gateway]` plus the common `[cluster]` and `[log]` sections.
   std::vector<config_section> sections();
@@ -38,7 +49,8 @@ struct gateway_config {
 class gateway {
  public:
   using config_type = gateway_config;
-  /// Throws config_error when `config.proxy` is not host:port.
+  /// Throws config_error when `config.proxy` is not host:port or `config.expose` has a
+  /// malformed entry.
   gateway(asio::io_context& io, gateway_config config);
   ~gateway();
   gateway(const gateway&) = delete;

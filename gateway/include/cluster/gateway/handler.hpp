@@ -7,7 +7,13 @@
 // Replies are JSON; errors are always `{"error": "<Name>", "message": "..."}` with a status
 // that says whose fault it was (see `status_for`). Payloads travel as MessagePack,
 // converted from and to JSON with nlohmann-json.
+//
+// Before any of that: a configured bearer token must be presented (401 otherwise), and a
+// call must name an entity type or RPC that is exposed to HTTP (403 otherwise); neither
+// reaches the proxy.
 
+#include <array>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,6 +31,7 @@ struct http_request {
   std::string method;  ///< e.g. "GET", "POST" (case-sensitive, as HTTP says)
   std::string target;  ///< raw path, optionally followed by `?query` (ignored)
   std::string body;
+  std::string authorization;  ///< the `Authorization` header's value; empty when absent
 };
 
 /// An HTTP response whose body is always JSON (`content-type: application/json`).
@@ -35,12 +42,42 @@ struct http_response {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+/// What HTTP may call (`gateway.expose`): whole entity types, single RPCs of a type, or all.
+class expose_list {
+ public:
+  /// Entries "Type", "Type/Rpc" or "*" (everything). A malformed entry ("", "/Rpc",
+  /// "Type/", "A/B/C") is a failure naming it.
+  static result<expose_list> parse(const std::vector<std::string>& entries);
+  static expose_list everything();
+  /// Allocation-free: the list is short and scanned in place.
+  bool allows(std::string_view type, std::string_view rpc) const;
+
+ private:
+  struct entry {
+    std::string type;
+    std::string rpc;  ///< empty: every RPC of the type
+  };
+  bool all_ = false;
+  std::vector<entry> entries_;
+};
+
+using token_digest = std::array<std::uint8_t, 32>;
+
+/// SHA-256 of a bearer token: the handler keeps and compares digests only, so comparing
+/// takes the same time whatever the lengths and contents of the two tokens.
+token_digest digest_of_token(std::string_view token);
+
 struct handler_options {
   /// Bodies larger than this are refused with 413 before any parsing.
   std::size_t max_body_bytes = 1024 * 1024;
   /// The decoded path segments are checked against these (InvalidRequest, 400) before any
   /// call: `cluster.max_id_bytes` and the fixed name bound.
   request_limits limits{};
+  /// `gateway.bearer_token` as its digest; nullopt: requests need no token.
+  std::optional<token_digest> bearer_token;
+  /// `gateway.expose`. Everything here; the gateway's configuration defaults to the example
+  /// plugins' types (gateway_config::expose).
+  expose_list expose = expose_list::everything();
 };
 
 /// A JSON error response `{"error": error, "message": message}`.
@@ -55,9 +92,11 @@ struct route_result {
   http_response response;
 };
 
-/// Parses method, path and body into a cluster request; never touches the network. The path
-/// segments are percent-decoded and then validated (validate_request): an entity id that is
-/// not UTF-8, holds a NUL or is too long is answered 400 InvalidRequest here.
+/// Parses method, path and body into a cluster request; never touches the network. In order:
+/// the bearer token (401 Unauthorized with `www-authenticate: Bearer`), the path and method
+/// (404, 405), the percent-decoded segments, validated (validate_request: an entity id that
+/// is not UTF-8, holds a NUL or is too long is 400 InvalidRequest), the exposure of the
+/// type and RPC (403 Forbidden), then the body (413, 400 InvalidJson).
 route_result route(const http_request& request, const handler_options& options = {});
 
 /// Turns the proxy's reply into the HTTP response.
