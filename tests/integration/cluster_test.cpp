@@ -342,6 +342,28 @@ TEST(cluster, serves_the_seed_greeting_with_the_shard_number) {
   EXPECT_EQ(reply_json(reply)["message"], "Hello, John! from Test Greeter 216");
 }
 
+TEST(cluster, refuses_a_primary_key_reused_with_a_different_request_with_the_memory_store) {
+  in_process_cluster cluster;
+  cluster.add_runner();
+  ASSERT_TRUE(cluster.wait_until_balanced(1));
+  const auto greet = [&](const std::string& name) {
+    auto request = make_request("Greeter", "reuse", "Greet", {{"name", name}});
+    request.primary_key = "k1";
+    return cluster.call(request);
+  };
+  const auto alice = greet("Alice");
+  ASSERT_TRUE(alice.ok()) << alice.message;
+  const std::string greeting = reply_json(alice)["message"];
+  EXPECT_EQ(greeting.rfind("Hello, Alice!", 0), 0u) << greeting;
+  const auto mallory = greet("Mallory");
+  EXPECT_EQ(mallory.code, errc::invalid_request);
+  EXPECT_EQ(mallory.message, "primary key reused with a different request");
+  EXPECT_TRUE(mallory.payload.empty()) << "another caller's reply leaked";
+  const auto again = greet("Alice");
+  ASSERT_TRUE(again.ok()) << again.message;
+  EXPECT_EQ(reply_json(again)["message"], greeting);
+}
+
 // The whole process stands still (the test thread runs none of its handlers), as under
 // SIGSTOP: the runner must not serve from what it knew before, but register again first.
 TEST(cluster, a_runner_whose_loop_stalled_serves_nothing_until_it_has_registered_again) {
