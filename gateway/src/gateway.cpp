@@ -149,7 +149,8 @@ awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holde
     const unsigned version = message.version();
     http_request request{std::string(message.method_string()), std::string(message.target()),
                          std::move(message.body()),
-                         std::string(message[http::field::authorization])};
+                         std::string(message[http::field::authorization]),
+                         std::string(message["X-Gateway-Token"])};
     const std::string method = request.method;
     const std::string target = request.target;
     auto handling = self->request_handler.handle(std::move(request), config.request_timeout);

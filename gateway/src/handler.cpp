@@ -68,20 +68,29 @@ http_response unauthorized(std::string_view message, std::string_view challenge)
   return response;
 }
 
-// Checks `Authorization: Bearer <token>` (the scheme in any case, RFC 7235) against the
-// configured token's digest. The digests are compared with CRYPTO_memcmp: the time taken
-// says nothing about how much of the token was right, nor how long it is. The token itself
-// is never logged nor echoed.
+std::string_view trimmed(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+  return text;
+}
+
+// Checks `Authorization: Bearer <token>` (the scheme in any case, RFC 7235), or, when the
+// Authorization header carries something else (a SigV4 signature behind an AWS_IAM function
+// URL), `X-Gateway-Token: <token>`, against the configured token's digest. The digests are
+// compared with CRYPTO_memcmp: the time taken says nothing about how much of the token was
+// right, nor how long it is. The token itself is never logged nor echoed.
 std::optional<http_response> refuse_without_token(const http_request& request,
                                                   const token_digest& expected) {
   std::string_view header = request.authorization;
   const auto space = header.find(' ');
-  if (header.empty() || space == std::string_view::npos ||
-      !equals_ignoring_case(header.substr(0, space), "Bearer"))
-    return unauthorized("this gateway needs the header 'Authorization: Bearer <token>'", "Bearer");
-  auto token = header.substr(space + 1);
-  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
-  while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+  const bool bearer =
+      space != std::string_view::npos && equals_ignoring_case(header.substr(0, space), "Bearer");
+  if (!bearer && request.gateway_token.empty())
+    return unauthorized(
+        "this gateway needs the header 'Authorization: Bearer <token>' (or 'X-Gateway-Token: "
+        "<token>' beside another Authorization)",
+        "Bearer");
+  const auto token = trimmed(bearer ? header.substr(space + 1) : request.gateway_token);
   const auto presented = digest_of_token(token);
   if (token.empty() || CRYPTO_memcmp(presented.data(), expected.data(), expected.size()) != 0)
     return unauthorized("the bearer token is not valid", "Bearer error=\"invalid_token\"");

@@ -77,13 +77,17 @@ std::optional<http_request> parse_function_url_event(std::string_view event, std
     return std::nullopt;
   }
   // Function URLs pass header names in lower case; any case is accepted all the same.
+  const auto is_named = [](const std::string& name, std::string_view lower_case) {
+    return std::equal(
+        name.begin(), name.end(), lower_case.begin(), lower_case.end(),
+        [](char a, char b) { return (a >= 'A' && a <= 'Z' ? static_cast<char>(a + 32) : a) == b; });
+  };
   if (const auto headers = parsed.find("headers"); headers != parsed.end() && headers->is_object())
-    for (const auto& [name, value] : headers->items())
-      if (value.is_string() && name.size() == 13 &&
-          std::equal(name.begin(), name.end(), "authorization", [](char a, char b) {
-            return (a >= 'A' && a <= 'Z' ? static_cast<char>(a + 32) : a) == b;
-          }))
-        request.authorization = value.get<std::string>();
+    for (const auto& [name, value] : headers->items()) {
+      if (!value.is_string()) continue;
+      if (is_named(name, "authorization")) request.authorization = value.get<std::string>();
+      if (is_named(name, "x-gateway-token")) request.gateway_token = value.get<std::string>();
+    }
   if (const auto body = parsed.find("body"); body != parsed.end() && body->is_string()) {
     request.body = body->get<std::string>();
     const auto encoded = parsed.find("isBase64Encoded");

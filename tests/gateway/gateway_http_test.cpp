@@ -129,8 +129,9 @@ TEST_F(gateway_http, refuses_a_missing_or_wrong_bearer_token_and_serves_the_righ
                     {"POST", "/Greeter/alice/Greet", R"({"name":"Alice"})", "Bearer http-s3cret"},
                     {"POST", "/Greeter/alice/Greet", R"({"name":"Alice"})", "Bearer wrong"},
                     {"GET", "/", "", "Basic aHR0cC1zM2NyZXQ="},
-                    {"GET", "/", "", "Bearer http-s3cret"}});
-  ASSERT_EQ(results.size(), 5u);
+                    {"GET", "/", "", "Bearer http-s3cret"},
+                    {"GET", "/", "", "AWS4-HMAC-SHA256 Credential=x", "http-s3cret"}});
+  ASSERT_EQ(results.size(), 6u);
   for (const std::size_t refused : {0u, 2u, 3u}) {
     EXPECT_EQ(results[refused].status, 401u) << refused << ": " << results[refused].body;
     EXPECT_TRUE(is_error_body(results[refused])) << results[refused].body;
@@ -143,6 +144,8 @@ TEST_F(gateway_http, refuses_a_missing_or_wrong_bearer_token_and_serves_the_righ
   EXPECT_EQ(results[1].json().value("message", "").rfind("Hello, Alice!", 0), 0u)
       << results[1].body;
   EXPECT_EQ(results[4].status, 200u) << results[4].body;
+  EXPECT_EQ(results[5].status, 200u)
+      << "X-Gateway-Token beside a SigV4 Authorization: " << results[5].body;
   // The gateway without a token configured is unaffected.
   EXPECT_EQ(call("GET", "/").status, 200u);
 }

@@ -263,9 +263,10 @@ TEST_F(handler_test, a_missing_or_wrong_bearer_token_is_401_and_the_right_one_pa
   options.bearer_token = digest_of_token("s3cret-token");
   handler guarded{client, options};
   const auto expect_unauthorized = [&](const std::string& authorization,
-                                       const std::string& challenge) {
+                                       const std::string& challenge,
+                                       const std::string& gateway_token = "") {
     const auto response =
-        handle_with(guarded, {"POST", "/Greeter/alice/Greet", "{}", authorization});
+        handle_with(guarded, {"POST", "/Greeter/alice/Greet", "{}", authorization, gateway_token});
     EXPECT_EQ(response.status, 401u) << "'" << authorization << "'";
     EXPECT_EQ(body_json(response)["error"], "Unauthorized") << response.body;
     EXPECT_TRUE(is_error_body(response)) << response.body;
@@ -280,6 +281,13 @@ TEST_F(handler_test, a_missing_or_wrong_bearer_token_is_401_and_the_right_one_pa
   expect_unauthorized("Bearer s3cret-toke", "Bearer error=\"invalid_token\"");
   expect_unauthorized("Bearer s3cret-token2", "Bearer error=\"invalid_token\"");
   expect_unauthorized("Bearer S3CRET-TOKEN", "Bearer error=\"invalid_token\"");
+  // Beside a SigV4 Authorization (an AWS_IAM function URL) the token is X-Gateway-Token.
+  const std::string sigv4 =
+      "AWS4-HMAC-SHA256 Credential=AKIA/20260101/eu-west-1/lambda/aws4_request";
+  expect_unauthorized(sigv4, "Bearer");
+  expect_unauthorized(sigv4, "Bearer error=\"invalid_token\"", "wrong");
+  // A Bearer credential is the one checked, whatever else comes with it.
+  expect_unauthorized("Bearer wrong", "Bearer error=\"invalid_token\"", "s3cret-token");
   // Checked first: an unauthenticated caller learns nothing about paths or exposure.
   const auto unknown = handle_with(guarded, {"GET", "/no/such/path", ""});
   EXPECT_EQ(unknown.status, 401u);
@@ -291,7 +299,9 @@ TEST_F(handler_test, a_missing_or_wrong_bearer_token_is_401_and_the_right_one_pa
     EXPECT_EQ(response.status, 200u) << "'" << good << "': " << response.body;
   }
   EXPECT_EQ(handle_with(guarded, {"GET", "/", "", "Bearer s3cret-token"}).status, 200u);
-  EXPECT_EQ(proxy.requests.size(), 5u);
+  EXPECT_EQ(handle_with(guarded, {"GET", "/", "", sigv4, "s3cret-token"}).status, 200u);
+  EXPECT_EQ(handle_with(guarded, {"GET", "/", "", "", "s3cret-token"}).status, 200u);
+  EXPECT_EQ(proxy.requests.size(), 7u);
   // Without a configured token, the header is neither needed nor looked at.
   EXPECT_EQ(handle_with(request_handler, {"GET", "/", "", "Bearer whatever"}).status, 200u);
 }

@@ -21,6 +21,7 @@ struct http_exchange {
   std::string target = "/";
   std::string body;
   std::string authorization;  ///< the Authorization header; empty: none
+  std::string gateway_token;  ///< the X-Gateway-Token header; empty: none
 };
 
 struct http_result {
@@ -65,6 +66,7 @@ inline awaitable<void> run_exchanges(std::uint16_t port, std::vector<http_exchan
     request.set(http::field::host, "127.0.0.1");
     if (!exchange.authorization.empty())
       request.set(http::field::authorization, exchange.authorization);
+    if (!exchange.gateway_token.empty()) request.set("X-Gateway-Token", exchange.gateway_token);
     if (!exchange.body.empty() || request.method() == http::verb::post) {
       request.set(http::field::content_type, "application/json");
       request.body() = exchange.body;

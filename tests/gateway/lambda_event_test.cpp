@@ -50,6 +50,11 @@ TEST(lambda_event, passes_the_authorization_header_in_any_case) {
   request = parse_function_url_event(event.dump(), error);
   ASSERT_TRUE(request.has_value()) << error;
   EXPECT_EQ(request->authorization, "Bearer other");
+  EXPECT_EQ(request->gateway_token, "");
+  event["headers"]["x-gateway-token"] = "t0ken";
+  request = parse_function_url_event(event.dump(), error);
+  ASSERT_TRUE(request.has_value()) << error;
+  EXPECT_EQ(request->gateway_token, "t0ken");
 }
 
 std::function<const char*(const char*)> lambda_env(std::map<std::string, std::string> vars) {

@@ -32,6 +32,9 @@ struct http_request {
   std::string target;  ///< raw path, optionally followed by `?query` (ignored)
   std::string body;
   std::string authorization;  ///< the `Authorization` header's value; empty when absent
+  /// The `X-Gateway-Token` header's value: the bearer token where `Authorization` holds
+  /// something else (a SigV4 signature for an AWS_IAM function URL); empty when absent.
+  std::string gateway_token;
 };
 
 /// An HTTP response whose body is always JSON (`content-type: application/json`).
