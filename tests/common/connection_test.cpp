@@ -60,14 +60,15 @@ class raw_peer {
   raw_peer(const raw_peer&) = delete;
   raw_peer& operator=(const raw_peer&) = delete;
 
-  bool connect(std::uint16_t port) {
+  /// `reading` false: a peer that never reads what it is sent (its kernel buffers fill up).
+  bool connect(std::uint16_t port, bool reading = true) {
     auto connected = std::make_shared<std::optional<cluster::error_code>>();
     const tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), port);
     state_->socket.async_connect(endpoint,
                                  [connected](const cluster::error_code& ec) { *connected = ec; });
     run_until(io_, [connected] { return connected->has_value(); });
     if (!connected->has_value() || **connected) return false;
-    read_more(state_);
+    if (reading) read_more(state_);
     return true;
   }
 
@@ -143,10 +144,11 @@ class raw_peer {
   std::shared_ptr<state> state_;
 };
 
-cluster::hello_msg client_hello(std::uint32_t version = cluster::protocol_version) {
+cluster::hello_msg client_hello(std::uint32_t version = cluster::protocol_version,
+                                std::string role = "client") {
   cluster::hello_msg hello;
   hello.protocol_version = version;
-  hello.role = "client";
+  hello.role = std::move(role);
   hello.name = "connection-test";
   return hello;
 }
@@ -183,7 +185,8 @@ struct reply_with_string_code {
 // A loopback server whose handler echoes requests:
 //   rpc "echo"   — answered at once with the request's payload;
 //   rpc "hold"   — held until `hold_count` requests are held, then all answered in reverse;
-//   rpc "silent" — never answered;
+//   rpc "silent" — never answered (counted in the connection's in_flight, as a real handler
+//                  counts a request it is serving);
 //   rpc "bad-reply" — answered with a reply of the wrong shape;
 //   rpc "close" — the handler closes the connection;
 //   a request_msg of the wrong shape — answered with invalid_request;
@@ -250,7 +253,7 @@ class loopback : public ::testing::Test {
         }
       }
     }
-    // "silent": never answered.
+    if (request.rpc == "silent") ++conn->in_flight;  // never answered
   }
 
   /// Connects with connect_to on the test's io_context; never throws.
@@ -334,6 +337,9 @@ class loopback : public ::testing::Test {
   std::string last_peer_;  ///< role/name from the hello of the last handled message's sender
   std::shared_ptr<int> handled_ = std::make_shared<int>(0);  ///< messages the handler saw
 };
+
+// A payload of `size` bytes for echo requests and calls that fill a peer's buffers.
+bytes big_payload(std::size_t size) { return bytes(size, std::uint8_t{0x5a}); }
 
 // Expects `env` to be a reply with `code` to request `id`.
 void expect_reply(const envelope& env, std::uint64_t id, errc code) {
@@ -717,6 +723,107 @@ TEST_F(loopback, refuses_connections_over_max_connections_with_too_many_requests
   ASSERT_EQ(frames.size(), 1u);
   expect_reply(frames[0], 0, errc::too_many_requests);
   expect_usable(first);
+}
+
+// A peer that does not read is closed once max_queued_bytes are queued for it; the calls it
+// had pending fail Unavailable, and other peers are served throughout.
+TEST_F(loopback, closes_a_peer_that_does_not_read_once_its_queue_passes_max_queued_bytes) {
+  cluster::server_options options = default_options();
+  options.limits.max_queued_bytes = 1024 * 1024;
+  start_server(options);
+  auto good = connect_ok();
+  ASSERT_NE(good, nullptr);
+  auto deaf = std::make_unique<raw_peer>(io_);
+  ASSERT_TRUE(deaf->connect(port_, /*reading=*/false));
+  deaf->send(cluster::encode_frame(message_kind::hello, 1, client_hello()));
+  deaf->send(cluster::encode_frame(message_kind::request, 2, echo_request("hold", {})));
+  ASSERT_TRUE(run_until(io_, [this] { return held_.size() == 1; }));
+  const connection_ptr server_side = held_.front().conn;
+
+  // The server calls the deaf peer with 64 KiB requests until the connection closes; the
+  // kernel's socket buffers take a few MiB first, so there is no fixed count.
+  struct outcome {
+    int sent = 0;
+    int unavailable = 0;
+    int other = 0;
+  };
+  auto result = std::make_shared<outcome>();
+  const request_msg push = echo_request("push", big_payload(64 * 1024));
+  constexpr int most = 2048;  // 128 MiB: far past any kernel buffer
+  ASSERT_TRUE(run_until(
+      io_,
+      [&] {
+        for (int i = 0; i < 16 && server_side->is_open() && result->sent < most; ++i) {
+          ++result->sent;
+          server_side->call(message_kind::request, push, 60s, [result](reply_msg&& r) {
+            ++(r.code == errc::unavailable ? result->unavailable : result->other);
+          });
+        }
+        return !server_side->is_open() || result->sent >= most;
+      },
+      20s));
+  ASSERT_FALSE(server_side->is_open()) << result->sent << " calls queued without a close";
+  ASSERT_TRUE(run_until(io_, [&] { return result->unavailable + result->other == result->sent; }));
+  EXPECT_EQ(result->other, 0);
+  EXPECT_EQ(server_side->pending_calls(), 0u);
+  ASSERT_TRUE(run_until(io_, [this] { return server_->connection_count() == 1; }));
+  expect_usable(good);
+  // A reading peer receiving the same volume through replies is not closed.
+  for (int i = 0; i < 64; ++i) {
+    const auto reply = call(good, message_kind::request, echo_request("echo", push.payload));
+    ASSERT_TRUE(reply.has_value());
+    ASSERT_TRUE(reply->ok()) << reply->message;
+  }
+}
+
+// A client that sends nothing for idle_timeout is closed; a proxy, a client that keeps
+// talking and a client waiting for a reply are not.
+TEST_F(loopback, closes_an_idle_client_after_the_idle_timeout_and_only_that_one) {
+  cluster::server_options options = default_options();
+  options.limits.idle_timeout = 300ms;
+  start_server(options);
+  const auto started = cluster::steady_clock::now();
+  auto idle = connect_ok();
+  auto chatty = connect_ok();
+  auto waiting = connect_ok();
+  auto proxy = connect(client_hello(cluster::protocol_version, "proxy"));
+  ASSERT_NE(idle, nullptr);
+  ASSERT_NE(chatty, nullptr);
+  ASSERT_NE(waiting, nullptr);
+  ASSERT_TRUE(proxy.has_value()) << proxy.error().message;
+  auto waited = std::make_shared<std::optional<reply_msg>>();
+  waiting->call(message_kind::request, echo_request("silent", {}), 30s,
+                [waited](reply_msg&& r) { *waited = std::move(r); });
+  auto last_echo = started;
+  ASSERT_TRUE(run_until(io_, [&] {
+    if (cluster::steady_clock::now() - last_echo > 50ms) {
+      last_echo = cluster::steady_clock::now();
+      chatty->call(message_kind::request, echo_request("echo", {}), 5s, [](reply_msg&&) {});
+    }
+    return !idle->is_open();
+  }));
+  // The others were connected about as long as the idle client.
+  EXPECT_GE(cluster::steady_clock::now() - started, 300ms);
+  EXPECT_TRUE(chatty->is_open());
+  EXPECT_TRUE(waiting->is_open());
+  EXPECT_FALSE(waited->has_value());
+  EXPECT_TRUE(proxy.value()->is_open());
+  expect_usable(chatty);
+  expect_usable(proxy.value());
+}
+
+TEST_F(loopback, an_idle_timeout_of_zero_keeps_idle_clients) {
+  cluster::server_options options = default_options();
+  options.limits.idle_timeout = milliseconds(0);
+  options.limits.frame_body_timeout = 200ms;
+  start_server(options);
+  auto idle = connect_ok();
+  ASSERT_NE(idle, nullptr);
+  // A stalled frame on another connection marks time: it is closed after 200 ms.
+  auto stalled = raw_handshaken();
+  stalled->send(std::string("\x00\x00\x00\x64", 4));
+  ASSERT_TRUE(stalled->wait_closed());
+  expect_usable(idle);
 }
 
 TEST(host_port, parses_ipv4_and_bracketed_ipv6_addresses) {

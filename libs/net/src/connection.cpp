@@ -249,6 +249,7 @@ bool connection::handle_handshake(const envelope& env) {
   body_timer_.cancel();
   peer_name = hello.name;
   peer_role = hello.role;
+  watch_idle();
   send(message_kind::hello_ack, env.id, hello_ack_msg{});
   return true;
 }
@@ -283,6 +284,10 @@ void connection::protocol_error(std::uint64_t id, errc code, const std::string& 
 }
 
 void connection::schedule_write() {
+  if (over_queue_bound()) {
+    close_not_reading();
+    return;
+  }
   if (writing_) return;
   writing_ = true;
   asio::post(socket_.get_executor(), [self = shared_from_this()] { self->write_queued(); });
@@ -301,6 +306,7 @@ void connection::write_queued() {
   queued_.clear();
   asio::async_write(socket_, asio::buffer(in_write_.data(), in_write_.size()),
                     [self = shared_from_this()](const error_code& ec, std::size_t) {
+                      self->in_write_.clear();
                       if (ec) {
                         self->writing_ = false;
                         self->close();
@@ -308,6 +314,43 @@ void connection::write_queued() {
                       }
                       self->write_queued();
                     });
+}
+
+void connection::close_not_reading() {
+  spdlog::warn(
+      "closing {} ({} {}): {} bytes queued for it exceed the limit of {}; it does not "
+      "read",
+      peer_, peer_role.empty() ? "peer" : peer_role, peer_name, queued_.size() + in_write_.size(),
+      limits_.max_queued_bytes);
+  close();
+}
+
+void connection::watch_idle() {
+  if (limits_.idle_timeout <= milliseconds(0) || peer_role != "client") return;
+  if (!idle_timer_) idle_timer_.emplace(socket_.get_executor());
+  arm_idle_timer(last_heard_ + limits_.idle_timeout);
+}
+
+void connection::arm_idle_timer(steady_clock::time_point at) {
+  idle_timer_->expires_at(at);
+  idle_timer_->async_wait([weak = weak_from_this()](const error_code& ec) {
+    auto self = weak.lock();
+    if (ec || !self || !self->open_) return;
+    self->check_idle();
+  });
+}
+
+void connection::check_idle() {
+  const auto now = steady_clock::now();
+  // A client waiting for a slow reply sends nothing meanwhile, and is not idle.
+  const auto due = in_flight > 0 ? now + limits_.idle_timeout : last_heard_ + limits_.idle_timeout;
+  if (now < due) {
+    arm_idle_timer(due);
+    return;
+  }
+  spdlog::info("closing {} (client {}): nothing received for {} ms", peer_, peer_name,
+               limits_.idle_timeout.count());
+  close();
 }
 
 void connection::watch_deadline(std::uint64_t id, steady_clock::time_point deadline) {
@@ -370,6 +413,7 @@ void connection::close() {
   socket_.close(ignored);
   deadline_timer_.cancel();
   body_timer_.cancel();
+  if (idle_timer_) idle_timer_->cancel();
   queued_.clear();
   auto pending = std::move(pending_);
   pending_.clear();

@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
 #include "cluster/process/defaults.hpp"
 
 namespace cluster {
@@ -18,6 +20,8 @@ void common_settings::declare(std::vector<config_section>& sections) {
       .key("frame_body_timeout_ms", &frame_body_timeout)
       .key("max_connections", &max_connections)
       .key("max_in_flight", &max_in_flight)
+      .key("max_queued_bytes", &max_queued_bytes)
+      .key("idle_timeout_ms", &idle_timeout)
       .key("max_id_bytes", &max_id_bytes);
   sections.emplace_back("log");
   sections.back().key("level", &log_level);
@@ -85,6 +89,10 @@ connection_limits common_settings::limits() const {
   limits.handshake_timeout = handshake_timeout;
   limits.frame_body_timeout = frame_body_timeout;
   limits.max_in_flight = max_in_flight;
+  // One frame must always fit, or the first large snapshot would close its subscriber.
+  limits.max_queued_bytes =
+      std::max<std::size_t>(max_queued_bytes, 2 * std::size_t{max_frame_bytes});
+  limits.idle_timeout = idle_timeout;
   return limits;
 }
 

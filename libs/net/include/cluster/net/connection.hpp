@@ -10,6 +10,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -25,6 +26,14 @@ struct connection_limits {
   /// Once a frame header arrived, its body must follow within this time.
   milliseconds frame_body_timeout{10000};
   std::size_t max_in_flight = 4096;  ///< inbound requests being served per connection
+  /// Bytes queued for the peer (waiting plus being written) past which it counts as a peer
+  /// that does not read: the connection is closed instead of buffering without end. Keep it
+  /// above max_frame_bytes, or one large frame closes the connection.
+  std::size_t max_queued_bytes = 64 * 1024 * 1024;
+  /// Server side: a peer of role `client` that sends nothing for this long while none of its
+  /// requests is being served is closed. Zero: never. Only clients: proxies keep idle pooled
+  /// connections to runners, and the cluster's own processes ping.
+  milliseconds idle_timeout{300000};
 };
 
 class connection : public std::enable_shared_from_this<connection> {
@@ -106,6 +115,17 @@ class connection : public std::enable_shared_from_this<connection> {
     reply_callback done;
   };
 
+  /// The one check per send: past max_queued_bytes the peer is not reading and is closed.
+  bool over_queue_bound() const {
+    return queued_.size() + in_write_.size() > limits_.max_queued_bytes;
+  }
+  void close_not_reading();
+  /// Server side, once peer_role holds the peer's role: closes an idle client (see
+  /// connection_limits::idle_timeout). One timer, armed only for clients; a frame costs
+  /// nothing here (the timer compares last_heard_ when it fires).
+  void watch_idle();
+  void arm_idle_timer(steady_clock::time_point at);
+  void check_idle();
   /// Starts a write of everything queued once the current handler is done (frames sent
   /// meanwhile join it), unless one is in progress; its completion starts the next.
   void schedule_write();
@@ -131,7 +151,8 @@ class connection : public std::enable_shared_from_this<connection> {
   bool closing_ = false;  // close once the write queue is flushed
   bool writing_ = false;  // a write is scheduled or in progress
   // Frames wait in `queued_` while `in_write_` is on the wire; the two swap after each
-  // write, so steady traffic allocates nothing per frame.
+  // write, so steady traffic allocates nothing per frame. `in_write_` is empty when no write
+  // is in progress, so their sizes add up to what the peer has not taken yet.
   msgpack::sbuffer queued_{1024};
   msgpack::sbuffer in_write_{1024};
   std::uint64_t next_id_ = 1;
@@ -150,6 +171,7 @@ class connection : public std::enable_shared_from_this<connection> {
   steady_clock::time_point timer_at_ = steady_clock::time_point::max();  // max: not armed
   asio::steady_timer deadline_timer_;
   asio::steady_timer body_timer_;
+  std::optional<asio::steady_timer> idle_timer_;  // only for server-side client connections
   message_handler on_message_;
   std::function<void()> on_close_;
 };

@@ -20,6 +20,11 @@ struct common_settings {
   std::uint32_t max_connections = 4096;
   /// Requests one connection may have in flight; more are answered TooManyRequests.
   std::uint32_t max_in_flight = 4096;
+  /// Bytes queued for a peer that does not read past which its connection is closed.
+  std::uint32_t max_queued_bytes = 64 * 1024 * 1024;
+  /// A client connection that sends nothing for this long (and waits for no reply) is
+  /// closed; 0 keeps idle clients.
+  milliseconds idle_timeout{300000};
   /// Longest entity id and primary key a request may carry; longer ones get InvalidRequest.
   std::uint32_t max_id_bytes = 1024;
   std::string log_level = "info";
