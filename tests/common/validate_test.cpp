@@ -147,5 +147,110 @@ TEST(validate, reads_the_system_clock_for_deliver_at) {
   EXPECT_TRUE(validate_request(request, request_limits{}).has_value());
 }
 
+register_runner_msg valid_registration() {
+  register_runner_msg registration;
+  registration.name = "runner-1";
+  registration.address = "10.0.3.17:34431";
+  registration.groups = {"default", "billing"};
+  registration.version = "0.1.0";
+  registration.incarnation = "00c0ffee00c0ffee";
+  entity_type_info type;
+  type.name = "Greeter";
+  type.group = "default";
+  type.rpcs = {rpc_info{"Greet", true}, rpc_info{"Ping", false}};
+  registration.entity_types = {type};
+  return registration;
+}
+
+std::string why(const register_runner_msg& registration, const registration_limits& limits = {}) {
+  auto checked = validate_registration(registration, limits);
+  if (checked) return "";
+  EXPECT_EQ(checked.error().code, errc::invalid_request);
+  return checked.error().message;
+}
+
+TEST(validate_registration, accepts_a_runner_within_every_bound) {
+  EXPECT_EQ(why(valid_registration()), "");
+  auto at_the_limits = valid_registration();
+  at_the_limits.address = std::string(250, 'h') + ":8080";
+  at_the_limits.groups.clear();
+  for (int i = 0; i < 64; ++i)  // 64 groups of 64 bytes each
+    at_the_limits.groups.push_back(std::string(62, 'g') + (i < 10 ? "0" : "") + std::to_string(i));
+  at_the_limits.entity_types.resize(256, valid_registration().entity_types.front());
+  at_the_limits.entity_types.front().rpcs.resize(256, rpc_info{std::string(255, 'r'), false});
+  EXPECT_EQ(why(at_the_limits), "");
+}
+
+TEST(validate_registration, refuses_150_groups_and_a_200_byte_address_naming_field_and_limit) {
+  auto many_groups = valid_registration();
+  many_groups.groups.clear();
+  for (int i = 0; i < 150; ++i) many_groups.groups.push_back("group-" + std::to_string(i));
+  EXPECT_EQ(why(many_groups), "groups has 150 entries; at most 64 are allowed");
+
+  auto long_address = valid_registration();
+  long_address.address = std::string(300, 'a') + ":1";
+  EXPECT_EQ(why(long_address), "address is 302 bytes long; at most 255 are allowed");
+  registration_limits strict;
+  strict.max_address_bytes = 100;
+  long_address.address = std::string(195, 'a') + ":3443";
+  EXPECT_EQ(why(long_address, strict), "address is 200 bytes long; at most 100 are allowed");
+}
+
+TEST(validate_registration, refuses_bad_group_names) {
+  auto registration = valid_registration();
+  registration.groups = {"default", std::string(65, 'g')};
+  EXPECT_EQ(why(registration), "groups[1] is 65 bytes long; at most 64 are allowed");
+  registration.groups = {"default", std::string("a\0b", 3)};
+  EXPECT_EQ(why(registration), "groups[1] contains a NUL byte at offset 1");
+  registration.groups = {"\xc3"};
+  EXPECT_EQ(why(registration), "groups[0] is not valid UTF-8 (byte 0xc3 at offset 0)");
+  registration.groups = {""};
+  EXPECT_EQ(why(registration), "groups[0] is empty");
+  registration.groups.clear();
+  EXPECT_EQ(why(registration), "groups is empty; a runner serves at least one group");
+}
+
+TEST(validate_registration, bounds_entity_types_and_their_rpcs) {
+  auto registration = valid_registration();
+  registration.entity_types.resize(257, registration.entity_types.front());
+  EXPECT_EQ(why(registration), "entity_types has 257 entries; at most 256 are allowed");
+
+  registration = valid_registration();
+  registration.entity_types.front().rpcs.resize(257, rpc_info{"R", false});
+  EXPECT_EQ(why(registration), "entity_types[0].rpcs has 257 entries; at most 256 are allowed");
+
+  registration = valid_registration();
+  registration.entity_types.front().rpcs[1].name = std::string(256, 'r');
+  EXPECT_EQ(why(registration),
+            "entity_types[0].rpcs[1].name is 256 bytes long; at most 255 are allowed");
+
+  registration = valid_registration();
+  registration.entity_types.front().name = "";
+  EXPECT_EQ(why(registration), "entity_types[0].name is empty");
+
+  registration = valid_registration();
+  registration.entity_types.front().group = std::string(65, 'g');
+  EXPECT_EQ(why(registration), "entity_types[0].group is 65 bytes long; at most 64 are allowed");
+}
+
+TEST(validate_registration, bounds_the_name_version_and_incarnation) {
+  auto registration = valid_registration();
+  registration.name = std::string(256, 'n');
+  EXPECT_EQ(why(registration), "name is 256 bytes long; at most 255 are allowed");
+  registration = valid_registration();
+  registration.name.clear();
+  EXPECT_EQ(why(registration), "name is empty");
+  registration = valid_registration();
+  registration.version = std::string(256, 'v');
+  EXPECT_EQ(why(registration), "version is 256 bytes long; at most 255 are allowed");
+  registration = valid_registration();
+  registration.incarnation = std::string(49, 'f');
+  EXPECT_EQ(why(registration), "incarnation is 49 bytes long; at most 48 are allowed");
+  registration.incarnation.clear();  // older runners send none
+  EXPECT_EQ(why(registration), "");
+  registration.address.clear();
+  EXPECT_EQ(why(registration), "address is empty");
+}
+
 }  // namespace
 }  // namespace cluster

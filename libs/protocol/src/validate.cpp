@@ -153,4 +153,51 @@ result<void> validate_request(const request_msg& request, const request_limits& 
   return validate_request(request, limits, now_ms);
 }
 
+namespace {
+
+result<void> validate_name(const std::string& field, std::string_view text, std::size_t max_bytes) {
+  if (text.empty()) return failure{errc::invalid_request, field + " is empty"};
+  return validate_text_field(field, text, max_bytes);
+}
+
+result<void> validate_count(const std::string& field, std::size_t count, std::size_t most) {
+  if (count > most)
+    return failure{errc::invalid_request, field + " has " + std::to_string(count) +
+                                              " entries; at most " + std::to_string(most) +
+                                              " are allowed"};
+  return success();
+}
+
+}  // namespace
+
+result<void> validate_registration(const register_runner_msg& registration,
+                                   const registration_limits& limits) {
+  BOOST_OUTCOME_TRY(validate_name("address", registration.address, limits.max_address_bytes));
+  BOOST_OUTCOME_TRY(validate_name("name", registration.name, limits.max_runner_name_bytes));
+  BOOST_OUTCOME_TRY(validate_text_field("version", registration.version, limits.max_version_bytes));
+  BOOST_OUTCOME_TRY(
+      validate_text_field("incarnation", registration.incarnation, limits.max_incarnation_bytes));
+  if (registration.groups.empty())
+    return failure{errc::invalid_request, "groups is empty; a runner serves at least one group"};
+  BOOST_OUTCOME_TRY(validate_count("groups", registration.groups.size(), limits.max_groups));
+  for (std::size_t i = 0; i < registration.groups.size(); ++i) {
+    BOOST_OUTCOME_TRY(validate_name("groups[" + std::to_string(i) + "]", registration.groups[i],
+                                    limits.max_group_bytes));
+  }
+  BOOST_OUTCOME_TRY(
+      validate_count("entity_types", registration.entity_types.size(), limits.max_entity_types));
+  for (std::size_t i = 0; i < registration.entity_types.size(); ++i) {
+    const auto& type = registration.entity_types[i];
+    const std::string field = "entity_types[" + std::to_string(i) + "]";
+    BOOST_OUTCOME_TRY(validate_name(field + ".name", type.name, limits.max_name_bytes));
+    BOOST_OUTCOME_TRY(validate_name(field + ".group", type.group, limits.max_group_bytes));
+    BOOST_OUTCOME_TRY(validate_count(field + ".rpcs", type.rpcs.size(), limits.max_rpcs_per_type));
+    for (std::size_t r = 0; r < type.rpcs.size(); ++r) {
+      BOOST_OUTCOME_TRY(validate_name(field + ".rpcs[" + std::to_string(r) + "].name",
+                                      type.rpcs[r].name, limits.max_name_bytes));
+    }
+  }
+  return success();
+}
+
 }  // namespace cluster

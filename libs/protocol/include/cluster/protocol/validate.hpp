@@ -48,4 +48,30 @@ result<void> validate_request(const request_msg& request, const request_limits& 
 /// The same, against the system clock.
 result<void> validate_request(const request_msg& request, const request_limits& limits);
 
+/// What one runner may declare in register_runner. The manager checks a registration against
+/// these before it stores anything, and again for registrations loaded from storage.
+struct registration_limits {
+  std::uint32_t max_address_bytes = 255;  ///< host:port, as a DNS name plus port fits
+  std::uint32_t max_runner_name_bytes = 255;
+  std::uint32_t max_version_bytes = 255;
+  /// The runner's incarnation (16 hex digits today; 48 keep its session name within
+  /// PostgreSQL's 63-byte application_name).
+  std::uint32_t max_incarnation_bytes = 48;
+  std::uint32_t max_groups = 64;  ///< shard groups per runner (`manager.max_groups_per_runner`)
+  std::uint32_t max_group_bytes = 64;
+  /// Entity types per runner (`manager.max_entity_types_per_runner`).
+  std::uint32_t max_entity_types = 256;
+  std::uint32_t max_rpcs_per_type = 256;
+  /// Entity type and RPC names, as request_limits::max_name_bytes.
+  std::uint32_t max_name_bytes = 255;
+};
+
+/// Checks every field of a registration: texts are valid UTF-8 without NUL and within their
+/// bounds, the address, the groups and the names are not empty, and the counts of groups,
+/// entity types and RPCs are within theirs. The failure (InvalidRequest) names the field and
+/// the limit, e.g. "groups has 150 entries; at most 64 are allowed". Whether the address
+/// parses as host:port is the caller's check (parse_host_port lives in the net layer).
+result<void> validate_registration(const register_runner_msg& registration,
+                                   const registration_limits& limits);
+
 }  // namespace cluster
