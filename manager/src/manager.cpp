@@ -2,9 +2,37 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <limits>
+#include <set>
+
 #include "cluster/storage-pg/stores.hpp"
 
 namespace cluster::manager {
+
+namespace {
+
+// Room for the frame around a snapshot: the envelope, and the reply that wraps it for
+// get_status.
+constexpr std::size_t frame_overhead = 4096;
+
+// MessagePack sizes, rounded up (str8 counted as str16), for bounds computed without
+// encoding 300 copies of an address.
+std::size_t packed_str_bytes(std::size_t length) {
+  return length + (length < 32 ? 1 : length < 65536 ? 3 : 5);
+}
+std::size_t packed_array_header_bytes(std::size_t count) {
+  return count < 16 ? 1 : count < 65536 ? 3 : 5;
+}
+
+// Peer-supplied text for a log line: bounded, and printable whatever it holds.
+std::string printable(std::string_view text) {
+  constexpr std::size_t shown = 80;
+  if (text.size() <= shown) return to_clean_text(text);
+  return to_clean_text(text.substr(0, shown)) + "... (" + std::to_string(text.size()) + " bytes)";
+}
+
+}  // namespace
 
 std::vector<config_section> manager_config::sections() {
   std::vector<config_section> sections;
@@ -21,7 +49,10 @@ std::vector<config_section> manager_config::sections() {
       .key("probe_attempts", &probe_attempts)
       .key("probe_timeout_ms", &probe_timeout)
       .key("max_moves_per_rebalance", &max_moves_per_rebalance)
-      .key("rebalance_interval_ms", &rebalance_interval);
+      .key("rebalance_interval_ms", &rebalance_interval)
+      .key("max_groups_per_runner", &limits.registration.max_groups)
+      .key("max_entity_types_per_runner", &limits.registration.max_entity_types)
+      .key("max_snapshot_bytes", &limits.max_snapshot_bytes);
   return sections;
 }
 
@@ -47,20 +78,7 @@ void manager::start() {
   if (config_.shards_per_group == 0)
     throw config_error("manager.shards_per_group must be positive");
   dead_letters_ = make_dead_letter_store(io_, config_.common.storage);
-  groups_ = store_->load_assignments();
-  for (auto& [group, owners] : groups_) owners.resize(config_.shards_per_group);
-  // Runners from a previous life must register again over a live connection; until then
-  // their shards keep their owners so that a manager restart moves nothing.
-  const auto keep_until = steady_clock::now() + config_.reconnect_grace;
-  for (auto& runner : store_->load_runners()) {
-    const std::string address = runner.address;  // not runner.address: it is moved below
-    runners_.emplace(address, runner_entry{std::move(runner), {}, keep_until, next_generation_++});
-  }
-  if (!runners_.empty())
-    spdlog::info("restored {} runners and the assignment of {} groups from storage",
-                 runners_.size(), groups_.size());
-  for (const auto& [address, entry] : runners_)
-    for (const auto& type : entry.registration.entity_types) entity_types_.emplace(type.name, type);
+  restore_from_store();
   server_.listen();
   asio::co_spawn(io_, health_loop(), asio::detached);
   schedule_expiry();
@@ -77,6 +95,133 @@ void manager::stop(std::function<void()> on_stopped) {
   dead_letters_.reset();  // drops queued operations: their connections are closed
   // Nothing is left in flight: every store call returned before its handler did.
   if (on_stopped) asio::post(io_, std::move(on_stopped));
+}
+
+void manager::restore_from_store() {
+  // Runners from a previous life must register again over a live connection; until then
+  // their shards keep their owners so that a manager restart moves nothing.
+  const auto keep_until = steady_clock::now() + config_.reconnect_grace;
+  std::size_t dropped_runners = 0;
+  for (auto& runner : store_->load_runners()) {
+    const std::string address = runner.address;  // not runner.address: it is moved below
+    // A registration this manager would refuse (an older version stored it) must not make
+    // the snapshot, and with it `clusterctl status`, fail after every restart.
+    if (auto refused = admit_registration(runner); !refused) {
+      spdlog::warn("dropping runner {} from storage: {}", printable(address),
+                   refused.error().message);
+      store_->remove_runner(address);
+      ++dropped_runners;
+      continue;
+    }
+    for (const auto& type : runner.entity_types) entity_types_.emplace(type.name, type);
+    runners_.emplace(address, runner_entry{std::move(runner), {}, keep_until, next_generation_++});
+  }
+  std::set<std::string> served;
+  for (const auto& [address, entry] : runners_)
+    served.insert(entry.registration.groups.begin(), entry.registration.groups.end());
+  std::size_t dropped_groups = 0;
+  for (auto& [group, owners] : store_->load_assignments()) {
+    if (!served.count(group)) {
+      store_->save_assignment(group, {});
+      ++dropped_groups;
+      continue;
+    }
+    owners.resize(config_.shards_per_group);
+    // Only addresses of known runners: anything else is orphaned and assigned again.
+    for (auto& owner : owners)
+      if (!owner.empty() && !runners_.count(owner)) owner.clear();
+    groups_.emplace(group, std::move(owners));
+  }
+  if (dropped_runners > 0 || dropped_groups > 0)
+    spdlog::warn(
+        "dropped {} runners and {} shard groups from storage (invalid, or no runner "
+        "serves them)",
+        dropped_runners, dropped_groups);
+  if (!runners_.empty())
+    spdlog::info("restored {} runners and the assignment of {} groups from storage",
+                 runners_.size(), groups_.size());
+}
+
+std::size_t manager::snapshot_limit() const {
+  const std::size_t frame = config_.common.max_frame_bytes;
+  const std::size_t accepted = frame > 2 * frame_overhead ? frame - frame_overhead : frame / 2;
+  return config_.limits.max_snapshot_bytes == 0
+             ? accepted
+             : std::min<std::size_t>(config_.limits.max_snapshot_bytes, accepted);
+}
+
+std::size_t manager::subscriber_count() const {
+  return static_cast<std::size_t>(std::count_if(subscribers_.begin(), subscribers_.end(),
+                                                [](const auto& weak) { return !weak.expired(); }));
+}
+
+std::size_t manager::snapshot_bytes_with(const register_runner_msg& registration) const {
+  // The snapshot without owners, encoded; the owners are added by arithmetic.
+  assignment_snapshot snap;
+  snap.version = std::numeric_limits<std::uint64_t>::max();
+  snap.storage = store_->backend_name();
+  std::size_t longest_address = registration.address.size();
+  std::set<std::string> groups(registration.groups.begin(), registration.groups.end());
+  auto add_runner = [&](const register_runner_msg& runner) {
+    runner_info info;
+    info.name = runner.name;
+    info.address = runner.address;
+    info.groups = runner.groups;
+    info.version = runner.version;
+    info.shards = std::numeric_limits<std::uint32_t>::max();
+    snap.runners.push_back(std::move(info));
+  };
+  add_runner(registration);
+  for (const auto& [address, entry] : runners_) {
+    if (address == registration.address) continue;
+    longest_address = std::max(longest_address, address.size());
+    groups.insert(entry.registration.groups.begin(), entry.registration.groups.end());
+    add_runner(entry.registration);
+  }
+  for (const auto& [name, type] : entity_types_) snap.entity_types.push_back(type);
+  for (const auto& type : registration.entity_types)
+    if (!entity_types_.count(type.name)) snap.entity_types.push_back(type);
+  const std::size_t shards = config_.shards_per_group;
+  for (const auto& group : groups)
+    snap.groups.push_back(
+        shard_group_assignment{group, std::numeric_limits<std::uint32_t>::max(), {}});
+  // Each group's empty owner list (one byte) becomes `shards` owners.
+  const std::size_t owners_bytes =
+      packed_array_header_bytes(shards) - 1 + shards * packed_str_bytes(longest_address);
+  return pack_bytes(snap).size() + groups.size() * owners_bytes;
+}
+
+result<void> manager::admit_registration(const register_runner_msg& registration) const {
+  BOOST_OUTCOME_TRY(validate_registration(registration, config_.limits.registration));
+  if (!parse_host_port(registration.address))
+    return failure{errc::invalid_request,
+                   "address '" + printable(registration.address) + "' is not host:port"};
+  const std::size_t bytes = snapshot_bytes_with(registration);
+  if (bytes > snapshot_limit())
+    return failure{errc::invalid_request,
+                   "with this runner the assignment snapshot could reach " + std::to_string(bytes) +
+                       " bytes, more than the " + std::to_string(snapshot_limit()) +
+                       " its subscribers accept (cluster.max_frame_bytes, "
+                       "manager.max_snapshot_bytes): declare fewer groups or entity types"};
+  return success();
+}
+
+void manager::forget_unserved() {
+  std::set<std::string> served, declared;
+  for (const auto& [address, entry] : runners_) {
+    served.insert(entry.registration.groups.begin(), entry.registration.groups.end());
+    for (const auto& type : entry.registration.entity_types) declared.insert(type.name);
+  }
+  for (auto it = groups_.begin(); it != groups_.end();) {
+    if (served.count(it->first)) {
+      ++it;
+      continue;
+    }
+    spdlog::info("shard group '{}' has no runner any more; its assignment is dropped", it->first);
+    store_->save_assignment(it->first, {});
+    it = groups_.erase(it);
+  }
+  std::erase_if(entity_types_, [&](const auto& type) { return !declared.count(type.first); });
 }
 
 bool manager::is_live(const runner_entry& entry) const {
@@ -217,24 +362,12 @@ void manager::on_message(const connection_ptr& conn, envelope&& env) {
                                                         msg.error().message));
         return;
       }
-      const std::string& address = msg.value().address;
-      auto it = runners_.find(address);
-      if (it == runners_.end() || it->second.conn.lock() != conn) {
-        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
-                                                    "runner " + address +
-                                                        " is not registered on this connection"));
-        return;
-      }
-      remove_runner(address, "unregistered", false);
-      conn->send_reply(env.id, reply_msg{});
+      unregister_runner(conn, env.id, msg.value().address);
       return;
     }
-    case message_kind::subscribe_assignments: {
-      subscribers_.push_back(conn);
-      conn->send_reply(env.id, reply_msg{});
-      conn->send(message_kind::assignments, 0, snapshot());
+    case message_kind::subscribe_assignments:
+      subscribe(conn, env.id);
       return;
-    }
     case message_kind::get_status:
       conn->send_reply(env.id, reply_msg::success(pack_bytes(snapshot())));
       return;
@@ -248,6 +381,53 @@ void manager::on_message(const connection_ptr& conn, envelope&& env) {
                                                   "the manager does not handle message kind " +
                                                       std::to_string(env.kind)));
   }
+}
+
+void manager::unregister_runner(const connection_ptr& conn, std::uint64_t id,
+                                const std::string& address) {
+  auto it = runners_.find(address);
+  const bool own = it != runners_.end() && it->second.conn.lock() == conn;
+  if (own) {
+    remove_runner(address, "unregistered", false);
+    conn->send_reply(id, reply_msg{});
+    return;
+  }
+  if (conn->peer_role != "admin") {
+    spdlog::warn(
+        "refused unregister_runner of {} from {} (role {}, name {}): not its own "
+        "registration",
+        printable(address), conn->peer(), printable(conn->peer_role), printable(conn->peer_name));
+    conn->send_reply(id, reply_msg::failure(errc::invalid_request,
+                                            "runner " + printable(address) +
+                                                " is not registered on this connection; only an "
+                                                "admin may unregister another runner"));
+    return;
+  }
+  if (it == runners_.end()) {
+    conn->send_reply(id, reply_msg::failure(errc::invalid_request,
+                                            "no runner is registered at " + printable(address)));
+    return;
+  }
+  // A runner that is still connected releases its shards when the next snapshot gives them
+  // to others. One without a connection may only be frozen: fence it, as when it is
+  // declared dead, so its shard locks go now.
+  auto live = it->second.conn.lock();
+  const bool connected = live && live->is_open();
+  spdlog::warn("runner {} ({}) unregistered by admin {} ({})", it->second.registration.name,
+               address, printable(conn->peer_name), conn->peer());
+  remove_runner(address, "unregistered by an admin", !connected);
+  conn->send_reply(id, reply_msg{});
+}
+
+void manager::subscribe(const connection_ptr& conn, std::uint64_t id) {
+  // One subscription per connection: a repeat is answered but adds nothing (a subscriber
+  // already has the current snapshot, and will get each change once).
+  const bool subscribed = std::any_of(subscribers_.begin(), subscribers_.end(),
+                                      [&](const auto& weak) { return weak.lock() == conn; });
+  conn->send_reply(id, reply_msg{});
+  if (subscribed) return;
+  subscribers_.push_back(conn);
+  conn->send(message_kind::assignments, 0, snapshot());
 }
 
 void manager::serve_dead_letters(const connection_ptr& conn, envelope&& env) {
@@ -311,10 +491,11 @@ void manager::serve_dead_letters(const connection_ptr& conn, envelope&& env) {
 
 void manager::register_runner(const connection_ptr& conn, std::uint64_t id,
                               register_runner_msg&& msg) {
-  if (!parse_host_port(msg.address) || msg.groups.empty()) {
-    conn->send_reply(id,
-                     reply_msg::failure(errc::invalid_request,
-                                        "a runner needs a host:port address and a shard group"));
+  // Checked before anything is stored: a registration decides the size of every snapshot.
+  if (auto refused = admit_registration(msg); !refused) {
+    spdlog::warn("refused register_runner from {} (role {}, name {}): {}", conn->peer(),
+                 printable(conn->peer_role), printable(conn->peer_name), refused.error().message);
+    conn->send_reply(id, reply_msg::failure(refused.error()));
     return;
   }
   if (auto it = runners_.find(msg.address); it != runners_.end()) {
@@ -338,6 +519,7 @@ void manager::register_runner(const connection_ptr& conn, std::uint64_t id,
   store_->save_runner(msg);
   const std::string address = msg.address;
   runners_[address] = runner_entry{std::move(msg), conn, std::nullopt, next_generation_++};
+  forget_unserved();  // it may have registered before with other groups
   conn->send_reply(id, reply_msg{});
   rebalance_all(true);
 }
@@ -386,6 +568,7 @@ void manager::remove_runner(const std::string& address_ref, const std::string& w
                      ended.value());
     });
   }
+  forget_unserved();
   rebalance_all(true);
 }
 
@@ -405,7 +588,9 @@ void manager::rebalance_all(bool force_publish) {
           entry.registration.groups.end();
       if (serves && is_live(entry)) live.push_back(address);
     }
-    if (live.empty()) continue;  // keep owners until some runner of the group is back
+    // Runners of the group that are away keep their shards until they are declared gone;
+    // a group no registered runner serves was dropped (forget_unserved).
+    if (live.empty()) continue;
     auto result = rebalance(owners, live, budget);
     limited = limited || result.limited;
     budget -= std::min(budget, result.moved);

@@ -312,5 +312,19 @@ TEST_F(manager_store_test, a_fence_asked_for_while_the_database_is_away_runs_whe
   EXPECT_THROW(frozen.exec("SELECT 1"), pg::error);
 }
 
+TEST_F(manager_store_test, an_assignment_saved_without_owners_forgets_its_group) {
+  REQUIRE_POSTGRES();
+  auto store = make_manager_store(direct);
+  store->save_assignment("kept", {"a", "b"});
+  store->save_assignment("gone", {"a", "a"});
+  ASSERT_TRUE(store->flush(30s));
+  store->save_assignment("gone", {});
+  ASSERT_TRUE(store->flush(30s));
+  auto fresh = make_manager_store(direct);
+  const auto assignments = fresh->load_assignments();
+  ASSERT_EQ(assignments.size(), 1u);
+  EXPECT_EQ(assignments.at("kept"), (std::vector<std::string>{"a", "b"}));
+}
+
 }  // namespace
 }  // namespace cluster::testing

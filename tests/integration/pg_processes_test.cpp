@@ -12,6 +12,7 @@
 
 #include "cluster/protocol/shard.hpp"
 #include "cluster/storage-pg/postgres.hpp"
+#include "cluster/storage-pg/stores.hpp"
 #include "process_cluster.hpp"
 
 namespace cluster::testing {
@@ -241,6 +242,69 @@ TEST_F(pg_processes, refuse_a_primary_key_reused_with_a_different_request) {
   const auto got = clusterctl("call Counter reuse Get '{}'", code);
   ASSERT_EQ(code, 0) << got;
   EXPECT_EQ(nlohmann::json::parse(got)["value"], 5);
+}
+
+// One register_runner with 150 groups and a 200-byte address is refused; what an older
+// manager stored from such a registration is dropped when the manager starts again, so
+// `clusterctl status` (the manager's health check) keeps answering.
+TEST_F(pg_processes, refuse_an_oversized_registration_and_answer_status_after_a_restart) {
+  start_manager();
+  start_runner(1);
+  start_proxy();
+  ASSERT_TRUE(ready(1));
+  register_runner_msg oversized;
+  oversized.name = "impostor";
+  oversized.address = std::string(195, 'a') + ":3443";
+  for (int i = 0; i < 150; ++i) oversized.groups.push_back("group-" + std::to_string(i));
+  {
+    asio::io_context io;
+    auto conn = connect_as(io, "127.0.0.1:" + std::to_string(manager_port), "runner");
+    ASSERT_NE(conn, nullptr);
+    std::optional<reply_msg> reply;
+    conn->call(message_kind::register_runner, oversized, 5000ms,
+               [&](reply_msg&& r) { reply = std::move(r); });
+    ASSERT_TRUE(run_until(io, [&] { return reply.has_value(); }));
+    EXPECT_EQ(reply->code, errc::invalid_request);
+    EXPECT_EQ(reply->message, "groups has 150 entries; at most 64 are allowed");
+    conn->close();
+    run_until(
+        io, [] { return false; }, 20ms);
+  }
+  auto s = status();
+  ASSERT_TRUE(s.is_object()) << "clusterctl status failed";
+  EXPECT_EQ(s["runners"].size(), 1u);
+
+  // The same registration as an older manager stored it: the runner row and its groups'
+  // shards, each owned by its 200-byte address (9 MB of snapshot, past the 8 MiB frame limit).
+  {
+    storage_settings settings;
+    settings.backend = "postgres";
+    settings.url = pg_url;
+    settings.table_prefix = prefix;
+    auto store = make_manager_store(settings);
+    store->save_runner(oversized);
+    for (const auto& group : oversized.groups)
+      store->save_assignment(group, std::vector<std::string>(300, oversized.address));
+    ASSERT_TRUE(store->flush(30s));
+  }
+  end("manager", SIGKILL, 5s);
+  start_manager();
+  ASSERT_TRUE(ready(1));
+  s = status();
+  ASSERT_TRUE(s.is_object()) << "clusterctl status failed after the restart";
+  ASSERT_EQ(s["runners"].size(), 1u);
+  EXPECT_EQ(s["runners"][0]["name"], "runner-1");
+  EXPECT_EQ(s["groups"].size(), 1u);
+  // Dropped from the database as well.
+  ASSERT_TRUE(wait_for([&] {
+    pg::connection conn(test_pg_url());
+    auto runners = conn.exec("SELECT count(*) FROM " + prefix + "_runners");
+    auto groups = conn.exec("SELECT count(DISTINCT shard_group) FROM " + prefix + "_shards");
+    return runners.text(0, 0) == "1" && groups.text(0, 0) == "1";
+  }));
+  int code = 0;
+  auto out = clusterctl("call Greeter Test Greet '{\"name\":\"John\"}'", code);
+  EXPECT_EQ(code, 0) << out;
 }
 
 }  // namespace

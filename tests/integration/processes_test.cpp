@@ -215,5 +215,31 @@ TEST_F(processes, refuse_a_configuration_with_an_unknown_key) {
   EXPECT_NE(text.find("manager.no_such_key"), std::string::npos) << text;
 }
 
+// The admin verb: the runner stays up, but its shards move to the other runner.
+TEST_F(processes, clusterctl_runners_unregister_moves_that_runners_shards_to_the_others) {
+  start_manager();
+  start_runner(1);
+  start_runner(2);
+  start_proxy();
+  ASSERT_TRUE(ready(2));
+  const std::string manager = "--manager 127.0.0.1:" + std::to_string(manager_port) + " ";
+  const std::string first = "127.0.0.1:" + std::to_string(runner_ports.at(0));
+  int code = 0;
+  auto out = clusterctl(manager + "runners unregister " + first, code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("runner " + first + " unregistered"), std::string::npos) << out;
+  ASSERT_TRUE(wait_for([&] {
+    const auto s = status();
+    return s.is_object() && s["runners"].size() == 1 && s["runners"][0]["name"] == "runner-2" &&
+           s["runners"][0]["shards"] == 300;
+  }));
+  out = clusterctl("call Greeter Test Greet '{\"name\":\"John\"}'", code);
+  EXPECT_EQ(code, 0) << out;
+  out = clusterctl(manager + "runners unregister 127.0.0.1:1", code);
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("InvalidRequest: no runner is registered at 127.0.0.1:1"), std::string::npos)
+      << out;
+}
+
 }  // namespace
 }  // namespace cluster::testing

@@ -135,17 +135,22 @@ bool in_process_cluster::wait_until_balanced(std::size_t runners, milliseconds t
 
 connection_ptr connect_client(asio::io_context& io, const std::string& address,
                               milliseconds timeout) {
+  return connect_as(io, address, "client", {}, timeout);
+}
+
+connection_ptr connect_as(asio::io_context& io, const std::string& address, const std::string& role,
+                          connection::message_handler on_push, milliseconds timeout) {
   connection_ptr result;
   bool done = false;
+  if (!on_push) on_push = [](const connection_ptr&, envelope&&) {};
   asio::co_spawn(
       io,
-      [address, timeout, out = &result, finished = &done]() -> awaitable<void> {
-        hello_msg hello{protocol_version, "client", "test"};
+      [address, role, on_push, timeout, out = &result, finished = &done]() -> awaitable<void> {
+        hello_msg hello{protocol_version, role, "test"};
         const connection_limits limits;
-        connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
         std::function<void()> on_close;
         auto connect =
-            connect_to(*parse_host_port(address), hello, limits, timeout, ignore, on_close);
+            connect_to(*parse_host_port(address), hello, limits, timeout, on_push, on_close);
         auto connected = co_await std::move(connect);
         *out = connected ? connected.value() : nullptr;
         *finished = true;

@@ -25,6 +25,11 @@ bool run_until(asio::io_context& io, const std::function<bool()>& done,
 /// `timeout` passes; nullptr on failure.
 connection_ptr connect_client(asio::io_context& io, const std::string& address,
                               milliseconds timeout = milliseconds(5000));
+/// The same with a hello claiming `role` (runner, proxy, admin...); `on_push` gets what the
+/// peer sends unasked (assignment snapshots). nullptr when it cannot connect.
+connection_ptr connect_as(asio::io_context& io, const std::string& address, const std::string& role,
+                          connection::message_handler on_push = {},
+                          milliseconds timeout = milliseconds(5000));
 
 request_msg make_request(const std::string& type, const std::string& id, const std::string& rpc,
                          const nlohmann::json& payload = nlohmann::json::object());

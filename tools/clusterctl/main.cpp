@@ -5,6 +5,7 @@
 //              <EntityType> <entityId> <Rpc> '<json>'
 //   clusterctl [--manager H:P] [--proxy H:P] status [--json]
 //   clusterctl [--manager H:P] dead-letters list [--json] | replay ID | drop ID
+//   clusterctl [--manager H:P] runners unregister ADDRESS
 //   clusterctl [...] wait [--timeout-s N] [--interval-ms N] [--watch [LABEL=]PID]... CONDITION...
 //       CONDITION: manager | runners N [--exactly] | shards [--balanced] | runner NAME
 //                | gateway URL | call [--key K] <EntityType> <entityId> <Rpc> '<json>'
@@ -48,19 +49,20 @@ int fail(const std::string& name, const std::string& message) {
   return 1;
 }
 
-// One round trip on a fresh connection; the reply or a failure reply.
+// One round trip on a fresh connection as `role`; the reply or a failure reply.
 template <class Fields>
 reply_msg round_trip(const std::string& address, message_kind kind, const Fields& fields,
-                     milliseconds timeout) {
+                     milliseconds timeout, const std::string& role = "client") {
   asio::io_context io(1);
   reply_msg result = reply_msg::failure(errc::unavailable, "no reply");
   auto target = parse_host_port(address);
   if (!target) return reply_msg::failure(errc::invalid_request, "bad address '" + address + "'");
   asio::co_spawn(
       io,
-      [target = *target, kind, fields = &fields, timeout, out = &result]() -> awaitable<void> {
+      [target = *target, kind, fields = &fields, timeout, role,
+       out = &result]() -> awaitable<void> {
         // GCC 12 destroys temporaries of a co_await full-expression twice: build first.
-        hello_msg hello{protocol_version, "client", "clusterctl"};
+        hello_msg hello{protocol_version, role, "clusterctl"};
         const connection_limits limits;
         connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
         std::function<void()> on_close;
@@ -225,6 +227,17 @@ int dead_letter_change(const options& opts, message_kind kind, std::int64_t id) 
   std::cout << "dead letter " << id
             << (kind == message_kind::replay_dead_letter ? " queued to run again" : " dropped")
             << "\n";
+  return 0;
+}
+
+// --- runners ----------------------------------------------------------------------------
+
+// An admin verb: the manager moves the runner's shards as when it leaves.
+int unregister_runner(const options& opts, const std::string& address) {
+  const auto reply = round_trip(opts.manager, message_kind::unregister_runner,
+                                unregister_runner_msg{address}, opts.timeout, "admin");
+  if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
+  std::cout << "runner " << address << " unregistered; its shards move to the other runners\n";
   return 0;
 }
 
@@ -593,6 +606,15 @@ int main(int argc, char** argv) {
   dead_drop->add_option("ID", dead_id)->required();
   for (auto* sub : {dead_list, dead_replay, dead_drop}) sub->fallthrough();
 
+  auto* runners_cmd = app.add_subcommand("runners", "change the runner registry (admin)");
+  runners_cmd->require_subcommand(1, 1);
+  runners_cmd->fallthrough();
+  std::string runner_address;
+  auto* runners_unregister = runners_cmd->add_subcommand(
+      "unregister", "unregister the runner at ADDRESS (host:port); its shards move to the others");
+  runners_unregister->add_option("ADDRESS", runner_address)->required();
+  runners_unregister->fallthrough();
+
   wait_args wait;
   std::vector<std::string> watch_specs;
   auto* wait_cmd = app.add_subcommand(
@@ -666,6 +688,7 @@ int main(int argc, char** argv) {
   if (*dead_list) return dead_letters_list(opts, dead_json);
   if (*dead_replay) return dead_letter_change(opts, message_kind::replay_dead_letter, dead_id);
   if (*dead_drop) return dead_letter_change(opts, message_kind::drop_dead_letter, dead_id);
+  if (*runners_unregister) return unregister_runner(opts, runner_address);
   for (auto& make : pending) conditions.push_back(make());
   return wait_until(opts, wait, conditions);
 }

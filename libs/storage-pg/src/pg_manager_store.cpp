@@ -217,6 +217,11 @@ class pg_manager_store final : public manager_store {
           }
         }
         for (const auto& [group, owners] : batch.groups) {
+          if (owners.empty()) {
+            session_->exec("DELETE FROM " + table("shards") + " WHERE shard_group = $1",
+                           {pg::param::text(group)});
+            continue;
+          }
           pg::array_literal shards, names;
           for (std::size_t i = 0; i < owners.size(); ++i) {
             shards.number(static_cast<std::int64_t>(i + 1));

@@ -14,10 +14,23 @@
 #include "cluster/net/server.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/settings.hpp"
+#include "cluster/protocol/validate.hpp"
 #include "cluster/storage/dead_letter_store.hpp"
 #include "cluster/storage/manager_store.hpp"
 
 namespace cluster::manager {
+
+/// What the manager accepts from runners, so that no peer can make its state or its
+/// snapshot unbounded.
+struct manager_limits {
+  /// Per registration: address, names, groups, entity types and their RPCs
+  /// (`manager.max_groups_per_runner`, `manager.max_entity_types_per_runner`).
+  registration_limits registration;
+  /// Largest assignment snapshot the manager will make; a registration that could push it
+  /// past this is refused. 0: what subscribers accept, `cluster.max_frame_bytes`, less room
+  /// for the frame around it (`manager.max_snapshot_bytes`).
+  std::uint32_t max_snapshot_bytes = 0;
+};
 
 struct manager_config {
   common_settings common;
@@ -47,6 +60,7 @@ struct manager_config {
   /// rebalance interval; orphaned shards (their runner left or died) are assigned at once.
   std::uint32_t max_moves_per_rebalance = 50;
   milliseconds rebalance_interval{500};
+  manager_limits limits;
 
   std::vector<config_section> sections();
 };
@@ -68,6 +82,10 @@ class manager {
   std::uint16_t port() const { return server_.port(); }
   /// The current snapshot (what subscribers last got).
   assignment_snapshot snapshot() const;
+  /// Connections subscribed to assignment snapshots (one subscription per connection).
+  std::size_t subscriber_count() const;
+  /// The largest snapshot this manager makes (see manager_limits::max_snapshot_bytes).
+  std::size_t snapshot_limit() const;
 
  private:
   struct runner_entry {
@@ -84,6 +102,21 @@ class manager {
   void on_message(const connection_ptr& conn, envelope&& env);
   void on_disconnect(const connection_ptr& conn);
   void register_runner(const connection_ptr& conn, std::uint64_t id, register_runner_msg&& msg);
+  /// A runner unregisters itself; an admin may unregister any runner.
+  void unregister_runner(const connection_ptr& conn, std::uint64_t id, const std::string& address);
+  void subscribe(const connection_ptr& conn, std::uint64_t id);
+  /// Is `registration` within the limits, and would the snapshot stay within its bound
+  /// with it? Used for registrations from peers and from storage alike.
+  result<void> admit_registration(const register_runner_msg& registration) const;
+  /// An upper bound of the snapshot's encoded size once `registration` is registered (it
+  /// replaces a runner at the same address): every owner counted as the longest address,
+  /// since a rebalance may give any shard to any runner.
+  std::size_t snapshot_bytes_with(const register_runner_msg& registration) const;
+  /// Loads runners and assignments, dropping what breaks the limits (stored by an older
+  /// version) and groups no runner serves.
+  void restore_from_store();
+  /// Forgets the groups and entity types no registered runner declares any more.
+  void forget_unserved();
   /// list_dead_letters, replay_dead_letter, drop_dead_letter: answered through the store.
   void serve_dead_letters(const connection_ptr& conn, envelope&& env);
   /// `fence`: the runner was declared dead rather than leaving: end its storage sessions.

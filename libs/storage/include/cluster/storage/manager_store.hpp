@@ -31,7 +31,8 @@ class manager_store {
   virtual std::string backend_name() const = 0;
   virtual void save_runner(const register_runner_msg& runner) = 0;
   virtual void remove_runner(const std::string& address) = 0;
-  /// owners[i] is the address owning shard i + 1 of `group`, "" if none.
+  /// owners[i] is the address owning shard i + 1 of `group`, "" if none. Empty `owners`
+  /// forgets the group (no runner serves it any more).
   virtual void save_assignment(const std::string& group,
                                const std::vector<std::string>& owners) = 0;
   virtual std::vector<register_runner_msg> load_runners() = 0;
@@ -66,7 +67,11 @@ class memory_manager_store final : public manager_store {
     return out;
   }
   void save_assignment(const std::string& group, const std::vector<std::string>& owners) override {
-    assignments_[group] = owners;
+    if (owners.empty()) {
+      assignments_.erase(group);
+    } else {
+      assignments_[group] = owners;
+    }
   }
   std::map<std::string, std::vector<std::string>> load_assignments() override {
     return assignments_;
