@@ -192,6 +192,9 @@ unsigned status_for(errc code) {
     case errc::unsupported_version:
     case errc::unknown_kind:
     case errc::handshake_required:
+    // The proxy refused this gateway's own cluster credentials: a deployment error.
+    case errc::unauthorized:
+    case errc::forbidden:
       // The proxy and this process disagree about the protocol: not the caller's fault.
       return 502;
   }

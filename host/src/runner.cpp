@@ -48,6 +48,19 @@ std::vector<config_section> runner_config::sections() {
   return sections;
 }
 
+namespace {
+
+// docs/security.md "Permissions": proxies and other runners (entity-to-entity calls) call
+// entities; the manager only probes.
+std::shared_ptr<const permissions> runner_permissions() {
+  auto allowed =
+      std::make_shared<permissions>(mask_of(role::proxy, role::runner, role::admin, role::manager));
+  allowed->allow(message_kind::request, mask_of(role::proxy, role::runner, role::admin));
+  return allowed;
+}
+
+}  // namespace
+
 runner::runner(asio::io_context& io, runner_config config)
     : io_(io),
       config_(std::move(config)),
@@ -57,7 +70,8 @@ runner::runner(asio::io_context& io, runner_config config)
                          config_.port,
                          config_.common.max_connections,
                          config_.common.limits(),
-                         {"runner", "proxy"}},
+                         {"runner", "proxy"},
+                         runner_permissions()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{config_.name, "runner", config_.common.limits()}),
       work_(io.get_executor()),

@@ -56,6 +56,24 @@ std::vector<config_section> manager_config::sections() {
   return sections;
 }
 
+namespace {
+
+// docs/security.md "Permissions": runners join, proxies and runners follow the assignment,
+// every role reads status, only admins change what others registered or dead letters.
+std::shared_ptr<const permissions> manager_permissions() {
+  auto allowed = std::make_shared<permissions>(every_role);
+  allowed->allow(message_kind::register_runner, mask_of(role::runner))
+      .allow(message_kind::unregister_runner, mask_of(role::runner, role::admin))
+      .allow(message_kind::subscribe_assignments, mask_of(role::runner, role::proxy, role::admin))
+      .allow(message_kind::get_status, every_role)
+      .allow(message_kind::list_dead_letters, mask_of(role::admin))
+      .allow(message_kind::replay_dead_letter, mask_of(role::admin))
+      .allow(message_kind::drop_dead_letter, mask_of(role::admin));
+  return allowed;
+}
+
+}  // namespace
+
 manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<manager_store> store)
     : io_(io),
       config_(std::move(config)),
@@ -66,7 +84,8 @@ manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<ma
                          config_.port,
                          config_.common.max_connections,
                          config_.common.limits(),
-                         {"runner", "proxy"}},
+                         {"runner", "proxy"},
+                         manager_permissions()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       ping_timer_(io),
       expiry_timer_(io),
@@ -298,7 +317,7 @@ awaitable<void> manager::probe_runner(std::string address, std::uint64_t generat
     connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
     std::function<void()> on_close;
     auto connect = connect_to(*target, hello, config_.common.limits(), config_.probe_timeout,
-                              ignore, on_close);
+                              ignore, on_close, mask_of(role::runner));
     auto connected = co_await std::move(connect);
     if (connected) connected.value()->close();
     if (stopped_ || !current()) co_return;
@@ -397,7 +416,7 @@ void manager::unregister_runner(const connection_ptr& conn, std::uint64_t id,
         "refused unregister_runner of {} from {} (role {}, name {}): not its own "
         "registration",
         printable(address), conn->peer(), printable(conn->peer_role), printable(conn->peer_name));
-    conn->send_reply(id, reply_msg::failure(errc::invalid_request,
+    conn->send_reply(id, reply_msg::failure(errc::forbidden,
                                             "runner " + printable(address) +
                                                 " is not registered on this connection; only an "
                                                 "admin may unregister another runner"));

@@ -16,13 +16,29 @@ std::vector<config_section> proxy_config::sections() {
   return sections;
 }
 
+namespace {
+
+// docs/security.md "Permissions": every role but the manager may call through the proxy.
+std::shared_ptr<const permissions> proxy_permissions() {
+  const role_mask callers = mask_of(role::client, role::admin, role::proxy, role::runner);
+  auto allowed = std::make_shared<permissions>(callers);
+  allowed->allow(message_kind::request, callers).allow(message_kind::get_status, callers);
+  return allowed;
+}
+
+}  // namespace
+
 proxy::proxy(asio::io_context& io, proxy_config config)
     : io_(io),
       config_(std::move(config)),
       server_(
           io,
-          server_options{config_.host, config_.port, config_.common.max_connections,
-                         config_.common.limits()},
+          server_options{config_.host,
+                         config_.port,
+                         config_.common.max_connections,
+                         config_.common.limits(),
+                         {},
+                         proxy_permissions()},
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{"proxy", "proxy", config_.common.limits()}),
       in_flight_(io.get_executor()),

@@ -18,6 +18,10 @@ STATE_DIR=$ROOT/.local
 RUN_DIR=$STATE_DIR/run
 LOG_DIR=$STATE_DIR/logs
 CLUSTERCTL=$BIN_DIR/clusterctl
+# The cluster's keys (clusterctl keys init): every process reads its role's key here, and
+# clusterctl / cluster-bench find theirs through the variable (docs/security.md).
+CREDENTIALS_DIR=$STATE_DIR/credentials
+export CLUSTER_SECURITY_CREDENTIALS_DIR=$CREDENTIALS_DIR
 LAUNCHER=$BIN_DIR/cluster-launch
 
 # shellcheck disable=SC2034 # used by scripts/dev
@@ -65,7 +69,10 @@ component_command() {
   local name=$1 storage=$2 url=${3:-} bin port
   bin=$(component_binary "$name") || return 1
   port=$(component_port "$name") || return 1
-  COMMAND=("$bin" --config "$CONFIG_FILE")
+  COMMAND=("$bin" --config "$CONFIG_FILE" --set "security.credentials_dir=$CREDENTIALS_DIR")
+  # DEV_SECURITY_AUTH=false / DEV_SECURITY_TLS=on|accept: for measuring what they cost.
+  [[ -n "${DEV_SECURITY_AUTH:-}" ]] && COMMAND+=(--set "security.auth=$DEV_SECURITY_AUTH")
+  [[ -n "${DEV_SECURITY_TLS:-}" ]] && COMMAND+=(--set "security.tls=$DEV_SECURITY_TLS")
   case $name in
     manager | runner-*)
       COMMAND+=(--set "cluster.storage=$storage")
@@ -91,6 +98,19 @@ component_command() {
         --set "runner.plugins=$PLUGIN_DIR${DEV_PLUGINS:+,$DEV_PLUGINS}")
       ;;
   esac
+}
+
+# ensure_credentials: the local cluster's keys, made once and kept across up/down, and the
+# TLS choice of this `up` (tools read it from the folder's `tls` file).
+ensure_credentials() {
+  if [[ ! -f "$CREDENTIALS_DIR/trust" ]]; then
+    "$CLUSTERCTL" keys init "$CREDENTIALS_DIR" >/dev/null || die "could not create credentials in $CREDENTIALS_DIR"
+    say "created the cluster's credentials in $CREDENTIALS_DIR"
+  fi
+  chmod 700 "$CREDENTIALS_DIR"
+  local tls=${DEV_SECURITY_TLS:-off}
+  [[ "$tls" == on ]] || tls=off
+  echo "$tls" >"$CREDENTIALS_DIR/tls"
 }
 
 pid_file() { echo "$RUN_DIR/$1.pid"; }

@@ -22,7 +22,7 @@ is_in() {
 DEV_PACKAGES=(
   g++ cmake ninja-build pkg-config
   libboost-dev libboost-filesystem-dev libmsgpack-cxx-dev libpq-dev libtomlplusplus-dev libcli11-dev
-  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libssl-dev
   postgresql postgresql-client clang-format curl python3
 )
 

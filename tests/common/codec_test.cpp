@@ -438,16 +438,17 @@ TEST(codec, unpack_bytes_rejects_trailing_bytes) {
 
 TEST(errc, has_a_distinct_name_for_every_code) {
   std::set<std::string_view> names;
-  for (std::uint32_t code = 0; code <= 19; ++code) {
+  for (std::uint32_t code = 0; code <= 21; ++code) {
     const auto name = cluster::to_string(static_cast<errc>(code));
     EXPECT_NE(name, "Unknown") << "code " << code;
     EXPECT_FALSE(name.empty());
     names.insert(name);
   }
-  EXPECT_EQ(names.size(), 20u);
+  EXPECT_EQ(names.size(), 22u);
   EXPECT_EQ(cluster::to_string(errc::ok), "Ok");
   EXPECT_EQ(cluster::to_string(errc::handshake_required), "HandshakeRequired");
-  EXPECT_EQ(cluster::to_string(static_cast<errc>(20)), "Unknown");
+  EXPECT_EQ(cluster::to_string(errc::forbidden), "Forbidden");
+  EXPECT_EQ(cluster::to_string(static_cast<errc>(22)), "Unknown");
 }
 
 TEST(errc, retries_routing_exactly_for_not_owner_no_runner_unavailable_and_shutting_down) {
@@ -617,8 +618,13 @@ cluster::result<T> fields_as(const std::string& packed_fields) {
 }  // namespace
 
 TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
-  expect_every_field_travels(message_kind::hello, cluster::hello_msg{7, "runner", "runner-1"}, 3);
-  expect_every_field_travels(message_kind::hello_ack, cluster::hello_ack_msg{9, "manager"}, 2);
+  expect_every_field_travels(
+      message_kind::hello, cluster::hello_msg{7, "runner", "runner-1", bytes(32, 1), bytes(32, 2)},
+      5);
+  expect_every_field_travels(
+      message_kind::hello_ack,
+      cluster::hello_ack_msg{9, "manager", "manager", bytes(32, 3), bytes(32, 4), bytes(64, 5)}, 6);
+  expect_every_field_travels(message_kind::auth, cluster::auth_msg{bytes(64, 6)}, 1);
   cluster::request_msg request{"Counter", "c-7",   "Increment",       bytes{1, 2, 3},
                                true,      "key-1", 1'700'000'000'123, 2500};
   expect_every_field_travels(message_kind::request, request, 8);
@@ -655,12 +661,15 @@ TEST(wire_fields, every_nested_structure_round_trips_with_every_field_set) {
 // The frames of docs/protocol.md's worked example, byte for byte: what clients written
 // against the spec send and expect.
 TEST(wire_fields, encodes_and_decodes_the_bytes_of_the_protocol_spec_unchanged) {
+  // An unauthenticated hello (security.auth = false): its key and nonce are empty.
   const std::string hello_frame = from_hex(
-      "00 00 00 32 93 01 00 83 b0 70 72 6f 74 6f 63 6f 6c 5f 76 65 72 73 69 6f 6e 01 a4 72 6f 6c "
-      "65 a6 63 6c 69 65 6e 74 a4 6e 61 6d 65 aa 63 6c 75 73 74 65 72 63 74 6c");
+      "00 00 00 40 93 01 00 85 b0 70 72 6f 74 6f 63 6f 6c 5f 76 65 72 73 69 6f 6e 02 a4 72 6f 6c "
+      "65 a6 63 6c 69 65 6e 74 a4 6e 61 6d 65 aa 63 6c 75 73 74 65 72 63 74 6c a3 6b 65 79 c4 00 "
+      "a5 6e 6f 6e 63 65 c4 00");
   const std::string hello_ack_frame = from_hex(
-      "00 00 00 1c 93 02 00 82 b0 70 72 6f 74 6f 63 6f 6c 5f 76 65 72 73 69 6f 6e 01 a4 6e 61 6d "
-      "65 a0");
+      "00 00 00 3c 93 02 00 86 b0 70 72 6f 74 6f 63 6f 6c 5f 76 65 72 73 69 6f 6e 02 a4 6e 61 6d "
+      "65 a0 a4 72 6f 6c 65 a0 a3 6b 65 79 c4 00 a5 6e 6f 6e 63 65 c4 00 a9 73 69 67 6e 61 74 75 "
+      "72 65 c4 00");
   const std::string request_frame = from_hex(
       "00 00 00 79 93 03 01 88 ab 65 6e 74 69 74 79 5f 74 79 70 65 a7 47 72 65 65 74 65 72 a9 65 "
       "6e 74 69 74 79 5f 69 64 a4 54 65 73 74 a3 72 70 63 a5 47 72 65 65 74 a7 70 61 79 6c 6f 61 "
@@ -672,8 +681,8 @@ TEST(wire_fields, encodes_and_decodes_the_bytes_of_the_protocol_spec_unchanged) 
       "a7 70 61 79 6c 6f 61 64 c4 2d 81 a7 6d 65 73 73 61 67 65 d9 22 48 65 6c 6c 6f 2c 20 4a 6f "
       "68 6e 21 20 66 72 6f 6d 20 54 65 73 74 20 47 72 65 65 74 65 72 20 32 31 36");
 
-  const cluster::hello_msg hello{1, "client", "clusterctl"};
-  const cluster::hello_ack_msg hello_ack{1, ""};
+  const cluster::hello_msg hello{2, "client", "clusterctl"};
+  const cluster::hello_ack_msg hello_ack{2, ""};
   cluster::request_msg request;
   request.entity_type = "Greeter";
   request.entity_id = "Test";

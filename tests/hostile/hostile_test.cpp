@@ -274,7 +274,10 @@ class hostile_input : public ::testing::Test {
     proxy_ = "127.0.0.1:" + std::to_string(proxy_port);
     std::vector<std::string> common{
         "--set", "cluster.handshake_timeout_ms=" + std::to_string(options.handshake_timeout_ms),
-        "--set", "cluster.frame_body_timeout_ms=" + std::to_string(options.frame_body_timeout_ms)};
+        "--set", "cluster.frame_body_timeout_ms=" + std::to_string(options.frame_body_timeout_ms),
+        // These raw clients claim roles in hello; what an unauthenticated peer meets on an
+        // authenticating port is security_test's subject.
+        "--set", "security.auth=false"};
     if (options.max_connections > 0) {
       common.push_back("--set");
       common.push_back("cluster.max_connections=" + std::to_string(options.max_connections));

@@ -8,6 +8,8 @@
 #include <set>
 #include <sstream>
 
+#include "cluster/security/credentials_folder.hpp"
+
 namespace cluster::testing {
 
 using namespace std::chrono_literals;
@@ -35,6 +37,12 @@ void process_cluster_test::SetUp() {
   owner_log = (dir / "owners.log").string();
   ::setenv("CLUSTER_PROBE_RUN_LOG", run_log.c_str(), 1);
   ::setenv("CLUSTER_PROBE_OWNER_LOG", owner_log.c_str(), 1);
+  // Every process and clusterctl of the test authenticates with these, as on `scripts/dev up`.
+  credentials = (dir / "credentials").string();
+  std::filesystem::remove_all(credentials);
+  auto written = write_credentials_folder(credentials);
+  ASSERT_TRUE(written.has_value()) << written.error().message;
+  ::setenv("CLUSTER_SECURITY_CREDENTIALS_DIR", credentials.c_str(), 1);
 }
 
 void process_cluster_test::TearDown() {
@@ -75,11 +83,12 @@ child_process& process_cluster_test::start_runner(int n, std::vector<std::string
   return start("runner-" + std::to_string(n), "cluster-runner", args);
 }
 
-child_process& process_cluster_test::start_proxy() {
-  return start("proxy", "cluster-proxy",
-               {"--set", "proxy.port=" + std::to_string(proxy_port), "--set",
-                "proxy.manager=127.0.0.1:" + std::to_string(manager_port), "--set",
-                "proxy.request_timeout_ms=30000"});
+child_process& process_cluster_test::start_proxy(std::vector<std::string> extra) {
+  std::vector<std::string> args{"--set", "proxy.port=" + std::to_string(proxy_port),
+                                "--set", "proxy.manager=127.0.0.1:" + std::to_string(manager_port),
+                                "--set", "proxy.request_timeout_ms=30000"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return start("proxy", "cluster-proxy", args);
 }
 
 std::optional<int> process_cluster_test::end(const std::string& name, int signal,

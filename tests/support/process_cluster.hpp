@@ -32,7 +32,7 @@ class process_cluster_test : public ::testing::Test {
                        std::vector<std::string> args);
   child_process& start_manager(std::vector<std::string> extra = {});
   child_process& start_runner(int n, std::vector<std::string> extra = {});
-  child_process& start_proxy();
+  child_process& start_proxy(std::vector<std::string> extra = {});
   /// Ends a process with `signal` and keeps its record (exit status) in `ended`.
   std::optional<int> end(const std::string& name, int signal,
                          std::chrono::milliseconds timeout = std::chrono::seconds(40));
@@ -55,6 +55,8 @@ class process_cluster_test : public ::testing::Test {
   std::string pg_url = test_pg_url();  ///< the database the servers use with use_postgres
   std::filesystem::path dir;
   std::string prefix, run_log, owner_log;
+  /// The credentials folder every process and clusterctl of the test uses.
+  std::string credentials;
   std::uint16_t manager_port = 0, proxy_port = 0;
   std::vector<std::uint16_t> runner_ports;  // runner-N listens on runner_ports[N - 1]
   std::map<std::string, std::unique_ptr<child_process>> slots;

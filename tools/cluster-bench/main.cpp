@@ -30,6 +30,7 @@
 #include "cluster/net/connection.hpp"
 #include "cluster/process/config.hpp"
 #include "cluster/process/defaults.hpp"
+#include "cluster/process/tool_credentials.hpp"
 #include "latency_histogram.hpp"
 #include "process_cpu.hpp"
 
@@ -56,6 +57,8 @@ struct options {
   std::size_t threads = 1;
   bool as_json = false;
   std::vector<long> cpu_pids;  ///< processes (and descendants) whose CPU time is reported
+  tool_credentials credentials;
+  std::shared_ptr<const security_context> security;  ///< from `credentials`, once at start
 };
 
 int fail(const std::string& message) {
@@ -232,7 +235,8 @@ class worker {
         if (stopping_) break;
       }
       hello_msg hello{protocol_version, "client", "cluster-bench"};
-      const connection_limits limits;
+      connection_limits limits;
+      limits.security = opts_.security;
       connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
       std::function<void()> on_close;
       auto connect = connect_to(proxy_, hello, limits, milliseconds(3000), ignore, on_close);
@@ -347,6 +351,12 @@ struct bench_command_line {
     number("--timeout-ms", "MS", "deadline of each call (default 10000)");
     number("--threads", "T", "client threads, each with its own io_context (default 1)");
     app.add_flag("--json", opts.as_json, "print one JSON object instead of text");
+    app.add_option("--key-file", opts.credentials.key_file,
+                   "private key (default: environment, SST links, ./.local/credentials)")
+        ->type_name("FILE");
+    app.add_option("--trust-file", opts.credentials.trust_file, "trust list")->type_name("FILE");
+    app.add_option("--tls", opts.credentials.tls, "on: connect over TLS (default: as the key)")
+        ->check(CLI::IsMember({"on", "off"}));
     app.add_option("--cpu-pid", opts.cpu_pids,
                    "report the CPU time per call of this process and its descendants over the "
                    "measured window (repeatable: the cluster's processes)")
@@ -411,6 +421,9 @@ int main(int argc, char** argv) {
   if (opts.threads > opts.connections)
     return fail("--threads (" + std::to_string(opts.threads) + ") exceeds --connections (" +
                 std::to_string(opts.connections) + ")");
+  auto security = load_tool_credentials(opts.credentials);
+  if (!security) return fail("credentials: " + security.error().message);
+  opts.security = security.value();
   const auto proxy = parse_host_port(opts.proxy);
   if (!proxy) return fail("--proxy: expected host:port, got '" + opts.proxy + "'");
   std::string error;

@@ -4,8 +4,11 @@
 //   clusterctl [--proxy H:P] [--manager H:P] [--timeout-ms N] call [--key K] [--deliver-at-ms T]
 //              <EntityType> <entityId> <Rpc> '<json>'
 //   clusterctl [--manager H:P] [--proxy H:P] status [--json]
-//   clusterctl [--manager H:P] dead-letters list [--json] | replay ID | drop ID
-//   clusterctl [--manager H:P] runners unregister ADDRESS
+//   clusterctl [--manager H:P] dead-letters list [--json] | replay ID | drop ID   (admin)
+//   clusterctl [--manager H:P] runners unregister ADDRESS                     (admin)
+//   clusterctl keys init DIR | keys public KEYFILE
+//   Credentials: [--key-file F] [--trust-file F] [--tls on|off], else the environment, SST
+//   links or ./.local/credentials (cluster/process/tool_credentials.hpp).
 //   clusterctl [...] wait [--timeout-s N] [--interval-ms N] [--watch [LABEL=]PID]... CONDITION...
 //       CONDITION: manager | runners N [--exactly] | shards [--balanced] | runner NAME
 //                | gateway URL | call [--key K] <EntityType> <entityId> <Rpc> '<json>'
@@ -29,7 +32,9 @@
 #include "cluster/net/connection.hpp"
 #include "cluster/process/config.hpp"
 #include "cluster/process/defaults.hpp"
+#include "cluster/process/tool_credentials.hpp"
 #include "cluster/protocol/codec.hpp"
+#include "cluster/security/credentials_folder.hpp"
 
 namespace {
 
@@ -42,6 +47,7 @@ struct options {
   std::string proxy = defaults::proxy_address();
   std::string manager = defaults::manager_address();
   milliseconds timeout{10000};
+  tool_credentials credentials;
 };
 
 int fail(const std::string& name, const std::string& message) {
@@ -49,21 +55,29 @@ int fail(const std::string& name, const std::string& message) {
   return 1;
 }
 
-// One round trip on a fresh connection as `role`; the reply or a failure reply.
+// One round trip on a fresh connection; the reply or a failure reply.
+// `wanted`: the role whose key to use (admin for the verbs that change the cluster).
 template <class Fields>
-reply_msg round_trip(const std::string& address, message_kind kind, const Fields& fields,
-                     milliseconds timeout, const std::string& role = "client") {
+reply_msg round_trip(const options& opts, const std::string& address, role wanted,
+                     message_kind kind, const Fields& fields, milliseconds timeout) {
   asio::io_context io(1);
   reply_msg result = reply_msg::failure(errc::unavailable, "no reply");
   auto target = parse_host_port(address);
   if (!target) return reply_msg::failure(errc::invalid_request, "bad address '" + address + "'");
+  auto request = opts.credentials;
+  request.wanted = wanted;
+  auto security = load_tool_credentials(request);
+  if (!security)
+    return reply_msg::failure(errc::invalid_request, "credentials: " + security.error().message);
+  connection_limits limits;
+  limits.security = security.value();
   asio::co_spawn(
       io,
-      [target = *target, kind, fields = &fields, timeout, role,
-       out = &result]() -> awaitable<void> {
+      [target = *target, kind, fields = &fields, timeout, out = &result, limits,
+       claimed = std::string(to_string(wanted))]() -> awaitable<void> {
         // GCC 12 destroys temporaries of a co_await full-expression twice: build first.
-        hello_msg hello{protocol_version, role, "clusterctl"};
-        const connection_limits limits;
+        // With authentication the key's role replaces the claimed one.
+        hello_msg hello{protocol_version, claimed, "clusterctl"};
         connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
         std::function<void()> on_close;
         auto connect = connect_to(target, hello, limits, timeout, ignore, on_close);
@@ -85,6 +99,23 @@ reply_msg round_trip(const std::string& address, message_kind kind, const Fields
 }
 
 std::string describe(const reply_msg& reply) { return reply.error + ": " + reply.message; }
+
+// --- keys -------------------------------------------------------------------------------
+
+int keys_init_command(const std::string& dir) {
+  if (auto written = write_credentials_folder(dir); !written)
+    return fail("keys init", written.error().message);
+  std::cout << "wrote " << dir << "/{manager,runner,proxy,client,admin}.key and " << dir
+            << "/trust\n";
+  return 0;
+}
+
+int keys_public_command(const std::string& file) {
+  auto key = signing_key::load_file(file);
+  if (!key) return fail("keys public", key.error().message);
+  std::cout << to_base64(key.value().public_half()) << "\n";
+  return 0;
+}
 
 // --- call -------------------------------------------------------------------------------
 
@@ -108,7 +139,8 @@ result<std::string> call_entity(const options& opts, const call_args& args, mill
   const auto packed = json::to_msgpack(body);
   request.payload.assign(packed.begin(), packed.end());
   request.timeout_ms = static_cast<std::uint32_t>(timeout.count());
-  const auto reply = round_trip(opts.proxy, message_kind::request, request, timeout);
+  const auto reply =
+      round_trip(opts, opts.proxy, role::client, message_kind::request, request, timeout);
   if (!reply.ok()) return failure{reply.code, describe(reply)};
   try {
     return json::from_msgpack(reply.payload).dump();
@@ -127,7 +159,8 @@ int print_failure(const failure& f) {
 // --- status -----------------------------------------------------------------------------
 
 result<assignment_snapshot> fetch_status(const options& opts, milliseconds timeout) {
-  const auto reply = round_trip(opts.manager, message_kind::get_status, empty_msg{}, timeout);
+  const auto reply =
+      round_trip(opts, opts.manager, role::client, message_kind::get_status, empty_msg{}, timeout);
   if (!reply.ok()) return failure{reply.code, describe(reply)};
   auto snapshot = unpack_bytes<assignment_snapshot>(reply.payload);
   if (!snapshot) return failure{errc::bad_payload, "BadReply: status reply does not decode"};
@@ -186,7 +219,7 @@ std::string unix_ms_text(std::int64_t ms) {
 }
 
 int dead_letters_list(const options& opts, bool as_json) {
-  const auto reply = round_trip(opts.manager, message_kind::list_dead_letters,
+  const auto reply = round_trip(opts, opts.manager, role::admin, message_kind::list_dead_letters,
                                 list_dead_letters_msg{}, opts.timeout);
   if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
   auto listed = unpack_bytes<dead_letters_msg>(reply.payload);
@@ -222,7 +255,8 @@ int dead_letters_list(const options& opts, bool as_json) {
 }
 
 int dead_letter_change(const options& opts, message_kind kind, std::int64_t id) {
-  const auto reply = round_trip(opts.manager, kind, dead_letter_ref_msg{id}, opts.timeout);
+  const auto reply =
+      round_trip(opts, opts.manager, role::admin, kind, dead_letter_ref_msg{id}, opts.timeout);
   if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
   std::cout << "dead letter " << id
             << (kind == message_kind::replay_dead_letter ? " queued to run again" : " dropped")
@@ -234,8 +268,8 @@ int dead_letter_change(const options& opts, message_kind kind, std::int64_t id) 
 
 // An admin verb: the manager moves the runner's shards as when it leaves.
 int unregister_runner(const options& opts, const std::string& address) {
-  const auto reply = round_trip(opts.manager, message_kind::unregister_runner,
-                                unregister_runner_msg{address}, opts.timeout, "admin");
+  const auto reply = round_trip(opts, opts.manager, role::admin, message_kind::unregister_runner,
+                                unregister_runner_msg{address}, opts.timeout);
   if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
   std::cout << "runner " << address << " unregistered; its shards move to the other runners\n";
   return 0;
@@ -574,6 +608,13 @@ int main(int argc, char** argv) {
                  "manager HOST:PORT for status (default " + opts.manager + ")")
       ->envname("CLUSTER_MANAGER_ADDRESS")
       ->type_name("HOST:PORT");
+  app.add_option("--key-file", opts.credentials.key_file,
+                 "private key (default: environment, SST links, ./.local/credentials)")
+      ->type_name("FILE");
+  app.add_option("--trust-file", opts.credentials.trust_file, "trust list (default: as the key)")
+      ->type_name("FILE");
+  app.add_option("--tls", opts.credentials.tls, "on: connect over TLS (default: as the key)")
+      ->check(CLI::IsMember({"on", "off"}));
   std::int64_t timeout_ms = opts.timeout.count();
   number_option<std::int64_t>(&app, "--timeout-ms", timeout_ms, 1, 86400000,
                               "deadline of one call or status request (default 10000)");
@@ -614,6 +655,14 @@ int main(int argc, char** argv) {
       "unregister", "unregister the runner at ADDRESS (host:port); its shards move to the others");
   runners_unregister->add_option("ADDRESS", runner_address)->required();
   runners_unregister->fallthrough();
+  auto* keys_cmd = app.add_subcommand("keys", "make and inspect cluster credentials");
+  keys_cmd->require_subcommand(1, 1);
+  std::string keys_dir, key_file;
+  auto* keys_init = keys_cmd->add_subcommand(
+      "init", "write DIR/<role>.key for every role (mode 0600) and DIR/trust listing them");
+  keys_init->add_option("DIR", keys_dir)->required();
+  auto* keys_public = keys_cmd->add_subcommand("public", "print the public half of KEYFILE");
+  keys_public->add_option("KEYFILE", key_file)->required();
 
   wait_args wait;
   std::vector<std::string> watch_specs;
@@ -685,6 +734,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*status_cmd) return status(opts, as_json);
+  if (*keys_init) return keys_init_command(keys_dir);
+  if (*keys_public) return keys_public_command(key_file);
   if (*dead_list) return dead_letters_list(opts, dead_json);
   if (*dead_replay) return dead_letter_change(opts, message_kind::replay_dead_letter, dead_id);
   if (*dead_drop) return dead_letter_change(opts, message_kind::drop_dead_letter, dead_id);

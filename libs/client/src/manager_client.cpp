@@ -48,7 +48,8 @@ awaitable<void> manager_client::run() {
     };
     std::function<void()> on_close = [wake] { wake->cancel(); };
     auto connect = connect_to(options_.manager, options_.hello, options_.limits,
-                              options_.connect_timeout, on_message, on_close);
+                              options_.connect_timeout, on_message, on_close,
+                              mask_of(role::manager));
     auto connected = co_await std::move(connect);
     if (!connected) {
       if (!warned) spdlog::warn("manager unreachable, retrying: {}", connected.error().message);

@@ -164,7 +164,8 @@ awaitable<result<connection_ptr>> router::connection_to(const std::string& addre
   std::function<void()> on_close;
   auto connect =
       connect_to(*target, hello, options_.limits,
-                 std::clamp(left, milliseconds(1), options_.connect_timeout), refuse, on_close);
+                 std::clamp(left, milliseconds(1), options_.connect_timeout), refuse, on_close,
+                 mask_of(role::runner));
   auto connected = co_await std::move(connect);
   connecting_.erase(address);
   event->cancel();

@@ -10,17 +10,27 @@ namespace cluster {
 
 namespace {
 
+std::string describe_peer(const tcp::socket& socket) {
+  error_code ec;
+  auto endpoint = socket.remote_endpoint(ec);
+  if (ec) return "unknown peer";
+  return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+}
+
+}  // namespace
+
 // Reads one frame: its envelope, or why there is none (`unavailable` when the peer closed or
 // the socket failed, `frame_too_large` or `malformed_frame` when the frame itself is bad).
 // `on_stall` runs if the body does not arrive within the frame body timeout; it must close
-// the socket.
-awaitable<result<envelope>> read_frame(tcp::socket& socket, std::vector<char>& body,
+// the socket. Only the handshake reads this way; then read_loop takes over.
+template <class Stream>
+awaitable<result<envelope>> read_frame(Stream& stream, std::vector<char>& body,
                                        asio::steady_timer& body_timer,
                                        const connection_limits& limits,
                                        std::function<void()> on_stall) {
   unsigned char header[frame_header_size];
   error_code ec;
-  co_await asio::async_read(socket, asio::buffer(header), asio::redirect_error(use_awaitable, ec));
+  co_await asio::async_read(stream, asio::buffer(header), asio::redirect_error(use_awaitable, ec));
   if (ec) co_return failure{errc::unavailable, ec.message()};
   const std::uint32_t size = decode_frame_header(header);
   if (size > limits.decode.max_frame_bytes)
@@ -32,8 +42,7 @@ awaitable<result<envelope>> read_frame(tcp::socket& socket, std::vector<char>& b
     if (!timer_ec) on_stall();
   });
   // The buffer grows with the bytes that actually arrive (at most doubling), so a header
-  // announcing max_frame_bytes followed by a stall does not commit max_frame_bytes of memory
-  // on every connection.
+  // announcing max_frame_bytes followed by a stall does not commit max_frame_bytes of memory.
   constexpr std::size_t first_chunk = 64 * 1024;
   body.clear();
   std::size_t received = 0;
@@ -41,25 +50,38 @@ awaitable<result<envelope>> read_frame(tcp::socket& socket, std::vector<char>& b
     const std::size_t chunk =
         std::min<std::size_t>(size - received, std::max(first_chunk, received));
     body.resize(received + chunk);
-    received += co_await asio::async_read(socket, asio::buffer(body.data() + received, chunk),
+    received += co_await asio::async_read(stream, asio::buffer(body.data() + received, chunk),
                                           asio::redirect_error(use_awaitable, ec));
   }
   body_timer.cancel();
   if (ec) co_return failure{errc::unavailable, ec.message()};
-  auto env = decode_envelope(body.data(), size, limits.decode);
-  // The envelope owns copies of what it needs: do not keep a large buffer per idle connection.
-  if (body.capacity() > first_chunk) std::vector<char>().swap(body);
-  co_return env;
+  co_return decode_envelope(body.data(), size, limits.decode);
 }
 
-std::string describe_peer(const tcp::socket& socket) {
+awaitable<result<envelope>> connection::read_handshake_frame() {
+  std::vector<char> body;
+  asio::steady_timer body_timer(socket_.get_executor());
+  std::function<void()> on_stall = [weak = weak_from_this()] {
+    if (auto self = weak.lock()) self->close();
+  };
+  if (tls_) {
+    auto read = read_frame(*tls_, body, body_timer, limits_, on_stall);
+    co_return co_await std::move(read);
+  }
+  auto read = read_frame(socket_, body, body_timer, limits_, on_stall);
+  co_return co_await std::move(read);
+}
+
+awaitable<error_code> connection::write_frame_now(const msgpack::sbuffer& out) {
   error_code ec;
-  auto endpoint = socket.remote_endpoint(ec);
-  if (ec) return "unknown peer";
-  return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+  if (tls_)
+    co_await asio::async_write(*tls_, asio::buffer(out.data(), out.size()),
+                               asio::redirect_error(use_awaitable, ec));
+  else
+    co_await asio::async_write(socket_, asio::buffer(out.data(), out.size()),
+                               asio::redirect_error(use_awaitable, ec));
+  co_return ec;
 }
-
-}  // namespace
 
 awaitable<bool> sleep_for(steady_clock::duration duration) {
   asio::steady_timer timer(co_await asio::this_coro::executor);
@@ -90,8 +112,10 @@ connection::connection(tcp::socket socket, connection_limits limits, bool server
       limits_(limits),
       peer_(describe_peer(socket_)),
       handshaken_(!server_side),
+      server_side_(server_side),
       deadline_timer_(socket_.get_executor()),
-      body_timer_(socket_.get_executor()) {
+      body_timer_(socket_.get_executor()),
+      handshake_timer_(socket_.get_executor()) {
   error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
 }
@@ -105,12 +129,12 @@ void connection::start(message_handler on_message, std::function<void()> on_clos
   on_message_ = std::move(on_message);
   on_close_ = std::move(on_close);
   if (!handshaken_) {
-    // The handshake deadline reuses the body timer: nothing else is read before hello.
-    body_timer_.expires_after(limits_.handshake_timeout);
-    body_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
+    // Covers TLS, hello and auth: a peer that starts and never finishes is dropped.
+    handshake_timer_.expires_after(limits_.handshake_timeout);
+    handshake_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
       auto self = weak.lock();
       if (!ec && self && !self->handshaken_) {
-        spdlog::warn("closing {}: no hello within the handshake timeout", self->peer_);
+        spdlog::warn("closing {}: no complete handshake within the handshake timeout", self->peer_);
         self->close();
       }
     });
@@ -128,6 +152,13 @@ awaitable<void> connection::read_loop(connection_ptr self) {
   std::vector<char> buffer(initial_buffer);
   std::size_t begin = 0, end = 0;
   bool stall_timer_armed = false;
+  if (server_side_ && limits_.security && limits_.security->tls_server) {
+    auto negotiate = accept_tls_if_offered();
+    if (!co_await std::move(negotiate)) {
+      if (!closing_) close();
+      co_return;
+    }
+  }
   while (open_ && !closing_) {
     const std::size_t available = end - begin;
     if (available >= frame_header_size) {
@@ -186,9 +217,11 @@ awaitable<void> connection::read_loop(connection_ptr self) {
       }
     }
     error_code ec;
+    const auto free_space = asio::buffer(buffer.data() + end, buffer.size() - end);
     const std::size_t n =
-        co_await socket_.async_read_some(asio::buffer(buffer.data() + end, buffer.size() - end),
-                                         asio::redirect_error(use_awaitable, ec));
+        tls_
+            ? co_await tls_->async_read_some(free_space, asio::redirect_error(use_awaitable, ec))
+            : co_await socket_.async_read_some(free_space, asio::redirect_error(use_awaitable, ec));
     if (ec) break;
     end += n;
   }
@@ -211,6 +244,7 @@ bool connection::dispatch(const connection_ptr& self, envelope&& env) {
       send_reply(env.id, reply_msg::failure(errc::invalid_request, "handshake already done"));
       break;
     default:
+      if (allowed && !permitted(env)) break;
       if (on_message_) {
         // A copy: the handler may close this connection, which drops on_message_.
         auto handler = on_message_;
@@ -218,39 +252,6 @@ bool connection::dispatch(const connection_ptr& self, envelope&& env) {
       }
       break;
   }
-  return true;
-}
-
-bool connection::handle_handshake(const envelope& env) {
-  if (env.kind != static_cast<std::uint32_t>(message_kind::hello)) {
-    protocol_error(env.id, errc::handshake_required, "the first message must be hello");
-    return false;
-  }
-  auto decoded = env.as<hello_msg>();
-  if (!decoded) {
-    protocol_error(env.id, errc::malformed_frame,
-                   "hello has the wrong shape: " + decoded.error().message);
-    return false;
-  }
-  const hello_msg& hello = decoded.value();
-  if (hello.protocol_version != protocol_version) {
-    protocol_error(env.id, errc::unsupported_version,
-                   "protocol version " + std::to_string(hello.protocol_version) +
-                       " is not supported; this peer speaks " + std::to_string(protocol_version));
-    return false;
-  }
-  if (admit && !admit(hello.role)) {
-    protocol_error(env.id, errc::too_many_requests,
-                   "too many connections from clients; the rest are kept for the cluster's "
-                   "own processes");
-    return false;
-  }
-  handshaken_ = true;
-  body_timer_.cancel();
-  peer_name = hello.name;
-  peer_role = hello.role;
-  watch_idle();
-  send(message_kind::hello_ack, env.id, hello_ack_msg{});
   return true;
 }
 
@@ -304,16 +305,20 @@ void connection::write_queued() {
   constexpr std::size_t kept_bytes = 1 << 20;
   if (queued_.size() > kept_bytes) queued_ = msgpack::sbuffer(1024);
   queued_.clear();
-  asio::async_write(socket_, asio::buffer(in_write_.data(), in_write_.size()),
-                    [self = shared_from_this()](const error_code& ec, std::size_t) {
-                      self->in_write_.clear();
-                      if (ec) {
-                        self->writing_ = false;
-                        self->close();
-                        return;
-                      }
-                      self->write_queued();
-                    });
+  auto written = [self = shared_from_this()](const error_code& ec, std::size_t) {
+    self->in_write_.clear();
+    if (ec) {
+      self->writing_ = false;
+      self->close();
+      return;
+    }
+    self->write_queued();
+  };
+  const auto frames = asio::buffer(in_write_.data(), in_write_.size());
+  if (tls_)
+    asio::async_write(*tls_, frames, std::move(written));
+  else
+    asio::async_write(socket_, frames, std::move(written));
 }
 
 void connection::close_not_reading() {
@@ -414,6 +419,7 @@ void connection::close() {
   deadline_timer_.cancel();
   body_timer_.cancel();
   if (idle_timer_) idle_timer_->cancel();
+  handshake_timer_.cancel();
   queued_.clear();
   auto pending = std::move(pending_);
   pending_.clear();
@@ -429,34 +435,36 @@ void connection::close() {
   on_message_ = nullptr;
 }
 
-namespace {
-// Shared with the timers' handlers, which may run after the coroutine has finished.
-struct handshake_state {
-  explicit handshake_state(const asio::any_io_executor& executor) : socket(executor) {}
-  tcp::socket socket;
-  bool timed_out = false;
-  void abort() {
-    timed_out = true;
-    error_code ignored;
-    socket.close(ignored);
-  }
-};
-}  // namespace
-
 awaitable<result<connection_ptr>> connect_to(host_port address, hello_msg hello,
                                              connection_limits limits, milliseconds timeout,
                                              connection::message_handler on_message,
-                                             std::function<void()> on_close) {
+                                             std::function<void()> on_close,
+                                             role_mask accepted_servers) {
   const auto cannot = [&address](errc code, const std::string& why) {
     return failure{code, "cannot connect to " + address.to_string() + ": " + why};
   };
   auto executor = co_await asio::this_coro::executor;
-  auto state = std::make_shared<handshake_state>(executor);
+  // The deadline closes whatever is open when it fires: the socket while connecting, the
+  // connection during the handshake. Shared with the timer's handler, which may run later.
+  struct attempt {
+    explicit attempt(const asio::any_io_executor& ex) : socket(ex) {}
+    tcp::socket socket;
+    std::weak_ptr<connection> conn;
+    bool timed_out = false;
+  };
+  auto state = std::make_shared<attempt>(executor);
   asio::steady_timer deadline(executor);
   deadline.expires_after(timeout);
   deadline.async_wait([state](const error_code& ec) {
-    if (!ec) state->abort();
+    if (ec) return;
+    state->timed_out = true;
+    error_code ignored;
+    state->socket.close(ignored);
+    if (auto conn = state->conn.lock()) conn->close();
   });
+  const auto timed_out = [&] {
+    return cannot(errc::unavailable, "timed out after " + std::to_string(timeout.count()) + " ms");
+  };
   error_code ec;
   tcp::resolver resolver(executor);
   const std::string port = std::to_string(address.port);
@@ -464,45 +472,15 @@ awaitable<result<connection_ptr>> connect_to(host_port address, hello_msg hello,
       co_await resolver.async_resolve(address.host, port, asio::redirect_error(use_awaitable, ec));
   if (!ec && !state->timed_out)
     co_await asio::async_connect(state->socket, endpoints, asio::redirect_error(use_awaitable, ec));
-  if (!ec && !state->timed_out) {
-    auto out = encode_frame(message_kind::hello, 0, hello);
-    co_await asio::async_write(state->socket, asio::buffer(out.data(), out.size()),
-                               asio::redirect_error(use_awaitable, ec));
-  }
-  std::optional<result<envelope>> ack;
-  if (!ec && !state->timed_out) {
-    std::vector<char> body;
-    asio::steady_timer body_timer(executor);
-    std::function<void()> on_stall = [state] { state->abort(); };
-    auto read = read_frame(state->socket, body, body_timer, limits, on_stall);
-    auto frame_read = co_await std::move(read);
-    ack.emplace(std::move(frame_read));
-  }
-  deadline.cancel();
-  if (state->timed_out)
-    co_return cannot(errc::unavailable,
-                     "timed out after " + std::to_string(timeout.count()) + " ms");
+  if (state->timed_out) co_return timed_out();
   if (ec) co_return cannot(errc::unavailable, ec.message());
-  if (!ack->has_value()) {
-    const auto& why = ack->error();
-    co_return cannot(why.code, why.code == errc::unavailable
-                                   ? "connection closed during the handshake"
-                                   : why.message);
-  }
-  const envelope& answer = ack->value();
-  if (answer.kind == static_cast<std::uint32_t>(message_kind::reply)) {
-    // The peer refused the handshake: keep its code (e.g. UnsupportedVersion).
-    auto refusal = answer.as<reply_msg>();
-    if (!refusal || refusal.value().ok())
-      co_return cannot(errc::malformed_frame, "handshake refused");
-    co_return cannot(refusal.value().code, refusal.value().error + ": " + refusal.value().message);
-  }
-  if (answer.kind != static_cast<std::uint32_t>(message_kind::hello_ack))
-    co_return cannot(errc::malformed_frame,
-                     "expected hello_ack, got kind " + std::to_string(answer.kind));
-  auto hello_ack = answer.as<hello_ack_msg>();
   auto conn = std::make_shared<connection>(std::move(state->socket), limits, false);
-  conn->peer_name = hello_ack ? hello_ack.value().name : "";
+  state->conn = conn;
+  auto handshake = conn->client_handshake(std::move(hello), accepted_servers);
+  auto shaken = co_await std::move(handshake);
+  deadline.cancel();
+  if (state->timed_out) co_return timed_out();
+  if (!shaken) co_return cannot(shaken.error().code, shaken.error().message);
   conn->start(std::move(on_message), std::move(on_close));
   co_return conn;
 }

@@ -46,6 +46,7 @@ awaitable<void> server::accept_loop(std::shared_ptr<bool> alive) {
       continue;
     }
     auto conn = std::make_shared<connection>(std::move(socket), options_.limits, true);
+    conn->allowed = options_.allowed;
     if (!options_.reserved_for_roles.empty())
       conn->admit = [this](const std::string& role) { return admits(role); };
     connections_.insert(conn);

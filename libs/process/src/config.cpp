@@ -148,7 +148,7 @@ std::string config_value_text(const config_section::target& target) {
 
 const std::vector<std::string>& all_config_sections() {
   static const std::vector<std::string> names = {"cluster", "manager", "runner", "proxy",
-                                                 "storage", "gateway", "log"};
+                                                 "storage", "gateway", "log", "security"};
   return names;
 }
 

@@ -25,6 +25,21 @@ void common_settings::declare(std::vector<config_section>& sections) {
       .key("max_id_bytes", &max_id_bytes);
   sections.emplace_back("log");
   sections.back().key("level", &log_level);
+  sections.emplace_back("security");
+  sections.back()
+      .key("auth", &security.auth)
+      .key("credentials_dir", &security.credentials_dir)
+      .key("key_file", &security.key_file)
+      .key("key", &security.key)
+      .key("trust_file", &security.trust_file)
+      .key("trust", &security.trust)
+      .key("tls", &security.tls);
+}
+
+result<void> common_settings::prepare_security(role own) {
+  BOOST_OUTCOME_TRY(context, make_security_context(security, own));
+  security_prepared = std::move(context);
+  return success();
 }
 
 void common_settings::declare_storage(std::vector<config_section>& sections) {
@@ -78,6 +93,16 @@ result<std::vector<std::string>> sst_link_settings(
   if (auto proxy = link("ProxyServer"); proxy.is_object() && proxy.contains("host"))
     sets.push_back("gateway.proxy=" + text(proxy["host"]) + ":" +
                    text(proxy.value("port", nlohmann::json(defaults::proxy_port))));
+  // Secrets: each service links one key; the value is never logged.
+  for (const char* role_name : {"Manager", "Runner", "Proxy", "Client", "Admin"}) {
+    const std::string name = std::string("Cluster") + role_name + "Key";
+    if (auto key = link(name.c_str()); key.is_object() && key.contains("value"))
+      sets.push_back("security.key=" + text(key["value"]));
+  }
+  if (auto trust = link("ClusterTrust"); trust.is_object() && trust.contains("value"))
+    sets.push_back("security.trust=" + text(trust["value"]));
+  if (auto token = link("GatewayToken"); token.is_object() && token.contains("value"))
+    sets.push_back("gateway.bearer_token=" + text(token["value"]));
   if (!malformed.empty())
     return failure{errc::invalid_request, malformed + ": expected a JSON object"};
   return sets;
@@ -93,6 +118,7 @@ connection_limits common_settings::limits() const {
   limits.max_queued_bytes =
       std::max<std::size_t>(max_queued_bytes, 2 * std::size_t{max_frame_bytes});
   limits.idle_timeout = idle_timeout;
+  limits.security = security_prepared;
   return limits;
 }
 

@@ -49,6 +49,8 @@ struct gateway_config {
 class gateway {
  public:
   using config_type = gateway_config;
+  /// The role this process's key must prove (security.credentials_dir, security.key_file).
+  static constexpr cluster::role security_role = cluster::role::client;
   /// Throws config_error when `config.proxy` is not host:port or `config.expose` has a
   /// malformed entry.
   gateway(asio::io_context& io, gateway_config config);

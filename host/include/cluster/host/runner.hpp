@@ -62,6 +62,8 @@ struct runner_config {
 class runner {
  public:
   using config_type = runner_config;
+  /// The role this process's key must prove (security.key_file).
+  static constexpr cluster::role security_role = cluster::role::runner;
   runner(asio::io_context& io, runner_config config);
   ~runner();
   runner(const runner&) = delete;

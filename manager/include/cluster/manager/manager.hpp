@@ -68,6 +68,8 @@ struct manager_config {
 class manager {
  public:
   using config_type = manager_config;
+  /// The role this process's key must prove (security.key_file).
+  static constexpr cluster::role security_role = cluster::role::manager;
   manager(asio::io_context& io, manager_config config, std::unique_ptr<manager_store> store);
   manager(const manager&) = delete;
   manager& operator=(const manager&) = delete;

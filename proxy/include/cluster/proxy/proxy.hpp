@@ -30,6 +30,8 @@ struct proxy_config {
 class proxy {
  public:
   using config_type = proxy_config;
+  /// The role this process's key must prove (security.key_file).
+  static constexpr cluster::role security_role = cluster::role::proxy;
   proxy(asio::io_context& io, proxy_config config);
   proxy(const proxy&) = delete;
   proxy& operator=(const proxy&) = delete;

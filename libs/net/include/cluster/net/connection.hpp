@@ -1,11 +1,13 @@
 #pragma once
 // A framed, multiplexed protocol connection.
 //
-// Lifecycle: created by `connect_to` (client side, after the hello handshake) or by
-// `server` (after the peer's hello). `start` runs the read loop; `close` fails every
-// pending call with `unavailable`. Thread model: every process runs one io_context on
-// one thread, so a connection is only touched from that thread (no strand needed).
+// Lifecycle: created by `connect_to` (client side, after the handshake) or by `server`
+// (which runs the handshake: hello, then with authentication the signed hello_ack and the
+// client's auth; docs/security.md). `start` runs the read loop; `close` fails every pending
+// call with `unavailable`. Thread model: every process runs one io_context on one thread, so
+// a connection is only touched from that thread (no strand needed).
 
+#include <boost/asio/ssl/stream.hpp>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -16,7 +18,9 @@
 #include <vector>
 
 #include "cluster/net/asio.hpp"
+#include "cluster/net/permissions.hpp"
 #include "cluster/protocol/codec.hpp"
+#include "cluster/security/security_context.hpp"
 
 namespace cluster {
 
@@ -34,6 +38,9 @@ struct connection_limits {
   /// requests is being served is closed. Zero: never. Only clients: proxies keep idle pooled
   /// connections to runners, and the cluster's own processes ping.
   milliseconds idle_timeout{300000};
+  /// How this process proves itself and checks its peers (and whether it uses TLS). Null:
+  /// no authentication (roles as claimed in hello) and plain TCP.
+  std::shared_ptr<const security_context> security;
 };
 
 class connection : public std::enable_shared_from_this<connection> {
@@ -96,12 +103,19 @@ class connection : public std::enable_shared_from_this<connection> {
   bool is_open() const { return open_; }
   const std::string& peer() const { return peer_; }
   std::size_t pending_calls() const { return pending_.size(); }
-  /// Name and role the peer gave in its hello (server side) or hello_ack (client side).
+  /// Name and role the peer gave in its hello (server side) or hello_ack (client side); with
+  /// authentication the role is the one its key proved.
   std::string peer_name;
   std::string peer_role;
   /// Server side: asked at hello whether a peer with that role may stay (it is refused with
   /// too_many_requests otherwise).
   std::function<bool(const std::string& role)> admit;
+  /// Server side: who may connect and send what (null: everyone everything).
+  std::shared_ptr<const permissions> allowed;
+  /// Whether the connection runs over TLS.
+  bool encrypted() const { return tls_ != nullptr; }
+  /// Client side, for connect_to: TLS (if configured), hello, hello_ack, auth; before `start`.
+  awaitable<result<void>> client_handshake(hello_msg hello, role_mask accepted_servers);
   /// Inbound requests currently being served (maintained by the owner of the handler).
   std::size_t in_flight = 0;
   const connection_limits& limits() const { return limits_; }
@@ -139,15 +153,41 @@ class connection : public std::enable_shared_from_this<connection> {
   void fail_later(reply_callback done, errc code, std::string message);
   void protocol_error(std::uint64_t id, errc code, const std::string& message);
   bool handle_handshake(const envelope& env);
+  // The handshake's steps (handshake.cpp).
+  bool handle_hello(const envelope& env);
+  bool handle_auth(const envelope& env);
+  void finish_handshake(const std::string& name, role proven);
+  /// Server side, when TLS is possible: a first byte 0x16 (a TLS record) starts TLS; a plain
+  /// frame is refused when TLS is required. False when the connection must stop.
+  awaitable<bool> accept_tls_if_offered();
+  /// The TLS session's exporter value (empty on plain TCP): what the signatures bind to.
+  std::vector<std::uint8_t> channel_binding() const;
+  awaitable<result<envelope>> read_handshake_frame();
+  awaitable<error_code> write_frame_now(const msgpack::sbuffer& frame);
+  /// Whether the peer may send `kind`; answers and logs a denial.
+  bool permitted(const envelope& env);
   /// Handles one decoded frame; false when the connection must stop reading.
   bool dispatch(const std::shared_ptr<connection>& self, envelope&& env);
   void handle_reply(envelope&& env);
 
   tcp::socket socket_;
+  // Over socket_ once TLS was negotiated; every read and write then goes through it.
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
   connection_limits limits_;
   std::string peer_;
   bool open_ = true;
   bool handshaken_;
+  bool server_side_;
+  std::optional<role> proven_role_;  // server side, once the handshake is done
+  // Server side, between hello_ack and auth: what the client's signature must cover.
+  struct handshake_in_progress {
+    hello_msg hello;
+    hello_ack_msg ack;
+    role claimed;
+    public_key key;
+  };
+  std::unique_ptr<handshake_in_progress> handshake_;
+  unsigned denials_logged_ = 0;
   bool closing_ = false;  // close once the write queue is flushed
   bool writing_ = false;  // a write is scheduled or in progress
   // Frames wait in `queued_` while `in_write_` is on the wire; the two swap after each
@@ -172,19 +212,23 @@ class connection : public std::enable_shared_from_this<connection> {
   asio::steady_timer deadline_timer_;
   asio::steady_timer body_timer_;
   std::optional<asio::steady_timer> idle_timer_;  // only for server-side client connections
+  asio::steady_timer handshake_timer_;  // server side: hello to the end of the handshake
   message_handler on_message_;
   std::function<void()> on_close_;
 };
 
 using connection_ptr = std::shared_ptr<connection>;
 
-/// Connects, sends hello, waits for hello_ack, then starts the connection. Never throws.
-/// Fails with `unavailable` (unreachable, timed out, closed during the handshake), the code
-/// of the peer's refusal (e.g. `unsupported_version`, `too_many_requests`) or
-/// `malformed_frame`; the message names the address.
+/// Connects, runs the handshake (TLS and authentication as `limits.security` says), then
+/// starts the connection. Never throws. Fails with `unavailable` (unreachable, timed out,
+/// closed during the handshake), `unauthorized` (the server did not prove a key trusted for
+/// one of `accepted_servers`, or refused ours), the code of the peer's refusal (e.g.
+/// `unsupported_version`, `too_many_requests`, `forbidden`) or `malformed_frame`; the
+/// message names the address. With authentication, hello's role is the key's.
 awaitable<result<connection_ptr>> connect_to(host_port address, hello_msg hello,
                                              connection_limits limits, milliseconds timeout,
                                              connection::message_handler on_message,
-                                             std::function<void()> on_close);
+                                             std::function<void()> on_close,
+                                             role_mask accepted_servers = any_server_role);
 
 }  // namespace cluster

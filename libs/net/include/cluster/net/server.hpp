@@ -20,6 +20,8 @@ struct server_options {
   /// at hello once they hold the other three quarters, so a flood of idle clients cannot
   /// lock a runner out of the manager.
   std::set<std::string> reserved_for_roles;
+  /// Who may connect and send which kinds (null: everyone everything).
+  std::shared_ptr<const permissions> allowed;
 };
 
 class server {

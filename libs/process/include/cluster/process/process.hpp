@@ -27,7 +27,8 @@
 namespace cluster {
 
 /// What `run_process` needs of an application object (runner, manager, proxy, gateway):
-/// a config type with `common` settings and `sections()`, `start()` (throws on a start-up
+/// a config type with `common` settings and `sections()`, the role its key must prove
+/// (`security_role`), `start()` (throws on a start-up
 /// failure) and a graceful `stop(on_stopped)` that calls `on_stopped` exactly once, on the
 /// io thread and never inside `stop`, when in-flight work has drained.
 template <class App>
@@ -35,6 +36,7 @@ concept process_app = requires(App& app, typename App::config_type& config,
                                std::function<void()> on_stopped) {
   { config.sections() } -> std::same_as<std::vector<config_section>>;
   config.common.log_level;
+  { App::security_role } -> std::convertible_to<role>;
   app.start();
   app.stop(std::move(on_stopped));
 };
@@ -78,6 +80,11 @@ int run_process(int argc, char** argv, const std::string& process_name,
   if (auto logging = setup_logging(logger, config.common.log_level); !logging) {
     std::fprintf(stderr, "%s: configuration error: %s\n", process_name.c_str(),
                  logging.error().message.c_str());
+    return 2;
+  }
+  if (auto secured = config.common.prepare_security(App::security_role); !secured) {
+    std::fprintf(stderr, "%s: configuration error: %s\n", process_name.c_str(),
+                 secured.error().message.c_str());
     return 2;
   }
   try {

@@ -28,11 +28,18 @@ struct common_settings {
   /// Longest entity id and primary key a request may carry; longer ones get InvalidRequest.
   std::uint32_t max_id_bytes = 1024;
   std::string log_level = "info";
+  /// The `[security]` section: this process's key, the trust list, TLS.
+  security_settings security;
+  /// Built from `security` by prepare_security (run_process does it); null until then, and
+  /// null means no authentication (in-process tests build their processes without it).
+  std::shared_ptr<const cluster::security_context> security_prepared;
 
   /// Adds the `[cluster]` and `[log]` sections to `sections`.
   void declare(std::vector<config_section>& sections);
   /// Adds the `[storage]` section (processes that talk to the database).
   void declare_storage(std::vector<config_section>& sections);
+  /// Loads the key and trust list for a process of role `own` (a failure names the setting).
+  result<void> prepare_security(role own);
   connection_limits limits() const;
   /// What validate_request checks requests against where they enter this process.
   cluster::request_limits request_limits() const;
@@ -40,9 +47,10 @@ struct common_settings {
 
 /// `--set`-style assignments from SST link variables (`SST_RESOURCE_<Name>` holding JSON):
 /// Database → storage.*, ShardManager → runner.manager / proxy.manager, ProxyServer →
-/// gateway.proxy (what the gateway and the Lambda call). A link without a port gets the
-/// default port (cluster/process/defaults.hpp). Malformed JSON is a failure naming the
-/// variable.
+/// gateway.proxy (what the gateway and the Lambda call), Cluster<Role>Key (`value`) →
+/// security.key, ClusterTrust (`value`) → security.trust, GatewayToken (`value`) →
+/// gateway.bearer_token. A link without a port gets the default port
+/// (cluster/process/defaults.hpp). Malformed JSON is a failure naming the variable.
 result<std::vector<std::string>> sst_link_settings(
     const std::function<const char*(const char*)>& getenv = [](const char* n) {
       return std::getenv(n);

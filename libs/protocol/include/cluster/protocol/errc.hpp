@@ -28,6 +28,8 @@ enum class errc : std::uint32_t {
   too_many_requests = 17,   ///< in-flight limit of the connection reached
   storage_error = 18,       ///< the storage backend failed (retriable)
   handshake_required = 19,  ///< a message arrived before the hello handshake
+  unauthorized = 20,        ///< no, unknown or invalid credentials; the connection is closed
+  forbidden = 21,           ///< the peer's proven role may not do this; the connection stays
 };
 
 /// Stable, human-readable name of an error code (as printed by clusterctl and the gateway).
@@ -73,6 +75,10 @@ constexpr std::string_view to_string(errc code) {
       return "StorageError";
     case errc::handshake_required:
       return "HandshakeRequired";
+    case errc::unauthorized:
+      return "Unauthorized";
+    case errc::forbidden:
+      return "Forbidden";
   }
   return "Unknown";
 }

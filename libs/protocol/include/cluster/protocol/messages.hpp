@@ -25,7 +25,8 @@ MSGPACK_ADD_ENUM(cluster::errc);
 
 namespace cluster {
 
-inline constexpr std::uint32_t protocol_version = 1;
+// 2: hello carries credentials and the handshake ends with `auth` (docs/security.md).
+inline constexpr std::uint32_t protocol_version = 2;
 inline constexpr std::size_t frame_header_size = 4;
 
 enum class message_kind : std::uint32_t {
@@ -44,21 +45,36 @@ enum class message_kind : std::uint32_t {
   list_dead_letters = 13,     ///< ask the manager for dead letters (a dead_letters_msg payload)
   replay_dead_letter = 14,    ///< manager: run dead letter `id` again, attempts from 0
   drop_dead_letter = 15,      ///< manager: forget dead letter `id`, keep its error reply
+  auth = 16,                  ///< client's proof of its key, after hello_ack (answered by reply)
 };
+/// One past the highest kind: the size of per-kind tables (permissions).
+inline constexpr std::uint32_t message_kind_count = 17;
 
 using bytes = std::vector<std::uint8_t>;
 
 struct hello_msg {
   std::uint32_t protocol_version = cluster::protocol_version;
-  std::string role;  ///< "runner", "proxy", "client", "manager"
+  std::string role;  ///< "manager", "runner", "proxy", "client" or "admin"
   std::string name;
-  CLUSTER_WIRE_FIELDS(hello_msg, protocol_version, role, name);
+  bytes key;    ///< the caller's Ed25519 public key (empty: no authentication)
+  bytes nonce;  ///< 32 fresh random bytes the server's signature must cover
+  CLUSTER_WIRE_FIELDS(hello_msg, protocol_version, role, name, key, nonce);
 };
 
 struct hello_ack_msg {
   std::uint32_t protocol_version = cluster::protocol_version;
   std::string name;
-  CLUSTER_WIRE_FIELDS(hello_ack_msg, protocol_version, name);
+  std::string role;  ///< the server's role
+  bytes key;         ///< the server's Ed25519 public key (empty: no authentication)
+  bytes nonce;       ///< 32 fresh random bytes the client's signature must cover
+  bytes signature;   ///< the server's signature of the handshake transcript
+  CLUSTER_WIRE_FIELDS(hello_ack_msg, protocol_version, name, role, key, nonce, signature);
+};
+
+/// The client's signature of the handshake transcript (kind auth, after hello_ack).
+struct auth_msg {
+  bytes signature;
+  CLUSTER_WIRE_FIELDS(auth_msg, signature);
 };
 
 struct request_msg {
