@@ -34,10 +34,6 @@ lambda_settings lambda_settings::from_environment(
     settings.init_error = loaded.error().message;
     return settings;
   }
-  if (auto secured = settings.gateway.common.prepare_security(role::client); !secured) {
-    settings.init_error = secured.error().message;
-    return settings;
-  }
   const auto proxy = parse_host_port(settings.gateway.proxy);
   if (!proxy || proxy->port == 0 || proxy->host.empty()) {
     settings.init_error = "gateway.proxy (CLUSTER_GATEWAY_PROXY): expected host:port, got '" +
@@ -47,6 +43,8 @@ lambda_settings lambda_settings::from_environment(
         "gateway.request_timeout_ms (CLUSTER_GATEWAY_REQUEST_TIMEOUT_MS) must be positive";
   } else if (auto handling = settings.gateway.handler_settings(); !handling) {
     settings.init_error = handling.error().message + " (CLUSTER_GATEWAY_EXPOSE)";
+  } else if (auto secured = settings.gateway.common.prepare_security(role::client); !secured) {
+    settings.init_error = secured.error().message;
   }
   return settings;
 }

@@ -57,7 +57,7 @@ std::vector<std::string> valid_frames() {
   const cluster::empty_msg empty;
   return {
       frame_text(
-          cluster::encode_frame(message_kind::hello, 0, cluster::hello_msg{1, "client", "fuzz"})),
+          cluster::encode_frame(message_kind::hello, 0, cluster::hello_msg{cluster::protocol_version, "client", "fuzz"})),
       frame_text(
           cluster::encode_frame(message_kind::hello_ack, 0, cluster::hello_ack_msg{1, "proxy"})),
       frame_text(cluster::encode_frame(message_kind::request, 1, request)),

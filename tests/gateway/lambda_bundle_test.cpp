@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "child_process.hpp"
+#include "cluster/security/credentials_folder.hpp"
 #include "cluster_fixture.hpp"
 #include "http_client.hpp"
 
@@ -247,6 +248,11 @@ class lambda_bundle : public ::testing::Test {
     manager_port = free_port();
     proxy_port = free_port();
     manager = "127.0.0.1:" + std::to_string(manager_port);
+    // The cluster, clusterctl and the Lambda authenticate with these (as deployed).
+    const auto credentials = (dir / "credentials").string();
+    fs::remove_all(credentials);
+    ASSERT_TRUE(write_credentials_folder(credentials).has_value());
+    ::setenv("CLUSTER_SECURITY_CREDENTIALS_DIR", credentials.c_str(), 1);
   }
   void TearDown() override {
     children.clear();  // SIGTERM, then SIGKILL, by PID

@@ -63,7 +63,8 @@ std::string framed(const std::string& body) {
 }
 
 std::string hello_frame() {
-  return frame_of(message_kind::hello, 0, hello_msg{1, "client", "hostile"});
+  // Admin: the one role every port admits (runner ports refuse clients at hello).
+  return frame_of(message_kind::hello, 0, hello_msg{protocol_version, "admin", "hostile"});
 }
 
 /// One blocking TCP connection to a loopback port; every read has a deadline.
@@ -746,7 +747,8 @@ TEST_F(hostile_input, connections_beyond_the_limit_are_refused_and_open_ones_kee
       // runner can still register (and a proxy or a runner still route) through the flood.
       raw_client member(t.port);
       ASSERT_TRUE(member.connected()) << t.name;
-      member.send(frame_of(message_kind::hello, 0, hello_msg{1, "runner", "late-runner"}));
+      member.send(
+          frame_of(message_kind::hello, 0, hello_msg{protocol_version, "runner", "late-runner"}));
       const auto ack = member.read_frame();
       EXPECT_TRUE(ack && ack->kind == static_cast<std::uint32_t>(message_kind::hello_ack))
           << t.name << " refused a runner while full of clients";

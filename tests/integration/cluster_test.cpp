@@ -436,7 +436,7 @@ TEST(manager, fences_a_runner_it_declares_dead_but_not_one_that_leaves) {
 
   // Registers as a runner at an address where nothing listens (probes fail at once).
   auto join = [&](const std::string& name, const std::string& incarnation) {
-    auto conn = connect_client(io, address);
+    auto conn = connect_as(io, address, "runner");
     EXPECT_NE(conn, nullptr);
     register_runner_msg registration;
     registration.name = name;

@@ -46,8 +46,9 @@ TEST(defaults, seed_every_process_config_with_listen_and_connect_addresses_apart
   EXPECT_EQ(gateway::proxy_client_options{}.proxy.to_string(), defaults::proxy_address());
 }
 
-// An environment with only the given variables.
+// An environment with only the given variables (and authentication off unless they say).
 std::function<const char*(const char*)> fake_env(std::map<std::string, std::string> vars) {
+  vars.emplace("CLUSTER_SECURITY_AUTH", "false");
   return [vars = std::move(vars)](const char* name) -> const char* {
     auto it = vars.find(name);
     return it == vars.end() ? nullptr : it->second.c_str();
@@ -85,6 +86,22 @@ TEST(lambda_settings, read_the_proxy_from_the_sst_link_and_gateway_proxy_over_it
   EXPECT_EQ(settings.gateway.request_timeout, milliseconds(2500));
   EXPECT_EQ(settings.gateway.max_body_bytes, 4096u);
   EXPECT_EQ(settings.gateway.common.log_level, "debug");
+}
+
+TEST(lambda_settings, need_a_key_unless_authentication_is_off) {
+  const auto without =
+      gateway::lambda_settings::from_environment(fake_env({{"CLUSTER_SECURITY_AUTH", "true"}}));
+  EXPECT_NE(without.init_error.find("security.credentials_dir"), std::string::npos)
+      << without.init_error;
+  const auto key = signing_key::generate();
+  const auto with = gateway::lambda_settings::from_environment(
+      fake_env({{"CLUSTER_SECURITY_AUTH", "true"},
+                {"SST_RESOURCE_ClusterClientKey", R"({"value":")" + key.to_text() + R"("})"},
+                {"SST_RESOURCE_ClusterTrust",
+                 R"({"value":"client=)" + to_base64(key.public_half()) + R"("})"}}));
+  EXPECT_EQ(with.init_error, "");
+  ASSERT_NE(with.gateway.common.security_prepared, nullptr);
+  EXPECT_EQ(with.gateway.common.security_prepared->own_role, role::client);
 }
 
 TEST(lambda_settings, refuse_bad_values_naming_the_variable) {

@@ -135,7 +135,7 @@ bool in_process_cluster::wait_until_balanced(std::size_t runners, milliseconds t
 
 connection_ptr connect_client(asio::io_context& io, const std::string& address,
                               milliseconds timeout) {
-  return connect_as(io, address, "client", {}, timeout);
+  return connect_as(io, address, "admin", {}, timeout);
 }
 
 connection_ptr connect_as(asio::io_context& io, const std::string& address, const std::string& role,

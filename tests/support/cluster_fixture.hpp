@@ -21,8 +21,9 @@ bool run_until(asio::io_context& io, const std::function<bool()>& done,
                milliseconds timeout = milliseconds(10000));
 
 /// Builds a request whose payload is `payload` encoded as MessagePack.
-/// Opens a client connection to `address` (host:port) by running `io` until it is made or
-/// `timeout` passes; nullptr on failure.
+/// Opens a connection to `address` (host:port) as an admin (the in-process cluster does not
+/// authenticate; admin is the one role every port admits, runners included) by running `io`
+/// until it is made or `timeout` passes; nullptr on failure.
 connection_ptr connect_client(asio::io_context& io, const std::string& address,
                               milliseconds timeout = milliseconds(5000));
 /// The same with a hello claiming `role` (runner, proxy, admin...); `on_push` gets what the
