@@ -29,6 +29,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libboost-filesystem1.74.0 \
       libpq5 \
+      libssl3 \
       libspdlog1.10 \
       libfmt9 \
       libtomlplusplus3 \

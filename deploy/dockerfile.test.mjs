@@ -87,7 +87,7 @@ test("the runtime stage copies bin/, the plugins and config/ from the build stag
 
 test("the runtime stage installs only runtime libraries and runs as a non-root user", () => {
   const install = runs(runtime).join(" && ");
-  for (const pkg of ["libboost-filesystem1.74.0", "libpq5", "libspdlog1.10", "libfmt9", "libtomlplusplus3"]) {
+  for (const pkg of ["libboost-filesystem1.74.0", "libpq5", "libssl3", "libspdlog1.10", "libfmt9", "libtomlplusplus3"]) {
     assert.match(install, new RegExp(`(^|\\s)${pkg.replace(/\./g, "\\.")}(\\s|$)`), pkg);
   }
   assert.match(install, /--no-install-recommends/);

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "cluster/process/tool_credentials.hpp"
+
 namespace cluster::testing {
 
 bool run_until(asio::io_context& io, const std::function<bool()>& done, milliseconds timeout) {
@@ -147,7 +149,14 @@ connection_ptr connect_as(asio::io_context& io, const std::string& address, cons
       io,
       [address, role, on_push, timeout, out = &result, finished = &done]() -> awaitable<void> {
         hello_msg hello{protocol_version, role, "test"};
-        const connection_limits limits;
+        connection_limits limits;
+        // Against real processes (process_cluster_test sets the folder): the role's own key.
+        if (std::getenv("CLUSTER_SECURITY_CREDENTIALS_DIR")) {
+          tool_credentials wanted;
+          wanted.wanted = parse_role(role).value_or(cluster::role::client);
+          auto security = load_tool_credentials(wanted);
+          if (security) limits.security = security.value();
+        }
         std::function<void()> on_close;
         auto connect =
             connect_to(*parse_host_port(address), hello, limits, timeout, on_push, on_close);

@@ -48,6 +48,8 @@ void process_cluster_test::SetUp() {
 void process_cluster_test::TearDown() {
   slots.clear();
   ended.clear();
+  // In-process clusters later in this binary do not authenticate.
+  ::unsetenv("CLUSTER_SECURITY_CREDENTIALS_DIR");
   if (!HasFailure() && !dir.empty()) std::filesystem::remove_all(dir);
 }
 
