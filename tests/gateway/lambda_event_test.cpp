@@ -57,7 +57,9 @@ TEST(lambda_event, passes_the_authorization_header_in_any_case) {
   EXPECT_EQ(request->gateway_token, "t0ken");
 }
 
+// Only `vars`, and no cluster authentication (these tests never connect).
 std::function<const char*(const char*)> lambda_env(std::map<std::string, std::string> vars) {
+  vars.emplace("CLUSTER_SECURITY_AUTH", "false");
   return [vars = std::move(vars)](const char* name) -> const char* {
     auto it = vars.find(name);
     return it == vars.end() ? nullptr : it->second.c_str();
