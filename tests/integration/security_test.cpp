@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -117,9 +118,15 @@ class relay {
     co_await upstream->async_connect({asio::ip::make_address("127.0.0.1"), target_},
                                      asio::redirect_error(use_awaitable, ec));
     if (ec) co_return;
+    // The sockets live as long as either direction's pump (the TLS streams sit on them).
+    std::function<void()> close_both = [downstream, upstream] {
+      error_code ignored;
+      downstream->close(ignored);
+      upstream->close(ignored);
+    };
     if (!mitm_) {
-      asio::co_spawn(io_, pump(downstream, upstream, true), asio::detached);
-      asio::co_spawn(io_, pump(upstream, downstream, true), asio::detached);
+      asio::co_spawn(io_, pump(downstream, upstream, true, close_both), asio::detached);
+      asio::co_spawn(io_, pump(upstream, downstream, true, close_both), asio::detached);
       co_return;
     }
     using tls_stream = asio::ssl::stream<tcp::socket&>;
@@ -131,16 +138,14 @@ class relay {
     co_await up->async_handshake(asio::ssl::stream_base::client,
                                  asio::redirect_error(use_awaitable, ec));
     if (ec) co_return;
-    // The sockets live as long as the streams over them.
-    auto keep =
-        std::make_shared<std::pair<std::shared_ptr<tcp::socket>, std::shared_ptr<tcp::socket>>>(
-            downstream, upstream);
-    asio::co_spawn(io_, pump_tls(down, up, keep), asio::detached);
-    asio::co_spawn(io_, pump_tls(up, down, keep), asio::detached);
+    asio::co_spawn(io_, pump(down, up, false, close_both), asio::detached);
+    asio::co_spawn(io_, pump(up, down, false, close_both), asio::detached);
   }
 
-  awaitable<void> pump(std::shared_ptr<tcp::socket> from, std::shared_ptr<tcp::socket> to,
-                       bool record) {
+  // Copies `from` to `to` until either fails, then `close_both`; `record` keeps what passed.
+  template <class From, class To>
+  awaitable<void> pump(std::shared_ptr<From> from, std::shared_ptr<To> to, bool record,
+                       std::function<void()> close_both) {
     std::array<char, 16384> buffer{};
     for (;;) {
       error_code ec;
@@ -155,27 +160,7 @@ class relay {
                                  asio::redirect_error(use_awaitable, ec));
       if (ec) break;
     }
-    error_code ignored;
-    from->close(ignored);
-    to->close(ignored);
-  }
-
-  template <class Stream, class Keep>
-  awaitable<void> pump_tls(std::shared_ptr<Stream> from, std::shared_ptr<Stream> to,
-                           std::shared_ptr<Keep> keep) {
-    std::array<char, 16384> buffer{};
-    for (;;) {
-      error_code ec;
-      const auto n = co_await from->async_read_some(asio::buffer(buffer),
-                                                    asio::redirect_error(use_awaitable, ec));
-      if (ec) break;
-      co_await asio::async_write(*to, asio::buffer(buffer.data(), n),
-                                 asio::redirect_error(use_awaitable, ec));
-      if (ec) break;
-    }
-    error_code ignored;
-    keep->first->close(ignored);
-    keep->second->close(ignored);
+    close_both();
   }
 
   std::uint16_t target_;
