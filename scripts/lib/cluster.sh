@@ -22,6 +22,8 @@ CLUSTERCTL=$BIN_DIR/clusterctl
 # clusterctl / cluster-bench find theirs through the variable (docs/security.md).
 CREDENTIALS_DIR=$STATE_DIR/credentials
 export CLUSTER_SECURITY_CREDENTIALS_DIR=$CREDENTIALS_DIR
+# DEV_SECURITY_AUTH=false (measuring its cost): the tools must not expect proofs either.
+if [[ "${DEV_SECURITY_AUTH:-}" == false ]]; then export CLUSTER_SECURITY_AUTH=false; fi
 LAUNCHER=$BIN_DIR/cluster-launch
 
 # shellcheck disable=SC2034 # used by scripts/dev

@@ -83,7 +83,8 @@ reply_msg round_trip(const options& opts, const std::string& address, role wante
         auto connect = connect_to(target, hello, limits, timeout, ignore, on_close);
         auto connected = co_await std::move(connect);
         if (!connected) {
-          *out = reply_msg::failure(errc::unavailable, connected.error().message);
+          // Keep the refusal's code (Unauthorized, Forbidden); unreachable is Unavailable.
+          *out = reply_msg::failure(connected.error().code, connected.error().message);
           co_return;
         }
         const connection_ptr conn = connected.value();

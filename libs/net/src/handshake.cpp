@@ -108,7 +108,7 @@ bool connection::handle_hello(const envelope& env) {
     if (!key || hello.nonce.size() != handshake_nonce_bytes) {
       protocol_error(env.id, errc::unauthorized,
                      "this cluster requires authentication: hello carries no key (configure "
-                     "security.key_file and security.trust_file; docs/security.md)");
+                     "security.credentials_dir or security.key_file; docs/security.md)");
       return false;
     }
     const auto listed = security->trust.role_of(*key);
