@@ -24,6 +24,19 @@ std::optional<public_key> as_public_key(const bytes& raw) {
   return key;
 }
 
+// The handshake message expected next, decoded; or the refusal for what came instead.
+template <class Fields>
+result<Fields> handshake_step(const envelope& env, message_kind kind, std::string_view name,
+                              std::string_view out_of_order) {
+  if (env.kind != static_cast<std::uint32_t>(kind))
+    return failure{errc::handshake_required, std::string(out_of_order)};
+  auto decoded = env.as<Fields>();
+  if (!decoded)
+    return failure{errc::malformed_frame,
+                   std::string(name) + " has the wrong shape: " + decoded.error().message};
+  return decoded;
+}
+
 bytes to_bytes(std::span<const std::uint8_t> data) { return bytes(data.begin(), data.end()); }
 
 std::string describe_roles(role_mask roles) {
@@ -78,14 +91,10 @@ bool connection::handle_handshake(const envelope& env) {
 }
 
 bool connection::handle_hello(const envelope& env) {
-  if (env.kind != static_cast<std::uint32_t>(message_kind::hello)) {
-    protocol_error(env.id, errc::handshake_required, "the first message must be hello");
-    return false;
-  }
-  auto decoded = env.as<hello_msg>();
+  auto decoded = handshake_step<hello_msg>(env, message_kind::hello, "hello",
+                                           "the first message must be hello");
   if (!decoded) {
-    protocol_error(env.id, errc::malformed_frame,
-                   "hello has the wrong shape: " + decoded.error().message);
+    protocol_error(env.id, decoded.error().code, decoded.error().message);
     return false;
   }
   hello_msg& hello = decoded.value();
@@ -156,15 +165,10 @@ bool connection::handle_hello(const envelope& env) {
 }
 
 bool connection::handle_auth(const envelope& env) {
-  if (env.kind != static_cast<std::uint32_t>(message_kind::auth)) {
-    protocol_error(env.id, errc::handshake_required,
-                   "after hello_ack the next message must be auth");
-    return false;
-  }
-  auto decoded = env.as<auth_msg>();
+  auto decoded = handshake_step<auth_msg>(env, message_kind::auth, "auth",
+                                          "after hello_ack the next message must be auth");
   if (!decoded) {
-    protocol_error(env.id, errc::malformed_frame,
-                   "auth has the wrong shape: " + decoded.error().message);
+    protocol_error(env.id, decoded.error().code, decoded.error().message);
     return false;
   }
   const auto expected = handshake_transcript(handshake_side::client, handshake_->hello,
