@@ -541,6 +541,28 @@ cluster::assignment_snapshot sample_snapshot() {
   return snapshot;
 }
 
+cluster::plugin_info sample_plugin_info() {
+  return {"billing",
+          "1.2.0",
+          std::string(64, 'a'),
+          "/plugins/libbilling.so",
+          "loaded",
+          "an older file failed",
+          {"Counter"}};
+}
+
+cluster::stored_plugin sample_stored_plugin() {
+  return {"billing", "1.2.0", std::string(64, 'b'), 2, 1, 4096, {"Counter"}, 1'700'000'000'000};
+}
+
+// A snapshot with every field set, the nested ones too.
+cluster::assignment_snapshot full_snapshot() {
+  auto snapshot = sample_snapshot();
+  snapshot.runners.front().plugins.push_back(sample_plugin_info());
+  snapshot.pushed_plugins.push_back(sample_stored_plugin());
+  return snapshot;
+}
+
 // The encoding before CLUSTER_WIRE_FIELDS, frozen: MSGPACK_DEFINE_MAP's maps.
 struct old_rpc_info {
   std::string name;
@@ -640,11 +662,19 @@ TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
                                                           {"default", "billing"},
                                                           "1.2.3",
                                                           {sample_entity_type()},
-                                                          "0123abcdef"},
-                             6);
+                                                          "0123abcdef",
+                                                          {sample_plugin_info()}},
+                             7);
   expect_every_field_travels(message_kind::unregister_runner,
                              cluster::unregister_runner_msg{"10.0.0.1:7000"}, 1);
-  expect_every_field_travels(message_kind::assignments, sample_snapshot(), 5);
+  expect_every_field_travels(message_kind::assignments, full_snapshot(), 6);
+  expect_every_field_travels(message_kind::list_plugins, cluster::empty_msg{}, 0);
+  expect_every_field_travels(message_kind::push_plugin,
+                             cluster::push_plugin_msg{sample_stored_plugin(), 1024, bytes{1, 2}},
+                             3);
+  expect_every_field_travels(message_kind::remove_plugin, cluster::remove_plugin_msg{"billing"}, 1);
+  expect_every_field_travels(message_kind::fetch_plugin,
+                             cluster::fetch_plugin_msg{std::string(64, 'c'), 2048, 512}, 3);
 }
 
 TEST(wire_fields, every_nested_structure_round_trips_with_every_field_set) {
@@ -654,8 +684,13 @@ TEST(wire_fields, every_nested_structure_round_trips_with_every_field_set) {
   expect_every_field_travels(kind, sample_entity_type(), 3);
   expect_every_field_travels(kind, cluster::shard_group_assignment{"billing", 2, {"a:1", "b:2"}},
                              3);
-  expect_every_field_travels(kind, cluster::runner_info{"a", "a:1", {"default"}, "1.0", false, 12},
-                             6);
+  expect_every_field_travels(
+      kind, cluster::runner_info{"a", "a:1", {"default"}, "1.0", false, 12, {sample_plugin_info()}},
+      7);
+  expect_every_field_travels(kind, sample_plugin_info(), 7);
+  expect_every_field_travels(kind, sample_stored_plugin(), 8);
+  expect_every_field_travels(kind, cluster::plugins_msg{{sample_stored_plugin()}}, 1);
+  expect_every_field_travels(kind, cluster::plugin_chunk_msg{4096, bytes{7, 8}}, 2);
 }
 
 // The frames of docs/protocol.md's worked example, byte for byte: what clients written
@@ -707,7 +742,12 @@ TEST(wire_fields, encodes_and_decodes_the_bytes_of_the_protocol_spec_unchanged) 
 }
 
 TEST(wire_fields, writes_the_same_bytes_as_msgpack_define_map_did) {
-  EXPECT_EQ(cluster::pack_bytes(sample_snapshot()), cluster::pack_bytes(old_sample_snapshot()));
+  // The snapshot gained `pushed_plugins` and runner_info `plugins` since: an older
+  // subscriber skips them and reads the rest as it did.
+  const auto old_view =
+      cluster::unpack_bytes<old_assignment_snapshot>(cluster::pack_bytes(sample_snapshot()));
+  ASSERT_TRUE(old_view.has_value());
+  EXPECT_EQ(cluster::pack_bytes(old_view.value()), cluster::pack_bytes(old_sample_snapshot()));
   const old_register_runner_msg old_registration{
       "runner-a",
       "10.0.0.1:7000",

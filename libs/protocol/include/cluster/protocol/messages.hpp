@@ -46,9 +46,14 @@ enum class message_kind : std::uint32_t {
   replay_dead_letter = 14,    ///< manager: run dead letter `id` again, attempts from 0
   drop_dead_letter = 15,      ///< manager: forget dead letter `id`, keep its error reply
   auth = 16,                  ///< client's proof of its key, after hello_ack (answered by reply)
+  // 17-19 are kept for streamed replies (chunk, ack) and their flow control.
+  push_plugin = 20,    ///< admin → manager: one chunk of a plugin file to store cluster-wide
+  list_plugins = 21,   ///< → manager: the stored plugins (a plugins_msg payload)
+  remove_plugin = 22,  ///< admin → manager: forget a stored plugin, every runner unloads it
+  fetch_plugin = 23,   ///< runner → manager: one chunk of a stored plugin's bytes
 };
 /// One past the highest kind: the size of per-kind tables (permissions).
-inline constexpr std::uint32_t message_kind_count = 17;
+inline constexpr std::uint32_t message_kind_count = 24;
 
 using bytes = std::vector<std::uint8_t>;
 
@@ -151,6 +156,21 @@ struct entity_type_info {
   }
 };
 
+/// One plugin file as a runner holds it: what it loaded, or why it could not.
+struct plugin_info {
+  std::string name;     ///< the plugin's own name (cluster::plugin("greeter"))
+  std::string version;  ///< the plugin's own version, "0.0.0" when it gives none
+  std::string sha256;   ///< lowercase hex of the file's bytes as loaded
+  std::string file;     ///< where the runner found it (a watched folder, or "push:<name>")
+  /// "loaded" (serving), "failed" (this file was refused: `error` says why; an older
+  /// version of the same file, if any, keeps serving and is listed as "loaded"),
+  /// "draining" (removed or replaced: finishing the requests it was running).
+  std::string state;
+  std::string error;
+  std::vector<std::string> entity_types;
+  CLUSTER_WIRE_FIELDS(plugin_info, name, version, sha256, file, state, error, entity_types);
+};
+
 struct register_runner_msg {
   std::string name;
   std::string address;  ///< host:port other processes connect to
@@ -160,8 +180,12 @@ struct register_runner_msg {
   /// Random hex chosen at the runner's start: its storage sessions carry it, so the manager
   /// can end them when it declares the runner dead. Empty from older runners (not fenced).
   std::string incarnation;
+  /// The plugin files it holds (loaded, failed, draining). A runner sends register_runner
+  /// again on the same connection whenever its plugins change; the manager then replaces
+  /// what it knew of that runner (its shards stay where they are unless the change moves them).
+  std::vector<plugin_info> plugins;
   CLUSTER_WIRE_FIELDS(register_runner_msg, name, address, groups, version, entity_types,
-                      incarnation);
+                      incarnation, plugins);
 };
 
 struct unregister_runner_msg {
@@ -196,7 +220,22 @@ struct runner_info {
   std::string version;
   bool healthy = true;
   std::uint32_t shards = 0;
-  CLUSTER_WIRE_FIELDS(runner_info, name, address, groups, version, healthy, shards);
+  std::vector<plugin_info> plugins;  ///< as the runner last registered them
+  CLUSTER_WIRE_FIELDS(runner_info, name, address, groups, version, healthy, shards, plugins);
+};
+
+/// A plugin stored in the cluster by `clusterctl plugin push` (its bytes are kept apart).
+struct stored_plugin {
+  std::string name;  ///< unique: a push with the same name replaces the stored plugin
+  std::string version;
+  std::string sha256;  ///< lowercase hex of the bytes; runners check it before loading
+  std::uint32_t abi_major = 0;
+  std::uint32_t abi_minor = 0;
+  std::uint64_t size_bytes = 0;
+  std::vector<std::string> entity_types;
+  std::int64_t pushed_at_ms = 0;  ///< unix ms, set by the manager
+  CLUSTER_WIRE_FIELDS(stored_plugin, name, version, sha256, abi_major, abi_minor, size_bytes,
+                      entity_types, pushed_at_ms);
 };
 
 /// The manager's view of the cluster: pushed on every change and answered to get_status.
@@ -206,7 +245,11 @@ struct assignment_snapshot {
   std::vector<shard_group_assignment> groups;
   std::vector<entity_type_info> entity_types;
   std::vector<runner_info> runners;
-  CLUSTER_WIRE_FIELDS(assignment_snapshot, version, storage, groups, entity_types, runners);
+  /// Plugins stored in the cluster (clusterctl plugin push), without their bytes: every
+  /// runner fetches (fetch_plugin), verifies and loads each one it does not hold yet.
+  std::vector<stored_plugin> pushed_plugins;
+  CLUSTER_WIRE_FIELDS(assignment_snapshot, version, storage, groups, entity_types, runners,
+                      pushed_plugins);
 
   const shard_group_assignment* find_group(std::string_view name) const {
     for (const auto& g : groups)
@@ -252,6 +295,44 @@ struct dead_letters_msg {
 struct dead_letter_ref_msg {
   std::int64_t id = 0;
   CLUSTER_WIRE_FIELDS(dead_letter_ref_msg, id);
+};
+
+/// One chunk of a plugin upload (admin → manager). Chunks go in order, each answered before
+/// the next is sent; the manager keeps one upload per connection. The last chunk
+/// (offset + chunk.size() == size_bytes) is checked against `plugin.sha256` and stored; its
+/// reply payload is the stored_plugin.
+struct push_plugin_msg {
+  stored_plugin plugin;  ///< metadata, the same in every chunk (pushed_at_ms is ignored)
+  std::uint64_t offset = 0;
+  bytes chunk;  ///< at most push_plugin_chunk_bytes
+  CLUSTER_WIRE_FIELDS(push_plugin_msg, plugin, offset, chunk);
+};
+inline constexpr std::size_t push_plugin_chunk_bytes = 1024 * 1024;
+
+/// The reply payload of list_plugins.
+struct plugins_msg {
+  std::vector<stored_plugin> plugins;
+  CLUSTER_WIRE_FIELDS(plugins_msg, plugins);
+};
+
+struct remove_plugin_msg {
+  std::string name;
+  CLUSTER_WIRE_FIELDS(remove_plugin_msg, name);
+};
+
+/// Asks for bytes [offset, offset + max_bytes) of the stored plugin with this hash.
+struct fetch_plugin_msg {
+  std::string sha256;
+  std::uint64_t offset = 0;
+  std::uint32_t max_bytes = push_plugin_chunk_bytes;
+  CLUSTER_WIRE_FIELDS(fetch_plugin_msg, sha256, offset, max_bytes);
+};
+
+/// The reply payload of fetch_plugin.
+struct plugin_chunk_msg {
+  std::uint64_t size_bytes = 0;  ///< the whole file
+  bytes chunk;
+  CLUSTER_WIRE_FIELDS(plugin_chunk_msg, size_bytes, chunk);
 };
 
 }  // namespace cluster
