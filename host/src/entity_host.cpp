@@ -95,6 +95,9 @@ struct entity_host::invocation {
       case host_status_crashed:
         reply = reply_msg::crashed(message_text);
         break;
+      case host_status_not_run:
+        reply = reply_msg::failure(errc::not_owner, message_text);
+        break;
       case host_status_activation_failed:
         reply = reply_msg::failure(errc::defect, message_text);
         self->host->activation_failed(self->key);

@@ -16,6 +16,7 @@ void plugin_channel::start(frame_handler on_frame,
 
 void plugin_channel::send_encoded(const msgpack::sbuffer& frames) {
   if (!open_ || frames.size() == 0) return;
+  note_queued();
   queued_.write(frames.data(), frames.size());
   schedule_write();
 }
@@ -48,8 +49,20 @@ void plugin_channel::write_queued() {
     writing_ = false;
     return;
   }
+  if (stale_after_.count() > 0) {
+    const auto waited =
+        std::chrono::duration_cast<milliseconds>(steady_clock::now() - queued_since_);
+    if (waited > stale_after_) {
+      writing_ = false;
+      went_stale_ = true;
+      closed("frames waited " + std::to_string(waited.count()) +
+             " ms to be written (the event loop stalled); not running them late");
+      return;
+    }
+  }
   std::swap(queued_, in_write_);
   queued_.clear();
+  ++batches_written_;
   asio::async_write(socket_, asio::buffer(in_write_.data(), in_write_.size()),
                     [self = shared_from_this()](const error_code& ec, std::size_t) {
                       if (ec) {

@@ -235,17 +235,26 @@ result<void> plugin_process::await_catalog(int fd) {
 void plugin_process::attach(int fd, bool ready) {
   plugin_channel::socket_type socket(io_, asio::local::stream_protocol(), fd);
   channel_ = std::make_shared<plugin_channel>(std::move(socket), options_.limits);
+  channel_->set_stale_after(options_.stale_after);
   ready_ = ready;
   std::weak_ptr<plugin_process> weak = weak_from_this();
   channel_->start(
       [weak](envelope&& env) {
         if (auto self = weak.lock()) self->on_frame(std::move(env));
       },
-      [weak, generation = generation_](const std::string&) {
+      [weak, generation = generation_](const std::string& why) {
         // The child closed its end or sent garbage: it is ending, or must. Its exit (seen on
         // the pidfd) answers its requests.
-        if (auto self = weak.lock(); self && self->generation_ == generation)
-          signal_pidfd(self->pidfd_, SIGKILL);
+        auto self = weak.lock();
+        if (!self || self->generation_ != generation) return;
+        if (self->channel_ && self->channel_->went_stale()) {
+          // Frames from before a stall must not run after it (another runner may own their
+          // entities now): end the child before it sees them; child_ended answers them.
+          self->unsent_from_batch_ = self->channel_->batches_written();
+          self->kill_child(why);
+          return;
+        }
+        signal_pidfd(self->pidfd_, SIGKILL);
       });
   watch_exit();
 }
@@ -329,7 +338,7 @@ void plugin_process::forward_handle(void* type_data, void* instance, std::uint32
     return;
   }
   const std::uint64_t id = self.new_operation_id();
-  self.operations_.emplace(id, operation{reply, reply_ctx, ctx});
+  self.operations_.emplace(id, operation{reply, reply_ctx, ctx, self.queued_batch()});
   self.send(plugin_kind::handle, id, handle_view{handle, rpc_index, payload, size});
   self.arm_watchdog();
 }
@@ -353,6 +362,8 @@ void plugin_process::on_frame(envelope&& env) {
     case plugin_kind::catalog:
       if (!ready_) {
         ready_ = true;
+        for (auto& [id, op] : operations_)
+          if (op.batch == unsent_batch) op.batch = channel_->batches_written();
         channel_->send_encoded(outbox_);
         outbox_.clear();
         spdlog::info("plugin {} runs again in process {} (restart {})", file_name_, pid_,
@@ -492,7 +503,14 @@ void plugin_process::child_ended() {
   }
   auto cut_short = std::move(operations_);
   operations_.clear();
+  const auto unsent_from = std::exchange(unsent_from_batch_, unsent_batch);
   for (auto& [id, op] : cut_short) {
+    if (op.batch >= unsent_from) {
+      const std::string text =
+          "the runner stalled before this request reached plugin " + file_name_ + "; not run";
+      op.reply(op.reply_ctx, host_status_not_run, "NotOwner", text.c_str(), nullptr, 0);
+      continue;
+    }
     const std::string text = id == running || label.empty()
                                  ? message
                                  : message + " (this request was in progress in the same process)";

@@ -92,6 +92,7 @@ void runner::start() {
     isolation.handler_timeout = config_.handler_timeout;
     isolation.memory_limit_mb = config_.plugin_memory_limit_mb;
     isolation.limits = config_.common.limits().decode;
+    isolation.stale_after = config_.stall_fence;
     registry_.isolate(io_, std::move(isolation));
   } else if (config_.isolation != "none") {
     throw config_error("runner.isolation: expected \"none\" or \"process\", got '" +

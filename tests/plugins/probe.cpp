@@ -78,17 +78,23 @@ void record_run(const std::string& line) {
   }
 }
 
-// Single-owner checks: which process and which activation ran an entity's message when
-// (CLOCK_MONOTONIC is shared by every process of the machine).
-void record_owner(cluster::context& ctx, std::int64_t activation) {
-  const char* path = std::getenv("CLUSTER_PROBE_OWNER_LOG");
-  if (path == nullptr) return;
+std::int64_t monotonic_ns() {
   timespec now{};
   clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
+}
+
+// Single-owner checks: which process and which activation ran an entity's message when
+// (CLOCK_MONOTONIC is shared by every process of the machine). `entered_ns` is taken first
+// thing in the handler: a runner frozen later in the handler writes this line after it
+// wakes, but the message was started (and fenced) before.
+void record_owner(cluster::context& ctx, std::int64_t activation, std::int64_t entered_ns) {
+  const char* path = std::getenv("CLUSTER_PROBE_OWNER_LOG");
+  if (path == nullptr) return;
   if (FILE* file = std::fopen(path, "a")) {
     std::fprintf(file, "%s %d %lld %lld\n", std::string(ctx.entity_id()).c_str(),
                  static_cast<int>(getpid()), static_cast<long long>(activation),
-                 static_cast<long long>(now.tv_sec) * 1000000000LL + now.tv_nsec);
+                 static_cast<long long>(entered_ns));
     std::fclose(file);
   }
 }
@@ -99,9 +105,10 @@ class Probe {
   Probe() : activation_(++instances_created) {}
 
   Append::Reply append(const Append::Request& request, cluster::context& ctx) {
+    const std::int64_t entered_ns = monotonic_ns();
     log_.push_back(request.sender + ":" + std::to_string(request.value));
     record_run(request.sender + ":" + std::to_string(request.value));
-    record_owner(ctx, activation_);
+    record_owner(ctx, activation_, entered_ns);
     return {log_};
   }
   Echo::Reply echo(const Echo::Request& request, cluster::context& ctx) {

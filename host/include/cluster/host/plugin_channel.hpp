@@ -107,6 +107,7 @@ class plugin_channel : public std::enable_shared_from_this<plugin_channel> {
   template <class Fields>
   void send(plugin_kind kind, std::uint64_t id, const Fields& fields) {
     if (!open_) return;
+    note_queued();
     append_frame(queued_, static_cast<message_kind>(kind), id, fields);
     schedule_write();
   }
@@ -116,7 +117,21 @@ class plugin_channel : public std::enable_shared_from_this<plugin_channel> {
   void close();
   bool is_open() const { return open_; }
 
+  /// Frames that waited longer than this to be written are not written: the channel closes
+  /// instead (`on_close` runs). Only a stalled event loop (a frozen runner) holds frames that
+  /// long, and the runner fences itself after such a stall: what it handed the plugin before
+  /// the stall must not run after it, when another runner may own those entities. 0: no limit.
+  void set_stale_after(milliseconds limit) { stale_after_ = limit; }
+  /// Did the channel close because frames went stale (above)?
+  bool went_stale() const { return went_stale_; }
+  /// How many batches of queued frames have been handed to the socket: a frame queued when
+  /// this was N leaves in batch N + 1.
+  std::uint64_t batches_written() const { return batches_written_; }
+
  private:
+  void note_queued() {
+    if (queued_.size() == 0 && stale_after_.count() > 0) queued_since_ = steady_clock::now();
+  }
   void schedule_write();
   void write_queued();
   awaitable<void> read_loop(std::shared_ptr<plugin_channel> self);
@@ -128,6 +143,10 @@ class plugin_channel : public std::enable_shared_from_this<plugin_channel> {
   bool writing_ = false;
   msgpack::sbuffer queued_{4096};
   msgpack::sbuffer in_write_{4096};
+  milliseconds stale_after_{0};
+  bool went_stale_ = false;
+  std::uint64_t batches_written_ = 0;
+  steady_clock::time_point queued_since_{};  ///< when the oldest frame of queued_ was queued
   frame_handler on_frame_;
   std::function<void(const std::string&)> on_close_;
 };

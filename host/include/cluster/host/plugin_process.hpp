@@ -37,6 +37,9 @@ inline constexpr std::int32_t host_status_crashed = 1000;
 /// entity host answers Defect and activates the entity again for its next message, as it
 /// does for a constructor that fails in the runner.
 inline constexpr std::int32_t host_status_activation_failed = 1001;
+/// The request never reached the plugin's process: the runner stalled before its frame was
+/// written (plugin_channel::set_stale_after), so it was not run. Answered NotOwner.
+inline constexpr std::int32_t host_status_not_run = 1002;
 
 struct isolation_options {
   std::string plugin_host;       ///< the cluster-plugin-host executable
@@ -44,6 +47,9 @@ struct isolation_options {
   std::uint32_t memory_limit_mb = 0;  ///< resident memory of a child; 0: no limit
   decode_limits limits;               ///< frames on the channel
   milliseconds start_timeout{10000};  ///< the first child must report its catalog within this
+  /// Frames for the child that waited longer than this (a stalled runner) are not sent; the
+  /// child is ended and their requests answered NotOwner (runner.stall_fence_ms). 0: off.
+  milliseconds stale_after{0};
 };
 
 class plugin_process : public std::enable_shared_from_this<plugin_process> {
@@ -81,7 +87,11 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
     cluster_reply_fn reply;
     void* reply_ctx;
     const cluster_call_context* ctx;  // valid until the reply is sent
+    /// plugin_channel::batches_written() when its frame was queued; unsent_batch while the
+    /// frame waits in outbox_ for a starting child.
+    std::uint64_t batch = 0;
   };
+  static constexpr std::uint64_t unsent_batch = ~std::uint64_t{0};
   struct pending_call;  // a handler's call to another entity, until it completes
 
   plugin_process(asio::io_context& io, std::filesystem::path plugin, isolation_options options);
@@ -110,6 +120,10 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   std::string label_of(std::uint64_t operation_id) const;
   std::uint64_t new_operation_id() { return next_operation_++; }
 
+  /// The batch a frame sent now leaves in (operation::batch).
+  std::uint64_t queued_batch() const {
+    return ready_ && channel_ ? channel_->batches_written() : unsent_batch;
+  }
   template <class Fields>
   void send(plugin_kind kind, std::uint64_t id, const Fields& fields) {
     if (ready_ && channel_) {
@@ -141,6 +155,9 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   std::unordered_map<std::uint64_t, operation> operations_;
   std::deque<std::pair<std::uint64_t, std::string>> recent_;  // creates and destroys, by id
   std::string kill_reason_;
+  /// Set when the channel went stale: operations queued in this batch or later never
+  /// reached the child.
+  std::uint64_t unsent_from_batch_ = unsent_batch;
 
   asio::steady_timer restart_timer_;
   asio::steady_timer watchdog_;
