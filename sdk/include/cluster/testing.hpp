@@ -1,0 +1,978 @@
+#pragma once
+/// @file
+/// The test kit for entity plugins: runs a plugin's entities in-process, without a cluster,
+/// through the same C ABI the runner uses (the descriptor's create/handle/destroy with a real
+/// cluster_call_context and cluster_host_api), so what passes here behaves the same in a
+/// runner. Header-only; needs nothing but the SDK (and dlopen for `kit::load`).
+///
+///   #include <cluster/testing.hpp>
+///   TEST(greeter, greets_by_name) {
+///     cluster::testing::kit kit;  // the plugin linked into this test binary
+///     auto reply = kit.call<Greet>("Greeter", "Test", "Greet", {"John"});
+///     ASSERT_TRUE(reply) << reply.error();
+///     EXPECT_EQ(reply->message, "Hello, John!");
+///   }
+///
+/// What the kit does like a runner: one instance per entity (type, id), activated on its first
+/// message; its messages run one at a time in arrival order; errors come back as the cluster
+/// answers them (ApplicationError with its tag, BadPayload, UnknownEntityType, UnknownRpc,
+/// Defect, with the runner's texts); calls to other entities never complete inside the call;
+/// persisted RPCs with a primary key are deduplicated. What it does instead of a cluster:
+/// a fake clock (`now_ms()`, `sleep_ms` and `deliver_at_ms` wait for `advance_ms`), stubs for
+/// entity types the plugin calls, a record of those calls, of the entities' log lines and of
+/// persisted messages, and replays of the latter on fresh instances.
+///
+/// Threads: a kit is single-threaded. Everything runs on the thread that calls it, inside
+/// `call`, `send`, `run`, `advance_ms` and `replay_persisted`; nothing runs in between.
+
+#include <dlfcn.h>
+
+#include <cluster/sdk.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cluster/plugin_abi.h"
+
+/// Defined by CLUSTER_PLUGIN in the plugin's sources when a test links them; only
+/// `kit()` without arguments refers to it.
+extern "C" __attribute__((visibility("default"))) const cluster_plugin_descriptor*
+cluster_plugin_entry(const cluster_load_context* load) noexcept;
+
+namespace cluster::testing {
+
+/// MessagePack bytes.
+using bytes = std::vector<std::uint8_t>;
+
+/// How a call failed, as the cluster would answer it.
+struct call_failure {
+  /// The cluster's error name: "ApplicationError", "BadPayload", "UnknownEntityType",
+  /// "UnknownRpc", "Defect", "InvalidRequest"; and two of the kit's own: "Pending" (no answer
+  /// yet) and "BadReply" (the reply does not decode as the type asked for).
+  std::string code;
+  /// The application error's tag for ApplicationError, else the code.
+  std::string tag;
+  std::string message;
+};
+
+inline std::ostream& operator<<(std::ostream& out, const call_failure& failure) {
+  out << failure.code;
+  if (failure.tag != failure.code) out << " [" << failure.tag << "]";
+  return out << ": " << failure.message;
+}
+
+/// The typed answer to a call: a T or a call_failure.
+template <class T>
+class reply {
+ public:
+  reply(T value) : value_(std::move(value)) {}                   // NOLINT: implicit, like result<T>
+  reply(call_failure failure) : failure_(std::move(failure)) {}  // NOLINT
+
+  bool has_value() const { return value_.has_value(); }
+  explicit operator bool() const { return has_value(); }
+  /// The value; throws std::logic_error naming the failure when there is none.
+  const T& value() const {
+    if (!value_) throw std::logic_error("the call failed: " + describe());
+    return *value_;
+  }
+  T& value() {
+    if (!value_) throw std::logic_error("the call failed: " + describe());
+    return *value_;
+  }
+  const T* operator->() const { return &value(); }
+  const T& operator*() const { return value(); }
+  /// The failure; a default one (empty code) when the call succeeded.
+  const call_failure& error() const { return failure_; }
+
+  /// For a raw reply: its bytes decoded as U (a BadReply failure when they do not decode).
+  template <class U>
+  reply<U> as() const;
+
+ private:
+  std::string describe() const {
+    std::ostringstream out;
+    out << failure_;
+    return out.str();
+  }
+  std::optional<T> value_;
+  call_failure failure_;
+};
+
+template <class T>
+inline std::ostream& operator<<(std::ostream& out, const reply<T>& r) {
+  if (r.has_value()) return out << "ok";
+  return out << r.error();
+}
+
+namespace detail {
+
+/// The raw answer to one call, as a runner's reply carries it.
+struct outcome {
+  bool done = false;
+  std::string code;  ///< "" when ok
+  std::string tag;
+  std::string message;
+  bytes data;
+
+  bool ok() const { return done && code.empty(); }
+  static outcome success(bytes data) {
+    outcome o;
+    o.done = true;
+    o.data = std::move(data);
+    return o;
+  }
+  static outcome failure(std::string code, std::string message, std::string tag = {}) {
+    outcome o;
+    o.done = true;
+    o.tag = tag.empty() ? code : std::move(tag);
+    o.code = std::move(code);
+    o.message = std::move(message);
+    return o;
+  }
+};
+
+template <class T>
+reply<T> decode_reply(const outcome& o) {
+  if (!o.done)
+    return call_failure{"Pending", "Pending",
+                        "not answered yet: a handler waits on sleep_ms or on a call, or the "
+                        "message's deliver_at_ms is ahead (advance the clock)"};
+  if (!o.code.empty()) return call_failure{o.code, o.tag, o.message};
+  if constexpr (std::is_same_v<T, bytes>) {
+    return o.data;
+  } else {
+    try {
+      return cluster::detail::decode<T>(o.data.data(), o.data.size());
+    } catch (const std::exception& e) {
+      return call_failure{
+          "BadReply", "BadReply",
+          std::string("the reply does not decode as the type asked for: ") + e.what()};
+    }
+  }
+}
+
+template <class T>
+bytes encode_bytes(const T& value) {
+  const msgpack::sbuffer buffer = cluster::detail::encode(value);
+  const auto* begin = reinterpret_cast<const std::uint8_t*>(buffer.data());
+  return bytes(begin, begin + buffer.size());
+}
+
+}  // namespace detail
+
+template <class T>
+template <class U>
+reply<U> reply<T>::as() const {
+  static_assert(std::is_same_v<T, bytes>, "as<U>() decodes a raw reply (reply<bytes>)");
+  if (!value_) return failure_;
+  return detail::decode_reply<U>(detail::outcome::success(*value_));
+}
+
+/// A call sent with `kit::send`: answered now, or later (after `advance_ms`).
+template <class T>
+class pending {
+ public:
+  explicit pending(std::shared_ptr<const detail::outcome> state) : state_(std::move(state)) {}
+  bool done() const { return state_->done; }
+  /// The answer; a "Pending" failure while there is none yet.
+  reply<T> get() const { return detail::decode_reply<T>(*state_); }
+
+ private:
+  std::shared_ptr<const detail::outcome> state_;
+};
+
+/// Options of one call from the test.
+struct call_options {
+  /// Unix ms (fake clock); a persisted RPC does not run before it (volatile RPCs ignore it,
+  /// like the runner).
+  std::optional<std::int64_t> deliver_at_ms;
+  /// Deduplicates a persisted RPC: the same key with the same request gets the first reply
+  /// without running again; with another request, InvalidRequest.
+  std::optional<std::string> primary_key;
+};
+
+/// Options of a kit.
+struct kit_options {
+  /// Where the fake clock starts (unix ms): 2023-11-14T22:13:20Z.
+  std::int64_t start_ms = 1'700'000'000'000;
+  /// Runs every persisted message twice, each time on a fresh instance, as a runner does when
+  /// it crashes after the handler ran but before the reply was stored; the caller gets the
+  /// second reply. Handlers must tolerate it.
+  bool run_persisted_twice = false;
+  /// The shard an entity id is in (`context::shard()`); 1 when not given. (The cluster's hash
+  /// lives in the runner, not in the SDK.)
+  std::function<std::int32_t(std::string_view entity_id)> shard_of;
+  /// Also prints the entities' log lines to stderr.
+  bool echo_logs = false;
+  /// Bound on callbacks run by one `run()`: a handler looping on sleep_ms(0) fails the test
+  /// instead of hanging it.
+  std::size_t max_steps = 1'000'000;
+};
+
+/// A call an entity made to another entity (answered by a stub or by the plugin's entities).
+struct recorded_call {
+  std::string from_type, from_id;  ///< the calling entity
+  std::string entity_type, entity_id, rpc;
+  bytes payload;
+  std::optional<std::string> primary_key;
+
+  /// The request decoded as T (throws msgpack's exception when it does not decode).
+  template <class T>
+  T request() const {
+    return cluster::detail::decode<T>(payload.data(), payload.size());
+  }
+};
+
+/// A persisted message delivered to one of the plugin's entities (from the test or from an
+/// entity), in delivery order.
+struct persisted_call {
+  std::string entity_type, entity_id, rpc;
+  bytes payload;
+  std::optional<std::string> primary_key;
+};
+
+/// A line an entity logged through its context (level: 0 debug, 1 info, 2 warn, 3 error).
+struct log_line {
+  std::string entity_type, entity_id;
+  std::int32_t level = 1;
+  std::string message;
+};
+
+/// What the plugin declares.
+struct rpc_info {
+  std::string name;
+  bool persisted = false;
+};
+struct entity_type_info {
+  std::string name;
+  std::string group;
+  std::vector<rpc_info> rpcs;
+};
+
+namespace detail {
+
+class kit_state {
+ public:
+  using done_fn = std::function<void(outcome)>;
+  using stub_fn = std::function<outcome(const recorded_call&)>;
+
+  struct type_entry {
+    cluster_entity_descriptor descriptor{};
+    std::vector<cluster_rpc_descriptor> rpcs;
+    std::string name, group;
+    std::vector<std::string> rpc_names;
+
+    std::optional<std::uint32_t> rpc_index(std::string_view rpc) const {
+      for (std::size_t i = 0; i < rpc_names.size(); ++i)
+        if (rpc_names[i] == rpc) return static_cast<std::uint32_t>(i);
+      return std::nullopt;
+    }
+    bool persisted(std::uint32_t index) const {
+      return (rpcs[index].flags & CLUSTER_RPC_PERSISTED) != 0;
+    }
+  };
+
+  struct message {
+    std::uint32_t rpc_index = 0;
+    bytes payload;
+    bool persisted = false;
+    bool second_run = false;  // run_persisted_twice: this is the rerun
+    done_fn done;
+  };
+
+  using slot_key = std::pair<std::string, std::string>;
+  struct slot {
+    const type_entry* type = nullptr;
+    std::string id;
+    std::int32_t shard = 1;
+    void* instance = nullptr;
+    bool busy = false;
+    bool evict = false;
+    std::deque<message> mailbox;
+  };
+
+  // The host side of a cluster_call_context: one per running message, and one on the
+  // stack while `create` runs.
+  struct invocation {
+    kit_state* kit = nullptr;
+    slot_key key;
+    std::string rpc;
+    cluster_call_context ctx{};
+    message msg;
+    bool creating = false;
+    std::string* creation_error = nullptr;
+
+    void bind(const slot& s) {
+      ctx = cluster_call_context{};
+      ctx.struct_size = sizeof(cluster_call_context);
+      ctx.shard = s.shard;
+      ctx.entity_type = s.type->name.c_str();
+      ctx.entity_id = key.second.c_str();
+      ctx.shard_group = s.type->group.c_str();
+      ctx.rpc = rpc.c_str();
+      ctx.api = &api;
+      ctx.host_ctx = this;
+    }
+
+    static void log(void* host_ctx, std::int32_t level, const char* text) {
+      auto* self = static_cast<invocation*>(host_ctx);
+      const std::string line = text ? text : "";
+      self->kit->logs_.push_back(log_line{self->key.first, self->key.second, level, line});
+      if (self->kit->options_.echo_logs)
+        std::cerr << "[" << level << "] " << self->key.first << "/" << self->key.second << ": "
+                  << line << "\n";
+      if (self->creation_error != nullptr && level >= 3) *self->creation_error = line;
+    }
+    static std::int64_t now_ms(void* host_ctx) {
+      return static_cast<invocation*>(host_ctx)->kit->now_ms_;
+    }
+    static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
+      auto* kit = static_cast<invocation*>(host_ctx)->kit;
+      kit->at(kit->now_ms_ + std::max<std::int64_t>(0, delay_ms), [fire, user] { fire(user); });
+    }
+    static void call(void* host_ctx, const char* entity_type, const char* entity_id,
+                     const char* rpc, const std::uint8_t* payload, std::size_t size,
+                     const char* primary_key, cluster_call_done_fn done, void* user) {
+      auto* self = static_cast<invocation*>(host_ctx);
+      if (self->creating) {
+        // The runner's answer: the entity does not exist yet, nothing could take the reply.
+        self->kit->post([done, user] {
+          done(user, CLUSTER_STATUS_CALL_FAILED, "InvalidRequest",
+               "an entity cannot call other entities from its constructor", nullptr, 0);
+        });
+        return;
+      }
+      recorded_call record;
+      record.from_type = self->key.first;
+      record.from_id = self->key.second;
+      record.entity_type = entity_type ? entity_type : "";
+      record.entity_id = entity_id ? entity_id : "";
+      record.rpc = rpc ? rpc : "";
+      if (size > 0) record.payload.assign(payload, payload + size);
+      if (primary_key != nullptr) record.primary_key = primary_key;
+      self->kit->calls_.push_back(record);
+      kit_state* kit = self->kit;
+      // Never inside `call` (the ABI's promise): routed from the loop.
+      kit->post([kit, record = std::move(record), done, user]() mutable {
+        kit->route_call(std::move(record), [kit, done, user](outcome o) {
+          kit->post([done, user, o = std::move(o)] {
+            const std::int32_t status = o.code.empty() ? CLUSTER_STATUS_OK
+                                        : o.code == "ApplicationError"
+                                            ? CLUSTER_STATUS_APPLICATION_ERROR
+                                            : CLUSTER_STATUS_CALL_FAILED;
+            done(user, status, o.code.empty() ? nullptr : o.tag.c_str(),
+                 o.code.empty() ? nullptr : o.message.c_str(), o.data.data(), o.data.size());
+          });
+        });
+      });
+    }
+
+    // The runner's mapping of a handler's reply (host/src/entity_host.cpp, on_reply).
+    static void on_reply(void* reply_ctx, std::int32_t status, const char* tag, const char* text,
+                         const std::uint8_t* data, std::size_t size) {
+      auto* self = static_cast<invocation*>(reply_ctx);
+      const std::string tag_text = tag ? tag : "";
+      const std::string message_text = text ? text : "";
+      outcome o;
+      switch (status) {
+        case CLUSTER_STATUS_OK:
+          o = outcome::success(size > 0 ? bytes(data, data + size) : bytes());
+          break;
+        case CLUSTER_STATUS_APPLICATION_ERROR:
+          o = outcome::failure("ApplicationError", message_text,
+                               tag_text.empty() ? "ApplicationError" : tag_text);
+          break;
+        case CLUSTER_STATUS_BAD_PAYLOAD:
+          o = outcome::failure("BadPayload", "payload does not decode as " + self->key.first + "." +
+                                                 self->rpc + "'s request: " + message_text);
+          break;
+        default:
+          o = outcome::failure("Defect", message_text);
+          break;
+      }
+      self->kit->finish(self, std::move(o));
+    }
+
+    static constexpr cluster_host_api api = {
+        sizeof(cluster_host_api), 0, &log, &call, &now_ms, &sleep};
+  };
+
+  kit_state(cluster_plugin_entry_fn entry, kit_options options, std::shared_ptr<void> library)
+      : library_(std::move(library)), options_(std::move(options)), now_ms_(options_.start_ms) {
+    read_descriptor(entry);
+  }
+  kit_state(const kit_state&) = delete;
+  kit_state& operator=(const kit_state&) = delete;
+
+  ~kit_state() {
+    // Lets handlers still waiting on the clock finish, so their coroutine frames are freed.
+    try {
+      for (int round = 0; round < 10'000 && !timers_.empty(); ++round) {
+        run();
+        if (timers_.empty()) break;
+        now_ms_ = std::max(now_ms_, timers_.begin()->first);
+        run();
+      }
+      run();
+    } catch (...) {
+      // A handler that never settles: what is left is leaked, as a stopped runner leaks it.
+    }
+    for (auto& [key, s] : entities_)
+      if (!s.busy && s.instance != nullptr)
+        s.type->descriptor.destroy(s.type->descriptor.type_data, s.instance);
+  }
+
+  // --- the test's side ------------------------------------------------------------------
+  std::shared_ptr<const outcome> send(std::string_view type, std::string_view id,
+                                      std::string_view rpc, bytes payload,
+                                      const call_options& options) {
+    auto state = std::make_shared<outcome>();
+    deliver(std::string(type), std::string(id), std::string(rpc), std::move(payload),
+            options.primary_key, options.deliver_at_ms,
+            [state](outcome o) { *state = std::move(o); });
+    run();
+    return state;
+  }
+
+  void run() {
+    std::size_t steps = 0;
+    for (;;) {
+      if (!posted_.empty()) {
+        auto next = std::move(posted_.front());
+        posted_.pop_front();
+        next();
+      } else if (!timers_.empty() && timers_.begin()->first <= now_ms_) {
+        auto next = std::move(timers_.begin()->second);
+        timers_.erase(timers_.begin());
+        next();
+      } else {
+        return;
+      }
+      if (++steps >= options_.max_steps)
+        throw std::runtime_error("the entities did not settle after " + std::to_string(steps) +
+                                 " steps (a handler loops on sleep_ms(0) or on calls?)");
+    }
+  }
+
+  void advance_ms(std::int64_t delta_ms) {
+    if (delta_ms < 0) throw std::invalid_argument("advance_ms: the clock does not go back");
+    const std::int64_t target = now_ms_ + delta_ms;
+    run();
+    while (!timers_.empty() && timers_.begin()->first <= target) {
+      now_ms_ = std::max(now_ms_, timers_.begin()->first);
+      run();
+    }
+    now_ms_ = target;
+    run();
+  }
+
+  void passivate(const std::string& type, const std::string& id) {
+    auto it = entities_.find(slot_key{type, id});
+    if (it == entities_.end()) return;
+    if (it->second.busy || !it->second.mailbox.empty()) {
+      it->second.evict = true;  // once its messages are done
+      return;
+    }
+    destroy(it);
+  }
+
+  std::vector<reply<bytes>> replay_persisted() {
+    run();
+    for (const auto& [key, s] : entities_)
+      if (s.busy || !s.mailbox.empty())
+        throw std::logic_error("replay_persisted: " + key.first + "/" + key.second +
+                               " is still running a message (advance the clock first)");
+    while (!entities_.empty()) destroy(entities_.begin());
+    std::vector<std::shared_ptr<outcome>> states;
+    const auto replayed = persisted_;  // replays are not recorded again
+    for (const auto& p : replayed) {
+      auto state = states.emplace_back(std::make_shared<outcome>());
+      const type_entry* type = find(p.entity_type);
+      const auto index = type ? type->rpc_index(p.rpc) : std::nullopt;
+      if (!index) {
+        *state = outcome::failure("UnknownRpc", "no handler for " + p.entity_type + "." + p.rpc);
+        continue;
+      }
+      message m;
+      m.rpc_index = *index;
+      m.payload = p.payload;
+      m.persisted = true;
+      m.done = [state](outcome o) { *state = std::move(o); };
+      enqueue(*type, p.entity_id, std::move(m));
+    }
+    run();
+    std::vector<reply<bytes>> replies;
+    for (const auto& state : states) replies.push_back(decode_reply<bytes>(*state));
+    return replies;
+  }
+
+  template <class F>
+  void stub(std::string type, std::string rpc, F fn) {
+    stubs_[slot_key{std::move(type), std::move(rpc)}] = std::move(fn);
+  }
+
+  bool active(const std::string& type, const std::string& id) const {
+    auto it = entities_.find(slot_key{type, id});
+    return it != entities_.end() && it->second.instance != nullptr;
+  }
+
+  // --- what tests read ------------------------------------------------------------------
+  std::shared_ptr<void> library_;  // first: unloaded after everything that points into it
+  kit_options options_;
+  std::int64_t now_ms_;
+  std::string plugin_name_, plugin_version_;
+  std::map<std::string, type_entry, std::less<>> types_;
+  std::vector<recorded_call> calls_;
+  std::vector<persisted_call> persisted_;
+  std::vector<log_line> logs_;
+  std::size_t activations_ = 0;
+  std::size_t passivations_ = 0;
+
+ private:
+  void post(std::function<void()> fn) { posted_.push_back(std::move(fn)); }
+  void at(std::int64_t due_ms, std::function<void()> fn) {
+    timers_.emplace(due_ms, std::move(fn));  // after the ones due at the same time
+  }
+
+  const type_entry* find(std::string_view type) const {
+    auto it = types_.find(type);
+    return it == types_.end() ? nullptr : &it->second;
+  }
+
+  // Where a call lands: a stub, one of the plugin's entities, or nowhere (as in a cluster
+  // where no runner has the type).
+  void route_call(recorded_call record, done_fn done) {
+    if (auto it = stubs_.find(slot_key{record.entity_type, record.rpc}); it != stubs_.end()) {
+      done(it->second(record));
+      return;
+    }
+    for (const auto& [key, fn] : stubs_)
+      if (key.first == record.entity_type && find(record.entity_type) == nullptr) {
+        done(outcome::failure("UnknownRpc", "entity type '" + record.entity_type +
+                                                "' has no RPC '" + record.rpc + "' (not stubbed)"));
+        return;
+      }
+    deliver(std::move(record.entity_type), std::move(record.entity_id), std::move(record.rpc),
+            std::move(record.payload), std::move(record.primary_key), std::nullopt,
+            std::move(done));
+  }
+
+  struct keyed_entry {
+    std::string rpc;
+    bytes payload;
+    std::optional<outcome> reply;
+    std::vector<done_fn> waiting;
+  };
+
+  void deliver(std::string type_name, std::string id, std::string rpc, bytes payload,
+               std::optional<std::string> primary_key, std::optional<std::int64_t> deliver_at_ms,
+               done_fn done) {
+    const type_entry* type = find(type_name);
+    if (type == nullptr) {
+      done(outcome::failure("UnknownEntityType",
+                            "no runner serves entity type '" + type_name +
+                                "' (the plugin has no such type and the kit no stub for it)"));
+      return;
+    }
+    const auto index = type->rpc_index(rpc);
+    if (!index) {
+      done(outcome::failure("UnknownRpc",
+                            "entity type '" + type_name + "' has no RPC '" + rpc + "'"));
+      return;
+    }
+    const bool persisted = type->persisted(*index);
+    if (persisted && primary_key) {
+      auto key = std::make_tuple(type_name, id, *primary_key);
+      auto [it, fresh] = keyed_.try_emplace(key);
+      keyed_entry& entry = it->second;
+      if (!fresh) {
+        if (entry.rpc != rpc || entry.payload != payload) {
+          done(outcome::failure("InvalidRequest", "primary key reused with a different request"));
+        } else if (entry.reply) {
+          done(*entry.reply);
+        } else {
+          entry.waiting.push_back(std::move(done));
+        }
+        return;
+      }
+      entry.rpc = rpc;
+      entry.payload = payload;
+      entry.waiting.push_back(std::move(done));
+      done = [this, key](outcome o) {
+        keyed_entry& stored = keyed_[key];
+        stored.reply = o;
+        auto waiting = std::move(stored.waiting);
+        for (auto& w : waiting) w(o);
+      };
+    }
+    if (persisted) persisted_.push_back(persisted_call{type_name, id, rpc, payload, primary_key});
+    message m;
+    m.rpc_index = *index;
+    m.payload = std::move(payload);
+    m.persisted = persisted;
+    m.done = std::move(done);
+    if (persisted && deliver_at_ms && *deliver_at_ms > now_ms_) {
+      auto held = std::make_shared<message>(std::move(m));
+      at(*deliver_at_ms, [this, type, id, held] { enqueue(*type, id, std::move(*held)); });
+      return;
+    }
+    enqueue(*type, id, std::move(m));
+  }
+
+  void enqueue(const type_entry& type, const std::string& id, message m) {
+    slot_key key{type.name, id};
+    auto it = entities_.find(key);
+    if (it == entities_.end()) {
+      slot fresh;
+      fresh.type = &type;
+      fresh.id = id;
+      fresh.shard = options_.shard_of ? options_.shard_of(id) : 1;
+      std::string why;
+      if (!activate(key, fresh, why)) {
+        m.done(outcome::failure("Defect", why));
+        return;
+      }
+      it = entities_.emplace(key, std::move(fresh)).first;
+    }
+    it->second.evict = false;
+    it->second.mailbox.push_back(std::move(m));
+    if (!it->second.busy) run_next(key);
+  }
+
+  bool activate(const slot_key& key, slot& s, std::string& why) {
+    std::string creation_error;
+    invocation creating;
+    creating.kit = this;
+    creating.key = key;
+    creating.creating = true;
+    creating.creation_error = &creation_error;
+    creating.bind(s);
+    s.instance = s.type->descriptor.create(s.type->descriptor.type_data, &creating.ctx);
+    if (s.instance != nullptr) {
+      ++activations_;
+      return true;
+    }
+    // The runner's text (host/src/entity_host.cpp, activate).
+    why = "activation of " + key.first + "/" + key.second + " failed in its constructor" +
+          (creation_error.empty() ? std::string() : ": " + creation_error);
+    return false;
+  }
+
+  void run_next(const slot_key& key) {
+    auto it = entities_.find(key);
+    if (it == entities_.end()) return;
+    slot& s = it->second;
+    while (!s.busy && !s.mailbox.empty()) {
+      message next = std::move(s.mailbox.front());
+      s.mailbox.pop_front();
+      if (s.instance == nullptr) {  // a rerun after a simulated crash: a fresh instance
+        std::string why;
+        if (!activate(key, s, why)) {
+          next.done(outcome::failure("Defect", why));
+          continue;
+        }
+      }
+      s.busy = true;
+      auto* call = new invocation;
+      call->kit = this;
+      call->key = key;
+      call->rpc = s.type->rpc_names[next.rpc_index];
+      call->msg = std::move(next);
+      call->bind(s);
+      const auto& d = s.type->descriptor;
+      d.handle(d.type_data, s.instance, call->msg.rpc_index, call->msg.payload.data(),
+               call->msg.payload.size(), &call->ctx, &invocation::on_reply, call);
+      return;  // the reply (maybe sent already) schedules the next message
+    }
+    if (!s.busy && s.mailbox.empty() && s.evict) destroy(it);
+  }
+
+  void finish(invocation* call, outcome o) {
+    const slot_key key = call->key;
+    message msg = std::move(call->msg);
+    delete call;
+    auto it = entities_.find(key);
+    if (it != entities_.end()) {
+      slot& s = it->second;
+      s.busy = false;
+      if (msg.persisted && options_.run_persisted_twice && !msg.second_run) {
+        // A crash after the handler ran, before its reply was stored: the instance is gone
+        // and the message runs again on a fresh one; its caller sees only the second reply.
+        s.type->descriptor.destroy(s.type->descriptor.type_data, s.instance);
+        s.instance = nullptr;
+        ++passivations_;
+        msg.second_run = true;
+        s.mailbox.push_front(std::move(msg));
+        post([this, key] { run_next(key); });
+        return;
+      }
+    }
+    msg.done(std::move(o));
+    // Posted, like the runner: a long mailbox of synchronous handlers does not grow the stack.
+    post([this, key] { run_next(key); });
+  }
+
+  void destroy(std::map<slot_key, slot>::iterator it) {
+    slot& s = it->second;
+    if (s.instance != nullptr) s.type->descriptor.destroy(s.type->descriptor.type_data, s.instance);
+    ++passivations_;
+    entities_.erase(it);
+  }
+
+  // Reads the descriptor the way the runner does: copies each struct by the writer's
+  // struct_size into a zeroed one, refuses another major or a newer minor.
+  void read_descriptor(cluster_plugin_entry_fn entry) {
+    if (entry == nullptr) throw std::invalid_argument("the plugin has no entry function");
+    char error[512] = {};
+    cluster_load_context load{};
+    load.struct_size = sizeof load;
+    load.host_abi_major = CLUSTER_ABI_MAJOR;
+    load.host_abi_minor = CLUSTER_ABI_MINOR;
+    load.error = error;
+    load.error_size = sizeof error;
+    const cluster_plugin_descriptor* source = entry(&load);
+    if (source == nullptr)
+      throw std::runtime_error(error[0] != '\0' ? std::string("entry failed: ") + error
+                                                : "entry returned no descriptor");
+    if (source->abi_major != CLUSTER_ABI_MAJOR || source->abi_minor > CLUSTER_ABI_MINOR)
+      throw std::runtime_error("ABI version " + std::to_string(source->abi_major) + "." +
+                               std::to_string(source->abi_minor) + " is not loadable by ABI " +
+                               std::to_string(CLUSTER_ABI_MAJOR) + "." +
+                               std::to_string(CLUSTER_ABI_MINOR));
+    cluster_plugin_descriptor d{};
+    copy_by_size(d, source, source->struct_size, "the plugin descriptor");
+    plugin_name_ = d.plugin_name ? d.plugin_name : "";
+    plugin_version_ = d.plugin_version && d.plugin_version[0] ? d.plugin_version : "0.0.0";
+    if (d.entity_count == 0 || d.entities == nullptr)
+      throw std::runtime_error("declares no entity types");
+    for (std::uint32_t i = 0; i < d.entity_count; ++i) {
+      const cluster_entity_descriptor* e = d.entities[i];
+      if (e == nullptr) throw std::runtime_error("entity type " + std::to_string(i) + " is NULL");
+      type_entry type;
+      copy_by_size(type.descriptor, e, e->struct_size, "entity type " + std::to_string(i));
+      auto& td = type.descriptor;
+      if (td.name == nullptr || td.name[0] == '\0')
+        throw std::runtime_error("entity type " + std::to_string(i) + " has no name");
+      type.name = td.name;
+      type.group = td.shard_group && td.shard_group[0] ? td.shard_group : "default";
+      if (td.create == nullptr || td.destroy == nullptr || td.handle == nullptr)
+        throw std::runtime_error("entity type '" + type.name + "' lacks create, destroy or handle");
+      if (td.rpc_count > 0 && td.rpcs == nullptr)
+        throw std::runtime_error("entity type '" + type.name + "' has no RPC table");
+      for (std::uint32_t r = 0; r < td.rpc_count; ++r) {
+        const cluster_rpc_descriptor* rd = td.rpcs[r];
+        if (rd == nullptr) throw std::runtime_error("an RPC of '" + type.name + "' is NULL");
+        cluster_rpc_descriptor copy{};
+        copy_by_size(copy, rd, rd->struct_size, "an RPC of '" + type.name + "'");
+        const std::string rpc_name = copy.name ? copy.name : "";
+        if (rpc_name.empty())
+          throw std::runtime_error("entity type '" + type.name + "' has an RPC without a name");
+        if (type.rpc_index(rpc_name))
+          throw std::runtime_error("entity type '" + type.name + "' declares RPC '" + rpc_name +
+                                   "' twice");
+        copy.name = nullptr;  // names are kept in rpc_names
+        type.rpcs.push_back(copy);
+        type.rpc_names.push_back(rpc_name);
+      }
+      td.rpcs = nullptr;
+      const std::string name = type.name;
+      if (!types_.emplace(name, std::move(type)).second)
+        throw std::runtime_error("declares entity type '" + name + "' twice");
+    }
+  }
+
+  template <class T, class S>
+  static void copy_by_size(T& target, const S* source, std::uint32_t size,
+                           const std::string& what) {
+    if (size < offsetof(T, struct_size) + sizeof(std::uint32_t) || size > sizeof(T))
+      throw std::runtime_error(what + " claims " + std::to_string(size) + " bytes (this kit's is " +
+                               std::to_string(sizeof(T)) + ")");
+    std::memcpy(&target, source, size);
+  }
+
+  std::map<slot_key, slot> entities_;
+  std::map<slot_key, stub_fn> stubs_;
+  std::map<std::tuple<std::string, std::string, std::string>, keyed_entry> keyed_;
+  std::deque<std::function<void()>> posted_;
+  std::multimap<std::int64_t, std::function<void()>> timers_;
+};
+
+}  // namespace detail
+
+/// Runs one plugin's entities in-process. Build it from the plugin linked into the test
+/// binary (`kit()`), from any entry function, or from a plugin file (`kit::load`).
+class kit {
+ public:
+  /// The plugin whose sources this test binary links (its CLUSTER_PLUGIN entry).
+  /// Throws std::runtime_error when the runner would refuse the plugin.
+  explicit kit(kit_options options = {}) : kit(&::cluster_plugin_entry, std::move(options)) {}
+  /// The plugin behind `entry`.
+  explicit kit(cluster_plugin_entry_fn entry, kit_options options = {})
+      : state_(std::make_unique<detail::kit_state>(entry, std::move(options), nullptr)) {}
+
+  /// A plugin file (a `.so` built with cluster_add_plugin), opened with dlopen(RTLD_NOW) as
+  /// the runner opens it; unloaded when the kit is destroyed. Throws std::runtime_error when
+  /// the file cannot be loaded or the runner would refuse it.
+  static kit load(const std::string& path, kit_options options = {}) {
+    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      const char* why = ::dlerror();
+      throw std::runtime_error("cannot load " + path + ": " + (why ? why : "dlopen failed"));
+    }
+    std::shared_ptr<void> library(handle, [](void* h) { ::dlclose(h); });
+    auto entry =
+        reinterpret_cast<cluster_plugin_entry_fn>(::dlsym(handle, CLUSTER_PLUGIN_ENTRY_SYMBOL));
+    if (entry == nullptr)
+      throw std::runtime_error(path + " has no " CLUSTER_PLUGIN_ENTRY_SYMBOL " symbol");
+    try {
+      return kit(std::make_unique<detail::kit_state>(entry, std::move(options), library));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(path + ": " + e.what());
+    }
+  }
+
+  kit(kit&&) noexcept = default;
+  kit& operator=(kit&&) noexcept = default;
+
+  // --- calls from the test ----------------------------------------------------------------
+  /// Calls RPC `rpc` of entity (`type`, `id`) with a typed request (R has R::Request and
+  /// R::Reply) and runs everything that is ready. The reply, or how it failed ("Pending" when
+  /// the handler waits on the clock: use `send` and `advance_ms`).
+  template <class R>
+  reply<typename R::Reply> call(std::string_view type, std::string_view id, std::string_view rpc,
+                                const typename R::Request& request, call_options options = {}) {
+    return send<R>(type, id, rpc, request, std::move(options)).get();
+  }
+  /// The same, answered now or after `advance_ms`: `pending::done()`, `pending::get()`.
+  template <class R>
+  pending<typename R::Reply> send(std::string_view type, std::string_view id, std::string_view rpc,
+                                  const typename R::Request& request, call_options options = {}) {
+    return pending<typename R::Reply>(
+        state_->send(type, id, rpc, detail::encode_bytes(request), options));
+  }
+  /// A call with payload bytes as they are (a request that does not decode, say).
+  reply<bytes> call_raw(std::string_view type, std::string_view id, std::string_view rpc,
+                        bytes payload, call_options options = {}) {
+    return send_raw(type, id, rpc, std::move(payload), std::move(options)).get();
+  }
+  pending<bytes> send_raw(std::string_view type, std::string_view id, std::string_view rpc,
+                          bytes payload, call_options options = {}) {
+    return pending<bytes>(state_->send(type, id, rpc, std::move(payload), options));
+  }
+
+  // --- stubs for the entity types the plugin calls ------------------------------------------
+  /// Answers the entities' calls to (`type`, `rpc`) with `fn(const R::Request&)` or
+  /// `fn(const R::Request&, const recorded_call&)` returning R::Reply. In `fn`, throw
+  /// cluster::app_error("Tag", ...) for an ApplicationError, cluster::call_error("Unavailable",
+  /// ...) for a cluster error of that name; another exception is a Defect. A stub wins over the
+  /// plugin's own type of that name. Calls to a type with neither stub nor entity fail with
+  /// UnknownEntityType, as in a cluster where no runner has it.
+  template <class R, class F>
+  void stub(std::string type, std::string rpc, F fn) {
+    using request_type = typename R::Request;
+    state_->stub(
+        std::move(type), std::move(rpc),
+        [fn = std::move(fn)](const recorded_call& made) mutable -> detail::outcome {
+          try {
+            const auto request = made.request<request_type>();
+            if constexpr (std::is_invocable_v<F&, const request_type&, const recorded_call&>) {
+              return detail::outcome::success(detail::encode_bytes(fn(request, made)));
+            } else {
+              return detail::outcome::success(detail::encode_bytes(fn(request)));
+            }
+          } catch (const cluster::call_error& e) {
+            return detail::outcome::failure(e.tag(), e.what());
+          } catch (const cluster::app_error& e) {
+            return detail::outcome::failure("ApplicationError", e.what(), e.tag());
+          } catch (const msgpack::type_error& e) {
+            return detail::outcome::failure(
+                "BadPayload",
+                "payload does not decode as the stub's request: " + std::string(e.what()));
+          } catch (const std::exception& e) {
+            return detail::outcome::failure("Defect", e.what());
+          }
+        });
+  }
+  /// Calls the entities made to other entities, in order (stubbed or not).
+  const std::vector<recorded_call>& calls() const { return state_->calls_; }
+  /// How many calls went to (`type`, `rpc`).
+  std::size_t calls_to(std::string_view type, std::string_view rpc) const {
+    std::size_t n = 0;
+    for (const auto& c : state_->calls_) n += c.entity_type == type && c.rpc == rpc ? 1 : 0;
+    return n;
+  }
+
+  // --- the fake clock ------------------------------------------------------------------------
+  /// The fake time (unix ms): what `context::now_ms()` returns.
+  std::int64_t now_ms() const { return state_->now_ms_; }
+  /// Moves the clock forward by `delta_ms`, waking sleeps and delivering deliver-at messages
+  /// in time order (each at its own time), and runs everything that becomes ready.
+  void advance_ms(std::int64_t delta_ms) { state_->advance_ms(delta_ms); }
+  /// Runs everything that is ready now (call/send/advance_ms do it already).
+  void run() { state_->run(); }
+
+  // --- lifecycle -----------------------------------------------------------------------------
+  /// Destroys the instance of (`type`, `id`) (after its running and queued messages, if any);
+  /// its next message activates a new one, as after a runner passivated it.
+  void passivate(const std::string& type, const std::string& id) { state_->passivate(type, id); }
+  /// Is (`type`, `id`) active (an instance exists)?
+  bool active(const std::string& type, const std::string& id) const {
+    return state_->active(type, id);
+  }
+  /// Instances created and destroyed so far.
+  std::size_t activations() const { return state_->activations_; }
+  std::size_t passivations() const { return state_->passivations_; }
+
+  // --- persisted messages --------------------------------------------------------------------
+  /// Persisted messages delivered so far (replays not included), in delivery order.
+  const std::vector<persisted_call>& persisted() const { return state_->persisted_; }
+  /// Destroys every instance and runs every persisted message again, in order, on fresh
+  /// instances, as a runner replays them after a crash: the replies, in the same order
+  /// (decode with `as<T>()`). Throws std::logic_error while a handler still runs.
+  std::vector<reply<bytes>> replay_persisted() { return state_->replay_persisted(); }
+
+  // --- what the plugin declares and logged -----------------------------------------------------
+  const std::string& plugin_name() const { return state_->plugin_name_; }
+  /// The plugin's own version ("0.0.0" when it gives none).
+  const std::string& plugin_version() const { return state_->plugin_version_; }
+  std::vector<entity_type_info> entity_types() const {
+    std::vector<entity_type_info> out;
+    for (const auto& [name, type] : state_->types_) {
+      entity_type_info info{name, type.group, {}};
+      for (std::size_t i = 0; i < type.rpc_names.size(); ++i)
+        info.rpcs.push_back(
+            rpc_info{type.rpc_names[i], type.persisted(static_cast<std::uint32_t>(i))});
+      out.push_back(std::move(info));
+    }
+    return out;
+  }
+  /// Log lines of the entities (constructors included), in order.
+  const std::vector<log_line>& logs() const { return state_->logs_; }
+  /// Did an entity log a line containing `text`?
+  bool logged(std::string_view text) const {
+    for (const auto& line : state_->logs_)
+      if (line.message.find(text) != std::string::npos) return true;
+    return false;
+  }
+
+ private:
+  explicit kit(std::unique_ptr<detail::kit_state> state) : state_(std::move(state)) {}
+  std::unique_ptr<detail::kit_state> state_;
+};
+
+}  // namespace cluster::testing

@@ -1,0 +1,459 @@
+// The plugin test kit (<cluster/testing.hpp>) on this repository's plugins: the Probe test
+// plugin linked into this binary, the example plugins and test plugins loaded from their
+// files, and entity types declared here with the SDK behind entry functions of their own.
+#include <gtest/gtest.h>
+
+#include <cluster/testing.hpp>
+
+#include "cluster/protocol/shard.hpp"
+
+namespace {
+
+using cluster::testing::bytes;
+using cluster::testing::call_options;
+using cluster::testing::kit;
+using cluster::testing::kit_options;
+
+// The RPCs of tests/plugins/probe.cpp, the Probe type linked into this test.
+struct Append {
+  struct Request {
+    std::string sender;
+    std::int64_t value = 0;
+    MSGPACK_DEFINE_MAP(sender, value);
+  };
+  struct Reply {
+    std::vector<std::string> log;
+    MSGPACK_DEFINE_MAP(log);
+  };
+};
+struct Echo {
+  struct Request {
+    std::string text;
+    MSGPACK_DEFINE_MAP(text);
+  };
+  struct Reply {
+    std::string text;
+    std::string entity_id;
+    std::int32_t shard = 0;
+    std::int64_t activation = 0;
+    MSGPACK_DEFINE_MAP(text, entity_id, shard, activation);
+  };
+};
+struct Sleep {
+  struct Request {
+    std::int64_t ms = 0;
+    MSGPACK_DEFINE_MAP(ms);
+  };
+  struct Reply {
+    std::int64_t slept_ms = 0;
+    MSGPACK_DEFINE_MAP(slept_ms);
+  };
+};
+struct Nothing {
+  using Request = cluster::empty;
+  using Reply = cluster::empty;
+};
+struct EchoAsArray {
+  std::string text;
+  MSGPACK_DEFINE(text);
+};
+struct Relay {
+  struct Request {
+    std::string target;
+    std::string text;
+    MSGPACK_DEFINE_MAP(target, text);
+  };
+  using Reply = Echo::Reply;
+};
+struct Stamp {
+  using Request = cluster::empty;
+  struct Reply {
+    std::int64_t at_ms = 0;
+    MSGPACK_DEFINE_MAP(at_ms);
+  };
+};
+
+// The RPCs of plugins/counter and plugins/greeter, loaded from their files.
+struct Increment {
+  struct Request {
+    std::int64_t by = 1;
+    MSGPACK_DEFINE_MAP(by);
+  };
+  struct Reply {
+    std::int64_t value = 0;
+    MSGPACK_DEFINE_MAP(value);
+  };
+};
+struct Get {
+  using Request = cluster::empty;
+  using Reply = Increment::Reply;
+};
+struct Greet {
+  struct Request {
+    std::string name;
+    MSGPACK_DEFINE_MAP(name);
+  };
+  struct Reply {
+    std::string message;
+    MSGPACK_DEFINE_MAP(message);
+  };
+};
+
+// --- entity types declared here, each plugin behind its own entry -------------------------
+struct Charge {
+  struct Request {
+    std::string order;
+    std::int64_t cents = 0;
+    MSGPACK_DEFINE_MAP(order, cents);
+  };
+  struct Reply {
+    std::string receipt;
+    MSGPACK_DEFINE_MAP(receipt);
+  };
+};
+
+// Checkout.Pay (persisted) charges through Billing.Charge with the order as primary key.
+class Checkout {
+ public:
+  explicit Checkout(cluster::context& ctx) {
+    ctx.log_info("checkout " + std::string(ctx.entity_id()) + " opened");
+  }
+  cluster::task<Charge::Reply> pay(const Charge::Request& request, cluster::context& ctx) {
+    ++paid_;
+    const std::string key = "pay:" + request.order;
+    const auto receipt =
+        co_await ctx.call<Charge::Reply>("Billing", "main", "Charge", request, key.c_str());
+    co_return Charge::Reply{receipt.receipt + " #" + std::to_string(paid_)};
+  }
+
+ private:
+  int paid_ = 0;
+};
+
+const cluster_plugin_descriptor* checkout_entry(const cluster_load_context*) {
+  static const cluster::detail::plugin_record plugin{
+      cluster::plugin("checkout").version("3.1.4"),
+      cluster::entity<Checkout>("Checkout")
+          .group("shop")
+          .rpc<Charge>("Pay", &Checkout::pay, cluster::persisted)};
+  return plugin.descriptor();
+}
+
+const cluster_plugin_descriptor* failing_entry(const cluster_load_context* load) {
+  const char reason[] = "no configuration";
+  std::memcpy(load->error, reason, sizeof reason);
+  return nullptr;
+}
+
+kit probe_kit(kit_options options = {}) { return kit(std::move(options)); }
+
+// --- calls and the errors a cluster answers ---------------------------------------------------
+TEST(plugin_kit, answers_a_typed_call_through_the_plugins_descriptor) {
+  kit k;
+  auto reply = k.call<Echo>("Probe", "p1", "Echo", {"hi"});
+  ASSERT_TRUE(reply) << reply.error();
+  EXPECT_EQ(reply->text, "hi");
+  EXPECT_EQ(reply->entity_id, "p1");
+  EXPECT_EQ(reply->shard, 1);  // no shard_of given
+}
+
+TEST(plugin_kit, computes_shards_with_the_function_it_is_given) {
+  kit_options options;
+  options.shard_of = [](std::string_view id) { return cluster::shard_for(id, 300); };
+  auto k = probe_kit(options);
+  auto reply = k.call<Echo>("Probe", "Test", "Echo", {"hi"});
+  ASSERT_TRUE(reply) << reply.error();
+  EXPECT_EQ(reply->shard, cluster::shard_for("Test", 300));
+}
+
+TEST(plugin_kit, reports_errors_with_the_codes_tags_and_texts_of_a_runner) {
+  kit k;
+  auto rejected = k.call<Nothing>("Probe", "p1", "Reject", {});
+  ASSERT_FALSE(rejected);
+  EXPECT_EQ(rejected.error().code, "ApplicationError");
+  EXPECT_EQ(rejected.error().tag, "Rejected");
+  EXPECT_EQ(rejected.error().message, "probe rejected the request");
+
+  auto failed = k.call<Nothing>("Probe", "p1", "Fail", {});
+  ASSERT_FALSE(failed);
+  EXPECT_EQ(failed.error().code, "Defect");
+  EXPECT_EQ(failed.error().message, "probe failed on purpose");
+
+  auto bad = k.call_raw("Probe", "p1", "Echo", cluster::testing::detail::encode_bytes(42));
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, "BadPayload");
+  EXPECT_EQ(bad.error().message.rfind("payload does not decode as Probe.Echo's request: ", 0), 0u)
+      << bad.error();
+
+  auto no_rpc = k.call<Nothing>("Probe", "p1", "Nope", {});
+  EXPECT_EQ(no_rpc.error().code, "UnknownRpc");
+  EXPECT_EQ(no_rpc.error().message, "entity type 'Probe' has no RPC 'Nope'");
+  EXPECT_EQ(k.call<Nothing>("Nobody", "p1", "Echo", {}).error().code, "UnknownEntityType");
+}
+
+TEST(plugin_kit, a_reply_of_another_shape_is_a_bad_reply_not_a_crash) {
+  kit k;
+  struct Wrong {
+    using Request = Echo::Request;
+    using Reply = EchoAsArray;  // Echo answers a map
+  };
+  auto reply = k.call<Wrong>("Probe", "p1", "Echo", {"hi"});
+  ASSERT_FALSE(reply);
+  EXPECT_EQ(reply.error().code, "BadReply");
+  EXPECT_THROW(reply.value(), std::logic_error);
+}
+
+TEST(plugin_kit, runs_an_entitys_messages_one_at_a_time_in_order) {
+  kit k;
+  auto sleeping = k.send<Sleep>("Probe", "p1", "Sleep", {100});
+  auto queued = k.send<Echo>("Probe", "p1", "Echo", {"after"});
+  auto other = k.send<Echo>("Probe", "p2", "Echo", {"elsewhere"});
+  EXPECT_FALSE(sleeping.done());
+  EXPECT_FALSE(queued.done()) << "ran while the entity's previous message was running";
+  EXPECT_TRUE(other.done()) << "another entity waited for p1";
+  k.advance_ms(100);
+  ASSERT_TRUE(sleeping.done());
+  ASSERT_TRUE(queued.done());
+  EXPECT_EQ(sleeping.get()->slept_ms, 100);
+
+  for (int i = 0; i < 3; ++i) (void)k.send<Append>("Probe", "log", "Append", {"t", i});
+  auto log = k.call<Append>("Probe", "log", "Append", {"t", 3});
+  ASSERT_TRUE(log) << log.error();
+  EXPECT_EQ(log->log, (std::vector<std::string>{"t:0", "t:1", "t:2", "t:3"}));
+}
+
+// --- the fake clock -------------------------------------------------------------------------
+TEST(plugin_kit, a_sleep_resumes_only_when_the_clock_passes_it) {
+  kit k;
+  const auto start = k.now_ms();
+  auto pending = k.send<Sleep>("Probe", "p1", "Sleep", {5'000});
+  EXPECT_EQ(k.call<Sleep>("Probe", "p9", "Sleep", {5'000}).error().code, "Pending");
+  k.advance_ms(4'999);
+  EXPECT_FALSE(pending.done());
+  EXPECT_EQ(pending.get().error().code, "Pending");
+  k.advance_ms(1);
+  ASSERT_TRUE(pending.done());
+  EXPECT_EQ(pending.get()->slept_ms, 5'000);
+  EXPECT_EQ(k.now_ms(), start + 5'000);
+}
+
+TEST(plugin_kit, a_persisted_call_with_deliver_at_runs_once_the_clock_reaches_it) {
+  kit k;
+  call_options at;
+  at.deliver_at_ms = k.now_ms() + 1'000;
+  auto stamp = k.send<Stamp>("Probe", "p1", "Stamp", {}, at);
+  EXPECT_FALSE(k.active("Probe", "p1"));
+  k.advance_ms(999);
+  EXPECT_FALSE(stamp.done());
+  k.advance_ms(5'000);  // delivered at its own time, not at the end of the step
+  ASSERT_TRUE(stamp.done());
+  EXPECT_EQ(stamp.get()->at_ms, *at.deliver_at_ms);
+
+  // Volatile RPCs ignore deliver_at, as in a runner.
+  at.deliver_at_ms = k.now_ms() + 1'000;
+  EXPECT_TRUE(k.call<Echo>("Probe", "p1", "Echo", {"now"}, at));
+}
+
+// --- calls to other entities: the plugin's own, stubs, unknown types --------------------------
+TEST(plugin_kit, routes_an_entitys_call_to_the_plugins_own_types_and_records_it) {
+  kit k;
+  auto reply = k.call<Relay>("Probe", "front", "Relay", {"back", "hi"});
+  ASSERT_TRUE(reply) << reply.error();
+  EXPECT_EQ(reply->entity_id, "back");
+  ASSERT_EQ(k.calls().size(), 1u);
+  EXPECT_EQ(k.calls()[0].from_id, "front");
+  EXPECT_EQ(k.calls()[0].entity_id, "back");
+  EXPECT_EQ(k.calls()[0].request<Echo::Request>().text, "hi");
+  EXPECT_TRUE(k.active("Probe", "back"));
+}
+
+TEST(plugin_kit, a_stub_answers_in_place_of_the_called_type) {
+  kit k;
+  k.stub<Echo>("Probe", "Echo", [](const Echo::Request& request) {
+    return Echo::Reply{"stubbed " + request.text, "stub", 0, 0};
+  });
+  auto reply = k.call<Relay>("Probe", "front", "Relay", {"back", "hi"});
+  ASSERT_TRUE(reply) << reply.error();
+  EXPECT_EQ(reply->text, "stubbed hi");
+  EXPECT_FALSE(k.active("Probe", "back"));
+}
+
+TEST(plugin_kit, a_stubs_error_reaches_the_caller_as_the_cluster_would_send_it) {
+  kit k(&checkout_entry);
+  k.stub<Charge>("Billing", "Charge", [](const Charge::Request& request) -> Charge::Reply {
+    if (request.cents > 100) throw cluster::app_error("Declined", "over the limit");
+    throw cluster::call_error("Unavailable", "billing is down");
+  });
+  auto declined = k.call<Charge>("Checkout", "c1", "Pay", {"o1", 500});
+  ASSERT_FALSE(declined);
+  // The SDK turns the failed call into call_error; uncaught, it is the handler's error.
+  EXPECT_EQ(declined.error().code, "ApplicationError");
+  EXPECT_EQ(declined.error().tag, "Declined");
+  EXPECT_EQ(k.call<Charge>("Checkout", "c1", "Pay", {"o2", 5}).error().tag, "Unavailable");
+}
+
+TEST(plugin_kit, an_unstubbed_type_fails_like_a_type_no_runner_serves) {
+  kit k(&checkout_entry);
+  auto reply = k.call<Charge>("Checkout", "c1", "Pay", {"o1", 5});
+  ASSERT_FALSE(reply);
+  EXPECT_EQ(reply.error().tag, "UnknownEntityType");
+  ASSERT_EQ(k.calls_to("Billing", "Charge"), 1u);
+  EXPECT_EQ(k.calls()[0].primary_key, "pay:o1");
+  EXPECT_EQ(k.calls()[0].from_type, "Checkout");
+}
+
+// --- activation and passivation ----------------------------------------------------------------
+TEST(plugin_kit, passivate_destroys_the_instance_and_the_next_call_activates_another) {
+  kit k;
+  const auto first = k.call<Echo>("Probe", "p1", "Echo", {"a"})->activation;
+  EXPECT_EQ(k.call<Echo>("Probe", "p1", "Echo", {"b"})->activation, first);
+  k.passivate("Probe", "p1");
+  EXPECT_FALSE(k.active("Probe", "p1"));
+  EXPECT_GT(k.call<Echo>("Probe", "p1", "Echo", {"c"})->activation, first);
+  EXPECT_EQ(k.passivations(), 1u);
+
+  // A busy entity is passivated once its message is done.
+  auto sleeping = k.send<Sleep>("Probe", "p1", "Sleep", {10});
+  k.passivate("Probe", "p1");
+  EXPECT_TRUE(k.active("Probe", "p1"));
+  k.advance_ms(10);
+  EXPECT_TRUE(sleeping.done());
+  EXPECT_FALSE(k.active("Probe", "p1"));
+}
+
+TEST(plugin_kit, a_throwing_constructor_gives_the_runners_defect) {
+  kit k = kit::load(THROWING_CONSTRUCTOR_PLUGIN);
+  auto reply = k.call<Nothing>("Fragile", "f1", "Touch", {});
+  ASSERT_FALSE(reply);
+  EXPECT_EQ(reply.error().code, "Defect");
+  // The same text as tests/host/entity_host_test.cpp expects from a runner.
+  EXPECT_EQ(reply.error().message,
+            "activation of Fragile/f1 failed in its constructor: activation failed: cannot "
+            "activate");
+  EXPECT_FALSE(k.active("Fragile", "f1"));
+}
+
+TEST(plugin_kit, a_constructor_sees_its_address_and_logs_and_cannot_call) {
+  kit k(&checkout_entry);
+  k.stub<Charge>("Billing", "Charge", [](const Charge::Request&) { return Charge::Reply{"r"}; });
+  ASSERT_TRUE(k.call<Charge>("Checkout", "c7", "Pay", {"o1", 5}));
+  EXPECT_TRUE(k.logged("checkout c7 opened"));
+  ASSERT_FALSE(k.logs().empty());
+  EXPECT_EQ(k.logs()[0].entity_id, "c7");
+
+  // As in tests/host/entity_host_test.cpp: the refusal runs later, never inside the call.
+  kit eager = kit::load(CONSTRUCTOR_CALL_PLUGIN);
+  EXPECT_EQ(eager.call<Nothing>("EagerCaller", "e1", "Report", {}).error().tag, "NotYet");
+  auto report = eager.call<Nothing>("EagerCaller", "e1", "Report", {});
+  EXPECT_EQ(report.error().tag, "Later");
+  EXPECT_EQ(report.error().message,
+            "4 InvalidRequest: an entity cannot call other entities from its constructor");
+}
+
+// --- persisted messages: deduplication, replays, runs twice -------------------------------------
+TEST(plugin_kit, a_primary_key_answers_a_repeated_persisted_call_without_running_it) {
+  kit k;
+  call_options keyed;
+  keyed.primary_key = "once";
+  const auto first = k.call<Append>("Probe", "p1", "Append", {"a", 1}, keyed);
+  const auto again = k.call<Append>("Probe", "p1", "Append", {"a", 1}, keyed);
+  ASSERT_TRUE(first && again);
+  EXPECT_EQ(again->log, first->log);
+  EXPECT_EQ(k.call<Append>("Probe", "p1", "Append", {"b", 2})->log.size(), 2u);
+  auto reused = k.call<Append>("Probe", "p1", "Append", {"other", 3}, keyed);
+  EXPECT_EQ(reused.error().code, "InvalidRequest");
+  EXPECT_EQ(reused.error().message, "primary key reused with a different request");
+}
+
+TEST(plugin_kit, replay_runs_the_persisted_messages_again_on_fresh_instances) {
+  kit k = kit::load(COUNTER_PLUGIN);
+  for (int by : {1, 2, 3}) ASSERT_TRUE(k.call<Increment>("Counter", "c", "Increment", {by}));
+  ASSERT_EQ(k.call<Get>("Counter", "c", "Get", {})->value, 6);
+  ASSERT_EQ(k.persisted().size(), 3u);  // Get is volatile
+  const auto activations = k.activations();
+
+  const auto replies = k.replay_persisted();
+  ASSERT_EQ(replies.size(), 3u);
+  EXPECT_EQ(replies[0].as<Increment::Reply>()->value, 1);  // a fresh instance: from 0 again
+  EXPECT_EQ(replies[2].as<Increment::Reply>()->value, 6);
+  EXPECT_EQ(k.activations(), activations + 1);
+  EXPECT_EQ(k.call<Get>("Counter", "c", "Get", {})->value, 6);
+  EXPECT_EQ(k.persisted().size(), 3u) << "a replay is not recorded again";
+}
+
+TEST(plugin_kit, replay_refuses_while_a_handler_still_runs) {
+  kit k;
+  (void)k.send<Stamp>("Probe", "p1", "Stamp", {});
+  auto sleeping = k.send<Sleep>("Probe", "p2", "Sleep", {50});
+  EXPECT_THROW(k.replay_persisted(), std::logic_error);
+  k.advance_ms(50);
+  EXPECT_EQ(k.replay_persisted().size(), 1u);
+}
+
+TEST(plugin_kit, run_persisted_twice_runs_each_persisted_message_on_two_instances) {
+  kit_options twice;
+  twice.run_persisted_twice = true;
+  kit k(&checkout_entry, twice);
+  std::vector<std::string> keys;
+  k.stub<Charge>("Billing", "Charge",
+                 [&keys](const Charge::Request& request, const cluster::testing::recorded_call& c) {
+                   keys.push_back(c.primary_key.value_or(""));
+                   return Charge::Reply{"receipt-" + request.order};
+                 });
+  auto reply = k.call<Charge>("Checkout", "c1", "Pay", {"o1", 5});
+  ASSERT_TRUE(reply) << reply.error();
+  EXPECT_EQ(reply->receipt, "receipt-o1 #1");  // the second run, on a fresh instance
+  EXPECT_EQ(keys, (std::vector<std::string>{"pay:o1", "pay:o1"}));
+  EXPECT_EQ(k.activations(), 2u);
+}
+
+// --- loading ---------------------------------------------------------------------------------
+TEST(plugin_kit, loads_a_plugin_file_with_its_name_version_and_types) {
+  kit k = kit::load(GREETER_PLUGIN);
+  EXPECT_EQ(k.plugin_name(), "greeter");
+  EXPECT_EQ(k.plugin_version(), "1.0.0");
+  const auto types = k.entity_types();
+  ASSERT_EQ(types.size(), 1u);
+  EXPECT_EQ(types[0].name, "Greeter");
+  EXPECT_EQ(types[0].group, "default");
+  ASSERT_EQ(types[0].rpcs.size(), 2u);
+  EXPECT_TRUE(types[0].rpcs[0].persisted);
+  EXPECT_FALSE(types[0].rpcs[1].persisted);
+  auto reply = k.call<Greet>("Greeter", "Test", "Greet", {"John"});
+  ASSERT_TRUE(reply) << reply.error();
+  EXPECT_EQ(reply->message, "Hello, John! from Test Greeter 1");
+
+  kit named(&checkout_entry);
+  EXPECT_EQ(named.plugin_version(), "3.1.4");
+  EXPECT_EQ(named.entity_types()[0].group, "shop");
+}
+
+TEST(plugin_kit, refuses_what_a_runner_refuses_with_the_reason) {
+  auto refused = [](const std::string& path) {
+    try {
+      kit::load(path);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("loaded");
+  };
+  EXPECT_NE(refused(WRONG_ABI_PLUGIN).find("ABI version"), std::string::npos);
+  EXPECT_NE(refused("/nonexistent/libnothing.so").find("cannot load"), std::string::npos);
+  EXPECT_NE(refused(THROWING_ENTRY_PLUGIN).find("entry failed"), std::string::npos);
+  try {
+    kit k(&failing_entry);
+    FAIL() << "a failing entry was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "entry failed: no configuration");
+  }
+}
+
+TEST(plugin_kit, a_kit_destroyed_while_a_handler_sleeps_lets_it_finish) {
+  // Under ASan a suspended handler's frame left behind is a reported leak.
+  auto k = std::make_unique<kit>();
+  auto pending = k->send<Sleep>("Probe", "p1", "Sleep", {60'000});
+  k.reset();
+  EXPECT_TRUE(pending.done());
+}
+
+}  // namespace
