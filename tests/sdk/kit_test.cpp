@@ -6,6 +6,7 @@
 #include <cluster/testing.hpp>
 
 #include "cluster/protocol/shard.hpp"
+#include "probe.hpp"  // the Probe type linked into this test
 
 namespace {
 
@@ -14,45 +15,6 @@ using cluster::testing::call_options;
 using cluster::testing::kit;
 using cluster::testing::kit_options;
 
-// The RPCs of tests/plugins/probe.cpp, the Probe type linked into this test.
-struct Append {
-  struct Request {
-    std::string sender;
-    std::int64_t value = 0;
-    MSGPACK_DEFINE_MAP(sender, value);
-  };
-  struct Reply {
-    std::vector<std::string> log;
-    MSGPACK_DEFINE_MAP(log);
-  };
-};
-struct Echo {
-  struct Request {
-    std::string text;
-    MSGPACK_DEFINE_MAP(text);
-  };
-  struct Reply {
-    std::string text;
-    std::string entity_id;
-    std::int32_t shard = 0;
-    std::int64_t activation = 0;
-    MSGPACK_DEFINE_MAP(text, entity_id, shard, activation);
-  };
-};
-struct Sleep {
-  struct Request {
-    std::int64_t ms = 0;
-    MSGPACK_DEFINE_MAP(ms);
-  };
-  struct Reply {
-    std::int64_t slept_ms = 0;
-    MSGPACK_DEFINE_MAP(slept_ms);
-  };
-};
-struct Nothing {
-  using Request = cluster::empty;
-  using Reply = cluster::empty;
-};
 struct EchoAsArray {
   std::string text;
   MSGPACK_DEFINE(text);
