@@ -1,7 +1,9 @@
 #include "cluster/manager/assignment.hpp"
 
 #include <algorithm>
+#include <map>
 #include <optional>
+#include <set>
 
 namespace cluster::manager {
 namespace {
@@ -98,6 +100,27 @@ rebalance_result rebalance(const shard_owners& current, std::vector<std::string>
     for (const std::size_t shard : r.shards) result.owners[shard] = *r.id;
   }
   return result;
+}
+
+std::vector<std::string> eligible_runners(const std::vector<std::string>& group_types,
+                                          const std::vector<runner_types>& runners) {
+  const std::set<std::string> wanted(group_types.begin(), group_types.end());
+  // id → how many of the wanted types it has; a repeated id keeps its best entry.
+  std::map<std::string, std::size_t> counts;
+  for (const runner_types& runner : runners) {
+    if (runner.id.empty()) continue;
+    std::set<std::string> has;
+    for (const auto& type : runner.entity_types)
+      if (wanted.count(type)) has.insert(type);
+    auto& count = counts[runner.id];
+    count = std::max(count, has.size());
+  }
+  std::size_t most = 0;
+  for (const auto& [id, count] : counts) most = std::max(most, count);
+  std::vector<std::string> eligible;
+  for (const auto& [id, count] : counts)
+    if (count == most) eligible.push_back(id);
+  return eligible;
 }
 
 }  // namespace cluster::manager

@@ -50,8 +50,10 @@ std::vector<config_section> manager_config::sections() {
       .key("probe_timeout_ms", &probe_timeout)
       .key("max_moves_per_rebalance", &max_moves_per_rebalance)
       .key("rebalance_interval_ms", &rebalance_interval)
+      .key("plugin_settle_ms", &plugin_settle)
       .key("max_groups_per_runner", &limits.registration.max_groups)
       .key("max_entity_types_per_runner", &limits.registration.max_entity_types)
+      .key("max_plugins_per_runner", &limits.registration.max_plugins)
       .key("max_snapshot_bytes", &limits.max_snapshot_bytes);
   return sections;
 }
@@ -89,7 +91,8 @@ manager::manager(asio::io_context& io, manager_config config, std::unique_ptr<ma
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       ping_timer_(io),
       expiry_timer_(io),
-      rebalance_timer_(io) {
+      rebalance_timer_(io),
+      settle_timer_(io) {
   server_.on_disconnect = [this](const connection_ptr& conn) { on_disconnect(conn); };
 }
 
@@ -110,6 +113,7 @@ void manager::stop(std::function<void()> on_stopped) {
   ping_timer_.cancel();
   expiry_timer_.cancel();
   rebalance_timer_.cancel();
+  settle_timer_.cancel();
   server_.stop();
   dead_letters_.reset();  // drops queued operations: their connections are closed
   // Nothing is left in flight: every store call returned before its handler did.
@@ -132,7 +136,9 @@ void manager::restore_from_store() {
       ++dropped_runners;
       continue;
     }
-    for (const auto& type : runner.entity_types) entity_types_.emplace(type.name, type);
+    // Types from a previous life have settled: they decided the stored assignment.
+    for (const auto& type : runner.entity_types)
+      type_since_.emplace(type.name, steady_clock::time_point::min());
     runners_.emplace(address, runner_entry{std::move(runner), {}, keep_until, next_generation_++});
   }
   std::set<std::string> served;
@@ -151,6 +157,7 @@ void manager::restore_from_store() {
       if (!owner.empty() && !runners_.count(owner)) owner.clear();
     groups_.emplace(group, std::move(owners));
   }
+  forget_unserved();  // collects the entity types; every stored group is served here
   if (dropped_runners > 0 || dropped_groups > 0)
     spdlog::warn(
         "dropped {} runners and {} shard groups from storage (invalid, or no runner "
@@ -188,6 +195,7 @@ std::size_t manager::snapshot_bytes_with(const register_runner_msg& registration
     info.groups = runner.groups;
     info.version = runner.version;
     info.shards = std::numeric_limits<std::uint32_t>::max();
+    info.plugins = runner.plugins;
     snap.runners.push_back(std::move(info));
   };
   add_runner(registration);
@@ -240,7 +248,19 @@ void manager::forget_unserved() {
     store_->save_assignment(it->first, {});
     it = groups_.erase(it);
   }
-  std::erase_if(entity_types_, [&](const auto& type) { return !declared.count(type.first); });
+  // The union of what the registrations declare: during a rollout one runner may have an
+  // RPC the others do not have yet, and the router must not refuse it as unknown.
+  std::map<std::string, entity_type_info> types;
+  for (const auto& [address, entry] : runners_) {
+    for (const auto& type : entry.registration.entity_types) {
+      auto [it, inserted] = types.emplace(type.name, type);
+      if (inserted) continue;
+      for (const auto& rpc : type.rpcs)
+        if (it->second.find_rpc(rpc.name) == nullptr) it->second.rpcs.push_back(rpc);
+    }
+  }
+  entity_types_ = std::move(types);
+  std::erase_if(type_since_, [&](const auto& type) { return !declared.count(type.first); });
 }
 
 bool manager::is_live(const runner_entry& entry) const {
@@ -294,6 +314,53 @@ void manager::expire_kept_runners() {
   for (const auto& address : expired)
     remove_runner(address, "did not register again in time", true);
   schedule_expiry();
+}
+
+std::vector<std::string> manager::eligible_for(const std::string& group,
+                                               steady_clock::time_point now) const {
+  std::vector<std::string> group_types;
+  for (const auto& [name, type] : entity_types_) {
+    if (type.group != group) continue;
+    auto since = type_since_.find(name);
+    // A type that just appeared is not counted yet: the other runners may be loading it.
+    if (since == type_since_.end() || now - since->second >= config_.plugin_settle)
+      group_types.push_back(name);
+  }
+  std::vector<runner_types> live;
+  for (const auto& [address, entry] : runners_) {
+    const auto& groups = entry.registration.groups;
+    if (std::find(groups.begin(), groups.end(), group) == groups.end() || !is_live(entry)) continue;
+    runner_types runner{address, {}};
+    for (const auto& type : entry.registration.entity_types)
+      runner.entity_types.push_back(type.name);
+    // A type it just dropped still counts: the others may be dropping it too.
+    for (const auto& [name, gone_at] : entry.departed)
+      if (now - gone_at < config_.plugin_settle) runner.entity_types.push_back(name);
+    live.push_back(std::move(runner));
+  }
+  return eligible_runners(group_types, live);
+}
+
+void manager::schedule_settle() {
+  const auto now = steady_clock::now();
+  std::optional<steady_clock::time_point> next;
+  auto consider = [&](steady_clock::time_point since) {
+    if (since == steady_clock::time_point::min()) return;
+    const auto at = since + config_.plugin_settle;
+    if (at > now) next = next ? std::min(*next, at) : at;
+  };
+  for (const auto& [name, since] : type_since_) consider(since);
+  for (auto& [address, entry] : runners_) {
+    std::erase_if(entry.departed,
+                  [&](const auto& gone) { return now - gone.second >= config_.plugin_settle; });
+    for (const auto& [name, gone_at] : entry.departed) consider(gone_at);
+  }
+  if (!next || stopped_) return;
+  settle_timer_.expires_at(*next);
+  settle_timer_.async_wait([this](const error_code& ec) {
+    if (ec || stopped_) return;
+    rebalance_all(false);
+  });
 }
 
 void manager::schedule_rebalance() {
@@ -352,6 +419,7 @@ assignment_snapshot manager::snapshot() const {
     info.address = address;
     info.groups = entry.registration.groups;
     info.version = entry.registration.version;
+    info.plugins = entry.registration.plugins;
     auto conn = entry.conn.lock();
     info.healthy = conn && conn->is_open();
     info.shards = shard_counts[address];
@@ -517,27 +585,45 @@ void manager::register_runner(const connection_ptr& conn, std::uint64_t id,
     conn->send_reply(id, reply_msg::failure(refused.error()));
     return;
   }
+  const auto now = steady_clock::now();
+  // Types an earlier registration of the same runner declared, and when they went.
+  std::map<std::string, steady_clock::time_point> departed;
+  bool update = false;
   if (auto it = runners_.find(msg.address); it != runners_.end()) {
     auto previous = it->second.conn.lock();
+    // The same connection again: the runner's plugins changed. It is the same runner, so
+    // its shards stay unless the new types move them.
+    update = previous == conn;
     if (previous && previous != conn && previous->is_open()) {
       // Same address, new process: the old connection belongs to a dead or stale runner.
       spdlog::warn("runner {} registered again from a new connection", msg.address);
       previous->close();
     }
+    departed = std::move(it->second.departed);
+    for (const auto& type : it->second.registration.entity_types) departed.emplace(type.name, now);
+    for (const auto& type : msg.entity_types) departed.erase(type.name);
   }
   for (const auto& type : msg.entity_types) {
-    auto [it, inserted] = entity_types_.emplace(type.name, type);
-    if (!inserted && (it->second.group != type.group || it->second.rpcs.size() != type.rpcs.size()))
+    type_since_.emplace(type.name, now);
+    auto it = entity_types_.find(type.name);
+    if (it != entity_types_.end() &&
+        (it->second.group != type.group || it->second.rpcs.size() != type.rpcs.size()))
       spdlog::warn("runner {} declares entity type {} differently from other runners", msg.address,
                    type.name);
   }
   for (const auto& group : msg.groups)
     if (!groups_.count(group)) groups_[group] = shard_owners(config_.shards_per_group);
-  spdlog::info("runner {} ({}) registered for groups [{}]", msg.name, msg.address,
-               fmt::join(msg.groups, ", "));
+  if (update) {
+    spdlog::info("runner {} ({}) updated its registration: {} entity types, {} plugins", msg.name,
+                 msg.address, msg.entity_types.size(), msg.plugins.size());
+  } else {
+    spdlog::info("runner {} ({}) registered for groups [{}]", msg.name, msg.address,
+                 fmt::join(msg.groups, ", "));
+  }
   store_->save_runner(msg);
   const std::string address = msg.address;
-  runners_[address] = runner_entry{std::move(msg), conn, std::nullopt, next_generation_++};
+  runners_[address] =
+      runner_entry{std::move(msg), conn, std::nullopt, next_generation_++, std::move(departed)};
   forget_unserved();  // it may have registered before with other groups
   conn->send_reply(id, reply_msg{});
   rebalance_all(true);
@@ -600,13 +686,9 @@ void manager::rebalance_all(bool force_publish) {
       now - last_rebalance_ >= config_.rebalance_interval ? config_.max_moves_per_rebalance : 0;
   bool limited = false;
   for (auto& [group, owners] : groups_) {
-    std::vector<std::string> live;
-    for (const auto& [address, entry] : runners_) {
-      const bool serves =
-          std::find(entry.registration.groups.begin(), entry.registration.groups.end(), group) !=
-          entry.registration.groups.end();
-      if (serves && is_live(entry)) live.push_back(address);
-    }
+    // Shards of a runner lacking a type others have are taken from it at once, like those
+    // of a runner that left: it would answer UnknownEntityType for them.
+    const auto live = eligible_for(group, now);
     // Runners of the group that are away keep their shards until they are declared gone;
     // a group no registered runner serves was dropped (forget_unserved).
     if (live.empty()) continue;
@@ -625,6 +707,7 @@ void manager::rebalance_all(bool force_publish) {
   }
   rebalance_pending_ = limited;
   if (limited) schedule_rebalance();
+  schedule_settle();
   if (changed) publish();
 }
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -466,4 +467,111 @@ TEST_F(router_test, delivers_to_its_own_shards_without_a_connection) {
   ASSERT_TRUE(theirs.has_value());
   EXPECT_EQ(payload_name(*theirs), "remote");
   EXPECT_EQ(*local, std::vector<std::string>{id_in_shard(1, 2)});
+}
+
+namespace {
+
+cluster::plugin_info plugin_with(std::vector<std::string> types, std::string state = "loaded") {
+  cluster::plugin_info plugin;
+  plugin.name = "plugin";
+  plugin.version = "1.0.0";
+  plugin.state = std::move(state);
+  plugin.entity_types = std::move(types);
+  return plugin;
+}
+
+// `owners` as snapshot_of, with each runner's plugins as `plugins` says (runners it does not
+// name list none).
+assignment_snapshot snapshot_with_plugins(
+    const std::vector<std::string>& owners, std::uint64_t version,
+    const std::map<std::string, std::vector<cluster::plugin_info>>& plugins,
+    const std::vector<std::string>& more_runners = {}) {
+  auto snapshot = snapshot_of(owners, version);
+  for (const auto& address : more_runners)
+    snapshot.runners.push_back({address, address, {"default"}, "", true, 0});
+  for (auto& runner : snapshot.runners)
+    if (auto it = plugins.find(runner.address); it != plugins.end()) runner.plugins = it->second;
+  return snapshot;
+}
+
+}  // namespace
+
+TEST_F(router_test, waits_for_the_shard_to_move_when_its_owner_lacks_the_type) {
+  auto& lacking = add_runner("lacking");
+  auto& having = add_runner("having");
+  // The owner lists plugins, none with Counter (a failed one does not count), while the
+  // other runner has it: a rollout the manager is resolving.
+  const std::map<std::string, std::vector<cluster::plugin_info>> plugins = {
+      {lacking.address(), {plugin_with({"Other"}), plugin_with({"Counter"}, "failed")}},
+      {having.address(), {plugin_with({"Counter"})}}};
+  router_.update(snapshot_with_plugins({lacking.address()}, 1, plugins, {having.address()}));
+  EXPECT_TRUE(router_.lacks_type(lacking.address(), "Counter"));
+  EXPECT_FALSE(router_.lacks_type(having.address(), "Counter"));
+  EXPECT_FALSE(router_.lacks_type(lacking.address(), "Other"));
+
+  auto callback = std::make_shared<std::optional<reply_msg>>();
+  router_.route(counter_request("moving"), steady_clock::now() + 5s,
+                [callback](reply_msg&& reply) { *callback = std::move(reply); });
+  auto coroutine = start_route(counter_request("moving"));
+  run_until(
+      io_, [] { return false; }, 100ms);
+  EXPECT_FALSE(callback->has_value());
+  EXPECT_FALSE(coroutine->has_value());
+  router_.update(snapshot_with_plugins({having.address()}, 2, plugins, {lacking.address()}));
+  ASSERT_TRUE(run_until(io_, [&] { return callback->has_value() && coroutine->has_value(); }));
+  EXPECT_EQ(payload_name(**callback), "having");
+  EXPECT_EQ(payload_name(**coroutine), "having");
+  EXPECT_TRUE(lacking.requests.empty()) << "a runner without the type was asked";
+}
+
+TEST_F(router_test, gives_up_with_deadline_exceeded_when_the_owner_keeps_lacking_the_type) {
+  auto& lacking = add_runner("lacking");
+  auto& having = add_runner("having");
+  router_.update(snapshot_with_plugins({lacking.address()}, 1,
+                                       {{lacking.address(), {plugin_with({"Other"})}},
+                                        {having.address(), {plugin_with({"Counter"})}}},
+                                       {having.address()}));
+  const auto reply = route(counter_request("x"), 200ms);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->code, errc::deadline_exceeded);
+  EXPECT_NE(reply->message.find("does not have entity type 'Counter'"), std::string::npos)
+      << reply->message;
+}
+
+TEST_F(router_test, retries_unknown_entity_type_from_an_owner_while_another_runner_has_it) {
+  auto& stale = add_runner("stale");
+  auto& fresh = add_runner("fresh");
+  // Neither lists plugins (so neither is known to lack the type), but the owner says it has
+  // no Counter: its registration is behind. Both forms retry until the shard moves.
+  stale.refuse_with(errc::unknown_entity_type);
+  const auto in_stale = id_in_shard(1, 2);
+  router_.update(snapshot_of({stale.address(), fresh.address()}, 1));
+  auto callback = std::make_shared<std::optional<reply_msg>>();
+  router_.route(counter_request(in_stale), steady_clock::now() + 5s,
+                [callback](reply_msg&& reply) { *callback = std::move(reply); });
+  auto coroutine = start_route(counter_request(in_stale));
+  ASSERT_TRUE(run_until(io_, [&] { return stale.requests.size() >= 4; }));
+  EXPECT_FALSE(callback->has_value());
+  EXPECT_FALSE(coroutine->has_value());
+  router_.update(snapshot_of({fresh.address(), fresh.address()}, 2));
+  ASSERT_TRUE(run_until(io_, [&] { return callback->has_value() && coroutine->has_value(); }));
+  EXPECT_EQ(payload_name(**callback), "fresh");
+  EXPECT_EQ(payload_name(**coroutine), "fresh");
+}
+
+TEST_F(router_test, returns_unknown_entity_type_at_once_when_no_other_runner_has_the_type) {
+  auto& only = add_runner("only");
+  auto& other = add_runner("other");
+  only.refuse_with(errc::unknown_entity_type);
+  // The other runner lists plugins without Counter: nobody else could serve it.
+  router_.update(snapshot_with_plugins(
+      {only.address()}, 1, {{other.address(), {plugin_with({"Other"})}}}, {other.address()}));
+  const auto reply = route(counter_request("x"));
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->code, errc::unknown_entity_type);
+  EXPECT_EQ(only.requests.size(), 1u);
+  const auto coroutine = start_route(counter_request("y"));
+  ASSERT_TRUE(run_until(io_, [&] { return coroutine->has_value(); }));
+  EXPECT_EQ((*coroutine)->code, errc::unknown_entity_type);
+  EXPECT_EQ(only.requests.size(), 2u);
 }

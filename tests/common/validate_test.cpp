@@ -159,6 +159,14 @@ register_runner_msg valid_registration() {
   type.group = "default";
   type.rpcs = {rpc_info{"Greet", true}, rpc_info{"Ping", false}};
   registration.entity_types = {type};
+  plugin_info plugin;
+  plugin.name = "greeter";
+  plugin.version = "1.2.0";
+  plugin.sha256 = std::string(64, 'a');
+  plugin.file = "/opt/cluster/plugins/libgreeter.so";
+  plugin.state = "loaded";
+  plugin.entity_types = {"Greeter"};
+  registration.plugins = {plugin};
   return registration;
 }
 
@@ -250,6 +258,57 @@ TEST(validate_registration, bounds_the_name_version_and_incarnation) {
   EXPECT_EQ(why(registration), "");
   registration.address.clear();
   EXPECT_EQ(why(registration), "address is empty");
+}
+
+TEST(validate_registration, bounds_the_plugins_and_their_fields) {
+  auto registration = valid_registration();
+  registration.plugins.resize(64, registration.plugins.front());
+  EXPECT_EQ(why(registration), "");
+  registration.plugins.resize(65, registration.plugins.front());
+  EXPECT_EQ(why(registration), "plugins has 65 entries; at most 64 are allowed");
+
+  registration = valid_registration();
+  registration.plugins.front().name.clear();
+  EXPECT_EQ(why(registration), "plugins[0].name is empty");
+
+  registration = valid_registration();
+  registration.plugins.front().version = std::string(256, 'v');
+  EXPECT_EQ(why(registration), "plugins[0].version is 256 bytes long; at most 255 are allowed");
+
+  registration = valid_registration();
+  registration.plugins.front().sha256 = std::string(64, 'A');
+  EXPECT_EQ(why(registration), "plugins[0].sha256 is not 64 lowercase hex digits (or empty)");
+  registration.plugins.front().sha256.clear();  // a file the runner could not read
+  EXPECT_EQ(why(registration), "");
+
+  registration = valid_registration();
+  registration.plugins.front().file = std::string(1025, 'f');
+  EXPECT_EQ(why(registration), "plugins[0].file is 1025 bytes long; at most 1024 are allowed");
+
+  registration = valid_registration();
+  registration.plugins.front().state = std::string(33, 's');
+  EXPECT_EQ(why(registration), "plugins[0].state is 33 bytes long; at most 32 are allowed");
+
+  registration = valid_registration();
+  registration.plugins.front().state = "failed";
+  registration.plugins.front().error = "bad ABI \xff";
+  EXPECT_EQ(why(registration), "plugins[0].error is not valid UTF-8 (byte 0xff at offset 8)");
+
+  registration = valid_registration();
+  registration.plugins.front().entity_types.resize(257, "Greeter");
+  EXPECT_EQ(why(registration), "plugins[0].entity_types has 257 entries; at most 256 are allowed");
+  registration.plugins.front().entity_types = {"Greeter", std::string(256, 't')};
+  EXPECT_EQ(why(registration),
+            "plugins[0].entity_types[1] is 256 bytes long; at most 255 are allowed");
+}
+
+TEST(validate, recognises_sha256_hex) {
+  EXPECT_TRUE(is_sha256_hex(std::string(64, '0')));
+  EXPECT_TRUE(is_sha256_hex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+  EXPECT_FALSE(is_sha256_hex(std::string(63, '0')));
+  EXPECT_FALSE(is_sha256_hex(std::string(65, '0')));
+  EXPECT_FALSE(is_sha256_hex(std::string(63, '0') + "g"));
+  EXPECT_FALSE(is_sha256_hex(""));
 }
 
 }  // namespace

@@ -301,3 +301,71 @@ TEST(rebalance, keeps_balance_with_minimal_moves_over_random_joins_and_leaves) {
     }
   }
 }
+
+namespace {
+
+using cluster::manager::eligible_runners;
+using cluster::manager::runner_types;
+
+using ids = std::vector<std::string>;
+
+TEST(eligible_runners, are_the_runners_having_every_type_when_any_has_the_full_set) {
+  const ids types = {"Cart", "Greeter"};
+  EXPECT_EQ(eligible_runners(
+                types,
+                {{"b", {"Greeter", "Cart"}}, {"a", {"Cart"}}, {"c", {"Cart", "Greeter", "Other"}}}),
+            (ids{"b", "c"}));
+}
+
+TEST(eligible_runners, are_those_having_the_most_types_when_none_has_all) {
+  const ids types = {"A", "B", "C"};
+  EXPECT_EQ(eligible_runners(types, {{"r1", {"A"}}, {"r2", {"B", "C"}}, {"r3", {"C", "A"}}}),
+            (ids{"r2", "r3"}));
+}
+
+TEST(eligible_runners, are_every_runner_when_they_all_have_the_same_types) {
+  EXPECT_EQ(eligible_runners({"A"}, {{"r2", {"A"}}, {"r1", {"A"}}}), (ids{"r1", "r2"}));
+  // Types of the group nobody has yet (not settled, or only declared elsewhere) decide nothing.
+  EXPECT_EQ(eligible_runners({"A", "New"}, {{"r2", {"A"}}, {"r1", {"A"}}}), (ids{"r1", "r2"}));
+  EXPECT_EQ(eligible_runners({}, {{"r2", {"A"}}, {"r1", {}}}), (ids{"r1", "r2"}));
+  EXPECT_EQ(eligible_runners({"A"}, {{"r2", {}}, {"r1", {}}}), (ids{"r1", "r2"}));
+}
+
+TEST(eligible_runners, count_only_the_group_types_each_once) {
+  // r1's types of other groups and its repeated entry do not outweigh r2's real one.
+  EXPECT_EQ(eligible_runners({"A", "B"}, {{"r1", {"A", "A", "X", "Y"}}, {"r2", {"A", "B"}}}),
+            (ids{"r2"}));
+}
+
+TEST(eligible_runners, ignore_empty_and_duplicate_ids) {
+  EXPECT_EQ(eligible_runners({"A"}, {{"", {"A"}}, {"r1", {}}, {"r1", {"A"}}, {"r2", {}}}),
+            (ids{"r1"}));
+  EXPECT_TRUE(eligible_runners({"A"}, {}).empty());
+}
+
+TEST(eligible_runners, never_leave_a_shard_with_a_runner_lacking_a_type_another_has) {
+  // Every combination of three types over four runners: whatever the rebalance does with the
+  // eligible set, an owner never lacks a type some other runner has when one has them all.
+  const ids types = {"A", "B", "C"};
+  for (unsigned mask = 0; mask < (1u << 12); ++mask) {
+    std::vector<runner_types> runners;
+    for (unsigned r = 0; r < 4; ++r) {
+      runner_types runner{"r" + std::to_string(r), {}};
+      for (unsigned t = 0; t < 3; ++t)
+        if (mask & (1u << (r * 3 + t))) runner.entity_types.push_back(types[t]);
+      runners.push_back(runner);
+    }
+    const auto eligible = eligible_runners(types, runners);
+    ASSERT_FALSE(eligible.empty());
+    std::size_t most = 0;
+    for (const auto& runner : runners) most = std::max(most, runner.entity_types.size());
+    for (const auto& runner : runners) {
+      const bool chosen = std::find(eligible.begin(), eligible.end(), runner.id) != eligible.end();
+      EXPECT_EQ(chosen, runner.entity_types.size() == most) << "mask " << mask << " " << runner.id;
+    }
+    const auto owners = rebalance(shard_owners(30), eligible).owners;
+    for (const auto& owner : owners) EXPECT_TRUE(is_live(eligible, owner));
+  }
+}
+
+}  // namespace

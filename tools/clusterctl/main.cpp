@@ -175,6 +175,27 @@ std::size_t unassigned_shards(const assignment_snapshot& snapshot) {
   return unassigned;
 }
 
+json plugin_json(const plugin_info& plugin) {
+  json out = {{"name", plugin.name},     {"version", plugin.version},
+              {"sha256", plugin.sha256}, {"file", plugin.file},
+              {"state", plugin.state},   {"entity_types", plugin.entity_types}};
+  if (!plugin.error.empty()) out["error"] = plugin.error;
+  return out;
+}
+
+// "greeter 1.2.0 loaded [Greeter]", "broken 0.1.0 failed: why".
+std::string plugin_text(const plugin_info& plugin) {
+  std::string text = plugin.name + " " + plugin.version + " " + plugin.state;
+  if (!plugin.error.empty()) text += ": " + plugin.error;
+  if (!plugin.entity_types.empty()) {
+    text += " [";
+    for (std::size_t i = 0; i < plugin.entity_types.size(); ++i)
+      text += (i ? ", " : "") + plugin.entity_types[i];
+    text += "]";
+  }
+  return text;
+}
+
 int status(const options& opts, bool as_json) {
   auto fetched = fetch_status(opts, opts.timeout);
   if (!fetched) return print_failure(fetched.error());
@@ -184,11 +205,15 @@ int status(const options& opts, bool as_json) {
       {"storage", snapshot.storage},    {"manager", opts.manager},  {"proxy", opts.proxy},
       {"version", snapshot.version},    {"runners", json::array()}, {"groups", json::array()},
       {"unassigned_shards", unassigned}};
-  for (const auto& runner : snapshot.runners)
+  for (const auto& runner : snapshot.runners) {
+    json plugins = json::array();
+    for (const auto& plugin : runner.plugins) plugins.push_back(plugin_json(plugin));
     out["runners"].push_back({{"name", runner.name},
                               {"address", runner.address},
                               {"shards", runner.shards},
-                              {"healthy", runner.healthy}});
+                              {"healthy", runner.healthy},
+                              {"plugins", std::move(plugins)}});
+  }
   for (const auto& group : snapshot.groups)
     out["groups"].push_back({{"name", group.group}, {"shards", group.shards}});
   if (as_json) {
@@ -197,9 +222,12 @@ int status(const options& opts, bool as_json) {
   }
   std::cout << "storage " << snapshot.storage << ", manager " << opts.manager << ", version "
             << snapshot.version << ", unassigned shards " << unassigned << "\n";
-  for (const auto& runner : snapshot.runners)
+  for (const auto& runner : snapshot.runners) {
     std::cout << "  " << runner.name << "  " << runner.address << "  shards " << runner.shards
               << (runner.healthy ? "  healthy" : "  UNHEALTHY") << "\n";
+    for (const auto& plugin : runner.plugins)
+      std::cout << "    plugin " << plugin_text(plugin) << "\n";
+  }
   for (const auto& type : snapshot.entity_types) {
     std::cout << "  entity " << type.name << " (group " << type.group << "):";
     for (const auto& rpc : type.rpcs) std::cout << " " << rpc.name << (rpc.persisted ? "*" : "");

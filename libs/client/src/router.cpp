@@ -25,6 +25,7 @@ router::router(asio::io_context& io, router_options options)
 
 void router::update(assignment_snapshot snapshot) {
   snapshot_ = std::move(snapshot);
+  index_plugins();
   // Drop pooled connections to runners that left the cluster.
   for (auto it = pool_.begin(); it != pool_.end();) {
     const bool known = std::any_of(snapshot_.runners.begin(), snapshot_.runners.end(),
@@ -36,6 +37,66 @@ void router::update(assignment_snapshot snapshot) {
       ++it;
     }
   }
+}
+
+namespace {
+
+bool serves_group(const runner_info& runner, const std::string& group) {
+  return std::find(runner.groups.begin(), runner.groups.end(), group) != runner.groups.end();
+}
+
+// A plugin listed as failed serves nothing (an older version that still serves is listed
+// apart, as loaded); a draining one finishes what it runs.
+bool has_type(const runner_info& runner, const std::string& type) {
+  if (runner.plugins.empty()) return true;  // older runners, and in-process registries
+  for (const auto& plugin : runner.plugins) {
+    if (plugin.state == "failed") continue;
+    if (std::find(plugin.entity_types.begin(), plugin.entity_types.end(), type) !=
+        plugin.entity_types.end())
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void router::index_plugins() {
+  lacking_.clear();
+  servers_.clear();
+  for (const auto& type : snapshot_.entity_types) {
+    auto& servers = servers_[type.name];
+    for (const auto& runner : snapshot_.runners) {
+      if (!serves_group(runner, type.group)) continue;
+      if (has_type(runner, type.name)) {
+        servers.push_back(runner.address);
+      } else {
+        lacking_[runner.address].insert(type.name);
+      }
+    }
+  }
+}
+
+bool router::lacks_type(const std::string& address, const std::string& entity_type) const {
+  if (lacking_.empty()) return false;
+  auto it = lacking_.find(address);
+  return it != lacking_.end() && it->second.count(entity_type) > 0;
+}
+
+bool router::is_retriable(const reply_msg& reply, const request_msg& request,
+                          const std::string& owner) const {
+  if (is_routing_retriable(reply.code)) return true;
+  if (reply.code != errc::unknown_entity_type) return false;
+  // The answering runner lacks the type: worth waiting for the shard to move only if
+  // another runner has it. (The callback form passes no owner: it asks the snapshot.)
+  std::string answered = owner;
+  if (answered.empty()) {
+    auto located = locate(request.entity_type, request.entity_id, std::string());
+    if (located) answered = located.value().owner;
+  }
+  auto it = servers_.find(request.entity_type);
+  if (it == servers_.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(),
+                     [&](const std::string& address) { return address != answered; });
 }
 
 result<entity_location> router::locate(const std::string& entity_type, const std::string& entity_id,
@@ -75,6 +136,7 @@ connection_ptr router::ready_connection(const request_msg& request) const {
   if (!located || located.value().owner.empty()) return nullptr;
   const std::string& owner = located.value().owner;
   if (is_local && deliver_locally && is_local(owner)) return nullptr;
+  if (lacks_type(owner, request.entity_type)) return nullptr;  // the coroutine form waits
   auto it = pool_.find(owner);
   if (it == pool_.end() || !it->second->is_open()) return nullptr;
   return it->second;
@@ -109,10 +171,16 @@ awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point
       last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
                                                      " of group '" + location.group +
                                                      "' has no runner");
+    } else if (lacks_type(location.owner, request.entity_type)) {
+      // Its plugins say it does not have the type yet: the manager moves the shard to a
+      // runner that has it (or the owner loads it) and a later snapshot says so.
+      last = reply_msg::failure(
+          errc::not_owner,
+          "runner " + location.owner + " does not have entity type '" + request.entity_type + "'");
     } else if (is_local && deliver_locally && is_local(location.owner)) {
       auto delivery = deliver_locally(request, deadline);
       last = co_await std::move(delivery);
-      if (!is_routing_retriable(last.code)) co_return last;
+      if (!is_retriable(last, request, location.owner)) co_return last;
     } else {
       auto connect = connection_to(location.owner, deadline);
       auto conn = co_await std::move(connect);
@@ -125,7 +193,7 @@ awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point
         auto call = conn.value()->async_call(message_kind::request, request,
                                              std::max(left, milliseconds(1)));
         last = co_await std::move(call);
-        if (!is_routing_retriable(last.code)) co_return last;
+        if (!is_retriable(last, request, location.owner)) co_return last;
       }
     }
     if (steady_clock::now() + backoff >= deadline) co_return expired(last);
@@ -162,10 +230,9 @@ awaitable<result<connection_ptr>> router::connection_to(const std::string& addre
     conn->send_reply(env.id, reply_msg::failure(errc::unknown_kind, "routing connection"));
   };
   std::function<void()> on_close;
-  auto connect =
-      connect_to(*target, hello, options_.limits,
-                 std::clamp(left, milliseconds(1), options_.connect_timeout), refuse, on_close,
-                 mask_of(role::runner));
+  auto connect = connect_to(*target, hello, options_.limits,
+                            std::clamp(left, milliseconds(1), options_.connect_timeout), refuse,
+                            on_close, mask_of(role::runner));
   auto connected = co_await std::move(connect);
   connecting_.erase(address);
   event->cancel();

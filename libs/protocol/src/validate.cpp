@@ -1,5 +1,6 @@
 #include "cluster/protocol/validate.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -170,6 +171,12 @@ result<void> validate_count(const std::string& field, std::size_t count, std::si
 
 }  // namespace
 
+bool is_sha256_hex(std::string_view text) {
+  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
 result<void> validate_registration(const register_runner_msg& registration,
                                    const registration_limits& limits) {
   BOOST_OUTCOME_TRY(validate_name("address", registration.address, limits.max_address_bytes));
@@ -195,6 +202,31 @@ result<void> validate_registration(const register_runner_msg& registration,
     for (std::size_t r = 0; r < type.rpcs.size(); ++r) {
       BOOST_OUTCOME_TRY(validate_name(field + ".rpcs[" + std::to_string(r) + "].name",
                                       type.rpcs[r].name, limits.max_name_bytes));
+    }
+  }
+  BOOST_OUTCOME_TRY(validate_count("plugins", registration.plugins.size(), limits.max_plugins));
+  for (std::size_t i = 0; i < registration.plugins.size(); ++i) {
+    const auto& plugin = registration.plugins[i];
+    const std::string field = "plugins[" + std::to_string(i) + "]";
+    BOOST_OUTCOME_TRY(validate_name(field + ".name", plugin.name, limits.max_name_bytes));
+    BOOST_OUTCOME_TRY(
+        validate_text_field(field + ".version", plugin.version, limits.max_version_bytes));
+    // Lowercase hex of a sha256, or empty when the runner could not read the file.
+    if (!plugin.sha256.empty() && !is_sha256_hex(plugin.sha256))
+      return failure{errc::invalid_request,
+                     field + ".sha256 is not 64 lowercase hex digits (or empty)"};
+    BOOST_OUTCOME_TRY(
+        validate_text_field(field + ".file", plugin.file, limits.max_plugin_file_bytes));
+    // loaded, failed, draining: bounded rather than enumerated, so a newer runner's state
+    // does not cost it its registration.
+    BOOST_OUTCOME_TRY(validate_name(field + ".state", plugin.state, 32));
+    BOOST_OUTCOME_TRY(
+        validate_text_field(field + ".error", plugin.error, limits.max_plugin_error_bytes));
+    BOOST_OUTCOME_TRY(validate_count(field + ".entity_types", plugin.entity_types.size(),
+                                     limits.max_entity_types));
+    for (std::size_t t = 0; t < plugin.entity_types.size(); ++t) {
+      BOOST_OUTCOME_TRY(validate_name(field + ".entity_types[" + std::to_string(t) + "]",
+                                      plugin.entity_types[t], limits.max_name_bytes));
     }
   }
   return success();

@@ -38,4 +38,19 @@ struct rebalance_result {
 rebalance_result rebalance(const shard_owners& current, std::vector<std::string> live_runners,
                            std::size_t max_moves = std::numeric_limits<std::size_t>::max());
 
+/// A live runner of a shard group and the entity types of that group it counts as having.
+struct runner_types {
+  std::string id;
+  std::vector<std::string> entity_types;
+};
+
+/// The runners that may own a group's shards, in id order: of `runners`, those having the
+/// most of `group_types` (each counted once; types outside the list do not count), so that
+/// a shard never goes to a runner lacking a type another runner has. When some runner has
+/// every type, exactly the runners having all of them. Runners with the same count are all
+/// eligible; no types at all (or none that any runner has): every runner. Duplicate and
+/// empty ids are ignored, as by `rebalance`.
+std::vector<std::string> eligible_runners(const std::vector<std::string>& group_types,
+                                          const std::vector<runner_types>& runners);
+
 }  // namespace cluster::manager

@@ -23,8 +23,9 @@ namespace cluster::manager {
 /// What the manager accepts from runners, so that no peer can make its state or its
 /// snapshot unbounded.
 struct manager_limits {
-  /// Per registration: address, names, groups, entity types and their RPCs
-  /// (`manager.max_groups_per_runner`, `manager.max_entity_types_per_runner`).
+  /// Per registration: address, names, groups, entity types and their RPCs, plugins
+  /// (`manager.max_groups_per_runner`, `manager.max_entity_types_per_runner`,
+  /// `manager.max_plugins_per_runner`).
   registration_limits registration;
   /// Largest assignment snapshot the manager will make; a registration that could push it
   /// past this is refused. 0: what subscribers accept, `cluster.max_frame_bytes`, less room
@@ -60,6 +61,11 @@ struct manager_config {
   /// rebalance interval; orphaned shards (their runner left or died) are assigned at once.
   std::uint32_t max_moves_per_rebalance = 50;
   milliseconds rebalance_interval{500};
+  /// An entity type counts for the choice of a group's owners (eligible_runners) only once
+  /// it has been known this long, and a type a runner stopped declaring still counts for it
+  /// this long: runners that watch the same plugin folder load (or drop) a file within
+  /// moments of each other, and the first must not take every shard meanwhile.
+  milliseconds plugin_settle{3000};
   manager_limits limits;
 
   std::vector<config_section> sections();
@@ -99,6 +105,9 @@ class manager {
     std::optional<steady_clock::time_point> keep_until;
     /// Bumped on every registration and disconnect: a probe of an older one gives up.
     std::uint64_t generation = 0;
+    /// Entity types an earlier registration of this runner declared and the current one does
+    /// not, with when they went: they count for it until plugin_settle has passed.
+    std::map<std::string, steady_clock::time_point> departed;
   };
 
   void on_message(const connection_ptr& conn, envelope&& env);
@@ -117,7 +126,8 @@ class manager {
   /// Loads runners and assignments, dropping what breaks the limits (stored by an older
   /// version) and groups no runner serves.
   void restore_from_store();
-  /// Forgets the groups and entity types no registered runner declares any more.
+  /// Forgets the groups and entity types no registered runner declares any more, and
+  /// recomputes the entity types from the registrations (an RPC any runner has counts).
   void forget_unserved();
   /// list_dead_letters, replay_dead_letter, drop_dead_letter: answered through the store.
   void serve_dead_letters(const connection_ptr& conn, envelope&& env);
@@ -133,6 +143,12 @@ class manager {
   /// Arms rebalance_timer_ for when the rate limit lets the next moves happen.
   void schedule_rebalance();
   bool is_live(const runner_entry& entry) const;
+  /// The runners of `group` that may own its shards now (eligible_runners over the live
+  /// runners, with the types that have settled).
+  std::vector<std::string> eligible_for(const std::string& group,
+                                        steady_clock::time_point now) const;
+  /// Arms settle_timer_ for the next moment a type settles or a departed type stops counting.
+  void schedule_settle();
   /// Recomputes every group's assignment and pushes the snapshot if anything changed.
   void rebalance_all(bool force_publish);
   void publish();
@@ -145,6 +161,8 @@ class manager {
   std::map<std::string, runner_entry> runners_;  // by address
   std::map<std::string, shard_owners> groups_;   // group → owners
   std::map<std::string, entity_type_info> entity_types_;
+  /// When each entity type was first declared by some runner (min(): restored from storage).
+  std::map<std::string, steady_clock::time_point> type_since_;
   std::vector<std::weak_ptr<connection>> subscribers_;
   std::uint64_t version_ = 0;
   std::uint64_t next_generation_ = 1;
@@ -155,6 +173,7 @@ class manager {
   asio::steady_timer ping_timer_;
   asio::steady_timer expiry_timer_;
   asio::steady_timer rebalance_timer_;
+  asio::steady_timer settle_timer_;
 };
 
 }  // namespace cluster::manager

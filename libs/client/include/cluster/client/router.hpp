@@ -1,11 +1,15 @@
 #pragma once
 // Routes entity requests to the runner that owns their shard, from the latest assignment
 // snapshot, over one pooled multiplexed connection per runner. Retries requests that
-// never ran (not owner, no runner, unreachable, shutting down) until their deadline.
+// never ran (not owner, no runner, unreachable, shutting down) until their deadline, and
+// requests for a type their shard's owner does not have (its plugins say so, or it answers
+// UnknownEntityType) while another runner has it: during a rollout the manager moves such
+// shards to runners that have the type.
 //
 // Used by the proxy and by runners (entity-to-entity calls). Single-threaded.
 
 #include <map>
+#include <set>
 
 #include "cluster/net/connection.hpp"
 
@@ -62,7 +66,17 @@ class router {
   /// Closes pooled connections.
   void stop();
 
+  /// Does the runner at `address` lack `entity_type` by the plugins it listed in the
+  /// snapshot? A runner that lists no plugins is taken to have every type of its groups.
+  bool lacks_type(const std::string& address, const std::string& entity_type) const;
+
  private:
+  /// Should a reply from `owner` for `request` be tried again? The routing-retriable codes,
+  /// and UnknownEntityType for a type some other runner has.
+  bool is_retriable(const reply_msg& reply, const request_msg& request,
+                    const std::string& owner) const;
+  /// Computes lacking_ and servers_ from snapshot_.
+  void index_plugins();
   /// The pooled connection to `address`, connecting (once for all waiting callers) if needed.
   awaitable<result<connection_ptr>> connection_to(const std::string& address,
                                                   steady_clock::time_point deadline);
@@ -82,6 +96,10 @@ class router {
   router_options options_;
   assignment_snapshot snapshot_;
   std::map<std::string, connection_ptr> pool_;
+  // Per snapshot: runner address → entity types it lacks (empty in the common case, so the
+  // hot path pays one branch), and entity type → runners that have it (for the error path).
+  std::map<std::string, std::set<std::string>> lacking_;
+  std::map<std::string, std::vector<std::string>> servers_;
   // One connect at a time per runner; others wait on its timer.
   std::map<std::string, std::shared_ptr<asio::steady_timer>> connecting_;
 };
@@ -116,7 +134,9 @@ void router::route(request_msg request, steady_clock::time_point deadline, Done 
   call->request.timeout_ms = static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count()));
   conn->call(message_kind::request, call->request, std::max(left, milliseconds(1)),
              [this, call](reply_msg&& reply) {
-               if (!is_routing_retriable(reply.code)) {
+               if (!is_routing_retriable(reply.code) &&
+                   (reply.code != errc::unknown_entity_type ||
+                    !is_retriable(reply, call->request, std::string()))) {
                  call->done(std::move(reply));
                  return;
                }

@@ -48,6 +48,9 @@ result<void> validate_request(const request_msg& request, const request_limits& 
 /// The same, against the system clock.
 result<void> validate_request(const request_msg& request, const request_limits& limits);
 
+/// True when `text` is 64 lowercase hex digits: how sha256 digests travel.
+bool is_sha256_hex(std::string_view text);
+
 /// What one runner may declare in register_runner. The manager checks a registration against
 /// these before it stores anything, and again for registrations loaded from storage.
 struct registration_limits {
@@ -64,13 +67,21 @@ struct registration_limits {
   std::uint32_t max_rpcs_per_type = 256;
   /// Entity type and RPC names, as request_limits::max_name_bytes.
   std::uint32_t max_name_bytes = 255;
+  /// Plugin files a runner lists (loaded, failed and draining ones), each naming at most
+  /// max_entity_types types (`manager.max_plugins_per_runner`).
+  std::uint32_t max_plugins = 64;
+  /// A plugin's `file` (a path, or "push:<name>").
+  std::uint32_t max_plugin_file_bytes = 1024;
+  /// A plugin's `error`: why its file was refused (runners cut longer messages).
+  std::uint32_t max_plugin_error_bytes = 1024;
 };
 
 /// Checks every field of a registration: texts are valid UTF-8 without NUL and within their
 /// bounds, the address, the groups and the names are not empty, and the counts of groups,
-/// entity types and RPCs are within theirs. The failure (InvalidRequest) names the field and
-/// the limit, e.g. "groups has 150 entries; at most 64 are allowed". Whether the address
-/// parses as host:port is the caller's check (parse_host_port lives in the net layer).
+/// entity types, RPCs and plugins (and the entity types each plugin names) are within theirs. The
+/// failure (InvalidRequest) names the field and the limit, e.g. "groups has 150 entries; at most 64
+/// are allowed". Whether the address parses as host:port is the caller's check (parse_host_port
+/// lives in the net layer).
 result<void> validate_registration(const register_runner_msg& registration,
                                    const registration_limits& limits);
 
