@@ -323,7 +323,8 @@ std::vector<std::string> manager::eligible_for(const std::string& group,
     if (type.group != group) continue;
     auto since = type_since_.find(name);
     // A type that just appeared is not counted yet: the other runners may be loading it.
-    if (since == type_since_.end() || now - since->second >= config_.plugin_settle)
+    // (Compared so that min(), a type restored from storage, cannot overflow.)
+    if (since == type_since_.end() || since->second <= now - config_.plugin_settle)
       group_types.push_back(name);
   }
   std::vector<runner_types> live;

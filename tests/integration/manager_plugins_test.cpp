@@ -189,6 +189,22 @@ TEST_F(manager_plugins, an_entity_type_has_every_rpc_some_runner_declares) {
   EXPECT_TRUE(cart->find_rpc("Checkout")->persisted);
 }
 
+TEST_F(manager_plugins, types_restored_from_storage_have_settled) {
+  // A manager restart: what the runners declared before decided the stored assignment, so
+  // it counts at once when they register again.
+  auto store = std::make_unique<memory_manager_store>();
+  store->save_runner(runner_with("a", a, {"Cart"}));
+  store->save_runner(runner_with("b", b, {"Cart", "Wishlist"}));
+  std::vector<std::string> owners(300);
+  for (std::size_t i = 0; i < owners.size(); ++i) owners[i] = i % 2 ? a : b;
+  store->save_assignment("default", owners);
+  start(config(), std::move(store));
+  join(runner_with("b", b, {"Cart", "Wishlist"}));
+  join(runner_with("a", a, {"Cart"}));
+  // a lacks Wishlist, which b has: b owns every shard without waiting for a settle time.
+  EXPECT_EQ(shards_of(manager_->snapshot()), (load{{b, 300}}));
+}
+
 TEST_F(manager_plugins, refuses_a_registration_listing_too_many_plugins) {
   auto limited = config();
   limited.limits.registration.max_plugins = 2;
