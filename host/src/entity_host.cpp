@@ -151,7 +151,13 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
   auto it = entities_.find(key);
   if (it == entities_.end()) {
     slot fresh;
-    fresh.type = address.type;
+    fresh.type = address.type->retired && resolve_type ? resolve_type(key.first)
+                                                       : address.type->shared_from_this();
+    if (fresh.type == nullptr || fresh.type->retired) {
+      done(reply_msg::failure(errc::unknown_entity_type,
+                              "entity type '" + key.first + "' was removed from this runner"));
+      return;
+    }
     fresh.id = address.entity_id;
     fresh.shard = address.shard;
     std::string why;
@@ -160,7 +166,7 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
       return;
     }
     ++activations_;
-    ++active_per_shard_[{address.type->info.group, address.shard}];
+    ++active_per_shard_[{fresh.type->info.group, address.shard}];
     fresh.last_active = steady_clock::now();
     it = entities_.emplace(key, std::move(fresh)).first;
   }
@@ -181,6 +187,7 @@ void entity_host::run_next(const slot_key& key) {
   if (it == entities_.end()) return;
   slot& s = it->second;
   while (!s.busy && !s.mailbox.empty()) {
+    if (s.type->retired && !s.evict && !move_on(it)) return;
     message next = std::move(s.mailbox.front());
     s.mailbox.pop_front();
     if (steady_clock::now() >= next.deadline) {
@@ -212,7 +219,8 @@ void entity_host::run_next(const slot_key& key) {
     if (watched) watch_.leave();
     return;  // the reply (maybe already sent) schedules the next message
   }
-  if (!s.busy && s.mailbox.empty() && (s.evict || stopped_)) passivate(it);
+  // A retired type's instance goes as soon as it is idle (its version may then unload).
+  if (!s.busy && s.mailbox.empty() && (s.evict || stopped_ || s.type->retired)) passivate(it);
 }
 
 void entity_host::finish(invocation* call, reply_msg&& reply) {
@@ -234,7 +242,10 @@ void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
     pending.done(reply_msg::failure(errc::shutting_down, "entity passivated"));
   if (s.instance != nullptr) s.type->destroy(s.instance);
   ++passivations_;
-  const std::string& group = s.type->info.group;  // the registry's: outlives the slot
+  // Held to the end: this may be the last reference to a retired version (which unloads
+  // it), and `group` is the type's.
+  const auto type = s.type;
+  const std::string& group = type->info.group;
   const std::int32_t shard_number = s.shard;
   const auto shard = active_per_shard_.find({group, shard_number});
   const bool last = --shard->second == 0;
@@ -288,10 +299,75 @@ void entity_host::activation_failed(const slot_key& key) {
   if (auto it = entities_.find(key); it != entities_.end()) it->second.instance = nullptr;
 }
 
-void entity_host::instances_lost(const std::vector<std::string>& entity_types) {
+void entity_host::instances_lost(const plugin_process* process) {
+  // By process, not by name: after a swap, the old and the new version's types share names.
   for (auto& [key, s] : entities_)
-    if (std::find(entity_types.begin(), entity_types.end(), key.first) != entity_types.end())
+    if (s.type->process.get() == process) s.instance = nullptr;
+}
+
+void entity_host::retire_types() {
+  for (auto it = entities_.begin(); it != entities_.end();) {
+    auto current = it++;
+    slot& s = current->second;
+    // A busy one moves on when its message is done (run_next).
+    if (s.type->retired && !s.busy && !s.evict) move_on(current);
+  }
+}
+
+bool entity_host::move_on(std::map<slot_key, slot>::iterator it) {
+  slot& s = it->second;
+  if (s.mailbox.empty()) {
+    passivate(it);  // on its old code; the next message activates the current type
+    return false;
+  }
+  auto next = resolve_type ? resolve_type(s.type->info.name) : nullptr;
+  if (next && next->info.group != s.type->info.group) {
+    // The new version moved the type to another shard group: these messages were routed by
+    // the old one. NotOwner makes their callers route them again.
+    const auto queued = std::move(s.mailbox);
+    s.mailbox.clear();
+    for (auto& pending : queued)
+      pending.done(reply_msg::failure(
+          errc::not_owner,
+          "entity type '" + it->first.first + "' moved to shard group '" + next->info.group + "'"));
+    passivate(it);
+    return false;
+  }
+  if (!next) {
+    // Removed: what was queued before still runs, on the old code; then it is passivated.
+    s.evict = true;
+    return true;
+  }
+  // Replaced: the old instance goes now; the queued messages run in a new instance of the
+  // new version, each by its RPC's name (the new version may number its RPCs differently).
+  const std::string type_name = it->first.first;
+  std::vector<std::pair<reply_callback, std::string>> unknown;  // answered after the walk
+  for (auto m = s.mailbox.begin(); m != s.mailbox.end();) {
+    if (auto index = next->rpc_index(m->request.rpc)) {
+      m->rpc_index = *index;
+      ++m;
+      continue;
+    }
+    unknown.emplace_back(std::move(m->done), std::move(m->request.rpc));
+    m = s.mailbox.erase(m);
+  }
+  bool alive = true;
+  if (s.mailbox.empty()) {
+    passivate(it);
+    alive = false;
+  } else {
+    if (s.instance != nullptr) {
+      s.type->destroy(s.instance);
       s.instance = nullptr;
+      ++passivations_;
+    }
+    const auto old_type = std::move(s.type);  // released here: may unload the old version
+    s.type = std::move(next);
+  }
+  for (auto& [done, rpc] : unknown)
+    done(reply_msg::failure(errc::unknown_rpc, "entity type '" + type_name + "' has no RPC '" +
+                                                   rpc + "' in its new version"));
+  return alive;
 }
 
 bool entity_host::shard_active(const std::string& group, std::int32_t shard) const {

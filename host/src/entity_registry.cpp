@@ -1,12 +1,17 @@
 #include "cluster/host/entity_registry.hpp"
 
 #include <dlfcn.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
 #include <set>
+
+#include "cluster/security/digest.hpp"
 
 namespace cluster::host {
 
@@ -138,10 +143,50 @@ result<plugin_contents> read_plugin(const cluster_plugin_descriptor* source) {
 
 }  // namespace
 
+/// A loaded copy of a plugin file (runner.plugin_cache_dir/loaded/<sha256>.so): removed when
+/// the last version loaded from it is unloaded.
+struct shadow_file {
+  std::filesystem::path path;
+  explicit shadow_file(std::filesystem::path p) : path(std::move(p)) {}
+  shadow_file(const shadow_file&) = delete;
+  shadow_file& operator=(const shadow_file&) = delete;
+  ~shadow_file() {
+    std::error_code ignored;
+    std::filesystem::remove(path, ignored);
+  }
+};
+
+loaded_plugin::~loaded_plugin() {
+  if (on_unloaded) on_unloaded(*this);
+}
+
+struct entity_registry::candidate {
+  std::filesystem::path file;       // the plugin file (its identity)
+  std::filesystem::path load_path;  // what is opened: the shadow copy, or the file itself
+  std::string sha256;
+  std::shared_ptr<shadow_file> shadow;
+  std::shared_ptr<boost::dll::shared_library> library;
+  std::shared_ptr<plugin_process> process;
+  std::string name;
+  std::string version;
+  std::vector<entity_type> types;
+};
+
 std::optional<std::uint32_t> entity_type::rpc_index(std::string_view rpc) const {
   for (std::uint32_t i = 0; i < info.rpcs.size(); ++i)
     if (rpc == info.rpcs[i].name) return i;
   return std::nullopt;
+}
+
+entity_registry::entity_registry() : self_(std::make_shared<entity_registry*>(this)) {}
+
+entity_registry::~entity_registry() {
+  // Versions unloaded from here on (the types below, instances an entity host still holds)
+  // end their processes themselves, blocking: there is no loop to wait on any more.
+  *self_ = nullptr;
+  types_.clear();
+  files_.clear();
+  retiring_.clear();
 }
 
 std::vector<std::string> entity_registry::load(const std::vector<std::string>& paths) {
@@ -155,7 +200,8 @@ std::vector<std::string> entity_registry::load(const std::vector<std::string>& p
     if (std::filesystem::is_directory(path, ec)) {
       std::vector<std::filesystem::path> files;
       for (const auto& entry : std::filesystem::directory_iterator(path, ec))
-        if (entry.is_regular_file() && entry.path().extension() == ".so")
+        if (entry.is_regular_file() && entry.path().extension() == ".so" &&
+            entry.path().filename().string().front() != '.')
           files.push_back(entry.path());
       std::sort(files.begin(), files.end());
       for (const auto& file : files) try_load(file);
@@ -166,15 +212,208 @@ std::vector<std::string> entity_registry::load(const std::vector<std::string>& p
   return errors;
 }
 
+result<void> entity_registry::copy_plugins_to(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return failure{refused, "cannot create " + dir.string() + ": " + ec.message()};
+  shadow_dir_ = dir;
+  return success();
+}
+
+result<entity_registry::candidate> entity_registry::prepare(const std::filesystem::path& file) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) return failure{refused, "no such file"};
+  candidate c;
+  c.file = file;
+  if (!shadow_dir_) {
+    BOOST_OUTCOME_TRY(sha, security::sha256_file(file));
+    c.sha256 = std::move(sha);
+    c.load_path = file;
+    return c;
+  }
+  // Hash the copy, not the file: what is loaded is exactly what was hashed, even when the
+  // file is being replaced meanwhile.
+  static std::uint64_t copies = 0;
+  const auto incoming = *shadow_dir_ / (".incoming-" + std::to_string(::getpid()) + "-" +
+                                        std::to_string(++copies) + ".tmp");
+  std::filesystem::copy_file(file, incoming, std::filesystem::copy_options::overwrite_existing, ec);
+  if (ec) {
+    std::filesystem::remove(incoming, ec);
+    return failure{refused, "cannot copy it to " + shadow_dir_->string() + ": " + ec.message()};
+  }
+  auto sha = security::sha256_file(incoming);
+  if (!sha) {
+    std::filesystem::remove(incoming, ec);
+    return sha.error();
+  }
+  c.sha256 = std::move(sha).value();
+  if (auto known = shadows_.find(c.sha256); known != shadows_.end()) {
+    if (auto shadow = known->second.lock()) {
+      // These bytes are loaded already (another file, or a version still draining).
+      std::filesystem::remove(incoming, ec);
+      c.shadow = std::move(shadow);
+      c.load_path = c.shadow->path;
+      return c;
+    }
+  }
+  const auto target = *shadow_dir_ / (c.sha256 + ".so");
+  std::filesystem::rename(incoming, target, ec);
+  if (ec) {
+    std::filesystem::remove(incoming, ec);
+    return failure{refused, "cannot rename its copy to " + target.string() + ": " + ec.message()};
+  }
+  c.shadow = std::make_shared<shadow_file>(target);
+  shadows_[c.sha256] = c.shadow;
+  c.load_path = target;
+  return c;
+}
+
 result<void> entity_registry::load_file(const std::filesystem::path& file) {
-  std::error_code exists_ec;
-  if (!std::filesystem::exists(file, exists_ec)) return failure{refused, "no such file"};
-  if (isolated()) return load_isolated(file);
+  auto outcome = [&]() -> result<void> {
+    BOOST_OUTCOME_TRY(c, prepare(file));
+    if (auto it = files_.find(file.string());
+        it != files_.end() && it->second.current && it->second.current->sha256 == c.sha256)
+      return success();  // these bytes are loaded from this file already
+    if (isolated()) {
+      BOOST_OUTCOME_TRY(
+          process, plugin_process::start(*io_, c.load_path, *isolation_, file.filename().string()));
+      BOOST_OUTCOME_TRY(adopt_process(c, std::move(process)));
+    } else {
+      BOOST_OUTCOME_TRY(open_in_process(c));
+    }
+    return commit(std::move(c));
+  }();
+  if (!outcome) {
+    auto& state = files_[file.string()];
+    state.refused_error = outcome.error().message;
+    state.refused_sha256.clear();
+    if (auto sha = security::sha256_file(file)) state.refused_sha256 = sha.value();
+    changed();
+  }
+  return outcome;
+}
+
+void entity_registry::update(const std::filesystem::path& file,
+                             std::function<void(result<void>)> done) {
+  const std::string key = file.string();
+  auto& state = files_[key];
+  if (state.loading) {
+    // One load per file at a time; this one looks at the file again once that one is done.
+    state.queued.push_back(std::move(done));
+    return;
+  }
+  auto finish = [this, key, file](result<void> outcome, std::function<void(result<void>)> answer,
+                                  const std::string& sha256) {
+    auto it = files_.find(key);
+    if (it == files_.end()) return;  // the registry was cleared
+    it->second.loading = false;
+    auto queued = std::move(it->second.queued);
+    it->second.queued.clear();
+    if (!outcome) refuse(file, sha256, outcome.error().message);
+    if (answer) answer(outcome);
+    if (!queued.empty())
+      update(file, [queued = std::move(queued)](result<void> again) {
+        for (const auto& d : queued)
+          if (d) d(again);
+      });
+  };
+  auto prepared = prepare(file);
+  if (!prepared) {
+    finish(prepared.error(), std::move(done), {});
+    return;
+  }
+  auto c = std::move(prepared).value();
+  if (state.current && state.current->sha256 == c.sha256) {
+    // The bytes loaded already (back to them after a refused version): nothing to load.
+    if (!state.refused_error.empty()) {
+      state.refused_error.clear();
+      state.refused_sha256.clear();
+      spdlog::info("plugin file {} holds version {} again", key, state.current->version);
+      changed();
+    }
+    finish(success(), std::move(done), c.sha256);
+    return;
+  }
+  if (!isolated()) {
+    const std::string sha = c.sha256;
+    auto opened = open_in_process(c);
+    finish(opened ? commit(std::move(c)) : opened, std::move(done), sha);
+    return;
+  }
+  state.loading = true;
+  const std::uint64_t epoch = state.epoch;
+  const std::string sha = c.sha256;
+  const auto load_path = c.load_path;  // `c` moves into the handler below
+  plugin_process::launch(
+      *io_, load_path, *isolation_, file.filename().string(),
+      [this, alive = std::weak_ptr<entity_registry*>(self_), key, epoch, sha, finish,
+       c = std::make_shared<candidate>(std::move(c)),
+       done = std::move(done)](result<std::shared_ptr<plugin_process>> started) mutable {
+        if (auto self = alive.lock(); !self || *self == nullptr) return;
+        auto it = files_.find(key);
+        if (it == files_.end()) return;
+        if (it->second.epoch != epoch) {
+          // The file was removed while its new version was starting: nothing to swap in.
+          it->second.loading = false;
+          auto queued = std::move(it->second.queued);
+          it->second.queued.clear();
+          if (started) retire_process(std::move(started).value());
+          if (done) done(failure{refused, "the file was removed while it was loading"});
+          if (!queued.empty())
+            update(std::filesystem::path(key), [queued = std::move(queued)](result<void> again) {
+              for (const auto& d : queued)
+                if (d) d(again);
+            });
+          return;
+        }
+        if (!started) {
+          finish(started.error(), std::move(done), sha);
+          return;
+        }
+        auto adopted = adopt_process(*c, std::move(started).value());
+        finish(adopted ? commit(std::move(*c)) : adopted, std::move(done), sha);
+      });
+}
+
+bool entity_registry::remove(const std::filesystem::path& file) {
+  auto it = files_.find(file.string());
+  if (it == files_.end()) return false;
+  auto& state = it->second;
+  ++state.epoch;
+  const bool had_refusal = !state.refused_error.empty();
+  state.refused_error.clear();
+  state.refused_sha256.clear();
+  auto old = std::move(state.current);
+  state.current.reset();
+  if (!old) {
+    if (state.draining.empty() && !state.loading) files_.erase(it);
+    if (had_refusal) changed();
+    return had_refusal;
+  }
+  state.draining.push_back(old);
+  std::vector<std::shared_ptr<entity_type>> retired;
+  for (const auto& name : old->entity_types) {
+    auto type = types_.find(name);
+    if (type == types_.end() || type->second->origin != old) continue;
+    type->second->retired = true;
+    retired.push_back(std::move(type->second));
+    types_.erase(type);
+  }
+  spdlog::info("removed plugin {} {} ({}): {} unregistered; draining", old->name, old->version,
+               file.string(), fmt::join(old->entity_types, ", "));
+  old.reset();
+  retired.clear();  // unloads it at once when no instance holds a type of it
+  if (on_types_retired) on_types_retired();
+  changed();
+  return true;
+}
+
+result<void> entity_registry::open_in_process(candidate& c) {
   auto library = std::make_shared<boost::dll::shared_library>();
   boost::dll::fs::error_code ec;
   // RTLD_NOW: a missing symbol refuses the file here, not the first request that needs it.
-  library->load(file.string(), boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local,
-                ec);
+  library->load(c.load_path.string(),
+                boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local, ec);
   if (ec) {
     const char* detail = dlerror();
     return failure{refused,
@@ -208,29 +447,134 @@ result<void> entity_registry::load_file(const std::filesystem::path& file) {
                                               : std::string("entry returned no descriptor")};
   }
   BOOST_OUTCOME_TRY(plugin, read_plugin(descriptor));
-  for (auto& type : plugin.types) type.library = library;
-  return add_plugin(file, std::move(plugin.types), plugin.name, plugin.version);
+  c.name = std::move(plugin.name);
+  c.version = std::move(plugin.version);
+  c.types = std::move(plugin.types);
+  c.library = std::move(library);
+  for (auto& type : c.types) type.library = c.library;
+  return success();
 }
 
-result<void> entity_registry::add_plugin(const std::filesystem::path& file,
-                                         std::vector<entity_type> types, const std::string& name,
-                                         const std::string& version) {
-  // Refuse the whole file on a duplicate, so a plugin is never half registered.
-  for (const auto& type : types)
-    if (auto it = types_.find(type.info.name); it != types_.end())
-      return failure{refused, "entity type '" + type.info.name + "' is already provided by " +
-                                  it->second.plugin_path};
-  std::string names;
-  for (auto& type : types) {
-    names += (names.empty() ? "" : ", ") + type.info.name;
-    type.plugin_path = file.string();
-    type.plugin_name = name;
-    type.plugin_version = version;
-    std::string key = type.info.name;
-    types_.emplace(std::move(key), std::move(type));
+result<void> entity_registry::adopt_process(candidate& c, std::shared_ptr<plugin_process> process) {
+  const auto& catalog = process->catalog();
+  if (catalog.types.empty()) return failure{refused, "declares no entity types"};
+  c.types.clear();
+  for (std::size_t i = 0; i < catalog.types.size(); ++i) {
+    entity_type type;
+    type.descriptor = process->descriptor(i);
+    type.rpcs = process->rpc_descriptors(i);
+    type.info = catalog.types[i];
+    type.process = process;
+    c.types.push_back(std::move(type));
   }
-  spdlog::info("loaded plugin {} {} from {}: {}", name, version, file.string(), names);
+  c.name = catalog.plugin_name.empty() ? catalog.types.front().name : catalog.plugin_name;
+  c.version = catalog.plugin_version.empty() ? "0.0.0" : catalog.plugin_version;
+  process->on_instances_lost = [alive = std::weak_ptr<entity_registry*>(self_),
+                                raw = process.get()](const std::vector<std::string>&) {
+    auto self = alive.lock();
+    if (self && *self != nullptr && (*self)->on_instances_lost) (*self)->on_instances_lost(raw);
+  };
+  c.process = std::move(process);
   return success();
+}
+
+result<void> entity_registry::commit(candidate c) {
+  const std::string key = c.file.string();
+  auto& state = files_[key];
+  const std::shared_ptr<loaded_plugin> old = state.current;
+  // Refuse the whole file on a duplicate, so a plugin is never half registered.
+  for (const auto& type : c.types)
+    if (auto it = types_.find(type.info.name);
+        it != types_.end() && (!old || it->second->origin != old))
+      return failure{refused, "entity type '" + type.info.name + "' is already provided by " +
+                                  it->second->plugin_path};
+  auto plugin = std::make_shared<loaded_plugin>();
+  plugin->file = key;
+  plugin->name = c.name;
+  plugin->version = c.version;
+  plugin->sha256 = c.sha256;
+  plugin->shadow = std::move(c.shadow);
+  plugin->library = std::move(c.library);
+  plugin->process = std::move(c.process);
+  plugin->on_unloaded = [alive = std::weak_ptr<entity_registry*>(self_)](loaded_plugin& p) {
+    if (auto self = alive.lock(); self && *self != nullptr) (*self)->unloaded(p);
+  };
+  for (const auto& type : c.types) plugin->entity_types.push_back(type.info.name);
+
+  std::vector<std::shared_ptr<entity_type>> retired;
+  if (old) {
+    for (const auto& name : old->entity_types) {
+      auto it = types_.find(name);
+      if (it == types_.end() || it->second->origin != old) continue;
+      it->second->retired = true;
+      retired.push_back(std::move(it->second));
+      types_.erase(it);
+    }
+    state.draining.push_back(old);
+  }
+  for (auto& type : c.types) {
+    type.origin = plugin;
+    type.plugin_path = key;
+    type.plugin_name = plugin->name;
+    type.plugin_version = plugin->version;
+    std::string name = type.info.name;
+    types_.emplace(std::move(name), std::make_shared<entity_type>(std::move(type)));
+  }
+  state.current = plugin;
+  state.refused_error.clear();
+  state.refused_sha256.clear();
+  const std::string names = fmt::format("{}", fmt::join(plugin->entity_types, ", "));
+  if (old) {
+    spdlog::info("swapped plugin {} ({}): version {} replaces {}: {}; the old version drains",
+                 plugin->name, key, plugin->version, old->version, names);
+  } else {
+    spdlog::info("loaded plugin {} {} from {}: {}", plugin->name, plugin->version, key, names);
+  }
+  retired.clear();  // unloads the old version at once when no instance holds a type of it
+  if (old && on_types_retired) on_types_retired();
+  changed();
+  return success();
+}
+
+void entity_registry::refuse(const std::filesystem::path& file, const std::string& sha256,
+                             const std::string& why) {
+  auto& state = files_[file.string()];
+  state.refused_error = why;
+  state.refused_sha256 = sha256;
+  if (state.current)
+    spdlog::error("refused plugin {}: {}; version {} keeps serving", file.string(), why,
+                  state.current->version);
+  else
+    spdlog::error("refused plugin {}: {}", file.string(), why);
+  changed();
+}
+
+void entity_registry::unloaded(loaded_plugin& plugin) {
+  spdlog::info("unloaded plugin {} {} ({}): no instance of it is left", plugin.name, plugin.version,
+               plugin.file);
+  if (plugin.process) retire_process(std::move(plugin.process));
+  if (auto it = files_.find(plugin.file); it != files_.end()) {
+    auto& state = it->second;
+    std::erase_if(state.draining, [](const auto& weak) { return weak.expired(); });
+    if (!state.current && state.draining.empty() && state.refused_error.empty() && !state.loading)
+      files_.erase(it);
+  }
+  changed();
+}
+
+void entity_registry::retire_process(std::shared_ptr<plugin_process> process) {
+  // Its child ends once it has read what was sent to it (the last destructors); kept here
+  // until it has exited.
+  retiring_.push_back(process);
+  process->retire([alive = std::weak_ptr<entity_registry*>(self_), raw = process.get()] {
+    auto self = alive.lock();
+    if (!self || *self == nullptr) return;
+    std::erase_if((*self)->retiring_, [raw](const auto& p) { return p.get() == raw; });
+  });
+}
+
+void entity_registry::changed() {
+  if (on_change) on_change();
 }
 
 void entity_registry::isolate(asio::io_context& io, isolation_options options) {
@@ -238,38 +582,68 @@ void entity_registry::isolate(asio::io_context& io, isolation_options options) {
   isolation_ = std::move(options);
 }
 
-result<void> entity_registry::load_isolated(const std::filesystem::path& file) {
-  BOOST_OUTCOME_TRY(process, plugin_process::start(*io_, file, isolation_));
-  const auto& catalog = process->catalog();
-  if (catalog.types.empty()) return failure{refused, "declares no entity types"};
-  std::vector<entity_type> types;
-  for (std::size_t i = 0; i < catalog.types.size(); ++i) {
-    entity_type type;
-    type.descriptor = process->descriptor(i);
-    type.rpcs = process->rpc_descriptors(i);
-    type.info = catalog.types[i];
-    type.process = process;
-    types.push_back(std::move(type));
-  }
-  BOOST_OUTCOME_TRY(
-      add_plugin(file, std::move(types),
-                 catalog.plugin_name.empty() ? catalog.types.front().name : catalog.plugin_name,
-                 catalog.plugin_version.empty() ? "0.0.0" : catalog.plugin_version));
-  process->on_instances_lost = [this](const std::vector<std::string>& lost) {
-    if (on_instances_lost) on_instances_lost(lost);
-  };
-  processes_.push_back(std::move(process));
-  return success();
-}
-
 const entity_type* entity_registry::find(std::string_view name) const {
   auto it = types_.find(name);
-  return it == types_.end() ? nullptr : &it->second;
+  return it == types_.end() ? nullptr : it->second.get();
+}
+
+std::shared_ptr<const entity_type> entity_registry::find_shared(std::string_view name) const {
+  auto it = types_.find(name);
+  return it == types_.end() ? nullptr : it->second;
 }
 
 std::vector<entity_type_info> entity_registry::catalog() const {
   std::vector<entity_type_info> out;
-  for (const auto& [name, type] : types_) out.push_back(type.info);
+  for (const auto& [name, type] : types_) out.push_back(type->info);
+  return out;
+}
+
+std::string entity_registry::shown_file(const std::string& file) const {
+  const std::filesystem::path path(file);
+  if (!pushed_dir_.empty() && path.parent_path() == pushed_dir_)
+    return "push:" + path.stem().string();
+  return file;
+}
+
+std::vector<plugin_info> entity_registry::plugins() const {
+  std::vector<plugin_info> out;
+  const auto describe = [&](const loaded_plugin& p, const char* state) {
+    plugin_info info;
+    info.name = p.name;
+    info.version = p.version;
+    info.sha256 = p.sha256;
+    info.file = shown_file(p.file);
+    info.state = state;
+    info.entity_types = p.entity_types;
+    return info;
+  };
+  for (const auto& [file, state] : files_) {
+    if (state.current) out.push_back(describe(*state.current, "loaded"));
+    if (!state.refused_error.empty()) {
+      plugin_info info;
+      info.name = std::filesystem::path(file).stem().string();
+      info.version = "";
+      info.sha256 = state.refused_sha256;
+      info.file = shown_file(file);
+      info.state = "failed";
+      info.error = state.refused_error;
+      out.push_back(std::move(info));
+    }
+    for (const auto& weak : state.draining)
+      if (auto p = weak.lock()) out.push_back(describe(*p, "draining"));
+  }
+  return out;
+}
+
+bool entity_registry::loaded(const std::filesystem::path& file) const {
+  auto it = files_.find(file.string());
+  return it != files_.end() && it->second.current != nullptr;
+}
+
+std::vector<std::filesystem::path> entity_registry::loaded_files() const {
+  std::vector<std::filesystem::path> out;
+  for (const auto& [file, state] : files_)
+    if (state.current) out.emplace_back(file);
   return out;
 }
 

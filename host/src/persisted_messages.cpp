@@ -651,30 +651,32 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
 }
 
 void persisted_messages::run(persisted_message message, milliseconds backoff) {
-  const entity_type* type = registry_.find(message.request.entity_type);
   const std::int64_t id = message.id;
   running_.insert(id);
   shard_key shard{std::move(message.group), message.shard};
-  if (type == nullptr || !type->rpc_index(message.request.rpc)) {
-    // Stored by a runner with other plugins: answer it rather than replay it forever.
-    finish(id, shard,
-           reply_msg::failure(type ? errc::unknown_rpc : errc::unknown_entity_type,
-                              "stored message for " + message.request.entity_type + "." +
-                                  message.request.rpc + " has no handler on this runner"),
-           hold_in_flight());
-    return;
-  }
-  entity_address address{type, message.request.entity_id, message.shard};
-  const auto rpc_index = *type->rpc_index(message.request.rpc);
   const auto delay = std::max<std::int64_t>(
       message.request.deliver_at_ms ? *message.request.deliver_at_ms - unix_ms() : 0,
       backoff.count());
   std::optional<shard_key> scheduled;  // deliver-at: the shard to check when the time comes
   if (delay > 0) scheduled = shard;
-  auto deliver = [this, address = std::move(address), rpc_index, id, shard = std::move(shard),
+  auto deliver = [this, id, shard = std::move(shard), entity_shard = message.shard,
                   request = std::move(message.request)]() mutable {
+    // Resolved when it runs, not when it was read: a plugin swapped in meanwhile serves it.
+    const entity_type* type = registry_.find(request.entity_type);
+    const auto rpc_index = type ? type->rpc_index(request.rpc) : std::nullopt;
+    if (!rpc_index) {
+      // Stored by a runner with other plugins, or its type was removed here: answer it
+      // rather than replay it forever.
+      finish(id, shard,
+             reply_msg::failure(type ? errc::unknown_rpc : errc::unknown_entity_type,
+                                "stored message for " + request.entity_type + "." + request.rpc +
+                                    " has no handler on this runner"),
+             hold_in_flight());
+      return;
+    }
+    const entity_address address{type, request.entity_id, entity_shard};
     entities_.deliver(
-        address, rpc_index, std::move(request), steady_clock::time_point::max(),
+        address, *rpc_index, std::move(request), steady_clock::time_point::max(),
         [this, id, shard = std::move(shard), hold = hold_in_flight()](reply_msg&& reply) mutable {
           finish(id, shard, std::move(reply), std::move(hold));
         },

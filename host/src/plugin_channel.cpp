@@ -29,6 +29,11 @@ void plugin_channel::close() {
   socket_.close(ignored);
 }
 
+void plugin_channel::close_after_flush() {
+  closing_ = true;
+  if (!writing_ && queued_.size() == 0) close();
+}
+
 void plugin_channel::closed(const std::string& why) {
   const bool was_open = open_;
   close();
@@ -47,6 +52,7 @@ void plugin_channel::schedule_write() {
 void plugin_channel::write_queued() {
   if (!open_ || queued_.size() == 0) {
     writing_ = false;
+    if (closing_) close();
     return;
   }
   if (stale_after_.count() > 0) {

@@ -91,10 +91,10 @@ struct plugin_process::pending_call {
 };
 
 plugin_process::plugin_process(asio::io_context& io, std::filesystem::path plugin,
-                               isolation_options options)
+                               isolation_options options, std::string label)
     : io_(io),
       plugin_(std::move(plugin)),
-      file_name_(plugin_.filename().string()),
+      file_name_(label.empty() ? plugin_.filename().string() : std::move(label)),
       options_(std::move(options)),
       restart_timer_(io),
       watchdog_(io),
@@ -106,19 +106,25 @@ plugin_process::~plugin_process() {
   if (board_fd_ >= 0) ::close(board_fd_);
 }
 
-result<std::shared_ptr<plugin_process>> plugin_process::start(asio::io_context& io,
-                                                              const std::filesystem::path& plugin,
-                                                              const isolation_options& options) {
-  std::shared_ptr<plugin_process> process(new plugin_process(io, plugin, options));
-  process->board_fd_ = ::memfd_create("cluster-operation-board", MFD_CLOEXEC);
-  if (process->board_fd_ < 0 ||
-      ::ftruncate(process->board_fd_, static_cast<off_t>(sizeof(operation_board))) != 0)
+result<void> plugin_process::map_board() {
+  board_fd_ = ::memfd_create("cluster-operation-board", MFD_CLOEXEC);
+  if (board_fd_ < 0 || ::ftruncate(board_fd_, static_cast<off_t>(sizeof(operation_board))) != 0)
     return failure{errc::invalid_request, std::string("memfd: ") + std::strerror(errno)};
-  void* page = ::mmap(nullptr, sizeof(operation_board), PROT_READ | PROT_WRITE, MAP_SHARED,
-                      process->board_fd_, 0);
+  void* page =
+      ::mmap(nullptr, sizeof(operation_board), PROT_READ | PROT_WRITE, MAP_SHARED, board_fd_, 0);
   if (page == MAP_FAILED)
     return failure{errc::invalid_request, std::string("mmap: ") + std::strerror(errno)};
-  process->board_ = new (page) operation_board();
+  board_ = new (page) operation_board();
+  return success();
+}
+
+result<std::shared_ptr<plugin_process>> plugin_process::start(asio::io_context& io,
+                                                              const std::filesystem::path& plugin,
+                                                              const isolation_options& options,
+                                                              std::string label) {
+  std::shared_ptr<plugin_process> process(
+      new plugin_process(io, plugin, options, std::move(label)));
+  BOOST_OUTCOME_TRY(process->map_board());
   BOOST_OUTCOME_TRY(fd, process->spawn());
   if (auto loaded = process->await_catalog(fd); !loaded) {
     ::close(fd);
@@ -130,6 +136,38 @@ result<std::shared_ptr<plugin_process>> plugin_process::start(asio::io_context& 
   spdlog::info("plugin {} runs in process {} (isolation \"process\")", process->file_name_,
                process->pid_);
   return process;
+}
+
+void plugin_process::launch(asio::io_context& io, const std::filesystem::path& plugin,
+                            const isolation_options& options, std::string label,
+                            started_handler done) {
+  std::shared_ptr<plugin_process> process(
+      new plugin_process(io, plugin, options, std::move(label)));
+  auto fd = [&]() -> result<int> {
+    BOOST_OUTCOME_TRY(process->map_board());
+    return process->spawn();
+  }();
+  if (!fd) {
+    asio::post(io, [done = std::move(done), why = fd.error()]() mutable { done(std::move(why)); });
+    return;
+  }
+  process->on_started_ = std::move(done);
+  process->attach(fd.value(), false);
+  process->restart_timer_.expires_after(options.start_timeout);
+  hold_until_started(std::move(process));
+}
+
+void plugin_process::hold_until_started(std::shared_ptr<plugin_process> process) {
+  // The timer's handler holds the process until `launch` is answered (or the loop ends):
+  // past the start timeout it kills the child and waits for its exit to answer.
+  auto& timer = process->restart_timer_;
+  timer.async_wait([process = std::move(process)](const error_code& ec) mutable {
+    if (ec || !process->on_started_) return;
+    process->kill_child("did not load it within " +
+                        std::to_string(process->options_.start_timeout.count()) + " ms");
+    process->restart_timer_.expires_after(watchdog_period);
+    hold_until_started(std::move(process));
+  });
 }
 
 result<int> plugin_process::spawn() {
@@ -360,6 +398,25 @@ void plugin_process::call_completed(void* user, std::int32_t status, const char*
 void plugin_process::on_frame(envelope&& env) {
   switch (static_cast<plugin_kind>(env.kind)) {
     case plugin_kind::catalog:
+      if (!ready_ && on_started_) {
+        auto catalog = env.as<plugin_catalog_msg>();
+        if (!catalog) {
+          kill_child("sent a malformed catalog");
+          return;
+        }
+        catalog_ = std::move(catalog).value();
+        for (std::size_t i = 0; i < catalog_.types.size(); ++i)
+          types_.push_back(remote_type{this, i});
+        ready_ = true;
+        channel_->send_encoded(outbox_);
+        outbox_.clear();
+        restart_timer_.cancel();
+        spdlog::info("plugin {} runs in process {} (isolation \"process\")", file_name_, pid_);
+        auto done = std::move(on_started_);
+        on_started_ = nullptr;
+        done(shared_from_this());
+        return;
+      }
       if (!ready_) {
         ready_ = true;
         for (auto& [id, op] : operations_)
@@ -372,6 +429,10 @@ void plugin_process::on_frame(envelope&& env) {
       return;
     case plugin_kind::load_failed: {
       auto why = env.as<plugin_failure_msg>();
+      if (on_started_) {
+        start_error_ = why ? why.value().message : "the plugin did not load";
+        return;  // the child exits; its exit answers `launch`
+      }
       spdlog::error("plugin {} did not load in its new process: {}", file_name_,
                     why ? why.value().message : "no reason given");
       return;  // the child exits; its exit schedules the next attempt
@@ -493,7 +554,23 @@ void plugin_process::child_ended() {
   ++generation_;
   recent_.clear();
   outbox_.clear();  // frames for the child that ended; their requests are answered below
-  if (shut_down_) return;
+  if (on_started_) {
+    // `launch` still waits: the plugin was refused, or the child died while loading it.
+    restart_timer_.cancel();
+    shut_down_ = true;
+    auto done = std::move(on_started_);
+    on_started_ = nullptr;
+    const std::string why = !start_error_.empty()   ? start_error_
+                            : !kill_reason_.empty() ? "the plugin host was " + kill_reason_
+                                                    : "the plugin " + what + " while loading";
+    done(failure{errc::invalid_request, why});
+    return;
+  }
+  if (shut_down_) {
+    if (on_exited_) asio::post(io_, std::move(on_exited_));
+    on_exited_ = nullptr;
+    return;
+  }
   spdlog::error("{} (process {})", message, ended);
 
   if (on_instances_lost) {
@@ -539,11 +616,36 @@ void plugin_process::restart() {
   });
 }
 
-void plugin_process::shutdown() {
-  if (shut_down_) return;
-  shut_down_ = true;
-  restart_timer_.cancel();
+void plugin_process::retire(std::function<void()> exited) {
+  if (shut_down_ || pid_ <= 0) {
+    shut_down_ = true;
+    restart_timer_.cancel();
+    if (exited) asio::post(io_, std::move(exited));
+    return;
+  }
+  shut_down_ = true;  // no restart from now on
+  on_exited_ = std::move(exited);
   watchdog_.cancel();
+  // The child exits when its channel closes, after the frames queued before (destroys).
+  if (channel_) channel_->close_after_flush();
+  restart_timer_.expires_after(std::chrono::seconds(2));
+  restart_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {
+    auto self = weak.lock();
+    if (ec || !self || self->pid_ <= 0) return;
+    spdlog::warn("plugin {} (process {}) did not exit after its unload; killing it",
+                 self->file_name_, self->pid_);
+    signal_pidfd(self->pidfd_, SIGKILL);
+  });
+}
+
+void plugin_process::shutdown() {
+  const bool first = !shut_down_;
+  shut_down_ = true;
+  if (first) {
+    restart_timer_.cancel();
+    watchdog_.cancel();
+  }
+  on_exited_ = nullptr;
   if (channel_) channel_->close();  // the child exits when its channel closes
   if (pid_ > 0) {
     pollfd wait{pidfd_, POLLIN, 0};

@@ -2,7 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <set>
 
@@ -44,6 +47,8 @@ std::vector<config_section> runner_config::sections() {
       .key("handler_timeout_ms", &handler_timeout)
       .key("plugin_memory_limit_mb", &plugin_memory_limit_mb)
       .key("plugin_host", &plugin_host)
+      .key("plugin_cache_dir", &plugin_cache_dir)
+      .key("watch_plugins", &watch_plugins)
       .key("stall_fence_ms", &stall_fence);
   return sections;
 }
@@ -81,6 +86,102 @@ runner::runner(asio::io_context& io, runner_config config)
 
 runner::~runner() = default;
 
+runner::owned_folder::~owned_folder() {
+  if (path.empty()) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(path, ignored);
+}
+
+void runner::load_plugins() {
+  if (config_.plugin_cache_dir.empty()) {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "cluster-runner-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr)
+      throw std::runtime_error(
+          "runner.plugin_cache_dir is empty and no temp folder could be "
+          "made in " +
+          std::filesystem::temp_directory_path().string() + ": " + std::strerror(errno));
+    cache_dir_ = pattern;
+    temp_cache_dir_.path = cache_dir_;
+  } else {
+    cache_dir_ = config_.plugin_cache_dir;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(pushed_plugins_dir(), ec);
+  if (ec)
+    throw config_error("runner.plugin_cache_dir: cannot create " + pushed_plugins_dir().string() +
+                       ": " + ec.message());
+  if (auto shadows = registry_.copy_plugins_to(cache_dir_ / "loaded"); !shadows)
+    throw config_error("runner.plugin_cache_dir: " + shadows.error().message);
+  registry_.set_pushed_dir(pushed_plugins_dir());
+
+  std::vector<std::string> paths = config_.plugins;
+  paths.push_back(pushed_plugins_dir().string());
+  if (config_.watch_plugins) {
+    // Watching starts before the first load: a file that lands in between is not missed
+    // (loading it again is a no-op when its bytes are the ones loaded).
+    watcher_ = std::make_unique<plugin_watcher>(
+        io_, config_.plugin_quiet, [this](const std::filesystem::path& file, bool present) {
+          plugin_file_settled(file, present);
+        });
+    watcher_->on_overflow = [this] {
+      for (const auto& file : registry_.loaded_files())
+        if (!std::filesystem::exists(file)) plugin_file_settled(file, false);
+      for (const auto& file : watcher_->scan()) plugin_file_settled(file, true);
+    };
+    for (const auto& path : paths) {
+      std::error_code dir_ec;
+      const std::filesystem::path entry(path);
+      auto watched = std::filesystem::is_directory(entry, dir_ec)
+                         ? watcher_->watch(entry)
+                         : watcher_->watch(entry.parent_path().empty() ? "." : entry.parent_path(),
+                                           entry.filename().string());
+      if (!watched) spdlog::warn("runner.plugins: {}", watched.error().message);
+    }
+  }
+  for (const auto& error : registry_.load(paths)) spdlog::error("refused plugin {}", error);
+}
+
+void runner::plugin_file_settled(const std::filesystem::path& file, bool present) {
+  if (stopping_) return;
+  if (!present) {
+    if (!registry_.remove(file))
+      spdlog::info("plugin file {} removed (nothing was loaded from it)", file.string());
+    return;
+  }
+  spdlog::info("plugin file {} changed: loading it", file.string());
+  // The registry logs the outcome; a refused file leaves the version before it serving.
+  registry_.update(file, [](result<void>) {});
+}
+
+register_runner_msg runner::registration() {
+  register_runner_msg registration;
+  registration.name = config_.name;
+  registration.address = address_;
+  registration.version = "0.1.0";
+  registration.incarnation = incarnation_;
+  registration.entity_types = registry_.catalog();
+  registration.plugins = registry_.plugins();
+  std::set<std::string> groups(config_.groups.begin(), config_.groups.end());
+  if (groups.empty())
+    for (const auto& type : registration.entity_types) groups.insert(type.group);
+  if (!groups.empty()) registered_groups_.assign(groups.begin(), groups.end());
+  // Every type removed: the groups stay (a runner serves at least one); its types come back
+  // with the next plugin file.
+  registration.groups = registered_groups_;
+  return registration;
+}
+
+void runner::registration_changed() {
+  if (!manager_ || registration_posted_ || stopping_) return;
+  registration_posted_ = true;
+  asio::post(io_, [this] {
+    registration_posted_ = false;
+    if (stopping_ || !manager_) return;
+    manager_->update_registration(registration());
+  });
+}
+
 void runner::start() {
   if (config_.isolation == "process") {
     isolation_options isolation;
@@ -98,10 +199,11 @@ void runner::start() {
     throw config_error("runner.isolation: expected \"none\" or \"process\", got '" +
                        config_.isolation + "'");
   }
-  for (const auto& error : registry_.load(config_.plugins))
-    spdlog::error("refused plugin {}", error);
-  if (registry_.empty())
-    throw std::runtime_error("no entity type loaded from runner.plugins; nothing to serve");
+  load_plugins();
+  if (registry_.empty() && config_.groups.empty())
+    throw std::runtime_error(
+        "no entity type loaded from runner.plugins; nothing to serve (set runner.groups to "
+        "start without plugins and serve pushed ones)");
   for (const auto& type : registry_.catalog()) {
     std::string rpcs;
     for (const auto& r : type.rpcs)
@@ -125,9 +227,12 @@ void runner::start() {
             },
             asio::detached);
       });
-  registry_.on_instances_lost = [this](const std::vector<std::string>& types) {
-    entities_->instances_lost(types);
+  registry_.on_instances_lost = [this](const plugin_process* process) {
+    entities_->instances_lost(process);
   };
+  entities_->resolve_type = [this](std::string_view name) { return registry_.find_shared(name); };
+  registry_.on_types_retired = [this] { entities_->retire_types(); };
+  registry_.on_change = [this] { registration_changed(); };
   // The manager ends the sessions of this incarnation if it declares the runner dead.
   config_.common.storage.application_name = runner_session_name(incarnation_);
   entities_->may_run = [this](const std::string&, std::int32_t) { return !check_fenced(); };
@@ -163,28 +268,18 @@ void runner::start() {
   if (advertised.empty()) advertised = config_.host;
   address_ = advertised + ":" + std::to_string(server_.port());
 
-  register_runner_msg registration;
-  registration.name = config_.name;
-  registration.address = address_;
-  registration.version = "0.1.0";
-  registration.incarnation = incarnation_;
-  registration.entity_types = registry_.catalog();
-  std::set<std::string> groups(config_.groups.begin(), config_.groups.end());
-  if (groups.empty())
-    for (const auto& type : registration.entity_types) groups.insert(type.group);
-  registration.groups.assign(groups.begin(), groups.end());
-
   auto manager_address = parse_host_port(config_.manager);
   if (!manager_address)
     throw config_error("runner.manager: expected host:port, got '" + config_.manager + "'");
   manager_client_options options;
   options.manager = *manager_address;
   options.hello = hello_msg{protocol_version, "runner", config_.name};
-  options.registration = registration;
+  options.registration = registration();
   options.limits = config_.common.limits();
   manager_ = std::make_unique<manager_client>(
       io_, options, [this](const assignment_snapshot& snapshot) { on_snapshot(snapshot); });
   manager_->start();
+  if (watcher_) watcher_->start();
   last_tick_ = steady_clock::now();
   watch_stalls();
   spdlog::info("runner {} listening on {} (incarnation {})", config_.name, address_, incarnation_);
@@ -244,6 +339,7 @@ void runner::stop(std::function<void()> on_stopped) {
   if (stopping_) return;
   stopping_ = true;
   stall_timer_.cancel();
+  if (watcher_) watcher_->stop();  // plugins stay as they are while the runner drains
   server_.stop_accepting();
   asio::co_spawn(io_, shut_down(), asio::detached);
 }

@@ -45,8 +45,8 @@ class entity_host_test : public ::testing::TestWithParam<bool> {
       options.plugin_host = std::string(CLUSTER_BIN_DIR) + "/cluster-plugin-host";
       options.handler_timeout = milliseconds(0);
       registry.isolate(io, options);
-      registry.on_instances_lost = [this](const std::vector<std::string>& types) {
-        if (host) host->instances_lost(types);
+      registry.on_instances_lost = [this](const plugin_process* process) {
+        if (host) host->instances_lost(process);
       };
     }
     for (const char* plugin :
@@ -343,8 +343,8 @@ class crashing_plugin_test : public ::testing::Test {
     options.plugin_host = std::string(CLUSTER_BIN_DIR) + "/cluster-plugin-host";
     options.handler_timeout = milliseconds(300);
     registry.isolate(io, options);
-    registry.on_instances_lost = [this](const std::vector<std::string>& types) {
-      host->instances_lost(types);
+    registry.on_instances_lost = [this](const plugin_process* process) {
+      host->instances_lost(process);
     };
     ASSERT_TRUE(registry.load_file(CLUSTER_FAULTY_PLUGIN));
     ASSERT_TRUE(registry.load_file(test_plugin("probe_plugin")));

@@ -47,9 +47,9 @@ awaitable<void> manager_client::run() {
       }
     };
     std::function<void()> on_close = [wake] { wake->cancel(); };
-    auto connect = connect_to(options_.manager, options_.hello, options_.limits,
-                              options_.connect_timeout, on_message, on_close,
-                              mask_of(role::manager));
+    auto connect =
+        connect_to(options_.manager, options_.hello, options_.limits, options_.connect_timeout,
+                   on_message, on_close, mask_of(role::manager));
     auto connected = co_await std::move(connect);
     if (!connected) {
       if (!warned) spdlog::warn("manager unreachable, retrying: {}", connected.error().message);
@@ -62,6 +62,7 @@ awaitable<void> manager_client::run() {
     bool ready = true;
     if (options_.registration) {
       const auto sent_at = steady_clock::now();
+      const auto version = registration_version_;
       auto call = conn_->async_call(message_kind::register_runner, *options_.registration,
                                     options_.connect_timeout);
       auto reply = co_await std::move(call);
@@ -71,6 +72,10 @@ awaitable<void> manager_client::run() {
       } else if (conn_->is_open()) {
         registered_ = true;
         registered_at_ = sent_at;
+        sent_version_ = version;
+        // Changed while that was in flight: the manager gets the latest now.
+        if (registration_version_ != sent_version_ && !updating_)
+          asio::co_spawn(io_, send_updates(), asio::detached);
       }
     }
     if (ready) {
@@ -95,6 +100,29 @@ awaitable<void> manager_client::run() {
     }
     registered_ = false;
   }
+}
+
+void manager_client::update_registration(register_runner_msg registration) {
+  options_.registration = std::move(registration);
+  ++registration_version_;
+  // Not registered yet: the loop sends the latest when it (re)connects.
+  if (registered_ && connected() && !updating_) asio::co_spawn(io_, send_updates(), asio::detached);
+}
+
+awaitable<void> manager_client::send_updates() {
+  updating_ = true;
+  while (!stopped_ && registered_ && connected() && sent_version_ != registration_version_) {
+    const auto version = registration_version_;
+    auto conn = conn_;
+    auto call = conn->async_call(message_kind::register_runner, *options_.registration,
+                                 options_.connect_timeout);
+    auto reply = co_await std::move(call);
+    if (!conn->is_open()) break;  // the next connection registers the latest
+    sent_version_ = version;
+    if (!reply.ok())
+      spdlog::error("manager refused the updated registration: {} {}", reply.error, reply.message);
+  }
+  updating_ = false;
 }
 
 awaitable<reply_msg> manager_client::unregister(milliseconds timeout) {

@@ -62,9 +62,17 @@ class entity_host {
   /// Passivates every idle entity idle for longer than the configured time.
   void passivate_idle(steady_clock::time_point now);
 
-  /// The instances of these entity types are gone (their plugin's process ended): each is
-  /// activated again before its next message. Queued messages stay queued.
-  void instances_lost(const std::vector<std::string>& entity_types);
+  /// The instances of this process's entity types are gone (it ended): each is activated
+  /// again before its next message. Queued messages stay queued.
+  void instances_lost(const plugin_process* process);
+
+  /// Moves instances off types the registry retired (replaced or removed): an idle one is
+  /// passivated now, a busy one once its running message is done. The messages queued for
+  /// it (and those that arrive meanwhile) then run on `resolve_type`'s type of that name,
+  /// in a new instance; when there is none (removed), they run on the old type first.
+  void retire_types();
+  /// The registry's current type of a name; unset or NULL: the name is no longer served.
+  std::function<std::shared_ptr<const entity_type>(std::string_view name)> resolve_type;
 
   /// Passivates everything now (shutdown); pending messages get `ShuttingDown`.
   void stop();
@@ -91,7 +99,9 @@ class entity_host {
     reply_callback done;
   };
   struct slot {
-    const entity_type* type = nullptr;
+    /// Keeps the type (and its plugin's code) while the instance lives: after a swap, the
+    /// old version stays loaded until its last instance is passivated.
+    std::shared_ptr<const entity_type> type;
     std::string id;
     std::int32_t shard = 0;
     void* instance = nullptr;
@@ -113,6 +123,9 @@ class entity_host {
   void activation_failed(const slot_key& key);
   void finish(invocation* call, reply_msg&& reply);
   void passivate(std::map<slot_key, slot>::iterator it);
+  /// `it`'s type was retired and it is idle: passivates it, or moves its queued messages to
+  /// the current type. False when the slot is gone.
+  bool move_on(std::map<slot_key, slot>::iterator it);
   awaitable<void> sweep_loop();
 
   friend struct invocation;

@@ -115,6 +115,8 @@ class plugin_channel : public std::enable_shared_from_this<plugin_channel> {
   void send_encoded(const msgpack::sbuffer& frames);
 
   void close();
+  /// Closes once everything queued so far is written.
+  void close_after_flush();
   bool is_open() const { return open_; }
 
   /// Frames that waited longer than this to be written are not written: the channel closes
@@ -141,6 +143,7 @@ class plugin_channel : public std::enable_shared_from_this<plugin_channel> {
   decode_limits limits_;
   bool open_ = true;
   bool writing_ = false;
+  bool closing_ = false;  // close once the queue is written
   msgpack::sbuffer queued_{4096};
   msgpack::sbuffer in_write_{4096};
   milliseconds stale_after_{0};

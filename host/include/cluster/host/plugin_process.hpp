@@ -56,9 +56,17 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
  public:
   /// Starts the child and waits (blocking, start-up only) for the plugin's catalog; fails
   /// with the reason the plugin was refused or the child ended.
+  /// `label` names the plugin in logs and Defects (empty: the file's name).
   static result<std::shared_ptr<plugin_process>> start(asio::io_context& io,
                                                        const std::filesystem::path& plugin,
-                                                       const isolation_options& options);
+                                                       const isolation_options& options,
+                                                       std::string label = {});
+  using started_handler = std::function<void(result<std::shared_ptr<plugin_process>>)>;
+  /// The same without blocking the loop (a plugin added or replaced while the runner
+  /// serves): `done` runs on the loop once, with the process once the child reported its
+  /// catalog, or with why it did not load (refused, crashed, or silent past start_timeout).
+  static void launch(asio::io_context& io, const std::filesystem::path& plugin,
+                     const isolation_options& options, std::string label, started_handler done);
   ~plugin_process();
   plugin_process(const plugin_process&) = delete;
   plugin_process& operator=(const plugin_process&) = delete;
@@ -77,6 +85,10 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   std::uint64_t restarts() const { return restarts_; }
   /// Closes the channel, gives the child a moment to exit, then kills it. Blocking.
   void shutdown();
+  /// Ends the child without blocking, once it has read what was sent to it (the last
+  /// destroys): no restart from now on, a kill after 2 s. `exited` runs (posted) when it is
+  /// gone. The caller keeps this object alive until then.
+  void retire(std::function<void()> exited);
 
  private:
   struct remote_type {
@@ -94,7 +106,12 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   static constexpr std::uint64_t unsent_batch = ~std::uint64_t{0};
   struct pending_call;  // a handler's call to another entity, until it completes
 
-  plugin_process(asio::io_context& io, std::filesystem::path plugin, isolation_options options);
+  plugin_process(asio::io_context& io, std::filesystem::path plugin, isolation_options options,
+                 std::string label);
+
+  static void hold_until_started(std::shared_ptr<plugin_process> process);
+  /// Maps the operation board both processes share.
+  result<void> map_board();
 
   static void* forward_create(void* type_data, const cluster_call_context* ctx);
   static void forward_destroy(void* type_data, void* instance);
@@ -159,7 +176,10 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   /// reached the child.
   std::uint64_t unsent_from_batch_ = unsent_batch;
 
-  asio::steady_timer restart_timer_;
+  started_handler on_started_;        // set while `launch` waits for the first catalog
+  std::string start_error_;           // what the child said when it refused the plugin
+  std::function<void()> on_exited_;   // set by `retire`
+  asio::steady_timer restart_timer_;  // also bounds a `launch`, and a `retire`
   asio::steady_timer watchdog_;
   bool watching_ = false;
   milliseconds backoff_;

@@ -1,9 +1,10 @@
 #pragma once
 // cluster-runner: hosts entity plugins and serves the shards the manager assigns to it.
 //
-// Owns, on the process's single io_context thread: the entity registry (read-only after
-// start), the entity host, the protocol server, the manager client and a router for
-// calls from handlers to entities on other runners.
+// Owns, on the process's single io_context thread: the entity registry (plugin files are
+// added, swapped and removed while it serves: plugin_watcher.hpp, entity_registry.hpp), the
+// entity host, the protocol server, the manager client and a router for calls from
+// handlers to entities on other runners.
 
 #include <memory>
 
@@ -11,6 +12,7 @@
 #include "cluster/client/router.hpp"
 #include "cluster/host/entity_host.hpp"
 #include "cluster/host/persisted_messages.hpp"
+#include "cluster/host/plugin_watcher.hpp"
 #include "cluster/net/server.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/gate.hpp"
@@ -43,6 +45,16 @@ struct runner_config {
   std::uint32_t plugin_memory_limit_mb = 0;
   /// The cluster-plugin-host executable; empty: the one next to this program.
   std::string plugin_host;
+  /// Where the runner keeps its copies of plugin files (`loaded/<sha256>.so`, what it
+  /// actually loads) and pushed plugins (`pushed/<name>.so`, watched like runner.plugins).
+  /// Empty: a fresh folder under the system's temp folder, removed when the runner ends.
+  /// One folder per runner.
+  std::string plugin_cache_dir;
+  /// Watch the folders of runner.plugins (and pushed/) and load, swap and remove plugin files
+  /// as they change (plugin_watcher.hpp). False: plugins are read at start only.
+  bool watch_plugins = true;
+  /// A changed plugin file is loaded once no event came for it for this long.
+  milliseconds plugin_quiet{150};
   /// An event loop that did not run for longer than this (the process was frozen, or a
   /// handler blocked it) may have lost its shards meanwhile: the runner then fences itself
   /// (see `runner`). Keep it below the manager's earliest expiry of a silent runner
@@ -90,6 +102,11 @@ class runner {
   std::size_t held_shards() const { return persisted_ ? persisted_->held_shards() : 0; }
   persisted_messages& persisted() { return *persisted_; }
   const entity_registry& registry() const { return registry_; }
+  /// runner.plugin_cache_dir as used (a temp folder when it was empty); valid after `start`.
+  const std::filesystem::path& plugin_cache_dir() const { return cache_dir_; }
+  /// Pushed plugin files go here (`<name>.so`, by an atomic rename): the runner loads,
+  /// swaps and removes them like files of runner.plugins.
+  std::filesystem::path pushed_plugins_dir() const { return cache_dir_ / "pushed"; }
   entity_host& entities() { return *entities_; }
   bool registered() const { return manager_ && manager_->registered(); }
   /// Fenced after a stall, until a fresh assignment arrives.
@@ -101,6 +118,14 @@ class runner {
   void on_message(const connection_ptr& conn, envelope&& env);
   void on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request);
   void on_snapshot(const assignment_snapshot& snapshot);
+  /// The plugin folders: the cache folder, the watches, the start-up load.
+  void load_plugins();
+  /// A watched plugin file settled: load or swap it (present), or remove it.
+  void plugin_file_settled(const std::filesystem::path& file, bool present);
+  /// What the manager is told: address, groups, entity types and plugins as of now.
+  register_runner_msg registration();
+  /// Sends the registration again (once per loop turn however many plugins changed).
+  void registration_changed();
   awaitable<void> shut_down();
   void notify_stopped();
   /// Resolves and delivers a request addressed to this runner; `done` runs once.
@@ -117,7 +142,21 @@ class runner {
   asio::io_context& io_;
   runner_config config_;
   std::string address_;
+  /// A temp folder of this process (runner.plugin_cache_dir empty): removed after the
+  /// registry below is gone (declared before it).
+  struct owned_folder {
+    std::filesystem::path path;
+    owned_folder() = default;
+    owned_folder(const owned_folder&) = delete;
+    owned_folder& operator=(const owned_folder&) = delete;
+    ~owned_folder();
+  };
+  owned_folder temp_cache_dir_;
   entity_registry registry_;
+  std::filesystem::path cache_dir_;
+  std::unique_ptr<plugin_watcher> watcher_;
+  bool registration_posted_ = false;
+  std::vector<std::string> registered_groups_;  // kept when no type is left
   std::unique_ptr<entity_host> entities_;
   std::unique_ptr<persisted_messages> persisted_;
   server server_;

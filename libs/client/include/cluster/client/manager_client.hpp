@@ -46,9 +46,15 @@ class manager_client {
   /// Drops the connection (if any) and connects, registers and subscribes again at once:
   /// a runner that was frozen re-establishes its membership this way.
   void reconnect();
+  /// Replaces the registration (a runner's plugins changed): sent again at once on the live
+  /// connection, where the manager replaces what it knew of this runner, and on every
+  /// reconnect from now on. Updates made while one is in flight are sent after it, the
+  /// latest only.
+  void update_registration(register_runner_msg registration);
 
  private:
   awaitable<void> run();
+  awaitable<void> send_updates();
 
   asio::io_context& io_;
   manager_client_options options_;
@@ -57,6 +63,9 @@ class manager_client {
   bool stopped_ = false;
   bool registered_ = false;
   steady_clock::time_point registered_at_{};
+  std::uint64_t registration_version_ = 0;  // bumped by update_registration
+  std::uint64_t sent_version_ = 0;          // the version the manager has (or was sent)
+  bool updating_ = false;
   std::shared_ptr<asio::steady_timer> wake_;  // cancelled when the connection closes or on stop
 };
 
