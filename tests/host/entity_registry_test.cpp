@@ -3,7 +3,11 @@
 #include "cluster/host/entity_registry.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
+
+#include "cluster/security/digest.hpp"
 #include "cluster_fixture.hpp"
 #include "log_capture.hpp"
 
@@ -157,6 +161,133 @@ TEST(entity_registry, loads_the_good_plugins_of_a_folder_and_names_each_bad_file
   for (const char* type :
        {"Probe", "Fragile", "Elder", "LeftTwin", "RightTwin", "Chatty", "EagerCaller"})
     EXPECT_NE(registry.find(type), nullptr) << type;
+}
+
+// --- plugin files while the runner serves ------------------------------------------------
+
+/// A temp folder of a test, removed with it.
+struct scratch_dir {
+  std::filesystem::path path;
+  scratch_dir() {
+    char pattern[] = "/tmp/registry-test-XXXXXX";
+    path = ::mkdtemp(pattern);
+  }
+  ~scratch_dir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+};
+
+std::string versioned(int major) {
+  return std::string(CLUSTER_VERSIONED_PLUGIN_DIR) + "/libversioned_v" + std::to_string(major) +
+         "_plugin.so";
+}
+
+result<void> update_now(entity_registry& registry, const std::filesystem::path& file) {
+  std::optional<result<void>> outcome;
+  registry.update(file, [&](result<void> r) { outcome = std::move(r); });
+  // In this process the update is done when `update` returns.
+  if (!outcome) return failure{errc::unavailable, "update did not finish"};
+  return *outcome;
+}
+
+TEST(entity_registry, loads_a_copy_named_by_the_hash_of_its_bytes) {
+  scratch_dir dir;
+  entity_registry registry;
+  ASSERT_TRUE(registry.copy_plugins_to(dir.path / "loaded"));
+  const auto file = dir.path / "libversioned.so";
+  std::filesystem::copy_file(versioned(1), file);
+  ASSERT_TRUE(registry.load_file(file));
+  const auto sha = security::sha256_file(file).value();
+  const auto plugins = registry.plugins();
+  ASSERT_EQ(plugins.size(), 1u);
+  EXPECT_EQ(plugins[0].sha256, sha);
+  EXPECT_EQ(plugins[0].file, file.string());
+  EXPECT_EQ(plugins[0].state, "loaded");
+  EXPECT_EQ(plugins[0].version, "1.0.0");
+  EXPECT_EQ(plugins[0].entity_types, (std::vector<std::string>{"Versioned", "OnlyInV1"}));
+  EXPECT_TRUE(std::filesystem::exists(dir.path / "loaded" / (sha + ".so")));
+  // The same bytes again: nothing is reloaded.
+  const auto* type = registry.find("Versioned");
+  ASSERT_TRUE(update_now(registry, file));
+  EXPECT_EQ(registry.find("Versioned"), type);
+}
+
+TEST(entity_registry, keeps_a_replaced_version_until_its_last_type_reference_goes) {
+  scratch_dir dir;
+  cluster::testing::log_capture log;
+  entity_registry registry;
+  ASSERT_TRUE(registry.copy_plugins_to(dir.path / "loaded"));
+  int retired = 0;
+  registry.on_types_retired = [&] { ++retired; };
+  const auto file = dir.path / "libversioned.so";
+  std::filesystem::copy_file(versioned(1), file);
+  ASSERT_TRUE(registry.load_file(file));
+  auto held = registry.find_shared("Versioned");  // as an entity instance holds it
+  const auto v1_copy = dir.path / "loaded" / (held->origin->sha256 + ".so");
+  std::filesystem::copy_file(versioned(2), file, std::filesystem::copy_options::overwrite_existing);
+  ASSERT_TRUE(update_now(registry, file));
+  EXPECT_EQ(retired, 1);
+  EXPECT_TRUE(held->retired);
+  EXPECT_EQ(registry.find("Versioned")->plugin_version, "2.0.0");
+  EXPECT_EQ(registry.find("OnlyInV1"), nullptr);
+  EXPECT_NE(registry.find("OnlyInV2"), nullptr);
+  auto plugins = registry.plugins();
+  ASSERT_EQ(plugins.size(), 2u);
+  EXPECT_EQ(plugins[0].state, "loaded");
+  EXPECT_EQ(plugins[0].version, "2.0.0");
+  EXPECT_EQ(plugins[1].state, "draining");
+  EXPECT_EQ(plugins[1].version, "1.0.0");
+  EXPECT_TRUE(std::filesystem::exists(v1_copy));
+  EXPECT_EQ(log.text().find("unloaded plugin versioned 1.0.0"), std::string::npos);
+  held.reset();  // the last instance of v1 is gone
+  EXPECT_NE(log.text().find("unloaded plugin versioned 1.0.0"), std::string::npos) << log.text();
+  EXPECT_FALSE(std::filesystem::exists(v1_copy));
+  EXPECT_EQ(registry.plugins().size(), 1u);
+}
+
+TEST(entity_registry, refuses_a_file_declaring_a_type_another_file_provides) {
+  scratch_dir dir;
+  entity_registry registry;
+  ASSERT_TRUE(registry.copy_plugins_to(dir.path / "loaded"));
+  std::filesystem::copy_file(versioned(1), dir.path / "liba.so");
+  std::filesystem::copy_file(versioned(2), dir.path / "libb.so");
+  ASSERT_TRUE(update_now(registry, dir.path / "liba.so"));
+  const auto refused = update_now(registry, dir.path / "libb.so");
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().message,
+            "entity type 'Versioned' is already provided by " + (dir.path / "liba.so").string());
+  EXPECT_EQ(registry.find("Versioned")->plugin_version, "1.0.0");
+  EXPECT_EQ(registry.find("OnlyInV2"), nullptr);
+  const auto plugins = registry.plugins();
+  ASSERT_EQ(plugins.size(), 2u);
+  EXPECT_EQ(plugins[1].file, (dir.path / "libb.so").string());
+  EXPECT_EQ(plugins[1].state, "failed");
+  EXPECT_EQ(plugins[1].error, refused.error().message);
+  // Its copy is not kept: nothing loaded it.
+  std::size_t copies = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path / "loaded"))
+    copies += entry.path().extension() == ".so" ? 1 : 0;
+  EXPECT_EQ(copies, 1u);
+}
+
+TEST(entity_registry, unregisters_the_types_of_a_removed_file_and_lists_pushed_ones_by_name) {
+  scratch_dir dir;
+  entity_registry registry;
+  ASSERT_TRUE(registry.copy_plugins_to(dir.path / "loaded"));
+  registry.set_pushed_dir(dir.path / "pushed");
+  std::filesystem::create_directories(dir.path / "pushed");
+  const auto file = dir.path / "pushed" / "versioned.so";
+  std::filesystem::copy_file(versioned(1), file);
+  ASSERT_TRUE(update_now(registry, file));
+  ASSERT_EQ(registry.plugins().size(), 1u);
+  EXPECT_EQ(registry.plugins()[0].file, "push:versioned");
+  std::filesystem::remove(file);
+  EXPECT_TRUE(registry.remove(file));
+  EXPECT_EQ(registry.find("Versioned"), nullptr);
+  EXPECT_TRUE(registry.empty());
+  EXPECT_TRUE(registry.plugins().empty());
+  EXPECT_FALSE(registry.remove(file));
 }
 
 }  // namespace
