@@ -1,6 +1,8 @@
 #include "cluster/host/runner.hpp"
 
+#include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -92,15 +94,37 @@ runner::owned_folder::~owned_folder() {
   std::filesystem::remove_all(path, ignored);
 }
 
+namespace {
+
+/// Removes the temp plugin folders of runners that died without removing theirs (kill -9):
+/// `cluster-runner-<pid>-*` whose process is gone.
+void remove_dead_runners_folders(const std::filesystem::path& temp) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(temp, ec)) {
+    const std::string name = entry.path().filename().string();
+    constexpr std::string_view prefix = "cluster-runner-";
+    if (name.rfind(prefix, 0) != 0) continue;
+    char* end = nullptr;
+    const long pid = std::strtol(name.c_str() + prefix.size(), &end, 10);
+    if (pid <= 0 || end == nullptr || *end != '-') continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours
+    std::error_code ignored;
+    std::filesystem::remove_all(entry.path(), ignored);
+  }
+}
+
+}  // namespace
+
 void runner::load_plugins() {
   if (config_.plugin_cache_dir.empty()) {
+    const auto temp = std::filesystem::temp_directory_path();
+    remove_dead_runners_folders(temp);
     std::string pattern =
-        (std::filesystem::temp_directory_path() / "cluster-runner-XXXXXX").string();
+        (temp / ("cluster-runner-" + std::to_string(::getpid()) + "-XXXXXX")).string();
     if (::mkdtemp(pattern.data()) == nullptr)
       throw std::runtime_error(
-          "runner.plugin_cache_dir is empty and no temp folder could be "
-          "made in " +
-          std::filesystem::temp_directory_path().string() + ": " + std::strerror(errno));
+          "runner.plugin_cache_dir is empty and no temp folder could be made in " + temp.string() +
+          ": " + std::strerror(errno));
     cache_dir_ = pattern;
     temp_cache_dir_.path = cache_dir_;
   } else {
