@@ -322,6 +322,13 @@ TEST_P(hot_plugins_test, drains_and_unregisters_the_types_of_a_removed_file) {
   ASSERT_TRUE(run_until(cluster->io, [&] {
     return plugin_state(runner, "draining") == nullptr && plugin_state(runner, "loaded") == nullptr;
   }));
+  // The manager was told: the runner's registration no longer lists the plugin.
+  ASSERT_TRUE(run_until(cluster->io, [&] {
+    const auto snap = cluster->manager().snapshot();
+    for (const auto& p : snap.runners.front().plugins)
+      if (p.name == "versioned") return false;
+    return true;
+  }));
 }
 
 TEST_P(hot_plugins_test, keeps_v1_serving_when_v2_does_not_load_and_says_why) {
@@ -347,6 +354,13 @@ TEST_P(hot_plugins_test, keeps_v1_serving_when_v2_does_not_load_and_says_why) {
     ASSERT_TRUE(reply.ok()) << reply.error << " " << reply.message;
     EXPECT_EQ(reply_json(reply)["version"], "1.0.0");
     ASSERT_NE(plugin_state(runner, "loaded"), nullptr);
+    // The status the manager shows (clusterctl status) carries the refusal.
+    ASSERT_TRUE(run_until(cluster->io, [&] {
+      const auto snap = cluster->manager().snapshot();
+      for (const auto& p : snap.runners.front().plugins)
+        if (p.state == "failed" && p.error.find(why) != std::string::npos) return true;
+      return false;
+    })) << plugin;
     // Back to v1's bytes: the refusal is gone, nothing is reloaded.
     deploy(versioned_plugin(1));
     ASSERT_TRUE(run_until(cluster->io, [&] { return plugin_state(runner, "failed") == nullptr; }));
