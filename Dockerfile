@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The image of every cluster-sst process in AWS (sst.config.ts builds it once per
 # container; each service's `command` picks the binary):
-#   /app/bin/      cluster-manager, cluster-proxy, cluster-runner, cluster-plugin-host, cluster-gateway, clusterctl
+#   /app/bin/      cluster-manager, cluster-proxy, cluster-runner, cluster-plugin-host, cluster-gateway, clusterctl,
+#                  cluster-plugin-describe (clusterctl plugin push)
 #   /app/plugins/  the entity plugins (*.so) the runners load
 #   /app/config/   local.toml; containers override host/port/plugins with --set and
 #                  CLUSTER_* variables, and SST links arrive as SST_RESOURCE_* variables.

@@ -54,14 +54,17 @@ std::vector<config_section> manager_config::sections() {
       .key("max_groups_per_runner", &limits.registration.max_groups)
       .key("max_entity_types_per_runner", &limits.registration.max_entity_types)
       .key("max_plugins_per_runner", &limits.registration.max_plugins)
-      .key("max_snapshot_bytes", &limits.max_snapshot_bytes);
+      .key("max_snapshot_bytes", &limits.max_snapshot_bytes)
+      .key("max_plugin_bytes", &limits.max_plugin_bytes)
+      .key("max_plugin_total_bytes", &limits.max_plugin_total_bytes);
   return sections;
 }
 
 namespace {
 
 // docs/security.md "Permissions": runners join, proxies and runners follow the assignment,
-// every role reads status, only admins change what others registered or dead letters.
+// every role reads status and the stored plugins, only admins change what others registered,
+// dead letters and the stored plugins; runners (and admins) fetch plugin bytes.
 std::shared_ptr<const permissions> manager_permissions() {
   auto allowed = std::make_shared<permissions>(every_role);
   allowed->allow(message_kind::register_runner, mask_of(role::runner))
@@ -70,7 +73,11 @@ std::shared_ptr<const permissions> manager_permissions() {
       .allow(message_kind::get_status, every_role)
       .allow(message_kind::list_dead_letters, mask_of(role::admin))
       .allow(message_kind::replay_dead_letter, mask_of(role::admin))
-      .allow(message_kind::drop_dead_letter, mask_of(role::admin));
+      .allow(message_kind::drop_dead_letter, mask_of(role::admin))
+      .allow(message_kind::push_plugin, mask_of(role::admin))
+      .allow(message_kind::list_plugins, every_role)
+      .allow(message_kind::remove_plugin, mask_of(role::admin))
+      .allow(message_kind::fetch_plugin, mask_of(role::runner, role::admin));
   return allowed;
 }
 
@@ -101,6 +108,7 @@ void manager::start() {
     throw config_error("manager.shards_per_group must be positive");
   dead_letters_ = make_dead_letter_store(io_, config_.common.storage);
   restore_from_store();
+  restore_plugins();
   server_.listen();
   asio::co_spawn(io_, health_loop(), asio::detached);
   schedule_expiry();
@@ -181,13 +189,14 @@ std::size_t manager::subscriber_count() const {
                                                 [](const auto& weak) { return !weak.expired(); }));
 }
 
-std::size_t manager::snapshot_bytes_with(const register_runner_msg& registration) const {
+std::size_t manager::snapshot_bound(const register_runner_msg* registration,
+                                    const stored_plugin* plugin) const {
   // The snapshot without owners, encoded; the owners are added by arithmetic.
   assignment_snapshot snap;
   snap.version = std::numeric_limits<std::uint64_t>::max();
   snap.storage = store_->backend_name();
-  std::size_t longest_address = registration.address.size();
-  std::set<std::string> groups(registration.groups.begin(), registration.groups.end());
+  std::size_t longest_address = registration ? registration->address.size() : 0;
+  std::set<std::string> groups;
   auto add_runner = [&](const register_runner_msg& runner) {
     runner_info info;
     info.name = runner.name;
@@ -197,17 +206,24 @@ std::size_t manager::snapshot_bytes_with(const register_runner_msg& registration
     info.shards = std::numeric_limits<std::uint32_t>::max();
     info.plugins = runner.plugins;
     snap.runners.push_back(std::move(info));
+    groups.insert(runner.groups.begin(), runner.groups.end());
   };
-  add_runner(registration);
+  if (registration) add_runner(*registration);
   for (const auto& [address, entry] : runners_) {
-    if (address == registration.address) continue;
+    if (registration && address == registration->address) continue;
     longest_address = std::max(longest_address, address.size());
-    groups.insert(entry.registration.groups.begin(), entry.registration.groups.end());
     add_runner(entry.registration);
   }
   for (const auto& [name, type] : entity_types_) snap.entity_types.push_back(type);
-  for (const auto& type : registration.entity_types)
-    if (!entity_types_.count(type.name)) snap.entity_types.push_back(type);
+  if (registration)
+    for (const auto& type : registration->entity_types)
+      if (!entity_types_.count(type.name)) snap.entity_types.push_back(type);
+  for (const auto& [name, stored] : plugins_)
+    if (!plugin || name != plugin->name) snap.pushed_plugins.push_back(stored.plugin);
+  if (plugin) {
+    snap.pushed_plugins.push_back(*plugin);
+    snap.pushed_plugins.back().pushed_at_ms = std::numeric_limits<std::int64_t>::max();
+  }
   const std::size_t shards = config_.shards_per_group;
   for (const auto& group : groups)
     snap.groups.push_back(
@@ -414,6 +430,7 @@ assignment_snapshot manager::snapshot() const {
       if (!owner.empty()) ++shard_counts[owner];
   }
   for (const auto& [name, type] : entity_types_) snap.entity_types.push_back(type);
+  for (const auto& [name, plugin] : plugins_) snap.pushed_plugins.push_back(plugin.plugin);
   for (const auto& [address, entry] : runners_) {
     runner_info info;
     info.name = entry.registration.name;
@@ -463,6 +480,12 @@ void manager::on_message(const connection_ptr& conn, envelope&& env) {
     case message_kind::replay_dead_letter:
     case message_kind::drop_dead_letter:
       serve_dead_letters(conn, std::move(env));
+      return;
+    case message_kind::push_plugin:
+    case message_kind::list_plugins:
+    case message_kind::remove_plugin:
+    case message_kind::fetch_plugin:
+      serve_plugins(conn, std::move(env));
       return;
     default:
       conn->send_reply(env.id, reply_msg::failure(errc::unknown_kind,
@@ -631,6 +654,7 @@ void manager::register_runner(const connection_ptr& conn, std::uint64_t id,
 }
 
 void manager::on_disconnect(const connection_ptr& conn) {
+  uploads_.erase(conn.get());  // an upload cut short stores nothing
   std::erase_if(subscribers_, [&](const std::weak_ptr<connection>& weak) {
     auto live = weak.lock();
     return !live || live == conn;

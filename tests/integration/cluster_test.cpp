@@ -413,6 +413,9 @@ class fence_recorder final : public manager_store {
   std::map<std::string, std::vector<std::string>> load_assignments() override {
     return inner_.load_assignments();
   }
+  void save_plugin(const pushed_plugin& plugin) override { inner_.save_plugin(plugin); }
+  void remove_plugin(const std::string& name) override { inner_.remove_plugin(name); }
+  std::vector<pushed_plugin> load_plugins() override { return inner_.load_plugins(); }
   void fence_runner(const std::string& incarnation, fence_done done) override {
     fenced_->push_back(incarnation);
     done(1);

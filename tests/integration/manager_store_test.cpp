@@ -326,5 +326,45 @@ TEST_F(manager_store_test, an_assignment_saved_without_owners_forgets_its_group)
   EXPECT_EQ(assignments.at("kept"), (std::vector<std::string>{"a", "b"}));
 }
 
+TEST_F(manager_store_test, pushed_plugins_are_stored_replaced_and_removed_with_their_bytes) {
+  REQUIRE_POSTGRES();
+  auto store = make_manager_store(direct);
+  auto plugin_of = [](const std::string& name, const std::string& version, std::size_t size) {
+    pushed_plugin plugin;
+    plugin.plugin.name = name;
+    plugin.plugin.version = version;
+    plugin.plugin.sha256 = std::string(64, version.front());
+    plugin.plugin.abi_major = 1;
+    plugin.plugin.abi_minor = 2;
+    plugin.plugin.size_bytes = size;
+    plugin.plugin.entity_types = {"Zeta", "Alpha", "it's \"quoted\", {braced}"};
+    plugin.plugin.pushed_at_ms = 1767225600123;
+    bytes data(size);
+    for (std::size_t i = 0; i < size; ++i) data[i] = static_cast<std::uint8_t>(i * 31);
+    plugin.data = std::make_shared<const bytes>(std::move(data));
+    return plugin;
+  };
+  store->save_plugin(plugin_of("cart", "1", 1000));
+  store->save_plugin(plugin_of("wishlist", "1", 3 * 1024 * 1024 + 7));
+  store->save_plugin(plugin_of("cart", "2", 2000));  // replaces
+  store->save_plugin(plugin_of("gone", "1", 10));
+  store->remove_plugin("gone");
+  ASSERT_TRUE(store->flush(30s));
+  auto fresh = make_manager_store(direct);
+  const auto plugins = fresh->load_plugins();
+  ASSERT_EQ(plugins.size(), 2u);
+  const auto expected_cart = plugin_of("cart", "2", 2000);
+  EXPECT_EQ(plugins[0].plugin.name, "cart");
+  EXPECT_EQ(plugins[0].plugin.version, "2");
+  EXPECT_EQ(plugins[0].plugin.sha256, expected_cart.plugin.sha256);
+  EXPECT_EQ(plugins[0].plugin.abi_minor, 2u);
+  EXPECT_EQ(plugins[0].plugin.size_bytes, 2000u);
+  EXPECT_EQ(plugins[0].plugin.pushed_at_ms, 1767225600123);
+  EXPECT_EQ(plugins[0].plugin.entity_types, expected_cart.plugin.entity_types);
+  EXPECT_EQ(*plugins[0].data, *expected_cart.data);
+  EXPECT_EQ(plugins[1].plugin.name, "wishlist");
+  EXPECT_EQ(*plugins[1].data, *plugin_of("wishlist", "1", 3 * 1024 * 1024 + 7).data);
+}
+
 }  // namespace
 }  // namespace cluster::testing

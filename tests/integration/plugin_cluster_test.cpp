@@ -17,6 +17,37 @@ const std::string plugin_dir = CLUSTER_PLUGIN_DIR;
 
 class plugin_cluster : public process_cluster_test {
  protected:
+  /// clusterctl against this cluster's manager and proxy.
+  std::string ctl(const std::string& args, int& code) {
+    return clusterctl("--manager 127.0.0.1:" + std::to_string(manager_port) + " " + args, code);
+  }
+
+  /// `plugin list --json`: name → runner name → state on that runner.
+  std::map<std::string, std::map<std::string, std::string>> plugin_states() {
+    int code = 0;
+    const auto out = ctl("plugin list --json", code);
+    std::map<std::string, std::map<std::string, std::string>> states;
+    const auto listed = nlohmann::json::parse(out, nullptr, false);
+    if (code != 0 || !listed.is_array()) return states;
+    for (const auto& plugin : listed) {
+      auto& runners = states[plugin["name"].get<std::string>()];
+      for (const auto& runner : plugin["runners"])
+        runners[runner["name"].get<std::string>()] = runner["state"].get<std::string>();
+    }
+    return states;
+  }
+
+  /// Waits until plugin `name` is loaded on exactly `runners`; the milliseconds it took.
+  std::optional<std::int64_t> until_loaded(const std::string& name,
+                                           const std::map<std::string, std::string>& runners,
+                                           std::chrono::milliseconds limit) {
+    const auto started = std::chrono::steady_clock::now();
+    if (!wait_for([&] { return plugin_states()[name] == runners; }, limit)) return std::nullopt;
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                 started)
+        .count();
+  }
+
   /// The shards each runner owns, by name, from `clusterctl status --json`.
   std::map<std::string, int> shards_by_runner() {
     std::map<std::string, int> shards;
@@ -50,6 +81,25 @@ TEST_F(plugin_cluster, a_type_only_one_runner_has_is_never_answered_unknown_enti
   const auto out = clusterctl("call NoSuchType x Get '{}'", code);
   EXPECT_EQ(code, 1);
   EXPECT_EQ(out.rfind("error: UnknownEntityType:", 0), 0u) << out;
+}
+
+TEST_F(plugin_cluster,
+       a_push_without_the_admin_key_is_forbidden_and_a_file_that_does_not_load_is_refused) {
+  start_manager();
+  start_proxy();
+  int code = 0;
+  auto out =
+      ctl("--key-file " + credentials + "/client.key plugin push " + plugin_dir + "/libcounter.so",
+          code);
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_EQ(out.rfind("error: Forbidden:", 0), 0u) << out;
+  // Not a plugin at all: clusterctl says why the runners would refuse it, and sends nothing.
+  out = ctl("plugin push " + std::string(CLUSTER_TEST_PLUGIN_DIR) + "/libnot_a_plugin.so", code);
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_NE(out.find("the plugin does not load"), std::string::npos) << out;
+  out = ctl("plugin list --json", code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out), nlohmann::json::array()) << out;
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 //   clusterctl [--manager H:P] [--proxy H:P] status [--json]
 //   clusterctl [--manager H:P] dead-letters list [--json] | replay ID | drop ID   (admin)
 //   clusterctl [--manager H:P] runners unregister ADDRESS                     (admin)
+//   clusterctl [--manager H:P] plugin push FILE (admin) | list [--json] | rm NAME (admin)
 //   clusterctl keys init DIR | keys public KEYFILE
 //   Credentials: [--key-file F] [--trust-file F] [--tls on|off], else the environment, SST
 //   links or ./.local/credentials (cluster/process/tool_credentials.hpp).
@@ -17,11 +18,15 @@
 // the last observed state goes to stderr), 2 bad command line.
 
 #include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -35,6 +40,7 @@
 #include "cluster/process/tool_credentials.hpp"
 #include "cluster/protocol/codec.hpp"
 #include "cluster/security/credentials_folder.hpp"
+#include "cluster/security/digest.hpp"
 
 namespace {
 
@@ -301,6 +307,231 @@ int unregister_runner(const options& opts, const std::string& address) {
                                 unregister_runner_msg{address}, opts.timeout);
   if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
   std::cout << "runner " << address << " unregistered; its shards move to the other runners\n";
+  return 0;
+}
+
+// --- plugin -----------------------------------------------------------------------------
+
+// The program's own folder: cluster-plugin-describe is installed next to clusterctl.
+std::filesystem::path own_folder() {
+  std::error_code ec;
+  const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::filesystem::path(".") : self.parent_path();
+}
+
+// Runs `program args...` and returns what it printed on stdout and its exit status; its
+// stderr goes to ours.
+result<std::pair<std::string, int>> run_program(const std::string& program,
+                                                const std::vector<std::string>& args) {
+  int fds[2];
+  if (pipe(fds) != 0) return failure{errc::unavailable, "pipe failed"};
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return failure{errc::unavailable, "fork failed"};
+  }
+  if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    close(fds[0]);
+    close(fds[1]);
+    std::vector<char*> argv{const_cast<char*>(program.c_str())};
+    for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+    argv.push_back(nullptr);
+    execv(program.c_str(), argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string out;
+  char buffer[4096];
+  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) != 0;) {
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    out.append(buffer, static_cast<std::size_t>(n));
+  }
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return std::make_pair(std::move(out), code);
+}
+
+// What the plugin file declares, as the runners' loading code reads it (in a child process
+// of its own: clusterctl never loads plugin code).
+result<stored_plugin> describe_plugin(const std::string& file) {
+  const auto describer = (own_folder() / "cluster-plugin-describe").string();
+  auto ran = run_program(describer, {file});
+  if (!ran) return std::move(ran).error();
+  const auto& [out, code] = ran.value();
+  if (code == 127)
+    return failure{errc::unavailable, describer + " is missing: it is installed with clusterctl"};
+  const json described = json::parse(out, nullptr, false);
+  if (code != 0 || !described.is_object()) {
+    const std::string why = described.is_object() && described.contains("error")
+                                ? described["error"].get<std::string>()
+                                : "exit status " + std::to_string(code);
+    return failure{errc::invalid_request, "the plugin does not load: " + why};
+  }
+  try {
+    stored_plugin plugin;
+    plugin.name = described.at("name").get<std::string>();
+    plugin.version = described.at("version").get<std::string>();
+    plugin.abi_major = described.at("abi_major").get<std::uint32_t>();
+    plugin.abi_minor = described.at("abi_minor").get<std::uint32_t>();
+    plugin.entity_types = described.at("entity_types").get<std::vector<std::string>>();
+    return plugin;
+  } catch (const json::exception& e) {
+    return failure{errc::bad_payload, "cluster-plugin-describe printed an unexpected answer: " +
+                                          std::string(e.what())};
+  }
+}
+
+// Every chunk of `data` as push_plugin on one connection (the manager keeps one upload per
+// connection), each answered before the next; the last reply carries the stored plugin.
+reply_msg push_chunks(const options& opts, stored_plugin plugin, const bytes& data) {
+  asio::io_context io(1);
+  reply_msg result = reply_msg::failure(errc::unavailable, "no reply");
+  auto target = parse_host_port(opts.manager);
+  if (!target)
+    return reply_msg::failure(errc::invalid_request, "bad address '" + opts.manager + "'");
+  auto request = opts.credentials;
+  request.wanted = role::admin;
+  auto security = load_tool_credentials(request);
+  if (!security)
+    return reply_msg::failure(errc::invalid_request, "credentials: " + security.error().message);
+  connection_limits limits;
+  limits.security = security.value();
+  asio::co_spawn(
+      io,
+      [target = *target, plugin = std::move(plugin), data = &data, timeout = opts.timeout,
+       out = &result, limits]() -> awaitable<void> {
+        hello_msg hello{protocol_version, "admin", "clusterctl"};
+        connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
+        std::function<void()> on_close;
+        auto connect = connect_to(target, hello, limits, timeout, ignore, on_close);
+        auto connected = co_await std::move(connect);
+        if (!connected) {
+          *out = reply_msg::failure(connected.error().code, connected.error().message);
+          co_return;
+        }
+        const connection_ptr conn = connected.value();
+        push_plugin_msg chunk;
+        chunk.plugin = plugin;
+        std::size_t offset = 0;
+        do {
+          const std::size_t size = std::min(push_plugin_chunk_bytes, data->size() - offset);
+          chunk.offset = offset;
+          chunk.chunk.assign(data->begin() + static_cast<std::ptrdiff_t>(offset),
+                             data->begin() + static_cast<std::ptrdiff_t>(offset + size));
+          auto call = conn->async_call(message_kind::push_plugin, chunk, timeout);
+          *out = co_await std::move(call);
+          offset += size;
+        } while (out->ok() && offset < data->size());
+        conn->close();
+      },
+      asio::detached);
+  io.run();
+  return result;
+}
+
+int plugin_push(const options& opts, const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return print_failure(failure{errc::invalid_request, "cannot read " + file});
+  const bytes data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (data.empty()) return print_failure(failure{errc::invalid_request, file + " is empty"});
+  auto described = describe_plugin(file);
+  if (!described) return print_failure(described.error());
+  stored_plugin plugin = std::move(described).value();
+  plugin.sha256 = security::sha256_hex(data);
+  plugin.size_bytes = data.size();
+  const auto reply = push_chunks(opts, plugin, data);
+  if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
+  auto stored = unpack_bytes<stored_plugin>(reply.payload);
+  if (!stored)
+    return print_failure(failure{errc::bad_payload, "BadReply: the reply does not decode"});
+  const auto& p = stored.value();
+  std::cout << "stored plugin " << p.name << " " << p.version << " (sha256 "
+            << p.sha256.substr(0, 12) << ", " << p.size_bytes << " bytes, ABI " << p.abi_major
+            << "." << p.abi_minor << ", entity types";
+  for (const auto& type : p.entity_types) std::cout << " " << type;
+  std::cout << "): every runner fetches and loads it\n";
+  return 0;
+}
+
+// A stored plugin as one runner holds it: its state, or "missing" / "has <version>".
+json runner_plugin_state(const stored_plugin& stored, const runner_info& runner) {
+  json out = {{"name", runner.name}, {"address", runner.address}};
+  const plugin_info* same_name = nullptr;
+  for (const auto& held : runner.plugins) {
+    if (held.sha256 == stored.sha256 && held.name == stored.name) {
+      out["state"] = held.state;
+      if (!held.error.empty()) out["error"] = held.error;
+      return out;
+    }
+    if (held.name == stored.name) same_name = &held;
+  }
+  out["state"] = "missing";
+  if (same_name) {
+    out["holds_version"] = same_name->version;
+    out["holds_state"] = same_name->state;
+  }
+  return out;
+}
+
+int plugin_list(const options& opts, bool as_json) {
+  const auto reply = round_trip(opts, opts.manager, role::client, message_kind::list_plugins,
+                                empty_msg{}, opts.timeout);
+  if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
+  auto listed = unpack_bytes<plugins_msg>(reply.payload);
+  if (!listed)
+    return print_failure(failure{errc::bad_payload, "BadReply: the list does not decode"});
+  auto status = fetch_status(opts, opts.timeout);
+  if (!status) return print_failure(status.error());
+  json out = json::array();
+  for (const auto& p : listed.value().plugins) {
+    json runners = json::array();
+    for (const auto& runner : status.value().runners)
+      runners.push_back(runner_plugin_state(p, runner));
+    out.push_back({{"name", p.name},
+                   {"version", p.version},
+                   {"sha256", p.sha256},
+                   {"abi_major", p.abi_major},
+                   {"abi_minor", p.abi_minor},
+                   {"size_bytes", p.size_bytes},
+                   {"entity_types", p.entity_types},
+                   {"pushed_at_ms", p.pushed_at_ms},
+                   {"runners", std::move(runners)}});
+  }
+  if (as_json) {
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  if (out.empty()) std::cout << "no plugins are stored in the cluster\n";
+  for (const auto& p : out) {
+    std::cout << p["name"].get<std::string>() << "  " << p["version"].get<std::string>() << "  "
+              << p["sha256"].get<std::string>().substr(0, 12) << "  "
+              << p["size_bytes"].get<std::uint64_t>() << " bytes  pushed "
+              << unix_ms_text(p["pushed_at_ms"].get<std::int64_t>()) << "\n";
+    for (const auto& r : p["runners"]) {
+      std::cout << "  " << r["name"].get<std::string>() << "  " << r["state"].get<std::string>();
+      if (r.contains("error")) std::cout << ": " << r["error"].get<std::string>();
+      if (r.contains("holds_version"))
+        std::cout << " (holds " << r["holds_version"].get<std::string>() << ", "
+                  << r["holds_state"].get<std::string>() << ")";
+      std::cout << "\n";
+    }
+  }
+  return 0;
+}
+
+int plugin_remove(const options& opts, const std::string& name) {
+  const auto reply = round_trip(opts, opts.manager, role::admin, message_kind::remove_plugin,
+                                remove_plugin_msg{name}, opts.timeout);
+  if (!reply.ok()) return print_failure(failure{reply.code, describe(reply)});
+  std::cout << "plugin " << name << " removed; every runner unloads it\n";
   return 0;
 }
 
@@ -684,6 +915,21 @@ int main(int argc, char** argv) {
       "unregister", "unregister the runner at ADDRESS (host:port); its shards move to the others");
   runners_unregister->add_option("ADDRESS", runner_address)->required();
   runners_unregister->fallthrough();
+  auto* plugin_cmd = app.add_subcommand("plugin", "plugins stored in the cluster (manager)");
+  plugin_cmd->require_subcommand(1, 1);
+  plugin_cmd->fallthrough();
+  std::string plugin_file, plugin_name;
+  bool plugin_list_json = false;
+  auto* plugin_push_cmd = plugin_cmd->add_subcommand(
+      "push", "store FILE in the cluster (admin): every runner fetches and loads it");
+  plugin_push_cmd->add_option("FILE", plugin_file)->required();
+  auto* plugin_list_cmd = plugin_cmd->add_subcommand(
+      "list", "stored plugins: version, sha256 and load state on each runner");
+  plugin_list_cmd->add_flag("--json", plugin_list_json, "one line of JSON");
+  auto* plugin_rm_cmd =
+      plugin_cmd->add_subcommand("rm", "remove plugin NAME (admin): every runner unloads it");
+  plugin_rm_cmd->add_option("NAME", plugin_name)->required();
+  for (auto* sub : {plugin_push_cmd, plugin_list_cmd, plugin_rm_cmd}) sub->fallthrough();
   auto* keys_cmd = app.add_subcommand("keys", "make and inspect cluster credentials");
   keys_cmd->require_subcommand(1, 1);
   std::string keys_dir, key_file;
@@ -769,6 +1015,9 @@ int main(int argc, char** argv) {
   if (*dead_replay) return dead_letter_change(opts, message_kind::replay_dead_letter, dead_id);
   if (*dead_drop) return dead_letter_change(opts, message_kind::drop_dead_letter, dead_id);
   if (*runners_unregister) return unregister_runner(opts, runner_address);
+  if (*plugin_push_cmd) return plugin_push(opts, plugin_file);
+  if (*plugin_list_cmd) return plugin_list(opts, plugin_list_json);
+  if (*plugin_rm_cmd) return plugin_remove(opts, plugin_name);
   for (auto& make : pending) conditions.push_back(make());
   return wait_until(opts, wait, conditions);
 }

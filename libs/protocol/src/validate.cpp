@@ -232,4 +232,31 @@ result<void> validate_registration(const register_runner_msg& registration,
   return success();
 }
 
+result<void> validate_stored_plugin(const stored_plugin& plugin,
+                                    const registration_limits& limits) {
+  constexpr std::size_t max_plugin_name_bytes = 128;
+  if (plugin.name.empty()) return failure{errc::invalid_request, "the plugin's name is empty"};
+  const bool file_name = plugin.name.size() <= max_plugin_name_bytes &&
+                         plugin.name.front() != '.' &&
+                         std::all_of(plugin.name.begin(), plugin.name.end(), [](char c) {
+                           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                                  (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+                         });
+  if (!file_name)
+    return failure{errc::invalid_request,
+                   "the plugin's name '" + to_clean_text(plugin.name.substr(0, 64)) +
+                       "' is not 1-128 letters, digits, '.', '_' or '-' (not starting with '.')"};
+  BOOST_OUTCOME_TRY(validate_text_field("version", plugin.version, limits.max_version_bytes));
+  if (!is_sha256_hex(plugin.sha256))
+    return failure{errc::invalid_request, "sha256 is not 64 lowercase hex digits"};
+  BOOST_OUTCOME_TRY(
+      validate_count("entity_types", plugin.entity_types.size(), limits.max_entity_types));
+  for (std::size_t i = 0; i < plugin.entity_types.size(); ++i) {
+    BOOST_OUTCOME_TRY(validate_name("entity_types[" + std::to_string(i) + "]",
+                                    plugin.entity_types[i], limits.max_name_bytes));
+  }
+  if (plugin.size_bytes == 0) return failure{errc::invalid_request, "the plugin file is empty"};
+  return success();
+}
+
 }  // namespace cluster

@@ -32,13 +32,15 @@ struct changes {
   };
   std::map<std::string, std::optional<runner_row>> runners;
   std::map<std::string, std::vector<std::string>> groups;
+  std::map<std::string, std::optional<pushed_plugin>> plugins;  // nullopt: delete it
 
-  bool empty() const { return runners.empty() && groups.empty(); }
-  std::size_t size() const { return runners.size() + groups.size(); }
+  bool empty() const { return runners.empty() && groups.empty() && plugins.empty(); }
+  std::size_t size() const { return runners.size() + groups.size() + plugins.size(); }
   /// Puts back a batch that failed, under the changes made since (those are newer).
   void restore_under(changes&& failed) {
     runners.merge(failed.runners);
     groups.merge(failed.groups);
+    plugins.merge(failed.plugins);
   }
 };
 
@@ -53,6 +55,7 @@ class pg_manager_store final : public manager_store {
     pg::migrate(*session_, settings_.table_prefix);
     runners_at_start_ = read_runners(*session_);
     assignments_at_start_ = read_assignments(*session_);
+    plugins_at_start_ = read_plugins(*session_);
     worker_ = std::thread([this] { work(); });
   }
   ~pg_manager_store() override {
@@ -80,6 +83,13 @@ class pg_manager_store final : public manager_store {
   void save_assignment(const std::string& group, const std::vector<std::string>& owners) override {
     queue([&](changes& c) { c.groups[group] = owners; });
   }
+  void save_plugin(const pushed_plugin& plugin) override {
+    queue([&](changes& c) { c.plugins[plugin.plugin.name] = plugin; });
+  }
+  void remove_plugin(const std::string& name) override {
+    queue([&](changes& c) { c.plugins[name] = std::nullopt; });
+  }
+  std::vector<pushed_plugin> load_plugins() override { return std::move(plugins_at_start_); }
   std::vector<register_runner_msg> load_runners() override { return runners_at_start_; }
   std::map<std::string, std::vector<std::string>> load_assignments() override {
     return assignments_at_start_;
@@ -234,6 +244,30 @@ class pg_manager_store final : public manager_store {
                              table("shards") + ".owner <> excluded.owner",
                          {pg::param::text(group), shards.param(), names.param()});
         }
+        for (const auto& [name, plugin] : batch.plugins) {
+          if (!plugin) {
+            session_->exec("DELETE FROM " + table("plugins") + " WHERE name = $1",
+                           {pg::param::text(name)});
+            continue;
+          }
+          const stored_plugin& p = plugin->plugin;
+          pg::array_literal types;
+          for (const auto& type : p.entity_types) types.text(type);
+          session_->exec(
+              "INSERT INTO " + table("plugins") +
+                  " (name, version, sha256, abi_major, abi_minor, entity_types, size, bytes, "
+                  "pushed_at) VALUES ($1, $2, $3, $4, $5, $6::text[], $7, $8, "
+                  "to_timestamp($9::bigint / 1000.0)) ON CONFLICT (name) DO UPDATE SET "
+                  "version = excluded.version, sha256 = excluded.sha256, abi_major = "
+                  "excluded.abi_major, abi_minor = excluded.abi_minor, entity_types = "
+                  "excluded.entity_types, size = excluded.size, bytes = excluded.bytes, "
+                  "pushed_at = excluded.pushed_at",
+              {pg::param::text(name), pg::param::text(p.version), pg::param::text(p.sha256),
+               pg::param::text(std::to_string(p.abi_major)),
+               pg::param::text(std::to_string(p.abi_minor)), types.param(),
+               pg::param::text(std::to_string(p.size_bytes)), pg::param::bytes(*plugin->data),
+               pg::param::text(std::to_string(p.pushed_at_ms))});
+        }
       });
       if (!reachable_.exchange(true))
         spdlog::info("manager storage is reachable again; {} queued changes stored", batch.size());
@@ -274,11 +308,40 @@ class pg_manager_store final : public manager_store {
     }
     return out;
   }
+  std::vector<pushed_plugin> read_plugins(pg::connection& conn) const {
+    std::vector<pushed_plugin> out;
+    auto rows = conn.exec(
+        "SELECT name, version, sha256, abi_major, abi_minor, size, "
+        "(extract(epoch FROM pushed_at) * 1000)::bigint, bytes FROM " +
+        table("plugins") + " ORDER BY name");
+    std::map<std::string, std::size_t> index;
+    for (int r = 0; r < rows.rows(); ++r) {
+      pushed_plugin plugin;
+      plugin.plugin.name = rows.text(r, 0);
+      plugin.plugin.version = rows.text(r, 1);
+      plugin.plugin.sha256 = rows.text(r, 2);
+      plugin.plugin.abi_major = static_cast<std::uint32_t>(rows.integer(r, 3));
+      plugin.plugin.abi_minor = static_cast<std::uint32_t>(rows.integer(r, 4));
+      plugin.plugin.size_bytes = static_cast<std::uint64_t>(rows.integer(r, 5));
+      plugin.plugin.pushed_at_ms = rows.integer(r, 6);
+      plugin.data = std::make_shared<const bytes>(rows.bytea(r, 7));
+      index[plugin.plugin.name] = out.size();
+      out.push_back(std::move(plugin));
+    }
+    // Entity types in their pushed order, without parsing PostgreSQL's array syntax.
+    auto types = conn.exec("SELECT name, t FROM " + table("plugins") +
+                           ", unnest(entity_types) WITH ORDINALITY AS u(t, i) ORDER BY name, i");
+    for (int r = 0; r < types.rows(); ++r)
+      if (auto it = index.find(types.text(r, 0)); it != index.end())
+        out[it->second].plugin.entity_types.push_back(types.text(r, 1));
+    return out;
+  }
   std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
 
   const storage_settings settings_;
   std::vector<register_runner_msg> runners_at_start_;
   std::map<std::string, std::vector<std::string>> assignments_at_start_;
+  std::vector<pushed_plugin> plugins_at_start_;
 
   std::mutex mutex_;
   std::condition_variable wake_;    // queued changes or closing, for the worker

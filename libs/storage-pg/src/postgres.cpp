@@ -83,6 +83,20 @@ const std::vector<std::string>& migrations() {
       R"(
       ALTER TABLE {p}_messages ADD COLUMN IF NOT EXISTS fingerprint bytea;
       )",
+      // 5: plugins pushed to the cluster (clusterctl plugin push), with their bytes, so that
+      // runners started later fetch them through the manager without a shared disk.
+      R"(
+      CREATE TABLE {p}_plugins (
+        name text PRIMARY KEY,
+        version text NOT NULL,
+        sha256 text NOT NULL,
+        abi_major integer NOT NULL,
+        abi_minor integer NOT NULL,
+        entity_types text[] NOT NULL,
+        size bigint NOT NULL,
+        bytes bytea NOT NULL,
+        pushed_at timestamptz NOT NULL);
+      )",
   };
   return steps;
 }

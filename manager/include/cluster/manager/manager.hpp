@@ -15,6 +15,7 @@
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/settings.hpp"
 #include "cluster/protocol/validate.hpp"
+#include "cluster/security/digest.hpp"
 #include "cluster/storage/dead_letter_store.hpp"
 #include "cluster/storage/manager_store.hpp"
 
@@ -31,6 +32,11 @@ struct manager_limits {
   /// past this is refused. 0: what subscribers accept, `cluster.max_frame_bytes`, less room
   /// for the frame around it (`manager.max_snapshot_bytes`).
   std::uint32_t max_snapshot_bytes = 0;
+  /// Largest plugin file `clusterctl plugin push` may store (`manager.max_plugin_bytes`).
+  std::uint32_t max_plugin_bytes = 64u * 1024 * 1024;
+  /// All stored plugins together (`manager.max_plugin_total_bytes`): the manager holds them
+  /// in memory to serve fetch_plugin. At most registration.max_plugins plugins are stored.
+  std::uint32_t max_plugin_total_bytes = 512u * 1024 * 1024;
 };
 
 struct manager_config {
@@ -110,7 +116,22 @@ class manager {
     std::map<std::string, steady_clock::time_point> departed;
   };
 
+  /// An upload in progress (one per connection): the chunks so far.
+  struct plugin_upload {
+    stored_plugin plugin;
+    bytes data;
+  };
+
   void on_message(const connection_ptr& conn, envelope&& env);
+  /// push_plugin, list_plugins, remove_plugin, fetch_plugin (plugins.cpp).
+  void serve_plugins(const connection_ptr& conn, envelope&& env);
+  void push_plugin(const connection_ptr& conn, std::uint64_t id, push_plugin_msg&& msg);
+  void remove_plugin(const connection_ptr& conn, std::uint64_t id, const std::string& name);
+  void fetch_plugin(const connection_ptr& conn, std::uint64_t id, const fetch_plugin_msg& msg);
+  /// May `plugin` be stored (bounds, count, total bytes, the snapshot)?
+  result<void> admit_plugin(const stored_plugin& plugin) const;
+  /// Loads the stored plugins, dropping those whose bytes do not match their hash.
+  void restore_plugins();
   void on_disconnect(const connection_ptr& conn);
   void register_runner(const connection_ptr& conn, std::uint64_t id, register_runner_msg&& msg);
   /// A runner unregisters itself; an admin may unregister any runner.
@@ -122,7 +143,12 @@ class manager {
   /// An upper bound of the snapshot's encoded size once `registration` is registered (it
   /// replaces a runner at the same address): every owner counted as the longest address,
   /// since a rebalance may give any shard to any runner.
-  std::size_t snapshot_bytes_with(const register_runner_msg& registration) const;
+  std::size_t snapshot_bytes_with(const register_runner_msg& registration) const {
+    return snapshot_bound(&registration, nullptr);
+  }
+  /// The same bound, with `registration` (if any) registered and `plugin` (if any) stored.
+  std::size_t snapshot_bound(const register_runner_msg* registration,
+                             const stored_plugin* plugin) const;
   /// Loads runners and assignments, dropping what breaks the limits (stored by an older
   /// version) and groups no runner serves.
   void restore_from_store();
@@ -164,6 +190,8 @@ class manager {
   /// When each entity type was first declared by some runner (min(): restored from storage).
   std::map<std::string, steady_clock::time_point> type_since_;
   std::vector<std::weak_ptr<connection>> subscribers_;
+  std::map<std::string, pushed_plugin> plugins_;        // by name
+  std::map<const connection*, plugin_upload> uploads_;  // erased on disconnect
   std::uint64_t version_ = 0;
   std::uint64_t next_generation_ = 1;
   std::uint64_t next_ping_id_ = 1;

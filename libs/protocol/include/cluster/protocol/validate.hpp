@@ -85,4 +85,10 @@ struct registration_limits {
 result<void> validate_registration(const register_runner_msg& registration,
                                    const registration_limits& limits);
 
+/// Checks a plugin pushed to the cluster (clusterctl plugin push): its name is a file name
+/// runners can write as `<name>.so` (1–128 bytes of letters, digits, '.', '_' and '-', not
+/// starting with '.'), `version` at most max_version_bytes, `sha256` 64 lowercase hex digits,
+/// at most max_entity_types entity types with valid names, and a size from 1 byte up.
+result<void> validate_stored_plugin(const stored_plugin& plugin, const registration_limits& limits);
+
 }  // namespace cluster

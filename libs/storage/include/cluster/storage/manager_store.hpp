@@ -19,7 +19,15 @@ inline std::string runner_session_name(const std::string& incarnation) {
   return "cluster-runner/" + incarnation;
 }
 
-/// The manager's durable state: registered runners and shard owners per group.
+/// A plugin stored in the cluster (clusterctl plugin push): its metadata and its bytes,
+/// shared because they may be large (up to manager.max_plugin_bytes) and never change.
+struct pushed_plugin {
+  stored_plugin plugin;
+  std::shared_ptr<const bytes> data;
+};
+
+/// The manager's durable state: registered runners, shard owners per group and pushed
+/// plugins.
 ///
 /// Called from the manager's event-loop thread. Writes return at once and never wait for
 /// the storage: a durable backend stores them later, in order, and keeps retrying while the
@@ -35,8 +43,12 @@ class manager_store {
   /// forgets the group (no runner serves it any more).
   virtual void save_assignment(const std::string& group,
                                const std::vector<std::string>& owners) = 0;
+  /// Stores `plugin`, replacing a stored plugin of the same name.
+  virtual void save_plugin(const pushed_plugin& plugin) = 0;
+  virtual void remove_plugin(const std::string& name) = 0;
   virtual std::vector<register_runner_msg> load_runners() = 0;
   virtual std::map<std::string, std::vector<std::string>> load_assignments() = 0;
+  virtual std::vector<pushed_plugin> load_plugins() = 0;
   /// Blocks up to `timeout` until every write made so far is stored; false when some are
   /// not. For shutdown and tests only: never on an event loop.
   virtual bool flush(std::chrono::milliseconds /*timeout*/) { return true; }
@@ -76,10 +88,18 @@ class memory_manager_store final : public manager_store {
   std::map<std::string, std::vector<std::string>> load_assignments() override {
     return assignments_;
   }
+  void save_plugin(const pushed_plugin& plugin) override { plugins_[plugin.plugin.name] = plugin; }
+  void remove_plugin(const std::string& name) override { plugins_.erase(name); }
+  std::vector<pushed_plugin> load_plugins() override {
+    std::vector<pushed_plugin> out;
+    for (const auto& [name, plugin] : plugins_) out.push_back(plugin);
+    return out;
+  }
 
  private:
   std::map<std::string, register_runner_msg> runners_;
   std::map<std::string, std::vector<std::string>> assignments_;
+  std::map<std::string, pushed_plugin> plugins_;
 };
 
 }  // namespace cluster
