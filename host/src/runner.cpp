@@ -300,6 +300,8 @@ void runner::start() {
   options.hello = hello_msg{protocol_version, "runner", config_.name};
   options.registration = registration();
   options.limits = config_.common.limits();
+  fetcher_ = std::make_unique<plugin_fetcher>(
+      io_, plugin_fetcher_options{cache_dir_, options.manager, options.hello, options.limits});
   manager_ = std::make_unique<manager_client>(
       io_, options, [this](const assignment_snapshot& snapshot) { on_snapshot(snapshot); });
   manager_->start();
@@ -364,6 +366,7 @@ void runner::stop(std::function<void()> on_stopped) {
   stopping_ = true;
   stall_timer_.cancel();
   if (watcher_) watcher_->stop();  // plugins stay as they are while the runner drains
+  if (fetcher_) fetcher_->stop();
   server_.stop_accepting();
   asio::co_spawn(io_, shut_down(), asio::detached);
 }
@@ -423,6 +426,8 @@ std::size_t runner::owned_shards() const {
 }
 
 void runner::on_snapshot(const assignment_snapshot& snapshot) {
+  // Pushed plugins do not depend on what this runner owns: fenced or not, it fetches them.
+  if (fetcher_) fetcher_->update(snapshot.pushed_plugins);
   if (fenced_) {
     // Only a snapshot answering a registration sent after the stall tells what this runner
     // still owns; an older one may predate the manager moving its shards.

@@ -83,6 +83,65 @@ TEST_F(plugin_cluster, a_type_only_one_runner_has_is_never_answered_unknown_enti
   EXPECT_EQ(out.rfind("error: UnknownEntityType:", 0), 0u) << out;
 }
 
+TEST_F(plugin_cluster, a_pushed_plugin_loads_on_every_runner_including_one_started_later) {
+  start_manager();
+  // Both runners start with Greeter only; Counter comes by push.
+  const std::vector<std::string> greeter_only = {"--set",
+                                                 "runner.plugins=" + plugin_dir + "/libgreeter.so"};
+  start_runner(1, greeter_only);
+  start_runner(2, greeter_only);
+  start_proxy();
+  ASSERT_TRUE(ready(2));
+  int code = 0;
+  auto out = ctl("call Counter pushed Increment '{\"by\":1}'", code);
+  EXPECT_EQ(code, 1);
+  EXPECT_EQ(out.rfind("error: UnknownEntityType:", 0), 0u) << out;
+
+  out = ctl("plugin push " + plugin_dir + "/libcounter.so", code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("stored plugin Counter"), std::string::npos) << out;
+  EXPECT_NE(out.find("entity types Counter"), std::string::npos) << out;
+  const auto loaded = until_loaded("Counter", {{"runner-1", "loaded"}, {"runner-2", "loaded"}}, 5s);
+  ASSERT_TRUE(loaded.has_value()) << ctl("plugin list", code);
+  std::cerr << "pushed plugin loaded on both runners after " << *loaded << " ms\n";
+  for (int i = 0; i < 6; ++i) {
+    out = ctl("call Counter pushed-" + std::to_string(i) + " Increment '{\"by\":2}'", code);
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_EQ(nlohmann::json::parse(out)["value"], 2) << out;
+  }
+  out = ctl("plugin list", code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("runner-1  loaded"), std::string::npos) << out;
+
+  // A runner started afterwards (a new ECS task) fetches it too.
+  start_runner(3, greeter_only);
+  const auto late = until_loaded(
+      "Counter", {{"runner-1", "loaded"}, {"runner-2", "loaded"}, {"runner-3", "loaded"}}, 15s);
+  ASSERT_TRUE(late.has_value()) << ctl("plugin list", code);
+  std::cerr << "runner-3 loaded the pushed plugin " << *late << " ms after it was started\n";
+
+  // rm: every runner unloads it, and Counter is unknown again.
+  out = ctl("plugin rm Counter", code);
+  ASSERT_EQ(code, 0) << out;
+  ASSERT_TRUE(wait_for([&] { return plugin_states().empty(); }, 5s));
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const auto s = status();
+        if (!s.is_object()) return false;
+        for (const auto& runner : s["runners"])
+          for (const auto& plugin : runner["plugins"])
+            if (plugin["name"] == "Counter") return false;
+        return true;
+      },
+      10s));
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const auto answer = ctl("call Counter pushed Get '{}'", code);
+        return code == 1 && answer.rfind("error: UnknownEntityType:", 0) == 0;
+      },
+      10s));
+}
+
 TEST_F(plugin_cluster,
        a_push_without_the_admin_key_is_forbidden_and_a_file_that_does_not_load_is_refused) {
   start_manager();

@@ -12,6 +12,7 @@
 #include "cluster/client/router.hpp"
 #include "cluster/host/entity_host.hpp"
 #include "cluster/host/persisted_messages.hpp"
+#include "cluster/host/plugin_fetcher.hpp"
 #include "cluster/host/plugin_watcher.hpp"
 #include "cluster/net/server.hpp"
 #include "cluster/process/defaults.hpp"
@@ -162,6 +163,8 @@ class runner {
   server server_;
   router router_;
   std::unique_ptr<manager_client> manager_;
+  // Writes the plugins pushed to the cluster into pushed/, which the watcher loads.
+  std::unique_ptr<plugin_fetcher> fetcher_;
   std::map<std::string, std::vector<bool>> owned_;  // group → shard-1 → owned
   std::map<std::string, std::uint32_t> shards_per_group_;
   bool stopping_ = false;
