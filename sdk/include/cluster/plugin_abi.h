@@ -1,4 +1,4 @@
-/* The binary contract between the runner and entity plugins (ABI 2).
+/* The binary contract between the runner and entity plugins (ABI 2.1).
  *
  * Only C types cross this boundary: integers, `const char*`, byte views of MessagePack
  * payloads, function pointers and opaque handles. Whoever allocates frees. Plugin
@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 #define CLUSTER_ABI_MAJOR 2
-#define CLUSTER_ABI_MINOR 0
+#define CLUSTER_ABI_MINOR 1
 /** Name of the one symbol every plugin exports (a cluster_plugin_entry_fn). */
 #define CLUSTER_PLUGIN_ENTRY_SYMBOL "cluster_plugin_entry"
 
@@ -44,6 +44,33 @@ typedef enum cluster_status {
 
 /** RPC flags. Bits a runner does not know are ignored. */
 #define CLUSTER_RPC_PERSISTED 1u
+/** (2.1) The RPC does not change its entity's state: it may run beside other read-only calls
+ *  of the same entity (up to the type's `concurrency`), and the runner stores no state after
+ *  it (a `set_state` inside it is refused as a Defect). */
+#define CLUSTER_RPC_READ_ONLY 2u
+
+/** (2.1) Entity type flags (cluster_entity_descriptor.flags). */
+/** The runner loads the entity's stored state before `create` (cluster_call_context.state)
+ *  and stores what handlers give `set_state`: with the reply of a persisted RPC in one
+ *  transaction, before the reply of a volatile one. */
+#define CLUSTER_ENTITY_STATEFUL 1u
+/** Never passivated while its shard is served here; after a shard move, the new owner
+ *  activates it again without waiting for a message. */
+#define CLUSTER_ENTITY_KEEP_ALIVE 2u
+/** One instance in the whole cluster, entity id "singleton", kept alive. RPC 0 is its run:
+ *  the runner calls it once per activation with an empty map and expects it to return only
+ *  when `stop_requested` says so (or on failure: it is run again after a backoff). */
+#define CLUSTER_ENTITY_SINGLETON 4u
+/** A cron job, entity id "cron": `cron_schedule` says when it runs. RPC 0 (persisted) runs one
+ *  tick; its request is the map {"scheduled_ms": <int>, "fired_ms": <int>}. */
+#define CLUSTER_ENTITY_CRON 8u
+
+/** (2.1) What a cron job does about ticks missed while no runner served it. */
+#define CLUSTER_CRON_SKIP_MISSED 0u     /**< the next tick after now runs; missed ones never */
+#define CLUSTER_CRON_RUN_MISSED_ONCE 1u /**< one run for all missed ticks, at once, then on time */
+
+/** (2.1) `set_state` flags. */
+#define CLUSTER_STATE_CLEAR 1u /**< delete the stored state (`data` is ignored) */
 
 /** One RPC of an entity type. */
 typedef struct cluster_rpc_descriptor {
@@ -77,8 +104,16 @@ typedef struct cluster_host_api {
                cluster_call_done_fn done, void* user);
   /** Unix time in milliseconds. */
   int64_t (*now_ms)(void* host_ctx);
-  /** Runs `fire(user)` after `delay_ms` on the runner's thread, never inside this call. */
+  /** Runs `fire(user)` after `delay_ms` on the runner's thread, never inside this call.
+   *  (2.1) Fires early, at once, when the entity is asked to stop (`stop_requested`). */
   void (*sleep)(void* host_ctx, int64_t delay_ms, void (*fire)(void* user), void* user);
+  /** (2.1) Stateful types, inside a handler before its reply: the entity's new state
+   *  (MessagePack bytes, copied), stored with this handler's reply; the last call wins.
+   *  `CLUSTER_STATE_CLEAR` in `flags` deletes the stored state instead. */
+  void (*set_state)(void* host_ctx, const uint8_t* data, size_t size, uint32_t flags);
+  /** (2.1) Nonzero once the runner asked this entity to stop: its shard is moving or the
+   *  runner is stopping. A singleton's run returns then. */
+  int32_t (*stop_requested)(void* host_ctx);
 } cluster_host_api;
 
 /** What `create` or a handler knows about its entity. Valid until `create` returns or
@@ -92,6 +127,14 @@ typedef struct cluster_call_context {
   const char* rpc;
   const cluster_host_api* api;
   void* host_ctx;
+  /** (2.1) Inside `create` of a stateful type: the stored state (MessagePack), or NULL and 0
+   *  when none is stored. NULL and 0 elsewhere. */
+  const uint8_t* state;
+  size_t state_size;
+  /** (2.1) The epoch of this runner's lock on the entity's shard: it grows every time the
+   *  lock changes hands, so an external system that remembers the highest token it saw can
+   *  refuse writes from an owner that lost the shard. 0 when the store has no locks. */
+  int64_t fencing_token;
 } cluster_call_context;
 
 /** One entity type. Every callback gets the type's `type_data` back. */
@@ -111,6 +154,15 @@ typedef struct cluster_entity_descriptor {
                  void* reply_ctx);
   /** The plugin's own pointer for this type, handed back to every callback (may be NULL). */
   void* type_data;
+  /* (2.1) Options of the type; 0 means the runner's default ([runner] and [entity.<Type>]
+   * in its config override both). */
+  uint32_t flags;            /**< CLUSTER_ENTITY_* bits */
+  uint32_t mailbox_capacity; /**< queued messages per entity */
+  int64_t max_idle_ms;       /**< passivated after this long without a message */
+  uint32_t concurrency;      /**< read-only calls of one entity that may run at once (0, 1: one) */
+  uint32_t cron_missed;      /**< CLUSTER_CRON_* (cron jobs) */
+  /** Cron jobs: "[sec] min hour day-of-month month day-of-week", UTC (5 or 6 fields). */
+  const char* cron_schedule;
 } cluster_entity_descriptor;
 
 /** What the entry returns. It and everything it points to stay valid and unchanged while
@@ -157,9 +209,9 @@ typedef const cluster_plugin_descriptor* (*cluster_plugin_entry_fn)(
                  #type " has implicit padding")
 #endif
 CLUSTER_ABI_ENDS_AT(cluster_rpc_descriptor, name);
-CLUSTER_ABI_ENDS_AT(cluster_host_api, sleep);
-CLUSTER_ABI_ENDS_AT(cluster_call_context, host_ctx);
-CLUSTER_ABI_ENDS_AT(cluster_entity_descriptor, type_data);
+CLUSTER_ABI_ENDS_AT(cluster_host_api, stop_requested);
+CLUSTER_ABI_ENDS_AT(cluster_call_context, fencing_token);
+CLUSTER_ABI_ENDS_AT(cluster_entity_descriptor, cron_schedule);
 CLUSTER_ABI_ENDS_AT(cluster_plugin_descriptor, plugin_version);
 CLUSTER_ABI_ENDS_AT(cluster_load_context, error_size);
 #undef CLUSTER_ABI_ENDS_AT

@@ -30,6 +30,9 @@ enum class errc : std::uint32_t {
   handshake_required = 19,  ///< a message arrived before the hello handshake
   unauthorized = 20,        ///< no, unknown or invalid credentials; the connection is closed
   forbidden = 21,           ///< the peer's proven role may not do this; the connection stays
+  /// An entity's stored state changed since this activation read it (another activation
+  /// committed first): nothing was written. Inside runners; callers see NotOwner.
+  state_conflict = 22,
 };
 
 /// Stable, human-readable name of an error code (as printed by clusterctl and the gateway).
@@ -79,6 +82,8 @@ constexpr std::string_view to_string(errc code) {
       return "Unauthorized";
     case errc::forbidden:
       return "Forbidden";
+    case errc::state_conflict:
+      return "StateConflict";
   }
   return "Unknown";
 }

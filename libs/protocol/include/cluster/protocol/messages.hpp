@@ -140,14 +140,29 @@ struct reply_msg {
 struct rpc_info {
   std::string name;
   bool persisted = false;
-  CLUSTER_WIRE_FIELDS(rpc_info, name, persisted);
+  bool read_only = false;  ///< CLUSTER_RPC_READ_ONLY: changes no state, may run concurrently
+  CLUSTER_WIRE_FIELDS(rpc_info, name, persisted, read_only);
+};
+
+/// How a runner runs an entity type: what the plugin declares, with the runner's
+/// [entity.<Type>] config applied. 0 means the runner's default.
+struct entity_options {
+  std::uint32_t flags = 0;  ///< CLUSTER_ENTITY_* bits (stateful, keep-alive, singleton, cron)
+  std::uint32_t mailbox_capacity = 0;
+  std::int64_t max_idle_ms = 0;
+  std::uint32_t concurrency = 0;
+  std::string cron_schedule;     ///< cron jobs: their schedule ("" otherwise)
+  std::uint32_t cron_missed = 0;  ///< CLUSTER_CRON_*
+  CLUSTER_WIRE_FIELDS(entity_options, flags, mailbox_capacity, max_idle_ms, concurrency,
+                      cron_schedule, cron_missed);
 };
 
 struct entity_type_info {
   std::string name;
   std::string group;
   std::vector<rpc_info> rpcs;
-  CLUSTER_WIRE_FIELDS(entity_type_info, name, group, rpcs);
+  entity_options options;
+  CLUSTER_WIRE_FIELDS(entity_type_info, name, group, rpcs, options);
 
   const rpc_info* find_rpc(std::string_view rpc) const {
     for (const auto& r : rpcs)

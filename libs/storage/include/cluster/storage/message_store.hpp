@@ -61,6 +61,29 @@ struct persist_outcome {
   std::optional<reply_msg> reply;  ///< already processed: its stored reply
 };
 
+/// An entity's state as stored. `version` grows by one with every write (a clear included) and
+/// never goes back, so a version read once identifies that write forever. 0: never written.
+struct stored_state {
+  std::int64_t version = 0;
+  std::optional<bytes> data;  ///< nullopt: none (never written, or cleared)
+};
+
+/// A change of an entity's state, committed only while the stored version is still
+/// `expected_version` (the one its activation read or last wrote); the new version is
+/// `expected_version + 1`.
+struct state_write {
+  std::string entity_type;
+  std::string entity_id;
+  std::int64_t expected_version = 0;
+  std::optional<bytes> data;  ///< nullopt: clear the state
+};
+
+/// A kept-alive entity remembered for its shard (activated again by the shard's next owner).
+struct kept_entity {
+  std::string entity_type;
+  std::string entity_id;
+};
+
 class message_store {
  public:
   using persist_done = std::function<void(result<persist_outcome>)>;
@@ -71,6 +94,10 @@ class message_store {
   using replies_done = std::function<void(result<std::map<std::int64_t, reply_msg>>)>;
   using purge_done = std::function<void(result<std::size_t>)>;
   using attempt_done = std::function<void(result<attempt_outcome>)>;
+  using state_done = std::function<void(result<stored_state>)>;
+  /// Failure errc::state_conflict: the stored version is not the expected one; nothing written.
+  using write_done = std::function<void(result<void>)>;
+  using kept_done = std::function<void(result<std::vector<kept_entity>>)>;
 
   virtual ~message_store() = default;
   virtual std::string backend_name() const = 0;
@@ -107,6 +134,30 @@ class message_store {
   /// Deletes processed messages (and replies) older than the retention, at most batch_size.
   virtual void purge(purge_done done) = 0;
   virtual void stop() = 0;
+
+  // --- entity state (stateful entity types) ---------------------------------------------
+  // The defaults below refuse with storage_error: a backend without entity state.
+
+  /// The entity's stored state (version 0 and no data when none was ever written).
+  virtual void load_state(std::string entity_type, std::string entity_id, state_done done);
+  /// Writes the state of a volatile RPC or of a passivation, if the version still matches.
+  virtual void save_state(state_write write, write_done done);
+  /// `complete` and `save_state` in one transaction: the reply is stored, the message marked
+  /// processed and the state written together, or (a conflict, a failure) none of them.
+  virtual void complete_with_state(std::int64_t id, reply_msg reply, bool announce,
+                                   state_write state, write_done done);
+  /// Remembers a kept-alive entity of that shard (idempotent).
+  virtual void remember_kept(std::string group, std::int32_t shard, kept_entity entity,
+                             write_done done);
+  /// Forgets a kept-alive entity (its state was cleared, or its type is gone).
+  virtual void forget_kept(kept_entity entity, write_done done);
+  /// The kept-alive entities remembered for a shard.
+  virtual void kept_entities(std::string group, std::int32_t shard, kept_done done);
+  /// The fencing token of a shard whose lock this store reported held: the lock's epoch, which
+  /// grows every time the lock is taken (by any runner). 0: no such lock, or a store without
+  /// epochs. Read on the io_context thread; set before `acquire`'s completion reports the shard.
+  virtual std::int64_t lock_epoch(std::string_view group, std::int32_t shard) const;
+
   /// Was the storage reachable at the last attempt?
   virtual bool reachable() const { return true; }
   /// Do other runners see these messages (a shard's next owner replays them)?
