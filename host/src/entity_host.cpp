@@ -74,7 +74,20 @@ struct entity_host::invocation {
   }
 
   static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
-    fire_after(static_cast<invocation*>(host_ctx)->host->io_, delay_ms, fire, user);
+    auto* self = static_cast<invocation*>(host_ctx);
+    auto& entities = self->host->entities_;
+    if (auto it = entities.find(self->key); it != entities.end()) {
+      it->second.stop.sleep(self->host->io_, delay_ms, fire, user);
+    } else {
+      fire_after(self->host->io_, delay_ms, fire, user);  // inside the constructor
+    }
+  }
+
+  static std::int32_t stop_requested(void* host_ctx) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    const auto& entities = self->host->entities_;
+    const auto it = entities.find(self->key);
+    return self->host->stopped_ || (it != entities.end() && it->second.stop.requested()) ? 1 : 0;
   }
 
   static void on_reply(void* reply_ctx, std::int32_t status, const char* tag, const char* message,
@@ -120,9 +133,14 @@ struct entity_host::invocation {
 };
 
 const cluster_host_api entity_host::invocation::api = {
-    sizeof(cluster_host_api),         0,
-    &entity_host::invocation::log,    &entity_host::invocation::call,
-    &entity_host::invocation::now_ms, &entity_host::invocation::sleep,
+    sizeof(cluster_host_api),
+    0,
+    &entity_host::invocation::log,
+    &entity_host::invocation::call,
+    &entity_host::invocation::now_ms,
+    &entity_host::invocation::sleep,
+    nullptr,
+    &entity_host::invocation::stop_requested,
 };
 
 entity_host::entity_host(asio::io_context& io, entity_host_options options, outbound_call call_out)
@@ -148,28 +166,12 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
     return;
   }
   slot_key key{address.type->info.name, address.entity_id};
-  auto it = entities_.find(key);
-  if (it == entities_.end()) {
-    slot fresh;
-    fresh.type = address.type->retired && resolve_type ? resolve_type(key.first)
-                                                       : address.type->shared_from_this();
-    if (fresh.type == nullptr || fresh.type->retired) {
-      done(reply_msg::failure(errc::unknown_entity_type,
-                              "entity type '" + key.first + "' was removed from this runner"));
-      return;
-    }
-    fresh.id = address.entity_id;
-    fresh.shard = address.shard;
-    std::string why;
-    if (!activate(key, fresh, why)) {
-      done(reply_msg::failure(errc::defect, why));
-      return;
-    }
-    ++activations_;
-    ++active_per_shard_[{fresh.type->info.group, address.shard}];
-    fresh.last_active = steady_clock::now();
-    it = entities_.emplace(key, std::move(fresh)).first;
+  auto found = find_or_activate(key, address);
+  if (!found) {
+    done(reply_msg::failure(found.error().code, found.error().message));
+    return;
   }
+  auto it = found.value();
   slot& s = it->second;
   s.evict = false;
   if (bounded && s.mailbox.size() >= options_.mailbox_capacity) {
@@ -180,6 +182,35 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
   }
   s.mailbox.push_back(message{rpc_index, std::move(request), deadline, std::move(done)});
   if (!s.busy) run_next(key);
+}
+
+result<void> entity_host::activate_now(const entity_address& address) {
+  if (stopped_) return failure{errc::shutting_down, "runner is stopping"};
+  auto found = find_or_activate({address.type->info.name, address.entity_id}, address);
+  if (!found) return found.error();
+  found.value()->second.evict = false;
+  return success();
+}
+
+result<std::map<entity_host::slot_key, entity_host::slot>::iterator> entity_host::find_or_activate(
+    const slot_key& key, const entity_address& address) {
+  auto it = entities_.find(key);
+  if (it != entities_.end()) return it;
+  slot fresh;
+  fresh.type = address.type->retired && resolve_type ? resolve_type(key.first)
+                                                     : address.type->shared_from_this();
+  if (fresh.type == nullptr || fresh.type->retired) {
+    return failure{errc::unknown_entity_type,
+                   "entity type '" + key.first + "' was removed from this runner"};
+  }
+  fresh.id = address.entity_id;
+  fresh.shard = address.shard;
+  std::string why;
+  if (!activate(key, fresh, why)) return failure{errc::defect, why};
+  ++activations_;
+  ++active_per_shard_[{fresh.type->info.group, address.shard}];
+  fresh.last_active = steady_clock::now();
+  return entities_.emplace(key, std::move(fresh)).first;
 }
 
 void entity_host::run_next(const slot_key& key) {
@@ -210,13 +241,19 @@ void entity_host::run_next(const slot_key& key) {
       }
     }
     s.busy = true;
+    if (!s.evict && !stopped_) s.stop.reset();
     auto* call = new invocation{this, key, next.request.rpc, {}, std::move(next.done)};
     call->bind(s);
     const bool watched = watch_.enabled() && !s.type->process;
     if (watched) watch_.enter(key.first, key.second, call->rpc);
-    s.type->handle(s.instance, next.rpc_index, next.request.payload.data(),
-                   next.request.payload.size(), &call->ctx, &invocation::on_reply, call);
+    const auto type = s.type;  // `s` may be gone once `handle` returns
+    void* const instance = s.instance;
+    const bool stopping = s.stop.requested();
+    type->handle(instance, next.rpc_index, next.request.payload.data(), next.request.payload.size(),
+                 &call->ctx, &invocation::on_reply, call);
     if (watched) watch_.leave();
+    // A plugin's process starts each handler without a stop: repeat one that stands.
+    if (stopping && type->process) type->process->request_stop(instance);
     return;  // the reply (maybe already sent) schedules the next message
   }
   // A retired type's instance goes as soon as it is idle (its version may then unload).
@@ -261,6 +298,7 @@ void entity_host::evict_shards(std::function<bool(const std::string&, std::int32
     if (keep(s.type->info.group, s.shard)) continue;
     if (s.busy || !s.mailbox.empty()) {
       s.evict = true;
+      if (s.busy) request_stop(s);
     } else {
       passivate(current);
     }
@@ -370,6 +408,16 @@ bool entity_host::move_on(std::map<slot_key, slot>::iterator it) {
   return alive;
 }
 
+void entity_host::request_stop(const std::string& type, const std::string& id) {
+  if (auto it = entities_.find(slot_key{type, id}); it != entities_.end()) request_stop(it->second);
+}
+
+void entity_host::request_stop(slot& s) {
+  s.stop.request();
+  // In its own process the handler asks that process: it hears of the stop there.
+  if (s.type->process && s.instance != nullptr) s.type->process->request_stop(s.instance);
+}
+
 bool entity_host::shard_active(const std::string& group, std::int32_t shard) const {
   return active_per_shard_.count({group, shard}) > 0;
 }
@@ -388,6 +436,7 @@ void entity_host::stop() {
       passivate(current);
     } else {
       // Queued messages never ran: tell their callers now; the running one finishes.
+      request_stop(current->second);
       auto queued = std::move(current->second.mailbox);
       current->second.mailbox.clear();
       for (auto& pending : queued)

@@ -35,4 +35,22 @@ void fire_after(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*)
   timer->async_wait([timer, fire, user](const error_code&) { fire(user); });
 }
 
+void stop_signal::sleep(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*),
+                        void* user) {
+  if (requested_) delay_ms = 0;
+  auto timer = std::make_shared<asio::steady_timer>(io);
+  timer->expires_after(milliseconds(std::max<std::int64_t>(0, delay_ms)));
+  // A cancelled wait (the stop) fires too: that is the point.
+  timer->async_wait([timer, fire, user](const error_code&) { fire(user); });
+  std::erase_if(sleeps_, [](const auto& weak) { return weak.expired(); });
+  sleeps_.push_back(timer);
+}
+
+void stop_signal::request() {
+  requested_ = true;
+  for (auto& weak : sleeps_)
+    if (auto timer = weak.lock()) timer->cancel();
+  sleeps_.clear();
+}
+
 }  // namespace cluster::host

@@ -478,6 +478,11 @@ void persisted_messages::replay_next(shard_map::iterator it, bool more, std::int
   if (replayed > 0)
     spdlog::info("replayed {} stored messages of shard {}/{}", replayed, it->first.first,
                  it->first.second);
+  // Last: the hook may submit messages or activate entities of the shard, now served here.
+  if (on_shard_serving) {
+    const shard_key key = it->first;
+    on_shard_serving(key.first, key.second);
+  }
 }
 
 void persisted_messages::run_next_alone(const shard_key& shard) {

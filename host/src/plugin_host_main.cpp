@@ -68,6 +68,9 @@ class plugin_host {
       case plugin_kind::call_done:
         if (auto m = env.as<plugin_outcome_msg>()) return call_done(env.id, m.value());
         break;
+      case plugin_kind::stop:
+        if (auto m = env.as<plugin_stop_msg>()) return stop(m.value().instance);
+        break;
       default:
         break;
     }
@@ -82,6 +85,7 @@ class plugin_host {
     std::int32_t shard = 0;
     void* object = nullptr;
     std::string failure;  // why the constructor failed (object is NULL)
+    stop_signal stop;
   };
   /// The host side of one callback's cluster_call_context.
   struct invocation {
@@ -155,6 +159,10 @@ class plugin_host {
     instances_.erase(it);
   }
 
+  void stop(std::uint64_t handle) {
+    if (auto it = instances_.find(handle); it != instances_.end()) it->second.stop.request();
+  }
+
   void handle(std::uint64_t operation, const plugin_handle_msg& m) {
     auto it = instances_.find(m.instance);
     if (it == instances_.end()) {
@@ -170,6 +178,8 @@ class plugin_host {
       return;
     }
     instance& entity = it->second;
+    // The runner asks for a stop while a handler runs; a new handler starts without one.
+    entity.stop.reset();
     const auto& rpcs = entity.type->info.rpcs;
     const char* rpc = m.rpc_index < rpcs.size() ? rpcs[m.rpc_index].name.c_str() : "";
     auto* call = new invocation{this, operation, &entity, false, nullptr};
@@ -241,7 +251,11 @@ class plugin_host {
   static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
     auto* self = static_cast<invocation*>(host_ctx);
     auto* record = new timer_record{self->host, self->operation, fire, user};
-    fire_after(self->host->io_, delay_ms, &plugin_host::timer_fired, record);
+    self->entity->stop.sleep(self->host->io_, delay_ms, &plugin_host::timer_fired, record);
+  }
+
+  static std::int32_t stop_requested(void* host_ctx) {
+    return static_cast<invocation*>(host_ctx)->entity->stop.requested() ? 1 : 0;
   }
 
   static void timer_fired(void* user) {
@@ -261,8 +275,14 @@ class plugin_host {
 };
 
 const cluster_host_api plugin_host::api = {
-    sizeof(cluster_host_api), 0, &plugin_host::log, &plugin_host::call, &plugin_host::now_ms,
+    sizeof(cluster_host_api),
+    0,
+    &plugin_host::log,
+    &plugin_host::call,
+    &plugin_host::now_ms,
     &plugin_host::sleep,
+    nullptr,
+    &plugin_host::stop_requested,
 };
 
 int run(int argc, char** argv) {

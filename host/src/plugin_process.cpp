@@ -362,6 +362,12 @@ void plugin_process::forward_destroy(void* type_data, void* instance) {
   self.send(plugin_kind::destroy, id, plugin_destroy_msg{handle});
 }
 
+void plugin_process::request_stop(void* instance) {
+  const auto handle = reinterpret_cast<std::uintptr_t>(instance);
+  if ((handle >> instance_generation_shift) != generation_) return;  // died with its child
+  send(plugin_kind::stop, 0, plugin_stop_msg{handle});
+}
+
 void plugin_process::forward_handle(void* type_data, void* instance, std::uint32_t rpc_index,
                                     const std::uint8_t* payload, std::size_t size,
                                     const cluster_call_context* ctx, cluster_reply_fn reply,

@@ -218,6 +218,58 @@ TEST_P(entity_host_test, stop_answers_queued_messages_and_lets_the_running_one_f
   EXPECT_EQ((*refused)->code, errc::shutting_down);
 }
 
+TEST_P(entity_host_test, activates_an_entity_without_a_message_once) {
+  make_host();
+  const auto* probe = registry.find("Probe");
+  ASSERT_NE(probe, nullptr);
+  const entity_address address{probe, "early", 7};
+  ASSERT_TRUE(host->activate_now(address));
+  EXPECT_EQ(host->activations(), 1u);
+  EXPECT_EQ(host->active_entities(), 1u);
+  EXPECT_TRUE(host->shard_active("default", 7));
+  ASSERT_TRUE(host->activate_now(address));  // active already: nothing happens
+  EXPECT_EQ(host->activations(), 1u);
+  // Its first message finds the instance made above.
+  ASSERT_TRUE(wait(send("Probe", "early", "Echo", {{"text", "a"}})));
+  EXPECT_EQ(host->activations(), 1u);
+  EXPECT_EQ(host->active_entities(), 1u);
+
+  host->stop();
+  const auto refused = host->activate_now(entity_address{probe, "late", 7});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, errc::shutting_down);
+}
+
+TEST_P(entity_host_test, says_why_an_activation_without_a_message_failed) {
+  if (isolated()) GTEST_SKIP() << "a plugin process reports it with the first message";
+  make_host();
+  const auto failed = host->activate_now(entity_address{registry.find("Fragile"), "f0", 7});
+  ASSERT_FALSE(failed);
+  EXPECT_EQ(failed.error().code, errc::defect);
+  EXPECT_NE(failed.error().message.find("failed in its constructor"), std::string::npos);
+  EXPECT_EQ(host->active_entities(), 0u);
+}
+
+TEST_P(entity_host_test, a_stop_request_ends_a_running_handlers_sleep_at_once) {
+  make_host();
+  const auto started = steady_clock::now();
+  const auto sleeping = send("Probe", "napping", "Sleep", {{"ms", 60000}}, milliseconds(90000));
+  EXPECT_EQ(host->active_entities(), 1u);
+  // The handler is running (in the runner) or its frame is on its way (in a plugin's
+  // process, ahead of the stop frame): either way the stop reaches its sleep.
+  host->request_stop("Probe", "napping");
+  ASSERT_TRUE(wait(sleeping));
+  EXPECT_TRUE((*sleeping)->ok()) << (*sleeping)->message;
+  EXPECT_LT(steady_clock::now() - started, milliseconds(10000));
+
+  // A shard moving away asks its busy entities to stop too.
+  const auto moving = send("Probe", "moving", "Sleep", {{"ms", 60000}}, milliseconds(90000));
+  host->evict_shards([](const std::string&, std::int32_t) { return false; });
+  ASSERT_TRUE(wait(moving));
+  EXPECT_TRUE((*moving)->ok()) << (*moving)->message;
+  EXPECT_LT(steady_clock::now() - started, milliseconds(20000));
+}
+
 TEST_P(entity_host_test, answers_a_clear_defect_when_an_activation_fails) {
   make_host();
   const auto touched = send("Fragile", "f1", "Touch");

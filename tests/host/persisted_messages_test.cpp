@@ -334,6 +334,36 @@ TEST_F(persisted_messages_test, stores_a_message_runs_it_and_answers_with_its_st
   EXPECT_EQ(found->reply->payload, reply.payload);
 }
 
+TEST_F(persisted_messages_test, tells_when_a_shard_serves_here_after_its_replay) {
+  const std::string id = "frank";
+  const auto shard = shard_of(id);
+  store_directly(id, "old", 1, "k1");
+  auto& node = add_runner();
+  std::vector<std::pair<std::string, std::int32_t>> served;
+  std::optional<shard_state> state_then;
+  reply_slot from_hook;
+  node.persisted->on_shard_serving = [&](const std::string& group, std::int32_t number) {
+    served.emplace_back(group, number);
+    state_then = node.persisted->state(group, number);
+    // Work the hook starts runs after the replayed messages.
+    if (!from_hook) from_hook = append(node, id, "hook", 2, "k2");
+  };
+  node.persisted->set_wanted(only(shard));
+  ASSERT_TRUE(step_until(io, [&] { return !served.empty(); }));
+  EXPECT_EQ(served, (std::vector<std::pair<std::string, std::int32_t>>{{"default", shard}}));
+  EXPECT_EQ(state_then, shard_state::serving);
+  const auto reply = wait_reply(from_hook);
+  ASSERT_TRUE(reply.ok()) << reply.message;
+  EXPECT_EQ(log_of(reply), (std::vector<std::string>{"old:1", "hook:2"}));
+
+  // Released and taken again: it serves here again, and says so again.
+  node.persisted->set_wanted({});
+  ASSERT_TRUE(wait_for_state(node, shard, std::nullopt));
+  node.persisted->set_wanted(only(shard));
+  ASSERT_TRUE(step_until(io, [&] { return served.size() == 2; }));
+  EXPECT_EQ(served.back(), (std::pair<std::string, std::int32_t>{"default", shard}));
+}
+
 TEST_F(persisted_messages_test, runs_a_repeated_primary_key_once_and_answers_every_caller) {
   auto& node = serving_runner("bob");
   // Two callers at once with one key, then a third after the first reply.

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "cluster/cron.hpp"
 #include "cluster/plugin_abi.h"
 
 namespace cluster {
@@ -205,6 +206,13 @@ class context {
       void await_resume() const noexcept {}
     };
     return awaiter{raw_, delay_ms};
+  }
+
+  /// True once the runner asked this entity to stop: its shard is moving away or the
+  /// runner is stopping. A singleton's run returns soon after; pending `sleep_ms` waits
+  /// end at once then.
+  bool stop_requested() const {
+    return raw_->api->stop_requested != nullptr && raw_->api->stop_requested(raw_->host_ctx) != 0;
   }
 
   void log_debug(const std::string& message) const { log(0, message); }
@@ -396,6 +404,7 @@ struct entity_record {
 
   std::string name;
   std::string group;
+  std::string cron_expression;  // what descriptor.cron_schedule points to
   std::vector<std::string> rpc_names;
   std::vector<cluster_rpc_descriptor> rpcs;
   std::vector<const cluster_rpc_descriptor*> rpc_pointers;
@@ -524,6 +533,152 @@ entity_builder<E> entity(std::string name) {
   return entity_builder<E>(std::move(name));
 }
 
+/// One tick of a cron job: when it was due and when it started (Unix ms, UTC). A tick
+/// that was missed and run late (`run_missed_once`) has fired_ms well after scheduled_ms.
+struct cron_tick {
+  std::int64_t scheduled_ms = 0;
+  std::int64_t fired_ms = 0;
+  MSGPACK_DEFINE_MAP(scheduled_ms, fired_ms);
+};
+
+/// What a cron job does about ticks that fell due while no runner served it.
+enum class cron_missed : std::uint32_t {
+  skip = CLUSTER_CRON_SKIP_MISSED,          ///< they never run; the next tick after now does
+  run_once = CLUSTER_CRON_RUN_MISSED_ONCE,  ///< one run for all of them at once, then on time
+};
+inline constexpr cron_missed skip_missed = cron_missed::skip;
+inline constexpr cron_missed run_missed_once = cron_missed::run_once;
+
+namespace detail {
+/// RPC 0 of a singleton: its run, an empty map in and out.
+struct singleton_run {
+  using Request = empty;
+  using Reply = empty;
+};
+/// RPC 0 of a cron job: one tick.
+struct cron_run {
+  using Request = cron_tick;
+  using Reply = empty;
+};
+
+template <class S>
+task<empty> run_singleton(S& singleton, const empty&, context& ctx) {
+  if constexpr (is_task<decltype(singleton.run(ctx))>::value) {
+    auto work = singleton.run(ctx);
+    co_await work;
+  } else {
+    singleton.run(ctx);
+  }
+  co_return empty{};
+}
+
+template <class J>
+task<empty> run_cron(J& job, const cron_tick& stored, context& ctx) {
+  // The runner stores a tick before it is due, so it cannot know when it starts: 0 there.
+  cron_tick tick = stored;
+  if (tick.fired_ms == 0) tick.fired_ms = ctx.now_ms();
+  if constexpr (is_task<decltype(job.run(tick, ctx))>::value) {
+    auto work = job.run(tick, ctx);
+    co_await work;
+  } else {
+    job.run(tick, ctx);
+  }
+  co_return empty{};
+}
+}  // namespace detail
+
+/// Declares a singleton: one instance in the whole cluster (entity id "singleton"), started
+/// as soon as a runner serves its shard and moved when that runner dies. S has
+///   cluster::task<void> run(cluster::context&)
+/// which runs until `ctx.stop_requested()`; when it returns or throws while its runner
+/// still owns it, the runner calls it again after a backoff. Chain `.group(...)`.
+template <class S>
+class singleton_builder {
+ public:
+  explicit singleton_builder(std::string name) : inner_(std::move(name)) {
+    inner_.template rpc<detail::singleton_run>("run", &detail::run_singleton<S>);
+  }
+  /// Shard group of the singleton (default "default"): a runner serving it runs it.
+  singleton_builder& group(std::string group_name) & {
+    inner_.group(std::move(group_name));
+    return *this;
+  }
+  singleton_builder&& group(std::string group_name) && {
+    return std::move(group(std::move(group_name)));
+  }
+
+  std::unique_ptr<detail::entity_record> build() && {
+    auto record = std::move(inner_).build();
+    record->descriptor.flags |= CLUSTER_ENTITY_SINGLETON | CLUSTER_ENTITY_KEEP_ALIVE;
+    return record;
+  }
+
+ private:
+  entity_builder<S> inner_;
+};
+
+/// Starts the declaration of singleton `name` implemented by class S.
+template <class S>
+singleton_builder<S> singleton(std::string name) {
+  return singleton_builder<S>(std::move(name));
+}
+
+/// Declares a cron job: `schedule` (cron.hpp: 5 or 6 fields, UTC) says when it runs, and
+/// each tick runs once in the cluster, across crashes and moves. J has
+///   void run(const cluster::cron_tick&, cluster::context&)   or
+///   cluster::task<void> run(const cluster::cron_tick&, cluster::context&).
+/// A tick that throws is retried like any persisted message (at least once, deduplicated
+/// by its scheduled time). Chain `.group(...)` and `.missed(...)`.
+template <class J>
+class cron_builder {
+ public:
+  cron_builder(std::string name, std::string schedule)
+      : inner_(std::move(name)), schedule_(std::move(schedule)) {
+    inner_.template rpc<detail::cron_run>("tick", &detail::run_cron<J>, persisted);
+  }
+  /// Shard group of the job (default "default").
+  cron_builder& group(std::string group_name) & {
+    inner_.group(std::move(group_name));
+    return *this;
+  }
+  cron_builder&& group(std::string group_name) && {
+    return std::move(group(std::move(group_name)));
+  }
+  /// Ticks missed while no runner served the job: `skip_missed` (default) or
+  /// `run_missed_once`.
+  cron_builder& missed(cron_missed policy) & {
+    missed_ = policy;
+    return *this;
+  }
+  cron_builder&& missed(cron_missed policy) && { return std::move(missed(policy)); }
+
+  /// Throws std::invalid_argument when the schedule does not parse.
+  std::unique_ptr<detail::entity_record> build() && {
+    auto record = std::move(inner_).build();
+    try {
+      (void)cron_schedule::parse(schedule_);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("cron job '" + record->name + "': " + e.what());
+    }
+    record->cron_expression = std::move(schedule_);
+    record->descriptor.flags |= CLUSTER_ENTITY_CRON;
+    record->descriptor.cron_missed = static_cast<std::uint32_t>(missed_);
+    record->descriptor.cron_schedule = record->cron_expression.c_str();
+    return record;
+  }
+
+ private:
+  entity_builder<J> inner_;
+  std::string schedule_;
+  cron_missed missed_ = skip_missed;
+};
+
+/// Starts the declaration of cron job `name` implemented by class J, run on `schedule`.
+template <class J>
+cron_builder<J> cron(std::string name, std::string schedule) {
+  return cron_builder<J>(std::move(name), std::move(schedule));
+}
+
 /// Names and versions the plugin; optional, as the first argument of CLUSTER_PLUGIN:
 ///   CLUSTER_PLUGIN(cluster::plugin("greeter").version("1.2.0"), cluster::entity<...>(...))
 /// Without it the plugin is named after its entity types, at version "0.0.0".
@@ -587,6 +742,14 @@ class plugin_record {
   }
   template <class E>
   void add(entity_builder<E>&& builder) {
+    records_.push_back(std::move(builder).build());
+  }
+  template <class S>
+  void add(singleton_builder<S>&& builder) {
+    records_.push_back(std::move(builder).build());
+  }
+  template <class J>
+  void add(cron_builder<J>&& builder) {
     records_.push_back(std::move(builder).build());
   }
 

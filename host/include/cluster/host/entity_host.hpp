@@ -13,6 +13,7 @@
 
 #include "cluster/host/entity_registry.hpp"
 #include "cluster/host/handler_watch.hpp"
+#include "cluster/host/host_services.hpp"
 #include "cluster/net/asio.hpp"
 #include "cluster/protocol/messages.hpp"
 
@@ -51,12 +52,23 @@ class entity_host {
   void deliver(const entity_address& address, std::uint32_t rpc_index, request_msg request,
                steady_clock::time_point deadline, reply_callback done, bool bounded = true);
 
+  /// Activates the entity without a message (its constructor runs now); nothing when it is
+  /// active already. For entities that live without callers: kept-alive ones, singletons,
+  /// cron jobs. The caller checks that the shard is served here. It is passivated like any
+  /// other when idle.
+  result<void> activate_now(const entity_address& address);
+
   /// Is any entity of this shard active (idle or busy)?
   bool shard_active(const std::string& group, std::int32_t shard) const;
   /// Would a bounded delivery to this entity be refused now?
   bool mailbox_full(const std::string& type, const std::string& id) const;
 
-  /// Passivates idle entities whose shard fails `keep`; busy ones follow when idle.
+  /// Asks the entity's running handler to end (`stop_requested`, sleeps fire at once):
+  /// how a singleton's run is stopped. Nothing when the entity is not active.
+  void request_stop(const std::string& type, const std::string& id);
+
+  /// Passivates idle entities whose shard fails `keep`; busy ones follow when idle, and
+  /// are asked to stop (request_stop).
   void evict_shards(std::function<bool(const std::string& group, std::int32_t shard)> keep);
 
   /// Passivates every idle entity idle for longer than the configured time.
@@ -74,7 +86,8 @@ class entity_host {
   /// The registry's current type of a name; unset or NULL: the name is no longer served.
   std::function<std::shared_ptr<const entity_type>(std::string_view name)> resolve_type;
 
-  /// Passivates everything now (shutdown); pending messages get `ShuttingDown`.
+  /// Passivates everything now (shutdown); pending messages get `ShuttingDown`; running
+  /// handlers are asked to stop.
   void stop();
 
   std::size_t active_entities() const { return entities_.size(); }
@@ -111,11 +124,15 @@ class entity_host {
     boost::container::deque<message> mailbox;
     bool busy = false;
     bool evict = false;  // passivate as soon as idle: the shard moved away
+    stop_signal stop;    // the shard is moving or the runner stopping: a long run ends
     steady_clock::time_point last_active;
   };
   using slot_key = std::pair<std::string, std::string>;  // entity type, entity id
 
   void run_next(const slot_key& key);
+  /// The entity's slot, activated first when it has none.
+  result<std::map<slot_key, slot>::iterator> find_or_activate(const slot_key& key,
+                                                              const entity_address& address);
   /// Creates the plugin's instance of `s`; false (and the reason in `why`) when the
   /// constructor failed.
   bool activate(const slot_key& key, slot& s, std::string& why);
@@ -123,6 +140,7 @@ class entity_host {
   void activation_failed(const slot_key& key);
   void finish(invocation* call, reply_msg&& reply);
   void passivate(std::map<slot_key, slot>::iterator it);
+  void request_stop(slot& s);
   /// `it`'s type was retired and it is idle: passivates it, or moves its queued messages to
   /// the current type. False when the slot is gone.
   bool move_on(std::map<slot_key, slot>::iterator it);

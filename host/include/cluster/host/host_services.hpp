@@ -7,7 +7,9 @@
 // Thread: the calling io_context's thread.
 
 #include <cstdint>
+#include <memory>
 #include <string_view>
+#include <vector>
 
 #include "cluster/net/asio.hpp"
 
@@ -27,5 +29,24 @@ std::int64_t monotonic_ns();
 
 /// Runs `fire(user)` after `delay_ms` (negative: 0) on `io`, never inside this call.
 void fire_after(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*), void* user);
+
+/// One entity's stop request (cluster_host_api::stop_requested) and the sleeps it cuts
+/// short: once requested, pending sleeps fire at once and new ones fire without waiting, so
+/// a singleton's run notices the stop without waiting out its pause. The timers own
+/// themselves; this keeps weak references only, so it may go before they fire.
+class stop_signal {
+ public:
+  bool requested() const { return requested_; }
+  /// `fire_after`, but at once when a stop is (or becomes) requested.
+  void sleep(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*), void* user);
+  /// Sets the request and fires the pending sleeps (posted, never inside this call).
+  void request();
+  /// A new run starts: no stop requested.
+  void reset() { requested_ = false; }
+
+ private:
+  bool requested_ = false;
+  std::vector<std::weak_ptr<asio::steady_timer>> sleeps_;
+};
 
 }  // namespace cluster::host

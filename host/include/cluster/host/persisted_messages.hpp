@@ -25,6 +25,7 @@
 // Thread: the runner's io_context thread; storage work happens on the store's own thread.
 
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -69,6 +70,8 @@ class persisted_messages {
   void start();
   void stop();
   std::string backend_name() const { return store_->backend_name(); }
+  /// The store itself, for the runner's own records (cron bookkeeping).
+  message_store& store() { return *store_; }
 
   /// The shards the assignment gives this runner; locks follow (taken and released).
   void set_wanted(const std::map<std::string, std::set<std::int32_t>>& wanted);
@@ -89,6 +92,11 @@ class persisted_messages {
               steady_clock::time_point deadline, entity_host::reply_callback done);
 
   std::size_t waiting_callers() const { return waiter_count_; }
+
+  /// Runs each time a shard enters `serving` here: locked, its stored messages replayed
+  /// (the new ones run at once). Kept-alive entities, singletons and cron jobs start here.
+  /// Called on the io thread, after the state changed; it may call `submit`.
+  std::function<void(const std::string& group, std::int32_t shard)> on_shard_serving;
 
   /// When set, each message holds it from its hand-off to an entity until its reply is
   /// stored: the runner's graceful stop waits on that gate.

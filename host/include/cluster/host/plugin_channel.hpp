@@ -28,6 +28,7 @@ enum class plugin_kind : std::uint32_t {
   reply = 6,        ///< host → runner: a handler's outcome
   call = 7,         ///< host → runner: a handler calls another entity (`id`: the call)
   call_done = 8,    ///< runner → host: that call's outcome
+  stop = 9,         ///< runner → host: ask an instance's running handler to end
 };
 
 struct plugin_catalog_msg {
@@ -53,6 +54,13 @@ struct plugin_create_msg {
 struct plugin_destroy_msg {
   std::uint64_t instance = 0;
   CLUSTER_WIRE_FIELDS(plugin_destroy_msg, instance);
+};
+
+/// The shard of the instance is moving or the runner stopping: its `stop_requested` turns
+/// true and its sleeps fire at once.
+struct plugin_stop_msg {
+  std::uint64_t instance = 0;
+  CLUSTER_WIRE_FIELDS(plugin_stop_msg, instance);
 };
 
 struct plugin_handle_msg {

@@ -81,6 +81,10 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   /// activates them again). Runs before the child's requests are answered.
   std::function<void(const std::vector<std::string>& entity_types)> on_instances_lost;
 
+  /// Asks `instance` (a handle `create` returned) to stop its running handler, in the
+  /// child: entity_host::request_stop for types in a process.
+  void request_stop(void* instance);
+
   pid_t pid() const { return pid_; }
   std::uint64_t restarts() const { return restarts_; }
   /// Closes the channel, gives the child a moment to exit, then kills it. Blocking.
