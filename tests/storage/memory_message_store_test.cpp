@@ -4,6 +4,7 @@
 
 #include "cluster/storage/message_store.hpp"
 #include "cluster_fixture.hpp"
+#include "state_store_checks.hpp"
 
 namespace cluster {
 namespace {
@@ -211,6 +212,62 @@ TEST_F(memory_store, does_not_count_a_scheduled_message_before_its_time) {
     EXPECT_EQ(listed.attempts, 0);
     EXPECT_FALSE(listed.suspect);
   }
+}
+
+class memory_state : public ::testing::Test {
+ protected:
+  asio::io_context io;
+  std::unique_ptr<message_store> store = make_memory_message_store(io);
+  cluster::testing::state_store_driver driver{io, *store};
+};
+
+TEST_F(memory_state, grows_the_version_with_every_write_and_refuses_a_stale_one) {
+  cluster::testing::check_state_versions(driver);
+}
+
+TEST_F(memory_state, keeps_the_version_of_a_cleared_state_growing) {
+  cluster::testing::check_clear_then_write(driver);
+}
+
+TEST_F(memory_state, completes_a_message_with_its_state_or_writes_none_of_them) {
+  cluster::testing::check_complete_with_state(driver, 7);
+}
+
+TEST_F(memory_state, fails_only_the_conflicting_writes_of_those_handed_over_together) {
+  cluster::testing::check_round_mixing_conflict_and_good_writes(io, *store, driver, 7);
+}
+
+TEST_F(memory_state, lists_kept_entities_by_the_shard_they_were_remembered_for) {
+  cluster::testing::check_kept_entities(driver);
+}
+
+TEST_F(memory_state, answers_state_operations_through_the_io_context_never_inside_the_call) {
+  int done = 0;
+  store->load_state("Counter", "a", [&](result<stored_state>) { ++done; });
+  store->save_state(cluster::testing::write_of("a", 0, bytes{1}), [&](result<void>) { ++done; });
+  store->complete_with_state(1, reply_msg::success({}), false,
+                             cluster::testing::write_of("a", 1, bytes{2}),
+                             [&](result<void>) { ++done; });
+  store->remember_kept("default", 1, {"Counter", "a"}, [&](result<void>) { ++done; });
+  store->kept_entities("default", 1, [&](result<std::vector<kept_entity>>) { ++done; });
+  store->forget_kept({"Counter", "a"}, [&](result<void>) { ++done; });
+  EXPECT_EQ(done, 0);
+  ASSERT_TRUE(run_until(io, [&] { return done == 6; }));
+}
+
+TEST_F(memory_state, starts_a_new_lock_epoch_each_time_a_shard_is_taken_again) {
+  EXPECT_EQ(store->lock_epoch("default", 1), 0) << "never taken";
+  ASSERT_TRUE(driver.acquire("default", {1, 2}).has_value());
+  const auto first = store->lock_epoch("default", 1);
+  EXPECT_GT(first, 0);
+  EXPECT_GT(store->lock_epoch("default", 2), 0);
+  ASSERT_TRUE(driver.acquire("default", {1}).has_value());
+  EXPECT_EQ(store->lock_epoch("default", 1), first) << "held already: the same lock";
+  store->release("default", {1});
+  EXPECT_EQ(store->lock_epoch("default", 1), first) << "the last epoch stays readable";
+  ASSERT_TRUE(driver.acquire("default", {1}).has_value());
+  EXPECT_GT(store->lock_epoch("default", 1), first);
+  EXPECT_EQ(store->lock_epoch("jobs", 1), 0) << "epochs are per group";
 }
 
 TEST(memory_store_death, refuses_a_message_without_a_primary_key) {

@@ -57,7 +57,8 @@ void common_settings::declare_storage(std::vector<config_section>& sections) {
       .key("poll_interval_ms", &storage.poll_interval)
       .key("retention_ms", &storage.retention)
       .key("batch_size", &storage.batch_size)
-      .key("max_attempts", &storage.max_attempts);
+      .key("max_attempts", &storage.max_attempts)
+      .key("max_state_bytes", &storage.max_state_bytes);
 }
 
 result<std::vector<std::string>> sst_link_settings(

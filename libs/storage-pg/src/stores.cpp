@@ -20,6 +20,10 @@ std::unique_ptr<message_store> make_message_store(asio::io_context& io,
   if (settings.max_attempts < 1 || settings.max_attempts > 1000)
     throw std::runtime_error("storage.max_attempts must be between 1 and 1000, not " +
                              std::to_string(settings.max_attempts));
+  if (settings.max_state_bytes < 1 || settings.max_state_bytes > max_state_bytes_limit)
+    throw std::runtime_error("storage.max_state_bytes must be between 1 and " +
+                             std::to_string(max_state_bytes_limit) + ", not " +
+                             std::to_string(settings.max_state_bytes));
   if (settings.backend == "memory")
     return make_memory_message_store(io, settings.batch_size,
                                      static_cast<std::int32_t>(settings.max_attempts));

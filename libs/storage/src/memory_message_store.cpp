@@ -1,6 +1,8 @@
 // The memory message store.
 #include <algorithm>
+#include <set>
 #include <tuple>
+#include <utility>
 
 #include "cluster/protocol/assert.hpp"
 #include "cluster/storage/message_store.hpp"
@@ -9,6 +11,11 @@
 namespace cluster {
 
 namespace {
+
+failure already_processed(std::int64_t id) {
+  return failure{errc::state_conflict,
+                 "message " + std::to_string(id) + " was processed already: its state stands"};
+}
 
 std::int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -109,12 +116,19 @@ class memory_message_store final : public message_store {
         });
   }
 
-  void acquire(std::string, std::vector<std::int32_t> shards, acquire_done done) override {
+  void acquire(std::string group, std::vector<std::int32_t> shards, acquire_done done) override {
+    // A shard held already keeps its epoch: only a lock newly taken starts a new one.
+    for (auto shard : shards) {
+      auto key = std::make_pair(group, shard);
+      if (held_.insert(key).second) ++epochs_[key];
+    }
     asio::post(io_, [done = std::move(done), shards = std::move(shards)]() mutable {
       done(std::move(shards));
     });
   }
-  void release(std::string, std::vector<std::int32_t>) override {}
+  void release(std::string group, std::vector<std::int32_t> shards) override {
+    for (auto shard : shards) held_.erase(std::make_pair(group, shard));
+  }
 
   void replies(std::vector<std::int64_t> ids, replies_done done) override {
     std::map<std::int64_t, reply_msg> out;
@@ -129,7 +143,80 @@ class memory_message_store final : public message_store {
   }
   void stop() override {}
 
+  void load_state(std::string entity_type, std::string entity_id, state_done done) override {
+    stored_state out;
+    if (auto it = states_.find(std::make_pair(entity_type, entity_id)); it != states_.end())
+      out = it->second;
+    asio::post(io_,
+               [done = std::move(done), out = std::move(out)]() mutable { done(std::move(out)); });
+  }
+
+  void save_state(state_write write, write_done done) override {
+    result<void> outcome = write_state(std::move(write));
+    asio::post(io_, [done = std::move(done), outcome = std::move(outcome)]() mutable {
+      done(std::move(outcome));
+    });
+  }
+
+  void complete_with_state(std::int64_t id, reply_msg reply, bool /*announce: one process*/,
+                           state_write state, write_done done) override {
+    // A message no longer pending was completed by an earlier run: its reply and the state
+    // it wrote stand. A conflict, so that this run's effect is not applied twice and its
+    // caller, retrying, gets the stored reply.
+    result<void> outcome = unprocessed_.count(id) != 0 ? write_state(std::move(state))
+                                                       : result<void>(already_processed(id));
+    const bool completed = outcome.has_value();
+    if (completed) {
+      unprocessed_.erase(id);
+      last_failures_.erase(id);
+      replies_.emplace(id, std::move(reply));
+    }
+    asio::post(
+        io_, [this, id, completed, done = std::move(done), outcome = std::move(outcome)]() mutable {
+          done(std::move(outcome));
+          if (completed && on_reply) on_reply(id);
+        });
+  }
+
+  void remember_kept(std::string group, std::int32_t shard, kept_entity entity,
+                     write_done done) override {
+    auto key = std::make_pair(entity.entity_type, entity.entity_id);
+    kept_[std::move(key)] = std::make_pair(std::move(group), shard);
+    asio::post(io_, [done = std::move(done)] { done(success()); });
+  }
+
+  void forget_kept(kept_entity entity, write_done done) override {
+    kept_.erase(std::make_pair(entity.entity_type, entity.entity_id));
+    asio::post(io_, [done = std::move(done)] { done(success()); });
+  }
+
+  void kept_entities(std::string group, std::int32_t shard, kept_done done) override {
+    std::vector<kept_entity> out;
+    for (const auto& [entity, where] : kept_)
+      if (where.first == group && where.second == shard)
+        out.push_back(kept_entity{entity.first, entity.second});
+    asio::post(io_,
+               [done = std::move(done), out = std::move(out)]() mutable { done(std::move(out)); });
+  }
+
+  std::int64_t lock_epoch(std::string_view group, std::int32_t shard) const override {
+    const auto it = epochs_.find(std::make_pair(std::string(group), shard));
+    return it == epochs_.end() ? 0 : it->second;
+  }
+
  private:
+  result<void> write_state(state_write write) {
+    auto& stored =
+        states_[std::make_pair(std::move(write.entity_type), std::move(write.entity_id))];
+    if (stored.version != write.expected_version)
+      return failure{errc::state_conflict, "the state is at version " +
+                                               std::to_string(stored.version) + ", not " +
+                                               std::to_string(write.expected_version)};
+    stored.version = write.expected_version + 1;
+    stored.data = std::move(write.data);
+    return success();
+  }
+
   asio::io_context& io_;
   std::uint32_t batch_size_;
   std::int32_t max_attempts_;
@@ -142,6 +229,11 @@ class memory_message_store final : public message_store {
   std::map<std::int64_t, persisted_message> unprocessed_;
   std::map<std::int64_t, reply_msg> replies_;
   std::map<std::int64_t, std::string> last_failures_;  // of pending messages cut short
+  std::map<std::pair<std::string, std::string>, stored_state> states_;  // by (type, id)
+  // A kept-alive entity (type, id) and the (group, shard) it was remembered for.
+  std::map<std::pair<std::string, std::string>, std::pair<std::string, std::int32_t>> kept_;
+  std::set<std::pair<std::string, std::int32_t>> held_;  // the locks taken and not released
+  std::map<std::pair<std::string, std::int32_t>, std::int64_t> epochs_;  // never reset
 };
 
 }  // namespace

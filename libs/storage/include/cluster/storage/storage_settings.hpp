@@ -7,6 +7,10 @@
 
 namespace cluster {
 
+/// The bound of storage.max_state_bytes: a state travels as one statement parameter (twice
+/// its size as hex) and is held whole in memory.
+inline constexpr std::uint32_t max_state_bytes_limit = 256u * 1024 * 1024;
+
 struct storage_settings {
   std::string backend = "memory";  ///< `[cluster] storage`: "memory" or "postgres"
   std::string url;                 ///< libpq conninfo or URI; empty: built from the fields below
@@ -28,6 +32,9 @@ struct storage_settings {
   /// A persisted message whose attempts were cut short (a crash of its runner or plugin) this
   /// many times is not run again: it is dead-lettered with an error reply.
   std::uint32_t max_attempts = 3;  ///< 1..1000
+  /// The largest entity state a handler may set (its msgpack bytes); the runner refuses a
+  /// bigger one (the handler's call fails, nothing is written). 1 .. max_state_bytes_limit.
+  std::uint32_t max_state_bytes = 1024 * 1024;
   /// The sessions' `application_name` (set by the process, not configured: a runner's
   /// names its incarnation so that the manager can end its sessions).
   std::string application_name = "cluster-sst";
