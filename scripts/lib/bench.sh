@@ -3,8 +3,10 @@
 # Sourced by scripts/dev after lib/common.sh and lib/cluster.sh; expects ROOT.
 
 CLUSTER_BENCH=$BIN_DIR/cluster-bench
-# The matrix: every RPC x every in-flight count, on BENCH_ENTITIES entities.
-BENCH_RPCS=(GreetVolatile Greet)
+# The matrix: every RPC x every in-flight count, on BENCH_ENTITIES entities. An RPC is
+# `Rpc` (of Greeter: volatile, persisted) or `Type.Rpc` (Counter.Increment: persisted with
+# durable state, committed with its reply).
+BENCH_RPCS=(GreetVolatile Greet Counter.Increment)
 BENCH_IN_FLIGHT=(1 64)
 BENCH_ENTITIES=${DEV_BENCH_ENTITIES:-1000}
 BENCH_DURATION_S=${DEV_BENCH_DURATION_S:-10}
@@ -33,12 +35,16 @@ json_field() {
 
 # bench_cell RPC IN_FLIGHT [EXTRA...]: runs one cell; prints cluster-bench's JSON line.
 bench_cell() {
-  local rpc=$1 in_flight=$2 connections
+  local rpc=$1 in_flight=$2 connections type=()
   shift 2
+  if [[ $rpc == *.* ]]; then
+    type=(--entity-type "${rpc%%.*}")
+    rpc=${rpc#*.}
+  fi
   connections=$BENCH_MAX_CONNECTIONS
   ((in_flight < connections)) && connections=$in_flight
   ((in_flight % connections == 0)) || connections=1
-  "$CLUSTER_BENCH" --proxy "$PROXY_ADDR" --rpc "$rpc" --entities "$BENCH_ENTITIES" \
+  "$CLUSTER_BENCH" --proxy "$PROXY_ADDR" "${type[@]}" --rpc "$rpc" --entities "$BENCH_ENTITIES" \
     --connections "$connections" --in-flight $((in_flight / connections)) \
     --duration-s "$BENCH_DURATION_S" --warmup-s "$BENCH_WARMUP_S" --json "$@"
 }
@@ -66,7 +72,7 @@ run_bench_matrix() {
   local rpc in_flight line failed=0
   if ((!as_json)); then
     say "matrix: ${BENCH_RPCS[*]} x in flight ${BENCH_IN_FLIGHT[*]} x $BENCH_ENTITIES entities, ${BENCH_DURATION_S}s each after ${BENCH_WARMUP_S}s warm-up"
-    printf '%-14s %9s %9s %11s %9s %9s %7s %9s\n' rpc in_flight entities rps p50_ms p99_ms errors \
+    printf '%-17s %9s %9s %11s %9s %9s %7s %9s\n' rpc in_flight entities rps p50_ms p99_ms errors \
       cpu_us
   fi
   for rpc in "${BENCH_RPCS[@]}"; do
@@ -79,7 +85,7 @@ run_bench_matrix() {
       if ((as_json)); then
         printf '%s\n' "$line"
       else
-        printf '%-14s %9s %9s %11s %9s %9s %7s %9s\n' "$(json_field "$line" rpc | tr -d '"')" \
+        printf '%-17s %9s %9s %11s %9s %9s %7s %9s\n' "$rpc" \
           "$(json_field "$line" in_flight)" "$(json_field "$line" entities)" \
           "$(json_field "$line" rps)" "$(json_field "$line" p50_ms)" \
           "$(json_field "$line" p99_ms)" "$(json_field "$line" errors)" \
