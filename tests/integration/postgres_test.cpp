@@ -65,7 +65,8 @@ TEST(postgres, migrates_an_empty_database_and_is_idempotent) {
   pg::migrate(conn, prefix);
   auto versions = conn.exec("SELECT count(*) FROM " + prefix + "_migrations");
   EXPECT_EQ(versions.integer(0, 0), pg::latest_schema_version());
-  for (const char* table : {"runners", "shards", "messages", "replies", "pending", "dead_letters"})
+  for (const char* table : {"runners", "shards", "messages", "replies", "pending", "dead_letters",
+                            "plugins", "entity_state", "shard_epochs", "kept_entities"})
     EXPECT_NO_THROW(conn.exec(std::string("SELECT count(*) FROM ") + prefix + "_" + table));
 }
 

@@ -12,7 +12,9 @@
 #include <charconv>
 #include <optional>
 #include <tuple>
+#include <utility>
 
+#include "cluster/protocol/assert.hpp"
 #include "cluster/protocol/validate.hpp"
 #include "cluster/storage/request_fingerprint.hpp"
 
@@ -190,6 +192,51 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
   select_replies_ = prepared("select_replies", R"(
       SELECT message_id, code, error, message, payload FROM {p}_replies
       WHERE message_id = ANY($1::bigint[]))");
+  // Entity state writes of a round (see state_steps: an entity once per statement). A row is
+  // written only while its stored version is the expected one ($3; 0: no row yet) and, for a
+  // message ($5 > 0), only while the message is pending; the reply and the queue delete take
+  // only the rows written, so a stale write commits nothing of its message. Returns the
+  // ordinals of the writes made. $4: the state as hex, NULL to clear it.
+  write_states_ = prepared("write_states", R"(
+      WITH u AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
+                             $6::int[], $7::text[], $8::text[], $9::text[])
+          WITH ORDINALITY AS u(t, e, v, d, m, c, er, ms, p, n)),
+      written AS (
+        INSERT INTO {p}_entity_state AS s (entity_type, entity_id, version, state, updated_at)
+        SELECT t, e, v + 1, decode(d, 'hex'), now() FROM u
+        WHERE (m = 0 OR EXISTS (SELECT 1 FROM {p}_pending q WHERE q.id = u.m))
+          AND (v = 0 OR EXISTS (SELECT 1 FROM {p}_entity_state x
+                                WHERE x.entity_type = u.t AND x.entity_id = u.e))
+        ON CONFLICT (entity_type, entity_id) DO UPDATE
+          SET version = EXCLUDED.version, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
+          WHERE s.version = EXCLUDED.version - 1
+        RETURNING entity_type, entity_id),
+      done AS (SELECT u.* FROM u JOIN written w ON w.entity_type = u.t AND w.entity_id = u.e),
+      stored AS (
+        INSERT INTO {p}_replies (message_id, code, error, message, payload)
+        SELECT m, c, er, ms, decode(p, 'hex') FROM done WHERE m <> 0
+        ON CONFLICT (message_id) DO NOTHING),
+      dequeued AS (DELETE FROM {p}_pending WHERE id IN (SELECT m FROM done WHERE m <> 0))
+      SELECT n FROM done)");
+  // After write_states in the same transaction: tells the runners of those replies that
+  // were stored (by it, or before: a stored reply is worth hearing of either way).
+  announce_replies_ = prepared("announce_replies", R"(
+      SELECT pg_notify('{p}_replies', array_agg(message_id)::text) FROM {p}_replies
+      WHERE message_id = ANY($1::bigint[]) HAVING count(*) > 0)");
+  load_states_ = prepared("load_states", R"(
+      SELECT u.n, s.version, s.state
+      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(t, e, n)
+      JOIN {p}_entity_state s ON s.entity_type = u.t AND s.entity_id = u.e)");
+  // Takes the locks nobody holds and starts a new epoch for each, in one statement (one
+  // transaction): an epoch read from here belongs to this lock holder.
+  bump_epochs_ = prepared("bump_epochs", R"(
+      WITH taken AS MATERIALIZED (
+        SELECT s FROM unnest($2::int[]) AS s WHERE pg_try_advisory_lock(hashtext($1), s))
+      INSERT INTO {p}_shard_epochs AS x (shard_group, shard, epoch)
+      SELECT $3, s, 1 FROM taken
+      ON CONFLICT (shard_group, shard) DO UPDATE SET epoch = x.epoch + 1
+      RETURNING shard, epoch)");
   conn_ = worker_session();
   pg::migrate(*conn_, settings_.table_prefix);
   worker_ = std::thread([this] { worker_loop(); });
@@ -234,6 +281,82 @@ void pg_message_store::complete(std::int64_t id, reply_msg reply, bool announce,
     completes_.push_back(complete_job{id, std::move(reply), announce, std::move(done)});
   }
   wake_.notify_one();
+}
+
+void pg_message_store::load_state(std::string entity_type, std::string entity_id, state_done done) {
+  {
+    std::lock_guard lock(mutex_);
+    loads_.push_back(load_job{std::move(entity_type), std::move(entity_id), std::move(done)});
+  }
+  wake_.notify_one();
+}
+
+void pg_message_store::save_state(state_write write, write_done done) {
+  {
+    std::lock_guard lock(mutex_);
+    states_.push_back(state_job{std::move(write), 0, reply_msg{}, false, std::move(done)});
+  }
+  wake_.notify_one();
+}
+
+void pg_message_store::complete_with_state(std::int64_t id, reply_msg reply, bool announce,
+                                           state_write state, write_done done) {
+  CLUSTER_ASSERT(id > 0, "a persisted message has a stored id");
+  {
+    std::lock_guard lock(mutex_);
+    states_.push_back(state_job{std::move(state), id, std::move(reply), announce, std::move(done)});
+  }
+  wake_.notify_one();
+}
+
+void pg_message_store::remember_kept(std::string group, std::int32_t shard, kept_entity entity,
+                                     write_done done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(other_job{
+      [this, group, shard, entity, shared_done](pg::connection& conn) {
+        conn.exec("INSERT INTO " + table("kept_entities") +
+                      " (entity_type, entity_id, shard_group, shard) VALUES ($1, $2, $3, $4)"
+                      " ON CONFLICT (entity_type, entity_id) DO UPDATE"
+                      " SET shard_group = EXCLUDED.shard_group, shard = EXCLUDED.shard",
+                  {pg::param::text(entity.entity_type), pg::param::text(entity.entity_id),
+                   pg::param::text(group), pg::param::text(std::to_string(shard))});
+        asio::post(io_, [shared_done] { (*shared_done)(success()); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
+}
+
+void pg_message_store::forget_kept(kept_entity entity, write_done done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(other_job{
+      [this, entity, shared_done](pg::connection& conn) {
+        conn.exec(
+            "DELETE FROM " + table("kept_entities") + " WHERE entity_type = $1 AND entity_id = $2",
+            {pg::param::text(entity.entity_type), pg::param::text(entity.entity_id)});
+        asio::post(io_, [shared_done] { (*shared_done)(success()); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
+}
+
+void pg_message_store::kept_entities(std::string group, std::int32_t shard, kept_done done) {
+  auto shared_done = std::make_shared<decltype(done)>(std::move(done));
+  enqueue(other_job{
+      [this, group, shard, shared_done](pg::connection& conn) {
+        auto rows = conn.exec("SELECT entity_type, entity_id FROM " + table("kept_entities") +
+                                  " WHERE shard_group = $1 AND shard = $2"
+                                  " ORDER BY entity_type, entity_id",
+                              {pg::param::text(group), pg::param::text(std::to_string(shard))});
+        std::vector<kept_entity> out;
+        for (int r = 0; r < rows.rows(); ++r)
+          out.push_back(kept_entity{rows.text(r, 0), rows.text(r, 1)});
+        asio::post(
+            io_, [shared_done, out = std::move(out)]() mutable { (*shared_done)(std::move(out)); });
+      },
+      [this, shared_done] { asio::post(io_, [shared_done] { (*shared_done)(unavailable()); }); }});
+}
+
+std::int64_t pg_message_store::lock_epoch(std::string_view group, std::int32_t shard) const {
+  const auto it = epochs_.find({std::string(group), shard});
+  return it == epochs_.end() ? 0 : it->second;
 }
 
 void pg_message_store::enqueue(other_job job) {
@@ -329,6 +452,7 @@ void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shar
   enqueue(other_job{
       [this, group, shards, shared_done](pg::connection& conn) {
         std::vector<std::int32_t> held, wanted;
+        std::vector<std::pair<std::int32_t, std::int64_t>> epochs;  // of the locks taken now
         for (auto shard : shards) {
           if (held_.count({group, shard})) {
             held.push_back(shard);
@@ -337,17 +461,32 @@ void pg_message_store::acquire(std::string group, std::vector<std::int32_t> shar
           }
         }
         if (!wanted.empty()) {
-          auto rows = conn.exec(
-              "SELECT s, pg_try_advisory_lock(hashtext($1), s) FROM unnest($2::int[]) AS s",
-              {pg::param::text(lock_space(group)), pg::number_array(wanted)});
-          for (int r = 0; r < rows.rows(); ++r) {
-            if (!rows.boolean(r, 1)) continue;
-            const auto shard = static_cast<std::int32_t>(rows.integer(r, 0));
+          std::optional<pg::result> rows;
+          try {
+            rows = conn.exec(bump_epochs_, {pg::param::text(lock_space(group)),
+                                            pg::number_array(wanted), pg::param::text(group)});
+          } catch (const pg::error&) {
+            // Session locks outlive a failed statement: give back those it may have taken
+            // (unlocking one held by another session does nothing).
+            if (conn.healthy()) {
+              try {
+                conn.exec("SELECT pg_advisory_unlock(hashtext($1), s) FROM unnest($2::int[]) AS s",
+                          {pg::param::text(lock_space(group)), pg::number_array(wanted)});
+              } catch (const pg::error&) {
+              }
+            }
+            throw;
+          }
+          for (int r = 0; r < rows->rows(); ++r) {
+            const auto shard = static_cast<std::int32_t>(rows->integer(r, 0));
             held_.insert({group, shard});
             held.push_back(shard);
+            epochs.emplace_back(shard, rows->integer(r, 1));
           }
         }
-        asio::post(io_, [shared_done, held = std::move(held)]() mutable {
+        asio::post(io_, [this, group, shared_done, held = std::move(held),
+                         epochs = std::move(epochs)]() mutable {
+          for (const auto& [shard, epoch] : epochs) epochs_[{group, shard}] = epoch;
           (*shared_done)(std::move(held));
         });
       },
@@ -431,18 +570,30 @@ void pg_message_store::worker_loop() {
   while (true) {
     std::vector<persist_job> persists;
     std::vector<complete_job> completes;
+    std::vector<state_job> states;
+    std::vector<load_job> loads;
     std::deque<other_job> others;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait_for(lock, std::chrono::seconds(1), [this] {
-        return stopping_ || !persists_.empty() || !completes_.empty() || !others_.empty();
-      });
-      if (stopping_ && persists_.empty() && completes_.empty() && others_.empty()) break;
+      const auto nothing = [this] {
+        return persists_.empty() && completes_.empty() && states_.empty() && loads_.empty() &&
+               others_.empty();
+      };
+      wake_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_ || !nothing(); });
+      if (stopping_ && nothing()) break;
       persists.swap(persists_);
       completes.swap(completes_);
+      states.swap(states_);
+      loads.swap(loads_);
       others.swap(others_);
     }
-    const bool idle = persists.empty() && completes.empty() && others.empty();
+    const bool idle =
+        persists.empty() && completes.empty() && states.empty() && loads.empty() && others.empty();
+    const auto fail_loads = [&] {
+      for (auto& job : loads)
+        if (job.done)
+          asio::post(io_, [done = std::exchange(job.done, nullptr)] { done(unavailable()); });
+    };
     // Here rather than in persist(): the runner's thread does not pay for the hashing.
     for (auto& job : persists) job.fingerprint = fingerprint_of(job.message.request);
     if (!ensure_connected()) {
@@ -451,13 +602,17 @@ void pg_message_store::worker_loop() {
         asio::post(io_, [done = std::move(job.done)] { done(unavailable()); });
       for (auto& job : completes)
         asio::post(io_, [done = std::move(job.done)] { done(unavailable()); });
+      for (auto& job : states)
+        asio::post(io_, [done = std::move(job.done)] { done(unavailable()); });
+      fail_loads();
       for (auto& job : others) job.fail();
       continue;
     }
     try {
       // Lost locks must be noticed even when nothing else happens.
       if (idle && !held_.empty()) conn_->exec("SELECT 1");
-      run_writes(persists, completes);
+      run_writes(persists, completes, states);
+      run_loads(loads);
       while (!others.empty()) {
         auto job = std::move(others.front());
         others.pop_front();
@@ -470,6 +625,7 @@ void pg_message_store::worker_loop() {
         }
       }
     } catch (const pg::error& e) {
+      fail_loads();
       for (auto& job : others) job.fail();
       connection_failed(e.what());
     }
@@ -483,12 +639,16 @@ void pg_message_store::worker_loop() {
 }
 
 void pg_message_store::run_writes(std::vector<persist_job>& persists,
-                                  std::vector<complete_job>& completes) {
-  if (persists.empty() && completes.empty()) return;
-  write_round round{persists, completes,
+                                  std::vector<complete_job>& completes,
+                                  std::vector<state_job>& states) {
+  if (persists.empty() && completes.empty() && states.empty()) return;
+  write_round round{persists,
+                    completes,
+                    states,
                     std::vector<result<persist_outcome>>(persists.size(), persist_outcome{}),
-                    std::vector<result<void>>(completes.size(), success()), std::nullopt};
-  write_part(round, 0, persists.size() + completes.size());
+                    std::vector<result<void>>(completes.size() + states.size(), success()),
+                    std::nullopt};
+  write_part(round, 0, persists.size() + completes.size() + states.size());
   for (std::size_t i = 0; i < persists.size(); ++i)
     asio::post(io_,
                [done = std::move(persists[i].done),
@@ -496,6 +656,11 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
   for (std::size_t i = 0; i < completes.size(); ++i)
     asio::post(io_, [done = std::move(completes[i].done),
                      stored = std::move(round.stored[i])]() mutable { done(std::move(stored)); });
+  for (std::size_t i = 0; i < states.size(); ++i)
+    asio::post(io_, [done = std::move(states[i].done),
+                     stored = std::move(round.stored[completes.size() + i])]() mutable {
+      done(std::move(stored));
+    });
   // The session is gone: the worker reconnects, and callers retry.
   if (round.lost) throw *round.lost;
 }
@@ -529,19 +694,26 @@ void pg_message_store::write_part(write_round& round, std::size_t first, std::si
       spdlog::error("storage refused a message for {} (primary key {}): {}", request.entity_type,
                     *request.primary_key, failed->what());
       round.outcomes[first] = failure{errc::storage_error, "message could not be stored"};
-    } else {
+    } else if (first - persist_count < round.completes.size()) {
       spdlog::error("storage refused the reply of message {}: {}",
                     round.completes[first - persist_count].id, failed->what());
       round.stored[first - persist_count] =
           failure{errc::storage_error, "reply could not be stored"};
+    } else {
+      const auto& job = round.states[first - persist_count - round.completes.size()];
+      spdlog::error("storage refused the state of {}/{} (message {}): {}", job.write.entity_type,
+                    job.write.entity_id, job.id, failed->what());
+      round.stored[first - persist_count] =
+          failure{errc::storage_error, "state could not be stored"};
     }
     return;
   }
   // One row the server refuses aborts the whole transaction: store the round again in halves
   // (each its own transaction), down to the offending rows, so only they fail.
-  if (first == 0 && last == persist_count + round.completes.size())
-    spdlog::warn("a store round of {} messages and {} replies failed ({}); storing it in parts",
-                 persist_count, round.completes.size(), failed->what());
+  if (first == 0 && last == persist_count + round.stored.size())
+    spdlog::warn(
+        "a store round of {} messages, {} replies and {} states failed ({}); storing it in parts",
+        persist_count, round.completes.size(), round.states.size(), failed->what());
   const std::size_t middle = first + (last - first) / 2;
   write_part(round, first, middle);
   write_part(round, middle, last);
@@ -553,8 +725,15 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
   const auto& completes = round.completes;
   const std::size_t persist_first = std::min(first, persists.size());
   const std::size_t persist_last = std::min(last, persists.size());
-  const std::size_t complete_first = std::max(first, persists.size()) - persists.size();
-  const std::size_t complete_last = std::max(last, persists.size()) - persists.size();
+  // [first, last) over persists, then completes, then state writes.
+  const auto part_of = [&](std::size_t from, std::size_t count, std::size_t at) {
+    return std::clamp(at, from, from + count) - from;
+  };
+  const std::size_t complete_first = part_of(persists.size(), completes.size(), first);
+  const std::size_t complete_last = part_of(persists.size(), completes.size(), last);
+  const std::size_t states_at = persists.size() + completes.size();
+  const std::size_t state_first = part_of(states_at, round.states.size(), first);
+  const std::size_t state_last = part_of(states_at, round.states.size(), last);
   const std::size_t chunk = settings_.batch_size;
   std::vector<pg::pipelined> steps;
   // A message that runs right after this commit counts that attempt here (no statement of
@@ -617,8 +796,12 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
                       payloads.param(), announced.param()}});
   }
 
-  // One implicit transaction, so one commit (one fsync) for every message and every reply
-  // of this part: callers hear back only after it committed.
+  const std::size_t state_steps_at = steps.size();
+  std::vector<std::vector<std::size_t>> state_members;  // the state jobs of each state step
+  state_steps(round, state_first, state_last, steps, state_members);
+
+  // One implicit transaction, so one commit (one fsync) for every message, every reply and
+  // every state of this part: callers hear back only after it committed.
   std::vector<pg::result> results;
   try {
     results = conn_->pipeline(steps);
@@ -653,9 +836,120 @@ std::optional<pg::error> pg_message_store::write_once(write_round& round, std::s
     // Committed all the same: the lookup below finds what could not be read here.
     spdlog::error("unexpected answer to storing messages: {}", e.what());
   }
+  // A state write that returned no row was not made: the version moved on (another
+  // activation wrote first) or its message was processed already. Nothing of it committed.
+  for (std::size_t i = state_first; i < state_last; ++i)
+    round.stored[completes.size() + i] =
+        failure{errc::state_conflict, "the entity's state changed since it was read"};
+  for (std::size_t step = 0; step < state_members.size(); ++step) {
+    try {
+      const auto& written = results[state_steps_at + step];
+      for (int r = 0; r < written.rows(); ++r) {
+        const auto ordinal = static_cast<std::size_t>(written.integer(r, 0));
+        CLUSTER_ASSERT(ordinal >= 1 && ordinal <= state_members[step].size(),
+                       "a state write's ordinal is one of its statement's");
+        round.stored[completes.size() + state_members[step][ordinal - 1]] = success();
+      }
+    } catch (const pg::error& e) {
+      // Committed, but which rows were written is unknown: those callers drop what they
+      // hold and read the state again.
+      spdlog::error("unexpected answer to writing entity states: {}", e.what());
+      for (auto i : state_members[step])
+        round.stored[completes.size() + i] =
+            failure{errc::storage_error, "state write outcome unknown"};
+    }
+  }
   // Committed: what follows only reads, and only for the messages stored before.
   find_existing_part(round, persist_first, persist_last);
   return std::nullopt;
+}
+
+void pg_message_store::state_steps(const write_round& round, std::size_t first, std::size_t last,
+                                   std::vector<pg::pipelined>& steps,
+                                   std::vector<std::vector<std::size_t>>& members) const {
+  if (first == last) return;
+  // Layer k holds the k-th write of each entity in the round: an entity written twice in one
+  // round (a stale write and a current one) has its writes in successive statements, which
+  // see each other's effect.
+  std::vector<std::vector<std::size_t>> layers;
+  std::map<std::pair<std::string_view, std::string_view>, std::size_t> seen;
+  for (std::size_t i = first; i < last; ++i) {
+    const auto& write = round.states[i].write;
+    const auto layer = seen[{write.entity_type, write.entity_id}]++;
+    if (layer == layers.size()) layers.emplace_back();
+    layers[layer].push_back(i);
+  }
+  pg::array_literal announced;
+  bool announcing = false;
+  for (const auto& layer : layers) {
+    for (std::size_t from = 0; from < layer.size(); from += settings_.batch_size) {
+      const auto to = std::min(layer.size(), from + settings_.batch_size);
+      pg::array_literal types, ids, versions, states, messages, codes, errors, texts, payloads;
+      for (std::size_t at = from; at < to; ++at) {
+        const auto& job = round.states[layer[at]];
+        types.text(job.write.entity_type);
+        ids.text(job.write.entity_id);
+        versions.number(job.write.expected_version);
+        if (job.write.data) {
+          states.hex(*job.write.data);
+        } else {
+          states.null();
+        }
+        messages.number(job.id);
+        codes.number(static_cast<std::int64_t>(job.reply.code));
+        // A handler's error text may hold any bytes; PostgreSQL text takes clean UTF-8 only.
+        errors.text(is_clean_text(job.reply.error) ? job.reply.error
+                                                   : to_clean_text(job.reply.error));
+        texts.text(is_clean_text(job.reply.message) ? job.reply.message
+                                                    : to_clean_text(job.reply.message));
+        payloads.hex(job.reply.payload);
+        if (job.id > 0 && job.announce) {
+          announced.number(job.id);
+          announcing = true;
+        }
+      }
+      steps.push_back(
+          {&write_states_,
+           {types.param(), ids.param(), versions.param(), states.param(), messages.param(),
+            codes.param(), errors.param(), texts.param(), payloads.param()}});
+      members.emplace_back(layer.begin() + static_cast<std::ptrdiff_t>(from),
+                           layer.begin() + static_cast<std::ptrdiff_t>(to));
+    }
+  }
+  if (announcing) steps.push_back({&announce_replies_, {announced.param()}});
+}
+
+void pg_message_store::run_loads(std::vector<load_job>& loads) {
+  for (std::size_t from = 0; from < loads.size(); from += settings_.batch_size) {
+    const auto to = std::min(loads.size(), from + settings_.batch_size);
+    pg::array_literal types, ids;
+    for (std::size_t i = from; i < to; ++i) {
+      types.text(loads[i].entity_type);
+      ids.text(loads[i].entity_id);
+    }
+    std::vector<stored_state> found(to - from);  // version 0, no data: never written
+    try {
+      auto rows = conn_->exec(load_states_, {types.param(), ids.param()});
+      for (int r = 0; r < rows.rows(); ++r) {
+        const auto ordinal = static_cast<std::size_t>(rows.integer(r, 0));
+        CLUSTER_ASSERT(ordinal >= 1 && ordinal <= found.size(), "a load's ordinal is its own");
+        auto& state = found[ordinal - 1];
+        state.version = rows.integer(r, 1);
+        if (!rows.is_null(r, 2)) state.data = rows.bytea(r, 2);
+      }
+    } catch (const pg::error& e) {
+      if (e.retriable || !conn_->healthy()) throw;  // the worker fails the rest
+      spdlog::error("storage could not read entity states: {}", e.what());
+      for (std::size_t i = from; i < to; ++i)
+        asio::post(io_, [done = std::exchange(loads[i].done, nullptr)] {
+          done(failure{errc::storage_error, "state could not be read"});
+        });
+      continue;
+    }
+    for (std::size_t i = from; i < to; ++i)
+      asio::post(io_, [done = std::exchange(loads[i].done, nullptr),
+                       state = std::move(found[i - from])]() mutable { done(std::move(state)); });
+  }
 }
 
 void pg_message_store::find_existing_part(write_round& round, std::size_t first, std::size_t last) {

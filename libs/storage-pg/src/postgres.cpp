@@ -97,6 +97,31 @@ const std::vector<std::string>& migrations() {
         bytes bytea NOT NULL,
         pushed_at timestamptz NOT NULL);
       )",
+      // 6: the state of stateful entities (a clear keeps the row with a NULL state and the
+      // next version, so versions never go back), the epoch of each shard lock (the fencing
+      // token: one more every time a runner takes the lock) and the kept-alive entities that
+      // a shard's next owner activates again.
+      R"(
+      CREATE TABLE {p}_entity_state (
+        entity_type text NOT NULL,
+        entity_id text NOT NULL,
+        version bigint NOT NULL,
+        state bytea,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (entity_type, entity_id));
+      CREATE TABLE {p}_shard_epochs (
+        shard_group text NOT NULL,
+        shard integer NOT NULL,
+        epoch bigint NOT NULL,
+        PRIMARY KEY (shard_group, shard));
+      CREATE TABLE {p}_kept_entities (
+        entity_type text NOT NULL,
+        entity_id text NOT NULL,
+        shard_group text NOT NULL,
+        shard integer NOT NULL,
+        PRIMARY KEY (entity_type, entity_id));
+      CREATE INDEX {p}_kept_entities_shard ON {p}_kept_entities (shard_group, shard);
+      )",
   };
   return steps;
 }
