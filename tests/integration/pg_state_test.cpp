@@ -149,6 +149,50 @@ TEST_F(pg_state, reads_a_thousand_states_asked_for_at_once) {
   }
 }
 
+TEST_F(pg_state, fails_only_the_state_the_server_refuses_not_the_rest_of_its_round) {
+  // An id that is not UTF-8 (validation at the edge keeps it out; the store must not rely on
+  // it): its write and its load fail alone.
+  const std::string bad = "bad-\xFF";
+  const auto id = driver->persist(state_message("fine", "k", 5)).value().id;
+  constexpr int total = 40;
+  std::vector<std::optional<result<void>>> writes(total + 1);
+  for (int i = 0; i < total; ++i)
+    store->save_state(write_of(i == 17 ? bad : "w" + std::to_string(i), 0, bytes{0x01}),
+                      [&writes, i](result<void> r) { writes[i] = std::move(r); });
+  store->complete_with_state(id, reply_msg::success({}), false, write_of("fine", 0, bytes{0x02}),
+                             [&](result<void> r) { writes[total] = std::move(r); });
+  ASSERT_TRUE(run_until(io, [&] {
+    return std::all_of(writes.begin(), writes.end(), [](const auto& w) { return w.has_value(); });
+  }));
+  for (int i = 0; i <= total; ++i) {
+    if (i == 17) {
+      ASSERT_FALSE(writes[i]->has_value());
+      EXPECT_EQ(writes[i]->error().code, errc::storage_error);
+      EXPECT_EQ(writes[i]->error().message, "state could not be stored");
+    } else {
+      EXPECT_TRUE(writes[i]->has_value()) << i << ": " << writes[i]->error().message;
+    }
+  }
+  EXPECT_EQ(driver->replies({id}).value().size(), 1u);
+
+  std::vector<std::optional<result<stored_state>>> loads(total);
+  for (int i = 0; i < total; ++i)
+    store->load_state("Counter", i == 17 ? bad : "w" + std::to_string(i),
+                      [&loads, i](result<stored_state> r) { loads[i] = std::move(r); });
+  ASSERT_TRUE(run_until(io, [&] {
+    return std::all_of(loads.begin(), loads.end(), [](const auto& l) { return l.has_value(); });
+  }));
+  for (int i = 0; i < total; ++i) {
+    if (i == 17) {
+      ASSERT_FALSE(loads[i]->has_value());
+      EXPECT_EQ(loads[i]->error().code, errc::storage_error);
+    } else {
+      ASSERT_TRUE(loads[i]->has_value()) << i;
+      EXPECT_EQ(loads[i]->value().version, 1) << i;
+    }
+  }
+}
+
 TEST_F(pg_state, refuses_the_write_of_an_activation_that_another_store_overtook) {
   pg_message_store other(io, settings);
   state_store_driver second(io, other);

@@ -920,36 +920,46 @@ void pg_message_store::state_steps(const write_round& round, std::size_t first, 
 }
 
 void pg_message_store::run_loads(std::vector<load_job>& loads) {
-  for (std::size_t from = 0; from < loads.size(); from += settings_.batch_size) {
-    const auto to = std::min(loads.size(), from + settings_.batch_size);
-    pg::array_literal types, ids;
-    for (std::size_t i = from; i < to; ++i) {
-      types.text(loads[i].entity_type);
-      ids.text(loads[i].entity_id);
-    }
-    std::vector<stored_state> found(to - from);  // version 0, no data: never written
-    try {
-      auto rows = conn_->exec(load_states_, {types.param(), ids.param()});
-      for (int r = 0; r < rows.rows(); ++r) {
-        const auto ordinal = static_cast<std::size_t>(rows.integer(r, 0));
-        CLUSTER_ASSERT(ordinal >= 1 && ordinal <= found.size(), "a load's ordinal is its own");
-        auto& state = found[ordinal - 1];
-        state.version = rows.integer(r, 1);
-        if (!rows.is_null(r, 2)) state.data = rows.bytea(r, 2);
-      }
-    } catch (const pg::error& e) {
-      if (e.retriable || !conn_->healthy()) throw;  // the worker fails the rest
-      spdlog::error("storage could not read entity states: {}", e.what());
-      for (std::size_t i = from; i < to; ++i)
-        asio::post(io_, [done = std::exchange(loads[i].done, nullptr)] {
-          done(failure{errc::storage_error, "state could not be read"});
-        });
-      continue;
-    }
-    for (std::size_t i = from; i < to; ++i)
-      asio::post(io_, [done = std::exchange(loads[i].done, nullptr),
-                       state = std::move(found[i - from])]() mutable { done(std::move(state)); });
+  for (std::size_t from = 0; from < loads.size(); from += settings_.batch_size)
+    load_part(loads, from, std::min(loads.size(), from + settings_.batch_size));
+}
+
+void pg_message_store::load_part(std::vector<load_job>& loads, std::size_t from, std::size_t to) {
+  pg::array_literal types, ids;
+  for (std::size_t i = from; i < to; ++i) {
+    types.text(loads[i].entity_type);
+    ids.text(loads[i].entity_id);
   }
+  std::vector<stored_state> found(to - from);  // version 0, no data: never written
+  try {
+    auto rows = conn_->exec(load_states_, {types.param(), ids.param()});
+    for (int r = 0; r < rows.rows(); ++r) {
+      const auto ordinal = static_cast<std::size_t>(rows.integer(r, 0));
+      CLUSTER_ASSERT(ordinal >= 1 && ordinal <= found.size(), "a load's ordinal is its own");
+      auto& state = found[ordinal - 1];
+      state.version = rows.integer(r, 1);
+      if (!rows.is_null(r, 2)) state.data = rows.bytea(r, 2);
+    }
+  } catch (const pg::error& e) {
+    if (e.retriable || !conn_->healthy()) throw;  // the worker fails the rest
+    // An address the server refuses (text that is not UTF-8) fails only itself: the others
+    // are read again in halves.
+    if (to - from > 1) {
+      const auto middle = from + (to - from) / 2;
+      load_part(loads, from, middle);
+      load_part(loads, middle, to);
+      return;
+    }
+    spdlog::error("storage could not read the state of {}/{}: {}", loads[from].entity_type,
+                  loads[from].entity_id, e.what());
+    asio::post(io_, [done = std::exchange(loads[from].done, nullptr)] {
+      done(failure{errc::storage_error, "state could not be read"});
+    });
+    return;
+  }
+  for (std::size_t i = from; i < to; ++i)
+    asio::post(io_, [done = std::exchange(loads[i].done, nullptr),
+                     state = std::move(found[i - from])]() mutable { done(std::move(state)); });
 }
 
 void pg_message_store::find_existing_part(write_round& round, std::size_t first, std::size_t last) {

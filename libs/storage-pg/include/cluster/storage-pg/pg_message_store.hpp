@@ -132,6 +132,8 @@ class pg_message_store final : public message_store {
                    std::vector<std::vector<std::size_t>>& members) const;
   /// Reads the states of `loads` (one statement per batch_size) and answers each.
   void run_loads(std::vector<load_job>& loads);
+  /// Loads [from, to) in one statement, bisecting when the server refuses it.
+  void load_part(std::vector<load_job>& loads, std::size_t from, std::size_t to);
   void connection_failed(const std::string& why);
   std::string table(const char* name) const { return settings_.table_prefix + "_" + name; }
   std::string lock_space(const std::string& group) const {
