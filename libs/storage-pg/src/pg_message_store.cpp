@@ -204,10 +204,13 @@ pg_message_store::pg_message_store(asio::io_context& io, storage_settings settin
           WITH ORDINALITY AS u(t, e, v, d, m, c, er, ms, p, n)),
       written AS (
         INSERT INTO {p}_entity_state AS s (entity_type, entity_id, version, state, updated_at)
-        SELECT t, e, v + 1, decode(d, 'hex'), now() FROM u
-        WHERE (m = 0 OR EXISTS (SELECT 1 FROM {p}_pending q WHERE q.id = u.m))
-          AND (v = 0 OR EXISTS (SELECT 1 FROM {p}_entity_state x
-                                WHERE x.entity_type = u.t AND x.entity_id = u.e))
+        SELECT u.t, u.e, u.v + 1, decode(u.d, 'hex'), now() FROM u
+        -- LATERAL ... LIMIT 1: one index lookup per row (an EXISTS under OR is planned as a
+        -- hash of the whole table).
+        LEFT JOIN LATERAL (SELECT q.id FROM {p}_pending q WHERE q.id = u.m LIMIT 1) q ON true
+        LEFT JOIN LATERAL (SELECT x.version FROM {p}_entity_state x
+                           WHERE x.entity_type = u.t AND x.entity_id = u.e LIMIT 1) x ON true
+        WHERE (u.m = 0 OR q.id IS NOT NULL) AND (u.v = 0 OR x.version IS NOT NULL)
         ON CONFLICT (entity_type, entity_id) DO UPDATE
           SET version = EXCLUDED.version, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
           WHERE s.version = EXCLUDED.version - 1
