@@ -24,6 +24,8 @@ constexpr errc refused = errc::invalid_request;
 constexpr std::uint32_t max_entity_types = 1024;
 constexpr std::uint32_t max_rpcs_per_type = 1024;
 constexpr std::size_t max_name_bytes = 255;
+constexpr std::uint32_t known_entity_flags = CLUSTER_ENTITY_STATEFUL | CLUSTER_ENTITY_KEEP_ALIVE |
+                                             CLUSTER_ENTITY_SINGLETON | CLUSTER_ENTITY_CRON;
 
 std::string abi_text(std::uint32_t major, std::uint32_t minor) {
   return std::to_string(major) + "." + std::to_string(minor);
@@ -55,6 +57,33 @@ result<std::string> read_text(const char* text, const std::string& what) {
   return std::string(text, length);
 }
 
+}  // namespace
+
+result<entity_options> check_entity_options(entity_options options, const std::string& what) {
+  // Bits of a newer minor mean nothing to this runner (the ABI's rule for flags).
+  options.flags &= known_entity_flags;
+  if ((options.flags & CLUSTER_ENTITY_SINGLETON) != 0 && (options.flags & CLUSTER_ENTITY_CRON) != 0)
+    return failure{refused, what + " is declared both a singleton and a cron job"};
+  // A singleton lives as long as its shard is served here.
+  if ((options.flags & CLUSTER_ENTITY_SINGLETON) != 0) options.flags |= CLUSTER_ENTITY_KEEP_ALIVE;
+  if (options.mailbox_capacity > max_entity_mailbox)
+    return failure{refused, what + "'s mailbox_capacity " +
+                                std::to_string(options.mailbox_capacity) + " is above " +
+                                std::to_string(max_entity_mailbox)};
+  if (options.max_idle_ms < 0 || options.max_idle_ms > max_entity_idle_ms)
+    return failure{refused, what + "'s max_idle_ms " + std::to_string(options.max_idle_ms) +
+                                " is outside 0.." + std::to_string(max_entity_idle_ms)};
+  if (options.concurrency > max_entity_concurrency)
+    return failure{refused, what + "'s concurrency " + std::to_string(options.concurrency) +
+                                " is above " + std::to_string(max_entity_concurrency)};
+  if (options.cron_missed > CLUSTER_CRON_RUN_MISSED_ONCE)
+    return failure{refused, what + "'s cron_missed " + std::to_string(options.cron_missed) +
+                                " is not a CLUSTER_CRON_* policy"};
+  return options;
+}
+
+namespace {
+
 struct plugin_contents {
   std::string name;
   std::string version;
@@ -80,8 +109,18 @@ result<entity_type> read_entity(const cluster_entity_descriptor* source, std::ui
     return failure{refused, what + " declares " + std::to_string(d.rpc_count) + " RPCs (at most " +
                                 std::to_string(max_rpcs_per_type) + ")"};
   if (d.rpc_count > 0 && d.rpcs == nullptr) return failure{refused, what + " has no RPC table"};
+  BOOST_OUTCOME_TRY(schedule, read_text(d.cron_schedule, what + "'s cron schedule"));
+  entity_options declared;
+  declared.flags = d.flags;
+  declared.mailbox_capacity = d.mailbox_capacity;
+  declared.max_idle_ms = d.max_idle_ms;
+  declared.concurrency = d.concurrency;
+  declared.cron_missed = d.cron_missed;
+  declared.cron_schedule = std::move(schedule);
+  BOOST_OUTCOME_TRY(options, check_entity_options(std::move(declared), what));
   type.info.name = std::move(name);
   type.info.group = group.empty() ? "default" : std::move(group);
+  type.info.options = std::move(options);
   std::set<std::string, std::less<>> rpc_names;
   for (std::uint32_t r = 0; r < d.rpc_count; ++r) {
     const cluster_rpc_descriptor* rpc = d.rpcs[r];
@@ -95,10 +134,11 @@ result<entity_type> read_entity(const cluster_entity_descriptor* source, std::ui
     if (rpc_names.count(rpc_name) > 0)
       return failure{refused, what + " declares RPC '" + rpc_name + "' twice"};
     rpc_names.insert(rpc_name);
-    type.info.rpcs.push_back(rpc_info{std::move(rpc_name), type.persisted(r)});
+    type.info.rpcs.push_back(rpc_info{std::move(rpc_name), type.persisted(r), type.read_only(r)});
   }
-  // The runner reads its copies from now on, never the plugin's table.
+  // The runner reads its copies from now on, never the plugin's table or text.
   type.descriptor.rpcs = nullptr;
+  type.descriptor.cron_schedule = nullptr;
   return type;
 }
 
@@ -464,6 +504,9 @@ result<void> entity_registry::adopt_process(candidate& c, std::shared_ptr<plugin
     type.descriptor = process->descriptor(i);
     type.rpcs = process->rpc_descriptors(i);
     type.info = catalog.types[i];
+    BOOST_OUTCOME_TRY(
+        options, check_entity_options(type.info.options, "entity type '" + type.info.name + "'"));
+    type.info.options = std::move(options);
     type.process = process;
     c.types.push_back(std::move(type));
   }
@@ -482,6 +525,11 @@ result<void> entity_registry::commit(candidate c) {
   const std::string key = c.file.string();
   auto& state = files_[key];
   const std::shared_ptr<loaded_plugin> old = state.current;
+  if (configure_type)
+    for (auto& type : c.types) {
+      BOOST_OUTCOME_TRY(options, configure_type(type.info.name, type.info.options));
+      type.info.options = std::move(options);
+    }
   // Refuse the whole file on a duplicate, so a plugin is never half registered.
   for (const auto& type : c.types)
     if (auto it = types_.find(type.info.name);

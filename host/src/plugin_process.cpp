@@ -320,6 +320,14 @@ cluster_entity_descriptor plugin_process::descriptor(std::size_t index) {
   d.destroy = &plugin_process::forward_destroy;
   d.handle = &plugin_process::forward_handle;
   d.type_data = &types_[index];
+  // The options as the child's registry read and checked them; the schedule stays in the
+  // catalog (the runner reads entity_type::info, never this pointer).
+  d.flags = info.options.flags;
+  d.mailbox_capacity = info.options.mailbox_capacity;
+  d.max_idle_ms = info.options.max_idle_ms;
+  d.concurrency = info.options.concurrency;
+  d.cron_missed = info.options.cron_missed;
+  d.cron_schedule = nullptr;
   return d;
 }
 
@@ -328,7 +336,8 @@ std::vector<cluster_rpc_descriptor> plugin_process::rpc_descriptors(std::size_t 
   for (const auto& rpc : catalog_.types[index].rpcs) {
     cluster_rpc_descriptor d{};
     d.struct_size = sizeof(cluster_rpc_descriptor);
-    d.flags = rpc.persisted ? CLUSTER_RPC_PERSISTED : 0u;
+    d.flags =
+        (rpc.persisted ? CLUSTER_RPC_PERSISTED : 0u) | (rpc.read_only ? CLUSTER_RPC_READ_ONLY : 0u);
     d.name = rpc.name.c_str();
     rpcs.push_back(d);
   }

@@ -85,6 +85,61 @@ TEST(entity_registry, loads_a_plugin_built_against_an_older_minor_with_defaults)
   EXPECT_EQ(elder->info.group, "default");
   ASSERT_EQ(elder->info.rpcs.size(), 1u);
   EXPECT_EQ(elder->info.rpcs[0].name, "Ping");
+  // The 2.1 options lie past its struct_size: all of them the runner's defaults.
+  EXPECT_EQ(elder->info.options, entity_options{});
+  EXPECT_FALSE(elder->info.rpcs[0].read_only);
+}
+
+TEST(entity_registry, reads_the_options_of_each_type_and_its_read_only_rpcs) {
+  entity_registry registry;
+  const auto loaded = registry.load_file(test_plugin("tuned_plugin"));
+  ASSERT_TRUE(loaded) << loaded.error().message;
+  const auto* tuned = registry.find("Tuned");
+  ASSERT_NE(tuned, nullptr);
+  EXPECT_EQ(tuned->info.options.flags, CLUSTER_ENTITY_KEEP_ALIVE);
+  EXPECT_TRUE(tuned->has_flag(CLUSTER_ENTITY_KEEP_ALIVE));
+  EXPECT_EQ(tuned->info.options.max_idle_ms, 250);
+  EXPECT_EQ(tuned->info.options.mailbox_capacity, 3u);
+  EXPECT_EQ(tuned->info.options.concurrency, 4u);
+  EXPECT_TRUE(tuned->info.find_rpc("Read")->read_only);
+  EXPECT_FALSE(tuned->info.find_rpc("Read")->persisted);
+  EXPECT_FALSE(tuned->info.find_rpc("Write")->read_only);
+  EXPECT_TRUE(tuned->info.find_rpc("Note")->read_only);
+  EXPECT_TRUE(tuned->info.find_rpc("Note")->persisted);
+  EXPECT_TRUE(tuned->read_only(*tuned->rpc_index("Read")));
+  EXPECT_FALSE(tuned->read_only(*tuned->rpc_index("Write")));
+  // The runner keeps no pointer into the plugin's text.
+  EXPECT_EQ(tuned->descriptor.cron_schedule, nullptr);
+  EXPECT_EQ(registry.find("Plain")->info.options, entity_options{});
+}
+
+TEST(entity_registry, refuses_a_type_whose_option_is_past_its_bound_naming_the_field) {
+  const auto error = load_error(test_plugin("absurd_options_plugin"));
+  EXPECT_NE(error.find("entity type 'Greedy'"), std::string::npos) << error;
+  EXPECT_NE(error.find("mailbox_capacity 1073741824"), std::string::npos) << error;
+}
+
+TEST(entity_registry, checks_options_drops_unknown_flags_and_keeps_singletons_alive) {
+  entity_options options;
+  options.flags = CLUSTER_ENTITY_SINGLETON | (1u << 20);
+  auto checked = check_entity_options(options, "entity type 'T'");
+  ASSERT_TRUE(checked);
+  EXPECT_EQ(checked.value().flags, CLUSTER_ENTITY_SINGLETON | CLUSTER_ENTITY_KEEP_ALIVE);
+  options.flags = CLUSTER_ENTITY_SINGLETON | CLUSTER_ENTITY_CRON;
+  EXPECT_FALSE(check_entity_options(options, "entity type 'T'"));
+  const auto refusal = [](entity_options o) {
+    auto r = check_entity_options(o, "entity type 'T'");
+    return r ? std::string() : r.error().message;
+  };
+  entity_options idle;
+  idle.max_idle_ms = -1;
+  EXPECT_NE(refusal(idle).find("max_idle_ms -1"), std::string::npos);
+  entity_options wide;
+  wide.concurrency = 5000;
+  EXPECT_NE(refusal(wide).find("concurrency 5000"), std::string::npos);
+  entity_options missed;
+  missed.cron_missed = 7;
+  EXPECT_NE(refusal(missed).find("cron_missed 7"), std::string::npos);
 }
 
 TEST(entity_registry, refuses_a_file_that_is_not_a_shared_library) {
@@ -148,18 +203,19 @@ TEST(entity_registry, loads_the_good_plugins_of_a_folder_and_names_each_bad_file
   const auto errors = registry.load({CLUSTER_TEST_PLUGIN_DIR});
   // One line per bad file, each naming it; the folder's good plugins all load.
   const std::vector<std::string> refused = {
-      "libgarbage_descriptor_plugin.so", "libmissing_entry_plugin.so",
-      "libnewer_minor_plugin.so",        "libnot_a_plugin.so",
-      "libnull_descriptor_plugin.so",    "libprobe_plugin.so",  // Probe came from the duplicate
-      "libthrowing_entry_plugin.so",     "libunresolved_symbol_plugin.so",
+      "libabsurd_options_plugin.so", "libgarbage_descriptor_plugin.so",
+      "libmissing_entry_plugin.so",  "libnewer_minor_plugin.so",
+      "libnot_a_plugin.so",          "libnull_descriptor_plugin.so",
+      "libprobe_plugin.so",  // Probe came from the duplicate
+      "libthrowing_entry_plugin.so", "libunresolved_symbol_plugin.so",
       "libwrong_abi_plugin.so"};
   ASSERT_EQ(errors.size(), refused.size());
   for (std::size_t i = 0; i < errors.size(); ++i)
     EXPECT_EQ(errors[i].rfind(std::string(CLUSTER_TEST_PLUGIN_DIR) + "/" + refused[i] + ": ", 0),
               0u)
         << errors[i];
-  for (const char* type :
-       {"Probe", "Fragile", "Elder", "LeftTwin", "RightTwin", "Chatty", "EagerCaller"})
+  for (const char* type : {"Probe", "Fragile", "Elder", "LeftTwin", "RightTwin", "Chatty",
+                           "EagerCaller", "Tuned", "Plain"})
     EXPECT_NE(registry.find(type), nullptr) << type;
 }
 

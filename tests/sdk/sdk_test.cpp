@@ -385,6 +385,53 @@ TEST(sdk, refuses_declarations_the_runner_would_refuse) {
   EXPECT_THROW(plugin_record(cluster::plugin("p")), std::invalid_argument);
 }
 
+TEST(sdk, writes_the_options_of_a_type_and_read_only_rpcs_into_its_descriptor) {
+  const cluster::detail::plugin_record plugin(
+      cluster::entity<Worker>("Tuned")
+          .keep_alive()
+          .max_idle_ms(1500)
+          .mailbox_capacity(7)
+          .concurrency(3)
+          .rpc<Text>("Who", &Worker::left, cluster::read_only)
+          .rpc<Text>("Log", &Worker::right, cluster::persisted | cluster::read_only)
+          .rpc<Text>("Set", &Worker::right),
+      cluster::entity<Worker>("Plain").rpc<Text>("Who", &Worker::left));
+  const auto* tuned = plugin.descriptor()->entities[0];
+  EXPECT_EQ(tuned->flags, CLUSTER_ENTITY_KEEP_ALIVE);
+  EXPECT_EQ(tuned->max_idle_ms, 1500);
+  EXPECT_EQ(tuned->mailbox_capacity, 7u);
+  EXPECT_EQ(tuned->concurrency, 3u);
+  EXPECT_EQ(tuned->rpcs[0]->flags, CLUSTER_RPC_READ_ONLY);
+  EXPECT_EQ(tuned->rpcs[1]->flags, CLUSTER_RPC_PERSISTED | CLUSTER_RPC_READ_ONLY);
+  EXPECT_EQ(tuned->rpcs[2]->flags, 0u);
+  // Unset options are 0: the runner's defaults.
+  const auto* plain = plugin.descriptor()->entities[1];
+  EXPECT_EQ(plain->flags, 0u);
+  EXPECT_EQ(plain->max_idle_ms, 0);
+  EXPECT_EQ(plain->mailbox_capacity, 0u);
+  EXPECT_EQ(plain->concurrency, 0u);
+  EXPECT_EQ(plain->cron_schedule, nullptr);
+
+  using cluster::detail::plugin_record;
+  EXPECT_THROW(
+      plugin_record(cluster::entity<Worker>("A").concurrency(0).rpc<Text>("Who", &Worker::left)),
+      std::invalid_argument);
+  EXPECT_THROW(
+      plugin_record(cluster::entity<Worker>("A").max_idle_ms(-5).rpc<Text>("Who", &Worker::left)),
+      std::invalid_argument);
+  EXPECT_THROW(plugin_record(cluster::entity<Worker>("A").mailbox_capacity(0).rpc<Text>(
+                   "Who", &Worker::left)),
+               std::invalid_argument);
+}
+
+TEST(sdk, context_gives_the_fencing_token_of_the_call) {
+  fake_host host;
+  auto raw = host.context("T", "Who");
+  EXPECT_EQ(cluster::context(&raw).fencing_token(), 0);
+  raw.fencing_token = 42;
+  EXPECT_EQ(cluster::context(&raw).fencing_token(), 42);
+}
+
 TEST(sdk, writes_an_entry_failure_into_the_runners_buffer_truncated) {
   char buffer[8];
   std::memset(buffer, 'x', sizeof buffer);

@@ -41,6 +41,12 @@ struct rpc_flags {
 inline constexpr rpc_flags persisted{CLUSTER_RPC_PERSISTED};
 /// The RPC runs at most once and is lost with its runner (the default).
 inline constexpr rpc_flags volatile_rpc{0};
+/// The RPC changes nothing in its entity: it may run beside other read-only calls of the same
+/// entity (up to the type's `.concurrency(n)`), and a state change inside it is refused.
+/// Combines with `persisted` (`cluster::persisted | cluster::read_only`).
+inline constexpr rpc_flags read_only{CLUSTER_RPC_READ_ONLY};
+/// Both flags' bits.
+constexpr rpc_flags operator|(rpc_flags a, rpc_flags b) { return rpc_flags{a.bits | b.bits}; }
 
 /// A typed application error: travels to the caller as an error reply with `tag`.
 class app_error : public std::runtime_error {
@@ -189,6 +195,11 @@ class context {
   /// 1-based shard number inside the shard group.
   std::int32_t shard() const { return raw_->shard; }
   std::string_view rpc() const { return raw_->rpc; }
+  /// The epoch of this runner's lock on the entity's shard. It grows every time the shard's
+  /// lock changes hands, so an external system can refuse writes of an owner that lost the
+  /// shard: send the token with each write and reject one below the highest seen (see
+  /// sdk/README.md). 0 when the runner's store has no shard locks.
+  std::int64_t fencing_token() const { return raw_->fencing_token; }
   /// Unix time in milliseconds, from the runner.
   std::int64_t now_ms() const { return raw_->api->now_ms(raw_->host_ctx); }
 
@@ -478,6 +489,46 @@ class entity_builder {
     return std::move(group(std::move(group_name)));
   }
 
+  /// Never passivated for idleness while its shard is served here; after a shard move its
+  /// new owner activates it again without waiting for a message.
+  entity_builder& keep_alive() & {
+    record_->descriptor.flags |= CLUSTER_ENTITY_KEEP_ALIVE;
+    return *this;
+  }
+  entity_builder&& keep_alive() && { return std::move(keep_alive()); }
+
+  /// Passivated after `ms` without a message (default: the runner's runner.passivate_after_ms).
+  entity_builder& max_idle_ms(std::int64_t ms) & {
+    if (ms <= 0)
+      throw std::invalid_argument("entity type '" + record_->name +
+                                  "': max_idle_ms must be positive");
+    record_->descriptor.max_idle_ms = ms;
+    return *this;
+  }
+  entity_builder&& max_idle_ms(std::int64_t ms) && { return std::move(max_idle_ms(ms)); }
+
+  /// At most `n` queued messages per entity; more are refused MailboxFull (default: the
+  /// runner's runner.mailbox_capacity).
+  entity_builder& mailbox_capacity(std::uint32_t n) & {
+    if (n == 0)
+      throw std::invalid_argument("entity type '" + record_->name +
+                                  "': mailbox_capacity must be positive");
+    record_->descriptor.mailbox_capacity = n;
+    return *this;
+  }
+  entity_builder&& mailbox_capacity(std::uint32_t n) && { return std::move(mailbox_capacity(n)); }
+
+  /// Up to `n` read-only calls of one entity run at once; any other call waits until they
+  /// are done and runs alone (default 1: one call at a time).
+  entity_builder& concurrency(std::uint32_t n) & {
+    if (n == 0)
+      throw std::invalid_argument("entity type '" + record_->name +
+                                  "': concurrency must be positive");
+    record_->descriptor.concurrency = n;
+    return *this;
+  }
+  entity_builder&& concurrency(std::uint32_t n) && { return std::move(concurrency(n)); }
+
   /// Adds RPC `name` of type R (with R::Request and R::Reply), handled by `method`.
   template <class R, class Method>
   entity_builder& rpc(std::string name, Method method, rpc_flags flags = volatile_rpc) & {
@@ -509,6 +560,7 @@ class entity_builder {
       r.rpcs[i].name = r.rpc_names[i].c_str();
     }
     for (const auto& rpc : r.rpcs) r.rpc_pointers.push_back(&rpc);
+    // The options set above (flags, mailbox_capacity, ...) are kept: only the rest is filled.
     auto& d = r.descriptor;
     d.struct_size = sizeof(cluster_entity_descriptor);
     d.rpc_count = static_cast<std::uint32_t>(r.rpcs.size());

@@ -85,6 +85,12 @@ struct entity_type : std::enable_shared_from_this<entity_type> {
   bool persisted(std::uint32_t rpc_index) const {
     return (rpcs[rpc_index].flags & CLUSTER_RPC_PERSISTED) != 0;
   }
+  /// Is RPC `rpc_index` (a valid index) read-only (CLUSTER_RPC_READ_ONLY)?
+  bool read_only(std::uint32_t rpc_index) const {
+    return (rpcs[rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
+  }
+  /// Does the type have this CLUSTER_ENTITY_* flag (as declared, with the runner's config)?
+  bool has_flag(std::uint32_t flag) const { return (info.options.flags & flag) != 0; }
 
   /// The plugin's callbacks, each handed the type's own `type_data`.
   void* create(const cluster_call_context* ctx) const {
@@ -98,6 +104,16 @@ struct entity_type : std::enable_shared_from_this<entity_type> {
                       reply_ctx);
   }
 };
+
+/// Bounds of the per-type options: past them a value is a mistake (or garbage), not a choice.
+inline constexpr std::int64_t max_entity_mailbox = 1 << 20;
+inline constexpr std::int64_t max_entity_idle_ms = std::int64_t{7} * 24 * 3600 * 1000;  // a week
+inline constexpr std::int64_t max_entity_concurrency = 1024;
+
+/// The per-type options a plugin declared (or a child process reported), checked: unknown flag
+/// bits dropped, a singleton kept alive, values past their bounds refused naming the field.
+/// `what` names the type in the message ("entity type 'Counter'").
+result<entity_options> check_entity_options(entity_options options, const std::string& what);
 
 class entity_registry {
  public:
@@ -140,6 +156,11 @@ class entity_registry {
   /// Runs (on the loop) after `update` or `remove` retired types: the entity host moves
   /// their instances on.
   std::function<void()> on_types_retired;
+  /// Turns the options a type declares into those it runs with (the runner's [entity.<Type>]
+  /// config and defaults), for every type loaded, at start and later; a failure refuses the
+  /// plugin file. Unset: the declared options.
+  std::function<result<entity_options>(const std::string& type, entity_options declared)>
+      configure_type;
   /// Runs (on the loop) whenever what `plugins()` or `catalog()` report changed.
   std::function<void()> on_change;
 
