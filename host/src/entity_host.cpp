@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "cluster/host/host_services.hpp"
+#include "cluster/protocol/assert.hpp"
 
 namespace cluster::host {
 
@@ -18,6 +19,11 @@ struct entity_host::invocation {
   reply_callback done;
   bool creating = false;
   std::string* creation_error = nullptr;  // while creating: the last error the plugin logged
+  state_commit commit;                    // persisted messages of stateful types
+  bool read_only = false;
+  bool state_set = false;          // the handler called set_state
+  std::optional<bytes> new_state;  // what it set (nullopt: clear)
+  std::string state_refused;       // why its set_state is refused (a Defect replaces the reply)
 
   void bind(const slot& s) {
     ctx = cluster_call_context{};
@@ -90,6 +96,31 @@ struct entity_host::invocation {
     return self->host->stopped_ || (it != entities.end() && it->second.stop.requested()) ? 1 : 0;
   }
 
+  static void set_state(void* host_ctx, const std::uint8_t* data, std::size_t size,
+                        std::uint32_t flags) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    if (self->creating || !self->done) {
+      self->state_refused = "set_state is only valid inside a handler";
+    } else if (!stateful(*self)) {
+      self->state_refused = "set_state on entity type '" + self->key.first +
+                            "', which does not declare CLUSTER_ENTITY_STATEFUL";
+    } else if (self->read_only) {
+      self->state_refused = "set_state inside read-only RPC " + self->key.first + "." + self->rpc;
+    }
+    if (!self->state_refused.empty()) return;
+    self->state_set = true;
+    if ((flags & CLUSTER_STATE_CLEAR) != 0) {
+      self->new_state.reset();
+    } else {
+      self->new_state.emplace(data, data + size);
+    }
+  }
+
+  static bool stateful(const invocation& self) {
+    auto it = self.host->entities_.find(self.key);
+    return it != self.host->entities_.end() && it->second.state != nullptr;
+  }
+
   static void on_reply(void* reply_ctx, std::int32_t status, const char* tag, const char* message,
                        const std::uint8_t* data, std::size_t size) {
     auto* self = static_cast<invocation*>(reply_ctx);
@@ -139,9 +170,15 @@ const cluster_host_api entity_host::invocation::api = {
     &entity_host::invocation::call,
     &entity_host::invocation::now_ms,
     &entity_host::invocation::sleep,
-    nullptr,
+    &entity_host::invocation::set_state,
     &entity_host::invocation::stop_requested,
 };
+
+namespace {
+bool declares_state(const entity_type& type) {
+  return ((type.descriptor.flags | type.info.options.flags) & CLUSTER_ENTITY_STATEFUL) != 0;
+}
+}  // namespace
 
 entity_host::entity_host(asio::io_context& io, entity_host_options options, outbound_call call_out)
     : io_(io),
@@ -160,7 +197,7 @@ entity_host::~entity_host() {
 
 void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index,
                           request_msg request, steady_clock::time_point deadline,
-                          reply_callback done, bool bounded) {
+                          reply_callback done, bool bounded, state_commit commit) {
   if (stopped_) {
     done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
     return;
@@ -180,15 +217,20 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
                                                     " messages (limit)"));
     return;
   }
-  s.mailbox.push_back(message{rpc_index, std::move(request), deadline, std::move(done)});
+  s.mailbox.push_back(
+      message{rpc_index, std::move(request), deadline, std::move(done), std::move(commit)});
   if (!s.busy) run_next(key);
 }
 
 result<void> entity_host::activate_now(const entity_address& address) {
   if (stopped_) return failure{errc::shutting_down, "runner is stopping"};
-  auto found = find_or_activate({address.type->info.name, address.entity_id}, address);
+  const slot_key key{address.type->info.name, address.entity_id};
+  auto found = find_or_activate(key, address);
   if (!found) return found.error();
-  found.value()->second.evict = false;
+  slot& s = found.value()->second;
+  s.evict = false;
+  // A stateful one without a message: its state is read, then it is created.
+  if (s.state && s.instance == nullptr && !s.busy) load_and_activate(key);
   return success();
 }
 
@@ -205,8 +247,12 @@ result<std::map<entity_host::slot_key, entity_host::slot>::iterator> entity_host
   }
   fresh.id = address.entity_id;
   fresh.shard = address.shard;
-  std::string why;
-  if (!activate(key, fresh, why)) return failure{errc::defect, why};
+  if (declares_state(*fresh.type)) {
+    // Activated once its state is read (run_next, activate_now): messages queue meanwhile.
+    fresh.state = std::make_unique<entity_state>();
+  } else if (std::string why; !activate(key, fresh, why, nullptr)) {
+    return failure{errc::defect, why};
+  }
   ++activations_;
   ++active_per_shard_[{fresh.type->info.group, address.shard}];
   fresh.last_active = steady_clock::now();
@@ -233,9 +279,15 @@ void entity_host::run_next(const slot_key& key) {
       continue;
     }
     if (s.instance == nullptr) {
+      if (s.state) {
+        // First message, a dropped activation or a lost process: read the state first.
+        s.mailbox.push_front(std::move(next));
+        load_and_activate(key);
+        return;
+      }
       // Its plugin's process ended since the last message: a new activation, in the next one.
       std::string why;
-      if (!activate(key, s, why)) {
+      if (!activate(key, s, why, nullptr)) {
         next.done(reply_msg::failure(errc::defect, why));
         continue;
       }
@@ -243,6 +295,8 @@ void entity_host::run_next(const slot_key& key) {
     s.busy = true;
     if (!s.evict && !stopped_) s.stop.reset();
     auto* call = new invocation{this, key, next.request.rpc, {}, std::move(next.done)};
+    call->commit = std::move(next.commit);
+    call->read_only = (s.type->rpcs[next.rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
     call->bind(s);
     const bool watched = watch_.enabled() && !s.type->process;
     if (watched) watch_.enter(key.first, key.second, call->rpc);
@@ -263,14 +317,198 @@ void entity_host::run_next(const slot_key& key) {
 void entity_host::finish(invocation* call, reply_msg&& reply) {
   const slot_key key = call->key;
   auto done = std::move(call->done);
-  delete call;
-  done(std::move(reply));
+  if (!call->state_set && call->state_refused.empty()) {
+    // Every call of a type without state, and those that set none: nothing to write.
+    delete call;
+    done(std::move(reply));
+    idle_again(key);
+    return;
+  }
+  std::unique_ptr<invocation> ended(call);
+  if (!ended->state_refused.empty()) {
+    spdlog::warn("{}/{} {}: {}", key.first, key.second, ended->rpc, ended->state_refused);
+    if (auto it = entities_.find(key); it != entities_.end()) drop_activation(it->second);
+    done(reply_msg::failure(errc::defect, ended->state_refused));
+    idle_again(key);
+    return;
+  }
+  commit_state(key, std::move(reply), std::move(done), std::move(ended->commit),
+               std::move(ended->new_state));
+}
+
+void entity_host::idle_again(const slot_key& key) {
   auto it = entities_.find(key);
   if (it == entities_.end()) return;
   it->second.busy = false;
   it->second.last_active = steady_clock::now();
   // Posted, not called: a long mailbox of synchronous handlers must not grow the stack.
   asio::post(io_, [this, key] { run_next(key); });
+}
+
+void entity_host::commit_state(const slot_key& key, reply_msg&& reply, reply_callback done,
+                               state_commit commit, std::optional<bytes> data) {
+  auto it = entities_.find(key);
+  CLUSTER_ASSERT(it != entities_.end() && it->second.state, "a busy stateful entity has a slot");
+  slot& s = it->second;
+  if (data && options_.max_state_bytes > 0 && data->size() > options_.max_state_bytes) {
+    const std::string why = "state of " + key.first + "/" + key.second + " is " +
+                            std::to_string(data->size()) +
+                            " bytes, over storage.max_state_bytes (" +
+                            std::to_string(options_.max_state_bytes) + "); nothing was stored";
+    spdlog::warn("{}", why);
+    drop_activation(s);
+    done(reply_msg::failure(errc::defect, why));
+    idle_again(key);
+    return;
+  }
+  const std::int64_t expected = s.state->version;
+  state_write write{key.first, key.second, expected, std::move(data)};
+  // After the write: the version it made, or (refused, failed) an activation that no longer
+  // matches storage. False when this host or the slot is gone.
+  auto written = [this, alive = std::weak_ptr<int>(alive_), key,
+                  expected](const result<void>& outcome) {
+    if (alive.expired()) return false;
+    auto found = entities_.find(key);
+    if (found == entities_.end()) return false;
+    slot& entity = found->second;
+    if (outcome) {
+      entity.state->version = expected + 1;
+      entity.state->unsaved.reset();
+    } else {
+      spdlog::warn("state of {}/{} not written ({}); dropping the activation", key.first,
+                   key.second, outcome.error().message);
+      drop_activation(entity);
+    }
+    return true;
+  };
+  if (commit) {
+    commit(std::move(reply), std::move(write),
+           [this, key, written = std::move(written)](result<void> outcome) {
+             if (written(outcome)) idle_again(key);
+           });
+    return;
+  }
+  if (!options_.save_state_on_reply) {
+    s.state->unsaved = std::move(write.data);
+    done(std::move(reply));
+    idle_again(key);
+    return;
+  }
+  if (state_store == nullptr) {
+    drop_activation(s);
+    done(reply_msg::failure(errc::storage_error, "this runner has no store for entity state"));
+    idle_again(key);
+    return;
+  }
+  state_store->save_state(
+      std::move(write), [this, key, written = std::move(written), reply = std::move(reply),
+                         done = std::move(done)](result<void> outcome) mutable {
+        const bool alive = written(outcome);
+        if (outcome) {
+          done(std::move(reply));
+        } else {
+          done(reply_msg::failure(errc::not_owner, "state changed elsewhere; retry"));
+        }
+        if (alive) idle_again(key);
+      });
+}
+
+void entity_host::drop_activation(slot& s) {
+  if (s.instance != nullptr) {
+    s.type->destroy(s.instance);
+    s.instance = nullptr;
+    ++passivations_;
+  }
+  if (s.state) {
+    s.state->loaded = false;
+    s.state->unsaved.reset();
+  }
+}
+
+void entity_host::load_and_activate(const slot_key& key) {
+  auto it = entities_.find(key);
+  if (it == entities_.end()) return;
+  slot& s = it->second;
+  const auto activate_from = [this, key](const std::optional<bytes>& data) {
+    auto found = entities_.find(key);
+    if (found == entities_.end()) return;
+    slot& entity = found->second;
+    entity.busy = false;
+    if (stopped_ && entity.mailbox.empty()) return passivate(found);
+    std::string why;
+    if (!activate(key, entity, why, &data)) {
+      spdlog::warn("{}", why);
+      entity.state->loaded = false;
+      return fail_queued(found, reply_msg::failure(errc::defect, why));
+    }
+    run_next(key);
+  };
+  s.busy = true;  // nothing runs, nothing passivates it until its state is there
+  if (s.state->unsaved) {
+    // Its plugin's process ended with a state not written yet: that is the newest.
+    const auto data = *s.state->unsaved;
+    return activate_from(data);
+  }
+  if (state_store == nullptr) {
+    s.busy = false;
+    return fail_queued(
+        it, reply_msg::failure(errc::storage_error, "this runner has no store for entity state"));
+  }
+  state_store->load_state(
+      key.first, key.second,
+      [this, alive = std::weak_ptr<int>(alive_), key, activate_from](result<stored_state> loaded) {
+        if (alive.expired()) return;
+        auto found = entities_.find(key);
+        if (found == entities_.end()) return;
+        if (!loaded) {
+          found->second.busy = false;
+          return fail_queued(found,
+                             reply_msg::failure(errc::storage_error,
+                                                "state of " + key.first + "/" + key.second +
+                                                    " not loaded: " + loaded.error().message));
+        }
+        found->second.state->version = loaded.value().version;
+        found->second.state->loaded = true;
+        activate_from(loaded.value().data);
+      });
+}
+
+void entity_host::fail_queued(std::map<slot_key, slot>::iterator it, const reply_msg& reply) {
+  auto queued = std::move(it->second.mailbox);
+  it->second.mailbox.clear();
+  passivate(it);
+  for (auto& pending : queued) pending.done(reply_msg(reply));
+}
+
+void entity_host::write_unsaved(std::function<void()> done) {
+  auto pending = std::make_shared<std::size_t>(1);
+  auto finished = std::make_shared<std::function<void()>>(std::move(done));
+  const auto one_done = [pending, finished] {
+    if (--*pending == 0 && *finished) (*finished)();
+  };
+  for (auto& [key, s] : entities_) {
+    if (!s.state || !s.state->unsaved || state_store == nullptr) continue;
+    ++*pending;
+    const std::int64_t expected = s.state->version;
+    auto after = [this, alive = std::weak_ptr<int>(alive_), entity = key, expected,
+                  one_done](result<void> outcome) {
+      if (!alive.expired()) {
+        auto found = entities_.find(entity);
+        if (!outcome) {
+          spdlog::warn("state of {}/{} not written at stop: {}", entity.first, entity.second,
+                       outcome.error().message);
+        } else if (found != entities_.end() && found->second.state &&
+                   found->second.state->version == expected) {
+          found->second.state->version = expected + 1;
+          found->second.state->unsaved.reset();
+        }
+      }
+      one_done();
+    };
+    state_store->save_state(state_write{key.first, key.second, expected, *s.state->unsaved},
+                            std::move(after));
+  }
+  one_done();
 }
 
 void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
@@ -284,10 +522,34 @@ void entity_host::passivate(std::map<slot_key, slot>::iterator it) {
   const auto type = s.type;
   const std::string& group = type->info.group;
   const std::int32_t shard_number = s.shard;
+  if (s.state && s.state->unsaved && state_store != nullptr) {
+    // runner.state_save = "passivation": written now. The shard counts the entity as active
+    // until the write is answered, so its lock (and the next owner's read) waits for it.
+    const std::string type_name = it->first.first;
+    const std::string id = it->first.second;
+    state_write write{type_name, id, s.state->version, std::move(*s.state->unsaved)};
+    entities_.erase(it);
+    ++unsaved_writes_;
+    state_store->save_state(std::move(write),
+                            [this, alive = std::weak_ptr<int>(alive_), group = std::string(group),
+                             shard_number, type_name, id](result<void> outcome) {
+                              if (alive.expired()) return;
+                              --unsaved_writes_;
+                              if (!outcome)
+                                spdlog::warn("state of {}/{} not written at passivation: {}",
+                                             type_name, id, outcome.error().message);
+                              shard_left(group, shard_number);
+                            });
+    return;
+  }
+  entities_.erase(it);
+  shard_left(group, shard_number);
+}
+
+void entity_host::shard_left(const std::string& group, std::int32_t shard_number) {
   const auto shard = active_per_shard_.find({group, shard_number});
   const bool last = --shard->second == 0;
   if (last) active_per_shard_.erase(shard);
-  entities_.erase(it);
   if (last && on_shard_passivated) on_shard_passivated(group, shard_number);
 }
 
@@ -318,11 +580,16 @@ void entity_host::passivate_idle(steady_clock::time_point now) {
   }
 }
 
-bool entity_host::activate(const slot_key& key, slot& s, std::string& why) {
+bool entity_host::activate(const slot_key& key, slot& s, std::string& why,
+                           const std::optional<bytes>* state) {
   // The constructor gets a real context (log, clock, address) for the time it runs.
   std::string creation_error;
   invocation creating{this, key, std::string(), {}, {}, true, &creation_error};
   creating.bind(s);
+  if (state != nullptr && *state) {
+    creating.ctx.state = (*state)->data();
+    creating.ctx.state_size = (*state)->size();
+  }
   const bool watched = watch_.enabled() && !s.type->process;
   if (watched) watch_.enter(key.first, key.second, "(constructor)");
   s.instance = s.type->create(&creating.ctx);

@@ -144,10 +144,12 @@ persisted_messages::persisted_messages(asio::io_context& io, std::unique_ptr<mes
   entities_.on_shard_passivated = [this](const std::string& group, std::int32_t shard) {
     shard_passivated(group, shard);
   };
+  entities_.state_store = store_.get();
 }
 
 persisted_messages::~persisted_messages() {
   entities_.on_shard_passivated = nullptr;
+  entities_.state_store = nullptr;
   store_->stop();
 }
 
@@ -680,12 +682,18 @@ void persisted_messages::run(persisted_message message, milliseconds backoff) {
       return;
     }
     const entity_address address{type, request.entity_id, entity_shard};
+    auto hold = hold_in_flight();
     entities_.deliver(
         address, *rpc_index, std::move(request), steady_clock::time_point::max(),
-        [this, id, shard = std::move(shard), hold = hold_in_flight()](reply_msg&& reply) mutable {
+        [this, id, shard, hold](reply_msg&& reply) mutable {
           finish(id, shard, std::move(reply), std::move(hold));
         },
-        false);
+        false,
+        [this, id, shard, hold](reply_msg&& reply, state_write state,
+                                std::function<void(result<void>)> committed) mutable {
+          finish_with_state(id, shard, std::move(reply), std::move(state), std::move(hold),
+                            std::move(committed));
+        });
   };
   if (delay <= 0) {
     deliver();
@@ -743,6 +751,45 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
                      hold.release();
                      message_done(id);
                    });
+}
+
+void persisted_messages::finish_with_state(std::int64_t id, const shard_key& shard,
+                                           reply_msg&& reply, state_write state, gate::holder hold,
+                                           std::function<void(result<void>)> committed) {
+  if (reply.code == errc::not_owner || reply.attempt_cut_short()) {
+    // Not a handler's reply (it never ran, or its process died): no state goes with it.
+    committed(failure{errc::state_conflict, "the handler's run did not complete"});
+    return finish(id, shard, std::move(reply), std::move(hold));
+  }
+  ++storing_;
+  const bool moved = !runs_here(shard.first, shard.second);
+  store_->complete_with_state(
+      id, reply, moved, std::move(state),
+      [this, id, shard, reply, hold = std::move(hold),
+       committed = std::move(committed)](result<void> stored) mutable {
+        --storing_;
+        running_.erase(id);
+        // The entity first: its next message runs on what is stored now.
+        committed(stored);
+        if (stored) {
+          answer(id, reply);
+        } else {
+          // Nothing of this run is stored (reply, processed mark, state): the message is
+          // still pending, so its effect on the state happens once, in a later run.
+          spdlog::warn("message {} ({}/{}): its state was not written ({}); it runs again", id,
+                       shard.first, shard.second, stored.error().message);
+          answer(id, reply_msg::failure(errc::not_owner, "state changed elsewhere; retry"));
+          if (!stopped_ && runs_here(shard.first, shard.second)) {
+            // Still this shard's holder: run it again (a new activation reads the stored
+            // state), counted like an attempt cut short. A retry with the same key waits.
+            running_.insert(id);
+            hold.release();
+            return cut_short(id, "its state write was refused: " + stored.error().message);
+          }
+        }
+        hold.release();
+        message_done(id);
+      });
 }
 
 void persisted_messages::answer(std::int64_t id, const reply_msg& reply) {

@@ -33,9 +33,21 @@ struct outcome_view {
   const char* message;
   const std::uint8_t* data;
   std::size_t size;
+  std::uint32_t state_change = plugin_state_unchanged;
+  const bytes* state = nullptr;  // plugin_state_set: the handler's new state
   template <class Packer>
   void msgpack_pack(Packer& packer) const {
-    packer.pack_map(4);
+    const bool with_state = state_change != plugin_state_unchanged;
+    packer.pack_map(with_state ? 6 : 4);
+    if (with_state) {
+      packer.pack(std::string_view("state_change"));
+      packer.pack(state_change);
+      packer.pack(std::string_view("state"));
+      const auto state_size = static_cast<std::uint32_t>(state ? state->size() : 0);
+      packer.pack_bin(state_size);
+      if (state_size > 0)
+        packer.pack_bin_body(reinterpret_cast<const char*>(state->data()), state_size);
+    }
     packer.pack(std::string_view("status"));
     packer.pack(status);
     packer.pack(std::string_view("tag"));
@@ -95,6 +107,8 @@ class plugin_host {
     bool creating;
     std::string* creation_error;
     cluster_call_context ctx{};
+    std::uint32_t state_change = plugin_state_unchanged;  // what set_state said last
+    bytes state;
   };
   struct call_record {
     cluster_call_done_fn done;
@@ -144,6 +158,10 @@ class plugin_host {
     std::string creation_error;
     invocation creating{this, operation, &stored, true, &creation_error};
     bind(creating, stored, "");
+    if (m.state) {
+      creating.ctx.state = m.state->data();
+      creating.ctx.state_size = m.state->size();
+    }
     run_plugin(operation, [&] { stored.object = stored.type->create(&creating.ctx); });
     if (stored.object == nullptr)
       stored.failure = "activation of " + stored.type->info.name + "/" + stored.id +
@@ -203,14 +221,33 @@ class plugin_host {
   }
 
   void send_reply(std::uint64_t operation, std::int32_t status, const char* tag,
-                  const char* message, const std::uint8_t* data, std::size_t size) {
-    channel_->send(plugin_kind::reply, operation, outcome_view{status, tag, message, data, size});
+                  const char* message, const std::uint8_t* data, std::size_t size,
+                  const invocation* call = nullptr) {
+    outcome_view view{status, tag, message, data, size};
+    if (call != nullptr) {
+      view.state_change = call->state_change;
+      view.state = &call->state;
+    }
+    channel_->send(plugin_kind::reply, operation, view);
   }
 
   static void on_reply(void* reply_ctx, std::int32_t status, const char* tag, const char* message,
                        const std::uint8_t* data, std::size_t size) {
     std::unique_ptr<invocation> call(static_cast<invocation*>(reply_ctx));
-    call->host->send_reply(call->operation, status, tag, message, data, size);
+    call->host->send_reply(call->operation, status, tag, message, data, size, call.get());
+  }
+
+  /// Kept for the reply frame; the runner checks it (stateful type, not read-only).
+  static void set_state(void* host_ctx, const std::uint8_t* data, std::size_t size,
+                        std::uint32_t flags) {
+    auto* call = static_cast<invocation*>(host_ctx);
+    if ((flags & CLUSTER_STATE_CLEAR) != 0) {
+      call->state_change = plugin_state_cleared;
+      call->state.clear();
+    } else {
+      call->state_change = plugin_state_set;
+      call->state.assign(data, data + size);
+    }
   }
 
   static void log(void* host_ctx, std::int32_t level, const char* message) {
@@ -275,14 +312,10 @@ class plugin_host {
 };
 
 const cluster_host_api plugin_host::api = {
-    sizeof(cluster_host_api),
-    0,
-    &plugin_host::log,
-    &plugin_host::call,
-    &plugin_host::now_ms,
-    &plugin_host::sleep,
-    nullptr,
-    &plugin_host::stop_requested,
+    sizeof(cluster_host_api), 0,
+    &plugin_host::log,        &plugin_host::call,
+    &plugin_host::now_ms,     &plugin_host::sleep,
+    &plugin_host::set_state,  &plugin_host::stop_requested,
 };
 
 int run(int argc, char** argv) {

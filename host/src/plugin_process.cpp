@@ -355,7 +355,9 @@ void* plugin_process::forward_create(void* type_data, const cluster_call_context
   const auto& name = self.catalog_.types[type->index].name;
   self.recent_.emplace_back(id, name + "/" + ctx->entity_id + " (its constructor)");
   if (self.recent_.size() > recent_operations_kept) self.recent_.pop_front();
-  self.send(plugin_kind::create, id, plugin_create_msg{instance, name, ctx->entity_id, ctx->shard});
+  plugin_create_msg create{instance, name, ctx->entity_id, ctx->shard, std::nullopt};
+  if (ctx->state != nullptr) create.state.emplace(ctx->state, ctx->state + ctx->state_size);
+  self.send(plugin_kind::create, id, create);
   // Creation is confirmed by the first handle: a constructor that fails answers it.
   return reinterpret_cast<void*>(instance);
 }
@@ -403,9 +405,13 @@ void plugin_process::call_completed(void* user, std::int32_t status, const char*
   auto self = call->process.lock();
   // A call of a child that has ended since: its handler is gone.
   if (!self || self->generation_ != call->generation) return;
-  self->send(
-      plugin_kind::call_done, call->call_id,
-      plugin_outcome_msg{status, tag ? tag : "", message ? message : "", bytes(data, data + size)});
+  self->send(plugin_kind::call_done, call->call_id,
+             plugin_outcome_msg{status,
+                                tag ? tag : "",
+                                message ? message : "",
+                                bytes(data, data + size),
+                                plugin_state_unchanged,
+                                {}});
 }
 
 // --- frames from the child -------------------------------------------------------------
@@ -462,6 +468,11 @@ void plugin_process::on_frame(envelope&& env) {
       const operation done = it->second;
       operations_.erase(it);
       const auto& o = outcome.value();
+      if (o.state_change != plugin_state_unchanged) {
+        // The handler's set_state, on the runner's context, before its reply (as in process).
+        done.ctx->api->set_state(done.ctx->host_ctx, o.state.data(), o.state.size(),
+                                 o.state_change == plugin_state_cleared ? CLUSTER_STATE_CLEAR : 0u);
+      }
       done.reply(done.reply_ctx, o.status, o.tag.c_str(), o.message.c_str(), o.payload.data(),
                  o.payload.size());
       return;
@@ -479,6 +490,8 @@ void plugin_process::on_frame(envelope&& env) {
              plugin_outcome_msg{CLUSTER_STATUS_CALL_FAILED,
                                 "InvalidRequest",
                                 "the calling handler has already replied",
+                                {},
+                                plugin_state_unchanged,
                                 {}});
         return;
       }

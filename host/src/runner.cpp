@@ -51,7 +51,8 @@ std::vector<config_section> runner_config::sections() {
       .key("plugin_host", &plugin_host)
       .key("plugin_cache_dir", &plugin_cache_dir)
       .key("watch_plugins", &watch_plugins)
-      .key("stall_fence_ms", &stall_fence);
+      .key("stall_fence_ms", &stall_fence)
+      .key("state_save", &state_save);
   return sections;
 }
 
@@ -223,6 +224,9 @@ void runner::start() {
     throw config_error("runner.isolation: expected \"none\" or \"process\", got '" +
                        config_.isolation + "'");
   }
+  if (config_.state_save != "reply" && config_.state_save != "passivation")
+    throw config_error("runner.state_save: expected \"reply\" or \"passivation\", got '" +
+                       config_.state_save + "'");
   load_plugins();
   if (registry_.empty() && config_.groups.empty())
     throw std::runtime_error(
@@ -238,7 +242,8 @@ void runner::start() {
   entities_ = std::make_unique<entity_host>(
       io_,
       entity_host_options{config_.mailbox_capacity, config_.passivate_after,
-                          registry_.isolated() ? milliseconds(0) : config_.handler_timeout},
+                          registry_.isolated() ? milliseconds(0) : config_.handler_timeout,
+                          config_.common.storage.max_state_bytes, config_.state_save == "reply"},
       [this](request_msg request, entity_host::reply_callback done) {
         asio::co_spawn(
             io_,
@@ -398,6 +403,18 @@ awaitable<void> runner::shut_down() {
   if (work_.count() > 0)
     spdlog::warn("{} requests still running after the {} ms shutdown timeout; their callers retry",
                  work_.count(), config_.shutdown_timeout.count());
+  if (entities_) {
+    // runner.state_save = "passivation": what was not written yet goes before the locks do.
+    auto written = std::make_shared<bool>(false);
+    drain_timer_.expires_at(
+        std::max(started + config_.shutdown_timeout, steady_clock::now() + milliseconds(2000)));
+    entities_->write_unsaved([this, written] {
+      if (std::exchange(*written, true)) return;
+      drain_timer_.cancel();
+    });
+    if (!*written) co_await drain_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
+    *written = true;  // a late answer no longer cancels the timer
+  }
   if (persisted_) persisted_->stop();  // releases the shard locks
   if (entities_) entities_->stop();
   router_.stop();

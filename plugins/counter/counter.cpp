@@ -1,5 +1,11 @@
-// Counter: in-memory state per entity. `Increment` is persisted, `Get` is not.
+// Counter: a durable value per entity, kept as its state. `Increment` is persisted: its
+// effect on the value counts once even when a crash makes it run twice.
 #include <cluster/sdk.hpp>
+
+struct CounterState {
+  std::int64_t value = 0;
+  MSGPACK_DEFINE_MAP(value);
+};
 
 struct Increment {
   struct Request {
@@ -17,18 +23,15 @@ struct Get {
   using Reply = Increment::Reply;
 };
 
-class Counter {
+class Counter : public cluster::stateful<CounterState> {
  public:
   Increment::Reply increment(const Increment::Request& request, cluster::context&) {
-    value_ += request.by;
-    return {value_};
+    state().value += request.by;
+    return {state().value};
   }
-  Get::Reply get(const Get::Request&, cluster::context&) { return {value_}; }
-
- private:
-  std::int64_t value_ = 0;
+  Get::Reply get(const Get::Request&, cluster::context&) { return {state().value}; }
 };
 
 CLUSTER_PLUGIN(cluster::entity<Counter>("Counter")
                    .rpc<Increment>("Increment", &Counter::increment, cluster::persisted)
-                   .rpc<Get>("Get", &Counter::get))
+                   .rpc<Get>("Get", &Counter::get, cluster::read_only))

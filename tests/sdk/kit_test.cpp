@@ -343,6 +343,54 @@ TEST(plugin_kit, replay_runs_the_persisted_messages_again_on_fresh_instances) {
   EXPECT_EQ(k.persisted().size(), 3u) << "a replay is not recorded again";
 }
 
+/// Counter's state type, as the plugin declares it.
+struct CounterState {
+  std::int64_t value = 0;
+  MSGPACK_DEFINE_MAP(value);
+};
+
+TEST(plugin_kit, keeps_a_stateful_entity_s_state_across_passivation) {
+  kit k = kit::load(COUNTER_PLUGIN);
+  EXPECT_FALSE(k.stored_state<CounterState>("Counter", "c").has_value());
+  ASSERT_EQ(k.call<Increment>("Counter", "c", "Increment", {5})->value, 5);
+  EXPECT_EQ(k.stored_state<CounterState>("Counter", "c")->value, 5);
+  k.passivate("Counter", "c");
+  EXPECT_FALSE(k.active("Counter", "c"));
+  EXPECT_EQ(k.call<Get>("Counter", "c", "Get", {})->value, 5);
+  EXPECT_EQ(k.call<Increment>("Counter", "other", "Increment", {1})->value, 1);
+}
+
+TEST(plugin_kit, a_persisted_rpc_run_twice_changes_the_state_once) {
+  kit_options options;
+  options.run_persisted_twice = true;
+  kit k = kit::load(COUNTER_PLUGIN, options);
+  // The first run's state was never committed: the second starts from the state before.
+  EXPECT_EQ(k.call<Increment>("Counter", "c", "Increment", {2})->value, 2);
+  EXPECT_EQ(k.call<Increment>("Counter", "c", "Increment", {3})->value, 5);
+  EXPECT_EQ(k.stored_state<CounterState>("Counter", "c")->value, 5);
+}
+
+TEST(plugin_kit, a_replay_starts_from_the_state_before_the_persisted_messages) {
+  kit k = kit::load(COUNTER_PLUGIN);
+  k.store_state("Counter", "c", CounterState{40});
+  for (int by : {1, 1}) ASSERT_TRUE(k.call<Increment>("Counter", "c", "Increment", {by}));
+  const auto replies = k.replay_persisted();
+  ASSERT_EQ(replies.size(), 2u);
+  EXPECT_EQ(replies[0].as<Increment::Reply>()->value, 41);
+  EXPECT_EQ(replies[1].as<Increment::Reply>()->value, 42);
+  EXPECT_EQ(k.stored_state<CounterState>("Counter", "c")->value, 42);
+}
+
+TEST(plugin_kit, a_stored_state_that_does_not_decode_fails_the_activation) {
+  kit k = kit::load(COUNTER_PLUGIN);
+  k.store_state_bytes("Counter", "c", {0xc1});
+  const auto reply = k.call<Increment>("Counter", "c", "Increment", {1});
+  ASSERT_FALSE(reply);
+  EXPECT_EQ(reply.error().code, "Defect");
+  EXPECT_NE(reply.error().message.find("does not decode"), std::string::npos)
+      << reply.error().message;
+}
+
 TEST(plugin_kit, replay_refuses_while_a_handler_still_runs) {
   kit k;
   (void)k.send<Stamp>("Probe", "p1", "Stamp", {});

@@ -78,6 +78,45 @@ struct empty {
   }
 };
 
+namespace detail {
+struct state_access;
+/// Marks the classes derived from cluster::stateful (found by std::is_base_of).
+struct stateful_marker {};
+}  // namespace detail
+
+/// Base of an entity class that keeps durable state: derive `class Counter : public
+/// cluster::stateful<CounterState>` (State: default-constructible, with msgpack adaptors).
+///
+/// Lifecycle: the runner loads the stored state before it activates the entity; `state()`
+/// holds it from right after the constructor (the constructor itself sees a default State).
+/// After a handler that succeeded (and is not read-only) the SDK encodes the state and hands
+/// it to the runner when its bytes changed; the runner stores it before this entity runs its
+/// next message: with the reply of a persisted RPC in one transaction, before the reply of a
+/// volatile one. A handler that fails (an app_error or any exception) changes nothing: the
+/// state goes back to what was stored. Coroutine handlers are committed when they reply.
+/// Thread: the entity's, like every member (one message at a time).
+template <class State>
+class stateful : private detail::stateful_marker {
+ public:
+  using state_type = State;
+
+  /// The entity's state; change it in handlers.
+  State& state() { return state_; }
+  const State& state() const { return state_; }
+  /// Deletes the stored state once this handler succeeds; `state()` is a default State again.
+  void clear_state() {
+    state_ = State{};
+    cleared_ = true;
+  }
+
+ private:
+  friend struct detail::state_access;
+  State state_{};
+  bool cleared_ = false;
+  bool stored_ = false;         // the runner has a stored state for this entity
+  std::vector<char> baseline_;  // bytes of the stored state (of State{} when none is stored)
+};
+
 /// Lazily started coroutine result of a coroutine handler or helper. Await it with co_await.
 template <class T>
 class task;
@@ -180,6 +219,79 @@ msgpack::sbuffer encode(const T& value) {
   msgpack::sbuffer buffer;
   msgpack::pack(buffer, value);
   return buffer;
+}
+
+template <class E>
+inline constexpr bool is_stateful_v = std::is_base_of_v<stateful_marker, E>;
+
+/// What the SDK does with a stateful entity's state around its handlers.
+struct state_access {
+  template <class S>
+  static std::vector<char> bytes_of(const S& value) {
+    const auto buffer = encode(value);
+    return std::vector<char>(buffer.data(), buffer.data() + buffer.size());
+  }
+
+  /// Inside `create`: decodes the stored state (throws when it does not decode).
+  template <class S>
+  static void load(stateful<S>& entity, const cluster_call_context* raw) {
+    if (raw->state != nullptr && raw->state_size > 0) {
+      entity.state_ = decode<S>(raw->state, raw->state_size);
+      entity.baseline_.assign(reinterpret_cast<const char*>(raw->state),
+                              reinterpret_cast<const char*>(raw->state) + raw->state_size);
+      entity.stored_ = true;
+    } else {
+      entity.baseline_ = bytes_of(S{});
+    }
+  }
+
+  /// After a handler that succeeded: hands a changed state (or a clear) to the runner.
+  /// Throws when the state does not encode (the handler then fails and the state goes back).
+  template <class S>
+  static void commit(stateful<S>& entity, const cluster_call_context* raw) {
+    auto now = bytes_of(entity.state_);
+    if (std::exchange(entity.cleared_, false) && now == bytes_of(S{})) {
+      if (entity.stored_) raw->api->set_state(raw->host_ctx, nullptr, 0, CLUSTER_STATE_CLEAR);
+      entity.stored_ = false;
+      entity.baseline_ = std::move(now);
+      return;
+    }
+    if (now == entity.baseline_) return;  // unchanged: nothing to store
+    raw->api->set_state(raw->host_ctx, reinterpret_cast<const std::uint8_t*>(now.data()),
+                        now.size(), 0);
+    entity.stored_ = true;
+    entity.baseline_ = std::move(now);
+  }
+
+  /// After a handler that failed: back to the stored state. Never throws.
+  template <class S>
+  static void restore(stateful<S>& entity) noexcept {
+    entity.cleared_ = false;
+    try {
+      entity.state_ =
+          entity.stored_ ? decode<S>(reinterpret_cast<const std::uint8_t*>(entity.baseline_.data()),
+                                     entity.baseline_.size())
+                         : S{};
+    } catch (...) {
+      // Bytes this SDK encoded itself decode again; nothing better to do otherwise.
+    }
+  }
+};
+
+/// The state step after a handler of entity E: commits on success (a throw means the state
+/// did not encode), restores on failure. A no-op for entities without state and read-only RPCs.
+template <class E>
+void after_handler(E& entity, const cluster_call_context* raw, bool read_only, bool ok) {
+  if constexpr (is_stateful_v<E>) {
+    if (read_only) return;
+    if (!ok) return state_access::restore(entity);
+    try {
+      state_access::commit(entity, raw);
+    } catch (...) {
+      state_access::restore(entity);
+      throw;
+    }
+  }
 }
 }  // namespace detail
 
@@ -310,17 +422,35 @@ inline void reply_failure(cluster_reply_fn reply, void* reply_ctx, std::exceptio
   }
 }
 
-template <class T>
-void reply_success(cluster_reply_fn reply, void* reply_ctx, const T& value) {
+/// Replies `value` after the state step of entity E (encode the reply, then commit the
+/// state, then reply: a reply that does not encode leaves the state as it was stored).
+template <class E, class T>
+void reply_success(E& entity, const cluster_call_context* raw, bool read_only,
+                   cluster_reply_fn reply, void* reply_ctx, const T& value) {
   msgpack::sbuffer buffer;
   try {
     msgpack::pack(buffer, value);
+  } catch (...) {
+    after_handler(entity, raw, read_only, false);
+    reply_failure(reply, reply_ctx, std::current_exception());
+    return;
+  }
+  try {
+    after_handler(entity, raw, read_only, true);
   } catch (...) {
     reply_failure(reply, reply_ctx, std::current_exception());
     return;
   }
   reply(reply_ctx, CLUSTER_STATUS_OK, nullptr, nullptr,
         reinterpret_cast<const std::uint8_t*>(buffer.data()), buffer.size());
+}
+
+/// A handler failed: its entity's state goes back to the stored one, then the failure.
+template <class E>
+void reply_failed(E& entity, const cluster_call_context* raw, bool read_only,
+                  cluster_reply_fn reply, void* reply_ctx, std::exception_ptr error) {
+  after_handler(entity, raw, read_only, false);
+  reply_failure(reply, reply_ctx, error);
 }
 
 /// Drives a top-level task to completion and hands its outcome to `done`.
@@ -334,9 +464,9 @@ struct detached {
   };
 };
 
-template <class Reply, class State>
-detached drive(task<Reply> work, std::unique_ptr<State> state, cluster_reply_fn reply,
-               void* reply_ctx) {
+template <class E, class Reply, class State>
+detached drive(E& entity, bool read_only, task<Reply> work, std::unique_ptr<State> state,
+               cluster_reply_fn reply, void* reply_ctx) {
   std::exception_ptr error;
   std::optional<Reply> value;
   try {
@@ -344,19 +474,21 @@ detached drive(task<Reply> work, std::unique_ptr<State> state, cluster_reply_fn 
   } catch (...) {
     error = std::current_exception();
   }
-  // The request and context must outlive the handler's frame: free them after it.
+  // The request must outlive the handler's frame: free it after. The raw context stays
+  // valid until the reply is sent.
   work = task<Reply>(nullptr);
+  const cluster_call_context* raw = state->raw;
   state.reset();
   if (error) {
-    reply_failure(reply, reply_ctx, error);
+    reply_failed(entity, raw, read_only, reply, reply_ctx, error);
   } else {
-    reply_success(reply, reply_ctx, *value);
+    reply_success(entity, raw, read_only, reply, reply_ctx, *value);
   }
 }
 
 template <class E>
 using invoker = std::function<void(E&, const std::uint8_t*, std::size_t,
-                                   const cluster_call_context*, cluster_reply_fn, void*)>;
+                                   const cluster_call_context*, bool, cluster_reply_fn, void*)>;
 
 template <class T>
 struct is_task : std::false_type {};
@@ -367,7 +499,8 @@ template <class E, class R, class Method>
 invoker<E> make_invoker(Method method) {
   using request_type = typename R::Request;
   return [method](E& entity, const std::uint8_t* data, std::size_t size,
-                  const cluster_call_context* raw, cluster_reply_fn reply, void* reply_ctx) {
+                  const cluster_call_context* raw, bool read_only, cluster_reply_fn reply,
+                  void* reply_ctx) {
     std::optional<request_type> request;
     try {
       request.emplace(decode<request_type>(data, size));
@@ -384,23 +517,27 @@ invoker<E> make_invoker(Method method) {
       struct state {
         request_type request;
         context ctx;
+        const cluster_call_context* raw;
       };
-      auto held = std::make_unique<state>(state{std::move(*request), context(raw)});
+      auto held = std::make_unique<state>(state{std::move(*request), context(raw), raw});
       std::optional<result_type> work;
       try {
         work.emplace(std::invoke(method, entity, std::as_const(held->request), held->ctx));
       } catch (...) {
-        reply_failure(reply, reply_ctx, std::current_exception());
+        reply_failed(entity, raw, read_only, reply, reply_ctx, std::current_exception());
         return;
       }
-      drive(std::move(*work), std::move(held), reply, reply_ctx);
+      drive(entity, read_only, std::move(*work), std::move(held), reply, reply_ctx);
     } else {
       context ctx(raw);
+      std::optional<result_type> value;
       try {
-        reply_success(reply, reply_ctx, std::invoke(method, entity, std::as_const(*request), ctx));
+        value.emplace(std::invoke(method, entity, std::as_const(*request), ctx));
       } catch (...) {
-        reply_failure(reply, reply_ctx, std::current_exception());
+        reply_failed(entity, raw, read_only, reply, reply_ctx, std::current_exception());
+        return;
       }
+      reply_success(entity, raw, read_only, reply, reply_ctx, *value);
     }
   };
 }
@@ -431,12 +568,25 @@ struct typed_entity_record final : entity_record {
 
   static void* create(void* /*type_data*/, const cluster_call_context* raw) noexcept {
     try {
+      std::unique_ptr<E> entity;
       if constexpr (std::is_constructible_v<E, context&>) {
         context ctx(raw);
-        return new E(ctx);
+        entity = std::make_unique<E>(ctx);
       } else {
-        return new E();
+        entity = std::make_unique<E>();
       }
+      if constexpr (is_stateful_v<E>) {
+        try {
+          state_access::load(*entity, raw);
+        } catch (const std::exception& e) {
+          log_activation_failure(
+              raw, (std::string("its stored state (") + std::to_string(raw->state_size) +
+                    " bytes) does not decode as its state type: " + e.what())
+                       .c_str());
+          return nullptr;
+        }
+      }
+      return entity.release();
     } catch (const std::exception& e) {
       log_activation_failure(raw, e.what());
     } catch (...) {
@@ -455,8 +605,10 @@ struct typed_entity_record final : entity_record {
       reply(reply_ctx, CLUSTER_STATUS_DEFECT, "Defect", "RPC index out of range", nullptr, 0);
       return;
     }
+    const auto& rpcs = static_cast<const typed_entity_record*>(type_data)->rpcs;
+    const bool read_only = (rpcs[rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
     try {
-      table[rpc_index](*static_cast<E*>(instance), payload, size, raw, reply, reply_ctx);
+      table[rpc_index](*static_cast<E*>(instance), payload, size, raw, read_only, reply, reply_ctx);
     } catch (...) {
       reply_failure(reply, reply_ctx, std::current_exception());
     }
@@ -571,6 +723,7 @@ class entity_builder {
     d.destroy = &detail::typed_entity_record<E>::destroy;
     d.handle = &detail::typed_entity_record<E>::handle;
     d.type_data = record_.get();
+    if constexpr (detail::is_stateful_v<E>) d.flags |= CLUSTER_ENTITY_STATEFUL;
     return std::move(record_);
   }
 

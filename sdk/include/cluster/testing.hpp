@@ -212,7 +212,8 @@ struct kit_options {
   std::int64_t start_ms = 1'700'000'000'000;
   /// Runs every persisted message twice, each time on a fresh instance, as a runner does when
   /// it crashes after the handler ran but before the reply was stored; the caller gets the
-  /// second reply. Handlers must tolerate it.
+  /// second reply. Handlers must tolerate it. Stateful entities: the first run's state is not
+  /// stored (nothing of it committed), so the second starts from the state before the first.
   bool run_persisted_twice = false;
   /// The shard an entity id is in (`context::shard()`); 1 when not given. (The cluster's hash
   /// lives in the runner, not in the SDK.)
@@ -285,6 +286,10 @@ class kit_state {
     bool persisted(std::uint32_t index) const {
       return (rpcs[index].flags & CLUSTER_RPC_PERSISTED) != 0;
     }
+    bool read_only(std::uint32_t index) const {
+      return (rpcs[index].flags & CLUSTER_RPC_READ_ONLY) != 0;
+    }
+    bool stateful() const { return (descriptor.flags & CLUSTER_ENTITY_STATEFUL) != 0; }
   };
 
   struct message {
@@ -316,6 +321,9 @@ class kit_state {
     message msg;
     bool creating = false;
     std::string* creation_error = nullptr;
+    bool state_set = false;          // the handler called set_state
+    std::optional<bytes> new_state;  // what it set (nullopt: clear)
+    std::string state_refused;       // the runner's Defect for a set_state it refuses
 
     void bind(const slot& s) {
       ctx = cluster_call_context{};
@@ -408,8 +416,32 @@ class kit_state {
       self->kit->finish(self, std::move(o));
     }
 
+    // The runner's checks (host/src/entity_host.cpp, set_state).
+    static void set_state(void* host_ctx, const std::uint8_t* data, std::size_t size,
+                          std::uint32_t flags) {
+      auto* self = static_cast<invocation*>(host_ctx);
+      const auto it = self->kit->entities_.find(self->key);
+      const type_entry* type = it == self->kit->entities_.end() ? nullptr : it->second.type;
+      if (self->creating) {
+        self->state_refused = "set_state is only valid inside a handler";
+      } else if (type == nullptr || !type->stateful()) {
+        self->state_refused = "set_state on entity type '" + self->key.first +
+                              "', which does not declare CLUSTER_ENTITY_STATEFUL";
+      } else if (type->read_only(self->msg.rpc_index)) {
+        self->state_refused = "set_state inside read-only RPC " + self->key.first + "." + self->rpc;
+      }
+      if (!self->state_refused.empty()) return;
+      self->state_set = true;
+      if ((flags & CLUSTER_STATE_CLEAR) != 0) {
+        self->new_state.reset();
+      } else {
+        self->new_state.emplace(data, data + size);
+      }
+    }
+    static std::int32_t stop_requested(void*) { return 0; }
+
     static constexpr cluster_host_api api = {
-        sizeof(cluster_host_api), 0, &log, &call, &now_ms, &sleep};
+        sizeof(cluster_host_api), 0, &log, &call, &now_ms, &sleep, &set_state, &stop_requested};
   };
 
   kit_state(cluster_plugin_entry_fn entry, kit_options options, std::shared_ptr<void> library)
@@ -498,6 +530,14 @@ class kit_state {
         throw std::logic_error("replay_persisted: " + key.first + "/" + key.second +
                                " is still running a message (advance the clock first)");
     while (!entities_.empty()) destroy(entities_.begin());
+    // A crash before any of their commits: the states go back to before the first of them.
+    for (const auto& [key, before] : before_persisted_) {
+      if (before) {
+        stored_states_[key] = *before;
+      } else {
+        stored_states_.erase(key);
+      }
+    }
     std::vector<std::shared_ptr<outcome>> states;
     const auto replayed = persisted_;  // replays are not recorded again
     for (const auto& p : replayed) {
@@ -539,6 +579,11 @@ class kit_state {
   std::map<std::string, type_entry, std::less<>> types_;
   std::vector<recorded_call> calls_;
   std::vector<persisted_call> persisted_;
+  /// Stateful entities' stored state, as the runner's store keeps it: across passivations.
+  std::map<slot_key, bytes> stored_states_;
+  /// Each entity's stored state before its first persisted message (nullopt: none stored):
+  /// what `replay_persisted` goes back to.
+  std::map<slot_key, std::optional<bytes>> before_persisted_;
   std::vector<log_line> logs_;
   std::size_t activations_ = 0;
   std::size_t passivations_ = 0;
@@ -620,7 +665,16 @@ class kit_state {
         for (auto& w : waiting) w(o);
       };
     }
-    if (persisted) persisted_.push_back(persisted_call{type_name, id, rpc, payload, primary_key});
+    if (persisted) {
+      persisted_.push_back(persisted_call{type_name, id, rpc, payload, primary_key});
+      slot_key state_key{type_name, id};
+      if (type->stateful() && before_persisted_.count(state_key) == 0) {
+        auto stored = stored_states_.find(state_key);
+        before_persisted_.emplace(state_key, stored == stored_states_.end()
+                                                 ? std::nullopt
+                                                 : std::optional<bytes>(stored->second));
+      }
+    }
     message m;
     m.rpc_index = *index;
     m.payload = std::move(payload);
@@ -662,6 +716,12 @@ class kit_state {
     creating.creating = true;
     creating.creation_error = &creation_error;
     creating.bind(s);
+    if (s.type->stateful()) {
+      if (auto stored = stored_states_.find(key); stored != stored_states_.end()) {
+        creating.ctx.state = stored->second.data();
+        creating.ctx.state_size = stored->second.size();
+      }
+    }
     s.instance = s.type->descriptor.create(s.type->descriptor.type_data, &creating.ctx);
     if (s.instance != nullptr) {
       ++activations_;
@@ -705,17 +765,30 @@ class kit_state {
   void finish(invocation* call, outcome o) {
     const slot_key key = call->key;
     message msg = std::move(call->msg);
-    delete call;
+    std::unique_ptr<invocation> ended(call);
     auto it = entities_.find(key);
     if (it != entities_.end()) {
       slot& s = it->second;
       s.busy = false;
-      if (msg.persisted && options_.run_persisted_twice && !msg.second_run) {
-        // A crash after the handler ran, before its reply was stored: the instance is gone
-        // and the message runs again on a fresh one; its caller sees only the second reply.
-        s.type->descriptor.destroy(s.type->descriptor.type_data, s.instance);
-        s.instance = nullptr;
-        ++passivations_;
+      const bool crash_before_commit =
+          msg.persisted && options_.run_persisted_twice && !msg.second_run;
+      if (!ended->state_refused.empty()) {
+        // The runner's answer: a Defect, and the activation dropped.
+        o = outcome::failure("Defect", ended->state_refused);
+        drop_instance(s);
+      } else if (ended->state_set && !crash_before_commit) {
+        // Stored before the reply, as the runner commits it (with a persisted RPC's reply).
+        if (ended->new_state) {
+          stored_states_[key] = std::move(*ended->new_state);
+        } else {
+          stored_states_.erase(key);
+        }
+      }
+      if (crash_before_commit) {
+        // A crash after the handler ran, before its reply (and state) was stored: the instance
+        // is gone and the message runs again on a fresh one, from the state stored before;
+        // its caller sees only the second reply.
+        drop_instance(s);
         msg.second_run = true;
         s.mailbox.push_front(std::move(msg));
         post([this, key] { run_next(key); });
@@ -725,6 +798,13 @@ class kit_state {
     msg.done(std::move(o));
     // Posted, like the runner: a long mailbox of synchronous handlers does not grow the stack.
     post([this, key] { run_next(key); });
+  }
+
+  void drop_instance(slot& s) {
+    if (s.instance == nullptr) return;
+    s.type->descriptor.destroy(s.type->descriptor.type_data, s.instance);
+    s.instance = nullptr;
+    ++passivations_;
   }
 
   void destroy(std::map<slot_key, slot>::iterator it) {
@@ -930,6 +1010,28 @@ class kit {
   /// Destroys the instance of (`type`, `id`) (after its running and queued messages, if any);
   /// its next message activates a new one, as after a runner passivated it.
   void passivate(const std::string& type, const std::string& id) { state_->passivate(type, id); }
+  /// The stored state of stateful entity (`type`, `id`) decoded as S (its state type), as
+  /// the runner's store holds it: written when a handler that changed it succeeded, kept
+  /// across `passivate`. nullopt when none is stored (never written, or cleared).
+  template <class S>
+  std::optional<S> stored_state(const std::string& type, const std::string& id) const {
+    auto it = state_->stored_states_.find({type, id});
+    if (it == state_->stored_states_.end()) return std::nullopt;
+    return ::cluster::detail::decode<S>(it->second.data(), it->second.size());
+  }
+  /// Stores `value` as the state of (`type`, `id`) (its next activation reads it), as if
+  /// an earlier run had written it. Passivate an active entity first.
+  template <class S>
+  void store_state(const std::string& type, const std::string& id, const S& value) {
+    const auto buffer = ::cluster::detail::encode(value);
+    state_->stored_states_[{type, id}] =
+        bytes(reinterpret_cast<const std::uint8_t*>(buffer.data()),
+              reinterpret_cast<const std::uint8_t*>(buffer.data()) + buffer.size());
+  }
+  /// Stores raw bytes as the state of (`type`, `id`) (one that does not decode, say).
+  void store_state_bytes(const std::string& type, const std::string& id, bytes data) {
+    state_->stored_states_[{type, id}] = std::move(data);
+  }
   /// Is (`type`, `id`) active (an instance exists)?
   bool active(const std::string& type, const std::string& id) const {
     return state_->active(type, id);
@@ -944,6 +1046,8 @@ class kit {
   /// Destroys every instance and runs every persisted message again, in order, on fresh
   /// instances, as a runner replays them after a crash: the replies, in the same order
   /// (decode with `as<T>()`). Throws std::logic_error while a handler still runs.
+  /// Stateful entities: a crash before any of those messages' commits, so each entity's
+  /// stored state first goes back to what it was before its first persisted message.
   std::vector<reply<bytes>> replay_persisted() { return state_->replay_persisted(); }
 
   // --- what the plugin declares and logged -----------------------------------------------------

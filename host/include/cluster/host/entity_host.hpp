@@ -16,6 +16,7 @@
 #include "cluster/host/host_services.hpp"
 #include "cluster/net/asio.hpp"
 #include "cluster/protocol/messages.hpp"
+#include "cluster/storage/message_store.hpp"
 
 namespace cluster::host {
 
@@ -25,6 +26,12 @@ struct entity_host_options {
   /// One callback of an in-process plugin running longer than this ends the runner
   /// (handler_watch.hpp); 0: no limit. Plugins in their own process are bounded there.
   milliseconds handler_timeout{0};
+  /// Stateful types: a state larger than this is refused (Defect, nothing stored); 0: no limit.
+  std::size_t max_state_bytes = 0;
+  /// runner.state_save: true ("reply"): a volatile RPC's state is written before its reply;
+  /// false ("passivation"): when the entity is passivated or the runner stops (a crash loses
+  /// what was not written).
+  bool save_state_on_reply = true;
 };
 
 /// Where a request runs: resolved by the runner before delivery.
@@ -39,6 +46,12 @@ class entity_host {
   using reply_callback = std::function<void(reply_msg&&)>;
   /// Sends a call from a handler to another entity; `done` runs exactly once, later.
   using outbound_call = std::function<void(request_msg, reply_callback done)>;
+  /// Persisted messages of stateful types: stores the handler's reply, the message's
+  /// "processed" mark and `state` in one transaction (message_store::complete_with_state),
+  /// answers the message's callers, then calls `committed` with the outcome. The entity runs
+  /// its next message only after that. Used only when the handler set a state.
+  using state_commit = std::function<void(reply_msg&& reply, state_write state,
+                                          std::function<void(result<void>)> committed)>;
 
   entity_host(asio::io_context& io, entity_host_options options, outbound_call call_out);
   ~entity_host();
@@ -50,7 +63,15 @@ class entity_host {
   /// Persisted messages pass `bounded = false`: they are stored already, so they are
   /// never refused (the mailbox bound protects memory from callers, not from replay).
   void deliver(const entity_address& address, std::uint32_t rpc_index, request_msg request,
-               steady_clock::time_point deadline, reply_callback done, bool bounded = true);
+               steady_clock::time_point deadline, reply_callback done, bool bounded = true,
+               state_commit commit = {});
+
+  /// Where stateful types' state is loaded from and written to (the runner's message store;
+  /// set by persisted_messages). Unset: stateful types fail to activate (StorageError).
+  message_store* state_store = nullptr;
+  /// Writes the state of every entity whose latest state is not written yet
+  /// (runner.state_save = "passivation"); `done` runs once all writes are answered.
+  void write_unsaved(std::function<void()> done);
 
   /// Activates the entity without a message (its constructor runs now); nothing when it is
   /// active already. For entities that live without callers: kept-alive ones, singletons,
@@ -110,6 +131,14 @@ class entity_host {
     request_msg request;
     steady_clock::time_point deadline;
     reply_callback done;
+    state_commit commit;  // persisted messages of stateful types
+  };
+  /// What the runner knows of a stateful entity's stored state (absent for other types).
+  struct entity_state {
+    std::int64_t version = 0;  ///< the stored version this activation read or last wrote
+    bool loaded = false;       ///< false: load before the next activation
+    /// runner.state_save = "passivation": the latest state, not written yet.
+    std::optional<std::optional<bytes>> unsaved;
   };
   struct slot {
     /// Keeps the type (and its plugin's code) while the instance lives: after a swap, the
@@ -126,6 +155,7 @@ class entity_host {
     bool evict = false;  // passivate as soon as idle: the shard moved away
     stop_signal stop;    // the shard is moving or the runner stopping: a long run ends
     steady_clock::time_point last_active;
+    std::unique_ptr<entity_state> state;  // stateful types only
   };
   using slot_key = std::pair<std::string, std::string>;  // entity type, entity id
 
@@ -135,10 +165,24 @@ class entity_host {
                                                               const entity_address& address);
   /// Creates the plugin's instance of `s`; false (and the reason in `why`) when the
   /// constructor failed.
-  bool activate(const slot_key& key, slot& s, std::string& why);
+  bool activate(const slot_key& key, slot& s, std::string& why, const std::optional<bytes>* state);
   /// A constructor run in a plugin's process failed: the next message activates again.
   void activation_failed(const slot_key& key);
   void finish(invocation* call, reply_msg&& reply);
+  /// Reads a stateful entity's state, then activates it and runs its mailbox (busy meanwhile).
+  void load_and_activate(const slot_key& key);
+  /// Stores the state a handler set, then replies and runs the entity's next message.
+  void commit_state(const slot_key& key, reply_msg&& reply, reply_callback done,
+                    state_commit commit, std::optional<bytes> data);
+  /// The instance no longer matches storage (a write refused or failed): destroyed without a
+  /// write; the next message activates it again from storage.
+  void drop_activation(slot& s);
+  /// The entity's next message may run (after its reply and any state write).
+  void idle_again(const slot_key& key);
+  /// Answers every queued message of `it` with `reply` and forgets the slot.
+  void fail_queued(std::map<slot_key, slot>::iterator it, const reply_msg& reply);
+  void shard_left(const std::string& group, std::int32_t shard);
+  std::size_t unsaved_writes_ = 0;
   void passivate(std::map<slot_key, slot>::iterator it);
   void request_stop(slot& s);
   /// `it`'s type was retired and it is idle: passivates it, or moves its queued messages to
@@ -156,6 +200,8 @@ class entity_host {
   asio::steady_timer sweep_timer_;
   handler_watch watch_;
   bool stopped_ = false;
+  /// Completions of store calls check it: they may arrive after this host is gone.
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   std::uint64_t activations_ = 0;
   std::uint64_t passivations_ = 0;
 };

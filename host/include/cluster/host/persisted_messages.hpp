@@ -168,6 +168,13 @@ class persisted_messages {
   milliseconds storage_backoff();
   void run(persisted_message message, milliseconds backoff = milliseconds(0));
   void finish(std::int64_t id, const shard_key& shard, reply_msg&& reply, gate::holder hold);
+  /// `finish` of a stateful entity's message whose handler set a state: reply, processed mark
+  /// and state in one transaction (complete_with_state). A refused or failed write stores
+  /// nothing: the callers get NotOwner and, while this runner still holds the shard, the
+  /// message runs again (a new activation reads the stored state).
+  void finish_with_state(std::int64_t id, const shard_key& shard, reply_msg&& reply,
+                         state_write state, gate::holder hold,
+                         std::function<void(result<void>)> committed);
   gate::holder hold_in_flight() { return in_flight ? in_flight->hold() : gate::holder(); }
   void answer(std::int64_t id, const reply_msg& reply);
   void fetch_replies(std::vector<std::int64_t> ids);

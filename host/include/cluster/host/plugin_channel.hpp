@@ -48,7 +48,8 @@ struct plugin_create_msg {
   std::string entity_type;
   std::string entity_id;
   std::int32_t shard = 0;
-  CLUSTER_WIRE_FIELDS(plugin_create_msg, instance, entity_type, entity_id, shard);
+  std::optional<bytes> state;  ///< stateful types: the stored state (cluster_call_context.state)
+  CLUSTER_WIRE_FIELDS(plugin_create_msg, instance, entity_type, entity_id, shard, state);
 };
 
 struct plugin_destroy_msg {
@@ -70,13 +71,23 @@ struct plugin_handle_msg {
   CLUSTER_WIRE_FIELDS(plugin_handle_msg, instance, rpc_index, payload);
 };
 
+/// What a handler gave set_state, carried with its reply (the runner replays the call on its
+/// own context right before the reply, so the entity host sees the same calls in both modes).
+enum plugin_state_change : std::uint32_t {
+  plugin_state_unchanged = 0,
+  plugin_state_set = 1,      ///< `state` holds the new state
+  plugin_state_cleared = 2,  ///< set_state with CLUSTER_STATE_CLEAR
+};
+
 /// A handler's reply or a call's completion: the arguments of a cluster_reply_fn.
 struct plugin_outcome_msg {
   std::int32_t status = 0;
   std::string tag;
   std::string message;
   bytes payload;
-  CLUSTER_WIRE_FIELDS(plugin_outcome_msg, status, tag, message, payload);
+  std::uint32_t state_change = plugin_state_unchanged;  ///< replies only
+  bytes state;
+  CLUSTER_WIRE_FIELDS(plugin_outcome_msg, status, tag, message, payload, state_change, state);
 };
 
 struct plugin_call_msg {

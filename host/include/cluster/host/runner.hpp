@@ -61,6 +61,10 @@ struct runner_config {
   /// (see `runner`). Keep it below the manager's earliest expiry of a silent runner
   /// (health_timeout_ms - health_check_interval_ms + its probes; 2 s by default).
   milliseconds stall_fence{1000};
+  /// When a volatile RPC's new entity state is written: "reply" (before its reply is sent) or
+  /// "passivation" (when the entity is passivated or the runner stops: a crash loses what
+  /// was not written). Persisted RPCs always write it with their reply, in one transaction.
+  std::string state_save = "reply";
 
   /// Declares `[cluster]`, `[log]` and `[runner]`.
   std::vector<config_section> sections();
