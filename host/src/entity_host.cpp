@@ -614,7 +614,9 @@ void entity_host::retire_types() {
   for (auto it = entities_.begin(); it != entities_.end();) {
     auto current = it++;
     slot& s = current->second;
-    // A busy one moves on when its message is done (run_next).
+    // A busy one moves on when its message is done (run_next); it is asked to stop, or a
+    // singleton's run would keep the old version loaded for ever.
+    if (s.type->retired && s.busy) request_stop(s);
     if (s.type->retired && !s.busy && !s.evict) move_on(current);
   }
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <set>
 
+#include "cluster/cron.hpp"
 #include "cluster/security/digest.hpp"
 
 namespace cluster::host {
@@ -90,6 +91,24 @@ struct plugin_contents {
   std::vector<entity_type> types;
 };
 
+/// The runner runs singletons and cron jobs through their RPC 0 itself: a type it could not
+/// run so is refused, naming it.
+result<void> check_job(const entity_type_info& info) {
+  if ((info.options.flags & CLUSTER_ENTITY_SINGLETON) != 0 && info.rpcs.empty())
+    return failure{refused, "singleton '" + info.name + "' has no RPC 0 (its run)"};
+  if ((info.options.flags & CLUSTER_ENTITY_CRON) == 0) return success();
+  const std::string what = "cron job '" + info.name + "'";
+  if (info.rpcs.empty()) return failure{refused, what + " has no RPC 0 (its tick)"};
+  if (!info.rpcs[0].persisted)
+    return failure{refused, what + ": its RPC 0 ('" + info.rpcs[0].name + "') is not persisted"};
+  try {
+    (void)cron_schedule::parse(info.options.cron_schedule);
+  } catch (const std::invalid_argument& e) {
+    return failure{refused, what + ": " + e.what()};
+  }
+  return success();
+}
+
 result<entity_type> read_entity(const cluster_entity_descriptor* source, std::uint32_t index) {
   const std::string where = "entity descriptor " + std::to_string(index);
   if (source == nullptr) return failure{refused, where + " is NULL"};
@@ -136,6 +155,7 @@ result<entity_type> read_entity(const cluster_entity_descriptor* source, std::ui
     rpc_names.insert(rpc_name);
     type.info.rpcs.push_back(rpc_info{std::move(rpc_name), type.persisted(r), type.read_only(r)});
   }
+  BOOST_OUTCOME_TRYV(check_job(type.info));
   // The runner reads its copies from now on, never the plugin's table or text.
   type.descriptor.rpcs = nullptr;
   type.descriptor.cron_schedule = nullptr;

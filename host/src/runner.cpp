@@ -269,6 +269,16 @@ void runner::start() {
       std::make_unique<persisted_messages>(io_, make_message_store(io_, config_.common.storage),
                                            *entities_, registry_, config_.common.storage);
   persisted_->in_flight = &work_;
+  jobs_ = std::make_unique<host::jobs>(
+      io_, *entities_, *persisted_, persisted_->store(), registry_,
+      [this](const std::string& group) -> std::int32_t {
+        const auto it = shards_per_group_.find(group);
+        return it == shards_per_group_.end() ? 0 : static_cast<std::int32_t>(it->second);
+      });
+  jobs_->in_flight = &work_;
+  persisted_->on_shard_serving = [this](const std::string& group, std::int32_t shard) {
+    if (jobs_) jobs_->shard_serving(group, shard);
+  };
   persisted_->start();
   router_.is_local = [this](const std::string& owner) { return owner == address_; };
   router_.deliver_locally = [this](request_msg request,
@@ -385,6 +395,9 @@ awaitable<void> runner::shut_down() {
   const auto started = steady_clock::now();
   spdlog::info("runner {} stopping: leaving the cluster, finishing in-flight requests",
                config_.name);
+  // Singletons end their runs now; the drain below waits for them (they hold `work_`), so
+  // their shard locks go only after the runs returned.
+  if (jobs_) jobs_->stop();
   if (manager_ && manager_->connected()) {
     // The manager publishes the new assignment before it answers, so other runners start
     // taking over our shards while we finish; their locks follow as our entities go idle.
@@ -541,8 +554,12 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
         "runner " + config_.name + " has no entity type '" + request.entity_type + "'"));
     return;
   }
+  // `clusterctl cron list` asks the runner serving a cron job for its bookkeeping.
+  const bool cron_status = request.rpc == cron_status_rpc &&
+                           (type->info.options.flags & CLUSTER_ENTITY_CRON) != 0 &&
+                           request.entity_id == "cron";
   const auto rpc_index = type->rpc_index(request.rpc);
-  if (!rpc_index) {
+  if (!rpc_index && !cron_status) {
     done(reply_msg::failure(errc::unknown_rpc, "entity type '" + request.entity_type +
                                                    "' has no RPC '" + request.rpc + "'"));
     return;
@@ -559,7 +576,7 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
     return;
   }
   const entity_address address{type, request.entity_id, shard};
-  const bool persisted = type->persisted(*rpc_index);
+  const bool persisted = !cron_status && type->persisted(*rpc_index);
   if (!persisted_->holds(type->info.group, shard)) {
     if (persisted_->suspended(type->info.group, shard)) {
       if (persisted) {
@@ -583,6 +600,10 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
     done(reply_msg::failure(errc::not_owner, "runner " + config_.name + " is taking over shard " +
                                                  std::to_string(shard) + " of group '" +
                                                  type->info.group + "'"));
+    return;
+  }
+  if (cron_status) {
+    done(reply_msg::success(pack_bytes(jobs_->cron_status_of(type->info.name, config_.name))));
     return;
   }
   if (persisted) {

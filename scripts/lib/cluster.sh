@@ -96,8 +96,9 @@ component_command() {
       ;;
     runner-*)
       # DEV_PLUGINS: more plugin files or folders (comma-separated), e.g. one built out of tree.
+      # plugins/jobs: the example singleton and cron job (plugins/scheduler).
       COMMAND+=(--set "runner.name=$name" --set "runner.port=$port"
-        --set "runner.plugins=$PLUGIN_DIR${DEV_PLUGINS:+,$DEV_PLUGINS}")
+        --set "runner.plugins=$PLUGIN_DIR,$PLUGIN_DIR/jobs${DEV_PLUGINS:+,$DEV_PLUGINS}")
       ;;
   esac
 }

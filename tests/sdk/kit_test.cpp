@@ -467,3 +467,42 @@ TEST(plugin_kit, a_kit_destroyed_while_a_handler_sleeps_lets_it_finish) {
 }
 
 }  // namespace
+
+namespace cluster::testing {
+namespace {
+
+TEST(plugin_kit, ticks_a_cron_job_when_the_clock_passes_each_tick) {
+  kit_options options;
+  options.start_ms = 1'700'000'000'500;
+  kit k = kit::load(SCHEDULER_PLUGIN, options);
+  EXPECT_TRUE(k.persisted().empty());
+  k.advance_ms(499);
+  EXPECT_TRUE(k.persisted().empty()) << "ticked before its time";
+  k.advance_ms(1);
+  ASSERT_EQ(k.persisted().size(), 1u);
+  EXPECT_EQ(k.persisted()[0].entity_type, "EverySecond");
+  EXPECT_EQ(k.persisted()[0].entity_id, "cron");
+  EXPECT_EQ(k.persisted()[0].primary_key, "cron:1700000001000");
+  EXPECT_TRUE(k.logged("tick scheduled at 1700000001000 ran 0 ms late"));
+  k.advance_ms(3'000);
+  ASSERT_EQ(k.persisted().size(), 4u);
+  EXPECT_EQ(k.persisted()[3].primary_key, "cron:1700000004000");
+}
+
+TEST(plugin_kit, runs_a_singleton_until_it_is_asked_to_stop) {
+  kit k = kit::load(SCHEDULER_PLUGIN);
+  auto run = k.start_singleton("Heartbeat");
+  EXPECT_FALSE(run.done());
+  EXPECT_TRUE(k.logged("heartbeat 1 from pid"));
+  k.advance_ms(3'000);
+  EXPECT_TRUE(k.logged("heartbeat 4 from pid"));
+  EXPECT_FALSE(run.done());
+  k.stop("Heartbeat", "singleton");
+  ASSERT_TRUE(run.done());
+  EXPECT_TRUE(run.get()) << run.get().error();
+  EXPECT_TRUE(k.logged("heartbeat singleton stopping after 4 beats"));
+  EXPECT_THROW(k.start_singleton("EverySecond"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace cluster::testing

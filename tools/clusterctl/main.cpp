@@ -39,6 +39,7 @@
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/tool_credentials.hpp"
 #include "cluster/protocol/codec.hpp"
+#include "cluster/protocol/cron_status.hpp"
 #include "cluster/security/credentials_folder.hpp"
 #include "cluster/security/digest.hpp"
 
@@ -242,7 +243,7 @@ int status(const options& opts, bool as_json) {
   return 0;
 }
 
-// --- dead-letters -----------------------------------------------------------------------
+// --- cron -------------------------------------------------------------------------------
 
 std::string unix_ms_text(std::int64_t ms) {
   const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
@@ -252,6 +253,75 @@ std::string unix_ms_text(std::int64_t ms) {
   std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
   return text;
 }
+
+constexpr std::uint32_t cron_flag = 8;  // CLUSTER_ENTITY_CRON of <cluster/plugin_abi.h>
+
+// Each cron job of the cluster's catalog, as the runner serving it tells (through the proxy).
+int cron_list(const options& opts, bool as_json) {
+  auto fetched = fetch_status(opts, opts.timeout);
+  if (!fetched) return print_failure(fetched.error());
+  json out = json::array();
+  for (const auto& type : fetched.value().entity_types) {
+    if ((type.options.flags & cron_flag) == 0) continue;
+    json job = {{"name", type.name},
+                {"group", type.group},
+                {"schedule", type.options.cron_schedule},
+                {"missed", type.options.cron_missed == 1 ? "run_once" : "skip"}};
+    request_msg request;
+    request.entity_type = type.name;
+    request.entity_id = "cron";
+    request.rpc = std::string(cron_status_rpc);
+    request.payload = {0x80};  // {}
+    request.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
+    const auto reply =
+        round_trip(opts, opts.proxy, role::client, message_kind::request, request, opts.timeout);
+    auto status = reply.ok() ? unpack_bytes<cron_status_msg>(reply.payload)
+                             : result<cron_status_msg>(failure{reply.code, describe(reply)});
+    if (status) {
+      const auto& s = status.value();
+      job["runner"] = s.runner;
+      job["last_run"] = s.last_scheduled_ms == 0 ? json(nullptr)
+                                                 : json{{"scheduled_ms", s.last_scheduled_ms},
+                                                        {"fired_ms", s.last_fired_ms},
+                                                        {"outcome", s.last_outcome}};
+      job["next_run_ms"] = s.next_ms == 0 ? json(nullptr) : json(s.next_ms);
+    } else {
+      job["error"] = status.error().message;
+    }
+    out.push_back(std::move(job));
+  }
+  if (as_json) {
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  if (out.empty()) std::cout << "no cron jobs in the cluster\n";
+  for (const auto& job : out) {
+    std::cout << job["name"].get<std::string>() << "  \"" << job["schedule"].get<std::string>()
+              << "\"  group " << job["group"].get<std::string>() << "  missed "
+              << job["missed"].get<std::string>() << "\n";
+    if (job.contains("error")) {
+      std::cout << "  error: " << job["error"].get<std::string>() << "\n";
+      continue;
+    }
+    std::cout << "  runner " << job["runner"].get<std::string>() << "\n";
+    if (job["last_run"].is_null()) {
+      std::cout << "  last run: none here yet\n";
+    } else {
+      const auto& last = job["last_run"];
+      std::cout << "  last run: " << unix_ms_text(last["scheduled_ms"].get<std::int64_t>())
+                << " (fired " << unix_ms_text(last["fired_ms"].get<std::int64_t>()) << ") "
+                << last["outcome"].get<std::string>() << "\n";
+    }
+    std::cout << "  next run: "
+              << (job["next_run_ms"].is_null()
+                      ? std::string("not scheduled yet")
+                      : unix_ms_text(job["next_run_ms"].get<std::int64_t>()))
+              << "\n";
+  }
+  return 0;
+}
+
+// --- dead-letters -----------------------------------------------------------------------
 
 int dead_letters_list(const options& opts, bool as_json) {
   const auto reply = round_trip(opts, opts.manager, role::admin, message_kind::list_dead_letters,
@@ -930,6 +1000,14 @@ int main(int argc, char** argv) {
       plugin_cmd->add_subcommand("rm", "remove plugin NAME (admin): every runner unloads it");
   plugin_rm_cmd->add_option("NAME", plugin_name)->required();
   for (auto* sub : {plugin_push_cmd, plugin_list_cmd, plugin_rm_cmd}) sub->fallthrough();
+  auto* cron_cmd = app.add_subcommand("cron", "cron jobs of the cluster");
+  cron_cmd->require_subcommand(1, 1);
+  cron_cmd->fallthrough();
+  bool cron_json = false;
+  auto* cron_list_cmd = cron_cmd->add_subcommand(
+      "list", "each cron job: schedule, group, the runner serving it, last run and next run");
+  cron_list_cmd->add_flag("--json", cron_json, "one line of JSON");
+  cron_list_cmd->fallthrough();
   auto* keys_cmd = app.add_subcommand("keys", "make and inspect cluster credentials");
   keys_cmd->require_subcommand(1, 1);
   std::string keys_dir, key_file;
@@ -1018,6 +1096,7 @@ int main(int argc, char** argv) {
   if (*plugin_push_cmd) return plugin_push(opts, plugin_file);
   if (*plugin_list_cmd) return plugin_list(opts, plugin_list_json);
   if (*plugin_rm_cmd) return plugin_remove(opts, plugin_name);
+  if (*cron_list_cmd) return cron_list(opts, cron_json);
   for (auto& make : pending) conditions.push_back(make());
   return wait_until(opts, wait, conditions);
 }

@@ -277,6 +277,7 @@ class kit_state {
     std::vector<cluster_rpc_descriptor> rpcs;
     std::string name, group;
     std::vector<std::string> rpc_names;
+    std::optional<cluster::cron_schedule> cron;  // cron jobs: their schedule
 
     std::optional<std::uint32_t> rpc_index(std::string_view rpc) const {
       for (std::size_t i = 0; i < rpc_names.size(); ++i)
@@ -308,6 +309,7 @@ class kit_state {
     void* instance = nullptr;
     bool busy = false;
     bool evict = false;
+    bool stop = false;  // kit::stop: stop_requested() is true, sleeps end at once
     std::deque<message> mailbox;
   };
 
@@ -350,8 +352,13 @@ class kit_state {
       return static_cast<invocation*>(host_ctx)->kit->now_ms_;
     }
     static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
-      auto* kit = static_cast<invocation*>(host_ctx)->kit;
-      kit->at(kit->now_ms_ + std::max<std::int64_t>(0, delay_ms), [fire, user] { fire(user); });
+      auto* self = static_cast<invocation*>(host_ctx);
+      self->kit->sleep(self->key, delay_ms, fire, user);
+    }
+    static std::int32_t stop_requested(void* host_ctx) {
+      auto* self = static_cast<invocation*>(host_ctx);
+      const auto it = self->kit->entities_.find(self->key);
+      return self->kit->stopping_ || (it != self->kit->entities_.end() && it->second.stop) ? 1 : 0;
     }
     static void call(void* host_ctx, const char* entity_type, const char* entity_id,
                      const char* rpc, const std::uint8_t* payload, std::size_t size,
@@ -447,12 +454,19 @@ class kit_state {
   kit_state(cluster_plugin_entry_fn entry, kit_options options, std::shared_ptr<void> library)
       : library_(std::move(library)), options_(std::move(options)), now_ms_(options_.start_ms) {
     read_descriptor(entry);
+    // Cron jobs tick from the start, as on a runner serving them.
+    for (const auto& [name, type] : types_)
+      if (type.cron) schedule_tick(name, type.cron->next_after(now_ms_));
   }
   kit_state(const kit_state&) = delete;
   kit_state& operator=(const kit_state&) = delete;
 
   ~kit_state() {
-    // Lets handlers still waiting on the clock finish, so their coroutine frames are freed.
+    // Lets handlers still waiting on the clock finish, so their coroutine frames are freed:
+    // as a stopping runner, it asks them to stop (a singleton's run returns) and schedules
+    // no more cron ticks.
+    stopping_ = true;
+    for (const auto& entry : entities_) stop(entry.first.first, entry.first.second);
     try {
       for (int round = 0; round < 10'000 && !timers_.empty(); ++round) {
         run();
@@ -566,6 +580,24 @@ class kit_state {
     stubs_[slot_key{std::move(type), std::move(rpc)}] = std::move(fn);
   }
 
+  /// Calls the singleton's run (RPC 0) as a runner does once it serves it.
+  std::shared_ptr<const outcome> start_singleton(std::string_view name) {
+    const type_entry* type = find(name);
+    if (type == nullptr || (type->descriptor.flags & CLUSTER_ENTITY_SINGLETON) == 0)
+      throw std::invalid_argument("'" + std::string(name) + "' is not a singleton of the plugin");
+    return send(name, "singleton", type->rpc_names.at(0), bytes{0x80}, call_options{});
+  }
+
+  /// Asks the entity's running handler to stop: stop_requested() turns true, its sleeps fire
+  /// now. Its next message starts without a stop.
+  void stop(const std::string& type, const std::string& id) {
+    auto it = entities_.find(slot_key{type, id});
+    if (it == entities_.end()) return;
+    it->second.stop = true;
+    for (auto& [sleep_id, pending] : sleeps_)
+      if (pending.key == it->first) post([this, sleep_id = sleep_id] { wake(sleep_id); });
+  }
+
   bool active(const std::string& type, const std::string& id) const {
     auto it = entities_.find(slot_key{type, id});
     return it != entities_.end() && it->second.instance != nullptr;
@@ -590,6 +622,56 @@ class kit_state {
 
  private:
   void post(std::function<void()> fn) { posted_.push_back(std::move(fn)); }
+
+  struct pending_sleep {
+    slot_key key;
+    void (*fire)(void*);
+    void* user;
+  };
+  void sleep(const slot_key& key, std::int64_t delay_ms, void (*fire)(void*), void* user) {
+    const std::uint64_t id = ++last_sleep_;
+    sleeps_.emplace(id, pending_sleep{key, fire, user});
+    const auto it = entities_.find(key);
+    if (stopping_ || (it != entities_.end() && it->second.stop)) {
+      post([this, id] { wake(id); });
+      return;
+    }
+    at(now_ms_ + std::max<std::int64_t>(0, delay_ms), [this, id] { wake(id); });
+  }
+  // A sleep ends once: by its time, or earlier by a stop.
+  void wake(std::uint64_t id) {
+    auto it = sleeps_.find(id);
+    if (it == sleeps_.end()) return;
+    const pending_sleep due = it->second;
+    sleeps_.erase(it);
+    due.fire(due.user);
+  }
+
+  // A cron job's tick at `scheduled_ms`: delivered then as the runner stores it (persisted,
+  // key "cron:<scheduled_ms>"); once answered, the next one after it (and after now).
+  void schedule_tick(const std::string& name, std::int64_t scheduled_ms) {
+    at(scheduled_ms, [this, name, scheduled_ms] {
+      if (stopping_) return;
+      const type_entry* type = find(name);
+      if (type == nullptr) return;
+      msgpack::sbuffer buffer;
+      msgpack::packer<msgpack::sbuffer> packer(buffer);
+      packer.pack_map(2);
+      packer.pack(std::string_view("scheduled_ms"));
+      packer.pack(scheduled_ms);
+      packer.pack(std::string_view("fired_ms"));
+      packer.pack(now_ms_);
+      deliver(name, "cron", type->rpc_names.at(0),
+              bytes(buffer.data(), buffer.data() + buffer.size()),
+              "cron:" + std::to_string(scheduled_ms), std::nullopt,
+              [this, name, scheduled_ms](outcome) {
+                const type_entry* current = find(name);
+                if (stopping_ || current == nullptr || !current->cron) return;
+                schedule_tick(name, std::max(current->cron->next_after(scheduled_ms),
+                                             current->cron->next_after(now_ms_)));
+              });
+    });
+  }
   void at(std::int64_t due_ms, std::function<void()> fn) {
     timers_.emplace(due_ms, std::move(fn));  // after the ones due at the same time
   }
@@ -748,6 +830,7 @@ class kit_state {
         }
       }
       s.busy = true;
+      s.stop = stopping_;
       auto* call = new invocation;
       call->kit = this;
       call->key = key;
@@ -870,6 +953,21 @@ class kit_state {
         type.rpc_names.push_back(rpc_name);
       }
       td.rpcs = nullptr;
+      // What the runner's registry refuses.
+      if ((td.flags & CLUSTER_ENTITY_CRON) != 0) {
+        if (td.cron_schedule == nullptr)
+          throw std::runtime_error("cron job '" + type.name + "' has no schedule");
+        try {
+          type.cron = cluster::cron_schedule::parse(td.cron_schedule);
+        } catch (const std::invalid_argument& bad) {
+          throw std::runtime_error("cron job '" + type.name + "': " + bad.what());
+        }
+        if (type.rpcs.empty() || (type.rpcs[0].flags & CLUSTER_RPC_PERSISTED) == 0)
+          throw std::runtime_error("cron job '" + type.name + "' has no persisted RPC 0");
+      }
+      if ((td.flags & CLUSTER_ENTITY_SINGLETON) != 0 && type.rpcs.empty())
+        throw std::runtime_error("singleton '" + type.name + "' has no RPC 0 (its run)");
+      td.cron_schedule = nullptr;  // kept parsed
       const std::string name = type.name;
       if (!types_.emplace(name, std::move(type)).second)
         throw std::runtime_error("declares entity type '" + name + "' twice");
@@ -890,6 +988,9 @@ class kit_state {
   std::map<std::tuple<std::string, std::string, std::string>, keyed_entry> keyed_;
   std::deque<std::function<void()>> posted_;
   std::multimap<std::int64_t, std::function<void()>> timers_;
+  std::map<std::uint64_t, pending_sleep> sleeps_;
+  std::uint64_t last_sleep_ = 0;
+  bool stopping_ = false;  // the kit is going: runs are asked to stop, no more ticks
 };
 
 }  // namespace detail
@@ -1005,6 +1106,23 @@ class kit {
   void advance_ms(std::int64_t delta_ms) { state_->advance_ms(delta_ms); }
   /// Runs everything that is ready now (call/send/advance_ms do it already).
   void run() { state_->run(); }
+
+  // --- singletons and cron jobs ----------------------------------------------------------------
+  /// Starts singleton `name`'s run (RPC 0 on entity "singleton"), as a runner does once it
+  /// serves it; the run goes on across `advance_ms` until `stop` (or the kit's end).
+  pending<cluster::empty> start_singleton(std::string_view name) {
+    return pending<cluster::empty>(state_->start_singleton(name));
+  }
+  /// Asks (`type`, `id`)'s running handler to stop, as a runner does when the shard moves
+  /// away: `ctx.stop_requested()` turns true and its sleeps end now. `stop("X", "singleton")`
+  /// ends singleton X's run; `run()` (or the next call) lets it finish.
+  void stop(const std::string& type, const std::string& id) {
+    state_->stop(type, id);
+    state_->run();
+  }
+  // Cron jobs tick by themselves: each tick is delivered when `advance_ms` passes its time,
+  // as a persisted message (`persisted()`, key "cron:<scheduled_ms>", fired_ms the kit's time),
+  // then the next one after it is due.
 
   // --- lifecycle -----------------------------------------------------------------------------
   /// Destroys the instance of (`type`, `id`) (after its running and queued messages, if any);

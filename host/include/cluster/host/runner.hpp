@@ -11,6 +11,7 @@
 #include "cluster/client/manager_client.hpp"
 #include "cluster/client/router.hpp"
 #include "cluster/host/entity_host.hpp"
+#include "cluster/host/jobs.hpp"
 #include "cluster/host/persisted_messages.hpp"
 #include "cluster/host/plugin_fetcher.hpp"
 #include "cluster/host/plugin_watcher.hpp"
@@ -106,6 +107,8 @@ class runner {
   /// Shards whose storage lock this runner holds (it serves only those).
   std::size_t held_shards() const { return persisted_ ? persisted_->held_shards() : 0; }
   persisted_messages& persisted() { return *persisted_; }
+  /// Singletons and cron jobs served here.
+  host::jobs& jobs() { return *jobs_; }
   const entity_registry& registry() const { return registry_; }
   /// runner.plugin_cache_dir as used (a temp folder when it was empty); valid after `start`.
   const std::filesystem::path& plugin_cache_dir() const { return cache_dir_; }
@@ -164,6 +167,7 @@ class runner {
   std::vector<std::string> registered_groups_;  // kept when no type is left
   std::unique_ptr<entity_host> entities_;
   std::unique_ptr<persisted_messages> persisted_;
+  std::unique_ptr<host::jobs> jobs_;  // after persisted_: destroyed before it
   server server_;
   router router_;
   std::unique_ptr<manager_client> manager_;
