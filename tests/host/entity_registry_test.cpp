@@ -159,7 +159,7 @@ TEST(entity_registry, refuses_another_abi_major_version) {
 
 TEST(entity_registry, refuses_a_plugin_built_for_a_newer_minor_version) {
   EXPECT_EQ(load_error(test_plugin("newer_minor_plugin")),
-            "ABI version 2.1 is newer than this runner's 2.0");
+            "ABI version 2.2 is newer than this runner's 2.1");
 }
 
 TEST(entity_registry, refuses_a_singleton_or_cron_job_it_could_not_run) {
