@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 
+#include "cluster/protocol/cron_status.hpp"
 #include "cluster/protocol/shard.hpp"
 
 namespace cluster {
@@ -107,7 +108,9 @@ result<entity_location> router::locate(const std::string& entity_type, const std
       return failure{errc::no_runner, "no assignments received yet"};
     return failure{errc::unknown_entity_type, "unknown entity type '" + entity_type + "'"};
   }
-  if (!rpc.empty() && type->find_rpc(rpc) == nullptr)
+  // A cron job's runner answers `$cron_status` itself (clusterctl cron list).
+  const bool cron_status = rpc == cron_status_rpc && !type->options.cron_schedule.empty();
+  if (!rpc.empty() && type->find_rpc(rpc) == nullptr && !cron_status)
     return failure{errc::unknown_rpc, "entity type '" + entity_type + "' has no RPC '" + rpc + "'"};
   const auto* group = snapshot_.find_group(type->group);
   if (group == nullptr || group->shards == 0)

@@ -445,7 +445,6 @@ class kit_state {
         self->new_state.emplace(data, data + size);
       }
     }
-    static std::int32_t stop_requested(void*) { return 0; }
 
     static constexpr cluster_host_api api = {
         sizeof(cluster_host_api), 0, &log, &call, &now_ms, &sleep, &set_state, &stop_requested};
