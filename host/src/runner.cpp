@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -53,7 +54,68 @@ std::vector<config_section> runner_config::sections() {
       .key("watch_plugins", &watch_plugins)
       .key("stall_fence_ms", &stall_fence)
       .key("state_save", &state_save);
+  // Each table's section lives as long as the loader can write through it.
+  auto tables = std::make_shared<std::map<std::string, config_section>>();
+  sections.emplace_back("entity");
+  sections.back().tables(
+      {"max_idle_ms", "mailbox_capacity", "concurrency", "keep_alive"},
+      [this, tables](const std::string& type_name) -> config_section& {
+        const std::string key = entity_config_key(type_name);
+        auto& entry = entity[key];
+        auto& section =
+            tables->insert_or_assign(key, config_section("entity." + type_name)).first->second;
+        section.key("max_idle_ms", &entry.max_idle_ms)
+            .key("mailbox_capacity", &entry.mailbox_capacity)
+            .key("concurrency", &entry.concurrency)
+            .key("keep_alive", &entry.keep_alive);
+        return section;
+      });
   return sections;
+}
+
+std::string entity_config_key(std::string_view name) {
+  std::string key(name);
+  for (auto& c : key)
+    c = c == '.' || c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return key;
+}
+
+result<entity_options> effective_options(const std::string& type, entity_options declared,
+                                         const runner_config& config) {
+  entity_options options = std::move(declared);
+  if (auto it = config.entity.find(entity_config_key(type)); it != config.entity.end()) {
+    const auto& o = it->second;
+    const std::string where = "[entity." + type + "]";
+    const auto bounded = [&](const std::optional<std::int64_t>& value, const char* key,
+                             std::int64_t low, std::int64_t high) -> result<void> {
+      if (value && (*value < low || *value > high))
+        return failure{errc::invalid_request, where + " " + key + " = " + std::to_string(*value) +
+                                                  " is outside [" + std::to_string(low) + ", " +
+                                                  std::to_string(high) + "]"};
+      return success();
+    };
+    BOOST_OUTCOME_TRYV(bounded(o.max_idle_ms, "max_idle_ms", 1, max_entity_idle_ms));
+    BOOST_OUTCOME_TRYV(bounded(o.mailbox_capacity, "mailbox_capacity", 1, max_entity_mailbox));
+    BOOST_OUTCOME_TRYV(bounded(o.concurrency, "concurrency", 1, max_entity_concurrency));
+    if (o.max_idle_ms) options.max_idle_ms = *o.max_idle_ms;
+    if (o.mailbox_capacity)
+      options.mailbox_capacity = static_cast<std::uint32_t>(*o.mailbox_capacity);
+    if (o.concurrency) options.concurrency = static_cast<std::uint32_t>(*o.concurrency);
+    if (o.keep_alive) {
+      if (*o.keep_alive) {
+        options.flags |= CLUSTER_ENTITY_KEEP_ALIVE;
+      } else if ((options.flags & CLUSTER_ENTITY_SINGLETON) != 0) {
+        return failure{errc::invalid_request, where + " keep_alive = false: " + type +
+                                                  " is a singleton, always kept alive"};
+      } else {
+        options.flags &= ~CLUSTER_ENTITY_KEEP_ALIVE;
+      }
+    }
+  }
+  if (options.mailbox_capacity == 0) options.mailbox_capacity = config.mailbox_capacity;
+  if (options.max_idle_ms == 0) options.max_idle_ms = config.passivate_after.count();
+  if (options.concurrency == 0) options.concurrency = 1;
+  return options;
 }
 
 namespace {
@@ -227,6 +289,12 @@ void runner::start() {
   if (config_.state_save != "reply" && config_.state_save != "passivation")
     throw config_error("runner.state_save: expected \"reply\" or \"passivation\", got '" +
                        config_.state_save + "'");
+  for (const auto& [key, overrides] : config_.entity)
+    if (auto checked = effective_options(key, {}, config_); !checked)
+      throw config_error(checked.error().message);
+  registry_.configure_type = [this](const std::string& type, entity_options declared) {
+    return effective_options(type, std::move(declared), config_);
+  };
   load_plugins();
   if (registry_.empty() && config_.groups.empty())
     throw std::runtime_error(
@@ -235,8 +303,12 @@ void runner::start() {
   for (const auto& type : registry_.catalog()) {
     std::string rpcs;
     for (const auto& r : type.rpcs)
-      rpcs += (rpcs.empty() ? "" : ", ") + r.name + (r.persisted ? " (persisted)" : "");
-    spdlog::info("entity type {} in group '{}': {}", type.name, type.group, rpcs);
+      rpcs += (rpcs.empty() ? "" : ", ") + r.name + (r.persisted ? " (persisted)" : "") +
+              (r.read_only ? " (read-only)" : "");
+    const auto& o = type.options;
+    spdlog::info("entity type {} in group '{}': {}; mailbox {}, idle {} ms, concurrency {}{}",
+                 type.name, type.group, rpcs, o.mailbox_capacity, o.max_idle_ms, o.concurrency,
+                 (o.flags & CLUSTER_ENTITY_KEEP_ALIVE) != 0 ? ", kept alive" : "");
   }
 
   entities_ = std::make_unique<entity_host>(

@@ -91,6 +91,9 @@ cluster::config_sources sources_for(const std::string& file,
                                     std::map<std::string, std::string> env = {}) {
   cluster::config_sources sources;
   sources.file = file;
+  std::vector<std::string> names;
+  for (const auto& [name, value] : env) names.push_back(name);
+  sources.env_names = [names] { return names; };
   sources.getenv = fake_env(std::move(env));
   return sources;
 }
@@ -215,6 +218,80 @@ TEST(config, lets_set_override_the_environment_and_links_override_the_file) {
   EXPECT_EQ(s.name, "from-set");
   EXPECT_EQ(s.port, 7300);  // link beats the file, nothing later sets it
   EXPECT_EQ(s.log_level, "a=b");
+}
+
+// A section of tables, as the runner's [entity.<Type>]: optional fields, set only when given.
+struct table_settings {
+  struct entry {
+    std::optional<std::int64_t> max_idle_ms;
+    std::optional<bool> keep_alive;
+    cluster::config_section section{"entity"};
+  };
+  std::map<std::string, entry> entries;
+
+  std::vector<cluster::config_section> sections() {
+    std::vector<cluster::config_section> result;
+    result.emplace_back("entity");
+    result.back().tables(
+        {"max_idle_ms", "keep_alive"}, [this](const std::string& name) -> cluster::config_section& {
+          auto& e = entries[name];
+          e.section = cluster::config_section("entity");
+          e.section.key("max_idle_ms", &e.max_idle_ms).key("keep_alive", &e.keep_alive);
+          return e.section;
+        });
+    return result;
+  }
+};
+
+TEST(config, reads_named_tables_from_the_file_the_environment_and_set_in_that_order) {
+  temp_dir dir;
+  const auto file = dir.write("cluster.toml", R"(
+[entity.Counter]
+max_idle_ms = 100
+keep_alive = true
+
+[entity.Cart]
+keep_alive = false
+)");
+  auto sources = sources_for(file, {{"CLUSTER_ENTITY_COUNTER_MAX_IDLE_MS", "200"},
+                                    {"CLUSTER_ENTITY_MY_TYPE_KEEP_ALIVE", "true"},
+                                    {"CLUSTER_ENTITY_NOTHING", "1"}});
+  sources.sets = {"entity.Cart.max_idle_ms=300"};
+  table_settings s;
+  auto sections = s.sections();
+  const auto loaded =
+      cluster::load_config(sources, sections, std::vector<std::string>{"entity", "runner"});
+  ASSERT_TRUE(loaded) << loaded.error().message;
+  // The file's names as written; the environment's in upper case.
+  ASSERT_EQ(s.entries.count("Counter"), 1u);
+  EXPECT_EQ(s.entries["Counter"].max_idle_ms, 100);
+  EXPECT_EQ(s.entries["Counter"].keep_alive, true);
+  EXPECT_EQ(s.entries["COUNTER"].max_idle_ms, 200);
+  EXPECT_FALSE(s.entries["COUNTER"].keep_alive.has_value());
+  EXPECT_EQ(s.entries["Cart"].keep_alive, false);
+  EXPECT_EQ(s.entries["Cart"].max_idle_ms, 300);
+  EXPECT_EQ(s.entries["MY_TYPE"].keep_alive, true);
+  EXPECT_EQ(s.entries.count("NOTHING"), 0u);
+}
+
+TEST(config, rejects_an_unknown_key_or_a_bad_value_in_a_named_table) {
+  temp_dir dir;
+  const auto run = [&](const std::string& text, std::vector<std::string> sets = {}) {
+    auto sources = sources_for(dir.write("cluster.toml", text));
+    sources.sets = std::move(sets);
+    table_settings s;
+    auto sections = s.sections();
+    auto loaded = cluster::load_config(sources, sections, std::vector<std::string>{"entity"});
+    return loaded ? std::string() : loaded.error().message;
+  };
+  EXPECT_NE(run("[entity.Counter]\nmax_idle = 1\n").find("entity.Counter.max_idle: unknown key"),
+            std::string::npos);
+  EXPECT_NE(run("[entity.Counter]\nkeep_alive = 1\n").find("expected true or false"),
+            std::string::npos);
+  EXPECT_NE(run("[entity]\nmax_idle_ms = 1\n").find("must be a [entity.max_idle_ms] table"),
+            std::string::npos);
+  EXPECT_NE(run("", {"entity.max_idle_ms=1"}).find("expected entity.<name>.key=value"),
+            std::string::npos);
 }
 
 TEST(config, splits_comma_lists_from_the_environment) {

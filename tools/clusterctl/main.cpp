@@ -35,6 +35,7 @@
 
 #include "cluster/launch/launch.hpp"
 #include "cluster/net/connection.hpp"
+#include "cluster/plugin_abi.h"
 #include "cluster/process/config.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/tool_credentials.hpp"
@@ -223,6 +224,25 @@ int status(const options& opts, bool as_json) {
   }
   for (const auto& group : snapshot.groups)
     out["groups"].push_back({{"name", group.group}, {"shards", group.shards}});
+  out["entity_types"] = json::array();
+  for (const auto& type : snapshot.entity_types) {
+    json rpcs = json::array();
+    for (const auto& rpc : type.rpcs)
+      rpcs.push_back(
+          {{"name", rpc.name}, {"persisted", rpc.persisted}, {"read_only", rpc.read_only}});
+    const auto& o = type.options;
+    out["entity_types"].push_back({{"name", type.name},
+                                   {"group", type.group},
+                                   {"rpcs", std::move(rpcs)},
+                                   {"options",
+                                    {{"keep_alive", (o.flags & CLUSTER_ENTITY_KEEP_ALIVE) != 0},
+                                     {"stateful", (o.flags & CLUSTER_ENTITY_STATEFUL) != 0},
+                                     {"singleton", (o.flags & CLUSTER_ENTITY_SINGLETON) != 0},
+                                     {"cron", (o.flags & CLUSTER_ENTITY_CRON) != 0},
+                                     {"mailbox_capacity", o.mailbox_capacity},
+                                     {"max_idle_ms", o.max_idle_ms},
+                                     {"concurrency", o.concurrency}}}});
+  }
   if (as_json) {
     std::cout << out.dump() << "\n";
     return 0;
@@ -237,8 +257,13 @@ int status(const options& opts, bool as_json) {
   }
   for (const auto& type : snapshot.entity_types) {
     std::cout << "  entity " << type.name << " (group " << type.group << "):";
-    for (const auto& rpc : type.rpcs) std::cout << " " << rpc.name << (rpc.persisted ? "*" : "");
-    std::cout << "\n";
+    for (const auto& rpc : type.rpcs)
+      std::cout << " " << rpc.name << (rpc.persisted ? "*" : "") << (rpc.read_only ? "(ro)" : "");
+    // The options as the runner that registered the type runs it (its config applied).
+    const auto& o = type.options;
+    std::cout << "  [mailbox " << o.mailbox_capacity << ", idle " << o.max_idle_ms
+              << " ms, concurrency " << o.concurrency
+              << ((o.flags & CLUSTER_ENTITY_KEEP_ALIVE) != 0 ? ", keep-alive" : "") << "]\n";
   }
   return 0;
 }

@@ -7,6 +7,8 @@
 #include <limits>
 #include <type_traits>
 
+extern char** environ;  // POSIX: the process's environment
+
 namespace cluster {
 
 namespace {
@@ -30,13 +32,22 @@ result<T> integer_from(const std::string& text, const std::string& where) {
   return static_cast<T>(*value);
 }
 
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
+
 // Assigns a value given as text (environment or --set).
 result<void> assign_text(const config_section::target& target, const std::string& text,
                          const std::string& where) {
   return std::visit(
       [&](auto* field) -> result<void> {
         using field_type = std::remove_pointer_t<decltype(field)>;
-        if constexpr (std::is_same_v<field_type, std::string>) {
+        if constexpr (is_optional<field_type>::value) {
+          typename field_type::value_type value{};
+          BOOST_OUTCOME_TRYV(assign_text(config_section::target(&value), text, where));
+          *field = value;
+        } else if constexpr (std::is_same_v<field_type, std::string>) {
           *field = text;
         } else if constexpr (std::is_same_v<field_type, bool>) {
           if (text == "true" || text == "1") {
@@ -76,7 +87,11 @@ result<void> assign_node(const config_section::target& target, const toml::node&
   return std::visit(
       [&](auto* field) -> result<void> {
         using field_type = std::remove_pointer_t<decltype(field)>;
-        if constexpr (std::is_same_v<field_type, std::string>) {
+        if constexpr (is_optional<field_type>::value) {
+          typename field_type::value_type value{};
+          BOOST_OUTCOME_TRYV(assign_node(config_section::target(&value), node, where));
+          *field = value;
+        } else if constexpr (std::is_same_v<field_type, std::string>) {
           auto value = node.value<std::string>();
           if (!node.is_string() || !value) return config_failure(where + ": expected a string");
           *field = *value;
@@ -115,7 +130,48 @@ result<toml::table> parse_file(const std::string& file) {
   }
 }
 
+// CLUSTER_<SECTION>_<NAME>_<KEY> of a section of tables: the longest table key that ends the
+// variable's name is its key, what lies between is the table's name.
+result<void> assign_table_env(const config_sources& sources, config_section& section) {
+  if (!sources.env_names) return success();
+  const std::string prefix = config_env_name(section.name(), "");
+  for (const auto& variable : sources.env_names()) {
+    if (variable.size() <= prefix.size() || variable.compare(0, prefix.size(), prefix) != 0)
+      continue;
+    const std::string rest = variable.substr(prefix.size());
+    const std::string* matched = nullptr;
+    std::string matched_suffix;
+    for (const auto& key : section.table_keys()) {
+      std::string suffix = config_env_name(section.name(), key).substr(prefix.size() - 1);
+      if (rest.size() > suffix.size() &&
+          rest.compare(rest.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+          suffix.size() > matched_suffix.size()) {
+        matched = &key;
+        matched_suffix = std::move(suffix);
+      }
+    }
+    if (matched == nullptr) continue;
+    const char* value = sources.getenv(variable.c_str());
+    if (value == nullptr) continue;
+    auto& opened = section.opener()(rest.substr(0, rest.size() - matched_suffix.size()));
+    auto it = opened.keys().find(*matched);
+    if (it == opened.keys().end()) continue;
+    BOOST_OUTCOME_TRYV(assign_text(it->second, value, "environment " + variable));
+  }
+  return success();
+}
+
 }  // namespace
+
+std::vector<std::string> config_environment_names() {
+  std::vector<std::string> names;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+    const std::string_view text(*entry);
+    if (text.rfind("CLUSTER_", 0) != 0) continue;
+    names.emplace_back(text.substr(0, text.find('=')));
+  }
+  return names;
+}
 
 std::string config_env_name(const std::string& section, const std::string& key) {
   std::string name = "CLUSTER_" + section + "_" + key;
@@ -129,7 +185,11 @@ std::string config_value_text(const config_section::target& target) {
   return std::visit(
       [](auto* field) -> std::string {
         using field_type = std::remove_pointer_t<decltype(field)>;
-        if constexpr (std::is_same_v<field_type, std::string>) {
+        if constexpr (is_optional<field_type>::value) {
+          if (!field->has_value()) return std::string();
+          auto value = **field;
+          return config_value_text(config_section::target(&value));
+        } else if constexpr (std::is_same_v<field_type, std::string>) {
           return *field;
         } else if constexpr (std::is_same_v<field_type, bool>) {
           return *field ? "true" : "false";
@@ -147,8 +207,8 @@ std::string config_value_text(const config_section::target& target) {
 }
 
 const std::vector<std::string>& all_config_sections() {
-  static const std::vector<std::string> names = {"cluster", "manager", "runner", "proxy",
-                                                 "storage", "gateway", "log", "security"};
+  static const std::vector<std::string> names = {
+      "cluster", "manager", "runner", "proxy", "storage", "gateway", "log", "security", "entity"};
   return names;
 }
 
@@ -166,6 +226,25 @@ result<void> load_config(const config_sources& sources, std::vector<config_secti
         return config_failure(sources.file + ": '" + section_name + "' must be a [section]");
       auto* section = find_section(sections, section_name);
       if (section == nullptr) continue;  // another process's section
+      if (section->opener()) {
+        for (const auto& [name, node] : *table) {
+          const std::string table_name(name.str());
+          const auto* inner = node.as_table();
+          if (inner == nullptr)
+            return config_failure(sources.file + ": " + section_name + "." + table_name +
+                                  " must be a [" + section_name + "." + table_name + "] table");
+          auto& opened = section->opener()(table_name);
+          for (const auto& [key, value] : *inner) {
+            const std::string key_name(key.str());
+            const std::string where =
+                sources.file + ": " + section_name + "." + table_name + "." + key_name;
+            auto it = opened.keys().find(key_name);
+            if (it == opened.keys().end()) return config_failure(where + ": unknown key");
+            BOOST_OUTCOME_TRYV(assign_node(it->second, value, where));
+          }
+        }
+        continue;
+      }
       for (const auto& [key, node] : *table) {
         const std::string key_name(key.str());
         const std::string where = sources.file + ": " + section_name + "." + key_name;
@@ -194,6 +273,9 @@ result<void> load_config(const config_sources& sources, std::vector<config_secti
         BOOST_OUTCOME_TRYV(assign_text(target, value, "environment " + name));
       }
     }
+    if (section.opener()) {
+      BOOST_OUTCOME_TRYV(assign_table_env(sources, section));
+    }
   }
   for (const auto& set : sources.sets) {
     const auto equals = set.find('=');
@@ -204,6 +286,17 @@ result<void> load_config(const config_sources& sources, std::vector<config_secti
     const std::string key_name = set.substr(dot + 1, equals - dot - 1);
     auto* section = find_section(sections, section_name);
     if (section == nullptr) return config_failure("--set " + set + ": unknown section");
+    if (section->opener()) {
+      // section.<table>.key: the table's name may itself hold dots, the key never does.
+      const auto last_dot = key_name.rfind('.');
+      if (last_dot == std::string::npos || last_dot == 0)
+        return config_failure("--set " + set + ": expected " + section_name + ".<name>.key=value");
+      auto& opened = section->opener()(key_name.substr(0, last_dot));
+      auto it = opened.keys().find(key_name.substr(last_dot + 1));
+      if (it == opened.keys().end()) return config_failure("--set " + set + ": unknown key");
+      BOOST_OUTCOME_TRYV(assign_text(it->second, set.substr(equals + 1), "--set " + set));
+      continue;
+    }
     auto it = section->keys().find(key_name);
     if (it == section->keys().end()) return config_failure("--set " + set + ": unknown key");
     BOOST_OUTCOME_TRYV(assign_text(it->second, set.substr(equals + 1), "--set " + set));

@@ -23,6 +23,9 @@ std::optional<int> configure_process(int argc, char** argv, const std::string& p
                   << (value.empty() ? "\"\"" : value) << "  ("
                   << config_env_name(section.name(), key) << ")\n";
       }
+      for (const auto& key : section.table_keys())
+        std::cout << "  " << section.name() << ".<name>." << key << "  ("
+                  << config_env_name(section.name(), "<NAME>_" + key) << ")\n";
     }
     return 0;
   }

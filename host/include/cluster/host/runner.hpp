@@ -6,7 +6,9 @@
 // entity host, the protocol server, the manager client and a router for calls from
 // handlers to entities on other runners.
 
+#include <map>
 #include <memory>
+#include <optional>
 
 #include "cluster/client/manager_client.hpp"
 #include "cluster/client/router.hpp"
@@ -67,9 +69,31 @@ struct runner_config {
   /// was not written). Persisted RPCs always write it with their reply, in one transaction.
   std::string state_save = "reply";
 
-  /// Declares `[cluster]`, `[log]` and `[runner]`.
+  /// `[entity.<Type>]`: one entity type's options set by the runner's operator; what is unset
+  /// keeps the plugin's declaration. Keyed by the type's name in upper case with `.` and `-`
+  /// as `_` (entity_config_key), so that the file, CLUSTER_ENTITY_<TYPE>_<KEY> and --set
+  /// entity.<Type>.<key> reach one entry.
+  struct entity_overrides {
+    std::optional<std::int64_t> max_idle_ms;
+    std::optional<std::int64_t> mailbox_capacity;
+    std::optional<std::int64_t> concurrency;
+    std::optional<bool> keep_alive;
+  };
+  std::map<std::string, entity_overrides> entity;
+
+  /// Declares `[cluster]`, `[log]`, `[runner]` and `[entity.<Type>]`.
   std::vector<config_section> sections();
 };
+
+/// The key of entity type `name` in runner_config::entity.
+std::string entity_config_key(std::string_view name);
+
+/// A type's options as this runner runs it: `declared` with `[entity.<Type>]` applied, then
+/// every 0 ("the default") replaced by the runner's value (runner.mailbox_capacity,
+/// runner.passivate_after_ms, one call at a time), so status shows what really applies.
+/// A failure names the config key whose value is out of bounds.
+result<entity_options> effective_options(const std::string& type, entity_options declared,
+                                         const runner_config& config);
 
 /// Fencing: after a stall longer than `stall_fence` (noticed by a steady timer whose ticks
 /// came late, or by a request or a queued message that finds the last tick too old) the

@@ -46,8 +46,12 @@ std::optional<T> parse_number(std::string_view text) {
 /// Declares the keys of one section and where their values go.
 class config_section {
  public:
+  /// An optional field stays nullopt unless a source sets it (an override of something else).
   using target = std::variant<std::string*, std::int64_t*, std::uint16_t*, std::uint32_t*, bool*,
-                              std::vector<std::string>*, std::chrono::milliseconds*>;
+                              std::vector<std::string>*, std::chrono::milliseconds*,
+                              std::optional<std::int64_t>*, std::optional<bool>*>;
+  /// Opens the section of one named table of a section of tables (see `tables`).
+  using table_opener = std::function<config_section&(const std::string& table)>;
   explicit config_section(std::string name) : name_(std::move(name)) {}
 
   /// Milliseconds are written in TOML as integers under a key ending in `_ms`.
@@ -55,13 +59,30 @@ class config_section {
     keys_.emplace(std::move(key_name), where);
     return *this;
   }
+  /// A section of tables named by the user (`[entity.Counter]`, `[entity.Cart]`): each table
+  /// goes to the section `open(name)` returns, which declares `table_keys`. The environment
+  /// sets them as CLUSTER_<SECTION>_<NAME>_<KEY> (the name then arrives in upper case, `.`
+  /// and `-` as `_`), --set as `section.<name>.key=value`.
+  config_section& tables(std::vector<std::string> table_keys, table_opener open) {
+    table_keys_ = std::move(table_keys);
+    open_ = std::move(open);
+    return *this;
+  }
   const std::string& name() const { return name_; }
   const std::map<std::string, target>& keys() const { return keys_; }
+  const std::vector<std::string>& table_keys() const { return table_keys_; }
+  /// Null for a section of keys.
+  const table_opener& opener() const { return open_; }
 
  private:
   std::string name_;
   std::map<std::string, target> keys_;
+  std::vector<std::string> table_keys_;
+  table_opener open_;
 };
+
+/// The names of this process's environment variables that begin with CLUSTER_.
+std::vector<std::string> config_environment_names();
 
 /// Where overrides come from; tests pass their own environment.
 struct config_sources {
@@ -69,6 +90,8 @@ struct config_sources {
   std::vector<std::string> links;  ///< "section.key=value" from SST links, after the file
   std::vector<std::string> sets;   ///< "section.key=value", last
   std::function<const char*(const char*)> getenv = [](const char* n) { return std::getenv(n); };
+  /// The names of the environment's variables (sections of tables look for theirs here).
+  std::function<std::vector<std::string>()> env_names = &config_environment_names;
 };
 
 /// Applies file, environment and overrides to `sections`. Sections of the file that are
