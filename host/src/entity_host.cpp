@@ -35,6 +35,7 @@ struct entity_host::invocation {
     ctx.rpc = rpc.c_str();
     ctx.api = &api;
     ctx.host_ctx = this;
+    if (host->fencing_token) ctx.fencing_token = host->fencing_token(s.type->info.group, s.shard);
   }
 
   static void log(void* host_ctx, std::int32_t level, const char* message) {
@@ -211,7 +212,7 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
   auto it = found.value();
   slot& s = it->second;
   s.evict = false;
-  if (bounded && s.mailbox.size() >= options_.mailbox_capacity) {
+  if (bounded && s.mailbox.size() >= mailbox_capacity(s)) {
     done(reply_msg::failure(errc::mailbox_full, "mailbox of " + key.first + "/" + key.second +
                                                     " holds " + std::to_string(s.mailbox.size()) +
                                                     " messages (limit)"));
@@ -256,7 +257,9 @@ result<std::map<entity_host::slot_key, entity_host::slot>::iterator> entity_host
   ++activations_;
   ++active_per_shard_[{fresh.type->info.group, address.shard}];
   fresh.last_active = steady_clock::now();
-  return entities_.emplace(key, std::move(fresh)).first;
+  auto it = entities_.emplace(key, std::move(fresh)).first;
+  if (on_activated) on_activated(*it->second.type, it->second.id, it->second.shard);
+  return it;
 }
 
 void entity_host::run_next(const slot_key& key) {
@@ -572,7 +575,12 @@ void entity_host::passivate_idle(steady_clock::time_point now) {
     auto current = it++;
     slot& s = current->second;
     if (s.busy || !s.mailbox.empty()) continue;
-    if (now - s.last_active >= options_.passivate_after) {
+    const auto& options = s.type->info.options;
+    // Kept alive: only a move, an eviction or a stop passivates it.
+    const bool kept = (options.flags & CLUSTER_ENTITY_KEEP_ALIVE) != 0 && !s.type->retired;
+    const auto idle_limit =
+        options.max_idle_ms > 0 ? milliseconds(options.max_idle_ms) : options_.passivate_after;
+    if (!kept && now - s.last_active >= idle_limit) {
       passivate(current);
     } else {
       decltype(s.mailbox)().swap(s.mailbox);  // gives back the empty mailbox's storage
@@ -687,13 +695,18 @@ void entity_host::request_stop(slot& s) {
   if (s.type->process && s.instance != nullptr) s.type->process->request_stop(s.instance);
 }
 
+std::size_t entity_host::mailbox_capacity(const slot& s) const {
+  const auto own = s.type->info.options.mailbox_capacity;
+  return own != 0 ? own : options_.mailbox_capacity;
+}
+
 bool entity_host::shard_active(const std::string& group, std::int32_t shard) const {
   return active_per_shard_.count({group, shard}) > 0;
 }
 
 bool entity_host::mailbox_full(const std::string& type, const std::string& id) const {
   auto it = entities_.find(slot_key{type, id});
-  return it != entities_.end() && it->second.mailbox.size() >= options_.mailbox_capacity;
+  return it != entities_.end() && it->second.mailbox.size() >= mailbox_capacity(it->second);
 }
 
 void entity_host::stop() {

@@ -202,6 +202,7 @@ class plugin_host {
     const char* rpc = m.rpc_index < rpcs.size() ? rpcs[m.rpc_index].name.c_str() : "";
     auto* call = new invocation{this, operation, &entity, false, nullptr};
     bind(*call, entity, rpc);
+    call->ctx.fencing_token = m.fencing_token;
     run_plugin(operation, [&] {
       entity.type->handle(entity.object, m.rpc_index, m.payload.data(), m.payload.size(),
                           &call->ctx, &plugin_host::on_reply, call);

@@ -69,9 +69,10 @@ struct handle_view {
   std::uint32_t rpc_index;
   const std::uint8_t* data;
   std::size_t size;
+  std::int64_t fencing_token;
   template <class Packer>
   void msgpack_pack(Packer& packer) const {
-    packer.pack_map(3);
+    packer.pack_map(4);
     packer.pack(std::string_view("instance"));
     packer.pack(instance);
     packer.pack(std::string_view("rpc_index"));
@@ -79,6 +80,8 @@ struct handle_view {
     packer.pack(std::string_view("payload"));
     packer.pack_bin(static_cast<std::uint32_t>(size));
     packer.pack_bin_body(reinterpret_cast<const char*>(data), static_cast<std::uint32_t>(size));
+    packer.pack(std::string_view("fencing_token"));
+    packer.pack(fencing_token);
   }
 };
 
@@ -394,7 +397,8 @@ void plugin_process::forward_handle(void* type_data, void* instance, std::uint32
   }
   const std::uint64_t id = self.new_operation_id();
   self.operations_.emplace(id, operation{reply, reply_ctx, ctx, self.queued_batch()});
-  self.send(plugin_kind::handle, id, handle_view{handle, rpc_index, payload, size});
+  self.send(plugin_kind::handle, id,
+            handle_view{handle, rpc_index, payload, size, ctx->fencing_token});
   self.arm_watchdog();
 }
 

@@ -259,6 +259,45 @@ register_runner_msg runner::registration() {
   return registration;
 }
 
+void runner::remember_kept(const entity_type& type, const std::string& id, std::int32_t shard) {
+  // Singletons and cron jobs are known from the catalog: they need no row.
+  if (!type.has_flag(CLUSTER_ENTITY_KEEP_ALIVE) || type.has_flag(CLUSTER_ENTITY_SINGLETON) ||
+      type.has_flag(CLUSTER_ENTITY_CRON))
+    return;
+  const std::string key = type.info.name + "/" + id;
+  if (!kept_remembered_.insert(key).second) return;  // written once per runner
+  persisted_->store().remember_kept(
+      type.info.group, shard, kept_entity{type.info.name, id}, [this, key](result<void> done) {
+        if (done) return;
+        // The next activation tries again; until then a move may leave it inactive.
+        kept_remembered_.erase(key);
+        spdlog::warn("could not remember kept-alive entity {}: {}", key, done.error().message);
+      });
+}
+
+void runner::activate_kept(const std::string& group, std::int32_t shard) {
+  persisted_->store().kept_entities(
+      group, shard, [this, group, shard](result<std::vector<kept_entity>> kept) {
+        if (!kept) {
+          spdlog::warn("kept-alive entities of shard {} of group '{}' not read: {}", shard, group,
+                       kept.error().message);
+          return;
+        }
+        for (const auto& entity : kept.value()) {
+          const entity_type* type = registry_.find(entity.entity_type);
+          if (type == nullptr || !type->has_flag(CLUSTER_ENTITY_KEEP_ALIVE) ||
+              type->info.group != group)
+            continue;  // its type is gone, or no longer kept alive
+          // Still ours? The answer came later than the shard's serving.
+          if (!persisted_->holds(group, shard)) return;
+          if (auto active = entities_->activate_now(entity_address{type, entity.entity_id, shard});
+              !active)
+            spdlog::warn("kept-alive entity {}/{} not activated: {}", entity.entity_type,
+                         entity.entity_id, active.error().message);
+        }
+      });
+}
+
 void runner::registration_changed() {
   if (!manager_ || registration_posted_ || stopping_) return;
   registration_posted_ = true;
@@ -341,6 +380,11 @@ void runner::start() {
       std::make_unique<persisted_messages>(io_, make_message_store(io_, config_.common.storage),
                                            *entities_, registry_, config_.common.storage);
   persisted_->in_flight = &work_;
+  entities_->fencing_token = [this](const std::string& group, std::int32_t shard) {
+    return persisted_->store().lock_epoch(group, shard);
+  };
+  entities_->on_activated = [this](const entity_type& type, const std::string& id,
+                                   std::int32_t shard) { remember_kept(type, id, shard); };
   jobs_ = std::make_unique<host::jobs>(
       io_, *entities_, *persisted_, persisted_->store(), registry_,
       [this](const std::string& group) -> std::int32_t {
@@ -350,6 +394,7 @@ void runner::start() {
   jobs_->in_flight = &work_;
   persisted_->on_shard_serving = [this](const std::string& group, std::int32_t shard) {
     if (jobs_) jobs_->shard_serving(group, shard);
+    activate_kept(group, shard);
   };
   persisted_->start();
   router_.is_local = [this](const std::string& owner) { return owner == address_; };

@@ -119,6 +119,14 @@ class entity_host {
   /// queued). Unset: everything runs.
   std::function<bool(const std::string& group, std::int32_t shard)> may_run;
 
+  /// Runs after each activation (by a message or activate_now): the runner remembers
+  /// kept-alive entities for the shard's next owner here.
+  std::function<void(const entity_type& type, const std::string& id, std::int32_t shard)>
+      on_activated;
+  /// The fencing token of a shard held here (message_store::lock_epoch): each handler's
+  /// cluster_call_context::fencing_token. Unset: 0.
+  std::function<std::int64_t(const std::string& group, std::int32_t shard)> fencing_token;
+
   /// Counters for tests and metrics.
   std::uint64_t activations() const { return activations_; }
   std::uint64_t passivations() const { return passivations_; }
@@ -160,6 +168,8 @@ class entity_host {
   using slot_key = std::pair<std::string, std::string>;  // entity type, entity id
 
   void run_next(const slot_key& key);
+  /// The type's own bound (its options), else the host's.
+  std::size_t mailbox_capacity(const slot& s) const;
   /// The entity's slot, activated first when it has none.
   result<std::map<slot_key, slot>::iterator> find_or_activate(const slot_key& key,
                                                               const entity_address& address);

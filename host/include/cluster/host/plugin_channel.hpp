@@ -68,7 +68,8 @@ struct plugin_handle_msg {
   std::uint64_t instance = 0;
   std::uint32_t rpc_index = 0;
   bytes payload;
-  CLUSTER_WIRE_FIELDS(plugin_handle_msg, instance, rpc_index, payload);
+  std::int64_t fencing_token = 0;  ///< cluster_call_context::fencing_token of the call
+  CLUSTER_WIRE_FIELDS(plugin_handle_msg, instance, rpc_index, payload, fencing_token);
 };
 
 /// What a handler gave set_state, carried with its reply (the runner replays the call on its

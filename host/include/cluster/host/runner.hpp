@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 
 #include "cluster/client/manager_client.hpp"
 #include "cluster/client/router.hpp"
@@ -158,6 +159,10 @@ class runner {
   register_runner_msg registration();
   /// Sends the registration again (once per loop turn however many plugins changed).
   void registration_changed();
+  /// A kept-alive entity was activated: its shard's next owner activates it again.
+  void remember_kept(const entity_type& type, const std::string& id, std::int32_t shard);
+  /// A shard began serving here: its remembered kept-alive entities are activated.
+  void activate_kept(const std::string& group, std::int32_t shard);
   awaitable<void> shut_down();
   void notify_stopped();
   /// Resolves and delivers a request addressed to this runner; `done` runs once.
@@ -189,6 +194,7 @@ class runner {
   std::unique_ptr<plugin_watcher> watcher_;
   bool registration_posted_ = false;
   std::vector<std::string> registered_groups_;  // kept when no type is left
+  std::set<std::string> kept_remembered_;       // "<type>/<id>" of kept-alive entities remembered
   std::unique_ptr<entity_host> entities_;
   std::unique_ptr<persisted_messages> persisted_;
   std::unique_ptr<host::jobs> jobs_;  // after persisted_: destroyed before it
