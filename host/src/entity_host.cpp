@@ -257,9 +257,9 @@ result<std::map<entity_host::slot_key, entity_host::slot>::iterator> entity_host
   ++activations_;
   ++active_per_shard_[{fresh.type->info.group, address.shard}];
   fresh.last_active = steady_clock::now();
-  auto it = entities_.emplace(key, std::move(fresh)).first;
-  if (on_activated) on_activated(*it->second.type, it->second.id, it->second.shard);
-  return it;
+  auto active = entities_.emplace(key, std::move(fresh)).first;
+  if (on_activated) on_activated(*active->second.type, active->second.id, active->second.shard);
+  return active;
 }
 
 void entity_host::run_next(const slot_key& key) {

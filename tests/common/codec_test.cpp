@@ -438,17 +438,18 @@ TEST(codec, unpack_bytes_rejects_trailing_bytes) {
 
 TEST(errc, has_a_distinct_name_for_every_code) {
   std::set<std::string_view> names;
-  for (std::uint32_t code = 0; code <= 21; ++code) {
+  for (std::uint32_t code = 0; code <= 22; ++code) {
     const auto name = cluster::to_string(static_cast<errc>(code));
     EXPECT_NE(name, "Unknown") << "code " << code;
     EXPECT_FALSE(name.empty());
     names.insert(name);
   }
-  EXPECT_EQ(names.size(), 22u);
+  EXPECT_EQ(names.size(), 23u);
   EXPECT_EQ(cluster::to_string(errc::ok), "Ok");
   EXPECT_EQ(cluster::to_string(errc::handshake_required), "HandshakeRequired");
   EXPECT_EQ(cluster::to_string(errc::forbidden), "Forbidden");
-  EXPECT_EQ(cluster::to_string(static_cast<errc>(22)), "Unknown");
+  EXPECT_EQ(cluster::to_string(errc::state_conflict), "StateConflict");
+  EXPECT_EQ(cluster::to_string(static_cast<errc>(23)), "Unknown");
 }
 
 TEST(errc, retries_routing_exactly_for_not_owner_no_runner_unavailable_and_shutting_down) {
@@ -527,8 +528,15 @@ void expect_every_field_travels(message_kind kind, const T& sample, std::size_t 
   }
 }
 
+cluster::entity_options sample_entity_options() {
+  return {9, 64, 5000, 4, "*/5 * * * * *", 1};  // flags: stateful | cron
+}
+
 cluster::entity_type_info sample_entity_type() {
-  return {"Counter", "billing", {{"Increment", true}, {"Get", false}}};
+  return {"Counter",
+          "billing",
+          {{"Increment", true, false}, {"Get", false, true}},
+          sample_entity_options()};
 }
 
 cluster::assignment_snapshot sample_snapshot() {
@@ -680,8 +688,9 @@ TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
 TEST(wire_fields, every_nested_structure_round_trips_with_every_field_set) {
   // Sent inside the messages above (and as get_status payloads): checked on their own too.
   const auto kind = message_kind::reply;
-  expect_every_field_travels(kind, cluster::rpc_info{"Get", true}, 2);
-  expect_every_field_travels(kind, sample_entity_type(), 3);
+  expect_every_field_travels(kind, cluster::rpc_info{"Get", true, true}, 3);
+  expect_every_field_travels(kind, sample_entity_options(), 6);
+  expect_every_field_travels(kind, sample_entity_type(), 4);
   expect_every_field_travels(kind, cluster::shard_group_assignment{"billing", 2, {"a:1", "b:2"}},
                              3);
   expect_every_field_travels(

@@ -162,18 +162,6 @@ TEST(entity_registry, refuses_a_plugin_built_for_a_newer_minor_version) {
             "ABI version 2.2 is newer than this runner's 2.1");
 }
 
-TEST(entity_registry, refuses_a_singleton_or_cron_job_it_could_not_run) {
-  const auto bad = [](int n) {
-    return load_error(std::string(CLUSTER_BIN_DIR) + "/../bad-job-plugins/libbad_job_" +
-                      std::to_string(n) + "_plugin.so");
-  };
-  EXPECT_EQ(bad(1),
-            "cron job 'Report': cron expression '61 * * * * *': seconds field '61': out of "
-            "range 0-59");
-  EXPECT_EQ(bad(2), "cron job 'Report': its RPC 0 ('tick') is not persisted");
-  EXPECT_EQ(bad(3), "singleton 'Lonely' has no RPC 0 (its run)");
-}
-
 TEST(entity_registry, refuses_an_entry_that_throws_with_the_exceptions_message) {
   EXPECT_EQ(load_error(test_plugin("throwing_entry_plugin")),
             "entry failed: the plugin's settings file is missing");
