@@ -21,6 +21,7 @@ struct entity_host::invocation {
   std::string* creation_error = nullptr;  // while creating: the last error the plugin logged
   state_commit commit;                    // persisted messages of stateful types
   bool read_only = false;
+  bool shared = false;             // runs beside other read-only calls (concurrency)
   bool state_set = false;          // the handler called set_state
   std::optional<bytes> new_state;  // what it set (nullopt: clear)
   std::string state_refused;       // why its set_state is refused (a Defect replaces the reply)
@@ -266,8 +267,8 @@ void entity_host::run_next(const slot_key& key) {
   auto it = entities_.find(key);
   if (it == entities_.end()) return;
   slot& s = it->second;
-  while (!s.busy && !s.mailbox.empty()) {
-    if (s.type->retired && !s.evict && !move_on(it)) return;
+  while ((!s.busy || may_share(s)) && !s.mailbox.empty()) {
+    if (!s.busy && s.type->retired && !s.evict && !move_on(it)) return;
     message next = std::move(s.mailbox.front());
     s.mailbox.pop_front();
     if (steady_clock::now() >= next.deadline) {
@@ -295,11 +296,16 @@ void entity_host::run_next(const slot_key& key) {
         continue;
       }
     }
+    const bool read_only = (s.type->rpcs[next.rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
+    // A read-only call of a type with concurrency > 1 may be joined by more of them.
+    const bool shared = read_only && s.type->info.options.concurrency > 1;
+    if (!s.busy && !s.evict && !stopped_) s.stop.reset();
     s.busy = true;
-    if (!s.evict && !stopped_) s.stop.reset();
+    if (shared) ++s.shared_calls;
     auto* call = new invocation{this, key, next.request.rpc, {}, std::move(next.done)};
     call->commit = std::move(next.commit);
-    call->read_only = (s.type->rpcs[next.rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
+    call->read_only = read_only;
+    call->shared = shared;
     call->bind(s);
     const bool watched = watch_.enabled() && !s.type->process;
     if (watched) watch_.enter(key.first, key.second, call->rpc);
@@ -311,15 +317,37 @@ void entity_host::run_next(const slot_key& key) {
     if (watched) watch_.leave();
     // A plugin's process starts each handler without a stop: repeat one that stands.
     if (stopping && type->process) type->process->request_stop(instance);
-    return;  // the reply (maybe already sent) schedules the next message
+    // The reply (maybe already sent) schedules the next message; a shared call lets the
+    // next read-only one start beside it now.
+    if (shared) asio::post(io_, [this, key] { run_next(key); });
+    return;
   }
   // A retired type's instance goes as soon as it is idle (its version may then unload).
   if (!s.busy && s.mailbox.empty() && (s.evict || stopped_ || s.type->retired)) passivate(it);
 }
 
+bool entity_host::may_share(const slot& s) const {
+  if (s.shared_calls == 0 || s.shared_calls >= s.type->info.options.concurrency ||
+      s.mailbox.empty() || s.instance == nullptr || s.type->retired || s.evict || stopped_)
+    return false;
+  const auto& next = s.mailbox.front();
+  return next.rpc_index < s.type->rpcs.size() &&
+         (s.type->rpcs[next.rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
+}
+
 void entity_host::finish(invocation* call, reply_msg&& reply) {
   const slot_key key = call->key;
   auto done = std::move(call->done);
+  if (call->shared) {
+    auto it = entities_.find(key);
+    if (it != entities_.end() && it->second.shared_calls > 0 && --it->second.shared_calls > 0) {
+      // Others still read: the entity stays busy; a waiting reader may start now.
+      delete call;
+      done(std::move(reply));
+      asio::post(io_, [this, key] { run_next(key); });
+      return;
+    }
+  }
   if (!call->state_set && call->state_refused.empty()) {
     // Every call of a type without state, and those that set none: nothing to write.
     delete call;

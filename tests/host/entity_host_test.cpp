@@ -49,9 +49,14 @@ class entity_host_test : public ::testing::TestWithParam<bool> {
         if (host) host->instances_lost(process);
       };
     }
+    // As a runner's [entity.Plain] max_idle_ms = 100 would (Tuned keeps what it declares).
+    registry.configure_type = [](const std::string& type, entity_options declared) {
+      if (type == "Plain") declared.max_idle_ms = 100;
+      return result<entity_options>(std::move(declared));
+    };
     for (const char* plugin :
          {"probe_plugin", "shared_class_plugin", "context_constructor_plugin", "old_minor_plugin",
-          "throwing_constructor_plugin", "constructor_call_plugin"}) {
+          "throwing_constructor_plugin", "constructor_call_plugin", "tuned_plugin"}) {
       const auto loaded = registry.load_file(test_plugin(plugin));
       ASSERT_TRUE(loaded) << plugin << ": " << loaded.error().message;
     }
@@ -89,6 +94,28 @@ class entity_host_test : public ::testing::TestWithParam<bool> {
   }
   bool wait(const slot_ptr& slot) {
     return run_until(io, [&] { return slot->answered(); });
+  }
+  /// Delivers past the mailbox bound (as replayed persisted messages are).
+  slot_ptr deliver_unbounded(const std::string& type_name, const std::string& id,
+                             const std::string& rpc, const nlohmann::json& payload) {
+    const auto* type = registry.find(type_name);
+    auto slot = std::make_shared<reply_slot>();
+    sent.push_back(slot);
+    host->deliver(
+        entity_address{type, id, 7}, *type->rpc_index(rpc),
+        make_request(type_name, id, rpc, payload), steady_clock::now() + milliseconds(10000),
+        [slot](reply_msg&& reply) {
+          ++slot->count;
+          slot->reply = std::move(reply);
+        },
+        false);
+    return slot;
+  }
+  nlohmann::json stats(const std::string& type_name, const std::string& id) {
+    const auto reply = send(type_name, id, "Stats");
+    EXPECT_TRUE(wait(reply));
+    EXPECT_TRUE((*reply)->ok()) << (*reply)->message;
+    return reply_json(**reply);
   }
 
   asio::io_context io;
@@ -410,7 +437,8 @@ class crashing_plugin_test : public ::testing::Test {
     const auto* type = registry.find(type_name);
     auto slot = std::make_shared<std::optional<reply_msg>>();
     host->deliver(entity_address{type, id, 1}, *type->rpc_index(rpc),
-                  make_request(type_name, id, rpc, payload), steady_clock::now() + seconds(10),
+                  make_request(type_name, id, rpc, payload),
+                  steady_clock::now() + milliseconds(10000),
                   [slot](reply_msg&& reply) { *slot = std::move(reply); });
     return slot;
   }
@@ -464,6 +492,91 @@ TEST_F(crashing_plugin_test, refuses_a_plugin_the_host_cannot_load_with_its_reas
   ASSERT_FALSE(refused);
   EXPECT_NE(refused.error().message.find("ABI major version"), std::string::npos)
       << refused.error().message;
+}
+
+}  // namespace
+}  // namespace cluster::host
+
+namespace cluster::host {
+namespace {
+
+TEST_P(entity_host_test, runs_read_only_calls_side_by_side_up_to_the_types_concurrency) {
+  make_host();
+  std::vector<slot_ptr> reads;
+  for (int i = 0; i < 6; ++i)
+    reads.push_back(deliver_unbounded("Tuned", "c", "Read", {{"ms", 150}}));
+  for (const auto& read : reads) {
+    ASSERT_TRUE(wait(read));
+    ASSERT_TRUE((*read)->ok()) << (*read)->message;
+  }
+  const auto seen = stats("Tuned", "c");
+  EXPECT_EQ(seen["peak_reads"], 4);  // Tuned declares concurrency 4
+  EXPECT_EQ(seen["write_overlaps"], 0);
+}
+
+TEST_P(entity_host_test, runs_a_write_alone_between_the_reads_before_and_after_it) {
+  make_host();
+  const auto first = deliver_unbounded("Tuned", "w", "Read", {{"ms", 120}});
+  const auto second = deliver_unbounded("Tuned", "w", "Read", {{"ms", 120}});
+  const auto write = deliver_unbounded("Tuned", "w", "Write", {{"ms", 30}});
+  const auto after = deliver_unbounded("Tuned", "w", "Read", {{"ms", 30}});
+  for (const auto& call : {first, second, write, after}) {
+    ASSERT_TRUE(wait(call));
+    ASSERT_TRUE((*call)->ok()) << (*call)->message;
+  }
+  const auto started = [](const slot_ptr& call) { return reply_json(**call)["started_ms"]; };
+  const auto ended = [](const slot_ptr& call) { return reply_json(**call)["ended_ms"]; };
+  EXPECT_GE(started(write), ended(first));
+  EXPECT_GE(started(write), ended(second));
+  EXPECT_GE(started(after), ended(write));  // a read after a write does not overtake it
+  const auto seen = stats("Tuned", "w");
+  EXPECT_EQ(seen["peak_reads"], 2);
+  EXPECT_EQ(seen["write_overlaps"], 0);
+}
+
+TEST_P(entity_host_test, runs_read_only_calls_one_at_a_time_by_default) {
+  make_host();
+  std::vector<slot_ptr> reads;
+  for (int i = 0; i < 3; ++i)
+    reads.push_back(deliver_unbounded("Plain", "p", "Read", {{"ms", 40}}));
+  for (const auto& read : reads) ASSERT_TRUE(wait(read));
+  EXPECT_EQ(stats("Plain", "p")["peak_reads"], 1);
+}
+
+TEST_P(entity_host_test, bounds_a_types_mailbox_by_its_own_capacity) {
+  make_host();  // the runner's default: 4096
+  const auto running = send("Tuned", "m", "Write", {{"ms", 200}});
+  std::vector<slot_ptr> queued;
+  for (int i = 0; i < 4; ++i) queued.push_back(send("Tuned", "m", "Write", {{"ms", 0}}));
+  ASSERT_TRUE(wait(queued.back()));
+  EXPECT_EQ((*queued.back())->code, errc::mailbox_full) << (*queued.back())->message;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(wait(queued[i]));
+    EXPECT_TRUE((*queued[i])->ok()) << (*queued[i])->message;  // Tuned declares 3
+  }
+}
+
+TEST_P(entity_host_test, passivates_by_the_types_idle_time_and_never_a_kept_alive_one) {
+  entity_host_options options;
+  options.passivate_after = milliseconds(60000);
+  make_host(options);
+  ASSERT_TRUE(wait(send("Plain", "idle", "Stats")));  // configured: 100 ms
+  ASSERT_TRUE(wait(send("Tuned", "kept", "Stats")));  // keep-alive (and 250 ms declared)
+  EXPECT_TRUE(run_until(
+      io, [&] { return host->passivations() == 1; }, milliseconds(5000)));
+  run_until(
+      io, [] { return false; }, milliseconds(600));
+  EXPECT_EQ(host->passivations(), 1u);
+  EXPECT_EQ(host->active_entities(), 1u);
+  EXPECT_EQ(host->activations(), 2u);  // the kept one was never activated again
+}
+
+TEST_P(entity_host_test, hands_handlers_the_fencing_token_of_their_shard) {
+  make_host();
+  host->fencing_token = [](const std::string& group, std::int32_t shard) -> std::int64_t {
+    return group == "default" && shard == 7 ? 41 : 0;
+  };
+  EXPECT_EQ(stats("Tuned", "f")["fencing_token"], 41);
 }
 
 }  // namespace

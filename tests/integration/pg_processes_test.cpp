@@ -31,55 +31,80 @@ class pg_processes : public pg_cluster_test {
   }
 };
 
-// Sends `total` persisted Appends over `clients` connections (at most `window` in flight
-// each); `midway` runs once half of them were answered.
+// Sends `total` persisted calls (`make(n)`, n = 0..total-1) over `clients` connections (at
+// most `window` in flight each); each of `events` runs once `at` of them were answered.
 struct load_result {
   std::size_t ok = 0;
   std::map<std::string, std::size_t> failures;
+  std::vector<int> failed;  // the n of each call not answered with success
+};
+struct load_event {
+  double at;  // fraction of the calls answered
+  std::function<void()> run;
 };
 load_result persisted_load(std::uint16_t proxy_port, int clients, int total, int window,
-                           const std::function<void()>& midway) {
+                           const std::function<request_msg(int n)>& make,
+                           std::vector<load_event> events) {
   asio::io_context io;
   load_result result;
   std::vector<connection_ptr> conns;
   for (int c = 0; c < clients; ++c)
     conns.push_back(connect_client(io, "127.0.0.1:" + std::to_string(proxy_port)));
   int sent = 0, answered = 0;
-  bool midway_done = false;
+  std::size_t next_event = 0;
   std::function<void(int)> send_next = [&](int c) {
     if (sent >= total || !conns[c]) return;
     const int n = sent++;
-    auto request = make_request("Probe", "load-" + std::to_string(n % 97), "Append",
-                                {{"sender", "c"}, {"value", n}});
-    request.primary_key = "key-" + std::to_string(n);
+    auto request = make(n);
     request.timeout_ms = 60000;
-    conns[c]->call(message_kind::request, request, milliseconds(61000), [&, c](reply_msg&& reply) {
-      ++answered;
-      if (reply.ok()) {
-        ++result.ok;
-      } else {
-        ++result.failures[reply.error + ": " + reply.message];
-      }
-      send_next(c);
-    });
+    conns[c]->call(message_kind::request, request, milliseconds(61000),
+                   [&, c, n](reply_msg&& reply) {
+                     ++answered;
+                     if (reply.ok()) {
+                       ++result.ok;
+                     } else {
+                       ++result.failures[reply.error + ": " + reply.message];
+                       result.failed.push_back(n);
+                     }
+                     send_next(c);
+                   });
   };
   for (int c = 0; c < clients; ++c)
     for (int w = 0; w < window; ++w) send_next(c);
   run_until(
       io,
       [&] {
-        if (!midway_done && answered >= total / 3) {
-          midway_done = true;
-          midway();
-        }
+        while (next_event < events.size() && answered >= events[next_event].at * total)
+          events[next_event++].run();
         return answered >= total;
       },
-      milliseconds(180000));
+      milliseconds(240000));
   for (auto& conn : conns)
     if (conn) conn->close();
   run_until(
       io, [] { return false; }, milliseconds(50));
   return result;
+}
+
+request_msg probe_append(int n) {
+  auto request = make_request("Probe", "load-" + std::to_string(n % 97), "Append",
+                              {{"sender", "c"}, {"value", n}});
+  request.primary_key = "key-" + std::to_string(n);
+  return request;
+}
+
+// One call through the proxy, waited for.
+reply_msg call_once(std::uint16_t proxy_port, request_msg request) {
+  asio::io_context io;
+  auto conn = connect_client(io, "127.0.0.1:" + std::to_string(proxy_port));
+  std::optional<reply_msg> reply;
+  request.timeout_ms = 30000;
+  conn->call(message_kind::request, request, milliseconds(31000),
+             [&](reply_msg&& r) { reply = std::move(r); });
+  run_until(
+      io, [&] { return reply.has_value(); }, milliseconds(32000));
+  conn->close();
+  return reply ? std::move(*reply) : reply_msg::failure(errc::unavailable, "no reply");
 }
 
 TEST_F(pg_processes, answer_every_persisted_call_when_a_runner_is_killed) {
@@ -88,12 +113,14 @@ TEST_F(pg_processes, answer_every_persisted_call_when_a_runner_is_killed) {
   start_runner(2);
   start_proxy();
   ASSERT_TRUE(ready(2));
-  auto result = persisted_load(proxy_port, 8, 1000, 8, [&] {
-    // kill -9 the runner owning the most shards, then bring it back.
-    const std::string victim = busiest_runner();
-    end(victim, SIGKILL, 5s);
-    start_runner(victim == "runner-1" ? 1 : 2);
-  });
+  auto result = persisted_load(proxy_port, 8, 1000, 8, probe_append,
+                               {{1.0 / 3, [&] {
+                                   // kill -9 the runner owning the most shards, then bring it
+                                   // back.
+                                   const std::string victim = busiest_runner();
+                                   end(victim, SIGKILL, 5s);
+                                   start_runner(victim == "runner-1" ? 1 : 2);
+                                 }}});
   EXPECT_EQ(result.ok, 1000u);
   for (const auto& [failure, count] : result.failures) ADD_FAILURE() << count << " × " << failure;
   // Every message ran at least once; reruns only for what was in flight at the kill.
@@ -113,6 +140,93 @@ TEST_F(pg_processes, answer_every_persisted_call_when_a_runner_is_killed) {
                 .integer(0, 0),
             1000);
   EXPECT_EQ(conn.exec("SELECT count(*) FROM " + prefix + "_pending").integer(0, 0), 0);
+}
+
+// Counter keeps its value as durable state: every acknowledged persisted Increment is in it
+// exactly once, across a kill -9 and a SIGTERM of runners in the middle of the load. Calls
+// that were not acknowledged are sent again with their primary key, so in the end each
+// counter must equal the number of distinct keys sent to it: one lost or doubled
+// increment anywhere changes a total.
+TEST_F(pg_processes, count_every_acknowledged_increment_once_across_runner_kills) {
+  start_manager();
+  start_runner(1);
+  start_runner(2);
+  start_proxy();
+  ASSERT_TRUE(ready(2));
+  constexpr int counters = 40;
+  constexpr int total = 2000;
+  const auto increment = [](int n) {
+    auto request =
+        make_request("Counter", "c-" + std::to_string(n % counters), "Increment", {{"by", 1}});
+    request.primary_key = "inc-" + std::to_string(n);
+    return request;
+  };
+  const auto restart = [&](int signal) {
+    const std::string victim = busiest_runner();
+    end(victim, signal, 10s);
+    start_runner(victim == "runner-1" ? 1 : 2);
+  };
+  auto result =
+      persisted_load(proxy_port, 8, total, 8, increment,
+                     {{0.3, [&] { restart(SIGKILL); }}, {0.6, [&] { restart(SIGTERM); }}});
+  std::vector<int> unacknowledged = result.failed;
+  for (int round = 0; round < 5 && !unacknowledged.empty(); ++round) {
+    std::vector<int> still;
+    for (int n : unacknowledged)
+      if (!call_once(proxy_port, increment(n)).ok()) still.push_back(n);
+    unacknowledged = std::move(still);
+  }
+  ASSERT_TRUE(unacknowledged.empty()) << unacknowledged.size() << " increments never acknowledged";
+  for (int c = 0; c < counters; ++c) {
+    const auto reply =
+        call_once(proxy_port, make_request("Counter", "c-" + std::to_string(c), "Get"));
+    ASSERT_TRUE(reply.ok()) << reply.error << ": " << reply.message;
+    const auto value = nlohmann::json::from_msgpack(reply.payload)["value"];
+    EXPECT_EQ(value, total / counters) << "Counter c-" << c;
+  }
+}
+
+// A kept-alive entity (Tuned keeps itself alive) is remembered with its shard: when its
+// runner is killed, the shard's next owner activates it without waiting for a message, and
+// hands it a larger fencing token than the dead owner had.
+TEST_F(pg_processes, activate_a_kept_alive_entity_on_the_next_owner_without_a_message) {
+  const std::string log = (dir / "tuned-activations.log").string();
+  ::setenv("CLUSTER_TUNED_ACTIVATION_LOG", log.c_str(), 1);
+  const std::vector<std::string> plugins{
+      "--set", "runner.plugins=" + std::string(CLUSTER_PLUGIN_DIR) + "," + CLUSTER_TEST_PLUGIN_DIR +
+                   "/libprobe_plugin.so," + CLUSTER_TEST_PLUGIN_DIR + "/libtuned_plugin.so"};
+  start_manager();
+  start_runner(1, plugins);
+  start_runner(2, plugins);
+  start_proxy();
+  ::unsetenv("CLUSTER_TUNED_ACTIVATION_LOG");
+  ASSERT_TRUE(ready(2));
+  const auto first = call_once(proxy_port, make_request("Tuned", "kept", "Stats"));
+  ASSERT_TRUE(first.ok()) << first.error << ": " << first.message;
+  const std::int64_t first_token = nlohmann::json::from_msgpack(first.payload)["fencing_token"];
+  EXPECT_GT(first_token, 0);
+  const auto activations = [&] {
+    std::ifstream in(log);
+    int lines = 0;
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("Tuned kept ", 0) == 0) ++lines;
+    return lines;
+  };
+  ASSERT_EQ(activations(), 1);
+  const std::string owner_address =
+      shard_owners()["default/" + std::to_string(shard_for("kept", 300))];
+  std::string owner;
+  for (const auto& runner : status()["runners"])
+    if (runner["address"] == owner_address) owner = runner["name"];
+  ASSERT_FALSE(owner.empty()) << "no runner has address " << owner_address;
+  end(owner, SIGKILL, 5s);
+  // No call: the survivor activates it once it serves the shard.
+  EXPECT_TRUE(wait_for([&] { return activations() == 2; }, 30s)) << activations();
+  const auto moved = call_once(proxy_port, make_request("Tuned", "kept", "Stats"));
+  ASSERT_TRUE(moved.ok()) << moved.error << ": " << moved.message;
+  EXPECT_GT(nlohmann::json::from_msgpack(moved.payload)["fencing_token"].get<std::int64_t>(),
+            first_token);
+  EXPECT_EQ(activations(), 2);  // the call found it active
 }
 
 TEST_F(pg_processes, restart_the_manager_without_moving_a_shard) {

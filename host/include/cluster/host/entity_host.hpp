@@ -160,6 +160,9 @@ class entity_host {
     /// most of a million idle entities' memory would otherwise be empty mailboxes.
     boost::container::deque<message> mailbox;
     bool busy = false;
+    /// Read-only calls running side by side (the type's `concurrency` > 1); `busy` stays set
+    /// until the last of them is done.
+    std::uint32_t shared_calls = 0;
     bool evict = false;  // passivate as soon as idle: the shard moved away
     stop_signal stop;    // the shard is moving or the runner stopping: a long run ends
     steady_clock::time_point last_active;
@@ -168,6 +171,8 @@ class entity_host {
   using slot_key = std::pair<std::string, std::string>;  // entity type, entity id
 
   void run_next(const slot_key& key);
+  /// May the front message of `s` start beside the read-only calls running now?
+  bool may_share(const slot& s) const;
   /// The type's own bound (its options), else the host's.
   std::size_t mailbox_capacity(const slot& s) const;
   /// The entity's slot, activated first when it has none.
