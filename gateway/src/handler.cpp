@@ -187,6 +187,7 @@ unsigned status_for(errc code) {
     case errc::unavailable:
     case errc::shutting_down:
     case errc::storage_error:
+    case errc::state_conflict:  // runners answer NotOwner for it; retriable all the same
       return 503;
     case errc::malformed_frame:
     case errc::unsupported_version:
