@@ -216,7 +216,8 @@ TEST_F(pg_processes, activate_a_kept_alive_entity_on_the_next_owner_without_a_me
   const std::string owner_address =
       shard_owners()["default/" + std::to_string(shard_for("kept", 300))];
   std::string owner;
-  for (const auto& runner : status()["runners"])
+  const auto cluster = status();
+  for (const auto& runner : cluster["runners"])
     if (runner["address"] == owner_address) owner = runner["name"];
   ASSERT_FALSE(owner.empty()) << "no runner has address " << owner_address;
   end(owner, SIGKILL, 5s);
