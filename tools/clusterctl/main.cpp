@@ -51,6 +51,17 @@ using json = nlohmann::json;
 namespace beast = boost::beast;
 namespace http = beast::http;
 
+/// One connection as `role` that ignores unsolicited frames: what every verb opens.
+awaitable<result<connection_ptr>> connect_as(host_port target, std::string role,
+                                             connection_limits limits, milliseconds timeout) {
+  // GCC 12 destroys temporaries of a co_await full-expression twice: build first.
+  hello_msg hello{protocol_version, std::move(role), "clusterctl"};
+  connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
+  std::function<void()> on_close;
+  auto connect = connect_to(target, hello, limits, timeout, ignore, on_close);
+  co_return co_await std::move(connect);
+}
+
 struct options {
   std::string proxy = defaults::proxy_address();
   std::string manager = defaults::manager_address();
@@ -83,12 +94,8 @@ reply_msg round_trip(const options& opts, const std::string& address, role wante
       io,
       [target = *target, kind, fields = &fields, timeout, out = &result, limits,
        claimed = std::string(to_string(wanted))]() -> awaitable<void> {
-        // GCC 12 destroys temporaries of a co_await full-expression twice: build first.
         // With authentication the key's role replaces the claimed one.
-        hello_msg hello{protocol_version, claimed, "clusterctl"};
-        connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
-        std::function<void()> on_close;
-        auto connect = connect_to(target, hello, limits, timeout, ignore, on_close);
+        auto connect = connect_as(target, claimed, limits, timeout);
         auto connected = co_await std::move(connect);
         if (!connected) {
           // Keep the refusal's code (Unauthorized, Forbidden); unreachable is Unavailable.
@@ -503,10 +510,7 @@ reply_msg push_chunks(const options& opts, stored_plugin plugin, const bytes& da
       io,
       [target = *target, plugin = std::move(plugin), data = &data, timeout = opts.timeout,
        out = &result, limits]() -> awaitable<void> {
-        hello_msg hello{protocol_version, "admin", "clusterctl"};
-        connection::message_handler ignore = [](const connection_ptr&, envelope&&) {};
-        std::function<void()> on_close;
-        auto connect = connect_to(target, hello, limits, timeout, ignore, on_close);
+        auto connect = connect_as(target, "admin", limits, timeout);
         auto connected = co_await std::move(connect);
         if (!connected) {
           *out = reply_msg::failure(connected.error().code, connected.error().message);
