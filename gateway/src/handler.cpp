@@ -181,6 +181,8 @@ unsigned status_for(errc code) {
       return 429;
     case errc::defect:
       return 500;
+    case errc::cancelled:
+      return 499;  // the caller went away (nginx's "client closed request")
     case errc::not_owner:
     case errc::deadline_exceeded:
     case errc::no_runner:

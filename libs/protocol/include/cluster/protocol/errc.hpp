@@ -33,6 +33,8 @@ enum class errc : std::uint32_t {
   /// An entity's stored state changed since this activation read it (another activation
   /// committed first): nothing was written. Inside runners; callers see NotOwner.
   state_conflict = 22,
+  /// The caller interrupted the request (interrupt, a closed connection) before it ended.
+  cancelled = 23,
 };
 
 /// Stable, human-readable name of an error code (as printed by clusterctl and the gateway).
@@ -82,6 +84,8 @@ constexpr std::string_view to_string(errc code) {
       return "Unauthorized";
     case errc::forbidden:
       return "Forbidden";
+    case errc::cancelled:
+      return "Cancelled";
     case errc::state_conflict:
       return "StateConflict";
   }

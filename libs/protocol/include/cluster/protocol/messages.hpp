@@ -46,7 +46,9 @@ enum class message_kind : std::uint32_t {
   replay_dead_letter = 14,    ///< manager: run dead letter `id` again, attempts from 0
   drop_dead_letter = 15,      ///< manager: forget dead letter `id`, keep its error reply
   auth = 16,                  ///< client's proof of its key, after hello_ack (answered by reply)
-  // 17-19 are kept for streamed replies (chunk, ack) and their flow control.
+  stream_chunk = 17,          ///< callee → caller: items of a streaming reply (request `id`)
+  stream_ack = 18,            ///< caller → callee: credit for more items of stream `id`
+  // 19 is kept for stream flow control.
   push_plugin = 20,    ///< admin → manager: one chunk of a plugin file to store cluster-wide
   list_plugins = 21,   ///< → manager: the stored plugins (a plugins_msg payload)
   remove_plugin = 22,  ///< admin → manager: forget a stored plugin, every runner unloads it
@@ -91,8 +93,30 @@ struct request_msg {
   std::optional<std::string> primary_key;
   std::optional<std::int64_t> deliver_at_ms;  ///< unix ms; persisted RPCs only
   std::uint32_t timeout_ms = 0;               ///< 0: the receiver's default
+  /// Acknowledge once accepted (persisted: once stored) with an empty Ok; no outcome is sent.
+  bool discard = false;
+  /// Streaming RPCs: items the caller accepts before its first stream_ack (0: the default).
+  std::uint32_t credit = 0;
   CLUSTER_WIRE_FIELDS(request_msg, entity_type, entity_id, rpc, payload, persisted, primary_key,
-                      deliver_at_ms, timeout_ms);
+                      deliver_at_ms, timeout_ms, discard, credit);
+};
+
+/// The credit of a streaming request that gives none (request_msg::credit == 0).
+inline constexpr std::uint32_t default_stream_credit = 32;
+/// The most credit a caller may hold out: a larger credit or sum of acks is InvalidRequest.
+inline constexpr std::uint32_t max_stream_credit = 65536;
+
+/// Kind stream_chunk: the next items of the streaming reply to request `id`, in order. Each
+/// item is the MessagePack encoding of one element; never more than the credit granted.
+struct stream_chunk_msg {
+  std::vector<bytes> items;
+  CLUSTER_WIRE_FIELDS(stream_chunk_msg, items);
+};
+
+/// Kind stream_ack: the caller of stream `id` accepts `credit` more items.
+struct stream_ack_msg {
+  std::uint32_t credit = 0;
+  CLUSTER_WIRE_FIELDS(stream_ack_msg, credit);
 };
 
 /// The error details (`reply.payload`) of a Defect whose attempt was cut short: the
@@ -141,7 +165,8 @@ struct rpc_info {
   std::string name;
   bool persisted = false;
   bool read_only = false;  ///< CLUSTER_RPC_READ_ONLY: changes no state, may run concurrently
-  CLUSTER_WIRE_FIELDS(rpc_info, name, persisted, read_only);
+  bool stream = false;     ///< CLUSTER_RPC_STREAM: the reply is a stream of items
+  CLUSTER_WIRE_FIELDS(rpc_info, name, persisted, read_only, stream);
 };
 
 /// How a runner runs an entity type: what the plugin declares, with the runner's
@@ -151,7 +176,7 @@ struct entity_options {
   std::uint32_t mailbox_capacity = 0;
   std::int64_t max_idle_ms = 0;
   std::uint32_t concurrency = 0;
-  std::string cron_schedule;     ///< cron jobs: their schedule ("" otherwise)
+  std::string cron_schedule;      ///< cron jobs: their schedule ("" otherwise)
   std::uint32_t cron_missed = 0;  ///< CLUSTER_CRON_*
   CLUSTER_WIRE_FIELDS(entity_options, flags, mailbox_capacity, max_idle_ms, concurrency,
                       cron_schedule, cron_missed);
