@@ -116,6 +116,8 @@ void jobs::run_singleton(const std::string& name) {
   request.rpc = type->info.rpcs[0].name;
   request.payload = {0x80};  // {}
   run.running = true;
+  run.started_ms = unix_now_ms();
+  ++run.starts;
   spdlog::info("singleton {} starts on shard {}/{}", name, type->info.group, run.shard);
   auto hold = std::make_shared<gate::holder>(in_flight ? in_flight->hold() : gate::holder());
   const auto started = steady_clock::now();
@@ -134,6 +136,7 @@ void jobs::singleton_done(const std::string& name, reply_msg&& reply,
   if (it == singletons_.end()) return;
   auto& run = it->second;
   run.running = false;
+  run.last_outcome = reply.ok() ? "ok" : reply.error + ": " + reply.message;
   const auto* type = registry_.find(name);
   if (type == nullptr || !serving(type->info.group, run.shard)) {
     spdlog::info("singleton {} stopped{}", name,
@@ -318,6 +321,23 @@ cron_status_msg jobs::cron_status_of(const std::string& name, const std::string&
   out.last_fired_ms = job.bookkeeping.last_fired_ms;
   out.last_outcome = job.bookkeeping.last_outcome;
   out.next_ms = job.bookkeeping.next_ms;
+  return out;
+}
+
+cron_status_msg jobs::singleton_status_of(const std::string& name,
+                                          const std::string& runner) const {
+  cron_status_msg out;
+  out.name = name;
+  out.runner = runner;
+  if (const auto* type = registry_.find(name)) out.group = type->info.group;
+  const auto it = singletons_.find(name);
+  if (it == singletons_.end()) return out;
+  const auto& run = it->second;
+  out.loaded = true;
+  out.running = run.running;
+  out.started_ms = run.started_ms;
+  out.starts = run.starts;
+  out.last_outcome = run.last_outcome;
   return out;
 }
 

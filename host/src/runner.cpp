@@ -671,10 +671,12 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
         "runner " + config_.name + " has no entity type '" + request.entity_type + "'"));
     return;
   }
-  // `clusterctl cron list` asks the runner serving a cron job for its bookkeeping.
-  const bool cron_status = request.rpc == cron_status_rpc &&
-                           (type->info.options.flags & CLUSTER_ENTITY_CRON) != 0 &&
-                           request.entity_id == "cron";
+  // `clusterctl cron list` asks the runner serving a cron job or a singleton how it runs.
+  const std::uint32_t flags = type->info.options.flags;
+  const bool cron_status =
+      request.rpc == cron_status_rpc &&
+      (((flags & CLUSTER_ENTITY_CRON) != 0 && request.entity_id == "cron") ||
+       ((flags & CLUSTER_ENTITY_SINGLETON) != 0 && request.entity_id == "singleton"));
   const auto rpc_index = type->rpc_index(request.rpc);
   if (!rpc_index && !cron_status) {
     done(reply_msg::failure(errc::unknown_rpc, "entity type '" + request.entity_type +
@@ -720,7 +722,10 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
     return;
   }
   if (cron_status) {
-    done(reply_msg::success(pack_bytes(jobs_->cron_status_of(type->info.name, config_.name))));
+    done(reply_msg::success(
+        pack_bytes((flags & CLUSTER_ENTITY_CRON) != 0
+                       ? jobs_->cron_status_of(type->info.name, config_.name)
+                       : jobs_->singleton_status_of(type->info.name, config_.name))));
     return;
   }
   if (persisted) {

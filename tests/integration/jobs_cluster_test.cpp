@@ -225,15 +225,25 @@ TEST_F(jobs_cluster, a_per_second_cron_job_fires_once_per_tick_across_a_runner_k
     if (std::next(it)->first - it->first != 1000) gaps.push_back(std::next(it)->first - it->first);
   EXPECT_LE(gaps.size(), 1u) << "more than the one gap of the failover";
 
-  // `clusterctl cron list` shows the runner serving it now, its last run and its next one.
+  // `clusterctl cron list` shows the runner serving it now, its last run and its next one;
+  // and the plugin's singleton, running on one runner.
   int code = 0;
   const auto listed =
       clusterctl("--manager 127.0.0.1:" + std::to_string(manager_port) + " cron list --json", code);
   ASSERT_EQ(code, 0) << listed;
   const auto jobs = nlohmann::json::parse(listed, nullptr, false);
   ASSERT_TRUE(jobs.is_array()) << listed;
-  ASSERT_EQ(jobs.size(), 1u) << listed;
+  ASSERT_EQ(jobs.size(), 2u) << listed;
+  const auto& singleton = jobs[1];
+  EXPECT_EQ(singleton["kind"], "singleton") << listed;
+  EXPECT_EQ(singleton["name"], "Heartbeat") << listed;
+  ASSERT_FALSE(singleton.contains("error")) << listed;
+  EXPECT_TRUE(singleton["running"].get<bool>()) << listed;
+  const std::string singleton_runner = singleton.value("runner", "");
+  EXPECT_TRUE(singleton_runner == "runner-1" || singleton_runner == "runner-2") << listed;
+  EXPECT_GE(singleton["starts"].get<int>(), 1) << listed;
   const auto& job = jobs[0];
+  EXPECT_EQ(job["kind"], "cron") << listed;
   ASSERT_FALSE(job.contains("error")) << listed;
   ASSERT_TRUE(job.contains("last_run") && job.contains("next_run_ms")) << listed;
   EXPECT_EQ(job["name"], "EverySecond");

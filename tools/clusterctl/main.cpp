@@ -286,9 +286,26 @@ std::string unix_ms_text(std::int64_t ms) {
   return text;
 }
 
-constexpr std::uint32_t cron_flag = 8;  // CLUSTER_ENTITY_CRON of <cluster/plugin_abi.h>
+constexpr std::uint32_t singleton_flag = 4;  // CLUSTER_ENTITY_SINGLETON of <cluster/plugin_abi.h>
+constexpr std::uint32_t cron_flag = 8;       // CLUSTER_ENTITY_CRON of <cluster/plugin_abi.h>
 
-// Each cron job of the cluster's catalog, as the runner serving it tells (through the proxy).
+// What the runner serving job `type` (its entity `id`: "cron" or "singleton") says of it.
+result<cron_status_msg> job_status(const options& opts, const entity_type_info& type,
+                                   const std::string& id) {
+  request_msg request;
+  request.entity_type = type.name;
+  request.entity_id = id;
+  request.rpc = std::string(cron_status_rpc);
+  request.payload = {0x80};  // {}
+  request.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
+  const auto reply =
+      round_trip(opts, opts.proxy, role::client, message_kind::request, request, opts.timeout);
+  if (!reply.ok()) return failure{reply.code, describe(reply)};
+  return unpack_bytes<cron_status_msg>(reply.payload);
+}
+
+// Each cron job and singleton of the cluster's catalog, as the runner serving it tells
+// (through the proxy).
 int cron_list(const options& opts, bool as_json) {
   auto fetched = fetch_status(opts, opts.timeout);
   if (!fetched) return print_failure(fetched.error());
@@ -296,20 +313,11 @@ int cron_list(const options& opts, bool as_json) {
   for (const auto& type : fetched.value().entity_types) {
     if ((type.options.flags & cron_flag) == 0) continue;
     json job = {{"name", type.name},
+                {"kind", "cron"},
                 {"group", type.group},
                 {"schedule", type.options.cron_schedule},
                 {"missed", type.options.cron_missed == 1 ? "run_once" : "skip"}};
-    request_msg request;
-    request.entity_type = type.name;
-    request.entity_id = "cron";
-    request.rpc = std::string(cron_status_rpc);
-    request.payload = {0x80};  // {}
-    request.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
-    const auto reply =
-        round_trip(opts, opts.proxy, role::client, message_kind::request, request, opts.timeout);
-    auto status = reply.ok() ? unpack_bytes<cron_status_msg>(reply.payload)
-                             : result<cron_status_msg>(failure{reply.code, describe(reply)});
-    if (status) {
+    if (auto status = job_status(opts, type, "cron")) {
       const auto& s = status.value();
       job["runner"] = s.runner;
       job["last_run"] = s.last_scheduled_ms == 0 ? json(nullptr)
@@ -322,12 +330,46 @@ int cron_list(const options& opts, bool as_json) {
     }
     out.push_back(std::move(job));
   }
+  for (const auto& type : fetched.value().entity_types) {
+    if ((type.options.flags & singleton_flag) == 0) continue;
+    json job = {{"name", type.name}, {"kind", "singleton"}, {"group", type.group}};
+    if (auto status = job_status(opts, type, "singleton")) {
+      const auto& s = status.value();
+      job["runner"] = s.runner;
+      job["running"] = s.running;
+      job["started_ms"] = s.started_ms == 0 ? json(nullptr) : json(s.started_ms);
+      job["starts"] = s.starts;
+      job["last_outcome"] = s.last_outcome;
+    } else {
+      job["error"] = status.error().message;
+    }
+    out.push_back(std::move(job));
+  }
   if (as_json) {
     std::cout << out.dump() << "\n";
     return 0;
   }
-  if (out.empty()) std::cout << "no cron jobs in the cluster\n";
+  if (out.empty()) std::cout << "no cron jobs or singletons in the cluster\n";
   for (const auto& job : out) {
+    if (job["kind"] == "singleton") {
+      std::cout << job["name"].get<std::string>() << "  singleton  group "
+                << job["group"].get<std::string>() << "\n";
+      if (job.contains("error")) {
+        std::cout << "  error: " << job["error"].get<std::string>() << "\n";
+      } else if (job["running"].get<bool>()) {
+        std::cout << "  running on " << job["runner"].get<std::string>() << " since "
+                  << unix_ms_text(job["started_ms"].get<std::int64_t>()) << " (run "
+                  << job["starts"].get<std::uint32_t>() << " there)\n";
+      } else {
+        std::cout << "  not running on " << job["runner"].get<std::string>()
+                  << " (its shard's owner)"
+                  << (job["last_outcome"].get<std::string>().empty()
+                          ? std::string()
+                          : "; last run ended: " + job["last_outcome"].get<std::string>())
+                  << "\n";
+      }
+      continue;
+    }
     std::cout << job["name"].get<std::string>() << "  \"" << job["schedule"].get<std::string>()
               << "\"  group " << job["group"].get<std::string>() << "  missed "
               << job["missed"].get<std::string>() << "\n";
@@ -1034,7 +1076,9 @@ int main(int argc, char** argv) {
   cron_cmd->fallthrough();
   bool cron_json = false;
   auto* cron_list_cmd = cron_cmd->add_subcommand(
-      "list", "each cron job: schedule, group, the runner serving it, last run and next run");
+      "list",
+      "each cron job (schedule, group, the runner serving it, last and next run) and singleton "
+      "(the runner running it, since when)");
   cron_list_cmd->add_flag("--json", cron_json, "one line of JSON");
   cron_list_cmd->fallthrough();
   auto* keys_cmd = app.add_subcommand("keys", "make and inspect cluster credentials");

@@ -108,8 +108,10 @@ result<entity_location> router::locate(const std::string& entity_type, const std
       return failure{errc::no_runner, "no assignments received yet"};
     return failure{errc::unknown_entity_type, "unknown entity type '" + entity_type + "'"};
   }
-  // A cron job's runner answers `$cron_status` itself (clusterctl cron list).
-  const bool cron_status = rpc == cron_status_rpc && !type->options.cron_schedule.empty();
+  // A cron job's or a singleton's runner answers `$cron_status` itself (clusterctl cron list).
+  constexpr std::uint32_t singleton_flag = 4;  // CLUSTER_ENTITY_SINGLETON of <cluster/plugin_abi.h>
+  const bool cron_status = rpc == cron_status_rpc && (!type->options.cron_schedule.empty() ||
+                                                      (type->options.flags & singleton_flag) != 0);
   if (!rpc.empty() && type->find_rpc(rpc) == nullptr && !cron_status)
     return failure{errc::unknown_rpc, "entity type '" + entity_type + "' has no RPC '" + rpc + "'"};
   const auto* group = snapshot_.find_group(type->group);

@@ -72,6 +72,8 @@ class jobs {
   std::vector<cron_status> crons() const;
   /// The `$cron_status` answer for job `name` (zeros when it has not started here).
   cron_status_msg cron_status_of(const std::string& name, const std::string& runner) const;
+  /// The `$cron_status` answer for singleton `name`: running here or not, since when.
+  cron_status_msg singleton_status_of(const std::string& name, const std::string& runner) const;
   /// Singletons whose run is in progress here.
   std::size_t running_singletons() const;
 
@@ -84,6 +86,9 @@ class jobs {
   struct singleton_run {
     std::int32_t shard = 0;
     bool running = false;
+    std::int64_t started_ms = 0;  // unix ms of the run in progress or the last one
+    std::uint32_t starts = 0;
+    std::string last_outcome;  // how the last run ended ("" while none has)
     milliseconds backoff{0};
     std::unique_ptr<asio::steady_timer> again;
   };
