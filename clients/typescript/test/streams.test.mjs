@@ -116,6 +116,29 @@ test("an error before any item ends the stream with that error", async (t) => {
   );
 });
 
+test("direct mode streams from the owning runner and interrupts it there", async (t) => {
+  if (!streams) return t.skip("these runners have no streaming RPCs");
+  const direct = new Client({
+    direct: { manager: cluster.managerAddress },
+    credentials: loadCredentials({ dir: cluster.credentials, role: "proxy" }),
+  });
+  try {
+    const items = direct.entity(Greeter, "Test").GreetMany({ name: "D", count: 50, delay_ms: 0 }, { credit: 4 });
+    let read = 0;
+    for await (const item of items) assert.equal(item.index, read++);
+    assert.equal(read, 50);
+    assert.deepEqual(await items.final, { count: 50 });
+    const endless = direct.entity(Greeter, "direct-abort").GreetMany({ name: "D", count: 100000, delay_ms: 100 });
+    for await (const item of endless) if (item.index === 1) break;
+    await assert.rejects(endless.final, (e) => e.code === ErrorCode.Cancelled);
+    const started = Date.now();
+    await direct.entity(Greeter, "direct-abort").GreetVolatile({ name: "E" }, { timeoutMs: 10000 });
+    assert.ok(Date.now() - started < 3000, `the entity stayed busy ${Date.now() - started} ms`);
+  } finally {
+    direct.close();
+  }
+});
+
 // Last: it kills a runner.
 test("a runner killed mid-stream ends the stream with Unavailable; a new call succeeds", async (t) => {
   if (!streams) return t.skip("these runners have no streaming RPCs");
