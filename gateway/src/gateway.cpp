@@ -85,6 +85,135 @@ awaitable<bool> write_response(beast::tcp_stream& stream, const http_response& r
   co_return !ec;
 }
 
+// A streaming RPC's items (docs/protocol.md "Streaming replies") as they come, and its end.
+struct stream_events {
+  explicit stream_events(const asio::any_io_executor& executor)
+      : wake(executor, steady_clock::time_point::max()) {}
+  std::vector<bytes> items;
+  std::optional<reply_msg> reply;
+  bool client_gone = false;
+  bool finished = false;    // the response is over: the peer watch stops
+  asio::steady_timer wake;  // cancelled when something happened
+};
+
+// Reads (and drops) what the HTTP client sends until it closes its end.
+void watch_peer(const std::shared_ptr<stream_events>& events, beast::tcp_stream& stream,
+                const std::shared_ptr<std::array<char, 512>>& scratch) {
+  stream.socket().async_read_some(asio::buffer(*scratch),
+                                  [events, &stream, scratch](const error_code& ec, std::size_t) {
+                                    if (events->finished) return;
+                                    if (!ec) {
+                                      watch_peer(events, stream, scratch);
+                                      return;
+                                    }
+                                    events->client_gone = true;
+                                    events->wake.cancel();
+                                  });
+}
+
+// One event line of a streamed response: NDJSON (`{"item":...}`, `{"final":...}`, or the
+// error object) or Server-Sent Events (`event: item|end|error` with the JSON as data).
+std::string stream_line(bool sse, std::string_view event, const std::string& json_text) {
+  if (sse) return "event: " + std::string(event) + "\ndata: " + json_text + "\n\n";
+  if (event == "error") return json_text + "\n";
+  return "{\"" + std::string(event == "end" ? "final" : "item") + "\":" + json_text + "}\n";
+}
+
+// Serves a streaming RPC: waits for its first event (a failure before any item is an
+// ordinary JSON error response), then a chunked body with one line per item, written as
+// it comes; each item is acked once its chunk is written, so a slow HTTP reader slows the
+// producer. The client going away (a failed write, or its end of the connection closing)
+// interrupts the stream. The connection closes afterwards. False when it failed.
+awaitable<bool> serve_stream(state_ptr self, beast::tcp_stream& stream, request_msg call,
+                             unsigned version, bool sse) {
+  const auto timeout = self->config.request_timeout;
+  auto opening = self->proxy.open(timeout);
+  auto conn = co_await std::move(opening);
+  if (!conn) {
+    auto write = write_response(
+        stream, error_response(503, "Unavailable", "proxy unreachable: " + conn.error().message),
+        version, false);
+    co_return co_await std::move(write);
+  }
+  auto events = std::make_shared<stream_events>(stream.get_executor());
+  const std::uint32_t window = default_stream_credit;
+  call.credit = window;
+  call.timeout_ms = static_cast<std::uint32_t>(timeout.count());
+  const auto id = conn.value()->call_stream(
+      message_kind::request, call, window, timeout + milliseconds(500),
+      [events](std::vector<bytes>&& items) {
+        for (auto& item : items) events->items.push_back(std::move(item));
+        events->wake.cancel();
+      },
+      [events](reply_msg&& reply) {
+        events->reply = std::move(reply);
+        events->wake.cancel();
+      });
+  const auto wait = [events]() -> awaitable<void> {
+    if (!events->items.empty() || events->reply || events->client_gone) co_return;
+    events->wake.expires_at(steady_clock::time_point::max());
+    error_code ignored;
+    co_await events->wake.async_wait(asio::redirect_error(use_awaitable, ignored));
+  };
+  auto first = wait();
+  co_await std::move(first);
+  if (events->items.empty() && events->reply && !events->reply->ok()) {
+    auto write = write_response(stream, to_http_response(*events->reply), version, false);
+    co_return co_await std::move(write);
+  }
+  http::response<http::empty_body> head{http::status::ok, version};
+  head.set(http::field::server, "cluster-gateway");
+  head.set(http::field::content_type, sse ? "text/event-stream" : "application/x-ndjson");
+  head.set(http::field::cache_control, "no-cache");
+  head.keep_alive(false);
+  head.chunked(true);
+  http::response_serializer<http::empty_body> serializer{head};
+  error_code ec;
+  stream.expires_after(write_timeout);
+  co_await http::async_write_header(stream, serializer, asio::redirect_error(use_awaitable, ec));
+  // The client sends nothing more (the connection closes after this response): a read that
+  // ends says it went away, even while no item is being written.
+  if (!ec) watch_peer(events, stream, std::make_shared<std::array<char, 512>>());
+  bool ended = false;
+  while (!ec && !events->client_gone) {
+    if (!events->items.empty()) {
+      auto items = std::move(events->items);
+      events->items.clear();
+      std::string body;
+      for (const auto& item : items)
+        body += stream_line(sse, "item", to_http_response(reply_msg::success(item)).body);
+      stream.expires_after(write_timeout);
+      co_await asio::async_write(stream, http::make_chunk(asio::buffer(body)),
+                                 asio::redirect_error(use_awaitable, ec));
+      if (!ec) conn.value()->ack(id, static_cast<std::uint32_t>(items.size()));
+      continue;
+    }
+    if (events->reply) {
+      const auto& reply = *events->reply;
+      const std::string json_text = to_http_response(reply).body;
+      const auto line = stream_line(sse, reply.ok() ? "end" : "error", json_text);
+      stream.expires_after(write_timeout);
+      co_await asio::async_write(stream, http::make_chunk(asio::buffer(line)),
+                                 asio::redirect_error(use_awaitable, ec));
+      if (!ec)
+        co_await asio::async_write(stream, http::make_chunk_last(),
+                                   asio::redirect_error(use_awaitable, ec));
+      ended = true;
+      break;
+    }
+    auto next = wait();
+    co_await std::move(next);
+  }
+  stream.expires_never();
+  if (!ended) {
+    spdlog::debug("HTTP client of a stream went away; interrupting {}/{}", call.entity_type,
+                  call.rpc);
+    conn.value()->interrupt(id);
+  }
+  events->finished = true;
+  co_return false;
+}
+
 // Half-closes, then discards what the client still sends for a bounded time.
 awaitable<void> linger_and_close(beast::tcp_stream& stream) {
   error_code ec;
@@ -153,7 +282,19 @@ awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holde
                          std::string(message["X-Gateway-Token"])};
     const std::string method = request.method;
     const std::string target = request.target;
-    auto handling = self->request_handler.handle(std::move(request), config.request_timeout);
+    auto routed = route(request, self->request_handler.options());
+    if (routed.call) {
+      auto streams = self->proxy.streams(*routed.call, config.request_timeout);
+      if (co_await std::move(streams)) {
+        const bool sse =
+            message[http::field::accept].find("text/event-stream") != std::string_view::npos;
+        auto serving = serve_stream(self, conn->stream, std::move(*routed.call), version, sse);
+        co_await std::move(serving);
+        conn->busy = false;
+        break;
+      }
+    }
+    auto handling = self->request_handler.handle_routed(std::move(routed), config.request_timeout);
     const auto response = co_await std::move(handling);
     spdlog::debug("{} {} -> {}", method, target, response.status);
     auto write = write_response(conn->stream, response, version, keep_alive && !self->stopping);

@@ -110,6 +110,21 @@ int hex_value(char c) {
   return -1;
 }
 
+// `?discard=1` (or `discard=true`) among the query's parameters.
+bool wants_discard(std::string_view target) {
+  const auto question = target.find('?');
+  if (question == std::string_view::npos) return false;
+  auto query = target.substr(question + 1);
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const auto param = query.substr(0, amp);
+    if (param == "discard=1" || param == "discard=true") return true;
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return false;
+}
+
 }  // namespace
 
 token_digest digest_of_token(std::string_view token) {
@@ -292,10 +307,12 @@ route_result route(const http_request& request, const handler_options& options) 
 
   const auto packed = json::to_msgpack(payload);
   result.call->payload.assign(packed.begin(), packed.end());
+  result.call->discard = wants_discard(request.target);
   return result;
 }
 
-http_response to_http_response(const reply_msg& reply) {
+http_response to_http_response(const reply_msg& reply, bool discarded) {
+  if (discarded && reply.ok()) return http_response{202, R"({"accepted":true})", {}};
   if (!reply.ok()) {
     const std::string name = reply.error.empty() ? std::string(to_string(reply.code)) : reply.error;
     auto response = error_response(status_for(reply.code), name, reply.message);
@@ -328,11 +345,24 @@ handler::handler(proxy_client& proxy, handler_options options) : proxy_(proxy), 
 awaitable<http_response> handler::handle(http_request request, milliseconds timeout) {
   auto routed = route(request, options_);
   if (!routed.call) co_return std::move(routed.response);
+  if (timeout > milliseconds(0)) {
+    auto streams = proxy_.streams(*routed.call, timeout);
+    if (co_await std::move(streams))
+      co_return error_response(400, "StreamingNotSupported",
+                               routed.call->entity_type + "/" + routed.call->rpc +
+                                   " streams its reply; call it through cluster-gateway");
+  }
+  auto call = handle_routed(std::move(routed), timeout);
+  co_return co_await std::move(call);
+}
+
+awaitable<http_response> handler::handle_routed(route_result routed, milliseconds timeout) {
   if (timeout <= milliseconds(0))
     co_return error_response(503, "DeadlineExceeded", "no time left to call the cluster");
+  const bool discarded = routed.call->discard;
   auto call = proxy_.call(std::move(*routed.call), timeout);
   const auto reply = co_await std::move(call);
-  co_return to_http_response(reply);
+  co_return to_http_response(reply, discarded);
 }
 
 }  // namespace cluster::gateway

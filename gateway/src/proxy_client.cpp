@@ -70,4 +70,50 @@ awaitable<reply_msg> proxy_client::call(request_msg request, milliseconds timeou
   co_return reply;
 }
 
+namespace {
+
+constexpr milliseconds snapshot_max_age{2000};
+constexpr milliseconds snapshot_min_age{1000};
+
+bool streams_in(const assignment_snapshot& snapshot, const request_msg& request) {
+  const auto* type = snapshot.find_entity_type(request.entity_type);
+  const auto* rpc = type ? type->find_rpc(request.rpc) : nullptr;
+  return rpc != nullptr && rpc->stream;
+}
+
+}  // namespace
+
+awaitable<void> proxy_client::refresh_snapshot(milliseconds timeout) {
+  if (refreshing_) co_return;
+  refreshing_ = true;
+  auto open_conn = connection(timeout);
+  auto conn = co_await std::move(open_conn);
+  if (conn) {
+    auto ask = conn.value()->async_call(message_kind::get_status, empty_msg{}, timeout);
+    auto reply = co_await std::move(ask);
+    if (reply.ok()) {
+      auto decoded = unpack_bytes<assignment_snapshot>(reply.payload);
+      if (decoded) snapshot_ = std::move(decoded).value();
+    }
+  }
+  snapshot_at_ = steady_clock::now();
+  refreshing_ = false;
+}
+
+awaitable<bool> proxy_client::streams(const request_msg& request, milliseconds timeout) {
+  const auto age = steady_clock::now() - snapshot_at_;
+  const bool known = snapshot_.find_entity_type(request.entity_type) != nullptr;
+  if (known && age < snapshot_max_age) co_return streams_in(snapshot_, request);
+  if (known) {
+    // Answer from what is known; the next requests see the fresher snapshot.
+    asio::co_spawn(executor_, refresh_snapshot(timeout), asio::detached);
+    co_return streams_in(snapshot_, request);
+  }
+  if (age >= snapshot_min_age) {
+    auto refresh = refresh_snapshot(timeout);
+    co_await std::move(refresh);
+  }
+  co_return streams_in(snapshot_, request);
+}
+
 }  // namespace cluster::gateway

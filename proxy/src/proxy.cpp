@@ -22,7 +22,10 @@ namespace {
 std::shared_ptr<const permissions> proxy_permissions() {
   const role_mask callers = mask_of(role::client, role::admin, role::proxy, role::runner);
   auto allowed = std::make_shared<permissions>(callers);
-  allowed->allow(message_kind::request, callers).allow(message_kind::get_status, callers);
+  allowed->allow(message_kind::request, callers)
+      .allow(message_kind::get_status, callers)
+      .allow(message_kind::interrupt, callers)
+      .allow(message_kind::stream_ack, callers);
   return allowed;
 }
 
@@ -42,7 +45,28 @@ proxy::proxy(asio::io_context& io, proxy_config config)
           [this](const connection_ptr& conn, envelope&& env) { on_message(conn, std::move(env)); }),
       router_(io, router_options{"proxy", "proxy", config_.common.limits()}),
       in_flight_(io.get_executor()),
-      limits_(config_.common.request_limits()) {}
+      limits_(config_.common.request_limits()) {
+  server_.on_disconnect = [this](const connection_ptr& conn) { caller_gone(conn); };
+}
+
+proxy::caller_state& proxy::state_of(const connection_ptr& conn) {
+  if (!conn->attachment) conn->attachment = std::make_shared<caller_state>();
+  return *static_cast<caller_state*>(conn->attachment.get());
+}
+
+routed_request* proxy::find_routed(const connection_ptr& conn, std::uint64_t id) {
+  if (!conn->attachment) return nullptr;
+  return static_cast<caller_state*>(conn->attachment.get())->routed.find(id);
+}
+
+void proxy::caller_gone(const connection_ptr& conn) {
+  if (!conn->attachment) return;
+  // Nobody waits for their replies: stop what runs for nothing. Persisted requests run on
+  // (they are stored, and a retry with their key gets the outcome).
+  for (auto* request : static_cast<caller_state*>(conn->attachment.get())->routed.all())
+    if (!router_.is_persisted(request->request.entity_type, request->request.rpc))
+      router_.interrupt(*request);
+}
 
 void proxy::start() {
   auto manager_address = parse_host_port(config_.manager);
@@ -69,7 +93,8 @@ void proxy::stop(std::function<void()> on_stopped) {
   in_flight_.close([this] {
     // Every reply is queued: close each connection once it is written.
     stopped_ = true;
-    server_.on_disconnect = [this](const connection_ptr&) {
+    server_.on_disconnect = [this](const connection_ptr& conn) {
+      caller_gone(conn);
       if (server_.connection_count() == 0) notify_stopped();
     };
     server_.close_after_flush();
@@ -109,6 +134,15 @@ void proxy::on_message(const connection_ptr& conn, envelope&& env) {
       forward(conn, env.id, std::move(request).value());
       return;
     }
+    case message_kind::interrupt:
+      if (auto* routed = find_routed(conn, env.id)) router_.interrupt(*routed);
+      return;
+    case message_kind::stream_ack: {
+      auto ack = env.as<stream_ack_msg>();
+      auto* routed = find_routed(conn, env.id);
+      if (ack && routed) router_.ack(*routed, ack.value().credit);
+      return;
+    }
     case message_kind::get_status:
       // Thin clients ask the proxy; it answers from its latest snapshot.
       conn->send_reply(env.id, reply_msg::success(pack_bytes(router_.snapshot())));
@@ -125,12 +159,14 @@ void proxy::forward(const connection_ptr& conn, std::uint64_t id, request_msg re
   const auto timeout = request.timeout_ms > 0
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
-  router_.route(std::move(request), steady_clock::now() + timeout,
-                [conn, id, hold = in_flight_.hold()](reply_msg&& reply) mutable {
-                  --conn->in_flight;
-                  conn->send_reply(id, reply);
-                  hold.release();
-                });
+  router_.route(
+      std::move(request), steady_clock::now() + timeout,
+      [conn, id, hold = in_flight_.hold()](reply_msg&& reply) mutable {
+        --conn->in_flight;
+        conn->send_reply(id, reply);
+        hold.release();
+      },
+      state_of(conn).routed, conn, id);
 }
 
 }  // namespace cluster::proxy

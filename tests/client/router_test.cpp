@@ -75,8 +75,67 @@ class fake_runner {
   std::vector<request_msg> requests;
   std::set<const cluster::connection*> peers;  ///< distinct connections requests came on
 
+  /// Streams: requests are answered with `stream_items` items within their credit, then
+  /// {count}; with `close_after_items` >= 0 the connection closes after that many instead.
+  int stream_items = -1;
+  int close_after_items = -1;
+  bool ignore_interrupts = false;
+  std::vector<std::uint64_t> interrupts;  ///< ids interrupted
+  std::vector<std::uint64_t> request_ids;
+  int acks = 0;
+
  private:
+  struct stream_state {
+    cluster::connection_ptr conn;
+    std::uint64_t id = 0;
+    int sent = 0;
+    std::uint32_t credit = 0;
+    bool done = false;
+  };
+  std::vector<stream_state> streams_;
+
+  void pump(stream_state& s) {
+    cluster::stream_chunk_msg chunk;
+    while (s.credit > 0 && s.sent < stream_items) {
+      if (close_after_items >= 0 && s.sent == close_after_items) break;
+      chunk.items.push_back(cluster::pack_bytes(s.sent++));
+      --s.credit;
+    }
+    if (!chunk.items.empty()) s.conn->send(message_kind::stream_chunk, s.id, chunk);
+    if (close_after_items >= 0 && s.sent == close_after_items) {
+      s.done = true;
+      s.conn->close_after_flush();
+    } else if (s.sent == stream_items && !s.done) {
+      s.done = true;
+      s.conn->send_reply(s.id, reply_msg::success(cluster::pack_bytes(stream_items)));
+    }
+  }
+
+  bool handle_stream_frames(const cluster::connection_ptr& conn, const cluster::envelope& env) {
+    const bool ack = env.kind == static_cast<std::uint32_t>(message_kind::stream_ack);
+    const bool interrupt = env.kind == static_cast<std::uint32_t>(message_kind::interrupt);
+    if (!ack && !interrupt) return false;
+    stream_state* found = nullptr;
+    for (auto& s : streams_)
+      if (s.conn == conn && s.id == env.id && !s.done) found = &s;
+    if (ack) {
+      ++acks;
+      if (found) {
+        found->credit += env.as<cluster::stream_ack_msg>().value().credit;
+        pump(*found);
+      }
+      return true;
+    }
+    interrupts.push_back(env.id);
+    if (ignore_interrupts) return true;
+    if (found) found->done = true;
+    // A held request (answer gave nullopt) or a stream: both end with Cancelled.
+    conn->send_reply(env.id, reply_msg::failure(errc::cancelled, "interrupted"));
+    return true;
+  }
+
   void handle(const cluster::connection_ptr& conn, const cluster::envelope& env) {
+    if (handle_stream_frames(conn, env)) return;
     if (env.kind != static_cast<std::uint32_t>(message_kind::request)) {
       conn->send_reply(env.id, reply_msg::failure(errc::unknown_kind, "fake runner"));
       return;
@@ -87,7 +146,14 @@ class fake_runner {
       return;
     }
     requests.push_back(request.value());
+    request_ids.push_back(env.id);
     peers.insert(conn.get());
+    if (stream_items >= 0) {
+      const auto credit = request.value().credit;
+      streams_.push_back({conn, env.id, 0, credit == 0 ? cluster::default_stream_credit : credit});
+      pump(streams_.back());
+      return;
+    }
     if (close_next) {
       close_next = false;
       conn->close();
@@ -108,7 +174,8 @@ assignment_snapshot snapshot_of(const std::vector<std::string>& owners, std::uin
   snapshot.storage = "memory";
   snapshot.groups.push_back(
       {"default", static_cast<std::uint32_t>(owners.size()), std::vector<std::string>(owners)});
-  snapshot.entity_types.push_back({"Counter", "default", {{"Get", false}, {"Put", true}}});
+  snapshot.entity_types.push_back(
+      {"Counter", "default", {{"Get", false}, {"Put", true}, {"Watch", false, true, true}}});
   std::set<std::string> runners(owners.begin(), owners.end());
   for (const auto& address : runners)
     if (!address.empty()) snapshot.runners.push_back({address, address, {"default"}, "", true, 1});
@@ -142,6 +209,7 @@ class router_test : public ::testing::Test {
  protected:
   router_test() : router_(io_, options()) {}
   ~router_test() override {
+    if (front_) front_->stop();
     router_.stop();
     runners_.clear();
     // Let the closes and their posted callbacks run before anything is destroyed.
@@ -195,9 +263,94 @@ class router_test : public ::testing::Test {
     return out;
   }
 
+  // A front server that routes what its clients send, as the proxy does, so a test can
+  // watch a routed stream and interrupt from the caller's side.
+  static cluster::routed_set& set_of(const cluster::connection_ptr& conn) {
+    if (!conn->attachment) conn->attachment = std::make_shared<cluster::routed_set>();
+    return *static_cast<cluster::routed_set*>(conn->attachment.get());
+  }
+
+  void front_message(const cluster::connection_ptr& conn, cluster::envelope&& env) {
+    auto& set = set_of(conn);
+    switch (static_cast<message_kind>(env.kind)) {
+      case message_kind::request:
+        router_.route(
+            env.as<request_msg>().value(), steady_clock::now() + front_budget_,
+            [conn, id = env.id](reply_msg&& reply) { conn->send_reply(id, reply); }, set, conn,
+            env.id);
+        return;
+      case message_kind::interrupt:
+        if (auto* routed = set.find(env.id)) router_.interrupt(*routed);
+        return;
+      case message_kind::stream_ack:
+        if (auto* routed = set.find(env.id))
+          router_.ack(*routed, env.as<cluster::stream_ack_msg>().value().credit);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /// A client connection to a fresh front server.
+  cluster::connection_ptr front_client() {
+    front_ = std::make_unique<cluster::server>(
+        io_, cluster::server_options{},
+        [this](const cluster::connection_ptr& conn, cluster::envelope&& env) {
+          front_message(conn, std::move(env));
+        });
+    front_->on_disconnect = [this](const cluster::connection_ptr& conn) {
+      for (auto* routed : set_of(conn).all()) router_.interrupt(*routed);
+    };
+    const auto port = front_->listen();
+    auto result = std::make_shared<std::optional<cluster::result<cluster::connection_ptr>>>();
+    auto connect = cluster::connect_to(
+        {"127.0.0.1", port}, {cluster::protocol_version, "client", "front-test"}, {}, 2s,
+        [](const cluster::connection_ptr&, cluster::envelope&&) {}, {});
+    asio::co_spawn(
+        io_,
+        [connect = std::move(connect), result]() mutable -> cluster::awaitable<void> {
+          auto connected = co_await std::move(connect);
+          result->emplace(std::move(connected));
+        },
+        asio::detached);
+    EXPECT_TRUE(run_until(io_, [result] { return result->has_value(); }));
+    if (!result->has_value() || !result->value()) return nullptr;
+    return result->value().value();
+  }
+
+  struct streamed {
+    std::vector<int> items;
+    std::optional<reply_msg> reply;
+    std::uint64_t id = 0;
+  };
+
+  /// A streaming call through the front; the client acks every `ack_every` items.
+  std::shared_ptr<streamed> stream_call(const cluster::connection_ptr& client, request_msg request,
+                                        std::uint32_t ack_every) {
+    auto out = std::make_shared<streamed>();
+    auto held = std::make_shared<std::uint32_t>(0);
+    std::weak_ptr<cluster::connection> weak = client;
+    out->id = client->call_stream(
+        message_kind::request, request, request.credit, 5s,
+        [out, held, ack_every, weak](std::vector<cluster::bytes>&& items) {
+          for (const auto& item : items)
+            out->items.push_back(cluster::unpack_bytes<int>(item).value());
+          *held += static_cast<std::uint32_t>(items.size());
+          auto c = weak.lock();
+          if (ack_every > 0 && *held >= ack_every && c) {
+            c->ack(out->id, *held);
+            *held = 0;
+          }
+        },
+        [out](reply_msg&& reply) { out->reply = std::move(reply); });
+    return out;
+  }
+
   asio::io_context io_;
   cluster::router router_;
   std::vector<std::unique_ptr<fake_runner>> runners_;
+  std::unique_ptr<cluster::server> front_;
+  milliseconds front_budget_{5000};
 };
 
 }  // namespace
@@ -574,4 +727,104 @@ TEST_F(router_test, returns_unknown_entity_type_at_once_when_no_other_runner_has
   ASSERT_TRUE(run_until(io_, [&] { return coroutine->has_value(); }));
   EXPECT_EQ((*coroutine)->code, errc::unknown_entity_type);
   EXPECT_EQ(only.requests.size(), 2u);
+}
+
+request_msg watch_request(std::string entity_id, std::uint32_t credit) {
+  auto request = counter_request(std::move(entity_id), "Watch");
+  request.credit = credit;
+  return request;
+}
+
+TEST_F(router_test, streams_items_end_to_end_with_the_callers_credit) {
+  auto& a = add_runner("a");
+  a.stream_items = 500;
+  router_.update(snapshot_of({a.address()}, 1));
+  auto client = front_client();
+  ASSERT_NE(client, nullptr);
+  auto out = stream_call(client, watch_request("w", 6), 3);
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  ASSERT_TRUE(out->reply->ok()) << out->reply->message;
+  ASSERT_EQ(out->items.size(), 500u);
+  for (int i = 0; i < 500; ++i) ASSERT_EQ(out->items[static_cast<std::size_t>(i)], i);
+  // The runner got the caller's credit and every ack: the router added none of its own.
+  ASSERT_EQ(a.requests.size(), 1u);
+  EXPECT_EQ(a.requests[0].credit, 6u);
+  EXPECT_GE(a.acks, (500 - 6) / 6);
+}
+
+TEST_F(router_test, a_stream_is_retried_elsewhere_while_no_item_was_sent) {
+  auto& old_owner = add_runner("old");
+  auto& new_owner = add_runner("new");
+  old_owner.refuse_with(errc::not_owner);
+  new_owner.stream_items = 3;
+  router_.update(snapshot_of({old_owner.address()}, 1));
+  auto client = front_client();
+  ASSERT_NE(client, nullptr);
+  auto out = stream_call(client, watch_request("w", 0), 0);
+  ASSERT_TRUE(run_until(io_, [&] { return !old_owner.requests.empty(); }));
+  router_.update(snapshot_of({new_owner.address()}, 2));
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_TRUE(out->reply->ok()) << out->reply->message;
+  EXPECT_EQ(out->items, (std::vector<int>{0, 1, 2}));
+}
+
+TEST_F(router_test, a_runner_lost_after_an_item_ends_the_stream_with_unavailable) {
+  auto& a = add_runner("a");
+  a.stream_items = 10;
+  a.close_after_items = 2;
+  router_.update(snapshot_of({a.address()}, 1));
+  auto client = front_client();
+  ASSERT_NE(client, nullptr);
+  auto out = stream_call(client, watch_request("w", 0), 0);
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_EQ(out->reply->code, errc::unavailable) << out->reply->message;
+  EXPECT_EQ(out->items, (std::vector<int>{0, 1}));
+  io_.run_for(100ms);
+  EXPECT_EQ(a.requests.size(), 1u) << "a stream that sent items was tried again";
+}
+
+TEST_F(router_test, an_interrupt_reaches_the_runner_under_its_own_id) {
+  auto& a = add_runner("a");
+  a.answer = [](const request_msg&) { return std::optional<reply_msg>(); };  // a long handler
+  router_.update(snapshot_of({a.address()}, 1));
+  auto client = front_client();
+  ASSERT_NE(client, nullptr);
+  // Two in flight, so the router has to find the right one.
+  auto first = stream_call(client, counter_request("x"), 0);
+  auto second = stream_call(client, counter_request("y"), 0);
+  ASSERT_TRUE(run_until(io_, [&] { return a.requests.size() == 2; }));
+  client->interrupt(second->id);
+  ASSERT_TRUE(run_until(io_, [second] { return second->reply.has_value(); }));
+  EXPECT_EQ(second->reply->code, errc::cancelled);
+  ASSERT_EQ(a.interrupts.size(), 1u);
+  EXPECT_EQ(a.interrupts[0], a.request_ids[1]);
+  EXPECT_FALSE(first->reply.has_value());
+}
+
+TEST_F(router_test, an_interrupt_while_waiting_for_a_retry_answers_cancelled) {
+  auto& a = add_runner("a");
+  router_.update(snapshot_of({""}, 1));  // nobody owns the shard: the router waits
+  auto client = front_client();
+  ASSERT_NE(client, nullptr);
+  auto out = stream_call(client, counter_request("x"), 0);
+  io_.run_for(50ms);
+  client->interrupt(out->id);
+  const auto asked = steady_clock::now();
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_EQ(out->reply->code, errc::cancelled) << out->reply->message;
+  EXPECT_LT(steady_clock::now() - asked, 3s) << "the router kept waiting for its deadline";
+  EXPECT_TRUE(a.requests.empty());
+}
+
+TEST_F(router_test, a_caller_that_goes_away_interrupts_what_it_had_in_flight) {
+  auto& a = add_runner("a");
+  a.answer = [](const request_msg&) { return std::optional<reply_msg>(); };
+  router_.update(snapshot_of({a.address()}, 1));
+  auto client = front_client();
+  ASSERT_NE(client, nullptr);
+  auto out = stream_call(client, counter_request("x"), 0);
+  ASSERT_TRUE(run_until(io_, [&] { return a.requests.size() == 1; }));
+  client->close();
+  ASSERT_TRUE(run_until(io_, [&] { return a.interrupts.size() == 1; }));
+  EXPECT_EQ(a.interrupts[0], a.request_ids[0]);
 }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -222,8 +223,79 @@ class loopback : public ::testing::Test {
     return port_;
   }
 
+  // A scripted streaming callee: rpc "stream" (payload: the item count) yields the items
+  // 0..count-1 within the credit granted, then the final reply {count}; "stream-overrun"
+  // sends one item more than the credit; "stream-stray" first sends a chunk for an id
+  // nobody waits for. An interrupt ends a stream with Cancelled.
+  struct scripted_stream {
+    connection_ptr conn;
+    std::uint64_t id = 0;
+    int total = 0;
+    int sent = 0;
+    std::uint32_t credit = 0;
+    bool done = false;
+  };
+
+  void pump(scripted_stream& stream) {
+    cluster::stream_chunk_msg chunk;
+    while (stream.credit > 0 && stream.sent < stream.total) {
+      chunk.items.push_back(cluster::pack_bytes(stream.sent++));
+      --stream.credit;
+    }
+    if (!chunk.items.empty()) stream.conn->send(message_kind::stream_chunk, stream.id, chunk);
+    if (stream.sent == stream.total && !stream.done) {
+      stream.done = true;
+      stream.conn->send_reply(stream.id, reply_msg::success(cluster::pack_bytes(stream.total)));
+    }
+  }
+
+  scripted_stream* stream_of(std::uint64_t id) {
+    for (auto& stream : streams_)
+      if (stream.id == id && !stream.done) return &stream;
+    return nullptr;
+  }
+
+  bool handle_stream_frames(const connection_ptr& conn, envelope& env) {
+    if (env.kind == static_cast<std::uint32_t>(message_kind::stream_ack)) {
+      ++acks_seen_;
+      auto ack = env.as<cluster::stream_ack_msg>();
+      if (auto* stream = stream_of(env.id); stream && ack) {
+        stream->credit += ack.value().credit;
+        pump(*stream);
+      }
+      return true;
+    }
+    if (env.kind == static_cast<std::uint32_t>(message_kind::interrupt)) {
+      interrupts_seen_.push_back(env.id);
+      if (auto* stream = stream_of(env.id)) {
+        stream->done = true;
+        conn->send_reply(env.id, reply_msg::failure(errc::cancelled, "interrupted"));
+      }
+      return true;
+    }
+    return false;
+  }
+
+  void start_stream(const connection_ptr& conn, std::uint64_t id, const request_msg& request) {
+    scripted_stream stream{conn, id, cluster::unpack_bytes<int>(request.payload).value(), 0,
+                           request.credit == 0 ? cluster::default_stream_credit : request.credit};
+    if (request.rpc == "stream-overrun") {
+      cluster::stream_chunk_msg chunk;
+      for (std::uint32_t i = 0; i <= stream.credit; ++i)
+        chunk.items.push_back(cluster::pack_bytes(static_cast<int>(i)));
+      conn->send(message_kind::stream_chunk, id, chunk);
+      return;
+    }
+    if (request.rpc == "stream-stray")
+      conn->send(message_kind::stream_chunk, id + 1000,
+                 cluster::stream_chunk_msg{{cluster::pack_bytes(7)}});
+    streams_.push_back(stream);
+    pump(streams_.back());
+  }
+
   void handle(const connection_ptr& conn, envelope&& env) {
     last_peer_ = conn->peer_role + "/" + conn->peer_name;
+    if (handle_stream_frames(conn, env)) return;
     if (env.kind != static_cast<std::uint32_t>(message_kind::request)) {
       conn->send_reply(env.id,
                        reply_msg::failure(errc::unknown_kind, "kind " + std::to_string(env.kind)));
@@ -235,7 +307,9 @@ class loopback : public ::testing::Test {
       return;
     }
     const request_msg& request = decoded.value();
-    if (request.rpc == "echo") {
+    if (request.rpc.rfind("stream", 0) == 0) {
+      start_stream(conn, env.id, request);
+    } else if (request.rpc == "echo") {
       conn->send_reply(env.id, reply_msg::success(request.payload));
     } else if (request.rpc == "bad-reply") {
       conn->send(message_kind::reply, env.id, reply_with_string_code{});
@@ -334,6 +408,9 @@ class loopback : public ::testing::Test {
   std::vector<held_request> held_;
   std::size_t hold_count_ = 0;
   std::vector<std::uint64_t> answer_order_;
+  std::deque<scripted_stream> streams_;
+  int acks_seen_ = 0;
+  std::vector<std::uint64_t> interrupts_seen_;
   std::string last_peer_;  ///< role/name from the hello of the last handled message's sender
   std::shared_ptr<int> handled_ = std::make_shared<int>(0);  ///< messages the handler saw
 };
@@ -494,6 +571,139 @@ TEST_F(loopback, fails_pending_calls_with_unavailable_when_the_server_closes) {
   const auto late = call(conn, message_kind::request, echo_request("echo", {}));
   ASSERT_TRUE(late.has_value());
   EXPECT_EQ(late->code, errc::unavailable);
+}
+
+// What a streaming call saw, for the stream tests.
+struct stream_outcome {
+  std::vector<int> items;
+  std::optional<reply_msg> reply;
+  std::uint32_t held = 0;  // items received and not acked yet
+  std::uint32_t most_held = 0;
+};
+
+request_msg stream_request(std::string rpc, int count, std::uint32_t credit) {
+  auto request = echo_request(std::move(rpc), cluster::pack_bytes(count));
+  request.credit = credit;
+  return request;
+}
+
+// Starts a streaming call whose consumer acks every `ack_every` items (0: never by itself).
+std::uint64_t start_stream_call(const connection_ptr& conn, const request_msg& request,
+                                std::shared_ptr<stream_outcome> out, std::uint32_t ack_every,
+                                milliseconds timeout = 5s) {
+  auto id = std::make_shared<std::uint64_t>(0);
+  *id = conn->call_stream(
+      message_kind::request, request, request.credit, timeout,
+      [out, id, ack_every,
+       weak = std::weak_ptr<cluster::connection>(conn)](std::vector<bytes>&& items) {
+        for (const auto& item : items)
+          out->items.push_back(cluster::unpack_bytes<int>(item).value());
+        out->held += static_cast<std::uint32_t>(items.size());
+        out->most_held = std::max(out->most_held, out->held);
+        auto c = weak.lock();
+        if (ack_every > 0 && out->held >= ack_every && c) {
+          c->ack(*id, out->held);
+          out->held = 0;
+        }
+      },
+      [out](reply_msg&& r) { out->reply = std::move(r); });
+  return *id;
+}
+
+TEST_F(loopback, a_streaming_call_gets_its_items_in_order_within_the_credit_then_the_reply) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto out = std::make_shared<stream_outcome>();
+  start_stream_call(conn, stream_request("stream", 1000, 8), out, 4);
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  ASSERT_TRUE(out->reply->ok()) << out->reply->message;
+  EXPECT_EQ(cluster::unpack_bytes<int>(out->reply->payload).value(), 1000);
+  ASSERT_EQ(out->items.size(), 1000u);
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(out->items[static_cast<std::size_t>(i)], i);
+  EXPECT_LE(out->most_held, 8u);
+  EXPECT_GE(acks_seen_, 1000 / 8);
+  EXPECT_EQ(conn->pending_calls(), 0u);
+  expect_usable(conn);
+}
+
+TEST_F(loopback, a_consumer_that_does_not_ack_holds_the_producer_at_its_credit) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto out = std::make_shared<stream_outcome>();
+  // A wait shorter than the test: the call must not time out while the consumer holds back.
+  const auto id = start_stream_call(conn, stream_request("stream", 100, 10), out, 0, 200ms);
+  ASSERT_TRUE(run_until(io_, [out] { return out->items.size() == 10; }));
+  io_.restart();
+  io_.run_for(500ms);
+  EXPECT_EQ(out->items.size(), 10u) << "the producer went past the credit";
+  EXPECT_FALSE(out->reply.has_value()) << "timed out while the consumer held the credit";
+  conn->ack(id, 90);
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_TRUE(out->reply->ok()) << out->reply->message;
+  EXPECT_EQ(out->items.size(), 100u);
+}
+
+TEST_F(loopback, a_stream_that_sends_nothing_while_it_has_credit_times_out) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto out = std::make_shared<stream_outcome>();
+  // "silent" never answers: the wait for the first item runs out, and the callee is told.
+  auto request = echo_request("silent", {});
+  conn->call_stream(
+      message_kind::request, request, 4, 150ms, [out](std::vector<bytes>&&) {},
+      [out](reply_msg&& r) { out->reply = std::move(r); });
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_EQ(out->reply->code, errc::deadline_exceeded);
+  ASSERT_TRUE(run_until(io_, [this] { return !interrupts_seen_.empty(); }));
+  expect_usable(conn);
+}
+
+TEST_F(loopback, an_interrupt_reaches_the_callee_and_the_call_ends_with_its_reply) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto out = std::make_shared<stream_outcome>();
+  const auto id = start_stream_call(conn, stream_request("stream", 100, 5), out, 0);
+  ASSERT_TRUE(run_until(io_, [out] { return out->items.size() == 5; }));
+  conn->interrupt(id);
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_EQ(out->reply->code, errc::cancelled);
+  EXPECT_EQ(interrupts_seen_, std::vector<std::uint64_t>{id});
+  // An interrupt or ack for a call that ended sends nothing.
+  conn->interrupt(id);
+  conn->ack(id, 5);
+  expect_usable(conn);
+  EXPECT_EQ(interrupts_seen_.size(), 1u);
+  EXPECT_EQ(acks_seen_, 0);
+}
+
+TEST_F(loopback, a_chunk_past_the_credit_ends_the_stream_with_invalid_request) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto out = std::make_shared<stream_outcome>();
+  start_stream_call(conn, stream_request("stream-overrun", 10, 3), out, 0);
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_EQ(out->reply->code, errc::invalid_request) << out->reply->message;
+  EXPECT_TRUE(out->items.empty());
+  ASSERT_TRUE(run_until(io_, [this] { return interrupts_seen_.size() == 1; }));
+  expect_usable(conn);
+}
+
+TEST_F(loopback, a_chunk_for_an_id_nobody_waits_for_is_dropped) {
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  auto out = std::make_shared<stream_outcome>();
+  start_stream_call(conn, stream_request("stream-stray", 3, 0), out, 0);
+  ASSERT_TRUE(run_until(io_, [out] { return out->reply.has_value(); }));
+  EXPECT_TRUE(out->reply->ok()) << out->reply->message;
+  EXPECT_EQ(out->items, (std::vector<int>{0, 1, 2}));
+  // A plain call gets no items either: a chunk for it is dropped, its reply still counts.
+  expect_usable(conn);
 }
 
 TEST_F(loopback, answers_a_ping_with_a_pong_of_the_same_id) {

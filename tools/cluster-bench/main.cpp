@@ -4,6 +4,7 @@
 //                 [--entity-type T] [--rpc R] [--payload JSON | --payload-size BYTES]
 //                 [--pick round-robin|random] [--duration-s S] [--warmup-s S]
 //                 [--timeout-ms MS] [--threads T] [--cpu-pid PID]... [--json]
+//                 [--stream [--credit C]]
 //
 // N connections each keep M requests in flight (N x M in total): a call's reply starts the
 // next call on the same connection at once (closed loop). Latency is measured per call with
@@ -14,10 +15,15 @@
 //
 // Threads: by default one io_context on this thread serves every connection; --threads T
 // spreads the connections over T threads, each with its own io_context and histogram.
+//
+// --stream: the RPC streams (e.g. --rpc GreetMany --payload '{"name":"b","count":1000}');
+// each call acks every chunk as it arrives, and the report adds the items per second
+// received in the window. A call is one whole stream; its latency is to the final reply.
 
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <cmath>
@@ -56,6 +62,8 @@ struct options {
   milliseconds timeout{10000};
   std::size_t threads = 1;
   bool as_json = false;
+  bool stream = false;
+  std::uint32_t credit = 0;    ///< --credit: a stream's window (0: the protocol's default)
   std::vector<long> cpu_pids;  ///< processes (and descendants) whose CPU time is reported
   tool_credentials credentials;
   std::shared_ptr<const security_context> security;  ///< from `credentials`, once at start
@@ -70,11 +78,13 @@ int fail(const std::string& message) {
 struct results {
   latency_histogram latency;
   std::uint64_t ok = 0;
+  std::uint64_t items = 0;                      // stream items received in the window
   std::map<std::string, std::uint64_t> errors;  // by errc name
   std::string last_error;
   void merge(const results& other) {
     latency.merge(other.latency);
     ok += other.ok;
+    items += other.items;
     for (const auto& [kind, n] : other.errors) errors[kind] += n;
     if (!other.last_error.empty()) last_error = other.last_error;
   }
@@ -95,6 +105,7 @@ struct bench_connection {
     request_msg request;
     steady_clock::time_point started;
     bool busy = false;
+    std::uint64_t call_id = 0;  // of the stream in flight
   };
   worker* group = nullptr;
   connection_ptr conn;
@@ -165,6 +176,12 @@ class worker {
 
   const results& result() const { return results_; }
 
+  void streamed(bench_connection::slot& s, std::size_t count) {
+    const auto now = steady_clock::now();
+    if (now >= measure_from_ && now < end_) results_.items += count;
+    if (s.owner->conn) s.owner->conn->ack(s.call_id, static_cast<std::uint32_t>(count));
+  }
+
   void completed(bench_connection::slot& s, reply_msg&& reply) {
     s.busy = false;
     --busy_;
@@ -220,9 +237,17 @@ class worker {
     ++busy_;
     s.started = steady_clock::now();
     auto* slot = &s;
-    c.conn->call(message_kind::request, s.request, opts_.timeout, [slot](reply_msg&& reply) {
+    auto done = [slot](reply_msg&& reply) {
       slot->owner->group->completed(*slot, std::move(reply));
-    });
+    };
+    if (!opts_.stream) {
+      c.conn->call(message_kind::request, s.request, opts_.timeout, std::move(done));
+      return;
+    }
+    s.call_id = c.conn->call_stream(
+        message_kind::request, s.request, opts_.credit, opts_.timeout,
+        [slot](std::vector<bytes>&& items) { slot->owner->group->streamed(*slot, items.size()); },
+        std::move(done));
   }
 
   // Connects `c` after `delay`; with `retry`, tries again until the window ends and then
@@ -351,6 +376,8 @@ struct bench_command_line {
     number("--timeout-ms", "MS", "deadline of each call (default 10000)");
     number("--threads", "T", "client threads, each with its own io_context (default 1)");
     app.add_flag("--json", opts.as_json, "print one JSON object instead of text");
+    app.add_flag("--stream", opts.stream, "the RPC streams: also report items per second");
+    number("--credit", "C", "--stream: items acked ahead (default 32, at most 65536)");
     app.add_option("--key-file", opts.credentials.key_file,
                    "private key (default: environment, SST links, ./.local/credentials)")
         ->type_name("FILE");
@@ -380,6 +407,8 @@ struct bench_command_line {
         if (flag == "--payload-size") opts.payload_size = value;
         if (flag == "--timeout-ms") opts.timeout = milliseconds(value);
         if (flag == "--threads") opts.threads = value;
+        if (flag == "--credit")
+          opts.credit = static_cast<std::uint32_t>(std::min<std::size_t>(value, max_stream_credit));
       }
     }
     if (!pick_.empty()) {
@@ -480,6 +509,7 @@ int main(int argc, char** argv) {
   const double cpu_us_per_call =
       total.ok > 0 ? (cpu_at_end - cpu_at_start) * 1e6 / static_cast<double>(total.ok) : 0;
   const double rps = static_cast<double>(total.ok) / opts.duration_s;
+  const double items_per_s = static_cast<double>(total.items) / opts.duration_s;
   const auto& h = total.latency;
   const std::uint64_t errors = total.error_count();
   const std::size_t in_flight = opts.connections * opts.in_flight;
@@ -507,6 +537,10 @@ int main(int argc, char** argv) {
                 {"max_ms", ms(h.max())},
                 {"errors", errors},
                 {"errors_by_kind", total.errors}};
+    if (opts.stream) {
+      out["items"] = total.items;
+      out["items_per_s"] = std::round(items_per_s * 10) / 10;
+    }
     if (!opts.cpu_pids.empty()) out["cpu_us_per_call"] = std::round(cpu_us_per_call * 100) / 100;
     std::cout << out.dump() << "\n";
   } else {
@@ -519,6 +553,9 @@ int main(int argc, char** argv) {
         opts.warmup_s);
     std::printf("requests/s  %.1f  (%llu ok, %llu errors)\n", rps,
                 static_cast<unsigned long long>(total.ok), static_cast<unsigned long long>(errors));
+    if (opts.stream)
+      std::printf("items/s     %.1f  (%llu items)\n", items_per_s,
+                  static_cast<unsigned long long>(total.items));
     std::printf("latency ms  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
                 ms(h.quantile(0.5)), ms(h.quantile(0.9)), ms(h.quantile(0.99)),
                 ms(h.quantile(0.999)), ms(h.max()), h.mean() / 1e6);

@@ -2,7 +2,7 @@
 // until the cluster (or a gateway, or a call) is ready.
 //
 //   clusterctl [--proxy H:P] [--manager H:P] [--timeout-ms N] call [--key K] [--deliver-at-ms T]
-//              <EntityType> <entityId> <Rpc> '<json>'
+//              [--stream | --discard] <EntityType> <entityId> <Rpc> '<json>'   (Ctrl-C: interrupt)
 //   clusterctl [--manager H:P] [--proxy H:P] status [--json]
 //   clusterctl [--manager H:P] dead-letters list [--json] | replay ID | drop ID   (admin)
 //   clusterctl [--manager H:P] runners unregister ADDRESS                     (admin)
@@ -141,8 +141,7 @@ struct call_args {
   std::string type, id, rpc, body;
 };
 
-// The reply as one line of JSON, or a failure whose message is "<ErrorName>: <detail>".
-result<std::string> call_entity(const options& opts, const call_args& args, milliseconds timeout) {
+result<request_msg> entity_request(const call_args& args, milliseconds timeout) {
   request_msg request;
   request.entity_type = args.type;
   request.entity_id = args.id;
@@ -155,21 +154,169 @@ result<std::string> call_entity(const options& opts, const call_args& args, mill
   const auto packed = json::to_msgpack(body);
   request.payload.assign(packed.begin(), packed.end());
   request.timeout_ms = static_cast<std::uint32_t>(timeout.count());
-  const auto reply =
-      round_trip(opts, opts.proxy, role::client, message_kind::request, request, timeout);
-  if (!reply.ok()) return failure{reply.code, describe(reply)};
+  return request;
+}
+
+// MessagePack as one line of JSON (an empty payload is null).
+result<std::string> payload_json(const bytes& payload) {
+  if (payload.empty()) return std::string("null");
   try {
-    return json::from_msgpack(reply.payload).dump();
+    return json::from_msgpack(payload).dump();
   } catch (const json::exception& e) {
     return failure{errc::bad_payload,
                    std::string("BadReply: reply is not MessagePack: ") + e.what()};
   }
 }
 
+// The reply as one line of JSON, or a failure whose message is "<ErrorName>: <detail>".
+result<std::string> call_entity(const options& opts, const call_args& args, milliseconds timeout) {
+  auto request = entity_request(args, timeout);
+  if (!request) return std::move(request).error();
+  const auto reply =
+      round_trip(opts, opts.proxy, role::client, message_kind::request, request.value(), timeout);
+  if (!reply.ok()) return failure{reply.code, describe(reply)};
+  return payload_json(reply.payload);
+}
+
 // Prints a failure of call_entity as "error: <ErrorName>: <detail>".
 int print_failure(const failure& f) {
   std::cerr << "error: " << f.message << "\n";
   return 1;
+}
+
+// `call` itself: a plain, streaming (--stream) or discarded (--discard) call. A streaming
+// call prints each item as one line of JSON as it arrives and acks it once printed (so a
+// slow terminal or pipe slows the producer), then the final reply as {"final": ...}.
+// SIGINT sends an interrupt and waits up to `grace` for the request's own reply
+// (Cancelled, usually); a second SIGINT stops waiting.
+class interruptible_call {
+ public:
+  static constexpr milliseconds grace{2000};
+
+  interruptible_call(const options& opts, host_port target, connection_limits limits,
+                     request_msg request, bool stream)
+      : opts_(opts),
+        target_(std::move(target)),
+        limits_(std::move(limits)),
+        request_(std::move(request)),
+        stream_(stream) {}
+
+  /// The final reply (or why there is none); items went to stdout meanwhile.
+  reply_msg run() {
+    signals_.async_wait([this](const error_code& ec, int) { on_signal(ec); });
+    asio::co_spawn(io_, start(), asio::detached);
+    io_.run();
+    return reply_.value_or(reply_msg::failure(errc::unavailable, "no reply"));
+  }
+  int item_failures() const { return item_failures_; }
+
+ private:
+  awaitable<void> start() {
+    auto connect = connect_as(target_, "client", limits_, opts_.timeout);
+    auto connected = co_await std::move(connect);
+    if (!connected) {
+      finish(reply_msg::failure(connected.error().code, connected.error().message));
+      co_return;
+    }
+    if (reply_) co_return;  // interrupted while connecting
+    conn_ = connected.value();
+    // The request's own timeout travels with it: leave the proxy time to answer it.
+    const auto wait = opts_.timeout + milliseconds(500);
+    auto done = [this](reply_msg&& reply) { finish(std::move(reply)); };
+    if (!stream_) {
+      id_ = conn_->call(message_kind::request, request_, wait, done);
+      co_return;
+    }
+    id_ = conn_->call_stream(
+        message_kind::request, request_, window, wait,
+        [this](std::vector<bytes>&& items) { print_items(items); }, done);
+  }
+
+  void print_items(const std::vector<bytes>& items) {
+    for (const auto& item : items) {
+      auto line = payload_json(item);
+      if (line)
+        std::cout << line.value() << "\n";
+      else
+        ++item_failures_;
+    }
+    std::cout.flush();
+    consumed_ += static_cast<std::uint32_t>(items.size());
+    if (consumed_ >= window / 2 && conn_) {
+      conn_->ack(id_, consumed_);
+      consumed_ = 0;
+    }
+  }
+
+  void on_signal(const error_code& ec) {
+    if (ec || reply_) return;
+    if (interrupted_ || !conn_) {
+      finish(reply_msg::failure(errc::cancelled, "interrupted; no reply waited for"));
+      return;
+    }
+    interrupted_ = true;
+    conn_->interrupt(id_);
+    grace_timer_.expires_after(grace);
+    grace_timer_.async_wait([this](const error_code& timer_ec) {
+      if (!timer_ec && !reply_)
+        finish(reply_msg::failure(errc::cancelled, "interrupted; no reply within " +
+                                                       std::to_string(grace.count()) + " ms"));
+    });
+    signals_.async_wait([this](const error_code& next, int) { on_signal(next); });
+  }
+
+  void finish(reply_msg&& reply) {
+    if (reply_) return;
+    reply_ = std::move(reply);
+    error_code ignored;
+    signals_.cancel(ignored);
+    grace_timer_.cancel();
+    if (conn_) conn_->close();
+  }
+
+  static constexpr std::uint32_t window = default_stream_credit;
+  const options& opts_;
+  host_port target_;
+  connection_limits limits_;
+  request_msg request_;
+  bool stream_;
+  asio::io_context io_{1};
+  asio::signal_set signals_{io_, SIGINT};
+  asio::steady_timer grace_timer_{io_};
+  std::optional<reply_msg> reply_;
+  connection_ptr conn_;
+  std::uint64_t id_ = 0;
+  std::uint32_t consumed_ = 0;
+  bool interrupted_ = false;
+  int item_failures_ = 0;
+};
+
+int call_command(const options& opts, const call_args& args, bool stream, bool discard) {
+  auto built = entity_request(args, opts.timeout);
+  if (!built) return print_failure(built.error());
+  request_msg request = std::move(built).value();
+  request.discard = discard;
+  auto target = parse_host_port(opts.proxy);
+  if (!target) return fail("InvalidRequest", "bad address '" + opts.proxy + "'");
+  auto wanted = opts.credentials;
+  wanted.wanted = role::client;
+  auto security = load_tool_credentials(wanted);
+  if (!security) return fail("InvalidRequest", "credentials: " + security.error().message);
+  connection_limits limits;
+  limits.security = security.value();
+  interruptible_call call(opts, *target, limits, std::move(request), stream);
+  const reply_msg reply = call.run();
+  if (!reply.ok()) return fail(reply.error, reply.message);
+  if (call.item_failures() > 0)
+    return fail("BadReply", std::to_string(call.item_failures()) + " items were not MessagePack");
+  if (discard) {
+    std::cout << "accepted\n";
+    return 0;
+  }
+  auto text = payload_json(reply.payload);
+  if (!text) return print_failure(text.error());
+  std::cout << (stream ? "{\"final\":" + text.value() + "}" : text.value()) << "\n";
+  return 0;
 }
 
 // --- status -----------------------------------------------------------------------------
@@ -1022,8 +1169,14 @@ int main(int argc, char** argv) {
   app.require_subcommand(1, 1);
 
   call_args call;
+  bool call_stream = false, call_discard = false;
   auto* call_cmd = app.add_subcommand("call", "call an entity through the proxy; prints the reply");
   add_call_arguments(call_cmd, call);
+  call_cmd->add_flag(
+      "--stream", call_stream,
+      "a streaming RPC: one JSON line per item as it comes, then {\"final\": reply}");
+  call_cmd->add_flag("--discard", call_discard,
+                     "fire and forget: prints 'accepted' once the request is accepted");
   call_cmd->fallthrough();
 
   bool as_json = false;
@@ -1153,12 +1306,7 @@ int main(int argc, char** argv) {
   }
   opts.timeout = milliseconds(timeout_ms);
 
-  if (*call_cmd) {
-    auto reply = call_entity(opts, call, opts.timeout);
-    if (!reply) return print_failure(reply.error());
-    std::cout << reply.value() << "\n";
-    return 0;
-  }
+  if (*call_cmd) return call_command(opts, call, call_stream, call_discard);
   if (*status_cmd) return status(opts, as_json);
   if (*keys_init) return keys_init_command(keys_dir);
   if (*keys_public) return keys_public_command(key_file);

@@ -21,6 +21,56 @@ std::string generated_request_key() {
   return text;
 }
 
+routed_set::~routed_set() {
+  // Requests still routing outlive the set: they must not unlink from it later.
+  for (auto* request = head_; request != nullptr;) {
+    auto* next = request->next_;
+    request->set_ = nullptr;
+    request->prev_ = request->next_ = nullptr;
+    request = next;
+  }
+}
+
+routed_request* routed_set::find(std::uint64_t caller_id) const {
+  for (auto* request = head_; request != nullptr; request = request->next_)
+    if (request->caller_id == caller_id) return request;
+  return nullptr;
+}
+
+std::vector<routed_request*> routed_set::all() const {
+  std::vector<routed_request*> requests;
+  for (auto* request = head_; request != nullptr; request = request->next_)
+    requests.push_back(request);
+  return requests;
+}
+
+void routed_set::link(routed_request& request) {
+  request.set_ = this;
+  request.prev_ = nullptr;
+  request.next_ = head_;
+  if (head_ != nullptr) head_->prev_ = &request;
+  head_ = &request;
+}
+
+void routed_set::unlink(routed_request& request) {
+  if (request.set_ == nullptr) return;
+  if (request.prev_ != nullptr)
+    request.prev_->next_ = request.next_;
+  else
+    request.set_->head_ = request.next_;
+  if (request.next_ != nullptr) request.next_->prev_ = request.prev_;
+  request.set_ = nullptr;
+  request.prev_ = request.next_ = nullptr;
+}
+
+namespace {
+
+reply_msg interrupted_reply() {
+  return reply_msg::failure(errc::cancelled, "interrupted by the caller");
+}
+
+}  // namespace
+
 router::router(asio::io_context& io, router_options options)
     : io_(io), options_(std::move(options)) {}
 
@@ -124,7 +174,9 @@ result<entity_location> router::locate(const std::string& entity_type, const std
                                         std::to_string(group->owners.size()) + " owners for " +
                                         std::to_string(group->shards) + " shards"};
   const auto shard = shard_for(entity_id, static_cast<std::int32_t>(group->shards));
-  return entity_location{type->group, shard, group->owners[static_cast<std::size_t>(shard - 1)]};
+  const auto* info = rpc.empty() ? nullptr : type->find_rpc(rpc);
+  return entity_location{type->group, shard, group->owners[static_cast<std::size_t>(shard - 1)],
+                         info != nullptr && info->stream};
 }
 
 void router::ensure_primary_key(request_msg& request) const {
@@ -136,9 +188,10 @@ void router::ensure_primary_key(request_msg& request) const {
   if (rpc && rpc->persisted) request.primary_key = generated_request_key();
 }
 
-connection_ptr router::ready_connection(const request_msg& request) const {
+connection_ptr router::ready_connection(const request_msg& request, bool* stream) const {
   auto located = locate(request.entity_type, request.entity_id, request.rpc);
   if (!located || located.value().owner.empty()) return nullptr;
+  if (stream != nullptr) *stream = located.value().stream;
   const std::string& owner = located.value().owner;
   if (is_local && deliver_locally && is_local(owner)) return nullptr;
   if (lacks_type(owner, request.entity_type)) return nullptr;  // the coroutine form waits
@@ -243,6 +296,119 @@ awaitable<result<connection_ptr>> router::connection_to(const std::string& addre
   event->cancel();
   if (connected) pool_[address] = connected.value();
   co_return connected;
+}
+
+bool router::is_persisted(const std::string& entity_type, const std::string& rpc) const {
+  const auto* type = snapshot_.find_entity_type(entity_type);
+  const auto* info = type ? type->find_rpc(rpc) : nullptr;
+  return info != nullptr && info->persisted;
+}
+
+bool router::retry_tracked(const routed_request& track, const reply_msg& reply,
+                           const std::string& owner) const {
+  // Once an item reached the caller, a new try would repeat it: the failure ends the stream.
+  if (track.streamed || track.interrupted) return false;
+  return is_retriable(reply, track.request, owner);
+}
+
+void router::send_try(const connection_ptr& conn, const std::shared_ptr<routed_request>& track,
+                      milliseconds timeout, connection::reply_callback done) {
+  track->request.timeout_ms = static_cast<std::uint32_t>(timeout.count());
+  track->conn = conn;
+  if (!track->stream) {
+    track->call_id = conn->call(message_kind::request, track->request, timeout, std::move(done));
+    return;
+  }
+  auto forward = [track, weak = std::weak_ptr<connection>(conn)](std::vector<bytes>&& items) {
+    if (items.empty()) return;
+    track->streamed = true;
+    if (track->caller && track->caller->is_open()) {
+      track->caller->send(message_kind::stream_chunk, track->caller_id,
+                          stream_chunk_msg{std::move(items)});
+      return;
+    }
+    // Nobody consumes them: take them as consumed, so the producer runs to its end.
+    if (auto runner = weak.lock())
+      runner->ack(track->call_id, static_cast<std::uint32_t>(items.size()));
+  };
+  track->call_id = conn->call_stream(message_kind::request, track->request, track->request.credit,
+                                     timeout, std::move(forward), std::move(done));
+}
+
+awaitable<reply_msg> router::send_try(connection_ptr conn, std::shared_ptr<routed_request> track,
+                                      milliseconds timeout) {
+  return asio::async_initiate<decltype(use_awaitable), void(reply_msg)>(
+      [this, conn = std::move(conn), track = std::move(track), timeout](auto handler) {
+        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+        send_try(conn, track, timeout,
+                 [shared](reply_msg&& reply) { (*shared)(std::move(reply)); });
+      },
+      use_awaitable);
+}
+
+awaitable<reply_msg> router::route_tracked(std::shared_ptr<routed_request> track,
+                                           std::optional<reply_msg> first_failure) {
+  milliseconds backoff = options_.retry_min;
+  reply_msg last = reply_msg::failure(errc::no_runner, "not routed");
+  if (first_failure) {
+    last = std::move(*first_failure);
+    if (steady_clock::now() + backoff >= track->deadline) co_return expired(last);
+    co_await sleep_for(backoff);
+  }
+  while (true) {
+    if (track->interrupted) co_return interrupted_reply();
+    auto located = locate(track->request.entity_type, track->request.entity_id, track->request.rpc);
+    if (!located) {
+      if (!is_routing_retriable(located.error().code))
+        co_return reply_msg::failure(std::move(located).error());
+      last = reply_msg::failure(std::move(located).error());
+    } else if (const entity_location& location = located.value(); location.owner.empty()) {
+      last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
+                                                     " of group '" + location.group +
+                                                     "' has no runner");
+    } else if (lacks_type(location.owner, track->request.entity_type)) {
+      last = reply_msg::failure(errc::not_owner, "runner " + location.owner +
+                                                     " does not have entity type '" +
+                                                     track->request.entity_type + "'");
+    } else if (is_local && deliver_locally && is_local(location.owner)) {
+      const std::string owner = location.owner;
+      auto delivery = deliver_locally(track->request, track->deadline);
+      last = co_await std::move(delivery);
+      if (!retry_tracked(*track, last, owner)) co_return last;
+    } else {
+      track->stream = location.stream;
+      const std::string owner = location.owner;
+      auto connect = connection_to(owner, track->deadline);
+      auto conn = co_await std::move(connect);
+      if (track->interrupted) co_return interrupted_reply();
+      if (!conn) {
+        last = reply_msg::failure(errc::unavailable, std::move(conn).error().message);
+      } else {
+        const auto left =
+            std::chrono::duration_cast<milliseconds>(track->deadline - steady_clock::now());
+        auto attempt = send_try(conn.value(), track, std::max(left, milliseconds(1)));
+        last = co_await std::move(attempt);
+        track->conn = nullptr;
+        if (!retry_tracked(*track, last, owner)) {
+          if (track->interrupted && is_routing_retriable(last.code)) co_return interrupted_reply();
+          co_return last;
+        }
+      }
+    }
+    if (steady_clock::now() + backoff >= track->deadline) co_return expired(last);
+    co_await sleep_for(backoff);
+    backoff = std::min(backoff * 2, options_.retry_max);
+  }
+}
+
+void router::interrupt(routed_request& request) {
+  if (request.interrupted) return;
+  request.interrupted = true;
+  if (request.conn) request.conn->interrupt(request.call_id);
+}
+
+void router::ack(routed_request& request, std::uint32_t credit) {
+  if (request.conn) request.conn->ack(request.call_id, credit);
 }
 
 void router::stop() {

@@ -234,6 +234,9 @@ bool connection::dispatch(const connection_ptr& self, envelope&& env) {
     case message_kind::reply:
       handle_reply(std::move(env));
       break;
+    case message_kind::stream_chunk:
+      handle_chunk(std::move(env));
+      break;
     case message_kind::ping:
       send(message_kind::pong, env.id, empty_msg{});
       break;
@@ -270,6 +273,59 @@ void connection::handle_reply(envelope&& env) {
     return;
   }
   done(std::move(reply).value());
+}
+
+void connection::handle_chunk(envelope&& env) {
+  auto it = pending_.find(env.id);
+  // Chunks of a stream that ended (or timed out here) or of no stream at all are dropped.
+  if (it == pending_.end() || !it->second.on_items) return;
+  auto chunk = env.as<stream_chunk_msg>();
+  if (!chunk) {
+    auto done = std::move(it->second.done);
+    pending_.erase(it);
+    interrupt_sent(env.id);
+    done(reply_msg::failure(errc::malformed_frame,
+                            "stream chunk has the wrong shape: " + chunk.error().message));
+    return;
+  }
+  auto& call = it->second;
+  const auto count = chunk.value().items.size();
+  if (count > call.credit_left) {
+    // The peer broke the flow control: stop the stream rather than buffer past the window.
+    auto done = std::move(call.done);
+    pending_.erase(it);
+    interrupt_sent(env.id);
+    done(reply_msg::failure(errc::invalid_request,
+                            "stream chunk of " + std::to_string(count) + " items exceeds the " +
+                                std::to_string(call.credit_left) + " items of credit left"));
+    return;
+  }
+  call.credit_left -= static_cast<std::uint32_t>(count);
+  restart_wait(env.id, call);
+  auto on_items = call.on_items;
+  (*on_items)(std::move(chunk.value().items));
+}
+
+void connection::interrupt_sent(std::uint64_t id) {
+  send(message_kind::interrupt, id, empty_msg{});
+}
+
+void connection::ack(std::uint64_t id, std::uint32_t credit) {
+  auto it = pending_.find(id);
+  if (it == pending_.end() || !it->second.on_items || credit == 0) return;
+  it->second.credit_left += credit;
+  restart_wait(id, it->second);
+  send(message_kind::stream_ack, id, stream_ack_msg{credit});
+}
+
+void connection::interrupt(std::uint64_t id) {
+  if (pending_.find(id) == pending_.end()) return;
+  interrupt_sent(id);
+}
+
+void connection::restart_wait(std::uint64_t id, pending_call& call) {
+  call.deadline = steady_clock::now() + call.timeout;
+  watch_deadline(id, call.deadline);
 }
 
 void connection::close_after_flush() {
@@ -387,17 +443,28 @@ void connection::expire_due_calls() {
   timer_at_ = steady_clock::time_point::max();
   const auto now = steady_clock::now();
   std::vector<reply_callback> expired;
+  std::vector<std::uint64_t> held;
   while (!deadlines_.empty()) {
     const deadline_entry earliest = deadlines_.front();
     auto it = pending_.find(earliest.id);
-    if (it != pending_.end() && earliest.at > now) break;
+    // A streaming call's wait restarts with each chunk and ack: older entries are stale.
+    const bool live = it != pending_.end() && it->second.deadline == earliest.at;
+    if (live && earliest.at > now) break;
     std::pop_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
     deadlines_.pop_back();
-    if (it == pending_.end()) continue;  // answered before its deadline
+    if (!live) continue;  // answered before its deadline
+    if (it->second.on_items && it->second.credit_left == 0) {
+      // The consumer holds all the credit: the producer is waiting for it, not late.
+      held.push_back(it->first);
+      continue;
+    }
+    if (it->second.on_items) interrupt_sent(it->first);  // a producer has nobody to wait for
     expired.push_back(std::move(it->second.done));
     pending_.erase(it);
   }
-  if (!deadlines_.empty()) arm_deadline_timer(deadlines_.front().at);
+  for (auto id : held) restart_wait(id, pending_.at(id));
+  if (!deadlines_.empty() && deadlines_.front().at < timer_at_)
+    arm_deadline_timer(deadlines_.front().at);
   // The callbacks may call again (a router retrying elsewhere) or close this connection.
   for (auto& done : expired)
     done(reply_msg::failure(errc::deadline_exceeded, "no reply from " + peer_));

@@ -2,7 +2,8 @@
 // The one HTTP ⇄ entity RPC mapping, shared by `cluster-gateway` and the Lambda bootstrap.
 //
 //   GET  /                                  → Greeter/Test/Greet {"name":"John"} (the seed call)
-//   POST /<EntityType>/<entityId>/<Rpc>     → that RPC with the JSON body (empty body = {})
+//   POST /<EntityType>/<entityId>/<Rpc>     → that RPC with the JSON body (empty body = {});
+//                                             `?discard=1`: fire and forget (202 once accepted)
 //
 // Replies are JSON; errors are always `{"error": "<Name>", "message": "..."}` with a status
 // that says whose fault it was (see `status_for`). Payloads travel as MessagePack,
@@ -29,7 +30,7 @@ namespace cluster::gateway {
 /// An HTTP request as the handler needs it, whatever transport brought it.
 struct http_request {
   std::string method;  ///< e.g. "GET", "POST" (case-sensitive, as HTTP says)
-  std::string target;  ///< raw path, optionally followed by `?query` (ignored)
+  std::string target;  ///< raw path, optionally followed by `?query` (only `discard=1` counts)
   std::string body;
   std::string authorization;  ///< the `Authorization` header's value; empty when absent
   /// The `X-Gateway-Token` header's value: the bearer token where `Authorization` holds
@@ -102,8 +103,9 @@ struct route_result {
 /// type and RPC (403 Forbidden), then the body (413, 400 InvalidJson).
 route_result route(const http_request& request, const handler_options& options = {});
 
-/// Turns the proxy's reply into the HTTP response.
-http_response to_http_response(const reply_msg& reply);
+/// Turns the proxy's reply into the HTTP response. A discarded call's acceptance is 202
+/// `{"accepted":true}`.
+http_response to_http_response(const reply_msg& reply, bool discarded = false);
 
 /// Decodes one percent-encoded path segment; nullopt when an escape is malformed.
 std::optional<std::string> url_decode(std::string_view segment);
@@ -118,7 +120,13 @@ class handler {
 
   /// Never throws; `timeout` bounds the cluster call (connecting included).
   /// Build the awaitable in its own statement (GCC 12 coroutine temporaries).
+  /// A streaming RPC is refused here (400 StreamingNotSupported): only cluster-gateway serves
+  /// streams, through `route` and its own writer.
   awaitable<http_response> handle(http_request request, milliseconds timeout);
+  /// The call part of `handle`, for a request already routed (and known not to stream).
+  awaitable<http_response> handle_routed(route_result routed, milliseconds timeout);
+
+  proxy_client& proxy() { return proxy_; }
 
   const handler_options& options() const { return options_; }
 

@@ -34,6 +34,13 @@ class proxy_client {
   /// Build the awaitable in its own statement (GCC 12 coroutine temporaries, libs/net/README.md).
   awaitable<reply_msg> call(request_msg request, milliseconds timeout);
 
+  /// Whether `request`'s RPC streams (rpc_info::stream), by the proxy's snapshot
+  /// (get_status), kept for snapshot_max_age; an entity type it does not list is looked up
+  /// again at once (at most once per snapshot_min_age). False when the proxy cannot say.
+  awaitable<bool> streams(const request_msg& request, milliseconds timeout);
+  /// The open connection to the proxy, connecting if needed (for streaming calls).
+  awaitable<result<connection_ptr>> open(milliseconds timeout) { return connection(timeout); }
+
   /// Drops the connection (pending calls fail with `unavailable`); the next call reconnects.
   void close();
   bool connected() const { return conn_ && conn_->is_open(); }
@@ -43,7 +50,12 @@ class proxy_client {
   // The open connection, connecting first if needed (`unavailable` when that fails).
   awaitable<result<connection_ptr>> connection(milliseconds timeout);
 
+  awaitable<void> refresh_snapshot(milliseconds timeout);
+
   asio::any_io_executor executor_;
+  assignment_snapshot snapshot_;
+  steady_clock::time_point snapshot_at_{};  // epoch: never fetched
+  bool refreshing_ = false;
   proxy_client_options options_;
   connection_ptr conn_;
   bool connecting_ = false;

@@ -49,6 +49,15 @@ class proxy {
  private:
   void on_message(const connection_ptr& conn, envelope&& env);
   void forward(const connection_ptr& conn, std::uint64_t id, request_msg request);
+  // What the proxy keeps per caller connection (its attachment): the requests it routes
+  // for it, which its interrupts and stream acks address by id.
+  struct caller_state {
+    routed_set routed;
+  };
+  static caller_state& state_of(const connection_ptr& conn);
+  static routed_request* find_routed(const connection_ptr& conn, std::uint64_t id);
+  /// A caller's connection closed: its volatile requests are interrupted.
+  void caller_gone(const connection_ptr& conn);
   void notify_stopped();
 
   asio::io_context& io_;

@@ -9,6 +9,7 @@
 // Used by the proxy and by runners (entity-to-entity calls). Single-threaded.
 
 #include <map>
+#include <optional>
 #include <set>
 
 #include "cluster/net/connection.hpp"
@@ -28,11 +29,56 @@ struct router_options {
 struct entity_location {
   std::string group;
   std::int32_t shard = 0;
-  std::string owner;  ///< runner address, empty when unassigned
+  std::string owner;    ///< runner address, empty when unassigned
+  bool stream = false;  ///< the RPC asked for streams (rpc_info::stream)
 };
 
 /// A unique primary key for a persisted request that came without one.
 std::string generated_request_key();
+
+class routed_set;
+
+/// A request a router is routing for a caller that may interrupt it or stream its reply
+/// (the proxy). Shared by the router's tries; the caller finds it in its routed_set.
+struct routed_request {
+  request_msg request;
+  steady_clock::time_point deadline;
+  /// Streaming replies go to `caller` as stream_chunk frames with `caller_id`.
+  connection_ptr caller;
+  std::uint64_t caller_id = 0;
+  /// The try in progress: the runner connection and the id of the request on it.
+  connection_ptr conn;
+  std::uint64_t call_id = 0;
+  bool stream = false;       // the RPC streams (by the snapshot)
+  bool streamed = false;     // an item reached the caller: no more retries
+  bool interrupted = false;  // no more tries: the caller stopped it
+ private:
+  friend class router;
+  friend class routed_set;
+  routed_set* set_ = nullptr;
+  routed_request* prev_ = nullptr;
+  routed_request* next_ = nullptr;
+};
+
+/// The requests in flight for one caller, by the caller's id: an intrusive list, so routing
+/// a request costs no allocation or map insert here; a lookup (an interrupt or a stream ack,
+/// both rare next to requests) walks it.
+class routed_set {
+ public:
+  routed_set() = default;
+  routed_set(const routed_set&) = delete;
+  routed_set& operator=(const routed_set&) = delete;
+  ~routed_set();
+  routed_request* find(std::uint64_t caller_id) const;
+  /// Every request in the set, for a caller that went away.
+  std::vector<routed_request*> all() const;
+
+ private:
+  friend class router;
+  void link(routed_request& request);
+  static void unlink(routed_request& request);
+  routed_request* head_ = nullptr;
+};
 
 class router {
  public:
@@ -59,6 +105,21 @@ class router {
   template <class Done>
   void route(request_msg request, steady_clock::time_point deadline, Done done);
 
+  /// Routes a request for `caller` (request `caller_id` of its connection) and keeps it in
+  /// `set` while in flight, so `interrupt` and `ack` can reach it: a streaming RPC's items
+  /// are sent to `caller` as they come, and a retriable failure is retried only while none
+  /// has been sent. `done` gets the final reply, after the request left `set`.
+  template <class Done>
+  void route(request_msg request, steady_clock::time_point deadline, Done done, routed_set& set,
+             connection_ptr caller, std::uint64_t caller_id);
+  /// Stops a routed request: the runner running it is told (its reply ends the request,
+  /// `Cancelled` from a runner that stopped it), and no further try is made.
+  void interrupt(routed_request& request);
+  /// Passes a stream ack of the caller on to the runner of the try in progress.
+  void ack(routed_request& request, std::uint32_t credit);
+  /// Whether the snapshot declares `entity_type`'s `rpc` persisted.
+  bool is_persisted(const std::string& entity_type, const std::string& rpc) const;
+
   /// Runners serve their own shards without a network hop.
   std::function<bool(const std::string& owner)> is_local;
   std::function<awaitable<reply_msg>(request_msg, steady_clock::time_point)> deliver_locally;
@@ -82,8 +143,21 @@ class router {
                                                   steady_clock::time_point deadline);
   /// Gives a persisted request without a key its generated one (kept across retries).
   void ensure_primary_key(request_msg& request) const;
-  /// The open pooled connection to the remote owner of `request`'s entity, if there is one.
-  connection_ptr ready_connection(const request_msg& request) const;
+  /// The open pooled connection to the remote owner of `request`'s entity, if there is one;
+  /// `stream` tells whether the RPC streams.
+  connection_ptr ready_connection(const request_msg& request, bool* stream = nullptr) const;
+  /// Sends one try of `track`'s request on `conn`, recording where it went.
+  void send_try(const connection_ptr& conn, const std::shared_ptr<routed_request>& track,
+                milliseconds timeout, connection::reply_callback done);
+  awaitable<reply_msg> send_try(connection_ptr conn, std::shared_ptr<routed_request> track,
+                                milliseconds timeout);
+  /// The coroutine form with a routed request (`route` with the caller's set).
+  /// After a failed try (`last`), it waits the first backoff before the next.
+  awaitable<reply_msg> route_tracked(std::shared_ptr<routed_request> track,
+                                     std::optional<reply_msg> last = std::nullopt);
+  /// Whether a failed try of a tracked request is tried again.
+  bool retry_tracked(const routed_request& track, const reply_msg& reply,
+                     const std::string& owner) const;
   /// What a request gets when its deadline leaves no time for another try after `last`.
   static reply_msg expired(const reply_msg& last);
   /// Waits the first backoff after a failed try, then routes again.
@@ -113,6 +187,43 @@ void router::route_in_coroutine(awaitable<reply_msg> routing, Done done) {
         done(std::move(reply));
       },
       asio::detached);
+}
+
+template <class Done>
+void router::route(request_msg request, steady_clock::time_point deadline, Done done,
+                   routed_set& set, connection_ptr caller, std::uint64_t caller_id) {
+  ensure_primary_key(request);
+  struct in_flight : routed_request {
+    explicit in_flight(Done&& callback) : done(std::move(callback)) {}
+    Done done;
+  };
+  auto call = std::make_shared<in_flight>(std::move(done));
+  call->request = std::move(request);
+  call->deadline = deadline;
+  call->caller = std::move(caller);
+  call->caller_id = caller_id;
+  set.link(*call);
+  // Leaves the set before `done` runs: the caller may look for another request meanwhile.
+  auto finish = [call](reply_msg&& reply) {
+    routed_set::unlink(*call);
+    call->conn = nullptr;
+    call->done(std::move(reply));
+  };
+  auto conn = ready_connection(call->request, &call->stream);
+  if (!conn) {
+    route_in_coroutine(route_tracked(call), std::move(finish));
+    return;
+  }
+  const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+  send_try(conn, call, std::max(left, milliseconds(1)),
+           [this, call, finish = std::move(finish)](reply_msg&& reply) mutable {
+             if (!retry_tracked(*call, reply, std::string())) {
+               finish(std::move(reply));
+               return;
+             }
+             call->conn = nullptr;
+             route_in_coroutine(route_tracked(call, std::move(reply)), std::move(finish));
+           });
 }
 
 template <class Done>

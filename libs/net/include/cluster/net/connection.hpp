@@ -70,19 +70,33 @@ class connection : public std::enable_shared_from_this<connection> {
 
   /// Sends a request-like message; `done` runs exactly once, on this connection's executor,
   /// with the reply, `deadline_exceeded` after `timeout`, or `unavailable` when closed.
+  /// Returns the message's id (for `interrupt`).
   template <class Fields>
-  void call(message_kind kind, const Fields& fields, milliseconds timeout, reply_callback done) {
-    const std::uint64_t id = next_id_++;
-    if (!open_) {
-      fail_later(std::move(done), errc::unavailable, "connection to " + peer_ + " is closed");
-      return;
-    }
-    const auto deadline = steady_clock::now() + timeout;
-    pending_.emplace(id, pending_call{deadline, std::move(done)});
-    watch_deadline(id, deadline);
-    append_frame(queued_, kind, id, fields);
-    schedule_write();
+  std::uint64_t call(message_kind kind, const Fields& fields, milliseconds timeout,
+                     reply_callback done) {
+    return start_call(kind, fields, timeout, std::move(done), nullptr, 0);
   }
+
+  /// Called with the items of each stream_chunk of a streaming call, in order.
+  using items_callback = std::function<void(std::vector<bytes>&&)>;
+  /// A call whose reply is a stream (docs/protocol.md "Streaming replies"): `on_items` gets
+  /// the items as they arrive, `done` the final reply as for `call`. `credit` is what the
+  /// request granted (0: default_stream_credit); the consumer grants more with `ack` once it
+  /// has consumed items, so a slow consumer holds the producer back. `timeout` bounds each
+  /// wait (for the first item, between items, for the final reply) while the producer has
+  /// credit; while the consumer holds all of it, the call does not time out.
+  template <class Fields>
+  std::uint64_t call_stream(message_kind kind, const Fields& fields, std::uint32_t credit,
+                            milliseconds timeout, items_callback on_items, reply_callback done) {
+    return start_call(kind, fields, timeout, std::move(done),
+                      std::make_shared<items_callback>(std::move(on_items)),
+                      credit == 0 ? default_stream_credit : credit);
+  }
+  /// Grants `credit` more items to streaming call `id` (a stream_ack); nothing if it ended.
+  void ack(std::uint64_t id, std::uint32_t credit);
+  /// Asks the peer to stop call `id` (an interrupt); the call still ends with its reply
+  /// (`Cancelled` from a peer that stopped it). Nothing if it already ended.
+  void interrupt(std::uint64_t id);
 
   /// Coroutine form of `call`.
   template <class Fields>
@@ -118,6 +132,9 @@ class connection : public std::enable_shared_from_this<connection> {
   awaitable<result<void>> client_handshake(hello_msg hello, role_mask accepted_servers);
   /// Inbound requests currently being served (maintained by the owner of the handler).
   std::size_t in_flight = 0;
+  /// The owner's state for this peer, if it keeps any (the proxy: the requests it routes
+  /// for it), so it needs no map from connections to it.
+  std::shared_ptr<void> attachment;
   const connection_limits& limits() const { return limits_; }
   /// When the last frame arrived from the peer (health checks ping and watch this).
   steady_clock::time_point last_heard() const { return last_heard_; }
@@ -127,7 +144,34 @@ class connection : public std::enable_shared_from_this<connection> {
   struct pending_call {
     steady_clock::time_point deadline;
     reply_callback done;
+    // Streaming calls only (null otherwise, so a plain call allocates nothing more). Shared:
+    // the callback may close the connection, which drops the pending call it runs from.
+    std::shared_ptr<items_callback> on_items;
+    milliseconds timeout{0};
+    std::uint32_t credit_left = 0;  // items the peer may still send before the next ack
   };
+
+  template <class Fields>
+  std::uint64_t start_call(message_kind kind, const Fields& fields, milliseconds timeout,
+                           reply_callback done, std::shared_ptr<items_callback> on_items,
+                           std::uint32_t credit) {
+    const std::uint64_t id = next_id_++;
+    if (!open_) {
+      fail_later(std::move(done), errc::unavailable, "connection to " + peer_ + " is closed");
+      return id;
+    }
+    const auto deadline = steady_clock::now() + timeout;
+    pending_.emplace(id,
+                     pending_call{deadline, std::move(done), std::move(on_items), timeout, credit});
+    watch_deadline(id, deadline);
+    append_frame(queued_, kind, id, fields);
+    schedule_write();
+    return id;
+  }
+  void handle_chunk(envelope&& env);
+  void interrupt_sent(std::uint64_t id);
+  /// A streaming call made progress: its wait starts again.
+  void restart_wait(std::uint64_t id, pending_call& call);
 
   /// The one check per send: past max_queued_bytes the peer is not reading and is closed.
   bool over_queue_bound() const {
@@ -212,7 +256,7 @@ class connection : public std::enable_shared_from_this<connection> {
   asio::steady_timer deadline_timer_;
   asio::steady_timer body_timer_;
   std::optional<asio::steady_timer> idle_timer_;  // only for server-side client connections
-  asio::steady_timer handshake_timer_;  // server side: hello to the end of the handshake
+  asio::steady_timer handshake_timer_;            // server side: hello to the end of the handshake
   message_handler on_message_;
   std::function<void()> on_close_;
 };
