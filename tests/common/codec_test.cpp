@@ -438,18 +438,19 @@ TEST(codec, unpack_bytes_rejects_trailing_bytes) {
 
 TEST(errc, has_a_distinct_name_for_every_code) {
   std::set<std::string_view> names;
-  for (std::uint32_t code = 0; code <= 22; ++code) {
+  for (std::uint32_t code = 0; code <= 23; ++code) {
     const auto name = cluster::to_string(static_cast<errc>(code));
     EXPECT_NE(name, "Unknown") << "code " << code;
     EXPECT_FALSE(name.empty());
     names.insert(name);
   }
-  EXPECT_EQ(names.size(), 23u);
+  EXPECT_EQ(names.size(), 24u);
   EXPECT_EQ(cluster::to_string(errc::ok), "Ok");
   EXPECT_EQ(cluster::to_string(errc::handshake_required), "HandshakeRequired");
   EXPECT_EQ(cluster::to_string(errc::forbidden), "Forbidden");
   EXPECT_EQ(cluster::to_string(errc::state_conflict), "StateConflict");
-  EXPECT_EQ(cluster::to_string(static_cast<errc>(23)), "Unknown");
+  EXPECT_EQ(cluster::to_string(errc::cancelled), "Cancelled");
+  EXPECT_EQ(cluster::to_string(static_cast<errc>(24)), "Unknown");
 }
 
 TEST(errc, retries_routing_exactly_for_not_owner_no_runner_unavailable_and_shutting_down) {
@@ -661,8 +662,12 @@ TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
       cluster::hello_ack_msg{9, "manager", "manager", bytes(32, 3), bytes(32, 4), bytes(64, 5)}, 6);
   expect_every_field_travels(message_kind::auth, cluster::auth_msg{bytes(64, 6)}, 1);
   cluster::request_msg request{"Counter", "c-7",   "Increment",       bytes{1, 2, 3},
-                               true,      "key-1", 1'700'000'000'123, 2500};
-  expect_every_field_travels(message_kind::request, request, 8);
+                               true,      "key-1", 1'700'000'000'123, 2500,
+                               true,      64};
+  expect_every_field_travels(message_kind::request, request, 10);
+  expect_every_field_travels(message_kind::stream_chunk,
+                             cluster::stream_chunk_msg{{bytes{1}, bytes{2, 3}}}, 1);
+  expect_every_field_travels(message_kind::stream_ack, cluster::stream_ack_msg{16}, 1);
   expect_every_field_travels(
       message_kind::reply,
       cluster::reply_msg{errc::application_error, "NotFound", "no such order", bytes{9}}, 4);
@@ -693,7 +698,7 @@ TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
 TEST(wire_fields, every_nested_structure_round_trips_with_every_field_set) {
   // Sent inside the messages above (and as get_status payloads): checked on their own too.
   const auto kind = message_kind::reply;
-  expect_every_field_travels(kind, cluster::rpc_info{"Get", true, true}, 3);
+  expect_every_field_travels(kind, cluster::rpc_info{"Get", true, true, true}, 4);
   expect_every_field_travels(kind, sample_entity_options(), 6);
   expect_every_field_travels(kind, full_entity_type(), 4);
   expect_every_field_travels(kind, cluster::shard_group_assignment{"billing", 2, {"a:1", "b:2"}},
@@ -720,11 +725,11 @@ TEST(wire_fields, encodes_and_decodes_the_bytes_of_the_protocol_spec_unchanged) 
       "65 a0 a4 72 6f 6c 65 a0 a3 6b 65 79 c4 00 a5 6e 6f 6e 63 65 c4 00 a9 73 69 67 6e 61 74 75 "
       "72 65 c4 00");
   const std::string request_frame = from_hex(
-      "00 00 00 79 93 03 01 88 ab 65 6e 74 69 74 79 5f 74 79 70 65 a7 47 72 65 65 74 65 72 a9 65 "
+      "00 00 00 8a 93 03 01 8a ab 65 6e 74 69 74 79 5f 74 79 70 65 a7 47 72 65 65 74 65 72 a9 65 "
       "6e 74 69 74 79 5f 69 64 a4 54 65 73 74 a3 72 70 63 a5 47 72 65 65 74 a7 70 61 79 6c 6f 61 "
       "64 c4 0b 81 a4 6e 61 6d 65 a4 4a 6f 68 6e a9 70 65 72 73 69 73 74 65 64 c2 ab 70 72 69 6d "
       "61 72 79 5f 6b 65 79 c0 ad 64 65 6c 69 76 65 72 5f 61 74 5f 6d 73 c0 aa 74 69 6d 65 6f 75 "
-      "74 5f 6d 73 00");
+      "74 5f 6d 73 00 a7 64 69 73 63 61 72 64 c2 a6 63 72 65 64 69 74 00");
   const std::string reply_frame = from_hex(
       "00 00 00 51 93 04 01 84 a4 63 6f 64 65 00 a5 65 72 72 6f 72 a0 a7 6d 65 73 73 61 67 65 a0 "
       "a7 70 61 79 6c 6f 61 64 c4 2d 81 a7 6d 65 73 73 61 67 65 d9 22 48 65 6c 6c 6f 2c 20 4a 6f "

@@ -215,27 +215,38 @@ awaitable<reply_msg> router::retry(request_msg request, steady_clock::time_point
   co_return co_await std::move(again);
 }
 
+std::optional<reply_msg> router::unsendable(result<entity_location>& located,
+                                            const std::string& entity_type, bool& final) const {
+  if (!located) {
+    final = !is_routing_retriable(located.error().code);
+    return reply_msg::failure(std::move(located).error());
+  }
+  const entity_location& location = located.value();
+  if (location.owner.empty())
+    return reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
+                                                   " of group '" + location.group +
+                                                   "' has no runner");
+  // Its plugins say it does not have the type yet: the manager moves the shard to a runner
+  // that has it (or the owner loads it) and a later snapshot says so.
+  if (lacks_type(location.owner, entity_type))
+    return reply_msg::failure(
+        errc::not_owner,
+        "runner " + location.owner + " does not have entity type '" + entity_type + "'");
+  return std::nullopt;
+}
+
 awaitable<reply_msg> router::route(request_msg request, steady_clock::time_point deadline) {
   milliseconds backoff = options_.retry_min;
   ensure_primary_key(request);
   reply_msg last = reply_msg::failure(errc::no_runner, "not routed");
   while (true) {
     auto located = locate(request.entity_type, request.entity_id, request.rpc);
-    if (!located) {
-      if (!is_routing_retriable(located.error().code))
-        co_return reply_msg::failure(std::move(located).error());
-      last = reply_msg::failure(std::move(located).error());
-    } else if (const entity_location& location = located.value(); location.owner.empty()) {
-      last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
-                                                     " of group '" + location.group +
-                                                     "' has no runner");
-    } else if (lacks_type(location.owner, request.entity_type)) {
-      // Its plugins say it does not have the type yet: the manager moves the shard to a
-      // runner that has it (or the owner loads it) and a later snapshot says so.
-      last = reply_msg::failure(
-          errc::not_owner,
-          "runner " + location.owner + " does not have entity type '" + request.entity_type + "'");
-    } else if (is_local && deliver_locally && is_local(location.owner)) {
+    bool final = false;
+    if (auto why = unsendable(located, request.entity_type, final)) {
+      if (final) co_return std::move(*why);
+      last = std::move(*why);
+    } else if (const entity_location& location = located.value();
+               is_local && deliver_locally && is_local(location.owner)) {
       auto delivery = deliver_locally(request, deadline);
       last = co_await std::move(delivery);
       if (!is_retriable(last, request, location.owner)) co_return last;
@@ -358,19 +369,12 @@ awaitable<reply_msg> router::route_tracked(std::shared_ptr<routed_request> track
   while (true) {
     if (track->interrupted) co_return interrupted_reply();
     auto located = locate(track->request.entity_type, track->request.entity_id, track->request.rpc);
-    if (!located) {
-      if (!is_routing_retriable(located.error().code))
-        co_return reply_msg::failure(std::move(located).error());
-      last = reply_msg::failure(std::move(located).error());
-    } else if (const entity_location& location = located.value(); location.owner.empty()) {
-      last = reply_msg::failure(errc::no_runner, "shard " + std::to_string(location.shard) +
-                                                     " of group '" + location.group +
-                                                     "' has no runner");
-    } else if (lacks_type(location.owner, track->request.entity_type)) {
-      last = reply_msg::failure(errc::not_owner, "runner " + location.owner +
-                                                     " does not have entity type '" +
-                                                     track->request.entity_type + "'");
-    } else if (is_local && deliver_locally && is_local(location.owner)) {
+    bool final = false;
+    if (auto why = unsendable(located, track->request.entity_type, final)) {
+      if (final) co_return std::move(*why);
+      last = std::move(*why);
+    } else if (const entity_location& location = located.value();
+               is_local && deliver_locally && is_local(location.owner)) {
       const std::string owner = location.owner;
       auto delivery = deliver_locally(track->request, track->deadline);
       last = co_await std::move(delivery);

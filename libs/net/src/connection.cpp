@@ -292,12 +292,13 @@ void connection::handle_chunk(envelope&& env) {
   const auto count = chunk.value().items.size();
   if (count > call.credit_left) {
     // The peer broke the flow control: stop the stream rather than buffer past the window.
+    const auto credit_left = call.credit_left;
     auto done = std::move(call.done);
     pending_.erase(it);
     interrupt_sent(env.id);
     done(reply_msg::failure(errc::invalid_request,
                             "stream chunk of " + std::to_string(count) + " items exceeds the " +
-                                std::to_string(call.credit_left) + " items of credit left"));
+                                std::to_string(credit_left) + " items of credit left"));
     return;
   }
   call.credit_left -= static_cast<std::uint32_t>(count);

@@ -155,6 +155,10 @@ class router {
   /// After a failed try (`last`), it waits the first backoff before the next.
   awaitable<reply_msg> route_tracked(std::shared_ptr<routed_request> track,
                                      std::optional<reply_msg> last = std::nullopt);
+  /// Why a request for `entity_type` cannot be sent now (nullopt: `located` names an owner
+  /// to try); `final` when waiting for another snapshot cannot help.
+  std::optional<reply_msg> unsendable(result<entity_location>& located,
+                                      const std::string& entity_type, bool& final) const;
   /// Whether a failed try of a tracked request is tried again.
   bool retry_tracked(const routed_request& track, const reply_msg& reply,
                      const std::string& owner) const;
