@@ -74,6 +74,7 @@ namespace {
 
 constexpr milliseconds snapshot_max_age{2000};
 constexpr milliseconds snapshot_min_age{1000};
+constexpr milliseconds snapshot_fetch_timeout{500};
 
 bool streams_in(const assignment_snapshot& snapshot, const request_msg& request) {
   const auto* type = snapshot.find_entity_type(request.entity_type);
@@ -89,7 +90,9 @@ awaitable<void> proxy_client::refresh_snapshot(milliseconds timeout) {
   auto open_conn = connection(timeout);
   auto conn = co_await std::move(open_conn);
   if (conn) {
-    auto ask = conn.value()->async_call(message_kind::get_status, empty_msg{}, timeout);
+    // Short: a call waits for this, and an unanswered question must not eat its deadline.
+    const auto wait = std::min(timeout, snapshot_fetch_timeout);
+    auto ask = conn.value()->async_call(message_kind::get_status, empty_msg{}, wait);
     auto reply = co_await std::move(ask);
     if (reply.ok()) {
       auto decoded = unpack_bytes<assignment_snapshot>(reply.payload);

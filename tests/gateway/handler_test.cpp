@@ -55,6 +55,12 @@ class fake_proxy {
 
  private:
   void on_message(const connection_ptr& conn, const envelope& env) {
+    if (env.kind == static_cast<std::uint32_t>(message_kind::get_status)) {
+      // The handler asks which RPCs stream: none here.
+      conn->send_reply(env.id,
+                       reply_msg::success(cluster::pack_bytes(cluster::assignment_snapshot{})));
+      return;
+    }
     if (env.kind != static_cast<std::uint32_t>(message_kind::request)) return;
     auto request = env.as<request_msg>();
     ASSERT_TRUE(request.has_value());
