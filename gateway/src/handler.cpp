@@ -357,6 +357,8 @@ awaitable<http_response> handler::handle(http_request request, milliseconds time
 }
 
 awaitable<http_response> handler::handle_routed(route_result routed, milliseconds timeout) {
+  // Refused before any call (404, 405, 401, ...): its answer is already made.
+  if (!routed.call) co_return std::move(routed.response);
   if (timeout <= milliseconds(0))
     co_return error_response(503, "DeadlineExceeded", "no time left to call the cluster");
   const bool discarded = routed.call->discard;
