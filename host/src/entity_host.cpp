@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "cluster/host/host_services.hpp"
@@ -25,6 +26,22 @@ struct entity_host::invocation {
   bool state_set = false;          // the handler called set_state
   std::optional<bytes> new_state;  // what it set (nullopt: clear)
   std::string state_refused;       // why its set_state is refused (a Defect replaces the reply)
+  /// The request's link to its caller (streamed items, cancellation); null for requests
+  /// without one (persisted replays, entity-to-entity calls from this runner).
+  std::shared_ptr<request_control> control;
+  bool streams = false;        // the RPC is declared streaming
+  std::string stream_refused;  // why a stream_write was refused (a Defect replaces the reply)
+  stop_signal cancel;          // fires the handler's sleeps when its request is cancelled
+  /// A call the handler made to another entity, until it completes or the request is
+  /// cancelled (then it completes at once and its late reply is dropped).
+  struct outbound {
+    cluster_call_done_fn done;
+    void* user;
+    bool completed = false;
+  };
+  std::vector<std::shared_ptr<outbound>> calls;
+
+  bool is_cancelled() const { return control && control->cancelled(); }
 
   void bind(const slot& s) {
     ctx = cluster_call_context{};
@@ -60,32 +77,118 @@ struct entity_host::invocation {
       });
       return;
     }
+    call_out(self, entity_type, entity_id, rpc, payload, size, primary_key, done, user, false);
+  }
+
+  static void send(void* host_ctx, const char* entity_type, const char* entity_id, const char* rpc,
+                   const std::uint8_t* payload, std::size_t size, const char* primary_key,
+                   cluster_call_done_fn done, void* user) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    if (self->creating) {
+      if (done == nullptr) return;
+      asio::post(self->host->io_, [done, user] {
+        done(user, CLUSTER_STATUS_CALL_FAILED, "InvalidRequest",
+             "an entity cannot send to other entities from its constructor", nullptr, 0);
+      });
+      return;
+    }
+    call_out(self, entity_type, entity_id, rpc, payload, size, primary_key, done, user, true);
+  }
+
+  static void call_out(invocation* self, const char* entity_type, const char* entity_id,
+                       const char* rpc, const std::uint8_t* payload, std::size_t size,
+                       const char* primary_key, cluster_call_done_fn done, void* user,
+                       bool discard) {
     request_msg request;
     request.entity_type = entity_type ? entity_type : "";
     request.entity_id = entity_id ? entity_id : "";
     request.rpc = rpc ? rpc : "";
     request.payload.assign(payload, payload + size);
     if (primary_key != nullptr) request.primary_key = primary_key;
+    request.discard = discard;
     auto& io = self->host->io_;
-    self->host->call_out_(std::move(request), [&io, done, user](reply_msg&& reply) {
+    auto pending = std::make_shared<outbound>(outbound{done, user});
+    if (self->is_cancelled()) {
+      pending->completed = true;
+      if (done != nullptr) asio::post(io, [done, user] { complete_cancelled(done, user); });
+      return;
+    }
+    if (done != nullptr) {
+      std::erase_if(self->calls, [](const auto& call) { return call->completed; });
+      self->calls.push_back(pending);
+    }
+    const std::string what = request.entity_type + "." + request.rpc;
+    self->host->call_out_(std::move(request), [&io, pending, what](reply_msg&& reply) {
       // The ABI promises `done` never runs inside `call`: always resume from the loop.
-      asio::post(io, [done, user, reply = std::move(reply)] {
+      asio::post(io, [pending, what, reply = std::move(reply)] {
+        if (pending->completed) return;  // cancelled meanwhile: completed already
+        pending->completed = true;
+        if (pending->done == nullptr) {
+          if (!reply.ok()) spdlog::debug("send to {} not accepted: {}", what, reply.message);
+          return;
+        }
         const std::int32_t status = reply.ok() ? CLUSTER_STATUS_OK
                                     : reply.code == errc::application_error
                                         ? CLUSTER_STATUS_APPLICATION_ERROR
                                         : CLUSTER_STATUS_CALL_FAILED;
-        done(user, status, reply.ok() ? nullptr : reply.error.c_str(),
-             reply.ok() ? nullptr : reply.message.c_str(), reply.payload.data(),
-             reply.payload.size());
+        pending->done(pending->user, status, reply.ok() ? nullptr : reply.error.c_str(),
+                      reply.ok() ? nullptr : reply.message.c_str(), reply.payload.data(),
+                      reply.payload.size());
       });
     });
+  }
+
+  static void complete_cancelled(cluster_call_done_fn done, void* user) {
+    done(user, CLUSTER_STATUS_CALL_FAILED, "Cancelled", "the calling request was cancelled",
+         nullptr, 0);
+  }
+
+  /// The request was cancelled: sleeps end, pending calls complete, a plugin's process is told.
+  void cancelled_now() {
+    cancel.request();
+    for (auto& call : calls) {
+      if (call->completed) continue;
+      call->completed = true;
+      asio::post(host->io_, [done = call->done, user = call->user] {
+        complete_cancelled(done, user);
+      });
+    }
+    calls.clear();
+  }
+
+  static void stream_write(void* host_ctx, const std::uint8_t* data, std::size_t size,
+                           void (*ready)(void*), void* user) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    auto& io = self->host->io_;
+    if (self->creating || !self->done || !self->streams) {
+      if (!self->creating && self->stream_refused.empty())
+        self->stream_refused = "stream_write outside a streaming RPC (" + self->key.first + "." +
+                               self->rpc + " is not declared CLUSTER_RPC_STREAM)";
+      asio::post(io, [ready, user] { ready(user); });
+      return;
+    }
+    if (!self->control) {
+      // Nobody streams from it (an entity-to-entity call): the items are dropped.
+      asio::post(io, [ready, user] { ready(user); });
+      return;
+    }
+    self->control->write(bytes(data, data + size), [ready, user] { ready(user); });
+  }
+
+  static std::int32_t cancelled(void* host_ctx) {
+    return static_cast<invocation*>(host_ctx)->is_cancelled() ? 1 : 0;
   }
 
   static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
     auto* self = static_cast<invocation*>(host_ctx);
     auto& entities = self->host->entities_;
-    if (auto it = entities.find(self->key); it != entities.end()) {
-      it->second.stop.sleep(self->host->io_, delay_ms, fire, user);
+    if (auto it = entities.find(self->key); it != entities.end() && !self->creating) {
+      // Ended early by a stop of the entity or a cancel of this request, whichever first.
+      auto timer = std::make_shared<asio::steady_timer>(self->host->io_);
+      timer->expires_after(milliseconds(std::max<std::int64_t>(0, delay_ms)));
+      timer->async_wait([timer, fire, user](const error_code&) { fire(user); });
+      it->second.stop.track(timer);
+      self->cancel.track(timer);
     } else {
       fire_after(self->host->io_, delay_ms, fire, user);  // inside the constructor
     }
@@ -138,6 +241,13 @@ struct entity_host::invocation {
         reply.error = tag_text.empty() ? "ApplicationError" : tag_text;
         reply.message = message_text;
         break;
+      case CLUSTER_STATUS_CANCELLED:
+        // The caller learns why: interrupted, gone, or out of time.
+        reply = self->is_cancelled()
+                    ? reply_msg::failure(self->control->cancel_code(),
+                                         self->control->cancel_reason())
+                    : reply_msg::failure(errc::cancelled, message_text);
+        break;
       case host_status_crashed:
         reply = reply_msg::crashed(message_text);
         break;
@@ -174,6 +284,9 @@ const cluster_host_api entity_host::invocation::api = {
     &entity_host::invocation::sleep,
     &entity_host::invocation::set_state,
     &entity_host::invocation::stop_requested,
+    &entity_host::invocation::stream_write,
+    &entity_host::invocation::cancelled,
+    &entity_host::invocation::send,
 };
 
 namespace {
@@ -199,7 +312,8 @@ entity_host::~entity_host() {
 
 void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index,
                           request_msg request, steady_clock::time_point deadline,
-                          reply_callback done, bool bounded, state_commit commit) {
+                          reply_callback done, bool bounded, state_commit commit,
+                          std::shared_ptr<request_control> control) {
   if (stopped_) {
     done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
     return;
@@ -219,8 +333,12 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
                                                     " messages (limit)"));
     return;
   }
-  s.mailbox.push_back(
-      message{rpc_index, std::move(request), deadline, std::move(done), std::move(commit)});
+  if (control) {
+    // Until it starts, an interrupt takes it out of the mailbox.
+    control->on_cancel = [this, key, raw = control.get()] { cancel_queued(key, raw); };
+  }
+  s.mailbox.push_back(message{rpc_index, std::move(request), deadline, std::move(done),
+                              std::move(commit), std::move(control)});
   if (!s.busy) run_next(key);
 }
 
@@ -271,6 +389,10 @@ void entity_host::run_next(const slot_key& key) {
     if (!s.busy && s.type->retired && !s.evict && !move_on(it)) return;
     message next = std::move(s.mailbox.front());
     s.mailbox.pop_front();
+    if (next.control && next.control->cancelled()) {
+      next.done(reply_msg::failure(next.control->cancel_code(), next.control->cancel_reason()));
+      continue;
+    }
     if (steady_clock::now() >= next.deadline) {
       // The caller gave up already: running it would only waste the entity's time.
       next.done(reply_msg::failure(errc::deadline_exceeded, "expired in the mailbox"));
@@ -306,7 +428,12 @@ void entity_host::run_next(const slot_key& key) {
     call->commit = std::move(next.commit);
     call->read_only = read_only;
     call->shared = shared;
+    call->streams = s.type->streams(next.rpc_index);
     call->bind(s);
+    if (next.control) {
+      call->control = std::move(next.control);
+      call->control->on_cancel = [this, call] { cancel_running(call); };
+    }
     const bool watched = watch_.enabled() && !s.type->process;
     if (watched) watch_.enter(key.first, key.second, call->rpc);
     const auto type = s.type;  // `s` may be gone once `handle` returns
@@ -335,8 +462,32 @@ bool entity_host::may_share(const slot& s) const {
          (s.type->rpcs[next.rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
 }
 
+void entity_host::cancel_queued(const slot_key& key, const request_control* control) {
+  auto it = entities_.find(key);
+  if (it == entities_.end()) return;
+  auto& mailbox = it->second.mailbox;
+  const auto queued = std::find_if(mailbox.begin(), mailbox.end(), [control](const message& m) {
+    return m.control.get() == control;
+  });
+  if (queued == mailbox.end()) return;
+  auto done = std::move(queued->done);
+  mailbox.erase(queued);
+  done(reply_msg::failure(control->cancel_code(), control->cancel_reason()));
+}
+
+void entity_host::cancel_running(invocation* call) {
+  call->cancelled_now();
+  auto it = entities_.find(call->key);
+  if (it == entities_.end()) return;
+  // In its own process the handler is told there (its sleeps and calls end there).
+  if (const auto& process = it->second.type->process) process->cancel(call);
+}
+
 void entity_host::finish(invocation* call, reply_msg&& reply) {
   const slot_key key = call->key;
+  if (call->control) call->control->on_cancel = nullptr;
+  if (!call->stream_refused.empty() && reply.ok())
+    reply = reply_msg::failure(errc::defect, call->stream_refused);
   auto done = std::move(call->done);
   if (call->shared) {
     auto it = entities_.find(key);

@@ -153,7 +153,11 @@ result<entity_type> read_entity(const cluster_entity_descriptor* source, std::ui
     if (rpc_names.count(rpc_name) > 0)
       return failure{refused, what + " declares RPC '" + rpc_name + "' twice"};
     rpc_names.insert(rpc_name);
-    type.info.rpcs.push_back(rpc_info{std::move(rpc_name), type.persisted(r), type.read_only(r)});
+    if (type.persisted(r) && type.streams(r))
+      return failure{refused, "RPC " + rpc_name + " of " + type.info.name +
+                                  " is both persisted and streaming"};
+    type.info.rpcs.push_back(
+        rpc_info{std::move(rpc_name), type.persisted(r), type.read_only(r), type.streams(r)});
   }
   BOOST_OUTCOME_TRYV(check_job(type.info));
   // The runner reads its copies from now on, never the plugin's table or text.

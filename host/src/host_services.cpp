@@ -42,6 +42,14 @@ void stop_signal::sleep(asio::io_context& io, std::int64_t delay_ms, void (*fire
   timer->expires_after(milliseconds(std::max<std::int64_t>(0, delay_ms)));
   // A cancelled wait (the stop) fires too: that is the point.
   timer->async_wait([timer, fire, user](const error_code&) { fire(user); });
+  track(timer);
+}
+
+void stop_signal::track(const std::shared_ptr<asio::steady_timer>& timer) {
+  if (requested_) {
+    timer->cancel();
+    return;
+  }
   std::erase_if(sleeps_, [](const auto& weak) { return weak.expired(); });
   sleeps_.push_back(timer);
 }

@@ -607,7 +607,9 @@ void persisted_messages::requeued(const std::string& group, std::int32_t shard, 
 
 void persisted_messages::submit(const entity_address& address, std::uint32_t rpc_index,
                                 request_msg request, steady_clock::time_point deadline,
-                                entity_host::reply_callback done) {
+                                entity_host::reply_callback done,
+                                std::shared_ptr<request_control> control) {
+  (void)control;
   if (entities_.mailbox_full(address.type->info.name, address.entity_id)) {
     done(reply_msg::failure(errc::mailbox_full, "mailbox of " + address.type->info.name + "/" +
                                                     address.entity_id + " is full"));

@@ -120,12 +120,28 @@ result<entity_options> effective_options(const std::string& type, entity_options
 
 namespace {
 
+/// A discarded request's callback: the first answer (its acceptance, or what refused it)
+/// goes to `done`; what comes after (the handler's outcome) is only logged, at debug level.
+entity_host::reply_callback accept_discarded(entity_host::reply_callback done, std::string what) {
+  auto answered = std::make_shared<bool>(false);
+  return [done = std::move(done), what = std::move(what), answered](reply_msg&& reply) mutable {
+    if (!std::exchange(*answered, true)) {
+      done(std::move(reply));
+      return;
+    }
+    if (!reply.ok()) spdlog::debug("discarded {} ended with {}: {}", what, reply.error, reply.message);
+  };
+}
+
 // docs/security.md "Permissions": proxies and other runners (entity-to-entity calls) call
 // entities; the manager only probes.
 std::shared_ptr<const permissions> runner_permissions() {
   auto allowed =
       std::make_shared<permissions>(mask_of(role::proxy, role::runner, role::admin, role::manager));
-  allowed->allow(message_kind::request, mask_of(role::proxy, role::runner, role::admin));
+  const role_mask callers = mask_of(role::proxy, role::runner, role::admin);
+  allowed->allow(message_kind::request, callers)
+      .allow(message_kind::interrupt, callers)
+      .allow(message_kind::stream_ack, callers);
   return allowed;
 }
 
@@ -147,7 +163,10 @@ runner::runner(asio::io_context& io, runner_config config)
       work_(io.get_executor()),
       drain_timer_(io),
       incarnation_(random_incarnation()),
-      stall_timer_(io) {}
+      stall_timer_(io),
+      deadline_timer_(io) {
+  server_.on_disconnect = [this](const connection_ptr& conn) { caller_gone(conn); };
+}
 
 runner::~runner() = default;
 
@@ -440,6 +459,7 @@ void runner::start() {
   if (watcher_) watcher_->start();
   last_tick_ = steady_clock::now();
   watch_stalls();
+  sweep_deadlines();
   spdlog::info("runner {} listening on {} (incarnation {})", config_.name, address_, incarnation_);
 }
 
@@ -548,7 +568,8 @@ awaitable<void> runner::shut_down() {
   if (persisted_) persisted_->stop();  // releases the shard locks
   if (entities_) entities_->stop();
   router_.stop();
-  server_.on_disconnect = [this](const connection_ptr&) {
+  server_.on_disconnect = [this](const connection_ptr& conn) {
+    caller_gone(conn);
     if (server_.connection_count() == 0) notify_stopped();
   };
   server_.close_after_flush();
@@ -619,6 +640,22 @@ void runner::on_message(const connection_ptr& conn, envelope&& env) {
       on_request(conn, env.id, std::move(request).value());
       return;
     }
+    case message_kind::interrupt:
+      // An id not in flight (answered already) is ignored, as the protocol says.
+      if (auto* control = find_control(conn, env.id))
+        control->cancel(errc::cancelled, "interrupted by the caller");
+      return;
+    case message_kind::stream_ack: {
+      auto ack = env.as<stream_ack_msg>();
+      if (!ack) {
+        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
+                                                    "stream_ack has the wrong shape: " +
+                                                        ack.error().message));
+        return;
+      }
+      if (auto* control = find_control(conn, env.id)) control->grant(ack.value().credit);
+      return;
+    }
     default:
       conn->send_reply(
           env.id, reply_msg::failure(errc::unknown_kind, "runners do not handle message kind " +
@@ -637,19 +674,84 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
   ++conn->in_flight;
+  const auto deadline = steady_clock::now() + timeout;
+  auto control = std::make_shared<request_control>(io_, request.credit, request.discard,
+                                                   conn->limits().decode.max_frame_bytes / 2);
+  control->deadline = deadline;
+  control->timeout = timeout;
+  const std::weak_ptr<connection> weak(conn);
+  control->send_items = [weak, id](std::vector<bytes>&& items) {
+    if (auto live = weak.lock()) live->send(message_kind::stream_chunk, id, stream_chunk_msg{std::move(items)});
+  };
+  auto& requests = callers_of(conn).by_id;
+  const bool tracked = requests.emplace(id, control).second;  // a reused id is not tracked
   serve(
-      std::move(request), steady_clock::now() + timeout,
-      [weak = std::weak_ptr<connection>(conn), id, hold = work_.hold()](reply_msg&& reply) mutable {
+      std::move(request), deadline,
+      [weak, id, control, tracked, hold = work_.hold()](reply_msg&& reply) mutable {
+        // The items written so far go before the reply; nothing of the request follows it.
+        control->flush();
+        control->finish();
         if (auto live = weak.lock()) {
           --live->in_flight;
           live->send_reply(id, reply);
+          if (tracked && live->attachment)
+            static_cast<caller_requests*>(live->attachment.get())->by_id.erase(id);
         }
         hold.release();
-      });
+      },
+      control);
+}
+
+runner::caller_requests& runner::callers_of(const connection_ptr& conn) {
+  if (!conn->attachment) {
+    auto requests = std::make_shared<caller_requests>();
+    callers_.push_back(requests);
+    conn->attachment = std::move(requests);
+  }
+  return *static_cast<caller_requests*>(conn->attachment.get());
+}
+
+request_control* runner::find_control(const connection_ptr& conn, std::uint64_t id) {
+  if (!conn->attachment) return nullptr;
+  auto& requests = static_cast<caller_requests*>(conn->attachment.get())->by_id;
+  const auto it = requests.find(id);
+  return it == requests.end() ? nullptr : it->second.get();
+}
+
+void runner::caller_gone(const connection_ptr& conn) {
+  if (!conn->attachment) return;
+  // Copied: a cancel may answer a queued request, whose reply erases it from the map.
+  std::vector<std::shared_ptr<request_control>> in_flight;
+  for (const auto& [id, control] : static_cast<caller_requests*>(conn->attachment.get())->by_id)
+    in_flight.push_back(control);
+  for (const auto& control : in_flight)
+    if (!control->persisted) control->cancel(errc::cancelled, "the caller went away");
+}
+
+void runner::sweep_deadlines() {
+  deadline_timer_.expires_after(milliseconds(100));
+  deadline_timer_.async_wait([this](const error_code& ec) {
+    if (ec) return;
+    const auto now = steady_clock::now();
+    std::vector<std::shared_ptr<request_control>> overdue;
+    std::erase_if(callers_, [&](const std::weak_ptr<caller_requests>& weak) {
+      const auto requests = weak.lock();
+      if (!requests) return true;
+      for (const auto& [id, control] : requests->by_id)
+        if (control->overdue(now)) overdue.push_back(control);
+      return false;
+    });
+    for (const auto& control : overdue)
+      control->cancel(errc::deadline_exceeded,
+                      control->stream ? "the stream made no progress for " +
+                                            std::to_string(control->timeout.count()) + " ms"
+                                      : "the request's deadline passed while it ran");
+    if (!stopped_) sweep_deadlines();
+  });
 }
 
 void runner::serve(request_msg request, steady_clock::time_point deadline,
-                   entity_host::reply_callback done) {
+                   entity_host::reply_callback done, std::shared_ptr<request_control> control) {
   if (stopping_) {
     done(reply_msg::failure(errc::shutting_down, "runner " + config_.name + " is stopping"));
     return;
@@ -696,6 +798,18 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
   }
   const entity_address address{type, request.entity_id, shard};
   const bool persisted = !cron_status && type->persisted(*rpc_index);
+  if (control) {
+    control->stream = !cron_status && type->streams(*rpc_index);
+    // Stored requests run to their end whatever the caller does (an interrupt still reaches
+    // one that has not started); the caller's deadline only bounds its wait.
+    control->persisted = persisted;
+    control->has_deadline = !persisted;
+  }
+  if (request.discard && !cron_status) {
+    // Answered Ok once accepted (in the mailbox; stored), or with what refused it.
+    done = accept_discarded(std::move(done), request.entity_type + "/" + request.entity_id + " " +
+                                                 request.rpc);
+  }
   if (!persisted_->holds(type->info.group, shard)) {
     if (persisted_->suspended(type->info.group, shard)) {
       if (persisted) {
@@ -711,7 +825,10 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
                                     std::to_string(shard) + " of group '" + type->info.group +
                                     "' and cannot reach the manager"));
       } else {
-        entities_->deliver(address, *rpc_index, std::move(request), deadline, std::move(done));
+        const bool discard = request.discard;
+        entities_->deliver(address, *rpc_index, std::move(request), deadline, done, true, {},
+                           std::move(control));
+        if (discard) done(reply_msg::success({}));
       }
       return;
     }
@@ -729,10 +846,15 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
     return;
   }
   if (persisted) {
-    persisted_->submit(address, *rpc_index, std::move(request), deadline, std::move(done));
+    persisted_->submit(address, *rpc_index, std::move(request), deadline, std::move(done),
+                       std::move(control));
     return;
   }
-  entities_->deliver(address, *rpc_index, std::move(request), deadline, std::move(done));
+  const bool discard = request.discard;
+  entities_->deliver(address, *rpc_index, std::move(request), deadline, done, true, {},
+                     std::move(control));
+  // In the mailbox now unless it was refused at once (answered then).
+  if (discard) done(reply_msg::success({}));
 }
 
 }  // namespace cluster::host

@@ -1,4 +1,4 @@
-/* The binary contract between the runner and entity plugins (ABI 2.1).
+/* The binary contract between the runner and entity plugins (ABI 2.2).
  *
  * Only C types cross this boundary: integers, `const char*`, byte views of MessagePack
  * payloads, function pointers and opaque handles. Whoever allocates frees. Plugin
@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 #define CLUSTER_ABI_MAJOR 2
-#define CLUSTER_ABI_MINOR 1
+#define CLUSTER_ABI_MINOR 2
 /** Name of the one symbol every plugin exports (a cluster_plugin_entry_fn). */
 #define CLUSTER_PLUGIN_ENTRY_SYMBOL "cluster_plugin_entry"
 
@@ -39,7 +39,10 @@ typedef enum cluster_status {
   CLUSTER_STATUS_APPLICATION_ERROR = 1, /**< typed error: tag + message */
   CLUSTER_STATUS_BAD_PAYLOAD = 2,       /**< request bytes did not decode */
   CLUSTER_STATUS_DEFECT = 3,            /**< unexpected exception in the handler */
-  CLUSTER_STATUS_CALL_FAILED = 4        /**< a call to another entity failed in the cluster */
+  CLUSTER_STATUS_CALL_FAILED = 4,       /**< a call to another entity failed in the cluster */
+  /** (2.2) The handler stopped because its request was cancelled (`cancelled`); the runner
+   *  answers the caller Cancelled, or DeadlineExceeded when the deadline cancelled it. */
+  CLUSTER_STATUS_CANCELLED = 5
 } cluster_status;
 
 /** RPC flags. Bits a runner does not know are ignored. */
@@ -48,6 +51,9 @@ typedef enum cluster_status {
  *  of the same entity (up to the type's `concurrency`), and the runner stores no state after
  *  it (a `set_state` inside it is refused as a Defect). */
 #define CLUSTER_RPC_READ_ONLY 2u
+/** (2.2) The RPC answers with a stream of items (`stream_write`) before its reply. Streaming
+ *  RPCs are volatile: a plugin declaring one persisted is refused at load. */
+#define CLUSTER_RPC_STREAM 4u
 
 /** (2.1) Entity type flags (cluster_entity_descriptor.flags). */
 /** The runner loads the entity's stored state before `create` (cluster_call_context.state)
@@ -114,6 +120,23 @@ typedef struct cluster_host_api {
   /** (2.1) Nonzero once the runner asked this entity to stop: its shard is moving or the
    *  runner is stopping. A singleton's run returns then. */
   int32_t (*stop_requested)(void* host_ctx);
+  /** (2.2) Streaming RPCs, inside the handler before its reply: hands one item (MessagePack
+   *  bytes, copied) to the caller. `ready(user)` runs once, later, on the runner's thread,
+   *  never inside this call, when the caller's credit let the item go, or at once when the
+   *  request is cancelled (check `cancelled`): write the next item only after it. Outside a
+   *  streaming RPC the item is refused: `ready` runs and the request ends with a Defect. */
+  void (*stream_write)(void* host_ctx, const uint8_t* data, size_t size, void (*ready)(void* user),
+                       void* user);
+  /** (2.2) Nonzero once the handler's request is cancelled: its caller interrupted it or went
+   *  away, or its deadline passed. From then on its sleeps fire at once and its calls to other
+   *  entities complete at once with CLUSTER_STATUS_CALL_FAILED, tag "Cancelled". */
+  int32_t (*cancelled)(void* host_ctx);
+  /** (2.2) Like `call`, fire and forget: the request is sent with `discard` and `done` (may be
+   *  NULL) runs once, later, with CLUSTER_STATUS_OK and no data once the callee accepted it
+   *  (a persisted RPC: once stored), or with the failure. The handler's outcome is not sent. */
+  void (*send)(void* host_ctx, const char* entity_type, const char* entity_id, const char* rpc,
+               const uint8_t* payload, size_t size, const char* primary_key,
+               cluster_call_done_fn done, void* user);
 } cluster_host_api;
 
 /** What `create` or a handler knows about its entity. Valid until `create` returns or
@@ -209,7 +232,7 @@ typedef const cluster_plugin_descriptor* (*cluster_plugin_entry_fn)(
                  #type " has implicit padding")
 #endif
 CLUSTER_ABI_ENDS_AT(cluster_rpc_descriptor, name);
-CLUSTER_ABI_ENDS_AT(cluster_host_api, stop_requested);
+CLUSTER_ABI_ENDS_AT(cluster_host_api, send);
 CLUSTER_ABI_ENDS_AT(cluster_call_context, fencing_token);
 CLUSTER_ABI_ENDS_AT(cluster_entity_descriptor, cron_schedule);
 CLUSTER_ABI_ENDS_AT(cluster_plugin_descriptor, plugin_version);

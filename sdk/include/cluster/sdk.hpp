@@ -8,7 +8,9 @@
 /// one instance of its class; the runner calls it with one message at a time, in arrival
 /// order, on the runner's thread. A handler is a member function
 ///   Reply handler(const Request&, cluster::context&)            (plain), or
-///   cluster::task<Reply> handler(const Request&, cluster::context&)   (coroutine),
+///   cluster::task<Reply> handler(const Request&, cluster::context&)   (coroutine), or
+///   cluster::stream<Item, Reply> handler(const Request&, cluster::context&)   (streaming:
+///   `co_yield` items, `co_return` the final reply; the RPC is declared streaming),
 /// where the RPC type `R` has nested `R::Request` and `R::Reply` with msgpack adaptors.
 /// The class is default-constructible or has a constructor taking `cluster::context&`:
 /// there the context logs and tells the time and the entity's address, but is valid only
@@ -65,6 +67,15 @@ class app_error : public std::runtime_error {
 class call_error : public app_error {
  public:
   using app_error::app_error;
+};
+
+/// The handler's request was cancelled: its caller interrupted it or went away, or its deadline
+/// passed. Thrown by `co_await ctx.sleep_ms(...)`, `co_await ctx.call(...)` and `co_yield` once
+/// `ctx.cancelled()` holds; let it propagate (the caller gets Cancelled), or catch it to clean
+/// up and rethrow.
+class cancelled : public std::runtime_error {
+ public:
+  cancelled() : std::runtime_error("the request was cancelled") {}
 };
 
 /// A request or reply without fields: `{}` on the wire (any map is accepted).
@@ -192,6 +203,95 @@ class [[nodiscard]] task {
  private:
   std::coroutine_handle<promise_type> handle_;
 };
+
+/// Coroutine result of a streaming handler: `co_yield` each item (an `Item`, encoded with its
+/// msgpack adaptor), then `co_return` the final reply (`Reply`; `void`: MessagePack nil).
+/// Each `co_yield` completes once the caller's credit lets the item go, so a slow consumer
+/// slows the handler down instead of filling buffers; after a cancellation it throws
+/// cluster::cancelled. Awaiting other things (`ctx.sleep_ms`, `ctx.call`) works as in a task.
+///
+/// GCC 12 destroys the temporaries of a co_yield full-expression twice: build a non-trivial
+/// item in its own statement (`Item item{...}; co_yield item;`).
+template <class Item, class Reply = void>
+class stream;
+
+namespace detail {
+inline bool request_cancelled(const cluster_call_context* raw) {
+  return raw != nullptr && raw->api->cancelled != nullptr &&
+         raw->api->cancelled(raw->host_ctx) != 0;
+}
+
+template <class Item, class Reply>
+struct stream_promise : task_promise<Reply> {
+  const cluster_call_context* raw = nullptr;  // set by the invoker before the first resume
+  msgpack::sbuffer item;                      // the item being written
+
+  stream<Item, Reply> get_return_object();
+
+  struct yield_awaiter {
+    stream_promise* promise;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) {
+      const auto* raw = promise->raw;
+      raw->api->stream_write(raw->host_ctx,
+                             reinterpret_cast<const std::uint8_t*>(promise->item.data()),
+                             promise->item.size(), &yield_awaiter::ready, h.address());
+    }
+    static void ready(void* address) { std::coroutine_handle<>::from_address(address).resume(); }
+    void await_resume() const {
+      promise->item.clear();
+      if (request_cancelled(promise->raw)) throw cancelled();
+    }
+  };
+  yield_awaiter yield_value(const Item& value) {
+    item.clear();
+    msgpack::pack(item, value);
+    return yield_awaiter{this};
+  }
+};
+}  // namespace detail
+
+template <class Item, class Reply>
+class [[nodiscard]] stream {
+ public:
+  using promise_type = detail::stream_promise<Item, Reply>;
+  using item_type = Item;
+  using reply_type = Reply;
+  explicit stream(std::coroutine_handle<promise_type> h) : handle_(h) {}
+  stream(stream&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  stream& operator=(stream&& other) noexcept {
+    if (this != &other) {
+      if (handle_) handle_.destroy();
+      handle_ = std::exchange(other.handle_, nullptr);
+    }
+    return *this;
+  }
+  stream(const stream&) = delete;
+  stream& operator=(const stream&) = delete;
+  ~stream() {
+    if (handle_) handle_.destroy();
+  }
+
+  /// Where the items go (the invoker sets it before the handler starts).
+  void bind(const cluster_call_context* raw) { handle_.promise().raw = raw; }
+  bool await_ready() const noexcept { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) noexcept {
+    handle_.promise().continuation = awaiting;
+    return handle_;
+  }
+  Reply await_resume() { return handle_.promise().result(); }
+
+ private:
+  std::coroutine_handle<promise_type> handle_;
+};
+
+namespace detail {
+template <class Item, class Reply>
+stream<Item, Reply> stream_promise<Item, Reply>::get_return_object() {
+  return stream<Item, Reply>(
+      std::coroutine_handle<stream_promise<Item, Reply>>::from_promise(*this));
+}
+}  // namespace detail
 
 namespace detail {
 template <class T>
@@ -326,10 +426,17 @@ class context {
         raw->api->sleep(raw->host_ctx, delay, &awaiter::fire, h.address());
       }
       static void fire(void* address) { std::coroutine_handle<>::from_address(address).resume(); }
-      void await_resume() const noexcept {}
+      void await_resume() const {
+        if (detail::request_cancelled(raw)) throw cancelled();
+      }
     };
     return awaiter{raw_, delay_ms};
   }
+
+  /// True once this handler's request is cancelled: its caller interrupted it or went away,
+  /// or its deadline passed. Awaiting `sleep_ms`, `call` or a `co_yield` then throws
+  /// cluster::cancelled; a handler that loops without awaiting should check this.
+  bool cancelled() const { return detail::request_cancelled(raw_); }
 
   /// True once the runner asked this entity to stop: its shard is moving away or the
   /// runner is stopping. A singleton's run returns soon after; pending `sleep_ms` waits
@@ -380,6 +487,8 @@ class context {
         a->waiting.resume();
       }
       Reply await_resume() {
+        if (status == CLUSTER_STATUS_CALL_FAILED && detail::request_cancelled(raw))
+          throw cancelled();
         if (status != CLUSTER_STATUS_OK) throw call_error(tag, message);
         try {
           return detail::decode<Reply>(reply.data(), reply.size());
@@ -400,6 +509,53 @@ class context {
     return pending;
   }
 
+  /// Fire and forget: sends RPC `rpc` of entity (`entity_type`, `entity_id`) a request and
+  /// does not wait for its outcome (it is sent at once, awaited or not). Awaiting the result
+  /// tells whether the callee accepted it (a persisted RPC: stored): it throws call_error
+  /// when it was refused (unknown type or RPC, mailbox full, no runner). Not awaited, a
+  /// refusal is logged at debug level by the runner.
+  template <class Request>
+  auto send(std::string_view entity_type, std::string_view entity_id, std::string_view rpc,
+            const Request& request, const char* primary_key = nullptr) {
+    // Shared with the runner's completion: the result may outlive an awaiter never awaited.
+    struct outcome {
+      bool done = false;
+      std::int32_t status = CLUSTER_STATUS_OK;
+      std::string tag, message;
+      std::coroutine_handle<> waiting;
+      const cluster_call_context* raw = nullptr;
+    };
+    struct awaiter {
+      std::shared_ptr<outcome> state;
+      bool await_ready() const noexcept { return state->done; }
+      void await_suspend(std::coroutine_handle<> h) { state->waiting = h; }
+      void await_resume() const {
+        if (state->status == CLUSTER_STATUS_CALL_FAILED && detail::request_cancelled(state->raw))
+          throw cancelled();
+        if (state->status != CLUSTER_STATUS_OK) throw call_error(state->tag, state->message);
+      }
+      static void done(void* user, std::int32_t status, const char* tag, const char* message,
+                       const std::uint8_t*, std::size_t) {
+        std::unique_ptr<std::shared_ptr<outcome>> held(static_cast<std::shared_ptr<outcome>*>(user));
+        auto& s = **held;
+        s.done = true;
+        s.status = status;
+        s.tag = tag ? tag : "";
+        s.message = message ? message : "";
+        if (auto waiting = std::exchange(s.waiting, nullptr)) waiting.resume();
+      }
+    };
+    auto state = std::make_shared<outcome>();
+    state->raw = raw_;
+    const auto payload = detail::encode(request);
+    const std::string type(entity_type), id(entity_id), rpc_name(rpc);
+    auto* user = new std::shared_ptr<outcome>(state);
+    raw_->api->send(raw_->host_ctx, type.c_str(), id.c_str(), rpc_name.c_str(),
+                    reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size(),
+                    primary_key, &awaiter::done, user);
+    return awaiter{std::move(state)};
+  }
+
  private:
   void log(std::int32_t level, const std::string& message) const {
     raw_->api->log(raw_->host_ctx, level, message.c_str());
@@ -413,6 +569,8 @@ namespace detail {
 inline void reply_failure(cluster_reply_fn reply, void* reply_ctx, std::exception_ptr error) {
   try {
     std::rethrow_exception(error);
+  } catch (const cancelled& e) {
+    reply(reply_ctx, CLUSTER_STATUS_CANCELLED, "Cancelled", e.what(), nullptr, 0);
   } catch (const app_error& e) {
     reply(reply_ctx, CLUSTER_STATUS_APPLICATION_ERROR, e.tag().c_str(), e.what(), nullptr, 0);
   } catch (const std::exception& e) {
@@ -464,19 +622,30 @@ struct detached {
   };
 };
 
-template <class E, class Reply, class State>
-detached drive(E& entity, bool read_only, task<Reply> work, std::unique_ptr<State> state,
+/// What a coroutine handler's `co_return` gives: its reply, or nil for a `void` stream.
+template <class Work>
+using drive_value_t = std::conditional_t<std::is_void_v<decltype(std::declval<Work&>().await_resume())>,
+                                         msgpack::type::nil_t,
+                                         decltype(std::declval<Work&>().await_resume())>;
+
+template <class E, class Work, class State>
+detached drive(E& entity, bool read_only, Work work, std::unique_ptr<State> state,
                cluster_reply_fn reply, void* reply_ctx) {
   std::exception_ptr error;
-  std::optional<Reply> value;
+  std::optional<drive_value_t<Work>> value;
   try {
-    value.emplace(co_await std::move(work));
+    if constexpr (std::is_void_v<decltype(work.await_resume())>) {
+      co_await std::move(work);
+      value.emplace();
+    } else {
+      value.emplace(co_await std::move(work));
+    }
   } catch (...) {
     error = std::current_exception();
   }
   // The request must outlive the handler's frame: free it after. The raw context stays
   // valid until the reply is sent.
-  work = task<Reply>(nullptr);
+  work = Work(nullptr);
   const cluster_call_context* raw = state->raw;
   state.reset();
   if (error) {
@@ -494,6 +663,10 @@ template <class T>
 struct is_task : std::false_type {};
 template <class T>
 struct is_task<task<T>> : std::true_type {};
+template <class T>
+struct is_stream : std::false_type {};
+template <class I, class R>
+struct is_stream<stream<I, R>> : std::true_type {};
 
 template <class E, class R, class Method>
 invoker<E> make_invoker(Method method) {
@@ -513,7 +686,7 @@ invoker<E> make_invoker(Method method) {
       return;
     }
     using result_type = std::invoke_result_t<Method, E&, const request_type&, context&>;
-    if constexpr (is_task<result_type>::value) {
+    if constexpr (is_task<result_type>::value || is_stream<result_type>::value) {
       struct state {
         request_type request;
         context ctx;
@@ -523,6 +696,7 @@ invoker<E> make_invoker(Method method) {
       std::optional<result_type> work;
       try {
         work.emplace(std::invoke(method, entity, std::as_const(held->request), held->ctx));
+        if constexpr (is_stream<result_type>::value) work->bind(raw);
       } catch (...) {
         reply_failed(entity, raw, read_only, reply, reply_ctx, std::current_exception());
         return;
@@ -682,12 +856,17 @@ class entity_builder {
   entity_builder&& concurrency(std::uint32_t n) && { return std::move(concurrency(n)); }
 
   /// Adds RPC `name` of type R (with R::Request and R::Reply), handled by `method`.
+  /// A method returning cluster::stream<Item, Reply> declares a streaming RPC (volatile:
+  /// `persisted` with it is refused by build()).
   template <class R, class Method>
   entity_builder& rpc(std::string name, Method method, rpc_flags flags = volatile_rpc) & {
+    using result_type =
+        std::invoke_result_t<Method, E&, const typename R::Request&, context&>;
     record_->rpc_names.push_back(std::move(name));
     cluster_rpc_descriptor rpc{};
     rpc.struct_size = sizeof(cluster_rpc_descriptor);
     rpc.flags = flags.bits;
+    if constexpr (detail::is_stream<result_type>::value) rpc.flags |= CLUSTER_RPC_STREAM;
     record_->rpcs.push_back(rpc);
     record_->invokers.push_back(detail::make_invoker<E, R>(method));
     return *this;
@@ -709,6 +888,10 @@ class entity_builder {
         if (r.rpc_names[i] == r.rpc_names[j])
           throw std::invalid_argument("entity type '" + r.name + "' declares RPC '" +
                                       r.rpc_names[i] + "' twice");
+      constexpr std::uint32_t persisted_stream = CLUSTER_RPC_PERSISTED | CLUSTER_RPC_STREAM;
+      if ((r.rpcs[i].flags & persisted_stream) == persisted_stream)
+        throw std::invalid_argument("RPC " + r.rpc_names[i] + " of " + r.name +
+                                    " is both persisted and streaming");
       r.rpcs[i].name = r.rpc_names[i].c_str();
     }
     for (const auto& rpc : r.rpcs) r.rpc_pointers.push_back(&rpc);

@@ -14,6 +14,7 @@
 #include "cluster/host/entity_registry.hpp"
 #include "cluster/host/handler_watch.hpp"
 #include "cluster/host/host_services.hpp"
+#include "cluster/host/request_control.hpp"
 #include "cluster/net/asio.hpp"
 #include "cluster/protocol/messages.hpp"
 #include "cluster/storage/message_store.hpp"
@@ -62,9 +63,12 @@ class entity_host {
   /// MailboxFull at once when the entity's mailbox is at its bound.
   /// Persisted messages pass `bounded = false`: they are stored already, so they are
   /// never refused (the mailbox bound protects memory from callers, not from replay).
+  /// `control` links the request to its caller (request_control.hpp): its handler streams
+  /// through it, and its cancellation takes the request out of the mailbox or tells the
+  /// running handler (`ctx.cancelled()`, sleeps and calls end at once).
   void deliver(const entity_address& address, std::uint32_t rpc_index, request_msg request,
                steady_clock::time_point deadline, reply_callback done, bool bounded = true,
-               state_commit commit = {});
+               state_commit commit = {}, std::shared_ptr<request_control> control = {});
 
   /// Where stateful types' state is loaded from and written to (the runner's message store;
   /// set by persisted_messages). Unset: stateful types fail to activate (StorageError).
@@ -140,6 +144,7 @@ class entity_host {
     steady_clock::time_point deadline;
     reply_callback done;
     state_commit commit;  // persisted messages of stateful types
+    std::shared_ptr<request_control> control;  // requests from a connection
   };
   /// What the runner knows of a stateful entity's stored state (absent for other types).
   struct entity_state {
@@ -184,6 +189,10 @@ class entity_host {
   /// A constructor run in a plugin's process failed: the next message activates again.
   void activation_failed(const slot_key& key);
   void finish(invocation* call, reply_msg&& reply);
+  /// A queued request was cancelled: out of the mailbox, answered with the cancellation.
+  void cancel_queued(const slot_key& key, const request_control* control);
+  /// A running request was cancelled: its handler is told.
+  void cancel_running(invocation* call);
   /// Reads a stateful entity's state, then activates it and runs its mailbox (busy meanwhile).
   void load_and_activate(const slot_key& key);
   /// Stores the state a handler set, then replies and runs the entity's next message.

@@ -89,6 +89,10 @@ struct entity_type : std::enable_shared_from_this<entity_type> {
   bool read_only(std::uint32_t rpc_index) const {
     return (rpcs[rpc_index].flags & CLUSTER_RPC_READ_ONLY) != 0;
   }
+  /// Does RPC `rpc_index` (a valid index) answer with a stream (CLUSTER_RPC_STREAM)?
+  bool streams(std::uint32_t rpc_index) const {
+    return (rpcs[rpc_index].flags & CLUSTER_RPC_STREAM) != 0;
+  }
   /// Does the type have this CLUSTER_ENTITY_* flag (as declared, with the runner's config)?
   bool has_flag(std::uint32_t flag) const { return (info.options.flags & flag) != 0; }
 

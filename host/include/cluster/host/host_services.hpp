@@ -39,6 +39,9 @@ class stop_signal {
   bool requested() const { return requested_; }
   /// `fire_after`, but at once when a stop is (or becomes) requested.
   void sleep(asio::io_context& io, std::int64_t delay_ms, void (*fire)(void*), void* user);
+  /// Cuts `timer` short (cancels its wait) on a stop: at once when one is requested. For a
+  /// sleep that more than one signal ends (a stop of its entity, a cancel of its request).
+  void track(const std::shared_ptr<asio::steady_timer>& timer);
   /// Sets the request and fires the pending sleeps (posted, never inside this call).
   void request();
   /// A new run starts: no stop requested.

@@ -88,8 +88,11 @@ class persisted_messages {
   std::size_t held_shards() const { return held_shards_; }
 
   /// Stores a persisted request for a held shard and answers with its (stored) reply.
+  /// A `discard` request is answered Ok (empty) once stored; `done` may run again later with
+  /// its outcome. `control` (may be null) lets its caller interrupt it.
   void submit(const entity_address& address, std::uint32_t rpc_index, request_msg request,
-              steady_clock::time_point deadline, entity_host::reply_callback done);
+              steady_clock::time_point deadline, entity_host::reply_callback done,
+              std::shared_ptr<request_control> control = {});
 
   std::size_t waiting_callers() const { return waiter_count_; }
 

@@ -84,6 +84,9 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   /// Asks `instance` (a handle `create` returned) to stop its running handler, in the
   /// child: entity_host::request_stop for types in a process.
   void request_stop(void* instance);
+  /// Tells the child that the request of the operation replying to `reply_ctx` (a handler
+  /// running there) was cancelled: its `cancelled()` turns true, its sleeps and calls end.
+  void cancel(void* reply_ctx);
 
   pid_t pid() const { return pid_; }
   std::uint64_t restarts() const { return restarts_; }

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <unordered_map>
 
 #include "cluster/client/manager_client.hpp"
 #include "cluster/client/router.hpp"
@@ -18,6 +19,7 @@
 #include "cluster/host/persisted_messages.hpp"
 #include "cluster/host/plugin_fetcher.hpp"
 #include "cluster/host/plugin_watcher.hpp"
+#include "cluster/host/request_control.hpp"
 #include "cluster/net/server.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/gate.hpp"
@@ -150,6 +152,17 @@ class runner {
  private:
   void on_message(const connection_ptr& conn, envelope&& env);
   void on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request);
+  /// The requests in flight from one connection, by their id: interrupts and stream acks
+  /// find them here (the connection's attachment).
+  struct caller_requests {
+    std::unordered_map<std::uint64_t, std::shared_ptr<request_control>> by_id;
+  };
+  caller_requests& callers_of(const connection_ptr& conn);
+  request_control* find_control(const connection_ptr& conn, std::uint64_t id);
+  /// A connection closed: its volatile requests are cancelled (nobody waits for them).
+  void caller_gone(const connection_ptr& conn);
+  /// Cancels requests past their deadline (request_control::overdue), every 100 ms.
+  void sweep_deadlines();
   void on_snapshot(const assignment_snapshot& snapshot);
   /// The plugin folders: the cache folder, the watches, the start-up load.
   void load_plugins();
@@ -166,8 +179,9 @@ class runner {
   awaitable<void> shut_down();
   void notify_stopped();
   /// Resolves and delivers a request addressed to this runner; `done` runs once.
+  /// `control` links it to its caller (streams, interrupts); null for local calls.
   void serve(request_msg request, steady_clock::time_point deadline,
-             entity_host::reply_callback done);
+             entity_host::reply_callback done, std::shared_ptr<request_control> control = {});
   /// Ticks every stall_fence / 4 (at most 250 ms) and fences after a late tick.
   void watch_stalls();
   /// Is the runner fenced now? Starts the fence when the loop stalled since the last tick.
@@ -215,6 +229,9 @@ class runner {
   std::string incarnation_;
   // The stall watch: the last tick of stall_timer_, and since when the runner is fenced.
   asio::steady_timer stall_timer_;
+  // Connections with requests in flight, for the deadline sweep.
+  std::vector<std::weak_ptr<caller_requests>> callers_;
+  asio::steady_timer deadline_timer_;
   steady_clock::time_point last_tick_ = steady_clock::now();
   bool fenced_ = false;
   steady_clock::time_point fenced_at_{};
