@@ -240,12 +240,12 @@ struct stream_promise : task_promise<Reply> {
     static void ready(void* address) { std::coroutine_handle<>::from_address(address).resume(); }
     void await_resume() const {
       promise->item.clear();
-      if (request_cancelled(promise->raw)) throw cancelled();
+      if (request_cancelled(promise->raw)) throw ::cluster::cancelled();
     }
   };
-  yield_awaiter yield_value(const Item& value) {
+  yield_awaiter yield_value(const Item& next) {
     item.clear();
-    msgpack::pack(item, value);
+    msgpack::pack(item, next);
     return yield_awaiter{this};
   }
 };
@@ -427,7 +427,7 @@ class context {
       }
       static void fire(void* address) { std::coroutine_handle<>::from_address(address).resume(); }
       void await_resume() const {
-        if (detail::request_cancelled(raw)) throw cancelled();
+        if (detail::request_cancelled(raw)) throw ::cluster::cancelled();
       }
     };
     return awaiter{raw_, delay_ms};
@@ -488,7 +488,7 @@ class context {
       }
       Reply await_resume() {
         if (status == CLUSTER_STATUS_CALL_FAILED && detail::request_cancelled(raw))
-          throw cancelled();
+          throw ::cluster::cancelled();
         if (status != CLUSTER_STATUS_OK) throw call_error(tag, message);
         try {
           return detail::decode<Reply>(reply.data(), reply.size());
@@ -531,7 +531,7 @@ class context {
       void await_suspend(std::coroutine_handle<> h) { state->waiting = h; }
       void await_resume() const {
         if (state->status == CLUSTER_STATUS_CALL_FAILED && detail::request_cancelled(state->raw))
-          throw cancelled();
+          throw ::cluster::cancelled();
         if (state->status != CLUSTER_STATUS_OK) throw call_error(state->tag, state->message);
       }
       static void done(void* user, std::int32_t status, const char* tag, const char* message,
