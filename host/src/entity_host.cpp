@@ -149,9 +149,8 @@ struct entity_host::invocation {
     for (auto& call : calls) {
       if (call->completed) continue;
       call->completed = true;
-      asio::post(host->io_, [done = call->done, user = call->user] {
-        complete_cancelled(done, user);
-      });
+      asio::post(host->io_,
+                 [done = call->done, user = call->user] { complete_cancelled(done, user); });
     }
     calls.clear();
   }
@@ -243,10 +242,9 @@ struct entity_host::invocation {
         break;
       case CLUSTER_STATUS_CANCELLED:
         // The caller learns why: interrupted, gone, or out of time.
-        reply = self->is_cancelled()
-                    ? reply_msg::failure(self->control->cancel_code(),
-                                         self->control->cancel_reason())
-                    : reply_msg::failure(errc::cancelled, message_text);
+        reply = self->is_cancelled() ? reply_msg::failure(self->control->cancel_code(),
+                                                          self->control->cancel_reason())
+                                     : reply_msg::failure(errc::cancelled, message_text);
         break;
       case host_status_crashed:
         reply = reply_msg::crashed(message_text);
@@ -476,6 +474,8 @@ void entity_host::cancel_queued(const slot_key& key, const request_control* cont
 }
 
 void entity_host::cancel_running(invocation* call) {
+  spdlog::info("{}/{} {}: cancelled ({})", call->key.first, call->key.second, call->rpc,
+               call->control->cancel_reason());
   call->cancelled_now();
   auto it = entities_.find(call->key);
   if (it == entities_.end()) return;

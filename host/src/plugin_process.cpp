@@ -382,9 +382,7 @@ void plugin_process::request_stop(void* instance) {
   send(plugin_kind::stop, 0, plugin_stop_msg{handle});
 }
 
-void plugin_process::cancel(void* reply_ctx) {
-  (void)reply_ctx;
-}
+void plugin_process::cancel(void* reply_ctx) { (void)reply_ctx; }
 
 void plugin_process::forward_handle(void* type_data, void* instance, std::uint32_t rpc_index,
                                     const std::uint8_t* payload, std::size_t size,

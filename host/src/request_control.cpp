@@ -20,8 +20,8 @@ request_control::request_control(asio::io_context& io, std::uint32_t credit, boo
 bool request_control::grant(std::uint32_t credit) {
   if (finished_ || cancelled_) return true;
   if (credit_ + credit > max_stream_credit) {
-    cancel(errc::invalid_request, "stream credit held out passed " +
-                                      std::to_string(max_stream_credit) + " items");
+    cancel(errc::invalid_request,
+           "stream credit held out passed " + std::to_string(max_stream_credit) + " items");
     return false;
   }
   credit_ += credit;

@@ -129,7 +129,8 @@ entity_host::reply_callback accept_discarded(entity_host::reply_callback done, s
       done(std::move(reply));
       return;
     }
-    if (!reply.ok()) spdlog::debug("discarded {} ended with {}: {}", what, reply.error, reply.message);
+    if (!reply.ok())
+      spdlog::debug("discarded {} ended with {}: {}", what, reply.error, reply.message);
   };
 }
 
@@ -648,9 +649,9 @@ void runner::on_message(const connection_ptr& conn, envelope&& env) {
     case message_kind::stream_ack: {
       auto ack = env.as<stream_ack_msg>();
       if (!ack) {
-        conn->send_reply(env.id, reply_msg::failure(errc::invalid_request,
-                                                    "stream_ack has the wrong shape: " +
-                                                        ack.error().message));
+        conn->send_reply(
+            env.id, reply_msg::failure(errc::invalid_request,
+                                       "stream_ack has the wrong shape: " + ack.error().message));
         return;
       }
       if (auto* control = find_control(conn, env.id)) control->grant(ack.value().credit);
@@ -681,7 +682,8 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
   control->timeout = timeout;
   const std::weak_ptr<connection> weak(conn);
   control->send_items = [weak, id](std::vector<bytes>&& items) {
-    if (auto live = weak.lock()) live->send(message_kind::stream_chunk, id, stream_chunk_msg{std::move(items)});
+    if (auto live = weak.lock())
+      live->send(message_kind::stream_chunk, id, stream_chunk_msg{std::move(items)});
   };
   auto& requests = callers_of(conn).by_id;
   const bool tracked = requests.emplace(id, control).second;  // a reused id is not tracked
@@ -807,8 +809,8 @@ void runner::serve(request_msg request, steady_clock::time_point deadline,
   }
   if (request.discard && !cron_status) {
     // Answered Ok once accepted (in the mailbox; stored), or with what refused it.
-    done = accept_discarded(std::move(done), request.entity_type + "/" + request.entity_id + " " +
-                                                 request.rpc);
+    done = accept_discarded(std::move(done),
+                            request.entity_type + "/" + request.entity_id + " " + request.rpc);
   }
   if (!persisted_->holds(type->info.group, shard)) {
     if (persisted_->suspended(type->info.group, shard)) {

@@ -13,7 +13,7 @@ struct Greet {
   };
 };
 
-/// `count` greetings, one every `delay_ms`, then how many went out.
+/// `count` greetings, the first at once and then one every `delay_ms`, then how many went out.
 struct GreetMany {
   struct Request {
     std::string name;
@@ -43,13 +43,13 @@ class Greeter {
     std::uint32_t sent = 0;
     try {
       for (; sent < request.count; ++sent) {
-        if (request.delay_ms > 0) co_await ctx.sleep_ms(request.delay_ms);
+        if (sent > 0 && request.delay_ms > 0) co_await ctx.sleep_ms(request.delay_ms);
         GreetMany::Item item{greeting(request.name, ctx), sent};
         co_yield item;
       }
     } catch (const cluster::cancelled&) {
-      ctx.log_info("GreetMany cancelled: interrupted by caller after " + std::to_string(sent) +
-                   " of " + std::to_string(request.count) + " greetings");
+      ctx.log_info("GreetMany cancelled after " + std::to_string(sent) + " of " +
+                   std::to_string(request.count) + " greetings");
       throw;
     }
     co_return GreetMany::Reply{sent};

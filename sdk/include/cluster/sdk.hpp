@@ -536,7 +536,8 @@ class context {
       }
       static void done(void* user, std::int32_t status, const char* tag, const char* message,
                        const std::uint8_t*, std::size_t) {
-        std::unique_ptr<std::shared_ptr<outcome>> held(static_cast<std::shared_ptr<outcome>*>(user));
+        std::unique_ptr<std::shared_ptr<outcome>> held(
+            static_cast<std::shared_ptr<outcome>*>(user));
         auto& s = **held;
         s.done = true;
         s.status = status;
@@ -624,9 +625,9 @@ struct detached {
 
 /// What a coroutine handler's `co_return` gives: its reply, or nil for a `void` stream.
 template <class Work>
-using drive_value_t = std::conditional_t<std::is_void_v<decltype(std::declval<Work&>().await_resume())>,
-                                         msgpack::type::nil_t,
-                                         decltype(std::declval<Work&>().await_resume())>;
+using drive_value_t =
+    std::conditional_t<std::is_void_v<decltype(std::declval<Work&>().await_resume())>,
+                       msgpack::type::nil_t, decltype(std::declval<Work&>().await_resume())>;
 
 template <class E, class Work, class State>
 detached drive(E& entity, bool read_only, Work work, std::unique_ptr<State> state,
@@ -860,8 +861,7 @@ class entity_builder {
   /// `persisted` with it is refused by build()).
   template <class R, class Method>
   entity_builder& rpc(std::string name, Method method, rpc_flags flags = volatile_rpc) & {
-    using result_type =
-        std::invoke_result_t<Method, E&, const typename R::Request&, context&>;
+    using result_type = std::invoke_result_t<Method, E&, const typename R::Request&, context&>;
     record_->rpc_names.push_back(std::move(name));
     cluster_rpc_descriptor rpc{};
     rpc.struct_size = sizeof(cluster_rpc_descriptor);

@@ -143,7 +143,7 @@ class entity_host {
     request_msg request;
     steady_clock::time_point deadline;
     reply_callback done;
-    state_commit commit;  // persisted messages of stateful types
+    state_commit commit;                       // persisted messages of stateful types
     std::shared_ptr<request_control> control;  // requests from a connection
   };
   /// What the runner knows of a stateful entity's stored state (absent for other types).
