@@ -101,6 +101,70 @@ const cluster_plugin_descriptor* checkout_entry(const cluster_load_context*) {
   return plugin.descriptor();
 }
 
+// Feed.Numbers streams 0..count-1 (a pause of `pause_ms` before each after the first), then
+// their sum; Feed.Notify sends Billing.Charge without waiting; Feed.Wait awaits a call that
+// a cancel must end.
+struct Numbers {
+  struct Request {
+    int count = 0;
+    std::int64_t pause_ms = 0;
+    MSGPACK_DEFINE_MAP(count, pause_ms);
+  };
+  using Item = int;
+  struct Reply {
+    int sum = 0;
+    MSGPACK_DEFINE_MAP(sum);
+  };
+};
+struct Notify {
+  using Request = Charge::Request;
+  using Reply = cluster::empty;
+};
+
+class Feed {
+ public:
+  cluster::stream<int, Numbers::Reply> numbers(const Numbers::Request& request,
+                                               cluster::context& ctx) {
+    int sum = 0;
+    try {
+      for (int n = 0; n < request.count; ++n) {
+        if (n > 0 && request.pause_ms > 0) co_await ctx.sleep_ms(request.pause_ms);
+        co_yield n;
+        sum += n;
+      }
+    } catch (const cluster::cancelled&) {
+      ctx.log_info("numbers cancelled at " + std::to_string(sum));
+      throw;
+    }
+    co_return Numbers::Reply{sum};
+  }
+  cluster::task<cluster::empty> notify(const Charge::Request& request, cluster::context& ctx) {
+    co_await ctx.send("Billing", "main", "Charge", request);
+    co_return cluster::empty{};
+  }
+  cluster::task<Charge::Reply> wait(const Charge::Request&, cluster::context& ctx) {
+    try {
+      // Feed/slow streams its second number after a minute: the call waits that long.
+      const Numbers::Request slow{2, 60000};
+      const auto reply = co_await ctx.call<Numbers::Reply>("Feed", "slow", "Numbers", slow);
+      co_return Charge::Reply{std::to_string(reply.sum)};
+    } catch (const cluster::cancelled&) {
+      ctx.log_info("wait cancelled");
+      throw;
+    }
+  }
+};
+
+const cluster_plugin_descriptor* feed_entry(const cluster_load_context*) {
+  static const cluster::detail::plugin_record plugin{
+      cluster::plugin("feed"),
+      cluster::entity<Feed>("Feed")
+          .rpc<Numbers>("Numbers", &Feed::numbers)
+          .rpc<Notify>("Notify", &Feed::notify)
+          .rpc<Charge>("Wait", &Feed::wait)};
+  return plugin.descriptor();
+}
+
 const cluster_plugin_descriptor* failing_entry(const cluster_load_context* load) {
   const char reason[] = "no configuration";
   std::memcpy(load->error, reason, sizeof reason);
@@ -417,18 +481,132 @@ TEST(plugin_kit, run_persisted_twice_runs_each_persisted_message_on_two_instance
   EXPECT_EQ(k.activations(), 2u);
 }
 
+// --- streams, cancellation, fire and forget ----------------------------------------------------
+TEST(plugin_kit, a_stream_yields_its_items_in_order_then_its_final_reply) {
+  kit k(&feed_entry);
+  auto numbers = k.send_stream<Numbers>("Feed", "f1", "Numbers", {5, 0});
+  ASSERT_TRUE(numbers.done());
+  EXPECT_EQ(numbers.items(), (std::vector<int>{0, 1, 2, 3, 4}));
+  ASSERT_TRUE(numbers.get()) << numbers.get().error();
+  EXPECT_EQ(numbers.get()->sum, 10);
+}
+
+TEST(plugin_kit, a_stream_waits_for_credit_and_goes_on_when_granted) {
+  kit k(&feed_entry);
+  call_options two;
+  two.credit = 2;
+  auto numbers = k.send_stream<Numbers>("Feed", "f1", "Numbers", {5, 0}, two);
+  EXPECT_EQ(numbers.item_count(), 2u);
+  EXPECT_EQ(numbers.waiting(), 1u);  // the third item waits; the handler with it
+  EXPECT_FALSE(numbers.done());
+  numbers.grant(2);
+  EXPECT_EQ(numbers.item_count(), 4u);
+  EXPECT_FALSE(numbers.done());
+  numbers.grant(1);
+  EXPECT_TRUE(numbers.done());
+  EXPECT_EQ(numbers.get()->sum, 10);
+}
+
+TEST(plugin_kit, a_cancel_ends_a_sleeping_stream_with_cancelled_and_its_handler_sees_it) {
+  kit k(&feed_entry);
+  auto numbers = k.send_stream<Numbers>("Feed", "f1", "Numbers", {100, 60000});
+  EXPECT_EQ(numbers.items(), (std::vector<int>{0}));  // then it sleeps a minute
+  numbers.cancel();  // no clock advance: the sleep ends at once
+  ASSERT_TRUE(numbers.done());
+  EXPECT_EQ(numbers.get().error().code, "Cancelled");
+  EXPECT_TRUE(k.logged("numbers cancelled at 0"));
+  // The entity serves its next message.
+  EXPECT_EQ(k.send_stream<Numbers>("Feed", "f1", "Numbers", {2, 0}).get()->sum, 1);
+}
+
+TEST(plugin_kit, a_cancel_ends_a_pending_call_and_a_queued_request_never_runs) {
+  kit k(&feed_entry);
+  auto waiting = k.send_stream<Numbers>("Feed", "f2", "Numbers", {3, 60000});
+  auto queued = k.send_stream<Numbers>("Feed", "f2", "Numbers", {3, 0});
+  queued.cancel();
+  EXPECT_TRUE(queued.done());
+  EXPECT_EQ(queued.get().error().code, "Cancelled");
+  EXPECT_EQ(queued.item_count(), 0u);
+  waiting.cancel();
+  EXPECT_EQ(waiting.get().error().code, "Cancelled");
+
+  // A handler awaiting another entity's reply: the cancel ends its wait at once.
+  struct Wait {
+    using Request = Charge::Request;
+    using Item = int;  // not a stream: send_stream collects nothing
+    using Reply = Charge::Reply;
+  };
+  auto call = k.send_stream<Wait>("Feed", "f3", "Wait", {"o", 1});
+  EXPECT_FALSE(call.done());
+  call.cancel();
+  ASSERT_TRUE(call.done());
+  EXPECT_EQ(call.get().error().code, "Cancelled");
+  EXPECT_TRUE(k.logged("wait cancelled"));
+}
+
+TEST(plugin_kit, send_is_accepted_without_its_outcome_and_the_callee_runs) {
+  kit k(&feed_entry);
+  int charged = 0;
+  k.stub<Charge>("Billing", "Charge", [&charged](const Charge::Request& request) {
+    charged += static_cast<int>(request.cents);
+    return Charge::Reply{"r"};
+  });
+  ASSERT_TRUE(k.call<Notify>("Feed", "f1", "Notify", {"o1", 7}));
+  EXPECT_EQ(charged, 7);
+  ASSERT_EQ(k.calls_to("Billing", "Charge"), 1u);
+  EXPECT_TRUE(k.calls()[0].discard);
+  // A refused send fails the awaiting handler (no stub, no such type): its call_error.
+  kit lonely(&feed_entry);
+  EXPECT_EQ(lonely.call<Notify>("Feed", "f1", "Notify", {"o1", 7}).error().tag,
+            "UnknownEntityType");
+}
+
+// The greeter plugin's streaming RPC, as its README declares it for callers.
+struct GreetMany {
+  struct Request {
+    std::string name;
+    std::uint32_t count = 0;
+    std::int64_t delay_ms = 0;
+    MSGPACK_DEFINE_MAP(name, count, delay_ms);
+  };
+  struct Item {
+    std::string message;
+    std::uint32_t index = 0;
+    MSGPACK_DEFINE_MAP(message, index);
+  };
+  struct Reply {
+    std::uint32_t count = 0;
+    MSGPACK_DEFINE_MAP(count);
+  };
+};
+
+TEST(plugin_kit, greeter_greet_many_streams_greetings_from_the_plugin_file) {
+  kit k = kit::load(GREETER_PLUGIN);
+  auto greetings = k.send_stream<GreetMany>("Greeter", "Test", "GreetMany", {"John", 3, 100});
+  EXPECT_EQ(greetings.item_count(), 1u);  // the first at once, then one every 100 ms
+  k.advance_ms(200);
+  ASSERT_TRUE(greetings.done());
+  const auto items = greetings.items();
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[2].index, 2u);
+  EXPECT_EQ(items[0].message, "Hello, John! from Test Greeter 1");
+  EXPECT_EQ(greetings.get()->count, 3u);
+}
+
 // --- loading ---------------------------------------------------------------------------------
 TEST(plugin_kit, loads_a_plugin_file_with_its_name_version_and_types) {
   kit k = kit::load(GREETER_PLUGIN);
   EXPECT_EQ(k.plugin_name(), "greeter");
-  EXPECT_EQ(k.plugin_version(), "1.0.0");
+  EXPECT_EQ(k.plugin_version(), "1.1.0");
   const auto types = k.entity_types();
   ASSERT_EQ(types.size(), 1u);
   EXPECT_EQ(types[0].name, "Greeter");
   EXPECT_EQ(types[0].group, "default");
-  ASSERT_EQ(types[0].rpcs.size(), 2u);
+  ASSERT_EQ(types[0].rpcs.size(), 3u);
   EXPECT_TRUE(types[0].rpcs[0].persisted);
   EXPECT_FALSE(types[0].rpcs[1].persisted);
+  EXPECT_EQ(types[0].rpcs[2].name, "GreetMany");
+  EXPECT_TRUE(types[0].rpcs[2].stream);
   auto reply = k.call<Greet>("Greeter", "Test", "Greet", {"John"});
   ASSERT_TRUE(reply) << reply.error();
   EXPECT_EQ(reply->message, "Hello, John! from Test Greeter 1");

@@ -22,6 +22,10 @@
 /// entity types the plugin calls, a record of those calls, of the entities' log lines and of
 /// persisted messages, and replays of the latter on fresh instances.
 ///
+/// Streaming RPCs: `call_stream` / `send_stream` collect the items a handler yields (within the
+/// credit the test grants, unlimited unless `call_options::credit` says otherwise) and its
+/// final reply; `pending_stream::cancel` cancels the request as a caller's interrupt does.
+///
 /// Threads: a kit is single-threaded. Everything runs on the thread that calls it, inside
 /// `call`, `send`, `run`, `advance_ms` and `replay_persisted`; nothing runs in between.
 
@@ -146,6 +150,17 @@ struct outcome {
   }
 };
 
+/// What a streaming call's handler wrote, and the caller's side of its flow control.
+struct stream_sink {
+  std::vector<bytes> items;
+  /// Items the caller still accepts; max(): unlimited.
+  std::uint64_t credit = ~std::uint64_t{0};
+  /// Writes waiting for credit: the item and its `ready`.
+  std::vector<std::tuple<bytes, void (*)(void*), void*>> waiting;
+  bool cancelled = false;
+  std::function<void()> on_cancel;  // set while the request is queued or running
+};
+
 template <class T>
 reply<T> decode_reply(const outcome& o) {
   if (!o.done)
@@ -196,6 +211,9 @@ class pending {
   std::shared_ptr<const detail::outcome> state_;
 };
 
+template <class Item, class Reply>
+class pending_stream;
+
 /// Options of one call from the test.
 struct call_options {
   /// Unix ms (fake clock); a persisted RPC does not run before it (volatile RPCs ignore it,
@@ -204,6 +222,9 @@ struct call_options {
   /// Deduplicates a persisted RPC: the same key with the same request gets the first reply
   /// without running again; with another request, InvalidRequest.
   std::optional<std::string> primary_key;
+  /// Streaming calls: the items the test accepts before it grants more
+  /// (`pending_stream::grant`); 0: unlimited.
+  std::uint32_t credit = 0;
 };
 
 /// Options of a kit.
@@ -231,6 +252,7 @@ struct recorded_call {
   std::string entity_type, entity_id, rpc;
   bytes payload;
   std::optional<std::string> primary_key;
+  bool discard = false;  ///< sent with `ctx.send` (fire and forget)
 
   /// The request decoded as T (throws msgpack's exception when it does not decode).
   template <class T>
@@ -258,6 +280,7 @@ struct log_line {
 struct rpc_info {
   std::string name;
   bool persisted = false;
+  bool stream = false;
 };
 struct entity_type_info {
   std::string name;
@@ -290,6 +313,9 @@ class kit_state {
     bool read_only(std::uint32_t index) const {
       return (rpcs[index].flags & CLUSTER_RPC_READ_ONLY) != 0;
     }
+    bool streams(std::uint32_t index) const {
+      return (rpcs[index].flags & CLUSTER_RPC_STREAM) != 0;
+    }
     bool stateful() const { return (descriptor.flags & CLUSTER_ENTITY_STATEFUL) != 0; }
   };
 
@@ -299,6 +325,7 @@ class kit_state {
     bool persisted = false;
     bool second_run = false;  // run_persisted_twice: this is the rerun
     done_fn done;
+    std::shared_ptr<stream_sink> sink;  // calls from the test: streamed items, cancellation
   };
 
   using slot_key = std::pair<std::string, std::string>;
@@ -326,6 +353,16 @@ class kit_state {
     bool state_set = false;          // the handler called set_state
     std::optional<bytes> new_state;  // what it set (nullopt: clear)
     std::string state_refused;       // the runner's Defect for a set_state it refuses
+    std::string stream_refused;      // the runner's Defect for a stream_write it refuses
+    /// Calls to other entities not answered yet: a cancel completes them at once.
+    struct open_call {
+      cluster_call_done_fn done;
+      void* user;
+      bool completed = false;
+    };
+    std::vector<std::shared_ptr<open_call>> open_calls;
+
+    bool is_cancelled() const { return msg.sink && msg.sink->cancelled; }
 
     void bind(const slot& s) {
       ctx = cluster_call_context{};
@@ -382,10 +419,17 @@ class kit_state {
       if (primary_key != nullptr) record.primary_key = primary_key;
       self->kit->calls_.push_back(record);
       kit_state* kit = self->kit;
+      if (self->is_cancelled()) {
+        kit->post([done, user] { complete_cancelled(done, user); });
+        return;
+      }
+      auto open = std::make_shared<open_call>(open_call{done, user});
+      self->open_calls.push_back(open);
       // Never inside `call` (the ABI's promise): routed from the loop.
-      kit->post([kit, record = std::move(record), done, user]() mutable {
-        kit->route_call(std::move(record), [kit, done, user](outcome o) {
-          kit->post([done, user, o = std::move(o)] {
+      kit->post([kit, record = std::move(record), done, user, open]() mutable {
+        kit->route_call(std::move(record), [kit, done, user, open](outcome o) {
+          kit->post([done, user, open, o = std::move(o)] {
+            if (std::exchange(open->completed, true)) return;  // cancelled meanwhile
             const std::int32_t status = o.code.empty() ? CLUSTER_STATUS_OK
                                         : o.code == "ApplicationError"
                                             ? CLUSTER_STATUS_APPLICATION_ERROR
@@ -395,6 +439,89 @@ class kit_state {
           });
         });
       });
+    }
+
+    static void complete_cancelled(cluster_call_done_fn done, void* user) {
+      done(user, CLUSTER_STATUS_CALL_FAILED, "Cancelled", "the calling request was cancelled",
+           nullptr, 0);
+    }
+
+    // The runner's send (host/src/entity_host.cpp): a call with discard, accepted at once.
+    static void send(void* host_ctx, const char* entity_type, const char* entity_id,
+                     const char* rpc, const std::uint8_t* payload, std::size_t size,
+                     const char* primary_key, cluster_call_done_fn done, void* user) {
+      auto* self = static_cast<invocation*>(host_ctx);
+      if (self->creating) {
+        if (done != nullptr)
+          self->kit->post([done, user] {
+            done(user, CLUSTER_STATUS_CALL_FAILED, "InvalidRequest",
+                 "an entity cannot send to other entities from its constructor", nullptr, 0);
+          });
+        return;
+      }
+      recorded_call record;
+      record.from_type = self->key.first;
+      record.from_id = self->key.second;
+      record.entity_type = entity_type ? entity_type : "";
+      record.entity_id = entity_id ? entity_id : "";
+      record.rpc = rpc ? rpc : "";
+      if (size > 0) record.payload.assign(payload, payload + size);
+      if (primary_key != nullptr) record.primary_key = primary_key;
+      record.discard = true;
+      self->kit->calls_.push_back(record);
+      kit_state* kit = self->kit;
+      kit->post([kit, record = std::move(record), done, user]() mutable {
+        // Accepted once it is queued: a refusal answers at once (no such type or RPC), the
+        // outcome of a queued one goes nowhere (the runner logs a failure).
+        auto refused = std::make_shared<std::optional<outcome>>();
+        auto accepted = std::make_shared<bool>(false);
+        kit->route_call(std::move(record), [refused, accepted](outcome o) {
+          if (!*accepted && !o.ok()) *refused = std::move(o);
+        });
+        *accepted = true;
+        if (done == nullptr) return;
+        kit->post([done, user, refused] {
+          if (!*refused) return done(user, CLUSTER_STATUS_OK, nullptr, nullptr, nullptr, 0);
+          const outcome& o = **refused;
+          done(user,
+               o.code == "ApplicationError" ? CLUSTER_STATUS_APPLICATION_ERROR
+                                            : CLUSTER_STATUS_CALL_FAILED,
+               o.tag.c_str(), o.message.c_str(), nullptr, 0);
+        });
+      });
+    }
+
+    // The runner's stream_write (host/src/entity_host.cpp): within the caller's credit.
+    static void stream_write(void* host_ctx, const std::uint8_t* data, std::size_t size,
+                             void (*ready)(void*), void* user) {
+      auto* self = static_cast<invocation*>(host_ctx);
+      kit_state* kit = self->kit;
+      const auto it = kit->entities_.find(self->key);
+      const bool streams = !self->creating && it != kit->entities_.end() &&
+                           it->second.type->streams(self->msg.rpc_index);
+      if (!streams) {
+        if (!self->creating && self->stream_refused.empty())
+          self->stream_refused = "stream_write outside a streaming RPC (" + self->key.first + "." +
+                                 self->rpc + " is not declared CLUSTER_RPC_STREAM)";
+        kit->post([ready, user] { ready(user); });
+        return;
+      }
+      auto& sink = self->msg.sink;
+      if (!sink || sink->cancelled) {
+        kit->post([ready, user] { ready(user); });  // nobody reads it (an entity's call)
+        return;
+      }
+      if (sink->credit == 0) {
+        sink->waiting.emplace_back(bytes(data, data + size), ready, user);
+        return;
+      }
+      --sink->credit;
+      sink->items.emplace_back(data, data + size);
+      kit->post([ready, user] { ready(user); });
+    }
+
+    static std::int32_t cancelled(void* host_ctx) {
+      return static_cast<invocation*>(host_ctx)->is_cancelled() ? 1 : 0;
     }
 
     // The runner's mapping of a handler's reply (host/src/entity_host.cpp, on_reply).
@@ -415,6 +542,10 @@ class kit_state {
         case CLUSTER_STATUS_BAD_PAYLOAD:
           o = outcome::failure("BadPayload", "payload does not decode as " + self->key.first + "." +
                                                  self->rpc + "'s request: " + message_text);
+          break;
+        case CLUSTER_STATUS_CANCELLED:
+          o = outcome::failure("Cancelled", self->is_cancelled() ? "interrupted by the caller"
+                                                                 : message_text);
           break;
         default:
           o = outcome::failure("Defect", message_text);
@@ -446,8 +577,17 @@ class kit_state {
       }
     }
 
-    static constexpr cluster_host_api api = {
-        sizeof(cluster_host_api), 0, &log, &call, &now_ms, &sleep, &set_state, &stop_requested};
+    static constexpr cluster_host_api api = {sizeof(cluster_host_api),
+                                             0,
+                                             &log,
+                                             &call,
+                                             &now_ms,
+                                             &sleep,
+                                             &set_state,
+                                             &stop_requested,
+                                             &stream_write,
+                                             &cancelled,
+                                             &send};
   };
 
   kit_state(cluster_plugin_entry_fn entry, kit_options options, std::shared_ptr<void> library)
@@ -485,13 +625,43 @@ class kit_state {
   // --- the test's side ------------------------------------------------------------------
   std::shared_ptr<const outcome> send(std::string_view type, std::string_view id,
                                       std::string_view rpc, bytes payload,
-                                      const call_options& options) {
+                                      const call_options& options,
+                                      std::shared_ptr<stream_sink> sink = {}) {
     auto state = std::make_shared<outcome>();
     deliver(std::string(type), std::string(id), std::string(rpc), std::move(payload),
             options.primary_key, options.deliver_at_ms,
-            [state](outcome o) { *state = std::move(o); });
+            [state](outcome o) { *state = std::move(o); }, std::move(sink));
     run();
     return state;
+  }
+
+  /// The test grants `credit` more items: writes waiting for it go now.
+  void grant(stream_sink& sink, std::uint32_t credit) {
+    sink.credit += credit;
+    std::size_t released = 0;
+    for (; released < sink.waiting.size() && sink.credit > 0; ++released) {
+      auto [item, ready, user] = std::move(sink.waiting[released]);
+      --sink.credit;
+      sink.items.push_back(std::move(item));
+      post([ready = ready, user = user] { ready(user); });
+    }
+    sink.waiting.erase(sink.waiting.begin(),
+                       sink.waiting.begin() + static_cast<std::ptrdiff_t>(released));
+    run();
+  }
+
+  /// As a caller's interrupt: a queued request is answered Cancelled, a running handler is
+  /// told (`ctx.cancelled()`, its sleeps and calls end now).
+  void cancel(stream_sink& sink) {
+    if (sink.cancelled) return;
+    sink.cancelled = true;
+    for (auto& [item, ready, user] : sink.waiting) post([ready = ready, user = user] { ready(user); });
+    sink.waiting.clear();
+    if (auto hook = std::move(sink.on_cancel)) {
+      sink.on_cancel = nullptr;
+      hook();
+    }
+    run();
   }
 
   void run() {
@@ -707,7 +877,7 @@ class kit_state {
 
   void deliver(std::string type_name, std::string id, std::string rpc, bytes payload,
                std::optional<std::string> primary_key, std::optional<std::int64_t> deliver_at_ms,
-               done_fn done) {
+               done_fn done, std::shared_ptr<stream_sink> sink = {}) {
     const type_entry* type = find(type_name);
     if (type == nullptr) {
       done(outcome::failure("UnknownEntityType",
@@ -761,9 +931,25 @@ class kit_state {
     m.payload = std::move(payload);
     m.persisted = persisted;
     m.done = std::move(done);
+    m.sink = std::move(sink);
+    if (m.sink) {
+      // Until it runs, a cancel answers it Cancelled (it never runs).
+      m.sink->on_cancel = [this, raw = m.sink.get(), key = slot_key{type_name, id}] {
+        cancel_queued(key, raw);
+      };
+    }
     if (persisted && deliver_at_ms && *deliver_at_ms > now_ms_) {
       auto held = std::make_shared<message>(std::move(m));
-      at(*deliver_at_ms, [this, type, id, held] { enqueue(*type, id, std::move(*held)); });
+      at(*deliver_at_ms, [this, type, id, held] {
+        if (held->sink && held->sink->cancelled) return;  // answered when it was cancelled
+        enqueue(*type, id, std::move(*held));
+      });
+      if (held->sink)
+        held->sink->on_cancel = [held] {
+          auto answer = std::move(held->done);
+          held->done = [](outcome) {};
+          answer(outcome::failure("Cancelled", "interrupted by the caller before it ran"));
+        };
       return;
     }
     enqueue(*type, id, std::move(m));
@@ -836,6 +1022,7 @@ class kit_state {
       call->rpc = s.type->rpc_names[next.rpc_index];
       call->msg = std::move(next);
       call->bind(s);
+      if (call->msg.sink) call->msg.sink->on_cancel = [this, call] { cancel_running(call); };
       const auto& d = s.type->descriptor;
       d.handle(d.type_data, s.instance, call->msg.rpc_index, call->msg.payload.data(),
                call->msg.payload.size(), &call->ctx, &invocation::on_reply, call);
@@ -844,8 +1031,34 @@ class kit_state {
     if (!s.busy && s.mailbox.empty() && s.evict) destroy(it);
   }
 
+  void cancel_queued(const slot_key& key, const stream_sink* sink) {
+    auto it = entities_.find(key);
+    if (it == entities_.end()) return;
+    auto& mailbox = it->second.mailbox;
+    for (auto m = mailbox.begin(); m != mailbox.end(); ++m) {
+      if (m->sink.get() != sink) continue;
+      auto done = std::move(m->done);
+      mailbox.erase(m);
+      done(outcome::failure("Cancelled", "interrupted by the caller before it ran"));
+      return;
+    }
+  }
+
+  // The runner's cancel of a running handler: its sleeps end and its calls complete now.
+  void cancel_running(invocation* call) {
+    for (auto& [sleep_id, pending] : sleeps_)
+      if (pending.key == call->key) post([this, sleep_id = sleep_id] { wake(sleep_id); });
+    for (auto& open : call->open_calls) {
+      if (std::exchange(open->completed, true)) continue;
+      post([done = open->done, user = open->user] { invocation::complete_cancelled(done, user); });
+    }
+    call->open_calls.clear();
+  }
+
   void finish(invocation* call, outcome o) {
     const slot_key key = call->key;
+    if (call->msg.sink) call->msg.sink->on_cancel = nullptr;
+    if (!call->stream_refused.empty() && o.ok()) o = outcome::failure("Defect", call->stream_refused);
     message msg = std::move(call->msg);
     std::unique_ptr<invocation> ended(call);
     auto it = entities_.find(key);
@@ -947,6 +1160,10 @@ class kit_state {
         if (type.rpc_index(rpc_name))
           throw std::runtime_error("entity type '" + type.name + "' declares RPC '" + rpc_name +
                                    "' twice");
+        constexpr std::uint32_t persisted_stream = CLUSTER_RPC_PERSISTED | CLUSTER_RPC_STREAM;
+        if ((copy.flags & persisted_stream) == persisted_stream)
+          throw std::runtime_error("RPC " + rpc_name + " of " + type.name +
+                                   " is both persisted and streaming");
         copy.name = nullptr;  // names are kept in rpc_names
         type.rpcs.push_back(copy);
         type.rpc_names.push_back(rpc_name);
@@ -993,6 +1210,46 @@ class kit_state {
 };
 
 }  // namespace detail
+
+/// A streaming call sent with `kit::send_stream`: the items so far, the final reply once it
+/// came, and the caller's controls (credit, cancel). `Reply` void: the final reply is nil.
+template <class Item, class Reply>
+class pending_stream {
+ public:
+  using reply_type = std::conditional_t<std::is_void_v<Reply>, cluster::empty, Reply>;
+  pending_stream(std::shared_ptr<const detail::outcome> state,
+                 std::shared_ptr<detail::stream_sink> sink, detail::kit_state* kit)
+      : state_(std::move(state)), sink_(std::move(sink)), kit_(kit) {}
+
+  /// The items the handler yielded so far (within the credit), decoded; throws msgpack's
+  /// exception for one that does not decode as Item.
+  std::vector<Item> items() const {
+    std::vector<Item> out;
+    for (const auto& item : sink_->items)
+      out.push_back(::cluster::detail::decode<Item>(item.data(), item.size()));
+    return out;
+  }
+  std::size_t item_count() const { return sink_->items.size(); }
+  /// Items the handler wrote that wait for credit.
+  std::size_t waiting() const { return sink_->waiting.size(); }
+  bool done() const { return state_->done; }
+  /// The final reply; "Pending" while the stream runs.
+  reply<reply_type> get() const {
+    if constexpr (std::is_void_v<Reply>) {
+      if (state_->done && state_->code.empty()) return cluster::empty{};
+    }
+    return detail::decode_reply<reply_type>(*state_);
+  }
+  /// Accepts `credit` more items (with `call_options::credit` set) and runs what is ready.
+  void grant(std::uint32_t credit) { kit_->grant(*sink_, credit); }
+  /// Cancels the request as a caller's interrupt does, and runs what is ready.
+  void cancel() { kit_->cancel(*sink_); }
+
+ private:
+  std::shared_ptr<const detail::outcome> state_;
+  std::shared_ptr<detail::stream_sink> sink_;
+  detail::kit_state* kit_;
+};
 
 /// Runs one plugin's entities in-process. Build it from the plugin linked into the test
 /// binary (`kit()`), from any entry function, or from a plugin file (`kit::load`).
@@ -1044,6 +1301,19 @@ class kit {
                                   const typename R::Request& request, call_options options = {}) {
     return pending<typename R::Reply>(
         state_->send(type, id, rpc, detail::encode_bytes(request), options));
+  }
+  /// Calls streaming RPC `rpc` (R has R::Request, R::Item and R::Reply) and runs everything
+  /// that is ready: the items and the final reply, or a `pending_stream` to go on with
+  /// (`advance_ms`, `grant`, `cancel`) while the handler waits.
+  template <class R>
+  pending_stream<typename R::Item, typename R::Reply> send_stream(
+      std::string_view type, std::string_view id, std::string_view rpc,
+      const typename R::Request& request, call_options options = {}) {
+    auto sink = std::make_shared<detail::stream_sink>();
+    if (options.credit > 0) sink->credit = options.credit;
+    auto state = state_->send(type, id, rpc, detail::encode_bytes(request), options, sink);
+    return pending_stream<typename R::Item, typename R::Reply>(std::move(state), std::move(sink),
+                                                               state_.get());
   }
   /// A call with payload bytes as they are (a request that does not decode, say).
   reply<bytes> call_raw(std::string_view type, std::string_view id, std::string_view rpc,
@@ -1176,8 +1446,9 @@ class kit {
     for (const auto& [name, type] : state_->types_) {
       entity_type_info info{name, type.group, {}};
       for (std::size_t i = 0; i < type.rpc_names.size(); ++i)
-        info.rpcs.push_back(
-            rpc_info{type.rpc_names[i], type.persisted(static_cast<std::uint32_t>(i))});
+        info.rpcs.push_back(rpc_info{type.rpc_names[i],
+                                     type.persisted(static_cast<std::uint32_t>(i)),
+                                     type.streams(static_cast<std::uint32_t>(i))});
       out.push_back(std::move(info));
     }
     return out;
