@@ -28,13 +28,16 @@ TEST(entity_registry, loads_the_example_plugins_with_their_rpcs) {
   const auto* greeter = registry.find("Greeter");
   ASSERT_NE(greeter, nullptr);
   EXPECT_EQ(greeter->info.group, "default");
-  ASSERT_EQ(greeter->info.rpcs.size(), 2u);
+  ASSERT_EQ(greeter->info.rpcs.size(), 3u);
   EXPECT_TRUE(greeter->info.find_rpc("Greet")->persisted);
   EXPECT_FALSE(greeter->info.find_rpc("GreetVolatile")->persisted);
+  EXPECT_TRUE(greeter->info.find_rpc("GreetMany")->stream);
+  EXPECT_FALSE(greeter->info.find_rpc("GreetMany")->persisted);
+  EXPECT_TRUE(greeter->streams(*greeter->rpc_index("GreetMany")));
   EXPECT_TRUE(greeter->persisted(*greeter->rpc_index("Greet")));
   EXPECT_FALSE(greeter->persisted(*greeter->rpc_index("GreetVolatile")));
   EXPECT_EQ(greeter->plugin_name, "greeter");
-  EXPECT_EQ(greeter->plugin_version, "1.0.0");
+  EXPECT_EQ(greeter->plugin_version, "1.1.0");
   EXPECT_NE(registry.find("Counter"), nullptr);
   EXPECT_NE(registry.find("Calculator"), nullptr);
   EXPECT_EQ(registry.find("Nope"), nullptr);
@@ -159,7 +162,7 @@ TEST(entity_registry, refuses_another_abi_major_version) {
 
 TEST(entity_registry, refuses_a_plugin_built_for_a_newer_minor_version) {
   EXPECT_EQ(load_error(test_plugin("newer_minor_plugin")),
-            "ABI version 2.2 is newer than this runner's 2.1");
+            "ABI version 2.3 is newer than this runner's 2.2");
 }
 
 TEST(entity_registry, refuses_an_entry_that_throws_with_the_exceptions_message) {
