@@ -385,6 +385,33 @@ TEST(sdk, refuses_declarations_the_runner_would_refuse) {
   EXPECT_THROW(plugin_record(cluster::plugin("p")), std::invalid_argument);
 }
 
+// A streaming RPC: declared by its handler's return type; it cannot also be persisted.
+struct Countdown {
+  using Request = cluster::empty;
+  using Item = int;
+  using Reply = void;
+};
+struct Streamer {
+  cluster::stream<int> countdown(const cluster::empty&, cluster::context&) {
+    for (int n = 3; n > 0; --n) co_yield n;
+  }
+};
+
+TEST(sdk, a_handler_returning_a_stream_declares_a_streaming_rpc_that_is_never_persisted) {
+  using cluster::detail::plugin_record;
+  const plugin_record plugin(
+      cluster::entity<Streamer>("S").rpc<Countdown>("Countdown", &Streamer::countdown));
+  const auto* rpc = plugin.descriptor()->entities[0]->rpcs[0];
+  EXPECT_EQ(rpc->flags, CLUSTER_RPC_STREAM);
+  try {
+    plugin_record refused(cluster::entity<Streamer>("S").rpc<Countdown>(
+        "Countdown", &Streamer::countdown, cluster::persisted));
+    FAIL() << "a persisted streaming RPC was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "RPC Countdown of S is both persisted and streaming");
+  }
+}
+
 TEST(sdk, writes_the_options_of_a_type_and_read_only_rpcs_into_its_descriptor) {
   const cluster::detail::plugin_record plugin(
       cluster::entity<Worker>("Tuned")
