@@ -159,6 +159,46 @@ TEST_P(streams, an_interrupt_through_the_proxy_ends_a_sleeping_handler_with_canc
   conn->close();
 }
 
+TEST_P(streams, a_stream_silent_past_its_timeout_ends_deadline_exceeded_a_starved_one_does_not) {
+  start_cluster();
+  asio::io_context io;
+  auto conn = connect_client(io, proxy_address());
+  ASSERT_NE(conn, nullptr);
+  // The handler sleeps 5 s after its first item: past the 800 ms a wait may last.
+  auto silent = std::make_shared<stream_seen>();
+  auto request = greet_many("silent", 3, 5000, 0);
+  request.timeout_ms = 800;
+  conn->call_stream(
+      message_kind::request, request, 0, 30s,
+      [silent](std::vector<bytes>&& items) {
+        for (const auto& item : items) silent->items.push_back(json::from_msgpack(item));
+      },
+      [silent](reply_msg&& reply) { silent->reply = std::move(reply); });
+  ASSERT_TRUE(run_until(
+      io, [&] { return silent->reply.has_value(); }, 4s));
+  EXPECT_EQ(silent->reply->code, errc::deadline_exceeded) << silent->reply->message;
+  EXPECT_EQ(silent->items.size(), 1u);
+
+  // A consumer that holds all the credit for 2 s: the producer waits, the deadline does not run.
+  auto starved = std::make_shared<stream_seen>();
+  std::size_t count = 0;
+  request = greet_many("starved", 50, 0, 2);
+  request.timeout_ms = 800;
+  const auto id = conn->call_stream(
+      message_kind::request, request, 2, 30s,
+      [starved, &count](std::vector<bytes>&& items) { count += items.size(); },
+      [starved](reply_msg&& reply) { starved->reply = std::move(reply); });
+  io.run_for(2s);
+  EXPECT_EQ(count, 2u);
+  ASSERT_FALSE(starved->reply.has_value()) << starved->reply->message;
+  conn->ack(id, 48);
+  ASSERT_TRUE(run_until(
+      io, [&] { return starved->reply.has_value(); }, 5s));
+  EXPECT_TRUE(starved->reply->ok()) << starved->reply->message;
+  EXPECT_EQ(count, 50u);
+  conn->close();
+}
+
 TEST_P(streams, clusterctl_prints_one_line_per_item_then_the_final_reply) {
   start_cluster();
   int status = 0;
