@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <deque>
 #include <unordered_map>
 
 #include "cluster/host/entity_registry.hpp"
@@ -60,6 +61,19 @@ struct outcome_view {
   }
 };
 
+/// A stream item, packed straight from the plugin's buffer (plugin_stream_item_msg's key).
+struct item_view {
+  const std::uint8_t* data;
+  std::size_t size;
+  template <class Packer>
+  void msgpack_pack(Packer& packer) const {
+    packer.pack_map(1);
+    packer.pack(std::string_view("item"));
+    packer.pack_bin(static_cast<std::uint32_t>(size));
+    packer.pack_bin_body(reinterpret_cast<const char*>(data), static_cast<std::uint32_t>(size));
+  }
+};
+
 class plugin_host {
  public:
   plugin_host(asio::io_context& io, std::shared_ptr<plugin_channel> channel, operation_board* board,
@@ -83,6 +97,10 @@ class plugin_host {
       case plugin_kind::stop:
         if (auto m = env.as<plugin_stop_msg>()) return stop(m.value().instance);
         break;
+      case plugin_kind::stream_ready:
+        return stream_ready(env.id);
+      case plugin_kind::cancel:
+        return cancel(env.id);
       default:
         break;
     }
@@ -109,6 +127,12 @@ class plugin_host {
     cluster_call_context ctx{};
     std::uint32_t state_change = plugin_state_unchanged;  // what set_state said last
     bytes state;
+    /// The runner cancelled the request (cluster_host_api::cancelled); `cancel` ends its
+    /// sleeps, the runner its calls.
+    bool cancelled = false;
+    stop_signal cancel;
+    /// The readies of the items it streamed that the runner has not let go yet, oldest first.
+    std::deque<std::pair<void (*)(void*), void*>> readies;
   };
   struct call_record {
     cluster_call_done_fn done;
@@ -203,10 +227,33 @@ class plugin_host {
     auto* call = new invocation{this, operation, &entity, false, nullptr};
     bind(*call, entity, rpc);
     call->ctx.fencing_token = m.fencing_token;
+    running_.emplace(operation, call);
     run_plugin(operation, [&] {
       entity.type->handle(entity.object, m.rpc_index, m.payload.data(), m.payload.size(),
                           &call->ctx, &plugin_host::on_reply, call);
     });
+  }
+
+  /// Frames about a running handler find it here; one that replied since is gone, and so is
+  /// every operation of an earlier child (ids are never reused).
+  invocation* running(std::uint64_t operation) const {
+    auto it = running_.find(operation);
+    return it == running_.end() ? nullptr : it->second;
+  }
+
+  void stream_ready(std::uint64_t operation) {
+    invocation* call = running(operation);
+    if (call == nullptr || call->readies.empty()) return;
+    const auto [ready, user] = call->readies.front();
+    call->readies.pop_front();
+    run_plugin(operation, [&] { ready(user); });
+  }
+
+  void cancel(std::uint64_t operation) {
+    invocation* call = running(operation);
+    if (call == nullptr) return;
+    call->cancelled = true;
+    call->cancel.request();
   }
 
   void call_done(std::uint64_t id, const plugin_outcome_msg& m) {
@@ -235,6 +282,7 @@ class plugin_host {
   static void on_reply(void* reply_ctx, std::int32_t status, const char* tag, const char* message,
                        const std::uint8_t* data, std::size_t size) {
     std::unique_ptr<invocation> call(static_cast<invocation*>(reply_ctx));
+    call->host->running_.erase(call->operation);
     call->host->send_reply(call->operation, status, tag, message, data, size, call.get());
   }
 
@@ -264,32 +312,89 @@ class plugin_host {
                    const std::uint8_t* payload, std::size_t size, const char* primary_key,
                    cluster_call_done_fn done, void* user) {
     auto* self = static_cast<invocation*>(host_ctx);
-    plugin_host* host = self->host;
     if (self->creating) {
-      asio::post(host->io_, [host, done, user, operation = self->operation] {
-        host->run_plugin(operation, [&] {
-          done(user, CLUSTER_STATUS_CALL_FAILED, "InvalidRequest",
-               "an entity cannot call other entities from its constructor", nullptr, 0);
-        });
-      });
+      refuse_in_constructor(self, done, user,
+                            "an entity cannot call other entities from its constructor");
       return;
     }
-    const std::uint64_t id = host->next_call_++;
-    host->calls_.emplace(id, call_record{done, user, self->operation});
+    self->host->forward(plugin_kind::call, *self, entity_type, entity_id, rpc, payload, size,
+                        primary_key, done, user);
+  }
+
+  static void send(void* host_ctx, const char* entity_type, const char* entity_id, const char* rpc,
+                   const std::uint8_t* payload, std::size_t size, const char* primary_key,
+                   cluster_call_done_fn done, void* user) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    if (self->creating) {
+      if (done != nullptr)
+        refuse_in_constructor(self, done, user,
+                              "an entity cannot send to other entities from its constructor");
+      return;
+    }
+    self->host->forward(plugin_kind::send, *self, entity_type, entity_id, rpc, payload, size,
+                        primary_key, done, user);
+  }
+
+  static void refuse_in_constructor(const invocation* self, cluster_call_done_fn done, void* user,
+                                    const char* why) {
+    plugin_host* host = self->host;
+    asio::post(host->io_, [host, done, user, why, operation = self->operation] {
+      host->run_plugin(operation, [&] {
+        done(user, CLUSTER_STATUS_CALL_FAILED, "InvalidRequest", why, nullptr, 0);
+      });
+    });
+  }
+
+  /// A call or a send goes to the runner, which makes it on the handler's context there.
+  /// A send without `done` gets id 0: the runner answers nothing for it.
+  void forward(plugin_kind kind, const invocation& caller, const char* entity_type,
+               const char* entity_id, const char* rpc, const std::uint8_t* payload,
+               std::size_t size, const char* primary_key, cluster_call_done_fn done, void* user) {
+    std::uint64_t id = 0;
+    if (done != nullptr) {
+      id = next_call_++;
+      calls_.emplace(id, call_record{done, user, caller.operation});
+    }
     plugin_call_msg m;
-    m.operation = self->operation;
+    m.operation = caller.operation;
     m.entity_type = entity_type ? entity_type : "";
     m.entity_id = entity_id ? entity_id : "";
     m.rpc = rpc ? rpc : "";
     m.payload.assign(payload, payload + size);
     if (primary_key != nullptr) m.primary_key = primary_key;
-    host->channel_->send(plugin_kind::call, id, m);
+    channel_->send(kind, id, m);
   }
 
   static void sleep(void* host_ctx, std::int64_t delay_ms, void (*fire)(void*), void* user) {
     auto* self = static_cast<invocation*>(host_ctx);
     auto* record = new timer_record{self->host, self->operation, fire, user};
-    self->entity->stop.sleep(self->host->io_, delay_ms, &plugin_host::timer_fired, record);
+    // Ended early by a stop of the entity or a cancel of the request, whichever first.
+    auto timer = std::make_shared<asio::steady_timer>(self->host->io_);
+    timer->expires_after(milliseconds(std::max<std::int64_t>(0, delay_ms)));
+    timer->async_wait([timer, record](const error_code&) { timer_fired(record); });
+    self->entity->stop.track(timer);
+    self->cancel.track(timer);
+  }
+
+  /// Handed to the runner's context, which knows the credit and whether the RPC streams;
+  /// `ready` runs when its stream_ready comes back (stream_ready above).
+  static void stream_write(void* host_ctx, const std::uint8_t* data, std::size_t size,
+                           void (*ready)(void*), void* user) {
+    auto* self = static_cast<invocation*>(host_ctx);
+    plugin_host* host = self->host;
+    if (self->creating) {
+      // As in the runner: no stream to write to, and not a handler to fail.
+      asio::post(host->io_, [host, ready, user, operation = self->operation] {
+        host->run_plugin(operation, [&] { ready(user); });
+      });
+      return;
+    }
+    self->readies.emplace_back(ready, user);
+    host->channel_->send(plugin_kind::stream_item, self->operation, item_view{data, size});
+  }
+
+  static std::int32_t cancelled(void* host_ctx) {
+    return static_cast<invocation*>(host_ctx)->cancelled ? 1 : 0;
   }
 
   static std::int32_t stop_requested(void* host_ctx) {
@@ -309,14 +414,17 @@ class plugin_host {
   const entity_registry& registry_;
   std::unordered_map<std::uint64_t, instance> instances_;
   std::unordered_map<std::uint64_t, call_record> calls_;
+  std::unordered_map<std::uint64_t, invocation*> running_;  // handlers by operation
   std::uint64_t next_call_ = 1;
 };
 
 const cluster_host_api plugin_host::api = {
-    sizeof(cluster_host_api), 0,
-    &plugin_host::log,        &plugin_host::call,
-    &plugin_host::now_ms,     &plugin_host::sleep,
-    &plugin_host::set_state,  &plugin_host::stop_requested,
+    sizeof(cluster_host_api),   0,
+    &plugin_host::log,          &plugin_host::call,
+    &plugin_host::now_ms,       &plugin_host::sleep,
+    &plugin_host::set_state,    &plugin_host::stop_requested,
+    &plugin_host::stream_write, &plugin_host::cancelled,
+    &plugin_host::send,
 };
 
 int run(int argc, char** argv) {

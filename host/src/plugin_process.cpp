@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <mutex>
+#include <optional>
 
 #include "cluster/host/host_services.hpp"
 
@@ -85,6 +87,47 @@ struct handle_view {
   }
 };
 
+/// The readies the runner owes its children's stream items, by token. The entity host drops
+/// a ready it still holds when its request ends (an item that waited for credit when the
+/// child crashed), so a ready owns nothing: it carries a token, and the token of an operation
+/// that ended finds nothing. Shared by every plugin process in this process, whatever loop
+/// each runs on.
+class ready_book {
+ public:
+  struct entry {
+    std::weak_ptr<plugin_process> process;
+    std::uint64_t operation;
+  };
+  static ready_book& instance() {
+    static ready_book book;
+    return book;
+  }
+  std::uint64_t add(entry e) {
+    const std::lock_guard lock(mutex_);
+    const std::uint64_t token = next_++;
+    entries_.emplace(token, std::move(e));
+    return token;
+  }
+  std::optional<entry> take(std::uint64_t token) {
+    const std::lock_guard lock(mutex_);
+    auto it = entries_.find(token);
+    if (it == entries_.end()) return std::nullopt;
+    entry e = std::move(it->second);
+    entries_.erase(it);
+    return e;
+  }
+  void drop(const std::vector<std::uint64_t>& tokens) {
+    if (tokens.empty()) return;
+    const std::lock_guard lock(mutex_);
+    for (const auto token : tokens) entries_.erase(token);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::uint64_t next_ = 1;
+  std::unordered_map<std::uint64_t, entry> entries_;
+};
+
 }  // namespace
 
 struct plugin_process::pending_call {
@@ -105,6 +148,7 @@ plugin_process::plugin_process(asio::io_context& io, std::filesystem::path plugi
 
 plugin_process::~plugin_process() {
   shutdown();
+  for (const auto& [id, op] : operations_) ready_book::instance().drop(op.readies);
   if (board_ != nullptr) ::munmap(board_, sizeof(operation_board));
   if (board_fd_ >= 0) ::close(board_fd_);
 }
@@ -339,8 +383,8 @@ std::vector<cluster_rpc_descriptor> plugin_process::rpc_descriptors(std::size_t 
   for (const auto& rpc : catalog_.types[index].rpcs) {
     cluster_rpc_descriptor d{};
     d.struct_size = sizeof(cluster_rpc_descriptor);
-    d.flags =
-        (rpc.persisted ? CLUSTER_RPC_PERSISTED : 0u) | (rpc.read_only ? CLUSTER_RPC_READ_ONLY : 0u);
+    d.flags = (rpc.persisted ? CLUSTER_RPC_PERSISTED : 0u) |
+              (rpc.read_only ? CLUSTER_RPC_READ_ONLY : 0u) | (rpc.stream ? CLUSTER_RPC_STREAM : 0u);
     d.name = rpc.name.c_str();
     rpcs.push_back(d);
   }
@@ -382,7 +426,19 @@ void plugin_process::request_stop(void* instance) {
   send(plugin_kind::stop, 0, plugin_stop_msg{handle});
 }
 
-void plugin_process::cancel(void* reply_ctx) { (void)reply_ctx; }
+void plugin_process::cancel(void* reply_ctx) {
+  // Queued before the Cancelled completions of the handler's pending calls (the entity host
+  // posts those), so the child knows why they failed when they arrive.
+  if (auto it = by_reply_ctx_.find(reply_ctx); it != by_reply_ctx_.end())
+    send(plugin_kind::cancel, it->second, empty_msg{});
+}
+
+void plugin_process::forget(std::uint64_t operation_id, const operation& op) {
+  if (auto it = by_reply_ctx_.find(op.reply_ctx);
+      it != by_reply_ctx_.end() && it->second == operation_id)
+    by_reply_ctx_.erase(it);
+  ready_book::instance().drop(op.readies);
+}
 
 void plugin_process::forward_handle(void* type_data, void* instance, std::uint32_t rpc_index,
                                     const std::uint8_t* payload, std::size_t size,
@@ -398,7 +454,8 @@ void plugin_process::forward_handle(void* type_data, void* instance, std::uint32
     return;
   }
   const std::uint64_t id = self.new_operation_id();
-  self.operations_.emplace(id, operation{reply, reply_ctx, ctx, self.queued_batch()});
+  self.operations_.emplace(id, operation{reply, reply_ctx, ctx, self.queued_batch(), {}});
+  self.by_reply_ctx_[reply_ctx] = id;
   self.send(plugin_kind::handle, id,
             handle_view{handle, rpc_index, payload, size, ctx->fencing_token});
   self.arm_watchdog();
@@ -418,6 +475,18 @@ void plugin_process::call_completed(void* user, std::int32_t status, const char*
                                 bytes(data, data + size),
                                 plugin_state_unchanged,
                                 {}});
+}
+
+void plugin_process::item_went(void* user) {
+  const auto token = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(user));
+  auto entry = ready_book::instance().take(token);
+  if (!entry) return;  // its operation ended (replied, or lost with its child)
+  auto self = entry->process.lock();
+  if (!self) return;
+  auto it = self->operations_.find(entry->operation);
+  if (it == self->operations_.end()) return;
+  std::erase(it->second.readies, token);
+  self->send(plugin_kind::stream_ready, entry->operation, empty_msg{});
 }
 
 // --- frames from the child -------------------------------------------------------------
@@ -471,8 +540,9 @@ void plugin_process::on_frame(envelope&& env) {
         kill_child("sent a reply to no request");
         return;
       }
-      const operation done = it->second;
+      const operation done = std::move(it->second);
       operations_.erase(it);
+      forget(env.id, done);
       const auto& o = outcome.value();
       if (o.state_change != plugin_state_unchanged) {
         // The handler's set_state, on the runner's context, before its reply (as in process).
@@ -483,35 +553,64 @@ void plugin_process::on_frame(envelope&& env) {
                  o.payload.size());
       return;
     }
-    case plugin_kind::call: {
-      auto call = env.as<plugin_call_msg>();
-      if (!call) {
-        kill_child("sent a malformed call");
-        return;
-      }
-      auto& c = call.value();
-      auto it = operations_.find(c.operation);
-      if (it == operations_.end()) {
-        send(plugin_kind::call_done, env.id,
-             plugin_outcome_msg{CLUSTER_STATUS_CALL_FAILED,
-                                "InvalidRequest",
-                                "the calling handler has already replied",
-                                {},
-                                plugin_state_unchanged,
-                                {}});
-        return;
-      }
-      const cluster_call_context* ctx = it->second.ctx;
-      auto* pending = new pending_call{weak_from_this(), generation_, env.id};
-      ctx->api->call(ctx->host_ctx, c.entity_type.c_str(), c.entity_id.c_str(), c.rpc.c_str(),
-                     c.payload.data(), c.payload.size(),
-                     c.primary_key ? c.primary_key->c_str() : nullptr,
-                     &plugin_process::call_completed, pending);
-      return;
-    }
+    case plugin_kind::call:
+      return forward_call(env, false);
+    case plugin_kind::send:
+      return forward_call(env, true);
+    case plugin_kind::stream_item:
+      return forward_item(env);
     default:
       kill_child("sent a frame of unknown kind " + std::to_string(env.kind));
   }
+}
+
+void plugin_process::forward_call(const envelope& env, bool discard) {
+  auto call = env.as<plugin_call_msg>();
+  if (!call) {
+    kill_child(discard ? "sent a malformed send" : "sent a malformed call");
+    return;
+  }
+  // A send whose handler wants no completion has id 0: nothing goes back for it.
+  const bool answered = !discard || env.id != 0;
+  auto& c = call.value();
+  auto it = operations_.find(c.operation);
+  if (it == operations_.end()) {
+    if (answered)
+      send(plugin_kind::call_done, env.id,
+           plugin_outcome_msg{CLUSTER_STATUS_CALL_FAILED,
+                              "InvalidRequest",
+                              "the calling handler has already replied",
+                              {},
+                              plugin_state_unchanged,
+                              {}});
+    return;
+  }
+  // Through the handler's own context in the runner: a cancel of its request completes its
+  // pending calls there, and its sends carry `discard` as they would in process.
+  const cluster_call_context* ctx = it->second.ctx;
+  auto* pending = answered ? new pending_call{weak_from_this(), generation_, env.id} : nullptr;
+  const auto forward = discard ? ctx->api->send : ctx->api->call;
+  forward(ctx->host_ctx, c.entity_type.c_str(), c.entity_id.c_str(), c.rpc.c_str(),
+          c.payload.data(), c.payload.size(), c.primary_key ? c.primary_key->c_str() : nullptr,
+          answered ? &plugin_process::call_completed : nullptr, pending);
+}
+
+void plugin_process::forward_item(const envelope& env) {
+  auto it = operations_.find(env.id);
+  auto item = env.as<plugin_stream_item_msg>();
+  if (it == operations_.end() || !item) {
+    kill_child("sent a stream item of no request");
+    return;
+  }
+  // The runner's context decides: credit, cancellation, a refusal outside a streaming RPC.
+  // Its ready sends stream_ready; the entity host runs readies in the order of their items.
+  const std::uint64_t token = ready_book::instance().add({weak_from_this(), env.id});
+  it->second.readies.push_back(token);
+  const cluster_call_context* ctx = it->second.ctx;
+  const auto& bytes_in = item.value().item;
+  ctx->api->stream_write(ctx->host_ctx, bytes_in.data(), bytes_in.size(),
+                         &plugin_process::item_went,
+                         reinterpret_cast<void*>(static_cast<std::uintptr_t>(token)));
 }
 
 // --- crashes, limits and restarts ------------------------------------------------------
@@ -614,6 +713,8 @@ void plugin_process::child_ended() {
   }
   auto cut_short = std::move(operations_);
   operations_.clear();
+  by_reply_ctx_.clear();
+  for (const auto& [id, op] : cut_short) ready_book::instance().drop(op.readies);
   const auto unsent_from = std::exchange(unsent_from_batch_, unsent_batch);
   for (auto& [id, op] : cut_short) {
     if (op.batch >= unsent_from) {

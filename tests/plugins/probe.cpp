@@ -73,6 +73,11 @@ class Probe {
     const Echo::Request echo{request.text};
     co_return co_await ctx.call<Echo::Reply>("Probe", request.target, "Echo", echo);
   }
+  cluster::task<Tell::Reply> tell(const Tell::Request& request, cluster::context& ctx) {
+    const Append::Request append{request.sender, request.value};
+    co_await ctx.send("Probe", request.target, "Append", append);
+    co_return Tell::Reply{};
+  }
 
  private:
   std::int64_t activation_;
@@ -86,4 +91,5 @@ CLUSTER_PLUGIN(cluster::entity<Probe>("Probe")
                    .rpc<Nothing>("Fail", &Probe::fail)
                    .rpc<Nothing>("Reject", &Probe::reject)
                    .rpc<Relay>("Relay", &Probe::relay)
-                   .rpc<Stamp>("Stamp", &Probe::stamp, cluster::persisted))
+                   .rpc<Stamp>("Stamp", &Probe::stamp, cluster::persisted)
+                   .rpc<Tell>("Tell", &Probe::tell))

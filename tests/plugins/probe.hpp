@@ -63,3 +63,15 @@ struct Stamp {
     MSGPACK_DEFINE_MAP(at_ms);
   };
 };
+
+/// Sends `target` an Append (sender, value) without waiting for its reply; answers once the
+/// send was accepted.
+struct Tell {
+  struct Request {
+    std::string target;
+    std::string sender;
+    std::int64_t value = 0;
+    MSGPACK_DEFINE_MAP(target, sender, value);
+  };
+  using Reply = cluster::empty;
+};

@@ -29,6 +29,14 @@ enum class plugin_kind : std::uint32_t {
   call = 7,         ///< host → runner: a handler calls another entity (`id`: the call)
   call_done = 8,    ///< runner → host: that call's outcome
   stop = 9,         ///< runner → host: ask an instance's running handler to end
+  /// host → runner: a streaming handler's item (`id`: its operation); the runner answers
+  /// each with one stream_ready, in the order the items came.
+  stream_item = 10,
+  stream_ready = 11,  ///< runner → host: the oldest unanswered item of operation `id` went
+  cancel = 12,        ///< runner → host: the request of operation `id` was cancelled
+  /// host → runner: like call, fire and forget (cluster_host_api::send); `id` 0 when the
+  /// handler wants no completion, else a call_done answers it
+  send = 13,
 };
 
 struct plugin_catalog_msg {
@@ -91,6 +99,7 @@ struct plugin_outcome_msg {
   CLUSTER_WIRE_FIELDS(plugin_outcome_msg, status, tag, message, payload, state_change, state);
 };
 
+/// A call or a send (plugin_kind::call, plugin_kind::send).
 struct plugin_call_msg {
   std::uint64_t operation = 0;  ///< the handle whose handler calls
   std::string entity_type;
@@ -100,6 +109,12 @@ struct plugin_call_msg {
   std::optional<std::string> primary_key;
   CLUSTER_WIRE_FIELDS(plugin_call_msg, operation, entity_type, entity_id, rpc, payload,
                       primary_key);
+};
+
+/// One item of a streaming reply (cluster_host_api::stream_write).
+struct plugin_stream_item_msg {
+  bytes item;
+  CLUSTER_WIRE_FIELDS(plugin_stream_item_msg, item);
 };
 
 /// One page both processes map (a memfd): which operation the plugin host is inside of, and

@@ -109,6 +109,8 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
     /// plugin_channel::batches_written() when its frame was queued; unsent_batch while the
     /// frame waits in outbox_ for a starting child.
     std::uint64_t batch = 0;
+    /// Tokens of the items it streamed whose ready has not run yet (ready_book).
+    std::vector<std::uint64_t> readies;
   };
   static constexpr std::uint64_t unsent_batch = ~std::uint64_t{0};
   struct pending_call;  // a handler's call to another entity, until it completes
@@ -128,6 +130,8 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
                              void* reply_ctx);
   static void call_completed(void* user, std::int32_t status, const char* tag, const char* message,
                              const std::uint8_t* data, std::size_t size);
+  /// The `ready` of a child's stream item: `user` is its ready_book token.
+  static void item_went(void* user);
 
   /// Starts a child; its channel end is returned for the caller to read the catalog from.
   result<int> spawn();
@@ -136,6 +140,10 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   void attach(int fd, bool ready);
   void watch_exit();
   void on_frame(envelope&& env);
+  void forward_call(const envelope& env, bool discard);
+  void forward_item(const envelope& env);
+  /// The operation answered (or lost with its child): its index entry and its readies go.
+  void forget(std::uint64_t operation_id, const operation& op);
   void child_ended();
   void restart();
   void arm_watchdog();
@@ -177,6 +185,7 @@ class plugin_process : public std::enable_shared_from_this<plugin_process> {
   std::uint64_t next_operation_ = 1;
   std::uint64_t next_instance_ = 1;
   std::unordered_map<std::uint64_t, operation> operations_;
+  std::unordered_map<void*, std::uint64_t> by_reply_ctx_;     // operations_ by reply_ctx (cancel)
   std::deque<std::pair<std::uint64_t, std::string>> recent_;  // creates and destroys, by id
   std::string kill_reason_;
   /// Set when the channel went stale: operations queued in this batch or later never
