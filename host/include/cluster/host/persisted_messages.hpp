@@ -17,6 +17,13 @@
 // reply that says the attempt was cut short (`reply_msg::attempt_cut_short`, a crashed
 // plugin process) is not stored: the message runs again after a backoff, its callers wait.
 //
+// Interrupts (docs/protocol.md "Interrupts"): a message its caller interrupts before it reached
+// its entity (waiting for its time, for the replay, in a backoff) is stored as processed with
+// the reply Cancelled, so that no replay runs it; from its hand-off on, the entity host has
+// the interrupt (a queued message leaves the mailbox answered Cancelled, a running handler is
+// told) and whatever reply comes back is stored like any other. A closed connection does not
+// interrupt a persisted message.
+//
 // Nothing here polls on a fixed tick: work starts when something changes (an assignment,
 // a lock granted or refused, the storage session lost, an entity of a moving shard
 // passivated), and timers run only while there is something to retry or wait for (a lock
