@@ -173,7 +173,10 @@ void persisted_messages::stop() {
   waiters_.clear();
   waiter_count_ = 0;
   for (auto& [id, list] : waiting)
-    for (auto& w : list) w.done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
+    for (auto& w : list) {
+      if (w.control) w.control->on_cancel = nullptr;
+      w.done(reply_msg::failure(errc::shutting_down, "runner is stopping"));
+    }
   // Every state ends here at once: the store releases every lock as it stops.
   shards_.clear();
   held_shards_ = 0;
@@ -609,7 +612,6 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
                                 request_msg request, steady_clock::time_point deadline,
                                 entity_host::reply_callback done,
                                 std::shared_ptr<request_control> control) {
-  (void)control;
   if (entities_.mailbox_full(address.type->info.name, address.entity_id)) {
     done(reply_msg::failure(errc::mailbox_full, "mailbox of " + address.type->info.name + "/" +
                                                     address.entity_id + " is full"));
@@ -626,14 +628,16 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
   message.attempts = state(message.group, message.shard) == shard_state::serving ? 1 : 0;
   (void)rpc_index;
   store_->persist(message, [this, message, deadline, done = std::move(done),
+                            control = std::move(control),
                             epoch = lock_epoch_](result<persist_outcome> stored) mutable {
     if (!stored) {
       done(reply_msg::failure(stored.error().code, std::move(stored.error().message)));
       return;
     }
     auto& outcome = stored.value();
+    const bool discard = message.request.discard;
     if (outcome.reply) {  // a duplicate of a processed message: its reply, not a second run
-      done(std::move(*outcome.reply));
+      done(discard ? reply_msg::success({}) : std::move(*outcome.reply));
       return;
     }
     const auto current = epoch == lock_epoch_ ? state(message.group, message.shard) : std::nullopt;
@@ -645,11 +649,26 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
       done(reply_msg::failure(errc::not_owner, "shard moved away while the message was stored"));
       return;
     }
+    // Interrupted while it was being stored: it is withdrawn below, before it can run.
+    const bool interrupted_early = control && control->cancelled();
+    if (discard && !interrupted_early) {
+      // Stored: that is all its caller hears. Its outcome still goes to `done` (the runner
+      // logs a failure), and nobody interrupts it any more.
+      done(reply_msg::success({}));
+      control.reset();
+    }
     const auto now = steady_clock::now();
     const auto poll_at = now + std::max(settings_.poll_interval, min_poll_interval);
-    waiters_[outcome.id].push_back(waiter{deadline, poll_at, std::move(done)});
+    if (control && !interrupted_early) {
+      // The control outlives neither its waiter (unhooked when it leaves) nor this object
+      // (stop answers and unhooks every waiter).
+      control->on_cancel = [this, id = outcome.id, shard = shard_key{message.group, message.shard},
+                            by = control.get()] { interrupted(id, shard, *by); };
+    }
+    waiters_[outcome.id].push_back(waiter{deadline, poll_at, std::move(done), control});
     ++waiter_count_;
     waiters_due_.at(std::min(deadline, poll_at));
+    if (interrupted_early) interrupted(outcome.id, {message.group, message.shard}, *control);
     // While a shard replays, new messages run from the replay, in id order. A shard moving
     // away runs nothing new: its next owner replays the message.
     if (outcome.inserted && current == shard_state::serving && !running_.count(outcome.id)) {
@@ -661,6 +680,8 @@ void persisted_messages::submit(const entity_address& address, std::uint32_t rpc
 
 void persisted_messages::run(persisted_message message, milliseconds backoff) {
   const std::int64_t id = message.id;
+  // Read, or counted, before its interrupt was stored: withdraw's completion ends it.
+  if (withdrawn_.count(id)) return;
   running_.insert(id);
   shard_key shard{std::move(message.group), message.shard};
   const auto delay = std::max<std::int64_t>(
@@ -685,6 +706,12 @@ void persisted_messages::run(persisted_message message, milliseconds backoff) {
     }
     const entity_address address{type, request.entity_id, entity_shard};
     auto hold = hold_in_flight();
+    // From here on an interrupt is the entity host's: it takes the message out of the
+    // mailbox (answered Cancelled, which `finish` stores) or tells the running handler.
+    auto control = std::make_shared<request_control>(io_, 0, /*discard=*/true, 0);
+    control->persisted = true;
+    control->has_deadline = false;
+    handed_[id] = control;
     entities_.deliver(
         address, *rpc_index, std::move(request), steady_clock::time_point::max(),
         [this, id, shard, hold](reply_msg&& reply) mutable {
@@ -695,7 +722,8 @@ void persisted_messages::run(persisted_message message, milliseconds backoff) {
                                 std::function<void(result<void>)> committed) mutable {
           finish_with_state(id, shard, std::move(reply), std::move(state), std::move(hold),
                             std::move(committed));
-        });
+        },
+        std::move(control));
   };
   if (delay <= 0) {
     deliver();
@@ -725,6 +753,7 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
     // Refused before it ran (plugins cannot answer NotOwner): the runner was fenced. The
     // message stays stored, unprocessed, for the shard's holder to replay; the callers'
     // routers retry there with the same primary key and wait for that run.
+    end_hand_off(id);
     running_.erase(id);
     answer(id, reply);
     message_done(id);
@@ -734,6 +763,12 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
     // Not its reply: the plugin's process died under it. Its callers keep waiting.
     spdlog::warn("message {} ({}/{}): {}; counting the attempt", id, shard.first, shard.second,
                  reply.message);
+    if (withdraws_instead(end_hand_off(id), shard)) {
+      withdraw(id, reply_msg::failure(errc::cancelled,
+                                      "interrupted by the caller; its attempt was cut short "
+                                      "and it does not run again"));
+      return;
+    }
     if (!stopped_) cut_short(id, std::move(reply.message));
     return;  // `hold` ends here: a graceful stop need not wait out the backoff
   }
@@ -745,6 +780,7 @@ void persisted_messages::finish(std::int64_t id, const shard_key& shard, reply_m
   store_->complete(id, reply, moved,
                    [this, id, reply, hold = std::move(hold)](result<void> stored) mutable {
                      --storing_;
+                     end_hand_off(id);
                      running_.erase(id);
                      if (!stored)
                        spdlog::warn("reply of message {} not stored ({}); it will run again", id,
@@ -770,6 +806,7 @@ void persisted_messages::finish_with_state(std::int64_t id, const shard_key& sha
       [this, id, shard, reply, hold = std::move(hold),
        committed = std::move(committed)](result<void> stored) mutable {
         --storing_;
+        const auto handed = end_hand_off(id);
         running_.erase(id);
         // The entity first: its next message runs on what is stored now.
         committed(stored);
@@ -780,6 +817,13 @@ void persisted_messages::finish_with_state(std::int64_t id, const shard_key& sha
           // still pending, so its effect on the state happens once, in a later run.
           spdlog::warn("message {} ({}/{}): its state was not written ({}); it runs again", id,
                        shard.first, shard.second, stored.error().message);
+          if (withdraws_instead(handed, shard)) {
+            running_.insert(id);
+            hold.release();
+            return withdraw(id, reply_msg::failure(errc::cancelled,
+                                                   "interrupted by the caller; its run did not "
+                                                   "commit and it does not run again"));
+          }
           answer(id, reply_msg::failure(errc::not_owner, "state changed elsewhere; retry"));
           if (!stopped_ && runs_here(shard.first, shard.second)) {
             // Still this shard's holder: run it again (a new activation reads the stored
@@ -794,13 +838,93 @@ void persisted_messages::finish_with_state(std::int64_t id, const shard_key& sha
       });
 }
 
+void persisted_messages::interrupted(std::int64_t id, const shard_key& shard,
+                                     const request_control& by) {
+  if (stopped_) return;
+  if (auto it = handed_.find(id); it != handed_.end()) {
+    // A copy: the cancel may answer the message at once, which ends its hand-off.
+    const auto control = it->second;
+    control->cancel(by.cancel_code(), by.cancel_reason());
+    return;
+  }
+  if (!holds(shard.first, shard.second)) {
+    // Another runner may run it (the shard moved, or its lock went with the storage
+    // session): withdrawing it is not this runner's to do. Only this caller stops waiting.
+    auto list = waiters_.find(id);
+    if (list == waiters_.end()) return;
+    const auto mine = std::find_if(list->second.begin(), list->second.end(),
+                                   [&by](const waiter& w) { return w.control.get() == &by; });
+    if (mine == list->second.end()) return;
+    auto done = std::move(mine->done);
+    list->second.erase(mine);
+    --waiter_count_;
+    if (list->second.empty()) waiters_.erase(list);
+    // Posted: the caller's reply may release the control whose cancel runs this.
+    asio::post(io_, [done = std::move(done)]() mutable {
+      done(reply_msg::failure(errc::cancelled,
+                              "interrupted; the stored message may still run where its shard is "
+                              "served"));
+    });
+    return;
+  }
+  withdraw(id, reply_msg::failure(errc::cancelled, "interrupted by the caller before it ran"));
+}
+
+void persisted_messages::withdraw(std::int64_t id, reply_msg reply) {
+  if (!withdrawn_.insert(id).second) return;  // its reply is being stored already
+  scheduled_.erase(id);                       // a deliver-at or backoff wait ends with its timer
+  ++storing_;
+  // Announced: a caller with its primary key may wait at another runner.
+  store_->complete(id, reply, true, [this, id, reply](result<void> stored) {
+    --storing_;
+    withdrawn_.erase(id);
+    if (stopped_) return;
+    // Read before the reply was stored and not run yet: never run now.
+    drop_from_alone(id);
+    running_.erase(id);
+    if (stored) {
+      answer(id, reply);
+    } else {
+      // Still pending: whoever replays the shard next runs it.
+      spdlog::warn("interrupt of message {} not stored ({}); it will run", id,
+                   stored.error().message);
+      answer(id, reply_msg::failure(errc::storage_error, "the interrupt could not be stored (" +
+                                                             stored.error().message +
+                                                             "): the message may still run"));
+    }
+    message_done(id);
+  });
+}
+
+void persisted_messages::drop_from_alone(std::int64_t id) {
+  for (auto& [shard, alone] : alone_)
+    std::erase_if(alone.queue, [id](const persisted_message& m) { return m.id == id; });
+}
+
+std::shared_ptr<request_control> persisted_messages::end_hand_off(std::int64_t id) {
+  auto it = handed_.find(id);
+  if (it == handed_.end()) return nullptr;
+  auto control = std::move(it->second);
+  handed_.erase(it);
+  return control;
+}
+
+bool persisted_messages::withdraws_instead(const std::shared_ptr<request_control>& handed,
+                                           const shard_key& shard) const {
+  // Its run did not count, and a caller asked it to stop: it is not started again.
+  return handed && handed->cancelled() && !stopped_ && holds(shard.first, shard.second);
+}
+
 void persisted_messages::answer(std::int64_t id, const reply_msg& reply) {
   auto it = waiters_.find(id);
   if (it == waiters_.end()) return;
   auto list = std::move(it->second);
   waiters_.erase(it);
   waiter_count_ -= list.size();
-  for (auto& w : list) w.done(reply_msg(reply));
+  for (auto& w : list) {
+    if (w.control) w.control->on_cancel = nullptr;
+    w.done(reply_msg(reply));
+  }
 }
 
 void persisted_messages::fetch_replies(std::vector<std::int64_t> ids) {
@@ -823,6 +947,7 @@ void persisted_messages::check_waiters() {
     bool due = false;
     for (auto w = list.begin(); w != list.end();) {
       if (w->deadline <= now) {
+        if (w->control) w->control->on_cancel = nullptr;
         expired.push_back(std::move(w->done));
         w = list.erase(w);
         --waiter_count_;

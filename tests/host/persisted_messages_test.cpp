@@ -265,14 +265,26 @@ class persisted_messages_test : public ::testing::Test {
     out.primary_key = key;
     return out;
   }
-  reply_slot submit(runner_node& node, request_msg call,
-                    milliseconds timeout = milliseconds(10000)) {
+  reply_slot submit(runner_node& node, request_msg call, milliseconds timeout = milliseconds(10000),
+                    std::shared_ptr<request_control> control = {}) {
     auto slot = std::make_shared<std::optional<reply_msg>>();
     const entity_address address{probe, call.entity_id, shard_of(call.entity_id)};
     const auto rpc = *probe->rpc_index(call.rpc);
-    node.persisted->submit(address, rpc, std::move(call), steady_clock::now() + timeout,
-                           [slot](reply_msg&& reply) { *slot = std::move(reply); });
+    // The first answer, as the runner sends it: a discarded call's later outcome goes nowhere.
+    node.persisted->submit(
+        address, rpc, std::move(call), steady_clock::now() + timeout,
+        [slot](reply_msg&& reply) {
+          if (!slot->has_value()) *slot = std::move(reply);
+        },
+        std::move(control));
     return slot;
+  }
+  /// A caller's side channel, as the runner makes one per request.
+  std::shared_ptr<request_control> control_for(bool discard = false) {
+    auto control = std::make_shared<request_control>(io, 0, discard, 65536);
+    control->persisted = true;
+    control->has_deadline = false;
+    return control;
   }
   reply_slot append(runner_node& node, const std::string& entity_id, const std::string& sender,
                     int value, const std::string& key) {
@@ -666,6 +678,131 @@ TEST_F(persisted_messages_test,
   EXPECT_EQ(log_of(retried), (std::vector<std::string>{"s:1"}));
   ASSERT_TRUE(step_until(io, [&] { return next.persisted->storing() == 0; }));
   EXPECT_EQ(next.store->completed.size(), 1u);
+}
+
+TEST_F(persisted_messages_test,
+       an_interrupted_scheduled_message_is_stored_cancelled_and_never_runs) {
+  const std::string id = "mona";
+  const auto shard = shard_of(id);
+  auto& node = serving_runner(id);
+  auto call = request(id, "Append", {{"sender", "late"}, {"value", 1}}, "k1");
+  call.deliver_at_ms = unix_ms() + 2000;
+  const auto control = control_for();
+  auto slot = submit(node, call, milliseconds(10000), control);
+  ASSERT_TRUE(step_until(io, [&] { return node.persisted->waiting_callers() == 1; }));
+
+  const auto asked = steady_clock::now();
+  control->cancel(errc::cancelled, "interrupted by the caller");
+  const auto reply = wait_reply(slot, milliseconds(1000));
+  EXPECT_EQ(reply.code, errc::cancelled) << reply.message;
+  EXPECT_LT(steady_clock::now() - asked, milliseconds(500)) << "not answered at once";
+  EXPECT_EQ(node.persisted->waiting_callers(), 0u);
+  ASSERT_TRUE(step_until(io, [&] { return node.persisted->storing() == 0; }));
+  ASSERT_EQ(node.store->completed.size(), 1u) << "stored as processed";
+  // A retry with its primary key gets the stored Cancelled, and nothing runs.
+  const auto retried = wait_reply(submit(node, call));
+  EXPECT_EQ(retried.code, errc::cancelled) << retried.message;
+
+  // The shard moves to another runner, which replays it; its time passes there.
+  node.persisted->set_wanted({});
+  ASSERT_TRUE(wait_for_state(node, shard, std::nullopt));
+  auto& next = serving_runner(id);
+  ASSERT_TRUE(step_until(
+      io, [&] { return unix_ms() > *call.deliver_at_ms + 200; }, milliseconds(5000)));
+  const auto after = wait_reply(append(next, id, "after", 2, "k2"));
+  ASSERT_TRUE(after.ok()) << after.message;
+  EXPECT_EQ(log_of(after), (std::vector<std::string>{"after:2"})) << "the interrupted one ran";
+  EXPECT_EQ(node.entities.activations(), 0u);
+}
+
+TEST_F(persisted_messages_test, an_interrupted_message_queued_behind_a_running_one_never_runs) {
+  const std::string id = "nina";
+  auto& node = serving_runner(id);
+  // Relay holds the entity until the test answers the call it makes.
+  auto running = submit(node, request(id, "Relay", {{"target", "x"}, {"text", "hi"}}, "r"));
+  ASSERT_TRUE(step_until(io, [&] { return !node.outbound.empty(); }));
+  const auto control = control_for();
+  auto queued = submit(node, request(id, "Append", {{"sender", "queued"}, {"value", 1}}, "k1"),
+                       milliseconds(10000), control);
+  ASSERT_TRUE(step_until(io, [&] { return node.persisted->waiting_callers() == 2; }));
+  // Let it reach the mailbox (it is handed over right after it is stored).
+  io.poll();
+
+  control->cancel(errc::cancelled, "interrupted by the caller");
+  const auto reply = wait_reply(queued, milliseconds(1000));
+  EXPECT_EQ(reply.code, errc::cancelled) << reply.message;
+  EXPECT_FALSE(running->has_value());
+
+  node.answer_outbound("hi back");
+  ASSERT_TRUE(wait_reply(running).ok());
+  const auto after = wait_reply(append(node, id, "after", 2, "k2"));
+  ASSERT_TRUE(after.ok()) << after.message;
+  EXPECT_EQ(log_of(after), (std::vector<std::string>{"after:2"})) << "the interrupted one ran";
+  // Stored as processed: a retry gets Cancelled, it is not run again.
+  const auto retried = wait_reply(append(node, id, "queued", 1, "k1"));
+  EXPECT_EQ(retried.code, errc::cancelled) << retried.message;
+}
+
+TEST_F(persisted_messages_test, an_interrupt_of_a_running_message_tells_its_handler) {
+  const std::string id = "olga";
+  auto& node = serving_runner(id);
+  const auto control = control_for();
+  auto running = submit(node, request(id, "Relay", {{"target", "x"}, {"text", "hi"}}, "r"),
+                        milliseconds(10000), control);
+  ASSERT_TRUE(step_until(io, [&] { return !node.outbound.empty(); }));
+  control->cancel(errc::cancelled, "interrupted by the caller");
+  // Its pending call ends with the cancellation; what the handler ends with is stored.
+  const auto reply = wait_reply(running, milliseconds(2000));
+  EXPECT_EQ(reply.code, errc::cancelled) << reply.message;
+  ASSERT_TRUE(step_until(io, [&] { return node.persisted->storing() == 0; }));
+  EXPECT_EQ(node.store->completed.size(), 1u);
+  const auto retried =
+      wait_reply(submit(node, request(id, "Relay", {{"target", "x"}, {"text", "hi"}}, "r")));
+  EXPECT_EQ(retried.code, errc::cancelled) << retried.message;
+}
+
+TEST_F(persisted_messages_test, an_interrupt_during_the_replay_keeps_the_message_from_running) {
+  const std::string id = "petra";
+  const auto shard = shard_of(id);
+  store_directly(id, "old", 1, "k1");
+  auto& node = add_runner();
+  // Its caller retries with the key before the shard is served here: it waits for the replay.
+  const auto control = control_for();
+  auto slot = submit(node, request(id, "Append", {{"sender", "old"}, {"value", 1}}, "k1"),
+                     milliseconds(10000), control);
+  node.persisted->set_wanted(only(shard));
+  ASSERT_TRUE(step_until(io, [&] { return node.persisted->holds("default", shard); }));
+  control->cancel(errc::cancelled, "interrupted by the caller");
+  // The replay's read is in flight: what it returns is not run once the interrupt came.
+  const auto reply = wait_reply(slot, milliseconds(1000));
+  EXPECT_EQ(reply.code, errc::cancelled) << reply.message;
+  ASSERT_TRUE(wait_for_state(node, shard, shard_state::serving));
+  const auto after = wait_reply(append(node, id, "after", 2, "k2"));
+  ASSERT_TRUE(after.ok()) << after.message;
+  EXPECT_EQ(log_of(after), (std::vector<std::string>{"after:2"})) << "the interrupted one ran";
+}
+
+TEST_F(persisted_messages_test, a_discarded_message_is_answered_once_stored_and_still_runs) {
+  const std::string id = "quinn";
+  auto& node = serving_runner(id);
+  auto running = submit(node, request(id, "Relay", {{"target", "x"}, {"text", "hi"}}, "r"));
+  ASSERT_TRUE(step_until(io, [&] { return !node.outbound.empty(); }));
+  auto call = request(id, "Append", {{"sender", "discarded"}, {"value", 1}}, "k1");
+  call.discard = true;
+  const auto accepted = wait_reply(submit(node, call, milliseconds(10000), control_for(true)));
+  ASSERT_TRUE(accepted.ok()) << accepted.message;
+  EXPECT_TRUE(accepted.payload.empty());
+  EXPECT_FALSE(running->has_value()) << "answered only after it ran";
+
+  node.answer_outbound("hi back");
+  ASSERT_TRUE(wait_reply(running).ok());
+  const auto after = wait_reply(append(node, id, "after", 2, "k2"));
+  ASSERT_TRUE(after.ok()) << after.message;
+  EXPECT_EQ(log_of(after), (std::vector<std::string>{"discarded:1", "after:2"}));
+  // A duplicate is accepted at once too, without a second run.
+  const auto again = wait_reply(submit(node, call, milliseconds(10000), control_for(true)));
+  ASSERT_TRUE(again.ok()) << again.message;
+  EXPECT_TRUE(again.payload.empty());
 }
 
 }  // namespace

@@ -17,6 +17,13 @@
 // reply that says the attempt was cut short (`reply_msg::attempt_cut_short`, a crashed
 // plugin process) is not stored: the message runs again after a backoff, its callers wait.
 //
+// Interrupts (docs/protocol.md "Interrupts"): a message its caller interrupts before it reached
+// its entity (waiting for its time, for the replay, in a backoff) is stored as processed with
+// the reply Cancelled, so that no replay runs it; from its hand-off on, the entity host has
+// the interrupt (a queued message leaves the mailbox answered Cancelled, a running handler is
+// told) and whatever reply comes back is stored like any other. A closed connection does not
+// interrupt a persisted message.
+//
 // Nothing here polls on a fixed tick: work starts when something changes (an assignment,
 // a lock granted or refused, the storage session lost, an entity of a moving shard
 // passivated), and timers run only while there is something to retry or wait for (a lock
@@ -89,7 +96,9 @@ class persisted_messages {
 
   /// Stores a persisted request for a held shard and answers with its (stored) reply.
   /// A `discard` request is answered Ok (empty) once stored; `done` may run again later with
-  /// its outcome. `control` (may be null) lets its caller interrupt it.
+  /// its outcome. `control` (may be null) lets its caller interrupt it: before the message
+  /// reaches its entity it is stored as processed with the reply Cancelled and never runs;
+  /// after that its handler is told, and the outcome it ends with is stored.
   void submit(const entity_address& address, std::uint32_t rpc_index, request_msg request,
               steady_clock::time_point deadline, entity_host::reply_callback done,
               std::shared_ptr<request_control> control = {});
@@ -110,6 +119,7 @@ class persisted_messages {
     steady_clock::time_point deadline;
     steady_clock::time_point next_poll;  ///< ask the store for its reply then
     entity_host::reply_callback done;
+    std::shared_ptr<request_control> control;  ///< its caller's, hooked while it waits
   };
   using shard_key = std::pair<std::string, std::int32_t>;
   using shard_ref = std::pair<std::string_view, std::int32_t>;
@@ -179,6 +189,18 @@ class persisted_messages {
                          state_write state, gate::holder hold,
                          std::function<void(result<void>)> committed);
   gate::holder hold_in_flight() { return in_flight ? in_flight->hold() : gate::holder(); }
+  /// A caller of message `id` interrupted it (`by`: that caller's control).
+  void interrupted(std::int64_t id, const shard_key& shard, const request_control& by);
+  /// Stores `reply` as the outcome of message `id`, which has not reached its entity, and
+  /// answers its waiters with it: it never runs (here, after a replay, or elsewhere).
+  void withdraw(std::int64_t id, reply_msg reply);
+  /// Takes message `id` out of the shards' run-alone queues.
+  void drop_from_alone(std::int64_t id);
+  /// Ends message `id`'s hand-off to its entity; its control (null when not handed).
+  std::shared_ptr<request_control> end_hand_off(std::int64_t id);
+  /// Whether an interrupted message whose run did not count should be withdrawn now.
+  bool withdraws_instead(const std::shared_ptr<request_control>& handed,
+                         const shard_key& shard) const;
   void answer(std::int64_t id, const reply_msg& reply);
   void fetch_replies(std::vector<std::int64_t> ids);
   /// Answers expired waiters, polls for replies a notification may have missed.
@@ -197,6 +219,15 @@ class persisted_messages {
   std::size_t held_shards_ = 0;
   std::set<std::int64_t> running_;  // ids handed to an entity and not yet stored as done
   std::map<std::int64_t, std::unique_ptr<asio::steady_timer>> scheduled_;  // deliver-at waits
+  /// Messages handed to their entity, by id, until their reply is stored (or their attempt
+  /// did not count): the control through which their callers' interrupts reach the handler.
+  /// One per message, not a caller's: every caller of a message may interrupt it, and a
+  /// message a replay runs has none.
+  std::map<std::int64_t, std::shared_ptr<request_control>> handed_;
+  /// Messages interrupted before they reached their entity, until their Cancelled reply is
+  /// stored. What a store read before that returns is not run; what it reads after that
+  /// does not list them (a store completes operations in the order they were asked).
+  std::set<std::int64_t> withdrawn_;
   std::map<std::int64_t, std::vector<waiter>> waiters_;
   /// A replay batch's suspects and the messages of their entities after them, run one at a
   /// time in id order; the shard's next batch is read once the queue is done.
