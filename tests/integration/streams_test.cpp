@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "cluster/protocol/codec.hpp"
 #include "cluster/protocol/shard.hpp"
@@ -241,6 +242,36 @@ TEST_P(streams, sigint_of_clusterctl_interrupts_the_handler_and_exits_non_zero) 
   EXPECT_TRUE(wait_for(
       [&] { return log("runner-1").find("GreetMany cancelled") != std::string::npos; }, 5s))
       << log("runner-1");
+}
+
+TEST_P(streams, sigint_of_clusterctl_withdraws_a_persisted_request_before_it_runs) {
+  start_cluster();
+  const auto out_file = (dir / "clusterctl.out").string();
+  const auto due = std::chrono::duration_cast<milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch() + 3s)
+                       .count();
+  child_process ctl(bin + "/clusterctl",
+                    {"--proxy", proxy_address(), "--timeout-ms", "30000", "call", "--key", "late-5",
+                     "--deliver-at-ms", std::to_string(due), "Counter", "later", "Increment",
+                     R"({"by":5})"},
+                    out_file);
+  std::this_thread::sleep_for(700ms);  // stored by now, waiting for its time
+  const auto status = ctl.stop(SIGINT, 5s);
+  ASSERT_TRUE(status.has_value()) << "clusterctl did not exit after SIGINT";
+  EXPECT_NE(*status, 0);
+  std::ifstream in(out_file);
+  const std::string out{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  EXPECT_NE(out.find("error: Cancelled"), std::string::npos) << out;
+  // Past its time it still has not run, and its key answers with the stored Cancelled.
+  std::this_thread::sleep_for(3s);
+  int code = 0;
+  EXPECT_EQ(clusterctl("call Counter later Get '{}'", code), "{\"value\":0}\n");
+  const auto again = clusterctl(
+      "call --key late-5 --deliver-at-ms " + std::to_string(due) +
+          " Counter later Increment '{\"by\":5}'",
+      code);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(again.find("Cancelled"), std::string::npos) << again;
 }
 
 TEST_P(streams, a_runner_killed_mid_stream_gives_unavailable_and_a_new_call_succeeds) {
