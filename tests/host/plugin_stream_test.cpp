@@ -197,10 +197,8 @@ TEST_P(plugin_stream_test, a_cancel_ends_a_sleeping_stream_at_once) {
   // cancel comes: it stops at that yield then, not in the next sleep.
   ASSERT_TRUE(run_until(io, [&] {
     const auto text = logged();
-    return text.find("GreetMany cancelled after 1 of 1000") !=
-               std::string::npos ||
-           text.find("GreetMany cancelled after 0 of 1000") !=
-               std::string::npos;
+    return text.find("GreetMany cancelled after 1 of 1000") != std::string::npos ||
+           text.find("GreetMany cancelled after 0 of 1000") != std::string::npos;
   })) << logged();
 }
 
@@ -214,8 +212,7 @@ TEST_P(plugin_stream_test, a_cancel_releases_a_stream_that_waits_for_credit) {
   EXPECT_EQ(s->reply->code, errc::deadline_exceeded) << s->reply->message;
   EXPECT_EQ(s->items.size(), 1u);
   ASSERT_TRUE(run_until(io, [&] {
-    return logged().find("GreetMany cancelled after 1 of 100") !=
-           std::string::npos;
+    return logged().find("GreetMany cancelled after 1 of 100") != std::string::npos;
   })) << logged();
 }
 

@@ -125,7 +125,8 @@ TEST_P(stream_host_test, a_cancel_frees_a_sleeping_handler_at_once_with_cancelle
   ASSERT_TRUE(run_until(io, [&] { return !call->items.empty(); }));  // then it sleeps a minute
   const auto asked = steady_clock::now();
   call->control->cancel(errc::cancelled, "interrupted by the caller");
-  ASSERT_TRUE(run_until(io, [&] { return call->reply.has_value(); }, milliseconds(5000)));
+  ASSERT_TRUE(run_until(
+      io, [&] { return call->reply.has_value(); }, milliseconds(5000)));
   const auto took = std::chrono::duration_cast<milliseconds>(steady_clock::now() - asked);
   EXPECT_EQ(call->reply->code, errc::cancelled) << call->reply->message;
   EXPECT_EQ(call->reply->message, "interrupted by the caller");

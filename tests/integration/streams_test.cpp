@@ -250,11 +250,11 @@ TEST_P(streams, sigint_of_clusterctl_withdraws_a_persisted_request_before_it_run
   const auto due = std::chrono::duration_cast<milliseconds>(
                        std::chrono::system_clock::now().time_since_epoch() + 3s)
                        .count();
-  child_process ctl(bin + "/clusterctl",
-                    {"--proxy", proxy_address(), "--timeout-ms", "30000", "call", "--key", "late-5",
-                     "--deliver-at-ms", std::to_string(due), "Counter", "later", "Increment",
-                     R"({"by":5})"},
-                    out_file);
+  child_process ctl(
+      bin + "/clusterctl",
+      {"--proxy", proxy_address(), "--timeout-ms", "30000", "call", "--key", "late-5",
+       "--deliver-at-ms", std::to_string(due), "Counter", "later", "Increment", R"({"by":5})"},
+      out_file);
   std::this_thread::sleep_for(700ms);  // stored by now, waiting for its time
   const auto status = ctl.stop(SIGINT, 5s);
   ASSERT_TRUE(status.has_value()) << "clusterctl did not exit after SIGINT";
@@ -266,10 +266,9 @@ TEST_P(streams, sigint_of_clusterctl_withdraws_a_persisted_request_before_it_run
   std::this_thread::sleep_for(3s);
   int code = 0;
   EXPECT_EQ(clusterctl("call Counter later Get '{}'", code), "{\"value\":0}\n");
-  const auto again = clusterctl(
-      "call --key late-5 --deliver-at-ms " + std::to_string(due) +
-          " Counter later Increment '{\"by\":5}'",
-      code);
+  const auto again = clusterctl("call --key late-5 --deliver-at-ms " + std::to_string(due) +
+                                    " Counter later Increment '{\"by\":5}'",
+                                code);
   EXPECT_NE(code, 0);
   EXPECT_NE(again.find("Cancelled"), std::string::npos) << again;
 }

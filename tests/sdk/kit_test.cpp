@@ -156,12 +156,11 @@ class Feed {
 };
 
 const cluster_plugin_descriptor* feed_entry(const cluster_load_context*) {
-  static const cluster::detail::plugin_record plugin{
-      cluster::plugin("feed"),
-      cluster::entity<Feed>("Feed")
-          .rpc<Numbers>("Numbers", &Feed::numbers)
-          .rpc<Notify>("Notify", &Feed::notify)
-          .rpc<Charge>("Wait", &Feed::wait)};
+  static const cluster::detail::plugin_record plugin{cluster::plugin("feed"),
+                                                     cluster::entity<Feed>("Feed")
+                                                         .rpc<Numbers>("Numbers", &Feed::numbers)
+                                                         .rpc<Notify>("Notify", &Feed::notify)
+                                                         .rpc<Charge>("Wait", &Feed::wait)};
   return plugin.descriptor();
 }
 
@@ -511,7 +510,7 @@ TEST(plugin_kit, a_cancel_ends_a_sleeping_stream_with_cancelled_and_its_handler_
   kit k(&feed_entry);
   auto numbers = k.send_stream<Numbers>("Feed", "f1", "Numbers", {100, 60000});
   EXPECT_EQ(numbers.items(), (std::vector<int>{0}));  // then it sleeps a minute
-  numbers.cancel();  // no clock advance: the sleep ends at once
+  numbers.cancel();                                   // no clock advance: the sleep ends at once
   ASSERT_TRUE(numbers.done());
   EXPECT_EQ(numbers.get().error().code, "Cancelled");
   EXPECT_TRUE(k.logged("numbers cancelled at 0"));

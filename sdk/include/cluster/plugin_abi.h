@@ -73,7 +73,8 @@ typedef enum cluster_status {
 
 /** (2.1) What a cron job does about ticks missed while no runner served it. */
 #define CLUSTER_CRON_SKIP_MISSED 0u     /**< the next tick after now runs; missed ones never */
-#define CLUSTER_CRON_RUN_MISSED_ONCE 1u /**< one run for all missed ticks, at once, then on time */
+#define CLUSTER_CRON_RUN_MISSED_ONCE 1u /**< one run for all missed ticks, at once, then on time \
+                                         */
 
 /** (2.1) `set_state` flags. */
 #define CLUSTER_STATE_CLEAR 1u /**< delete the stored state (`data` is ignored) */

@@ -544,8 +544,8 @@ class kit_state {
                                                  self->rpc + "'s request: " + message_text);
           break;
         case CLUSTER_STATUS_CANCELLED:
-          o = outcome::failure("Cancelled", self->is_cancelled() ? "interrupted by the caller"
-                                                                 : message_text);
+          o = outcome::failure("Cancelled",
+                               self->is_cancelled() ? "interrupted by the caller" : message_text);
           break;
         default:
           o = outcome::failure("Defect", message_text);
@@ -628,9 +628,10 @@ class kit_state {
                                       const call_options& options,
                                       std::shared_ptr<stream_sink> sink = {}) {
     auto state = std::make_shared<outcome>();
-    deliver(std::string(type), std::string(id), std::string(rpc), std::move(payload),
-            options.primary_key, options.deliver_at_ms,
-            [state](outcome o) { *state = std::move(o); }, std::move(sink));
+    deliver(
+        std::string(type), std::string(id), std::string(rpc), std::move(payload),
+        options.primary_key, options.deliver_at_ms, [state](outcome o) { *state = std::move(o); },
+        std::move(sink));
     run();
     return state;
   }
@@ -655,7 +656,8 @@ class kit_state {
   void cancel(stream_sink& sink) {
     if (sink.cancelled) return;
     sink.cancelled = true;
-    for (auto& [item, ready, user] : sink.waiting) post([ready = ready, user = user] { ready(user); });
+    for (auto& [item, ready, user] : sink.waiting)
+      post([ready = ready, user = user] { ready(user); });
     sink.waiting.clear();
     if (auto hook = std::move(sink.on_cancel)) {
       sink.on_cancel = nullptr;
@@ -1058,7 +1060,8 @@ class kit_state {
   void finish(invocation* call, outcome o) {
     const slot_key key = call->key;
     if (call->msg.sink) call->msg.sink->on_cancel = nullptr;
-    if (!call->stream_refused.empty() && o.ok()) o = outcome::failure("Defect", call->stream_refused);
+    if (!call->stream_refused.empty() && o.ok())
+      o = outcome::failure("Defect", call->stream_refused);
     message msg = std::move(call->msg);
     std::unique_ptr<invocation> ended(call);
     auto it = entities_.find(key);
