@@ -409,15 +409,8 @@ class kit_state {
         });
         return;
       }
-      recorded_call record;
-      record.from_type = self->key.first;
-      record.from_id = self->key.second;
-      record.entity_type = entity_type ? entity_type : "";
-      record.entity_id = entity_id ? entity_id : "";
-      record.rpc = rpc ? rpc : "";
-      if (size > 0) record.payload.assign(payload, payload + size);
-      if (primary_key != nullptr) record.primary_key = primary_key;
-      self->kit->calls_.push_back(record);
+      recorded_call record =
+          self->record(entity_type, entity_id, rpc, payload, size, primary_key, false);
       kit_state* kit = self->kit;
       if (self->is_cancelled()) {
         kit->post([done, user] { complete_cancelled(done, user); });
@@ -441,6 +434,23 @@ class kit_state {
       });
     }
 
+    /// A call or send of this handler, added to the kit's record of calls.
+    recorded_call record(const char* entity_type, const char* entity_id, const char* rpc_name,
+                         const std::uint8_t* payload, std::size_t size, const char* primary_key,
+                         bool discard) {
+      recorded_call made;
+      made.from_type = key.first;
+      made.from_id = key.second;
+      made.entity_type = entity_type ? entity_type : "";
+      made.entity_id = entity_id ? entity_id : "";
+      made.rpc = rpc_name ? rpc_name : "";
+      if (size > 0) made.payload.assign(payload, payload + size);
+      if (primary_key != nullptr) made.primary_key = primary_key;
+      made.discard = discard;
+      kit->calls_.push_back(made);
+      return made;
+    }
+
     static void complete_cancelled(cluster_call_done_fn done, void* user) {
       done(user, CLUSTER_STATUS_CALL_FAILED, "Cancelled", "the calling request was cancelled",
            nullptr, 0);
@@ -459,16 +469,8 @@ class kit_state {
           });
         return;
       }
-      recorded_call record;
-      record.from_type = self->key.first;
-      record.from_id = self->key.second;
-      record.entity_type = entity_type ? entity_type : "";
-      record.entity_id = entity_id ? entity_id : "";
-      record.rpc = rpc ? rpc : "";
-      if (size > 0) record.payload.assign(payload, payload + size);
-      if (primary_key != nullptr) record.primary_key = primary_key;
-      record.discard = true;
-      self->kit->calls_.push_back(record);
+      recorded_call record =
+          self->record(entity_type, entity_id, rpc, payload, size, primary_key, true);
       kit_state* kit = self->kit;
       kit->post([kit, record = std::move(record), done, user]() mutable {
         // Accepted once it is queued: a refusal answers at once (no such type or RPC), the
