@@ -331,15 +331,13 @@ void entity_host::deliver(const entity_address& address, std::uint32_t rpc_index
                                                     " messages (limit)"));
     return;
   }
-  const auto held = control;
+  if (control) {
+    // Until it starts, an interrupt takes it out of the mailbox.
+    control->on_cancel = [this, key, raw = control.get()] { cancel_queued(key, raw); };
+  }
   s.mailbox.push_back(message{rpc_index, std::move(request), deadline, std::move(done),
                               std::move(commit), std::move(control)});
   if (!s.busy) run_next(key);
-  // Still waiting (an idle entity started it, or it was answered, already): until it starts,
-  // an interrupt takes it out of the mailbox. Hooked only now, so the common case allocates
-  // nothing for it.
-  if (held && !held->on_cancel && !held->finished() && !held->cancelled())
-    held->on_cancel = [this, key, raw = held.get()] { cancel_queued(key, raw); };
 }
 
 result<void> entity_host::activate_now(const entity_address& address) {

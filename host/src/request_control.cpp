@@ -52,7 +52,7 @@ void request_control::cancel(errc code, std::string why) {
 }
 
 void request_control::write(bytes item, std::function<void()> ready) {
-  if (cancelled_ || finished_ || discard_ || (!send_items && caller.expired())) {
+  if (cancelled_ || finished_ || discard_ || !send_items) {
     asio::post(io_, std::move(ready));  // dropped (discard) or never sent (cancelled)
     return;
   }
@@ -98,12 +98,7 @@ void request_control::flush() {
   auto items = std::move(batch_);
   batch_.clear();
   batch_bytes_ = 0;
-  if (finished_) return;
-  if (send_items) {
-    send_items(std::move(items));
-  } else if (auto live = caller.lock()) {
-    live->send(message_kind::stream_chunk, caller_id, stream_chunk_msg{std::move(items)});
-  }
+  if (send_items && !finished_) send_items(std::move(items));
 }
 
 void request_control::finish() {
@@ -112,7 +107,6 @@ void request_control::finish() {
   waiting_.clear();
   batch_.clear();
   send_items = nullptr;
-  caller.reset();
 }
 
 bool request_control::overdue(steady_clock::time_point now) const {

@@ -681,8 +681,10 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
   control->deadline = deadline;
   control->timeout = timeout;
   const std::weak_ptr<connection> weak(conn);
-  control->caller = weak;
-  control->caller_id = id;
+  control->send_items = [weak, id](std::vector<bytes>&& items) {
+    if (auto live = weak.lock())
+      live->send(message_kind::stream_chunk, id, stream_chunk_msg{std::move(items)});
+  };
   auto& requests = callers_of(conn).by_id;
   const bool tracked = requests.emplace(id, control).second;  // a reused id is not tracked
   serve(

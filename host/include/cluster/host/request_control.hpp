@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "cluster/net/asio.hpp"
-#include "cluster/net/connection.hpp"
 #include "cluster/protocol/errc.hpp"
 #include "cluster/protocol/messages.hpp"
 
@@ -35,11 +34,7 @@ class request_control : public std::enable_shared_from_this<request_control> {
 
   // The caller's side (the runner).
 
-  /// Where chunks go: `stream_chunk` frames with `caller_id` on `caller` (the runner's
-  /// requests: no callback to allocate per request), or `send_items` when set (tests). With
-  /// neither, items are dropped.
-  std::weak_ptr<connection> caller;
-  std::uint64_t caller_id = 0;
+  /// Sends a chunk of items to the caller; unset: items are dropped (discard).
   std::function<void(std::vector<bytes>&& items)> send_items;
   /// The caller grants `credit` more items. False when the credit it holds out would pass
   /// max_stream_credit (the request is then cancelled with InvalidRequest).
@@ -55,8 +50,6 @@ class request_control : public std::enable_shared_from_this<request_control> {
   // The handler's side (the entity host).
 
   bool cancelled() const { return cancelled_; }
-  /// The final reply went (`finish`).
-  bool finished() const { return finished_; }
   errc cancel_code() const { return cancel_code_; }
   const std::string& cancel_reason() const { return cancel_reason_; }
   /// Hands one item on: sent (batched with the items written in the same turn of the loop)
