@@ -740,6 +740,10 @@ void persisted_messages::run(persisted_message message, milliseconds backoff) {
     if (stopped_ || epoch != lock_epoch_ || !runs_here(shard.first, shard.second)) {
       // The shard moved or its lock was lost meanwhile: its next holder replays the message.
       running_.erase(id);
+      // A store only this runner sees cannot hand it over: its callers' routers retry
+      // NotOwner with the same key at the new owner, which stores and runs it there.
+      if (!stopped_ && !store_->shared())
+        answer(id, reply_msg::failure(errc::not_owner, "shard moved away before it was due"));
       message_done(id);
       return;
     }

@@ -543,6 +543,27 @@ TEST_F(persisted_messages_test, answers_a_caller_whose_deadline_passes_before_th
   EXPECT_EQ(node.persisted->waiting_callers(), 1u);
 }
 
+TEST_F(persisted_messages_test,
+       a_scheduled_message_whose_shard_moves_from_a_private_store_is_sent_on) {
+  // A store no other runner sees (memory storage): the new owner cannot replay the message,
+  // so its caller hears NotOwner when it is due and its router retries at the new owner.
+  const std::string id = "olga";
+  const auto shard = shard_of(id);
+  auto& node = serving_runner(id, /*shared=*/false);
+  auto call = request(id, "Stamp", nlohmann::json::object(), "moving");
+  call.deliver_at_ms = unix_ms() + 400;
+  auto slot = submit(node, call, milliseconds(10000));
+  ASSERT_TRUE(step_until(io, [&] { return node.persisted->waiting_callers() == 1; }));
+
+  node.persisted->set_wanted({});
+  ASSERT_TRUE(wait_for_state(node, shard, std::nullopt));
+  const auto reply = wait_reply(slot, milliseconds(3000));
+  EXPECT_EQ(reply.code, errc::not_owner) << reply.message;
+  EXPECT_GE(unix_ms(), *call.deliver_at_ms) << "answered before it was due";
+  EXPECT_EQ(node.persisted->waiting_callers(), 0u);
+  EXPECT_EQ(node.entities.activations(), 0u) << "it ran where its shard no longer is";
+}
+
 TEST_F(persisted_messages_test, a_shard_whose_session_ends_while_a_message_runs_comes_back) {
   const std::string id = "grace";
   const auto shard = shard_of(id);
