@@ -1,8 +1,5 @@
 #include "cluster/gateway/handler.hpp"
 
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
-
 #include <nlohmann/json.hpp>
 
 namespace cluster::gateway {
@@ -53,15 +50,6 @@ bool is_blank(std::string_view text) {
   return text.find_first_not_of(" \t\r\n") == std::string_view::npos;
 }
 
-bool equals_ignoring_case(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
 http_response unauthorized(std::string_view message, std::string_view challenge) {
   auto response = error_response(401, "Unauthorized", message);
   response.headers.emplace_back("www-authenticate", std::string(challenge));
@@ -76,23 +64,18 @@ std::string_view trimmed(std::string_view text) {
 
 // Checks `Authorization: Bearer <token>` (the scheme in any case, RFC 7235), or, when the
 // Authorization header carries something else (a SigV4 signature behind an AWS_IAM function
-// URL), `X-Gateway-Token: <token>`, against the configured token's digest. The digests are
-// compared with CRYPTO_memcmp: the time taken says nothing about how much of the token was
-// right, nor how long it is. The token itself is never logged nor echoed.
+// URL), `X-Gateway-Token: <token>`, against the configured token's digest (in constant time:
+// security::token_matches). The token itself is never logged nor echoed.
 std::optional<http_response> refuse_without_token(const http_request& request,
                                                   const token_digest& expected) {
-  std::string_view header = request.authorization;
-  const auto space = header.find(' ');
-  const bool bearer =
-      space != std::string_view::npos && equals_ignoring_case(header.substr(0, space), "Bearer");
+  const auto bearer = security::bearer_token_of(request.authorization);
   if (!bearer && request.gateway_token.empty())
     return unauthorized(
         "this gateway needs the header 'Authorization: Bearer <token>' (or 'X-Gateway-Token: "
         "<token>' beside another Authorization)",
         "Bearer");
-  const auto token = trimmed(bearer ? header.substr(space + 1) : request.gateway_token);
-  const auto presented = digest_of_token(token);
-  if (token.empty() || CRYPTO_memcmp(presented.data(), expected.data(), expected.size()) != 0)
+  const auto token = bearer ? *bearer : trimmed(request.gateway_token);
+  if (!security::token_matches(token, expected))
     return unauthorized("the bearer token is not valid", "Bearer error=\"invalid_token\"");
   return std::nullopt;
 }
@@ -126,47 +109,6 @@ bool wants_discard(std::string_view target) {
 }
 
 }  // namespace
-
-token_digest digest_of_token(std::string_view token) {
-  token_digest out{};
-  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), out.data());
-  return out;
-}
-
-result<expose_list> expose_list::parse(const std::vector<std::string>& entries) {
-  expose_list list;
-  for (const auto& text : entries) {
-    if (text == "*") {
-      list.all_ = true;
-      continue;
-    }
-    const auto slash = text.find('/');
-    entry parsed;
-    parsed.type = text.substr(0, slash);
-    if (slash != std::string::npos) parsed.rpc = text.substr(slash + 1);
-    const bool well_formed = !parsed.type.empty() &&
-                             (slash == std::string::npos || !parsed.rpc.empty()) &&
-                             parsed.rpc.find('/') == std::string::npos;
-    if (!well_formed)
-      return failure{errc::invalid_request,
-                     "gateway.expose: '" + text + "' is not \"Type\", \"Type/Rpc\" or \"*\""};
-    list.entries_.push_back(std::move(parsed));
-  }
-  return list;
-}
-
-expose_list expose_list::everything() {
-  expose_list list;
-  list.all_ = true;
-  return list;
-}
-
-bool expose_list::allows(std::string_view type, std::string_view rpc) const {
-  if (all_) return true;
-  for (const auto& e : entries_)
-    if (e.type == type && (e.rpc.empty() || e.rpc == rpc)) return true;
-  return false;
-}
 
 http_response error_response(unsigned status, std::string_view error, std::string_view message) {
   http_response response;

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+#include <fstream>
+
 namespace cluster::proxy {
 
 std::vector<config_section> proxy_config::sections() {
@@ -12,7 +15,13 @@ std::vector<config_section> proxy_config::sections() {
       .key("host", &host)
       .key("port", &port)
       .key("manager", &manager)
-      .key("request_timeout_ms", &request_timeout);
+      .key("request_timeout_ms", &request_timeout)
+      .key("effect_host", &effect_host)
+      .key("effect_port", &effect_port)
+      .key("effect_serialization", &effect_serialization)
+      .key("effect_token", &effect_token)
+      .key("effect_expose", &effect_expose)
+      .key("effect_rpcs", &effect_rpcs);
   return sections;
 }
 
@@ -29,7 +38,54 @@ std::shared_ptr<const permissions> proxy_permissions() {
   return allowed;
 }
 
+/// The token file `clusterctl keys init` does not write but `scripts/dev` and deployments
+/// may: one line, the token.
+std::string read_token_file(const std::string& file) {
+  std::ifstream in(file);
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  return token;
+}
+
 }  // namespace
+
+effect_listener_options proxy::effect_options() const {
+  effect_listener_options options;
+  options.host = effect_host();
+  options.port = config_.effect_port;
+  auto framing = parse_effect_framing(config_.effect_serialization);
+  if (!framing)
+    throw config_error("proxy.effect_serialization: expected auto, ndjson or msgpack, got '" +
+                       config_.effect_serialization + "'");
+  options.framing = *framing;
+  auto expose = security::expose_list::parse(config_.effect_expose, "proxy.effect_expose");
+  if (!expose) throw config_error(expose.error().message);
+  options.expose = std::move(expose).value();
+  std::string token = config_.effect_token;
+  const auto& security = config_.common.security;
+  if (token.empty() && !security.credentials_dir.empty()) {
+    const auto file = security.credentials_dir + "/effect.token";
+    if (std::filesystem::exists(file)) token = read_token_file(file);
+  }
+  const bool authenticating =
+      config_.common.security_prepared && config_.common.security_prepared->authenticate;
+  if (!token.empty()) {
+    options.token = security::digest_of_token(token);
+  } else if (authenticating) {
+    throw config_error(
+        "proxy.effect_port is set but no token is: set proxy.effect_token (or write it to "
+        "<security.credentials_dir>/effect.token); the Effect RPC listener needs one while "
+        "components authenticate");
+  }
+  options.max_message_bytes = config_.common.max_frame_bytes;
+  options.max_connections = config_.common.max_connections;
+  options.max_in_flight = config_.common.max_in_flight;
+  options.max_queued_bytes = config_.common.max_queued_bytes;
+  options.request_timeout = config_.request_timeout;
+  options.limits = config_.common.request_limits();
+  return options;
+}
 
 proxy::proxy(asio::io_context& io, proxy_config config)
     : io_(io),
@@ -73,6 +129,15 @@ void proxy::start() {
   if (!manager_address)
     throw config_error("proxy.manager: expected host:port, got '" + config_.manager + "'");
   server_.listen();
+  if (config_.effect_port != 0) {
+    auto tags = effect_tags::make(config_.effect_rpcs);
+    if (!tags) throw config_error(tags.error().message);
+    effect_ = std::make_unique<effect_listener>(io_, router_, in_flight_, effect_options(),
+                                                std::move(tags).value());
+    effect_->listen();
+    spdlog::info("proxy: Effect RPC on {}:{} ({})", effect_host(), effect_->port(),
+                 config_.effect_serialization);
+  }
   manager_client_options options;
   options.manager = *manager_address;
   options.hello = hello_msg{protocol_version, "proxy", "proxy"};
@@ -89,6 +154,7 @@ void proxy::stop(std::function<void()> on_stopped) {
   if (stopping_) return;
   stopping_ = true;
   server_.stop_accepting();
+  if (effect_) effect_->stop_accepting();
   if (manager_) manager_->stop();
   in_flight_.close([this] {
     // Every reply is queued: close each connection once it is written.
@@ -98,6 +164,7 @@ void proxy::stop(std::function<void()> on_stopped) {
       if (server_.connection_count() == 0) notify_stopped();
     };
     server_.close_after_flush();
+    if (effect_) effect_->close_after_flush();
     if (server_.connection_count() == 0) notify_stopped();
   });
 }

@@ -42,7 +42,8 @@ std::string test_plugin(const std::string& name) {
   return std::string(CLUSTER_TEST_PLUGIN_DIR) + "/lib" + name + ".so";
 }
 
-in_process_cluster::in_process_cluster() {
+in_process_cluster::in_process_cluster(
+    const std::function<void(proxy::proxy_config&)>& tweak_proxy) {
   spdlog::set_level(spdlog::level::warn);
   manager::manager_config manager_config;
   manager_config.port = 0;
@@ -53,6 +54,7 @@ in_process_cluster::in_process_cluster() {
   proxy_config.port = 0;
   proxy_config.manager = manager_address();
   proxy_config.request_timeout = milliseconds(10000);
+  if (tweak_proxy) tweak_proxy(proxy_config);
   proxy_ = std::make_unique<proxy::proxy>(io, proxy_config);
   proxy_->start();
 }

@@ -43,8 +43,9 @@ std::string test_plugin(const std::string& name);
 
 class in_process_cluster {
  public:
-  /// Starts a manager and a proxy; runners come with add_runner.
-  in_process_cluster();
+  /// Starts a manager and a proxy (`tweak_proxy` edits its config); runners come with
+  /// add_runner.
+  explicit in_process_cluster(const std::function<void(proxy::proxy_config&)>& tweak_proxy = {});
   ~in_process_cluster();
 
   asio::io_context io;

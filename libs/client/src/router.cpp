@@ -333,6 +333,10 @@ void router::send_try(const connection_ptr& conn, const std::shared_ptr<routed_r
   auto forward = [track, weak = std::weak_ptr<connection>(conn)](std::vector<bytes>&& items) {
     if (items.empty()) return;
     track->streamed = true;
+    if (track->on_items) {
+      track->on_items(std::move(items));
+      return;
+    }
     if (track->caller && track->caller->is_open()) {
       track->caller->send(message_kind::stream_chunk, track->caller_id,
                           stream_chunk_msg{std::move(items)});

@@ -65,6 +65,20 @@ result<void> assign_text(const config_section::target& target, const std::string
             if (comma > start) field->push_back(text.substr(start, comma - start));
             start = comma + 1;
           }
+        } else if constexpr (std::is_same_v<field_type, std::map<std::string, std::string>>) {
+          // A table as text: "name=value,name=value".
+          field->clear();
+          std::size_t start = 0;
+          while (start <= text.size()) {
+            const auto comma = std::min(text.find(',', start), text.size());
+            const auto entry = text.substr(start, comma - start);
+            start = comma + 1;
+            if (entry.empty()) continue;
+            const auto equals = entry.find('=');
+            if (equals == std::string::npos || equals == 0)
+              return config_failure(where + ": expected name=value, got '" + entry + "'");
+            (*field)[entry.substr(0, equals)] = entry.substr(equals + 1);
+          }
         } else if constexpr (std::is_same_v<field_type, std::chrono::milliseconds>) {
           // Durations are never negative; the field's own range is int64.
           BOOST_OUTCOME_TRY(count, integer_from<std::int64_t>(text, where));
@@ -106,6 +120,15 @@ result<void> assign_node(const config_section::target& target, const toml::node&
             if (!element.is_string())
               return config_failure(where + ": expected an array of strings");
             field->push_back(*element.value<std::string>());
+          }
+        } else if constexpr (std::is_same_v<field_type, std::map<std::string, std::string>>) {
+          const auto* table = node.as_table();
+          if (table == nullptr) return config_failure(where + ": expected a table of strings");
+          field->clear();
+          for (const auto& [name, value] : *table) {
+            if (!value.is_string())
+              return config_failure(where + "." + std::string(name.str()) + ": expected a string");
+            (*field)[std::string(name.str())] = *value.template value<std::string>();
           }
         } else {
           if (!node.is_integer()) return config_failure(where + ": expected an integer");
@@ -196,6 +219,11 @@ std::string config_value_text(const config_section::target& target) {
         } else if constexpr (std::is_same_v<field_type, std::vector<std::string>>) {
           std::string joined;
           for (const auto& item : *field) joined += (joined.empty() ? "" : ",") + item;
+          return joined;
+        } else if constexpr (std::is_same_v<field_type, std::map<std::string, std::string>>) {
+          std::string joined;
+          for (const auto& [name, value] : *field)
+            joined += (joined.empty() ? "" : ",") + name + "=" + value;
           return joined;
         } else if constexpr (std::is_same_v<field_type, std::chrono::milliseconds>) {
           return std::to_string(field->count());
@@ -298,7 +326,20 @@ result<void> load_config(const config_sources& sources, std::vector<config_secti
       continue;
     }
     auto it = section->keys().find(key_name);
-    if (it == section->keys().end()) return config_failure("--set " + set + ": unknown key");
+    if (it == section->keys().end()) {
+      // section.table.name=value: one entry of a table key.
+      const auto inner_dot = key_name.find('.');
+      auto table = inner_dot == std::string::npos
+                       ? section->keys().end()
+                       : section->keys().find(key_name.substr(0, inner_dot));
+      auto* const* entries = table == section->keys().end()
+                                 ? nullptr
+                                 : std::get_if<std::map<std::string, std::string>*>(&table->second);
+      if (entries == nullptr || inner_dot + 1 >= key_name.size())
+        return config_failure("--set " + set + ": unknown key");
+      (**entries)[key_name.substr(inner_dot + 1)] = set.substr(equals + 1);
+      continue;
+    }
     BOOST_OUTCOME_TRYV(assign_text(it->second, set.substr(equals + 1), "--set " + set));
   }
   return success();

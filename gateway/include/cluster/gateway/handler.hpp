@@ -24,6 +24,7 @@
 #include "cluster/gateway/proxy_client.hpp"
 #include "cluster/protocol/messages.hpp"
 #include "cluster/protocol/validate.hpp"
+#include "cluster/security/access.hpp"
 
 namespace cluster::gateway {
 
@@ -46,30 +47,11 @@ struct http_response {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
-/// What HTTP may call (`gateway.expose`): whole entity types, single RPCs of a type, or all.
-class expose_list {
- public:
-  /// Entries "Type", "Type/Rpc" or "*" (everything). A malformed entry ("", "/Rpc",
-  /// "Type/", "A/B/C") is a failure naming it.
-  static result<expose_list> parse(const std::vector<std::string>& entries);
-  static expose_list everything();
-  /// Allocation-free: the list is short and scanned in place.
-  bool allows(std::string_view type, std::string_view rpc) const;
-
- private:
-  struct entry {
-    std::string type;
-    std::string rpc;  ///< empty: every RPC of the type
-  };
-  bool all_ = false;
-  std::vector<entry> entries_;
-};
-
-using token_digest = std::array<std::uint8_t, 32>;
-
-/// SHA-256 of a bearer token: the handler keeps and compares digests only, so comparing
-/// takes the same time whatever the lengths and contents of the two tokens.
-token_digest digest_of_token(std::string_view token);
+// `gateway.expose` and the bearer token's digest: the same rules as the proxy's Effect
+// RPC listener (cluster/security/access.hpp).
+using security::digest_of_token;
+using security::expose_list;
+using security::token_digest;
 
 struct handler_options {
   /// Bodies larger than this are refused with 413 before any parsing.

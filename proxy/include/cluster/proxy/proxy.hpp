@@ -6,6 +6,7 @@
 // Owns, on the process's single io_context thread: the server, the manager client and
 // the router with its pooled runner connections.
 
+#include <map>
 #include <memory>
 
 #include "cluster/client/manager_client.hpp"
@@ -14,6 +15,7 @@
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/gate.hpp"
 #include "cluster/process/settings.hpp"
+#include "cluster/proxy/effect_listener.hpp"
 
 namespace cluster::proxy {
 
@@ -23,6 +25,14 @@ struct proxy_config {
   std::uint16_t port = defaults::proxy_port;
   std::string manager = defaults::manager_address();
   milliseconds request_timeout{10000};
+  // The Effect RPC listener (docs/effect-rpc.md); port 0 leaves it off.
+  std::string effect_host;  ///< empty: `host`
+  std::uint16_t effect_port = 0;
+  std::string effect_serialization = "auto";
+  /// The bearer token Effect clients present; empty: `<credentials_dir>/effect.token`.
+  std::string effect_token;
+  std::vector<std::string> effect_expose{"*"};
+  std::map<std::string, std::string> effect_rpcs;  ///< tag → "Type.Rpc"
 
   std::vector<config_section> sections();
 };
@@ -43,6 +53,8 @@ class proxy {
   void stop(std::function<void()> on_stopped);
   void stop() { stop(nullptr); }
   std::uint16_t port() const { return server_.port(); }
+  /// The Effect RPC listener's port; 0 when it is off.
+  std::uint16_t effect_port() const { return effect_ ? effect_->port() : 0; }
   const assignment_snapshot& snapshot() const { return router_.snapshot(); }
   std::size_t in_flight() const { return in_flight_.count(); }
 
@@ -59,12 +71,18 @@ class proxy {
   /// A caller's connection closed: its volatile requests are interrupted.
   void caller_gone(const connection_ptr& conn);
   void notify_stopped();
+  /// The Effect listener's options from the configuration (a failure names the setting).
+  effect_listener_options effect_options() const;
+  std::string effect_host() const {
+    return config_.effect_host.empty() ? config_.host : config_.effect_host;
+  }
 
   asio::io_context& io_;
   proxy_config config_;
   server server_;
   router router_;
   std::unique_ptr<manager_client> manager_;
+  std::unique_ptr<effect_listener> effect_;
   gate in_flight_;  // routed requests not answered yet; a stop waits for them
   request_limits limits_;
   bool stopping_ = false;

@@ -43,9 +43,11 @@ class routed_set;
 struct routed_request {
   request_msg request;
   steady_clock::time_point deadline;
-  /// Streaming replies go to `caller` as stream_chunk frames with `caller_id`.
+  /// Streaming replies go to `caller` as stream_chunk frames with `caller_id`, or to
+  /// `on_items` when it is set (a caller that speaks another protocol).
   connection_ptr caller;
   std::uint64_t caller_id = 0;
+  std::function<void(std::vector<bytes>&&)> on_items;
   /// The try in progress: the runner connection and the id of the request on it.
   connection_ptr conn;
   std::uint64_t call_id = 0;
@@ -108,10 +110,12 @@ class router {
   /// Routes a request for `caller` (request `caller_id` of its connection) and keeps it in
   /// `set` while in flight, so `interrupt` and `ack` can reach it: a streaming RPC's items
   /// are sent to `caller` as they come, and a retriable failure is retried only while none
-  /// has been sent. `done` gets the final reply, after the request left `set`.
+  /// has been sent. `done` gets the final reply, after the request left `set`. With
+  /// `on_items`, items go there instead of to `caller` (which may then be null).
   template <class Done>
   void route(request_msg request, steady_clock::time_point deadline, Done done, routed_set& set,
-             connection_ptr caller, std::uint64_t caller_id);
+             connection_ptr caller, std::uint64_t caller_id,
+             std::function<void(std::vector<bytes>&&)> on_items = {});
   /// Stops a routed request: the runner running it is told (its reply ends the request,
   /// `Cancelled` from a runner that stopped it), and no further try is made.
   void interrupt(routed_request& request);
@@ -195,7 +199,8 @@ void router::route_in_coroutine(awaitable<reply_msg> routing, Done done) {
 
 template <class Done>
 void router::route(request_msg request, steady_clock::time_point deadline, Done done,
-                   routed_set& set, connection_ptr caller, std::uint64_t caller_id) {
+                   routed_set& set, connection_ptr caller, std::uint64_t caller_id,
+                   std::function<void(std::vector<bytes>&&)> on_items) {
   ensure_primary_key(request);
   struct in_flight : routed_request {
     explicit in_flight(Done&& callback) : done(std::move(callback)) {}
@@ -206,6 +211,7 @@ void router::route(request_msg request, steady_clock::time_point deadline, Done 
   call->deadline = deadline;
   call->caller = std::move(caller);
   call->caller_id = caller_id;
+  call->on_items = std::move(on_items);
   set.link(*call);
   // Leaves the set before `done` runs: the caller may look for another request meanwhile.
   auto finish = [call](reply_msg&& reply) {
