@@ -4,7 +4,8 @@
 //
 //   Vpc ── Database (RDS PostgreSQL) ── Cluster (ECS on Fargate)
 //          Manager  (cluster-manager, 1 task, port 8080)
-//          Proxy    (cluster-proxy, 1..5 tasks, port 3333, CPU/memory autoscaling)
+//          Proxy    (cluster-proxy, 1..5 tasks, port 3333, Effect RPC port 3334,
+//                    CPU/memory autoscaling)
 //          Runner   (cluster-runner x4 in one task, ports 34431..34434)
 //          Api      (Lambda, custom runtime, dist/lambda/bootstrap, function URL)
 //
@@ -12,20 +13,25 @@
 // "ProxyServer" ({host, port}) and the Postgres "Database" reach them as
 // SST_RESOURCE_<Name> JSON environment variables. The Lambda gets the address of the proxy
 // it calls as CLUSTER_GATEWAY_PROXY (host:port; CLUSTER_PROXY_* is where a proxy listens).
+// The Linkable "EffectRpc" ({host, port} of the proxies' Effect RPC listener) is for the
+// app's TypeScript functions, which call the entities with @effect/rpc (docs/deploy.md);
+// no process reads it.
 //
 // Credentials (docs/security.md): one Ed25519 key per role in the sst.Secrets
 // ClusterManagerKey, ClusterRunnerKey, ClusterProxyKey, ClusterClientKey (the Lambda) and
 // ClusterAdminKey (linked to nothing: operators only), and the trust list of public keys in
 // ClusterTrust. Each service links its own key and the trust list, nothing else, so a
-// broken-into runner holds no key of another role. Set them once per stage from
-// `clusterctl keys init DIR` with the lines deploy/secret-commands.sh prints.
+// broken-into runner holds no key of another role. EffectRpcToken is the bearer token of the
+// Effect RPC listener: the proxy links it, and so do the functions that call the listener.
+// Set them once per stage from `clusterctl keys init DIR` with the lines
+// deploy/secret-commands.sh prints.
 // Secrets, not keys generated here: they need no extra Pulumi provider (the offline checks
 // run with SST's platform alone), and the admin key exists on the operator's machine before
 // it exists in AWS.
 //
 // Per stage (STAGES below): the function URL's protection (a bearer token checked by the
 // handler, or AWS_IAM), Fargate Spot or regular capacity, the HTTP allowlist.
-// Deployed, each service has a security group of its own that admits only its port, from
+// Deployed, each service has a security group of its own that admits only its ports, from
 // the services that call it, and the database is reached over TLS with the server's name
 // verified against the RDS CA bundle the image ships.
 //
@@ -43,6 +49,9 @@ const MANAGER_PORT = 8080;
 const PROXY_PORT = 3333;
 const GATEWAY_PORT = 8787;
 const RUNNER_PORTS = [34431, 34432, 34433, 34434];
+// The proxy's Effect RPC listener (docs/effect-rpc.md), which the process leaves off unless
+// a port is set; 3334 as in `scripts/dev up`.
+const EFFECT_PORT = 3334;
 
 // The RDS engine, pinned: SST's default moves with SST releases (17 in 4.17.1).
 const POSTGRES_VERSION = "16.4";
@@ -122,6 +131,9 @@ export default $config({
     const trust = new sst.Secret("ClusterTrust");
     // Only where the handler checks a token.
     const gatewayToken = urlToken ? new sst.Secret("GatewayToken") : undefined;
+    // Every stage: the proxy refuses to start its Effect RPC listener without a token while
+    // the processes authenticate.
+    const effectRpcToken = new sst.Secret("EffectRpcToken");
 
     // --- security groups (deployed only: in `sst dev` the processes run on this machine) --
     // One per service; every ingress names the security group of the caller, none a CIDR.
@@ -172,9 +184,13 @@ export default $config({
       timeout: "5 seconds" as const,
       retries: 3,
     });
-    // A TCP connect to a port in the task (bash is in the image; /bin/sh is dash).
-    const tcpHealth = (port: number) =>
-      health(["/bin/bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${port}`]);
+    // A TCP connect to each port in the task (bash is in the image; /bin/sh is dash).
+    const tcpHealth = (...ports: number[]) =>
+      health([
+        "/bin/bash",
+        "-c",
+        ports.map((port) => `exec 3<>/dev/tcp/127.0.0.1/${port}`).join(" && "),
+      ]);
 
     // SST has no option for the container stop timeout: set it in the task definition.
     // Deployed, the service's tasks get its own security group instead of the VPC's
@@ -257,12 +273,13 @@ export default $config({
       cpu: "0.25 vCPU",
       memory: "0.5 GB",
       capacity,
-      link: [shardManager, keys.proxy, trust],
+      link: [shardManager, keys.proxy, trust, effectRpcToken],
       environment: {
         CLUSTER_PROXY_PORT: String(PROXY_PORT),
+        CLUSTER_PROXY_EFFECT_PORT: String(EFFECT_PORT),
       },
-      command: imageCommand("cluster-proxy", "proxy.host=0.0.0.0"),
-      health: tcpHealth(PROXY_PORT),
+      command: imageCommand("cluster-proxy", "proxy.host=0.0.0.0", "proxy.effect_host=0.0.0.0"),
+      health: tcpHealth(PROXY_PORT, EFFECT_PORT),
       scaling: {
         min: 1,
         max: 5,
@@ -277,6 +294,16 @@ export default $config({
       properties: {
         host: $dev ? "127.0.0.1" : proxy.service,
         port: PROXY_PORT,
+      },
+    });
+
+    // A TypeScript function that calls the entities through the Effect RPC listener links
+    // [effectRpc, effectRpcToken] (Resource.EffectRpc.host/port, Resource.EffectRpcToken.value)
+    // and runs in the VPC with the Api security group, the one the proxies admit.
+    const effectRpc = new sst.Linkable("EffectRpc", {
+      properties: {
+        host: $dev ? "127.0.0.1" : proxy.service,
+        port: EFFECT_PORT,
       },
     });
 
@@ -328,6 +355,7 @@ export default $config({
         api: gatewayUrl,
         manager: `127.0.0.1:${MANAGER_PORT}`,
         proxy: `127.0.0.1:${PROXY_PORT}`,
+        effectRpc: `127.0.0.1:${EFFECT_PORT}`,
       };
     }
 
@@ -368,19 +396,22 @@ export default $config({
       apiAuth: stage.urlAuth,
       manager: $interpolate`${manager.service}:${MANAGER_PORT}`,
       proxy: $interpolate`${proxy.service}:${PROXY_PORT}`,
+      effectRpc: $interpolate`${proxy.service}:${EFFECT_PORT}`,
     };
   },
 });
 
-// The security groups of the deployed services: each admits only its own port, only from
+// The security groups of the deployed services: each admits only its own ports, only from
 // the security groups of the services that call it. The tasks' egress stays open (image
-// pulls, logs, AWS APIs); the Lambda may only reach the proxies.
+// pulls, logs, AWS APIs); the app's functions (the Api group) may only reach the proxies.
 function securityGroups(vpc: sst.aws.Vpc) {
   const group = (name: string, description: string) =>
     new aws.ec2.SecurityGroup(`${name}SecurityGroup`, { vpcId: vpc.id, description });
   const groups = {
     manager: group("Manager", "cluster-manager: 8080 from runners and proxies"),
     runner: group("Runner", "cluster-runner: 34431-34434 from proxies, runners and the manager"),
+    // It also admits the Effect RPC port: AWS cannot edit a group's description in place,
+    // and a new one would replace the group under the running tasks and the Lambda.
     proxy: group("Proxy", "cluster-proxy: 3333 from the Lambda"),
     api: group("Api", "the Lambda: no ingress, egress to the proxies only"),
     database: group("Database", "PostgreSQL: 5432 from the manager and the runners"),
@@ -405,6 +436,7 @@ function securityGroups(vpc: sst.aws.Vpc) {
   allow("RunnerFromRunner", groups.runner, groups.runner, runnerPorts);
   allow("RunnerFromManager", groups.runner, groups.manager, runnerPorts);
   allow("ProxyFromApi", groups.proxy, groups.api, [PROXY_PORT, PROXY_PORT]);
+  allow("ProxyEffectFromApi", groups.proxy, groups.api, [EFFECT_PORT, EFFECT_PORT]);
   allow("DatabaseFromManager", groups.database, groups.manager, [POSTGRES_PORT, POSTGRES_PORT]);
   allow("DatabaseFromRunner", groups.database, groups.runner, [POSTGRES_PORT, POSTGRES_PORT]);
   for (const [name, g] of [
@@ -418,12 +450,17 @@ function securityGroups(vpc: sst.aws.Vpc) {
       ipProtocol: "-1",
     });
   }
-  new aws.vpc.SecurityGroupEgressRule("ApiToProxy", {
-    securityGroupId: groups.api.id,
-    referencedSecurityGroupId: groups.proxy.id,
-    ipProtocol: "tcp",
-    fromPort: PROXY_PORT,
-    toPort: PROXY_PORT,
-  });
+  for (const [name, port] of [
+    ["ApiToProxy", PROXY_PORT],
+    ["ApiToProxyEffect", EFFECT_PORT],
+  ] as const) {
+    new aws.vpc.SecurityGroupEgressRule(name, {
+      securityGroupId: groups.api.id,
+      referencedSecurityGroupId: groups.proxy.id,
+      ipProtocol: "tcp",
+      fromPort: port,
+      toPort: port,
+    });
+  }
   return groups;
 }

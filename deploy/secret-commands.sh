@@ -2,8 +2,9 @@
 # Prints the `sst secret set` commands that give a stage the cluster's credentials, from the
 # files `clusterctl keys init DIR` wrote (DIR/{manager,runner,proxy,client,admin}.key and
 # DIR/trust). Each value is read from its file on stdin, so no key appears on a command line
-# or in this output. It also makes DIR/gateway.token (a random bearer token, mode 0600) unless
-# it exists: the secret GatewayToken, which HTTP callers send as `Authorization: Bearer`.
+# or in this output. It also makes the random bearer tokens (mode 0600) that do not exist yet:
+# DIR/gateway.token, the secret GatewayToken, which HTTP callers send as `Authorization:
+# Bearer`, and DIR/effect.token, the secret EffectRpcToken, which Effect RPC clients send.
 #
 #   build/release/bin/clusterctl keys init ~/.cluster-sst/prod
 #   deploy/secret-commands.sh ~/.cluster-sst/prod --stage production          # review
@@ -52,19 +53,24 @@ secrets=(
   ClusterAdminKey:admin.key
   ClusterTrust:trust
   GatewayToken:gateway.token
+  EffectRpcToken:effect.token
 )
+# The ones made here when missing; the others come from clusterctl keys init.
+tokens=(gateway.token effect.token)
 
 # Every file first: a missing one must not leave half of the commands printed (and run).
 for entry in "${secrets[@]}"; do
-  file=$dir/${entry#*:}
-  [[ "$file" == */gateway.token || -s "$file" ]] ||
+  base=${entry#*:}
+  file=$dir/$base
+  [[ " ${tokens[*]} " == *" $base "* || -s "$file" ]] ||
     die "$file is missing or empty (clusterctl keys init $dir writes the keys and the trust list)"
 done
-if [[ ! -e "$dir/gateway.token" ]]; then
-  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/gateway.token") ||
-    die "could not write $dir/gateway.token"
-  echo "secret-commands.sh: wrote a new bearer token to $dir/gateway.token" >&2
-fi
+for token in "${tokens[@]}"; do
+  [[ ! -e "$dir/$token" ]] || continue
+  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$dir/$token") ||
+    die "could not write $dir/$token"
+  echo "secret-commands.sh: wrote a new bearer token to $dir/$token" >&2
+done
 
 stage_arg=""
 [[ -z "$stage" ]] || stage_arg=" --stage $(printf '%q' "$stage")"

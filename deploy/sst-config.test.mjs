@@ -86,9 +86,16 @@ test("deploy/secret-commands.sh sets every secret of the config from clusterctl 
     });
     assert.deepEqual(set.sort(), byType(resources, "sst:sst:Secret").map((s) => s.name).sort());
     assert.ok(!out.includes("private"), "no key in the output");
-    const token = path.join(dir, "gateway.token");
-    assert.equal(fs.statSync(token).mode & 0o777, 0o600, "the generated token is 0600");
-    assert.match(fs.readFileSync(token, "utf8"), /^[0-9a-f]{64}$/);
+    for (const file of ["gateway.token", "effect.token"]) {
+      const token = path.join(dir, file);
+      assert.equal(fs.statSync(token).mode & 0o777, 0o600, `the generated ${file} is 0600`);
+      assert.match(fs.readFileSync(token, "utf8"), /^[0-9a-f]{64}$/);
+    }
+    assert.notEqual(
+      fs.readFileSync(path.join(dir, "gateway.token"), "utf8"),
+      fs.readFileSync(path.join(dir, "effect.token"), "utf8"),
+      "each token is its own",
+    );
     // A missing key is a clear error, not a half-printed list.
     fs.rmSync(path.join(dir, "runner.key"));
     assert.throws(
@@ -147,20 +154,33 @@ for (const mode of ["dev", "deployed"]) {
       for (const c of containers) assert.equal(c.environment.CLUSTER_CLUSTER_STORAGE, "postgres");
     });
 
-    test("linkables ShardManager and ProxyServer carry the manager's and proxy's host and port", () => {
+    test("linkables ShardManager, ProxyServer and EffectRpc carry the manager's and proxy's host and port", () => {
       const manager = one(result.resources, "sst:aws:Service", "Manager").component;
       const proxy = one(result.resources, "sst:aws:Service", "Proxy").component;
       const shardManager = one(result.resources, "sst:sst:Linkable", "ShardManager").component.properties;
       const proxyServer = one(result.resources, "sst:sst:Linkable", "ProxyServer").component.properties;
+      const effectRpc = one(result.resources, "sst:sst:Linkable", "EffectRpc").component.properties;
       assert.equal(shardManager.port, 8080);
       assert.equal(proxyServer.port, 3333);
+      assert.equal(effectRpc.port, 3334);
       if (isDev) {
         assert.equal(shardManager.host, "127.0.0.1");
         assert.equal(proxyServer.host, "127.0.0.1");
+        assert.equal(effectRpc.host, "127.0.0.1");
       } else {
         assert.equal(shardManager.host, resolve(manager.service), "manager's Cloud Map name");
         assert.equal(proxyServer.host, resolve(proxy.service), "proxy's Cloud Map name");
+        assert.equal(effectRpc.host, resolve(proxy.service), "proxy's Cloud Map name");
       }
+    });
+
+    test("the proxy listens for Effect RPC on 3334 with the EffectRpcToken secret", () => {
+      const proxy = one(result.resources, "sst:aws:Service", "Proxy").args;
+      assert.equal(proxy.environment.CLUSTER_PROXY_EFFECT_PORT, "3334");
+      assert.ok(linkNames(proxy).includes("EffectRpcToken"));
+      // Only clients read the EffectRpc link: no process is linked to it.
+      const linkers = result.resources.filter((r) => Array.isArray(r.args?.link));
+      assert.deepEqual(linkers.filter((r) => linkNames(r.args).includes("EffectRpc")).map((r) => r.name), []);
     });
 
     test("links: database to manager and runners, manager to runners and proxies, proxy to the gateway", () => {
@@ -168,7 +188,7 @@ for (const mode of ["dev", "deployed"]) {
       // Each links its own key and the trust list, and no other key.
       assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Manager").args), ["ClusterManagerKey", "ClusterTrust", "Database"]);
       assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Runner").args), ["ClusterRunnerKey", "ClusterTrust", "Database", "ShardManager"]);
-      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Proxy").args), ["ClusterProxyKey", "ClusterTrust", "ShardManager"]);
+      assert.deepEqual(linkNames(one(resources, "sst:aws:Service", "Proxy").args), ["ClusterProxyKey", "ClusterTrust", "EffectRpcToken", "ShardManager"]);
       assert.deepEqual(linkNames(one(resources, "sst:sst:DevCommand", "Gateway").args), ["ClusterClientKey", "ClusterTrust", "GatewayToken", "ProxyServer"]);
       const manager = one(resources, "sst:aws:Service", "Manager").args;
       assert.equal(manager.environment.CLUSTER_CLUSTER_STORAGE, "postgres");
@@ -180,7 +200,7 @@ for (const mode of ["dev", "deployed"]) {
       const secrets = byType(resources, "sst:sst:Secret");
       assert.deepEqual(
         secrets.map((s) => s.name).sort(),
-        ["ClusterAdminKey", "ClusterClientKey", "ClusterManagerKey", "ClusterProxyKey", "ClusterRunnerKey", "ClusterTrust", "GatewayToken"],
+        ["ClusterAdminKey", "ClusterClientKey", "ClusterManagerKey", "ClusterProxyKey", "ClusterRunnerKey", "ClusterTrust", "EffectRpcToken", "GatewayToken"],
       );
       for (const s of secrets) assert.equal(s.args.placeholder, undefined, `${s.name} has no value in the code`);
       const linkers = resources.filter((r) => Array.isArray(r.args?.link));
@@ -193,6 +213,7 @@ for (const mode of ["dev", "deployed"]) {
         ["ClusterRunnerKey", /^Runner/],
         ["ClusterProxyKey", /^Proxy/],
         ["ClusterClientKey", /^(Api|Gateway)$/],
+        ["EffectRpcToken", /^Proxy/],
       ]) {
         const holders = linkedBy(key);
         assert.ok(holders.length > 0, `${key} is linked`);
@@ -244,6 +265,7 @@ describe("sst dev", () => {
     assert.equal(result.outputs.api, "http://127.0.0.1:8787");
     assert.equal(result.outputs.manager, "127.0.0.1:8080");
     assert.equal(result.outputs.proxy, "127.0.0.1:3333");
+    assert.equal(result.outputs.effectRpc, "127.0.0.1:3334");
   });
 
   test("each container becomes a dev process with its own environment and links", () => {
@@ -279,12 +301,13 @@ describe("deployed", () => {
         const sets = c.command.filter((_, i) => c.command[i - 1] === "--set");
         const section = { "cluster-manager": "manager", "cluster-proxy": "proxy", "cluster-runner": "runner" }[binary];
         assert.ok(sets.includes(`${section}.host=0.0.0.0`), `${service.name}/${c.name} listens on 0.0.0.0`);
+        if (binary === "cluster-proxy") assert.ok(sets.includes("proxy.effect_host=0.0.0.0"), "Effect RPC on 0.0.0.0");
         if (binary === "cluster-runner") assert.ok(sets.includes("runner.plugins=/app/plugins"));
       }
     }
   });
 
-  test("container health checks: clusterctl status for the manager, a TCP connect for the others", () => {
+  test("container health checks: clusterctl status for the manager, TCP connects for the others", () => {
     const executables = cmakeExecutables();
     const manager = one(result.resources, "sst:aws:Service", "Manager").args.health;
     assert.equal(manager.command[0], "CMD");
@@ -294,7 +317,12 @@ describe("deployed", () => {
     assert.ok(manager.command.includes("127.0.0.1:8080"));
 
     const proxy = one(result.resources, "sst:aws:Service", "Proxy").args.health;
-    assert.deepEqual(proxy.command, ["CMD", "/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/3333"]);
+    assert.deepEqual(proxy.command, [
+      "CMD",
+      "/bin/bash",
+      "-c",
+      "exec 3<>/dev/tcp/127.0.0.1/3333 && exec 3<>/dev/tcp/127.0.0.1/3334",
+    ]);
     const runners = one(result.resources, "sst:aws:Service", "Runner").args.containers;
     runners.forEach((c, i) =>
       assert.deepEqual(c.health.command, ["CMD", "/bin/bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${RUNNER_PORTS[i]}`]),
@@ -409,6 +437,7 @@ describe("deployed", () => {
       "Manager:8080-8080<-Proxy",
       "Manager:8080-8080<-Runner",
       "Proxy:3333-3333<-Api",
+      "Proxy:3334-3334<-Api",
       "Runner:34431-34434<-Manager",
       "Runner:34431-34434<-Proxy",
       "Runner:34431-34434<-Runner",
@@ -416,7 +445,10 @@ describe("deployed", () => {
     const apiEgress = byType(resources, "aws:vpc:SecurityGroupEgressRule")
       .map((r) => resolve(r.args))
       .filter((a) => groups[a.securityGroupId] === "Api");
-    assert.deepEqual(apiEgress.map((a) => [groups[a.referencedSecurityGroupId], a.fromPort, a.toPort, a.cidrIpv4]), [["Proxy", 3333, 3333, undefined]]);
+    assert.deepEqual(apiEgress.map((a) => [groups[a.referencedSecurityGroupId], a.fromPort, a.toPort, a.cidrIpv4]), [
+      ["Proxy", 3333, 3333, undefined],
+      ["Proxy", 3334, 3334, undefined],
+    ]);
 
     // The tasks and the database use them instead of the VPC's default group.
     for (const name of ["Manager", "Proxy", "Runner"]) {
@@ -433,6 +465,7 @@ describe("deployed", () => {
     assert.equal(result.outputs.api, resolve(fn.url));
     assert.match(result.outputs.manager, /^Manager\..+:8080$/);
     assert.match(result.outputs.proxy, /^Proxy\..+:3333$/);
+    assert.match(result.outputs.effectRpc, /^Proxy\..+:3334$/);
   });
 
   test("a deploy without a built dist/lambda/bootstrap stops with a clear message", async () => {

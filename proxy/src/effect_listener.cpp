@@ -155,7 +155,7 @@ class effect_listener::session : public std::enable_shared_from_this<session> {
                          : std::string();
     auto target = owner_.tags_.resolve(tag, owner_.router_.snapshot());
     if (!target) {
-      send(exit_message(*id, effect_die("UnknownRpc", target.error().message)));
+      send(exit_message(*id, effect_die(to_string(target.error().code), target.error().message)));
       return;
     }
     const json* payload = message.contains("payload") ? &message["payload"] : nullptr;
@@ -166,7 +166,7 @@ class effect_listener::session : public std::enable_shared_from_this<session> {
                                         "EntityProxy.toRpcGroup makes it)")));
       return;
     }
-    auto& [entity_type, rpc] = target.value();
+    auto& [entity_type, rpc, discard] = target.value();
     if (!options.expose.allows(entity_type, rpc)) {
       send(exit_message(*id, effect_die("Forbidden", entity_type + "/" + rpc +
                                                          " is not exposed to Effect RPC "
@@ -177,6 +177,7 @@ class effect_listener::session : public std::enable_shared_from_this<session> {
     call.entity_type = entity_type;
     call.rpc = rpc;
     call.entity_id = (*payload)["entityId"].get<std::string>();
+    call.discard = discard;
     const auto inner = payload->contains("payload") ? (*payload)["payload"] : json::object();
     const auto packed = json::to_msgpack(inner);
     call.payload.assign(packed.begin(), packed.end());
@@ -203,11 +204,12 @@ class effect_listener::session : public std::enable_shared_from_this<session> {
       address.shard = located.value().shard;
       stream = located.value().stream;
     }
-    route(*id, std::move(call), std::move(address), stream, timeout);
+    // A discarded call's success is void, like a stream's: nothing but "accepted".
+    route(*id, std::move(call), std::move(address), stream, discard, timeout);
   }
 
   void route(const std::string& id, request_msg call, effect_address address, bool stream,
-             milliseconds timeout) {
+             bool discard, milliseconds timeout) {
     auto& entry = calls_[id];
     entry.local_id = ++last_local_id_;
     entry.stream = stream;
@@ -219,10 +221,11 @@ class effect_listener::session : public std::enable_shared_from_this<session> {
     }
     owner_.router_.route(
         std::move(call), steady_clock::now() + timeout,
-        [self = shared_from_this(), id, address = std::move(address), stream,
+        [self = shared_from_this(), id, address = std::move(address),
+         void_success = stream || discard,
          hold = owner_.in_flight_.hold()](reply_msg&& reply) mutable {
           self->calls_.erase(id);
-          self->send(exit_message(id, effect_exit(reply, address, stream)));
+          self->send(exit_message(id, effect_exit(reply, address, void_success)));
           hold.release();
           if (self->eof_ && self->calls_.empty()) self->close_after_flush();
         },

@@ -12,6 +12,37 @@ std::optional<effect_target> split_at_dot(std::string_view text) {
   return effect_target{std::string(text.substr(0, dot)), std::string(text.substr(dot + 1))};
 }
 
+// Without overrides or the Discard form: `Type.Rpc` of a known type, else the one type with
+// an RPC of that name.
+result<effect_target> find_target(const std::string& tag, const assignment_snapshot& snapshot) {
+  if (auto split = split_at_dot(tag); split) {
+    if (const auto* type = snapshot.find_entity_type(split->entity_type)) {
+      if (type->find_rpc(split->rpc)) return std::move(*split);
+      return failure{errc::unknown_rpc, "Unknown request tag: " + tag + " (entity type " +
+                                            type->name + " has no RPC " + split->rpc + ")"};
+    }
+  }
+  std::optional<effect_target> found;
+  std::string owners;
+  for (const auto& type : snapshot.entity_types) {
+    if (!type.find_rpc(tag)) continue;
+    if (found) {
+      owners += owners.empty() ? found->entity_type + ", " + type.name : ", " + type.name;
+      continue;
+    }
+    found = effect_target{type.name, tag};
+  }
+  if (!owners.empty())
+    return failure{errc::unknown_rpc,
+                   "Unknown request tag: " + tag + " is an RPC of several entity types (" + owners +
+                       "): prefix it (\"Type." + tag + "\") or map it in [proxy.effect_rpcs]"};
+  if (!found)
+    return failure{errc::unknown_rpc, "Unknown request tag: " + tag +
+                                          " (no entity type has that RPC, and it is not "
+                                          "\"Type.Rpc\" of a known type)"};
+  return std::move(*found);
+}
+
 json address_json(const effect_address& address) {
   return json{{"shardId", {{"group", address.group}, {"id", address.shard}}},
               {"entityType", address.entity_type},
@@ -47,38 +78,32 @@ result<effect_tags> effect_tags::make(const std::map<std::string, std::string>& 
 result<effect_target> effect_tags::resolve(const std::string& tag,
                                            const assignment_snapshot& snapshot) {
   if (auto it = overrides_.find(tag); it != overrides_.end()) return it->second;
+  if (snapshot.entity_types.empty())
+    return failure{errc::no_runner,
+                   "the cluster has no entity types yet (no runner registered, or the proxy has "
+                   "not heard from the manager): retry"};
   if (resolved_version_ != snapshot.version) {
     resolved_.clear();
     resolved_version_ = snapshot.version;
   }
   if (auto it = resolved_.find(tag); it != resolved_.end()) return it->second;
-  std::optional<effect_target> found;
-  if (auto split = split_at_dot(tag); split && snapshot.find_entity_type(split->entity_type)) {
-    found = std::move(split);
-  } else {
-    std::string owners;
-    for (const auto& type : snapshot.entity_types) {
-      if (!type.find_rpc(tag)) continue;
-      if (found) {
-        owners += owners.empty() ? found->entity_type + ", " + type.name : ", " + type.name;
-        continue;
+  auto found = find_target(tag, snapshot);
+  if (!found) {
+    // @effect/cluster 0.60+ adds `<Rpc>Discard` to every RPC: the same call, not waited for.
+    constexpr std::string_view suffix = "Discard";
+    if (tag.size() > suffix.size() &&
+        tag.compare(tag.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      if (auto base = find_target(tag.substr(0, tag.size() - suffix.size()), snapshot)) {
+        base.value().discard = true;
+        found = std::move(base);
       }
-      found = effect_target{type.name, tag};
     }
-    if (!owners.empty())
-      return failure{errc::unknown_rpc, "Unknown request tag: " + tag +
-                                            " is an RPC of several entity types (" + owners +
-                                            "): prefix it (\"Type." + tag +
-                                            "\") or map it in [proxy.effect_rpcs]"};
   }
-  if (!found)
-    return failure{errc::unknown_rpc, "Unknown request tag: " + tag +
-                                          " (no entity type has that RPC, and it is not "
-                                          "\"Type.Rpc\" of a known type)"};
+  if (!found) return std::move(found).error();
   // Bounded by what clients ask for and the snapshot knows: resolutions of names that
   // exist only.
-  resolved_.emplace(tag, *found);
-  return std::move(*found);
+  resolved_.emplace(tag, found.value());
+  return found;
 }
 
 json effect_die(std::string_view name, std::string_view message) {
@@ -91,11 +116,13 @@ json effect_interrupt() {
               {"cause", {{"_tag", "Interrupt"}, {"fiberId", {{"_tag", "None"}}}}}};
 }
 
-json effect_exit(const reply_msg& reply, const effect_address& address, bool stream) {
+json effect_exit(const reply_msg& reply, const effect_address& address, bool void_success) {
   switch (reply.code) {
     case errc::ok:
-      // A stream's success is void: its items went as chunks.
-      return json{{"_tag", "Success"}, {"value", stream ? json() : decoded_payload(reply.payload)}};
+      // A stream's success is void (no value, as Effect's own server writes it): its items
+      // went as chunks.
+      if (void_success) return json{{"_tag", "Success"}};
+      return json{{"_tag", "Success"}, {"value", decoded_payload(reply.payload)}};
     case errc::application_error: {
       json error = json::object();
       if (auto details = decoded_payload(reply.payload); details.is_object()) error = details;

@@ -38,6 +38,9 @@ if [[ -x "$BIN_DIR/cluster-gateway" ]]; then COMPONENTS+=(gateway); fi
 LOCAL_HOST=127.0.0.1
 MANAGER_ADDR=$LOCAL_HOST:8080
 PROXY_ADDR=$LOCAL_HOST:3333
+# The proxy's @effect/rpc listener (docs/effect-rpc.md) and the token its clients present.
+EFFECT_PORT=3334
+EFFECT_ADDR=$LOCAL_HOST:$EFFECT_PORT
 # shellcheck disable=SC2034 # used by scripts/dev
 GATEWAY_URL=http://$LOCAL_HOST:8787
 STOP_TIMEOUT_S=${DEV_STOP_TIMEOUT_S:-15}
@@ -89,7 +92,7 @@ component_command() {
   esac
   case $name in
     manager) COMMAND+=(--set "manager.port=$port") ;;
-    proxy) COMMAND+=(--set "proxy.port=$port") ;;
+    proxy) COMMAND+=(--set "proxy.port=$port" --set "proxy.effect_port=$EFFECT_PORT") ;;
     gateway)
       COMMAND+=(--set "gateway.host=$LOCAL_HOST" --set "gateway.port=$port"
         --set "gateway.proxy=$PROXY_ADDR")
@@ -111,6 +114,11 @@ ensure_credentials() {
     say "created the cluster's credentials in $CREDENTIALS_DIR"
   fi
   chmod 700 "$CREDENTIALS_DIR"
+  # The Effect listener's bearer token: the proxy reads it from here (proxy.effect_token
+  # unset), Effect programs send it as "authorization: Bearer <token>".
+  if [[ ! -s "$CREDENTIALS_DIR/effect.token" ]]; then
+    (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$CREDENTIALS_DIR/effect.token")
+  fi
   local tls=${DEV_SECURITY_TLS:-off}
   [[ "$tls" == on ]] || tls=off
   echo "$tls" >"$CREDENTIALS_DIR/tls"

@@ -59,6 +59,7 @@ struct settings {
   std::vector<std::string> groups = {"default"};
   std::chrono::milliseconds timeout = 1500ms;
   std::string log_level = "info";
+  std::map<std::string, std::string> aliases;
 
   std::vector<cluster::config_section> sections() {
     std::vector<cluster::config_section> result;
@@ -70,7 +71,8 @@ struct settings {
         .key("shards", &shards)
         .key("enabled", &enabled)
         .key("groups", &groups)
-        .key("timeout_ms", &timeout);
+        .key("timeout_ms", &timeout)
+        .key("aliases", &aliases);
     result.emplace_back("log");
     result.back().key("level", &log_level);
     return result;
@@ -294,6 +296,31 @@ TEST(config, rejects_an_unknown_key_or_a_bad_value_in_a_named_table) {
             std::string::npos);
 }
 
+TEST(config, reads_a_table_of_strings_from_the_file_the_environment_and_set) {
+  temp_dir dir;
+  const auto file = dir.write("cluster.toml", "[runner.aliases]\nGreet = \"Greeter.Greet\"\n");
+  settings from_file;
+  load(from_file, sources_for(file));
+  EXPECT_EQ(from_file.aliases, (std::map<std::string, std::string>{{"Greet", "Greeter.Greet"}}));
+
+  // The environment replaces the table; --set adds one entry to it.
+  auto sources = sources_for(file, {{"CLUSTER_RUNNER_ALIASES", "A=x.y,B=z.w"}});
+  sources.sets = {"runner.aliases.C=c.d"};
+  settings layered;
+  load(layered, sources);
+  EXPECT_EQ(layered.aliases,
+            (std::map<std::string, std::string>{{"A", "x.y"}, {"B", "z.w"}, {"C", "c.d"}}));
+
+  EXPECT_NE(
+      load_error(sources_for("", {{"CLUSTER_RUNNER_ALIASES", "no-equals"}})).find("no-equals"),
+      std::string::npos);
+  const auto bad = dir.write("bad.toml", "[runner.aliases]\nGreet = 5\n");
+  EXPECT_NE(load_error(sources_for(bad)).find("runner.aliases.Greet"), std::string::npos);
+  auto unknown = sources_for("");
+  unknown.sets = {"runner.name.x=1"};
+  EXPECT_NE(load_error(unknown).find("unknown key"), std::string::npos);
+}
+
 TEST(config, splits_comma_lists_from_the_environment) {
   settings s;
   load(s, sources_for("", {{"CLUSTER_RUNNER_GROUPS", "alpha,beta,,gamma,"}}));
@@ -444,6 +471,20 @@ TEST(sst_links, map_database_manager_and_proxy_links_to_settings) {
                                              "runner.manager=manager.local:8080",
                                              "proxy.manager=manager.local:8080",
                                              "gateway.proxy=proxy.local:3333"};
+  EXPECT_EQ(sets, expected);
+}
+
+TEST(sst_links, map_token_secrets_and_leave_the_effect_rpc_link_to_clients) {
+  const std::map<std::string, std::string> env = {
+      {"SST_RESOURCE_GatewayToken", R"({"value":"gateway-secret"})"},
+      {"SST_RESOURCE_EffectRpcToken", R"({"value":"effect-secret"})"},
+      {"SST_RESOURCE_EffectRpc", R"({"host":"proxy.local","port":3334})"}};
+  const auto sets = cluster::sst_link_settings([&](const char* name) -> const char* {
+                      auto it = env.find(name);
+                      return it == env.end() ? nullptr : it->second.c_str();
+                    }).value();
+  const std::vector<std::string> expected = {"gateway.bearer_token=gateway-secret",
+                                             "proxy.effect_token=effect-secret"};
   EXPECT_EQ(sets, expected);
 }
 

@@ -156,6 +156,11 @@ TEST_F(effect_listener_test, greets_in_ndjson_and_in_msgpack) {
     reply = client.next();
     ASSERT_TRUE(reply);
     EXPECT_EQ((*reply)["exit"]["value"]["message"], "Hello, Jane! from Test Greeter 216");
+    // @effect/cluster 0.60's fire-and-forget twin: accepted, a void success.
+    client.send(request("3", "Greeter.GreetDiscard", "Test", {{"name", "Jo"}}));
+    reply = client.next();
+    ASSERT_TRUE(reply);
+    EXPECT_EQ((*reply)["exit"], json::parse(R"({"_tag":"Success"})")) << *reply;
   }
 }
 

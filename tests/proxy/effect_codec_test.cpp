@@ -179,6 +179,19 @@ TEST(effect_mapping, tags_resolve_by_override_prefix_or_the_one_type_with_the_rp
   EXPECT_NE(unknown.error().message.find("Unknown request tag: Nope"), std::string::npos);
 
   EXPECT_FALSE(effect_tags::make({{"Bad", "NoDot"}}));
+  auto discard = tags.resolve("Greeter.GreetDiscard", snapshot);
+  ASSERT_TRUE(discard) << discard.error().message;
+  EXPECT_EQ(discard.value().rpc, "Greet");
+  EXPECT_TRUE(discard.value().discard);
+  EXPECT_FALSE(bare.value().discard);
+  auto no_rpc = tags.resolve("Greeter.Nope", snapshot);
+  ASSERT_FALSE(no_rpc);
+  EXPECT_NE(no_rpc.error().message.find("entity type Greeter has no RPC Nope"), std::string::npos)
+      << no_rpc.error().message;
+
+  auto before_any_runner = tags.resolve("Greet", assignment_snapshot{});
+  ASSERT_FALSE(before_any_runner);
+  EXPECT_EQ(before_any_runner.error().code, errc::no_runner);
 }
 
 TEST(effect_mapping, a_new_snapshot_forgets_old_resolutions) {
@@ -221,7 +234,7 @@ TEST(effect_mapping, replies_become_the_exits_effect_clients_decode) {
 
   auto streamed = effect_exit(reply_msg::success(bytes(packed.begin(), packed.end())), address,
                               /*stream=*/true);
-  EXPECT_TRUE(streamed["value"].is_null()) << "a stream's success is void";
+  EXPECT_EQ(streamed, json::parse(R"({"_tag":"Success"})")) << "a stream's success is void";
 }
 
 }  // namespace

@@ -46,13 +46,21 @@ export class TestCluster {
     this.dir = mkdtempSync(join(tmpdir(), "cluster-ts-"));
     this.credentials = join(this.dir, "credentials");
     this.children = new Map(); // name → ChildProcess
+    this.proxyArgs = [];
+    this.env = {};
   }
 
-  static async start({ runners = 2, proxies = 1, runnerArgs = [], tls = false } = {}) {
+  /**
+   * `proxyArgs`: extra arguments (e.g. `--set proxy.key=value`) for every proxy; `env`: extra
+   * environment variables for every child.
+   */
+  static async start({ runners = 2, proxies = 1, runnerArgs = [], proxyArgs = [], env = {}, tls = false } = {}) {
     const missing = missingBinaries();
     if (missing.length > 0) throw new Error(`build these first: ${missing.join(", ")}`);
     const cluster = new TestCluster();
     cluster.tls = tls;
+    cluster.proxyArgs = proxyArgs;
+    cluster.env = env;
     try {
       await cluster.init(runners, proxies, runnerArgs);
     } catch (error) {
@@ -90,7 +98,7 @@ export class TestCluster {
     const security = this.tls ? ["--set", "security.tls=on"] : [];
     const child = spawn(join(binDir, program), ["--set", "cluster.storage=memory", ...security, ...args], {
       stdio: ["ignore", log, log],
-      env: { ...process.env, CLUSTER_SECURITY_CREDENTIALS_DIR: this.credentials, CLUSTER_LOG_LEVEL: "info" },
+      env: { ...process.env, CLUSTER_SECURITY_CREDENTIALS_DIR: this.credentials, CLUSTER_LOG_LEVEL: "info", ...this.env },
     });
     child.exited = new Promise((r) => child.once("exit", (code, signal) => r({ code, signal })));
     this.children.set(name, child);
@@ -111,6 +119,7 @@ export class TestCluster {
     return this.spawn(`proxy-${n}`, "cluster-proxy", [
       "--set", `proxy.port=${this.proxyPorts[n - 1]}`,
       "--set", `proxy.manager=${this.managerAddress}`,
+      ...this.proxyArgs,
     ]);
   }
 

@@ -3,9 +3,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <nlohmann/json.hpp>
 
 #include "cluster/process/defaults.hpp"
 
@@ -104,6 +103,8 @@ result<std::vector<std::string>> sst_link_settings(
     sets.push_back("security.trust=" + text(trust["value"]));
   if (auto token = link("GatewayToken"); token.is_object() && token.contains("value"))
     sets.push_back("gateway.bearer_token=" + text(token["value"]));
+  if (auto token = link("EffectRpcToken"); token.is_object() && token.contains("value"))
+    sets.push_back("proxy.effect_token=" + text(token["value"]));
   if (!malformed.empty())
     return failure{errc::invalid_request, malformed + ": expected a JSON object"};
   return sets;

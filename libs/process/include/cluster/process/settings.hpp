@@ -49,8 +49,10 @@ struct common_settings {
 /// Database → storage.*, ShardManager → runner.manager / proxy.manager, ProxyServer →
 /// gateway.proxy (what the gateway and the Lambda call), Cluster<Role>Key (`value`) →
 /// security.key, ClusterTrust (`value`) → security.trust, GatewayToken (`value`) →
-/// gateway.bearer_token. A link without a port gets the default port
-/// (cluster/process/defaults.hpp). Malformed JSON is a failure naming the variable.
+/// gateway.bearer_token, EffectRpcToken (`value`) → proxy.effect_token. The EffectRpc link
+/// ({host, port}) is for Effect clients and sets nothing here. A link without a port gets the
+/// default port (cluster/process/defaults.hpp). Malformed JSON is a failure naming the
+/// variable.
 result<std::vector<std::string>> sst_link_settings(
     const std::function<const char*(const char*)>& getenv = [](const char* n) {
       return std::getenv(n);
