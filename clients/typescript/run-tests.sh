@@ -6,18 +6,9 @@
 set -euo pipefail
 cd -P -- "$(dirname -- "${BASH_SOURCE[0]}")"
 
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "skipped: node and npm are needed (scripts/dev test installs them)" >&2
-  exit 77
-fi
-major=$(node -p 'process.versions.node.split(".")[0]')
-if ((major < 20)); then
-  echo "skipped: Node.js 20 or newer is needed, this is $(node --version)" >&2
-  exit 77
-fi
-# npm ci again when package-lock.json changed since the last install.
-if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  npm ci --no-audit --no-fund --loglevel=error
-fi
+# shellcheck source=SCRIPTDIR/../../scripts/lib/node-tests.sh
+source ../../scripts/lib/node-tests.sh
+require_node_20
+npm_ci_when_stale .
 npx tsc -p tsconfig.json && npx tsc -p tsconfig.examples.json
 exec node --test --test-concurrency=1 "${@:-test/}"

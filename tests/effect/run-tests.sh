@@ -8,26 +8,13 @@
 set -euo pipefail
 cd -P -- "$(dirname -- "${BASH_SOURCE[0]}")"
 
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "skipped: node and npm are needed (scripts/dev test installs them)" >&2
-  exit 77
-fi
-major=$(node -p 'process.versions.node.split(".")[0]')
-if ((major < 20)); then
-  echo "skipped: Node.js 20 or newer is needed, this is $(node --version)" >&2
-  exit 77
-fi
-
-install() {
-  # npm ci again when package-lock.json changed since the last install.
-  if [[ ! -f $1/node_modules/.package-lock.json || $1/package-lock.json -nt $1/node_modules/.package-lock.json ]]; then
-    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
-  fi
-}
-install .
+# shellcheck source=SCRIPTDIR/../../scripts/lib/node-tests.sh
+source ../../scripts/lib/node-tests.sh
+require_node_20
+npm_ci_when_stale .
 loader=()
 if [[ ${EFFECT_MATRIX:-} == latest ]]; then
-  install latest
+  npm_ci_when_stale latest
   # The same test files, with effect/@effect/* resolved from latest/node_modules.
   loader=(--import ./latest/register.mjs)
 fi
