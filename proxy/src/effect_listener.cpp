@@ -114,7 +114,7 @@ class effect_listener::session : public std::enable_shared_from_this<session> {
     send(json{{"_tag", "Defect"}, {"defect", "Unknown request tag: " + tag}});
   }
 
-  void request(const json& message) {
+  void request(const json& message, steady_clock::time_point arrived = steady_clock::now()) {
     auto id = message.contains("id") ? id_text(message["id"]) : std::nullopt;
     if (!id) {
       send(json{{"_tag", "Defect"}, {"defect", "Invalid request id"}});
@@ -154,6 +154,15 @@ class effect_listener::session : public std::enable_shared_from_this<session> {
                          ? message["tag"].get<std::string>()
                          : std::string();
     auto target = owner_.tags_.resolve(tag, owner_.router_.snapshot());
+    if (!target && target.error().code == errc::no_runner && open_ &&
+        steady_clock::now() - arrived < owner_.options_.request_timeout) {
+      // The proxy has no catalog yet (it just started): wait for it, as routing would.
+      auto timer = std::make_shared<asio::steady_timer>(socket_.get_executor(), milliseconds(20));
+      timer->async_wait([self = shared_from_this(), timer, message, arrived](const error_code&) {
+        if (self->open_) self->request(message, arrived);
+      });
+      return;
+    }
     if (!target) {
       send(exit_message(*id, effect_die(to_string(target.error().code), target.error().message)));
       return;
