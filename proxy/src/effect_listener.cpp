@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/algorithm/string/predicate.hpp>
 #include <deque>
 
 #include "cluster/process/config.hpp"
@@ -16,22 +17,13 @@ namespace {
 // each socket read on its own, so a message should not be split across reads needlessly.
 constexpr std::size_t write_batch_bytes = 32 * 1024;
 
-bool equals_ignoring_case(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  return true;
-}
-
 /// The value of header `name` (any case) of a Request's `[[name, value], ...]`.
 std::optional<std::string_view> header_of(const json& headers, std::string_view name) {
   if (!headers.is_array()) return std::nullopt;
   for (const auto& pair : headers) {
     if (!pair.is_array() || pair.size() != 2 || !pair[0].is_string() || !pair[1].is_string())
       continue;
-    if (equals_ignoring_case(pair[0].get_ref<const std::string&>(), name))
+    if (boost::algorithm::iequals(pair[0].get_ref<const std::string&>(), name))
       return std::string_view(pair[1].get_ref<const std::string&>());
   }
   return std::nullopt;
