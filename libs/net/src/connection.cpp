@@ -6,9 +6,34 @@
 #include <cstring>
 #include <functional>
 
+#include "cluster/metrics/metrics.hpp"
+
 namespace cluster {
 
 namespace {
+
+// The frame layer's totals, shared by every connection of the process.
+struct net_metrics {
+  metrics::counter& bytes_received;
+  metrics::counter& bytes_sent;
+  metrics::counter& frames_received;
+  metrics::counter& frames_sent;
+  metrics::counter& connections_opened;
+  metrics::gauge& connections_open;
+};
+
+net_metrics& net_counters() {
+  auto& r = metrics::default_registry();
+  static net_metrics m{
+      r.counter_of("cluster_net_received_bytes_total", "Bytes read from cluster connections."),
+      r.counter_of("cluster_net_sent_bytes_total", "Bytes written to cluster connections."),
+      r.counter_of("cluster_net_received_frames_total", "Frames read from cluster connections."),
+      r.counter_of("cluster_net_sent_frames_total", "Frames queued on cluster connections."),
+      r.counter_of("cluster_net_connections_opened_total",
+                   "Cluster connections opened (accepted or dialled)."),
+      r.gauge_of("cluster_net_connections", "Cluster connections open now.")};
+  return m;
+}
 
 std::string describe_peer(const tcp::socket& socket) {
   error_code ec;
@@ -118,9 +143,12 @@ connection::connection(tcp::socket socket, connection_limits limits, bool server
       handshake_timer_(socket_.get_executor()) {
   error_code ignored;
   socket_.set_option(tcp::no_delay(true), ignored);
+  net_counters().connections_opened.inc();
+  net_counters().connections_open.add(1);
 }
 
 connection::~connection() {
+  net_counters().connections_open.add(-1);
   error_code ignored;
   socket_.close(ignored);
 }
@@ -223,12 +251,14 @@ awaitable<void> connection::read_loop(connection_ptr self) {
             ? co_await tls_->async_read_some(free_space, asio::redirect_error(use_awaitable, ec))
             : co_await socket_.async_read_some(free_space, asio::redirect_error(use_awaitable, ec));
     if (ec) break;
+    net_counters().bytes_received.inc(n);
     end += n;
   }
   if (!closing_) close();
 }
 
 bool connection::dispatch(const connection_ptr& self, envelope&& env) {
+  net_counters().frames_received.inc();
   if (!handshaken_) return handle_handshake(env);
   switch (static_cast<message_kind>(env.kind)) {
     case message_kind::reply:
@@ -342,6 +372,7 @@ void connection::protocol_error(std::uint64_t id, errc code, const std::string& 
 }
 
 void connection::schedule_write() {
+  net_counters().frames_sent.inc();
   if (over_queue_bound()) {
     close_not_reading();
     return;
@@ -371,6 +402,7 @@ void connection::write_queued() {
     }
     self->write_queued();
   };
+  net_counters().bytes_sent.inc(in_write_.size());
   const auto frames = asio::buffer(in_write_.data(), in_write_.size());
   if (tls_)
     asio::async_write(*tls_, frames, std::move(written));

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <sstream>
 #include <type_traits>
 
 extern char** environ;  // POSIX: the process's environment
@@ -86,6 +89,12 @@ result<void> assign_text(const config_section::target& target, const std::string
             return config_failure(where + ": " + std::to_string(count) + " is outside [0, " +
                                   std::to_string(INT64_MAX) + "]");
           *field = std::chrono::milliseconds(count);
+        } else if constexpr (std::is_same_v<field_type, double>) {
+          char* end = nullptr;
+          const double value = std::strtod(text.c_str(), &end);
+          if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(value))
+            return config_failure(where + ": expected a number, got '" + text + "'");
+          *field = value;
         } else {
           BOOST_OUTCOME_TRY(value, integer_from<field_type>(text, where));
           *field = value;
@@ -130,6 +139,9 @@ result<void> assign_node(const config_section::target& target, const toml::node&
               return config_failure(where + "." + std::string(name.str()) + ": expected a string");
             (*field)[std::string(name.str())] = *value.template value<std::string>();
           }
+        } else if constexpr (std::is_same_v<field_type, double>) {
+          if (!node.is_number()) return config_failure(where + ": expected a number");
+          *field = *node.value<double>();
         } else {
           if (!node.is_integer()) return config_failure(where + ": expected an integer");
           return assign_text(target, std::to_string(*node.value<std::int64_t>()), where);
@@ -227,6 +239,10 @@ std::string config_value_text(const config_section::target& target) {
           return joined;
         } else if constexpr (std::is_same_v<field_type, std::chrono::milliseconds>) {
           return std::to_string(field->count());
+        } else if constexpr (std::is_same_v<field_type, double>) {
+          std::ostringstream text;
+          text << *field;
+          return text.str();
         } else {
           return std::to_string(*field);
         }
@@ -235,8 +251,9 @@ std::string config_value_text(const config_section::target& target) {
 }
 
 const std::vector<std::string>& all_config_sections() {
-  static const std::vector<std::string> names = {
-      "cluster", "manager", "runner", "proxy", "storage", "gateway", "log", "security", "entity"};
+  static const std::vector<std::string> names = {"cluster", "manager", "runner", "proxy",
+                                                 "storage", "gateway", "log",    "security",
+                                                 "entity",  "trace"};
   return names;
 }
 

@@ -1,12 +1,18 @@
 #include "cluster/process/settings.hpp"
 
+#include <spdlog/details/fmt_helper.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
+#include <ctime>
 #include <nlohmann/json.hpp>
 
 #include "cluster/process/defaults.hpp"
+#include "cluster/trace/trace.hpp"
 
 namespace cluster {
 
@@ -23,7 +29,12 @@ void common_settings::declare(std::vector<config_section>& sections) {
       .key("idle_timeout_ms", &idle_timeout)
       .key("max_id_bytes", &max_id_bytes);
   sections.emplace_back("log");
-  sections.back().key("level", &log_level);
+  sections.back().key("level", &log_level).key("format", &log_format);
+  sections.emplace_back("trace");
+  sections.back()
+      .key("otlp_endpoint", &trace.otlp_endpoint)
+      .key("sample_ratio", &trace.sample_ratio)
+      .key("service_name", &trace.service_name);
   sections.emplace_back("security");
   sections.back()
       .key("auth", &security.auth)
@@ -33,6 +44,12 @@ void common_settings::declare(std::vector<config_section>& sections) {
       .key("trust_file", &security.trust_file)
       .key("trust", &security.trust)
       .key("tls", &security.tls);
+}
+
+void common_settings::declare_admin(config_section& own) {
+  own.key("admin_host", &admin.host)
+      .key("admin_port", &admin.port)
+      .key("admin_token", &admin.token);
 }
 
 result<void> common_settings::prepare_security(role own) {
@@ -130,12 +147,73 @@ cluster::request_limits common_settings::request_limits() const {
   return limits;
 }
 
-result<void> setup_logging(const std::string& name, const std::string& level) {
+namespace {
+
+/// `%*` in the text pattern: ` trace=<id>` inside a request, nothing outside one.
+class trace_flag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg&, const std::tm&, spdlog::memory_buf_t& out) override {
+    const auto id = trace::current_trace_id();
+    if (id.empty()) return;
+    spdlog::details::fmt_helper::append_string_view(" trace=", out);
+    spdlog::details::fmt_helper::append_string_view(id, out);
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<trace_flag>();
+  }
+};
+
+/// One JSON object per line, for log collectors (CloudWatch, Loki).
+class json_formatter final : public spdlog::formatter {
+ public:
+  explicit json_formatter(std::string process) : process_(std::move(process)) {}
+
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& out) override {
+    const auto since_epoch = msg.time.time_since_epoch();
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch).count();
+    const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+    std::tm utc{};
+    gmtime_r(&seconds, &utc);
+    char time[32];
+    const auto length = std::strftime(time, sizeof time, "%Y-%m-%dT%H:%M:%S", &utc);
+    nlohmann::json line{
+        {"time", std::string(time, length) + fmt::format(".{:03}Z", ms % 1000)},
+        {"level", std::string(spdlog::level::to_string_view(msg.level).data(),
+                              spdlog::level::to_string_view(msg.level).size())},
+        {"process", process_},
+        {"message", std::string(msg.payload.data(), msg.payload.size())},
+    };
+    if (const auto id = trace::current_trace_id(); !id.empty()) line["trace_id"] = std::string(id);
+    const auto text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    spdlog::details::fmt_helper::append_string_view(text, out);
+    out.push_back('\n');
+  }
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<json_formatter>(process_);
+  }
+
+ private:
+  std::string process_;
+};
+
+}  // namespace
+
+result<void> setup_logging(const std::string& name, const std::string& level,
+                           const std::string& format) {
   const auto parsed = spdlog::level::from_str(level);
   if (parsed == spdlog::level::off && level != "off")
     return failure{errc::invalid_request, "log.level: unknown level '" + level + "'"};
-  auto logger = spdlog::stderr_color_mt(name);
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");
+  if (format != "text" && format != "json")
+    return failure{errc::invalid_request,
+                   "log.format: '" + format + "' is neither \"text\" nor \"json\""};
+  auto logger = format == "json" ? spdlog::stderr_logger_mt(name) : spdlog::stderr_color_mt(name);
+  if (format == "json") {
+    logger->set_formatter(std::make_unique<json_formatter>(name));
+  } else {
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<trace_flag>('*').set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v%*");
+    logger->set_formatter(std::move(formatter));
+  }
   logger->set_level(parsed);
   spdlog::set_default_logger(logger);
   return success();

@@ -50,7 +50,7 @@ class config_section {
   using target = std::variant<std::string*, std::int64_t*, std::uint16_t*, std::uint32_t*, bool*,
                               std::vector<std::string>*, std::chrono::milliseconds*,
                               std::optional<std::int64_t>*, std::optional<bool>*,
-                              std::map<std::string, std::string>*>;
+                              std::map<std::string, std::string>*, double*>;
   /// Opens the section of one named table of a section of tables (see `tables`).
   using table_opener = std::function<config_section&(const std::string& table)>;
   explicit config_section(std::string name) : name_(std::move(name)) {}

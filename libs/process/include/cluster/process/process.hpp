@@ -20,9 +20,11 @@
 #include <utility>
 
 #include "cluster/net/asio.hpp"
+#include "cluster/process/admin.hpp"
 #include "cluster/process/config.hpp"
 #include "cluster/process/settings.hpp"
 #include "cluster/protocol/assert.hpp"
+#include "cluster/trace/trace.hpp"
 
 namespace cluster {
 
@@ -66,8 +68,10 @@ int run_until_signal(asio::io_context& io,
                      const std::function<void(std::function<void()> on_stopped)>& stop,
                      milliseconds drain_timeout);
 
-/// configure → logging → io_context → App → start → run until a signal → stop → exit code
-/// (1 when the configuration cannot be used or start() throws).
+/// configure → logging → io_context → App → tracer and admin endpoint (when admin_port is set:
+/// /metrics, /healthz, /readyz from App::readiness(), routes from
+/// App::admin_routes(admin_endpoint&)) → start → run until a signal → stop → exit code (1 when the
+/// configuration cannot be used or start() throws).
 template <process_app App>
 int run_process(int argc, char** argv, const std::string& process_name,
                 process_hooks<App> hooks = {}) {
@@ -77,7 +81,8 @@ int run_process(int argc, char** argv, const std::string& process_name,
   std::string logger = process_name;
   if (logger.rfind("cluster-", 0) == 0) logger.erase(0, 8);
   if (hooks.logger) logger = hooks.logger(config);
-  if (auto logging = setup_logging(logger, config.common.log_level); !logging) {
+  if (auto logging = setup_logging(logger, config.common.log_level, config.common.log_format);
+      !logging) {
     std::fprintf(stderr, "%s: configuration error: %s\n", process_name.c_str(),
                  logging.error().message.c_str());
     return 2;
@@ -97,10 +102,29 @@ int run_process(int argc, char** argv, const std::string& process_name,
       app = std::make_unique<App>(io, config);
     }
     CLUSTER_ASSERT(app != nullptr, "run_process: this App needs process_hooks::make");
+    const auto& trace_config = config.common.trace;
+    trace::default_tracer().start(
+        io, {trace_config.service_name.empty() ? process_name : trace_config.service_name,
+             trace_config.otlp_endpoint, trace_config.sample_ratio});
+    std::unique_ptr<admin_endpoint> admin;
+    if (config.common.admin.port != 0) {
+      std::function<result<void>()> readiness;
+      if constexpr (requires { app->readiness(); }) readiness = [&app] { return app->readiness(); };
+      admin = std::make_unique<admin_endpoint>(io, config.common.admin, logger, readiness);
+      if constexpr (requires { app->admin_routes(*admin); }) app->admin_routes(*admin);
+      admin->start();
+      spdlog::info("admin endpoint on http://{}", admin->address());
+    }
     app->start();
-    return run_until_signal(
-        io, [&app](std::function<void()> on_stopped) { app->stop(std::move(on_stopped)); },
+    const int exit_code = run_until_signal(
+        io,
+        [&app, &admin](std::function<void()> on_stopped) {
+          if (admin) admin->stopping();
+          app->stop(std::move(on_stopped));
+        },
         hooks.drain_timeout ? hooks.drain_timeout(config) : milliseconds(5000));
+    trace::default_tracer().stop();
+    return exit_code;
   } catch (const std::exception& e) {  // start-up failures: a bad address, a port in use
     spdlog::critical("{} failed to start: {}", process_name, e.what());
     return 1;
