@@ -6,6 +6,7 @@
 #include <boost/beast/http.hpp>
 #include <set>
 
+#include "cluster/metrics/metrics.hpp"
 #include "cluster/process/gate.hpp"
 
 namespace cluster::gateway {
@@ -240,6 +241,26 @@ std::optional<http_response> read_failure_response(const error_code& ec) {
   return error_response(400, "BadRequest", "malformed HTTP request: " + ec.message());
 }
 
+// cluster_gateway_http_requests_total{method, status} and the latency of each answer.
+void count_http(std::string_view method, unsigned status, steady_clock::duration took) {
+  static auto& requests = metrics::default_registry().counters(
+      "cluster_gateway_http_requests_total", "HTTP requests the gateway answered.",
+      {"method", "status"}, 200);
+  static auto& seconds = metrics::default_registry()
+                             .histograms("cluster_gateway_http_request_duration_seconds",
+                                         "Time from a request's headers to its answer, in seconds "
+                                         "(a stream: to its end).",
+                                         {}, metrics::latency_buckets_ns(), 1e9)
+                             .with({});
+  static constexpr std::string_view known[] = {"GET",  "POST",    "PUT",  "DELETE",
+                                               "HEAD", "OPTIONS", "PATCH"};
+  std::string_view label = "other";
+  for (auto m : known)
+    if (m == method) label = m;
+  requests.with({label, std::to_string(status)}).inc();
+  seconds.observe(std::chrono::duration_cast<std::chrono::nanoseconds>(took));
+}
+
 // One connection: read a request, handle it, answer; repeat while keep-alive holds.
 awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holder hold) {
   beast::flat_buffer buffer;
@@ -276,10 +297,13 @@ awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holde
     auto& message = parser.get();
     const bool keep_alive = message.keep_alive();
     const unsigned version = message.version();
-    http_request request{std::string(message.method_string()), std::string(message.target()),
+    http_request request{std::string(message.method_string()),
+                         std::string(message.target()),
                          std::move(message.body()),
                          std::string(message[http::field::authorization]),
-                         std::string(message["X-Gateway-Token"])};
+                         std::string(message["X-Gateway-Token"]),
+                         std::string(message["traceparent"])};
+    const auto received = steady_clock::now();
     const std::string method = request.method;
     const std::string target = request.target;
     auto routed = route(request, self->request_handler.options());
@@ -288,8 +312,11 @@ awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holde
       if (co_await std::move(streams)) {
         const bool sse =
             message[http::field::accept].find("text/event-stream") != std::string_view::npos;
+        auto span = trace_call(*routed.call, "gateway");
         auto serving = serve_stream(self, conn->stream, std::move(*routed.call), version, sse);
         co_await std::move(serving);
+        finish_span(span, 200);
+        count_http(method, 200, steady_clock::now() - received);
         conn->busy = false;
         break;
       }
@@ -297,6 +324,7 @@ awaitable<void> serve(state_ptr self, std::shared_ptr<session> conn, gate::holde
     auto handling = self->request_handler.handle_routed(std::move(routed), config.request_timeout);
     const auto response = co_await std::move(handling);
     spdlog::debug("{} {} -> {}", method, target, response.status);
+    count_http(method, response.status, steady_clock::now() - received);
     auto write = write_response(conn->stream, response, version, keep_alive && !self->stopping);
     const bool written = co_await std::move(write);
     conn->busy = false;
@@ -400,6 +428,12 @@ void gateway::stop(std::function<void()> on_stopped) {
 bool gateway::idle() const { return state_->stopped; }
 
 std::uint16_t gateway::port() const { return state_->port; }
+
+result<void> gateway::readiness() const {
+  if (state_->stopping) return failure{errc::shutting_down, "stopping"};
+  if (!state_->acceptor.is_open()) return failure{errc::unavailable, "not listening"};
+  return success();
+}
 
 std::size_t gateway::connections() const { return state_->sessions.size(); }
 

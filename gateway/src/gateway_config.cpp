@@ -7,6 +7,7 @@ std::vector<config_section> gateway_config::sections() {
   std::vector<config_section> sections;
   common.declare(sections);
   sections.emplace_back("gateway");
+  common.declare_admin(sections.back());
   sections.back()
       .key("host", &host)
       .key("port", &port)

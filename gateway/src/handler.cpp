@@ -192,6 +192,7 @@ route_result route(const http_request& request, const handler_options& options) 
     if (request.method != "GET") return answer(method_not_allowed(request.method, "GET"));
     route_result result;
     result.call = seed_call();
+    result.call->traceparent = request.traceparent;
     if (!options.expose.allows(result.call->entity_type, result.call->rpc))
       return answer(not_exposed(result.call->entity_type, result.call->rpc));
     return result;
@@ -250,7 +251,32 @@ route_result route(const http_request& request, const handler_options& options) 
   const auto packed = json::to_msgpack(payload);
   result.call->payload.assign(packed.begin(), packed.end());
   result.call->discard = wants_discard(request.target);
+  result.call->traceparent = request.traceparent;
   return result;
+}
+
+std::optional<trace::span> trace_call(request_msg& call, std::string_view hop) {
+  auto& tracer = trace::default_tracer();
+  const auto incoming = trace::parse(call.traceparent);
+  const auto parent = incoming ? *incoming : trace::start_trace(tracer.sample_ratio());
+  auto span = tracer.start_span(parent, std::string(hop) + " " + call.entity_type + "." + call.rpc,
+                                trace::span_kind::server);
+  if (span) {
+    span->attributes.emplace_back("cluster.entity_type", call.entity_type);
+    span->attributes.emplace_back("cluster.rpc", call.rpc);
+    call.traceparent = span->child_traceparent();
+  } else {
+    call.traceparent = parent.traceparent();
+  }
+  return span;
+}
+
+void finish_span(std::optional<trace::span>& span, unsigned status) {
+  if (!span) return;
+  span->attributes.emplace_back("http.response.status_code", std::to_string(status));
+  span->error = status >= 500;
+  trace::default_tracer().finish(std::move(*span));
+  span.reset();
 }
 
 http_response to_http_response(const reply_msg& reply, bool discarded) {
@@ -304,9 +330,13 @@ awaitable<http_response> handler::handle_routed(route_result routed, millisecond
   if (timeout <= milliseconds(0))
     co_return error_response(503, "DeadlineExceeded", "no time left to call the cluster");
   const bool discarded = routed.call->discard;
+  auto span = trace_call(*routed.call, "gateway");
+  const trace::scoped_trace_id logged(trace::trace_id_of(routed.call->traceparent));
   auto call = proxy_.call(std::move(*routed.call), timeout);
   const auto reply = co_await std::move(call);
-  co_return to_http_response(reply, discarded);
+  auto response = to_http_response(reply, discarded);
+  finish_span(span, response.status);
+  co_return response;
 }
 
 }  // namespace cluster::gateway

@@ -87,6 +87,7 @@ std::optional<http_request> parse_function_url_event(std::string_view event, std
       if (!value.is_string()) continue;
       if (is_named(name, "authorization")) request.authorization = value.get<std::string>();
       if (is_named(name, "x-gateway-token")) request.gateway_token = value.get<std::string>();
+      if (is_named(name, "traceparent")) request.traceparent = value.get<std::string>();
     }
   if (const auto body = parsed.find("body"); body != parsed.end() && body->is_string()) {
     request.body = body->get<std::string>();

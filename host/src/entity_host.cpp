@@ -918,4 +918,15 @@ awaitable<void> entity_host::sweep_loop() {
   }
 }
 
+std::map<std::string, entity_host::type_load, std::less<>> entity_host::load_by_type() const {
+  std::map<std::string, type_load, std::less<>> load;
+  for (const auto& [key, s] : entities_) {
+    auto& of_type = load[key.first];
+    ++of_type.active;
+    of_type.queued += s.mailbox.size();
+    of_type.running += s.busy ? 1 : 0;
+  }
+  return load;
+}
+
 }  // namespace cluster::host

@@ -17,6 +17,7 @@
 #include <optional>
 
 #include "cluster/host/host_services.hpp"
+#include "cluster/metrics/metrics.hpp"
 
 extern char** environ;
 
@@ -736,6 +737,12 @@ void plugin_process::restart() {
   const auto delay = backoff_;
   backoff_ = std::min(backoff_ * 2, last_restart_delay);
   ++restarts_;
+  metrics::default_registry()
+      .counters("cluster_plugin_restarts_total",
+                "Restarts of plugin processes (after a crash, a hang or a kill), by plugin file.",
+                {"plugin"}, 200)
+      .with({file_name_})
+      .inc();
   spdlog::warn("restarting plugin {} in {} ms (restart {})", file_name_, delay.count(), restarts_);
   restart_timer_.expires_after(delay);
   restart_timer_.async_wait([weak = weak_from_this()](const error_code& ec) {

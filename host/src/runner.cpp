@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "cluster/protocol/shard.hpp"
 #include "cluster/storage-pg/stores.hpp"
 #include "cluster/storage/manager_store.hpp"
+#include "cluster/trace/trace.hpp"
 
 namespace cluster::host {
 
@@ -34,6 +36,7 @@ std::vector<config_section> runner_config::sections() {
   common.declare(sections);
   common.declare_storage(sections);
   sections.emplace_back("runner");
+  common.declare_admin(sections.back());
   sections.back()
       .key("name", &name)
       .key("host", &host)
@@ -269,6 +272,7 @@ register_runner_msg runner::registration() {
   registration.incarnation = incarnation_;
   registration.entity_types = registry_.catalog();
   registration.plugins = registry_.plugins();
+  registration.admin_address = admin_address_;
   std::set<std::string> groups(config_.groups.begin(), config_.groups.end());
   if (groups.empty())
     for (const auto& type : registration.entity_types) groups.insert(type.group);
@@ -443,6 +447,9 @@ void runner::start() {
   }
   if (advertised.empty()) advertised = config_.host;
   address_ = advertised + ":" + std::to_string(server_.port());
+  if (config_.common.admin.port != 0)
+    admin_address_ = advertised + ":" + std::to_string(config_.common.admin.port);
+  collect_metrics();
 
   auto manager_address = parse_host_port(config_.manager);
   if (!manager_address)
@@ -594,6 +601,70 @@ std::size_t runner::owned_shards() const {
   return count;
 }
 
+result<void> runner::readiness() const {
+  if (stopping_) return failure{errc::shutting_down, "stopping"};
+  if (!registered()) return failure{errc::unavailable, "not registered with the manager"};
+  if (fenced_) return failure{errc::not_owner, "fenced after a stall, registering again"};
+  const auto owned = owned_shards();
+  if (held_shards() < owned)
+    return failure{errc::not_owner, "holds the locks of " + std::to_string(held_shards()) +
+                                        " of its " + std::to_string(owned) + " shards"};
+  return success();
+}
+
+void runner::collect_metrics() {
+  using metrics::metric_type;
+  using metrics::sample;
+  auto& registry = metrics::default_registry();
+  const auto per_type = [this](std::size_t entity_host::type_load::*field) {
+    std::vector<sample> samples;
+    for (const auto& [type, load] : entities_->load_by_type())
+      samples.push_back({{{"entity_type", type}}, static_cast<double>(load.*field)});
+    return samples;
+  };
+  collectors_.push_back(registry.collect(
+      "cluster_runner_active_entities", "Active (activated, not passivated) entities by type.",
+      metric_type::gauge, [per_type] { return per_type(&entity_host::type_load::active); }));
+  collectors_.push_back(registry.collect(
+      "cluster_runner_mailbox_depth", "Messages waiting in entities' mailboxes, by type.",
+      metric_type::gauge, [per_type] { return per_type(&entity_host::type_load::queued); }));
+  collectors_.push_back(registry.collect(
+      "cluster_runner_busy_entities", "Entities running a message now, by type.",
+      metric_type::gauge, [per_type] { return per_type(&entity_host::type_load::running); }));
+  collectors_.push_back(registry.collect(
+      "cluster_runner_shards_owned", "Shards the assignment gives this runner, by group.",
+      metric_type::gauge, [this] {
+        std::vector<sample> samples;
+        for (const auto& [group, shards] : owned_)
+          samples.push_back({{{"group", group}},
+                             static_cast<double>(std::count(shards.begin(), shards.end(), true))});
+        return samples;
+      }));
+  collectors_.push_back(
+      registry.collect("cluster_runner_shards_locked",
+                       "Shards whose storage lock this runner holds.", metric_type::gauge, [this] {
+                         return std::vector<sample>{{{}, static_cast<double>(held_shards())}};
+                       }));
+  collectors_.push_back(registry.collect(
+      "cluster_runner_persisted_waiting_callers",
+      "Callers waiting for the stored reply of a persisted message.", metric_type::gauge, [this] {
+        return std::vector<sample>{{{}, static_cast<double>(persisted_->waiting_callers())}};
+      }));
+  collectors_.push_back(registry.collect("cluster_runner_fenced",
+                                         "1 while the runner is fenced after a stall.",
+                                         metric_type::gauge, [this] {
+                                           return std::vector<sample>{{{}, fenced_ ? 1.0 : 0.0}};
+                                         }));
+  collectors_.push_back(registry.collect(
+      "cluster_runner_activations_total", "Entity activations.", metric_type::counter, [this] {
+        return std::vector<sample>{{{}, static_cast<double>(entities_->activations())}};
+      }));
+  collectors_.push_back(registry.collect(
+      "cluster_runner_passivations_total", "Entity passivations.", metric_type::counter, [this] {
+        return std::vector<sample>{{{}, static_cast<double>(entities_->passivations())}};
+      }));
+}
+
 void runner::on_snapshot(const assignment_snapshot& snapshot) {
   // Pushed plugins do not depend on what this runner owns: fenced or not, it fetches them.
   if (fetcher_) fetcher_->update(snapshot.pushed_plugins);
@@ -665,7 +736,21 @@ void runner::on_message(const connection_ptr& conn, envelope&& env) {
 }
 
 void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request) {
+  const auto received = steady_clock::now();
+  const entity_type* known = registry_.find(request.entity_type);
+  auto* series = known != nullptr && known->rpc_index(request.rpc)
+                     ? &request_metrics_.of(request.entity_type, request.rpc)
+                     : &request_metrics_.unknown();
+  const trace::scoped_trace_id logged(trace::trace_id_of(request.traceparent));
+  std::optional<trace::span> span;
+  if (auto& tracer = trace::default_tracer(); tracer.recording())
+    if (auto parent = trace::parse(request.traceparent))
+      if ((span = tracer.start_span(*parent, "runner " + request.entity_type + "." + request.rpc,
+                                    trace::span_kind::server)))
+        request.traceparent = span->child_traceparent();
   if (conn->in_flight >= conn->limits().max_in_flight) {
+    request_metrics_.record(*series, static_cast<std::uint32_t>(errc::too_many_requests),
+                            to_string(errc::too_many_requests), steady_clock::now() - received);
     conn->send_reply(id, reply_msg::failure(errc::too_many_requests,
                                             "too many requests in flight on this connection"));
     return;
@@ -689,7 +774,15 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
   const bool tracked = requests.emplace(id, control).second;  // a reused id is not tracked
   serve(
       std::move(request), deadline,
-      [weak, id, control, tracked, hold = work_.hold()](reply_msg&& reply) mutable {
+      [this, weak, id, control, tracked, series, received, span = std::move(span),
+       hold = work_.hold()](reply_msg&& reply) mutable {
+        request_metrics_.record(*series, static_cast<std::uint32_t>(reply.code),
+                                to_string(reply.code), steady_clock::now() - received);
+        if (span) {
+          span->error = !reply.ok();
+          if (span->error) span->status_message = std::string(to_string(reply.code));
+          trace::default_tracer().finish(std::move(*span));
+        }
         // The items written so far go before the reply; nothing of the request follows it.
         control->flush();
         control->finish();

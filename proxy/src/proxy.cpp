@@ -2,8 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+
+#include "cluster/trace/trace.hpp"
 
 namespace cluster::proxy {
 
@@ -11,6 +14,7 @@ std::vector<config_section> proxy_config::sections() {
   std::vector<config_section> sections;
   common.declare(sections);
   sections.emplace_back("proxy");
+  common.declare_admin(sections.back());
   sections.back()
       .key("host", &host)
       .key("port", &port)
@@ -221,14 +225,49 @@ void proxy::on_message(const connection_ptr& conn, envelope&& env) {
   }
 }
 
+result<void> proxy::readiness() const {
+  if (stopping_) return failure{errc::shutting_down, "stopping"};
+  if (router_.snapshot().version == 0)
+    return failure{errc::unavailable, "no assignment from the manager yet"};
+  return success();
+}
+
 void proxy::forward(const connection_ptr& conn, std::uint64_t id, request_msg request) {
+  const auto received = steady_clock::now();
+  const auto& types = router_.snapshot().entity_types;
+  const auto type = std::find_if(types.begin(), types.end(), [&](const entity_type_info& t) {
+    return t.name == request.entity_type;
+  });
+  auto* series = type != types.end() && type->find_rpc(request.rpc) != nullptr
+                     ? &request_metrics_.of(request.entity_type, request.rpc)
+                     : &request_metrics_.unknown();
+  // A request without a trace starts one here (clusterctl, the TypeScript client).
+  const auto incoming = trace::parse(request.traceparent);
+  const auto parent =
+      incoming ? *incoming : trace::start_trace(trace::default_tracer().sample_ratio());
+  const trace::scoped_trace_id logged(parent);
+  auto span = trace::default_tracer().start_span(
+      parent, "proxy " + request.entity_type + "." + request.rpc, trace::span_kind::server);
+  if (span) {
+    request.traceparent = span->child_traceparent();
+  } else if (!incoming) {
+    request.traceparent = parent.traceparent();
+  }
   ++conn->in_flight;
   const auto timeout = request.timeout_ms > 0
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
   router_.route(
       std::move(request), steady_clock::now() + timeout,
-      [conn, id, hold = in_flight_.hold()](reply_msg&& reply) mutable {
+      [this, conn, id, series, received, span = std::move(span),
+       hold = in_flight_.hold()](reply_msg&& reply) mutable {
+        request_metrics_.record(*series, static_cast<std::uint32_t>(reply.code),
+                                to_string(reply.code), steady_clock::now() - received);
+        if (span) {
+          span->error = !reply.ok();
+          if (span->error) span->status_message = std::string(to_string(reply.code));
+          trace::default_tracer().finish(std::move(*span));
+        }
         --conn->in_flight;
         conn->send_reply(id, reply);
         hold.release();

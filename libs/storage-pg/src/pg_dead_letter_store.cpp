@@ -47,6 +47,11 @@ class pg_dead_letter_store final : public dead_letter_store {
         FROM dead)");
     drop_ = prepared("drop_dead_letter", R"(
         DELETE FROM {p}_dead_letters WHERE message_id = $1 RETURNING message_id)");
+    // Dead letters keep no row in {p}_pending, so pending counts only messages yet to run.
+    backlog_ = prepared("count_backlog", R"(
+        SELECT NULL, count(*) FROM {p}_dead_letters
+        UNION ALL
+        SELECT shard_group, count(*) FROM {p}_pending GROUP BY shard_group)");
     worker_ = std::thread([this] { work(); });
   }
 
@@ -93,6 +98,24 @@ class pg_dead_letter_store final : public dead_letter_store {
         std::move(done));
   }
 
+  void count_backlog(backlog_done done) override {
+    run(
+        "count",
+        [this](pg::connection& conn) -> result<backlog> {
+          auto rows = conn.exec(backlog_, {});
+          backlog out;
+          for (int r = 0; r < rows.rows(); ++r) {
+            if (rows.is_null(r, 0)) {
+              out.dead_letters = rows.integer(r, 1);
+            } else {
+              out.pending[rows.text(r, 0)] = rows.integer(r, 1);
+            }
+          }
+          return out;
+        },
+        std::move(done));
+  }
+
   void drop(std::int64_t id, change_done done) override {
     run(
         "drop",
@@ -117,7 +140,9 @@ class pg_dead_letter_store final : public dead_letter_store {
         spdlog::error("dead letters: {} failed: {}", what, e.what());
         out = failure{errc::storage_error,
                       std::string("dead letters could not be ") +
-                          (std::string_view(what) == "list" ? "read" : "changed")};
+                          (std::string_view(what) == "list" || std::string_view(what) == "count"
+                               ? "read"
+                               : "changed")};
         if (conn_ && !conn_->healthy()) conn_.reset();
       }
       asio::post(
@@ -145,7 +170,7 @@ class pg_dead_letter_store final : public dead_letter_store {
 
   asio::io_context& io_;
   const storage_settings settings_;
-  pg::statement list_, replay_, drop_;
+  pg::statement list_, replay_, drop_, backlog_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> jobs_;

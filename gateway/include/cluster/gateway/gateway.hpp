@@ -69,6 +69,9 @@ class gateway {
   std::uint16_t port() const;
   /// HTTP connections currently open.
   std::size_t connections() const;
+  /// Serving: accepting and not stopping (/readyz). The proxy is dialled per call, so its
+  /// absence shows as 503s, not as an unready gateway.
+  result<void> readiness() const;
 
   struct state;  // shared with the session coroutines (gateway.cpp)
 

@@ -25,6 +25,7 @@
 #include "cluster/protocol/messages.hpp"
 #include "cluster/protocol/validate.hpp"
 #include "cluster/security/access.hpp"
+#include "cluster/trace/trace.hpp"
 
 namespace cluster::gateway {
 
@@ -37,6 +38,8 @@ struct http_request {
   /// The `X-Gateway-Token` header's value: the bearer token where `Authorization` holds
   /// something else (a SigV4 signature for an AWS_IAM function URL); empty when absent.
   std::string gateway_token;
+  /// The W3C `traceparent` header; empty when absent (the call then starts a trace).
+  std::string traceparent;
 };
 
 /// An HTTP response whose body is always JSON (`content-type: application/json`).
@@ -88,6 +91,13 @@ route_result route(const http_request& request, const handler_options& options =
 /// Turns the proxy's reply into the HTTP response. A discarded call's acceptance is 202
 /// `{"accepted":true}`.
 http_response to_http_response(const reply_msg& reply, bool discarded = false);
+
+/// Continues the call's trace (its traceparent, from the HTTP header) or starts one, sets
+/// the trace id of log lines while `logged` lives, and returns the span of this hop when the
+/// trace records; the call's traceparent then names that span as the parent.
+std::optional<trace::span> trace_call(request_msg& call, std::string_view hop);
+/// Ends a span of trace_call with the HTTP status it answered.
+void finish_span(std::optional<trace::span>& span, unsigned status);
 
 /// Decodes one percent-encoded path segment; nullopt when an escape is malformed.
 std::optional<std::string> url_decode(std::string_view segment);

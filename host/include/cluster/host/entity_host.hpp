@@ -116,6 +116,13 @@ class entity_host {
   void stop();
 
   std::size_t active_entities() const { return entities_.size(); }
+  struct type_load {
+    std::size_t active = 0;   ///< active entities
+    std::size_t queued = 0;   ///< messages waiting in their mailboxes
+    std::size_t running = 0;  ///< entities running a message now
+  };
+  /// Per entity type name, for the runner's metrics (walks every active entity).
+  std::map<std::string, type_load, std::less<>> load_by_type() const;
   /// Runs when a shard's last active entity was passivated (a moving shard's lock may go).
   std::function<void(const std::string& group, std::int32_t shard)> on_shard_passivated;
   /// Asked right before a message is handed to its entity: false answers it NotOwner

@@ -20,6 +20,7 @@
 #include "cluster/host/plugin_fetcher.hpp"
 #include "cluster/host/plugin_watcher.hpp"
 #include "cluster/host/request_control.hpp"
+#include "cluster/metrics/rpc_metrics.hpp"
 #include "cluster/net/server.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/gate.hpp"
@@ -144,6 +145,9 @@ class runner {
   std::filesystem::path pushed_plugins_dir() const { return cache_dir_ / "pushed"; }
   entity_host& entities() { return *entities_; }
   bool registered() const { return manager_ && manager_->registered(); }
+  /// Serving: registered, not fenced or stopping, and holding the lock of every shard the
+  /// assignment gives it (/readyz).
+  result<void> readiness() const;
   /// Fenced after a stall, until a fresh assignment arrives.
   bool fenced() const { return fenced_; }
   /// Random hex chosen at construction; the registration and the storage sessions carry it.
@@ -184,6 +188,8 @@ class runner {
              entity_host::reply_callback done, std::shared_ptr<request_control> control = {});
   /// Ticks every stall_fence / 4 (at most 250 ms) and fences after a late tick.
   void watch_stalls();
+  /// Registers the computed metrics (entities, mailboxes, shards, storage) with the registry.
+  void collect_metrics();
   /// Is the runner fenced now? Starts the fence when the loop stalled since the last tick.
   bool check_fenced();
   /// Marks the fence at once (callable anywhere) and posts the rest of it.
@@ -227,6 +233,14 @@ class runner {
   asio::steady_timer drain_timer_;
   std::vector<std::function<void()>> on_stopped_;
   std::string incarnation_;
+  std::string admin_address_;  // host:port of the admin endpoint, "" without one
+  metrics::rpc_metrics request_metrics_{
+      metrics::default_registry(), "cluster_runner_requests_total",
+      "Requests this runner answered, by entity type, RPC and result code.",
+      "cluster_runner_request_duration_seconds",
+      "Time from a request's arrival at this runner to its reply (mailbox wait, handler, "
+      "storage), in seconds."};
+  std::vector<std::shared_ptr<void>> collectors_;  // the runner's computed metrics
   // The stall watch: the last tick of stall_timer_, and since when the runner is fenced.
   asio::steady_timer stall_timer_;
   // Connections with requests in flight, for the deadline sweep.

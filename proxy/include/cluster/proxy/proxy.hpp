@@ -11,6 +11,7 @@
 
 #include "cluster/client/manager_client.hpp"
 #include "cluster/client/router.hpp"
+#include "cluster/metrics/rpc_metrics.hpp"
 #include "cluster/net/server.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/gate.hpp"
@@ -57,6 +58,8 @@ class proxy {
   std::uint16_t effect_port() const { return effect_ ? effect_->port() : 0; }
   const assignment_snapshot& snapshot() const { return router_.snapshot(); }
   std::size_t in_flight() const { return in_flight_.count(); }
+  /// Serving: not stopping, and the manager's assignment arrived (/readyz).
+  result<void> readiness() const;
 
  private:
   void on_message(const connection_ptr& conn, envelope&& env);
@@ -88,6 +91,12 @@ class proxy {
   bool stopping_ = false;
   bool stopped_ = false;
   std::vector<std::function<void()>> on_stopped_;
+  metrics::rpc_metrics request_metrics_{
+      metrics::default_registry(), "cluster_proxy_requests_total",
+      "Requests the proxy answered, by entity type, RPC and result code.",
+      "cluster_proxy_request_duration_seconds",
+      "Time from a request's arrival at the proxy to its reply (routing, retries, the runner), "
+      "in seconds."};
 };
 
 }  // namespace cluster::proxy

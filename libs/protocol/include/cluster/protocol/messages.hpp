@@ -97,8 +97,11 @@ struct request_msg {
   bool discard = false;
   /// Streaming RPCs: items the caller accepts before its first stream_ack (0: the default).
   std::uint32_t credit = 0;
+  /// W3C trace context of the call (`00-<trace id>-<parent span id>-<flags>`); empty when the
+  /// caller has none. Each hop that records a span sends its own span id on.
+  std::string traceparent;
   CLUSTER_WIRE_FIELDS(request_msg, entity_type, entity_id, rpc, payload, persisted, primary_key,
-                      deliver_at_ms, timeout_ms, discard, credit);
+                      deliver_at_ms, timeout_ms, discard, credit, traceparent);
 };
 
 /// The credit of a streaming request that gives none (request_msg::credit == 0).
@@ -224,8 +227,11 @@ struct register_runner_msg {
   /// again on the same connection whenever its plugins change; the manager then replaces
   /// what it knew of that runner (its shards stay where they are unless the change moves them).
   std::vector<plugin_info> plugins;
+  /// host:port of its admin HTTP endpoint (/metrics, /healthz, /readyz); empty when it has
+  /// none. The manager's dashboard reads the runners' metrics there.
+  std::string admin_address;
   CLUSTER_WIRE_FIELDS(register_runner_msg, name, address, groups, version, entity_types,
-                      incarnation, plugins);
+                      incarnation, plugins, admin_address);
 };
 
 struct unregister_runner_msg {
@@ -261,7 +267,9 @@ struct runner_info {
   bool healthy = true;
   std::uint32_t shards = 0;
   std::vector<plugin_info> plugins;  ///< as the runner last registered them
-  CLUSTER_WIRE_FIELDS(runner_info, name, address, groups, version, healthy, shards, plugins);
+  std::string admin_address;         ///< its admin HTTP endpoint, empty when it has none
+  CLUSTER_WIRE_FIELDS(runner_info, name, address, groups, version, healthy, shards, plugins,
+                      admin_address);
 };
 
 /// A plugin stored in the cluster by `clusterctl plugin push` (its bytes are kept apart).

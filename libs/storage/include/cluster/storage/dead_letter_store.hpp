@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "cluster/protocol/messages.hpp"
@@ -30,6 +32,15 @@ class dead_letter_store {
   virtual void replay(std::int64_t id, change_done done) = 0;
   /// Deletes the dead letter; its error reply stays (until the retention purges it).
   virtual void drop(std::int64_t id, change_done done) = 0;
+
+  /// What the dashboard shows of the stored messages: dead letters in all, and messages
+  /// waiting to run (stored, not processed, not dead) per shard group.
+  struct backlog {
+    std::int64_t dead_letters = 0;
+    std::map<std::string, std::int64_t> pending;
+  };
+  using backlog_done = std::function<void(result<backlog>)>;
+  virtual void count_backlog(backlog_done done) = 0;
 };
 
 }  // namespace cluster
