@@ -39,6 +39,7 @@ std::vector<config_section> manager_config::sections() {
   common.declare(sections);
   common.declare_storage(sections);
   sections.emplace_back("manager");
+  common.declare_admin(sections.back());
   sections.back()
       .key("host", &host)
       .key("port", &port)
@@ -110,6 +111,7 @@ void manager::start() {
   restore_from_store();
   restore_plugins();
   server_.listen();
+  start_observing();
   asio::co_spawn(io_, health_loop(), asio::detached);
   schedule_expiry();
   spdlog::info("manager listening on {}:{} ({} storage, {} shards per group)", config_.host,
@@ -118,6 +120,8 @@ void manager::start() {
 
 void manager::stop(std::function<void()> on_stopped) {
   stopped_ = true;
+  *alive_ = false;
+  if (view_) view_->stop();
   ping_timer_.cancel();
   expiry_timer_.cancel();
   rebalance_timer_.cancel();
@@ -205,6 +209,7 @@ std::size_t manager::snapshot_bound(const register_runner_msg* registration,
     info.version = runner.version;
     info.shards = std::numeric_limits<std::uint32_t>::max();
     info.plugins = runner.plugins;
+    info.admin_address = runner.admin_address;
     snap.runners.push_back(std::move(info));
     groups.insert(runner.groups.begin(), runner.groups.end());
   };
@@ -239,6 +244,11 @@ result<void> manager::admit_registration(const register_runner_msg& registration
   if (!parse_host_port(registration.address))
     return failure{errc::invalid_request,
                    "address '" + printable(registration.address) + "' is not host:port"};
+  // The dashboard dials it: host:port or nothing, never a URL of the runner's choosing.
+  if (!registration.admin_address.empty() && !parse_host_port(registration.admin_address))
+    return failure{
+        errc::invalid_request,
+        "admin address '" + printable(registration.admin_address) + "' is not host:port"};
   const std::size_t bytes = snapshot_bytes_with(registration);
   if (bytes > snapshot_limit())
     return failure{errc::invalid_request,
@@ -438,6 +448,7 @@ assignment_snapshot manager::snapshot() const {
     info.groups = entry.registration.groups;
     info.version = entry.registration.version;
     info.plugins = entry.registration.plugins;
+    info.admin_address = entry.registration.admin_address;
     auto conn = entry.conn.lock();
     info.healthy = conn && conn->is_open();
     info.shards = shard_counts[address];
@@ -644,6 +655,13 @@ void manager::register_runner(const connection_ptr& conn, std::uint64_t id,
     spdlog::info("runner {} ({}) registered for groups [{}]", msg.name, msg.address,
                  fmt::join(msg.groups, ", "));
   }
+  {
+    // The same process (incarnation) registering again is no join; a restarted one is.
+    const auto known = runners_.find(msg.address);
+    const bool same =
+        known != runners_.end() && known->second.registration.incarnation == msg.incarnation;
+    if (view_) record_registration(same ? &known->second.registration : nullptr, msg);
+  }
   store_->save_runner(msg);
   const std::string address = msg.address;
   runners_[address] =
@@ -680,6 +698,9 @@ void manager::remove_runner(const std::string& address_ref, const std::string& w
   auto it = runners_.find(address);
   if (it == runners_.end()) return;
   spdlog::info("runner {} ({}) left: {}", it->second.registration.name, address, why);
+  if (view_)
+    view_->record("runner_left",
+                  "runner " + it->second.registration.name + " (" + address + ") left: " + why);
   const std::string name = it->second.registration.name;
   const std::string incarnation = it->second.registration.incarnation;
   runners_.erase(it);
@@ -725,6 +746,12 @@ void manager::rebalance_all(bool force_publish) {
                    result.assigned, result.moved, live.size(),
                    limited ? " (more moves follow, rate-limited)" : "");
       if (result.moved > 0) last_rebalance_ = now;
+      if (shard_moves_ != nullptr) shard_moves_->inc(result.moved + result.assigned);
+      if (view_)
+        view_->record("shards_moved", "group " + group + ": " + std::to_string(result.assigned) +
+                                          " shards assigned, " + std::to_string(result.moved) +
+                                          " moved across " + std::to_string(live.size()) +
+                                          " runners");
       owners = std::move(result.owners);
       store_->save_assignment(group, owners);
       changed = true;

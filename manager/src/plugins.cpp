@@ -181,6 +181,10 @@ void manager::push_plugin(const connection_ptr& conn, std::uint64_t id, push_plu
                                  : ", replacing " + previous->second.plugin.version + " (" +
                                        short_hash(previous->second.plugin.sha256) + ")",
       to_clean_text(conn->peer_name.substr(0, 80)), conn->peer());
+  if (view_)
+    view_->record("plugin_pushed", "plugin " + stored.plugin.name + " " + stored.plugin.version +
+                                       " pushed by " +
+                                       to_clean_text(conn->peer_name.substr(0, 80)));
   store_->save_plugin(stored);
   const auto reply = pack_bytes(stored.plugin);
   plugins_.insert_or_assign(name, std::move(stored));
@@ -198,6 +202,10 @@ void manager::remove_plugin(const connection_ptr& conn, std::uint64_t id, const 
   }
   spdlog::info("plugin '{}' {} removed by {} ({})", name, it->second.plugin.version,
                to_clean_text(conn->peer_name.substr(0, 80)), conn->peer());
+  if (view_)
+    view_->record("plugin_removed", "plugin " + name + " " + it->second.plugin.version +
+                                        " removed by " +
+                                        to_clean_text(conn->peer_name.substr(0, 80)));
   plugins_.erase(it);
   store_->remove_plugin(name);
   conn->send_reply(id, reply_msg{});

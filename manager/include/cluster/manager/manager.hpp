@@ -11,7 +11,9 @@
 #include <set>
 
 #include "cluster/manager/assignment.hpp"
+#include "cluster/manager/cluster_view.hpp"
 #include "cluster/net/server.hpp"
+#include "cluster/process/admin.hpp"
 #include "cluster/process/defaults.hpp"
 #include "cluster/process/settings.hpp"
 #include "cluster/protocol/validate.hpp"
@@ -100,6 +102,13 @@ class manager {
   std::size_t subscriber_count() const;
   /// The largest snapshot this manager makes (see manager_limits::max_snapshot_bytes).
   std::size_t snapshot_limit() const;
+  /// Serving: started and its storage reachable (/readyz).
+  result<void> readiness() const;
+  /// The dashboard (`/`, `/dashboard`, `/dashboard/<file>`) and `/api/cluster` on the admin
+  /// endpoint (observability.cpp).
+  void admin_routes(admin_endpoint& admin);
+  /// The dashboard's view of the cluster (events, scraped runner numbers).
+  cluster_view& view() { return *view_; }
 
  private:
   struct runner_entry {
@@ -178,11 +187,21 @@ class manager {
   /// Recomputes every group's assignment and pushes the snapshot if anything changed.
   void rebalance_all(bool force_publish);
   void publish();
+  /// The manager's metrics (runners, shards, moves, backlog) and the view's upkeep: its
+  /// scrape loop and the store's backlog, read every 5 s (observability.cpp).
+  void start_observing();
+  awaitable<void> backlog_loop();
+  /// Events of a registration: the runner joined, or which of its plugins changed.
+  void record_registration(const register_runner_msg* before, const register_runner_msg& now);
 
   asio::io_context& io_;
   manager_config config_;
   std::unique_ptr<manager_store> store_;
   std::unique_ptr<dead_letter_store> dead_letters_;  // nullptr with the memory backend
+  std::unique_ptr<cluster_view> view_;
+  std::vector<std::shared_ptr<void>> collectors_;  // the manager's computed metrics
+  metrics::counter* shard_moves_ = nullptr;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   server server_;
   std::map<std::string, runner_entry> runners_;  // by address
   std::map<std::string, shard_owners> groups_;   // group → owners
