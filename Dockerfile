@@ -8,6 +8,7 @@
 #                  CLUSTER_* variables, and SST links arrive as SST_RESOURCE_* variables.
 #   /app/certs/    rds-global-bundle.pem, the CA bundle of Amazon RDS: the manager and the
 #                  runners connect with sslmode=verify-full against it.
+# curl is there for ECS's container health checks (curl http://127.0.0.1:<admin port>/healthz).
 #
 # Build it by hand with: docker build -t cluster-sst .
 # deploy/dockerfile.test.mjs checks its shape (no Docker needed).
@@ -34,6 +35,7 @@ RUN apt-get update \
       libspdlog1.10 \
       libfmt9 \
       libtomlplusplus3 \
+      curl \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system cluster \
@@ -48,6 +50,9 @@ ADD --chmod=0644 https://truststore.pki.rds.amazonaws.com/global/global-bundle.p
 USER cluster
 # Manager, proxy, gateway and the four runners of the Runner task.
 EXPOSE 8080 3333 8787 34431-34434
+# Their admin HTTP endpoints (/metrics, /healthz, /readyz): manager 9090, proxy 9091,
+# gateway 9092, runner-1..4 9093-9096.
+EXPOSE 9090 9091 9092 9093-9096
 # The processes stop gracefully on SIGTERM (ECS waits up to the task's stopTimeout).
 STOPSIGNAL SIGTERM
 CMD ["/app/bin/cluster-manager", "--config", "/app/config/local.toml", "--set", "manager.host=0.0.0.0"]

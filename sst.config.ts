@@ -9,6 +9,14 @@
 //          Runner   (cluster-runner x4 in one task, ports 34431..34434)
 //          Api      (Lambda, custom runtime, dist/lambda/bootstrap, function URL)
 //
+// Every service's processes also serve their admin HTTP endpoint (/metrics, /healthz,
+// /readyz; the manager's /dashboard and /api/cluster) on an admin port of their own:
+// manager 9090, proxy 9091, runners 9093..9096 (the gateway's 9092 in `sst dev`). ECS's
+// container health checks curl /healthz on it; the Monitoring security group, for a metrics
+// scraper or OTLP collector the operator runs in the VPC, is the only one that reaches it
+// from outside the task. Deployed, the processes log JSON lines (log.format=json) and export
+// spans to trace.otlp_endpoint when the stage or the deploy's environment sets one.
+//
 // The processes find each other through SST links: the Linkables "ShardManager" and
 // "ProxyServer" ({host, port}) and the Postgres "Database" reach them as
 // SST_RESOURCE_<Name> JSON environment variables. The Lambda gets the address of the proxy
@@ -52,6 +60,15 @@ const RUNNER_PORTS = [34431, 34432, 34433, 34434];
 // The proxy's Effect RPC listener (docs/effect-rpc.md), which the process leaves off unless
 // a port is set; 3334 as in `scripts/dev up`.
 const EFFECT_PORT = 3334;
+// The admin HTTP endpoints (`<section>.admin_port`; 0, the processes' default, serves none).
+// One port per process of a task: the four runners share their task's network namespace,
+// so each has its own, runner-N on RUNNER_ADMIN_PORTS[N-1].
+const MANAGER_ADMIN_PORT = 9090;
+const PROXY_ADMIN_PORT = 9091;
+const GATEWAY_ADMIN_PORT = 9092;
+const RUNNER_ADMIN_PORTS = [9093, 9094, 9095, 9096];
+// OTLP/HTTP, where a collector in the Monitoring security group receives the spans.
+const OTLP_HTTP_PORT = 4318;
 
 // The RDS engine, pinned: SST's default moves with SST releases (17 in 4.17.1).
 const POSTGRES_VERSION = "16.4";
@@ -71,13 +88,39 @@ interface StageSettings {
   // gateway.expose: what HTTP may call, comma-separated "Type", "Type/Rpc" or "*";
   // "" leaves the gateway's default (the example plugins' types).
   expose: string;
+  // trace.otlp_endpoint of the services: an OTLP/HTTP traces endpoint in the VPC (plain
+  // http://), e.g. an ADOT collector's "http://<host>:4318/v1/traces"; "" exports no spans.
+  otlpEndpoint: string;
+  // trace.sample_ratio, the share of new traces that record spans (0..1); undefined keeps
+  // the processes' default (0.01).
+  traceSampleRatio?: number;
 }
-const DEFAULT_STAGE: StageSettings = { urlAuth: "token", spot: true, expose: "" };
+const DEFAULT_STAGE: StageSettings = { urlAuth: "token", spot: true, expose: "", otlpEndpoint: "" };
 // Stages that differ from DEFAULT_STAGE.
 const STAGES: Record<string, Partial<StageSettings>> = {
   production: { urlAuth: "iam" },
 };
-const stageSettings = (stage: string): StageSettings => ({ ...DEFAULT_STAGE, ...STAGES[stage] });
+// The trace settings may also come from the environment of `sst deploy`/`sst dev`, under the
+// processes' own names (they win over STAGES, as the variables win over the config file):
+//   CLUSTER_TRACE_OTLP_ENDPOINT=http://collector.internal:4318/v1/traces \
+//   CLUSTER_TRACE_SAMPLE_RATIO=0.1 npx sst deploy --stage dev
+// A setting that is not there is not passed on: the processes keep their defaults.
+const stageSettings = (stage: string): StageSettings => {
+  const settings: StageSettings = { ...DEFAULT_STAGE, ...STAGES[stage] };
+  const endpoint = process.env.CLUSTER_TRACE_OTLP_ENDPOINT?.trim();
+  if (endpoint) settings.otlpEndpoint = endpoint;
+  const ratio = process.env.CLUSTER_TRACE_SAMPLE_RATIO?.trim();
+  if (ratio) settings.traceSampleRatio = Number(ratio);
+  // The processes' exporter posts OTLP/HTTP JSON over plain HTTP (a collector in the VPC).
+  if (settings.otlpEndpoint && !/^http:\/\/\S+$/.test(settings.otlpEndpoint)) {
+    throw new Error(`trace.otlp_endpoint '${settings.otlpEndpoint}' is not an http:// URL`);
+  }
+  const sample = settings.traceSampleRatio;
+  if (sample !== undefined && !(Number.isFinite(sample) && sample >= 0 && sample <= 1)) {
+    throw new Error(`trace.sample_ratio '${ratio ?? sample}' is not a number between 0 and 1`);
+  }
+  return settings;
+};
 
 // ECS sends SIGTERM, waits this long, then SIGKILL. 120 s is Fargate's maximum: a runner
 // hands its shards back and finishes in-flight messages before it exits.
@@ -177,20 +220,33 @@ export default $config({
     // Every service runs the same image, built from the repository's Dockerfile.
     const image = { context: ".", dockerfile: "Dockerfile" };
 
-    const health = (command: string[]) => ({
-      command: ["CMD", ...command],
+    // ECS's container health check: the process's /healthz (200 while its event loop
+    // turns) on its admin port, from inside the container (curl is in the image). A task
+    // whose container fails `retries` checks in a row is replaced. Liveness, not readiness:
+    // /readyz is 503 while a runner waits for the manager, which a restart would not fix.
+    const health = (adminPort: number) => ({
+      command: ["CMD-SHELL", `curl -fsS --max-time 2 http://127.0.0.1:${adminPort}/healthz || exit 1`],
       startPeriod: "30 seconds" as const,
       interval: "15 seconds" as const,
       timeout: "5 seconds" as const,
       retries: 3,
     });
-    // A TCP connect to each port in the task (bash is in the image; /bin/sh is dash).
-    const tcpHealth = (...ports: number[]) =>
-      health([
-        "/bin/bash",
-        "-c",
-        ports.map((port) => `exec 3<>/dev/tcp/127.0.0.1/${port}`).join(" && "),
-      ]);
+    // The admin endpoint of a process (`<section>.admin_port`, `<section>.admin_host`):
+    // deployed on all interfaces of the task, so that the Monitoring security group reaches
+    // it; in `sst dev` on loopback (the processes' default host).
+    const adminEnvironment = (section: string, port: number): Record<string, string> => {
+      const prefix = `CLUSTER_${section.toUpperCase()}_ADMIN_`;
+      return { [`${prefix}PORT`]: String(port), ...($dev ? {} : { [`${prefix}HOST`]: "0.0.0.0" }) };
+    };
+    // Every process of the stage: JSON log lines deployed (CloudWatch Logs parses them; the
+    // `sst dev` tabs keep text), and the trace settings when the stage or the deploy sets them.
+    const observability: Record<string, string> = {
+      ...($dev ? {} : { CLUSTER_LOG_FORMAT: "json" }),
+      ...(stage.otlpEndpoint ? { CLUSTER_TRACE_OTLP_ENDPOINT: stage.otlpEndpoint } : {}),
+      ...(stage.traceSampleRatio !== undefined
+        ? { CLUSTER_TRACE_SAMPLE_RATIO: String(stage.traceSampleRatio) }
+        : {}),
+    };
 
     // SST has no option for the container stop timeout: set it in the task definition.
     // Deployed, the service's tasks get its own security group instead of the VPC's
@@ -245,16 +301,11 @@ export default $config({
         CLUSTER_CLUSTER_STORAGE: "postgres",
         CLUSTER_MANAGER_PORT: String(MANAGER_PORT),
         ...databaseTls,
+        ...adminEnvironment("manager", MANAGER_ADMIN_PORT),
+        ...observability,
       },
       command: imageCommand("cluster-manager", "manager.host=0.0.0.0"),
-      health: health([
-        `${IMAGE_BIN}/clusterctl`,
-        "--manager",
-        `127.0.0.1:${MANAGER_PORT}`,
-        "--timeout-ms",
-        "3000",
-        "status",
-      ]),
+      health: health(MANAGER_ADMIN_PORT),
       dev: { command: devCommand("cluster-manager") },
       transform: serviceTransform(groups?.manager),
     });
@@ -277,9 +328,11 @@ export default $config({
       environment: {
         CLUSTER_PROXY_PORT: String(PROXY_PORT),
         CLUSTER_PROXY_EFFECT_PORT: String(EFFECT_PORT),
+        ...adminEnvironment("proxy", PROXY_ADMIN_PORT),
+        ...observability,
       },
       command: imageCommand("cluster-proxy", "proxy.host=0.0.0.0", "proxy.effect_host=0.0.0.0"),
-      health: tcpHealth(PROXY_PORT, EFFECT_PORT),
+      health: health(PROXY_ADMIN_PORT),
       scaling: {
         min: 1,
         max: 5,
@@ -323,9 +376,11 @@ export default $config({
           CLUSTER_RUNNER_NAME: `runner-${index + 1}`,
           CLUSTER_RUNNER_PORT: String(port),
           ...databaseTls,
+          ...adminEnvironment("runner", RUNNER_ADMIN_PORTS[index]),
+          ...observability,
         },
         command: imageCommand("cluster-runner", "runner.host=0.0.0.0", `runner.plugins=${IMAGE_PLUGINS}`),
-        health: tcpHealth(port),
+        health: health(RUNNER_ADMIN_PORTS[index]),
         dev: { command: devCommand("cluster-runner", `runner.plugins=${LOCAL_PLUGINS}`) },
       })),
       transform: serviceTransform(groups?.runner),
@@ -339,7 +394,12 @@ export default $config({
       : {};
     new sst.x.DevCommand("Gateway", {
       link: [proxyServer, ...httpLinks],
-      environment: { CLUSTER_GATEWAY_PORT: String(GATEWAY_PORT), ...exposeEnvironment },
+      environment: {
+        CLUSTER_GATEWAY_PORT: String(GATEWAY_PORT),
+        ...adminEnvironment("gateway", GATEWAY_ADMIN_PORT),
+        ...observability,
+        ...exposeEnvironment,
+      },
       dev: {
         title: "Gateway",
         autostart: true,
@@ -397,6 +457,8 @@ export default $config({
       manager: $interpolate`${manager.service}:${MANAGER_PORT}`,
       proxy: $interpolate`${proxy.service}:${PROXY_PORT}`,
       effectRpc: $interpolate`${proxy.service}:${EFFECT_PORT}`,
+      // Attach it to a metrics scraper or OTLP collector in the VPC (docs/deploy.md).
+      monitoringSecurityGroup: groups!.monitoring.id,
     };
   },
 });
@@ -415,6 +477,13 @@ function securityGroups(vpc: sst.aws.Vpc) {
     proxy: group("Proxy", "cluster-proxy: 3333 from the Lambda"),
     api: group("Api", "the Lambda: no ingress, egress to the proxies only"),
     database: group("Database", "PostgreSQL: 5432 from the manager and the runners"),
+    // For what the operator runs in the VPC to watch the cluster (a Prometheus or ADOT
+    // collector, a bastion for the dashboard): the only group the admin ports admit. (The
+    // service groups keep their descriptions: a new one would replace the group.)
+    monitoring: group(
+      "Monitoring",
+      "scrapers and collectors: reach the admin ports 9090-9096, OTLP/HTTP 4318 from the services",
+    ),
   };
   const allow = (
     name: string,
@@ -439,10 +508,26 @@ function securityGroups(vpc: sst.aws.Vpc) {
   allow("ProxyEffectFromApi", groups.proxy, groups.api, [EFFECT_PORT, EFFECT_PORT]);
   allow("DatabaseFromManager", groups.database, groups.manager, [POSTGRES_PORT, POSTGRES_PORT]);
   allow("DatabaseFromRunner", groups.database, groups.runner, [POSTGRES_PORT, POSTGRES_PORT]);
+  // The admin endpoints (/metrics, the manager's dashboard) from the Monitoring group only;
+  // ECS's health checks run inside the task and need no rule.
+  const runnerAdminPorts: [number, number] = [
+    RUNNER_ADMIN_PORTS[0],
+    RUNNER_ADMIN_PORTS[RUNNER_ADMIN_PORTS.length - 1],
+  ];
+  allow("ManagerAdminFromMonitoring", groups.manager, groups.monitoring, [MANAGER_ADMIN_PORT, MANAGER_ADMIN_PORT]);
+  allow("ProxyAdminFromMonitoring", groups.proxy, groups.monitoring, [PROXY_ADMIN_PORT, PROXY_ADMIN_PORT]);
+  allow("RunnerAdminFromMonitoring", groups.runner, groups.monitoring, runnerAdminPorts);
+  // A collector in the Monitoring group receives the services' spans (trace.otlp_endpoint).
+  allow("MonitoringOtlpFromManager", groups.monitoring, groups.manager, [OTLP_HTTP_PORT, OTLP_HTTP_PORT]);
+  allow("MonitoringOtlpFromProxy", groups.monitoring, groups.proxy, [OTLP_HTTP_PORT, OTLP_HTTP_PORT]);
+  allow("MonitoringOtlpFromRunner", groups.monitoring, groups.runner, [OTLP_HTTP_PORT, OTLP_HTTP_PORT]);
   for (const [name, g] of [
     ["Manager", groups.manager],
     ["Runner", groups.runner],
     ["Proxy", groups.proxy],
+    // Open like the tasks': a collector forwards to CloudWatch, Amazon Managed Prometheus,
+    // X-Ray (AWS APIs) besides scraping the admin ports.
+    ["Monitoring", groups.monitoring],
   ] as const) {
     new aws.vpc.SecurityGroupEgressRule(`${name}Egress`, {
       securityGroupId: g.id,

@@ -126,3 +126,41 @@ test("the runtime stage ships the RDS CA bundle where sst.config.ts points verif
   const steps = runtime.steps.map((s) => s.keyword);
   assert.ok(steps.indexOf("ADD") < steps.indexOf("USER"), "added before USER");
 });
+
+// EXPOSE's ports, ranges ("9093-9096") expanded.
+const exposed = (stage) =>
+  stage.steps
+    .filter((s) => s.keyword === "EXPOSE")
+    .flatMap((s) => s.args.split(" "))
+    .flatMap((spec) => {
+      const [, from, to] = /^(\d+)(?:-(\d+))?(?:\/tcp)?$/.exec(spec);
+      const ports = [];
+      for (let port = Number(from); port <= Number(to ?? from); port++) ports.push(port);
+      return ports;
+    });
+
+test("the runtime stage has curl, which the ECS health checks run", () => {
+  const install = runs(runtime).find((c) => /apt-get install/.test(c));
+  assert.ok(install, "an apt-get install in the runtime stage");
+  const packages = /apt-get install ([^&]*)/.exec(install)[1].split(" ");
+  assert.ok(packages.includes("--no-install-recommends"));
+  for (const pkg of ["curl", "ca-certificates"]) assert.ok(packages.includes(pkg), `${pkg} is installed`);
+  assert.match(install, /rm -rf \/var\/lib\/apt\/lists\/\*/, "the package lists are dropped");
+  // sst.config.ts's health checks call it.
+  const config = read("sst.config.ts");
+  assert.match(config, /"CMD-SHELL", `curl -fsS --max-time 2 http:\/\/127\.0\.0\.1:\$\{adminPort\}\/healthz \|\| exit 1`/);
+});
+
+test("the runtime stage exposes the cluster ports and the admin ports sst.config.ts sets", () => {
+  const ports = exposed(runtime);
+  for (const port of [8080, 3333, 8787, 34431, 34432, 34433, 34434]) assert.ok(ports.includes(port), `EXPOSE ${port}`);
+  const config = read("sst.config.ts");
+  const constant = (name) => {
+    const m = new RegExp(`const ${name} = (\\[[^\\]]*\\]|\\d+);`).exec(config);
+    assert.ok(m, `sst.config.ts ${name}`);
+    return [JSON.parse(m[1])].flat();
+  };
+  const admin = ["MANAGER_ADMIN_PORT", "PROXY_ADMIN_PORT", "GATEWAY_ADMIN_PORT", "RUNNER_ADMIN_PORTS"].flatMap(constant);
+  assert.deepEqual(admin, [9090, 9091, 9092, 9093, 9094, 9095, 9096]);
+  for (const port of admin) assert.ok(ports.includes(port), `EXPOSE ${port} (admin)`);
+});

@@ -13,6 +13,32 @@ import { evaluateConfig, resolve, ROOT } from "./sst-stubs.mjs";
 const BINARIES = ["cluster-manager", "cluster-runner", "cluster-proxy", "cluster-gateway"];
 const RUNNER_PORTS = [34431, 34432, 34433, 34434];
 const SERVICE_BINARY = { Manager: "cluster-manager", Proxy: "cluster-proxy", Runner: "cluster-runner" };
+// The admin HTTP endpoints: one port per process of a task (the runners share theirs).
+const ADMIN_PORT = { Manager: 9090, Proxy: 9091, Gateway: 9092 };
+const RUNNER_ADMIN_PORTS = [9093, 9094, 9095, 9096];
+const ALL_ADMIN_PORTS = [9090, 9091, 9092, ...RUNNER_ADMIN_PORTS];
+const SECTION = { Manager: "manager", Proxy: "proxy", Runner: "runner", Gateway: "gateway" };
+// [service, container, admin port] of every ECS container.
+const adminPortOf = (serviceName, containerIndex) =>
+  serviceName === "Runner" ? RUNNER_ADMIN_PORTS[containerIndex] : ADMIN_PORT[serviceName];
+const healthCommand = (port) => ["CMD-SHELL", `curl -fsS --max-time 2 http://127.0.0.1:${port}/healthz || exit 1`];
+const TRACE_VARIABLES = ["CLUSTER_TRACE_OTLP_ENDPOINT", "CLUSTER_TRACE_SAMPLE_RATIO"];
+
+// Runs `fn` with the deploy's environment holding `variables` (and none of the trace
+// variables the caller's shell may have), restoring it afterwards.
+async function withEnvironment(variables, fn) {
+  const saved = Object.fromEntries(TRACE_VARIABLES.map((name) => [name, process.env[name]]));
+  for (const name of TRACE_VARIABLES) delete process.env[name];
+  Object.assign(process.env, variables);
+  try {
+    return await fn();
+  } finally {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  }
+}
 
 const byType = (resources, type) => resources.filter((r) => r.type === type);
 const one = (resources, type, name) => {
@@ -114,7 +140,7 @@ for (const mode of ["dev", "deployed"]) {
     let root;
     before(async () => {
       root = fakeRootWithBundle();
-      result = await evaluateConfig({ dev: isDev, root });
+      result = await withEnvironment({}, () => evaluateConfig({ dev: isDev, root }));
     });
     after(() => fs.rmSync(root, { recursive: true, force: true }));
 
@@ -251,6 +277,42 @@ for (const mode of ["dev", "deployed"]) {
       assert.equal(gateway.environment.CLUSTER_GATEWAY_PORT, "8787");
       assert.notEqual(gateway.dev.autostart, false);
     });
+
+    test("admin endpoints: manager 9090, proxy 9091, gateway 9092, runner-N 9092+N; all interfaces deployed, loopback in sst dev", () => {
+      const owners = [];
+      for (const service of byType(result.resources, "sst:aws:Service")) {
+        containersOf(service).forEach((c, i) => owners.push([`${service.name}/${c.name}`, SECTION[service.name], adminPortOf(service.name, i), c.environment]));
+      }
+      owners.push(["Gateway", "gateway", ADMIN_PORT.Gateway, one(result.resources, "sst:sst:DevCommand", "Gateway").args.environment]);
+      assert.equal(owners.length, 7);
+      for (const [owner, section, port, env] of owners) {
+        const prefix = `CLUSTER_${section.toUpperCase()}_ADMIN_`;
+        assert.equal(env[`${prefix}PORT`], String(port), `${owner}: ${prefix}PORT`);
+        // Deployed the Monitoring group reaches it through the task's address; in `sst dev`
+        // the processes keep their default host, 127.0.0.1.
+        assert.equal(env[`${prefix}HOST`], isDev ? undefined : "0.0.0.0", `${owner}: ${prefix}HOST`);
+        // No token in the task definition (none is configured yet).
+        assert.equal(env[`${prefix}TOKEN`], undefined, `${owner}: ${prefix}TOKEN`);
+        for (const key of Object.keys(env)) {
+          if (/^CLUSTER_[A-Z]+_ADMIN_/.test(key)) assert.ok(key.startsWith(prefix), `${owner}: ${key} is its own section's`);
+        }
+      }
+      // Distinct, and none is a cluster port (the runners share their task's network).
+      const ports = owners.map(([, , port]) => port);
+      assert.deepEqual([...ports].sort(), [...ALL_ADMIN_PORTS].sort());
+      for (const port of ports) assert.ok(![8080, 3333, 3334, 8787, 5432, ...RUNNER_PORTS].includes(port));
+    });
+
+    test("logs: JSON lines deployed, text in sst dev; no trace settings unless configured", () => {
+      const envs = byType(result.resources, "sst:aws:Service").flatMap((s) => containersOf(s).map((c) => [`${s.name}/${c.name}`, c.environment]));
+      // The Gateway dev command runs only in `sst dev`.
+      if (isDev) envs.push(["Gateway", one(result.resources, "sst:sst:DevCommand", "Gateway").args.environment]);
+      for (const [owner, env] of envs) {
+        if (isDev) assert.equal(env.CLUSTER_LOG_FORMAT, undefined, `${owner}: text logs`);
+        else assert.equal(env.CLUSTER_LOG_FORMAT, "json", `${owner}: CLUSTER_LOG_FORMAT=json`);
+        for (const name of TRACE_VARIABLES) assert.equal(env[name], undefined, `${owner}: ${name} is not set`);
+      }
+    });
   });
 }
 
@@ -287,7 +349,7 @@ describe("deployed", () => {
   let root;
   before(async () => {
     root = fakeRootWithBundle();
-    result = await evaluateConfig({ dev: false, root });
+    result = await withEnvironment({}, () => evaluateConfig({ dev: false, root }));
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
@@ -307,30 +369,65 @@ describe("deployed", () => {
     }
   });
 
-  test("container health checks: clusterctl status for the manager, TCP connects for the others", () => {
-    const executables = cmakeExecutables();
-    const manager = one(result.resources, "sst:aws:Service", "Manager").args.health;
-    assert.equal(manager.command[0], "CMD");
-    assert.equal(manager.command[1], "/app/bin/clusterctl");
-    assert.ok(executables.has("clusterctl"));
-    assert.equal(manager.command.at(-1), "status");
-    assert.ok(manager.command.includes("127.0.0.1:8080"));
-
-    const proxy = one(result.resources, "sst:aws:Service", "Proxy").args.health;
-    assert.deepEqual(proxy.command, [
-      "CMD",
-      "/bin/bash",
-      "-c",
-      "exec 3<>/dev/tcp/127.0.0.1/3333 && exec 3<>/dev/tcp/127.0.0.1/3334",
-    ]);
-    const runners = one(result.resources, "sst:aws:Service", "Runner").args.containers;
-    runners.forEach((c, i) =>
-      assert.deepEqual(c.health.command, ["CMD", "/bin/bash", "-c", `exec 3<>/dev/tcp/127.0.0.1/${RUNNER_PORTS[i]}`]),
-    );
-    for (const h of [manager, proxy, ...runners.map((c) => c.health)]) {
+  test("container health checks: curl /healthz on each process's own admin port", () => {
+    const checks = [];
+    for (const service of byType(result.resources, "sst:aws:Service")) {
+      const section = SECTION[service.name];
+      const defs = JSON.parse(service.component.taskDefinition.containerDefinitions);
+      containersOf(service).forEach((c, i) => {
+        const port = adminPortOf(service.name, i);
+        const owner = `${service.name}/${c.name}`;
+        assert.equal(c.environment[`CLUSTER_${section.toUpperCase()}_ADMIN_PORT`], String(port), `${owner}: admin port`);
+        assert.deepEqual(c.health.command, healthCommand(port), `${owner}: curl http://127.0.0.1:${port}/healthz`);
+        // What ECS gets, after transform.taskDefinition.
+        assert.deepEqual(defs[i].healthCheck.command, healthCommand(port), `${owner}: task definition healthCheck`);
+        checks.push(c.health);
+      });
+    }
+    assert.equal(checks.length, 6, "the manager, the proxy and four runners");
+    const seconds = (text) => Number(/^(\d+) seconds$/.exec(text)?.[1]);
+    for (const h of checks) {
       for (const key of ["startPeriod", "interval", "timeout"]) assert.match(h[key], /^\d+ seconds$/);
+      // ECS's limits: interval 5..300 s, timeout 2..60 s, startPeriod 0..300 s, retries 1..10.
+      assert.ok(seconds(h.interval) >= 5 && seconds(h.interval) <= 300);
+      assert.ok(seconds(h.timeout) >= 2 && seconds(h.timeout) <= 60 && seconds(h.timeout) < seconds(h.interval));
+      assert.ok(seconds(h.timeout) > 2, "longer than curl's --max-time 2");
+      assert.ok(seconds(h.startPeriod) <= 300);
       assert.ok(h.retries >= 1 && h.retries <= 10);
     }
+  });
+
+  test("trace settings from the deploy's environment reach every process; bad values stop the deploy", async () => {
+    const endpoint = "http://collector.internal:4318/v1/traces";
+    const traced = await withEnvironment(
+      { CLUSTER_TRACE_OTLP_ENDPOINT: endpoint, CLUSTER_TRACE_SAMPLE_RATIO: "0.25" },
+      () => evaluateConfig({ dev: false, root }),
+    );
+    const envs = byType(traced.resources, "sst:aws:Service").flatMap((s) => containersOf(s).map((c) => [`${s.name}/${c.name}`, c.environment]));
+    assert.equal(envs.length, 6);
+    for (const [owner, env] of envs) {
+      assert.equal(env.CLUSTER_TRACE_OTLP_ENDPOINT, endpoint, owner);
+      assert.equal(env.CLUSTER_TRACE_SAMPLE_RATIO, "0.25", owner);
+      assert.equal(env.CLUSTER_LOG_FORMAT, "json", owner);
+    }
+    // An endpoint alone keeps the processes' default ratio.
+    const endpointOnly = await withEnvironment({ CLUSTER_TRACE_OTLP_ENDPOINT: endpoint }, () => evaluateConfig({ dev: false, root }));
+    const manager = one(endpointOnly.resources, "sst:aws:Service", "Manager").args.environment;
+    assert.equal(manager.CLUSTER_TRACE_OTLP_ENDPOINT, endpoint);
+    assert.equal(manager.CLUSTER_TRACE_SAMPLE_RATIO, undefined);
+    await withEnvironment({ CLUSTER_TRACE_SAMPLE_RATIO: "2" }, () =>
+      assert.rejects(evaluateConfig({ dev: false, root }), /trace\.sample_ratio '2' is not a number between 0 and 1/),
+    );
+    for (const bad of ["collector:4318", "https://collector:4318/v1/traces"]) {
+      await withEnvironment({ CLUSTER_TRACE_OTLP_ENDPOINT: bad }, () =>
+        assert.rejects(evaluateConfig({ dev: false, root }), new RegExp(`trace\\.otlp_endpoint '${bad}' is not an http:// URL`)),
+      );
+    }
+  });
+
+  test("the Lambda serves no admin endpoint (it answers only the runtime API)", () => {
+    const env = resolve(one(result.resources, "sst:aws:Function", "Api").args.environment);
+    for (const key of Object.keys(env)) assert.doesNotMatch(key, /_ADMIN_/, key);
   });
 
   test("every task definition gives each container 120 s to stop gracefully", () => {
@@ -424,11 +521,12 @@ describe("deployed", () => {
     const groups = Object.fromEntries(
       byType(resources, "aws:ec2:SecurityGroup").map((g) => [resolve(g.component.id), g.name.replace(/SecurityGroup$/, "")]),
     );
-    assert.deepEqual(Object.values(groups).sort(), ["Api", "Database", "Manager", "Proxy", "Runner"]);
-    const ingress = byType(resources, "aws:vpc:SecurityGroupIngressRule").map((r) => {
-      const a = resolve(r.args);
-      assert.equal(a.ipProtocol, "tcp", `${r.name}: tcp only`);
-      assert.equal(a.cidrIpv4, undefined, `${r.name}: from a security group, not a CIDR`);
+    assert.deepEqual(Object.values(groups).sort(), ["Api", "Database", "Manager", "Monitoring", "Proxy", "Runner"]);
+    const rules = byType(resources, "aws:vpc:SecurityGroupIngressRule").map((r) => [r.name, resolve(r.args)]);
+    const ingress = rules.map(([name, a]) => {
+      assert.equal(a.ipProtocol, "tcp", `${name}: tcp only`);
+      assert.equal(a.cidrIpv4, undefined, `${name}: from a security group, not a CIDR`);
+      assert.equal(a.cidrIpv6, undefined, `${name}: from a security group, not a CIDR`);
       return `${groups[a.securityGroupId]}:${a.fromPort}-${a.toPort}<-${groups[a.referencedSecurityGroupId]}`;
     });
     assert.deepEqual(ingress.sort(), [
@@ -436,12 +534,40 @@ describe("deployed", () => {
       "Database:5432-5432<-Runner",
       "Manager:8080-8080<-Proxy",
       "Manager:8080-8080<-Runner",
+      "Manager:9090-9090<-Monitoring",
+      "Monitoring:4318-4318<-Manager",
+      "Monitoring:4318-4318<-Proxy",
+      "Monitoring:4318-4318<-Runner",
       "Proxy:3333-3333<-Api",
       "Proxy:3334-3334<-Api",
+      "Proxy:9091-9091<-Monitoring",
       "Runner:34431-34434<-Manager",
       "Runner:34431-34434<-Proxy",
       "Runner:34431-34434<-Runner",
+      "Runner:9093-9096<-Monitoring",
     ]);
+    // The admin ports: never from a CIDR (0.0.0.0/0 least of all), only from Monitoring.
+    for (const [name, a] of rules) {
+      if (ALL_ADMIN_PORTS.some((port) => a.fromPort <= port && port <= a.toPort)) {
+        assert.equal(groups[a.referencedSecurityGroupId], "Monitoring", `${name}: an admin port only from the Monitoring group`);
+        assert.ok(a.cidrIpv4 !== "0.0.0.0/0" && a.cidrIpv6 !== "::/0", `${name}: not open to the internet`);
+      }
+    }
+    // The admin port of each process is admitted by its own service's group.
+    for (const [name, ports] of [["Manager", [9090]], ["Proxy", [9091]], ["Runner", RUNNER_ADMIN_PORTS]]) {
+      for (const port of ports) {
+        assert.ok(
+          rules.some(([, a]) => groups[a.securityGroupId] === name && a.fromPort <= port && port <= a.toPort),
+          `${name} admits ${port} from Monitoring`,
+        );
+      }
+    }
+    const egress = byType(resources, "aws:vpc:SecurityGroupEgressRule").map((r) => resolve(r.args));
+    assert.deepEqual(
+      egress.filter((a) => groups[a.securityGroupId] === "Monitoring").map((a) => [a.cidrIpv4, a.ipProtocol]),
+      [["0.0.0.0/0", "-1"]],
+      "a collector forwards to AWS APIs",
+    );
     const apiEgress = byType(resources, "aws:vpc:SecurityGroupEgressRule")
       .map((r) => resolve(r.args))
       .filter((a) => groups[a.securityGroupId] === "Api");
@@ -466,6 +592,8 @@ describe("deployed", () => {
     assert.match(result.outputs.manager, /^Manager\..+:8080$/);
     assert.match(result.outputs.proxy, /^Proxy\..+:3333$/);
     assert.match(result.outputs.effectRpc, /^Proxy\..+:3334$/);
+    const monitoring = one(result.resources, "aws:ec2:SecurityGroup", "MonitoringSecurityGroup").component;
+    assert.equal(result.outputs.monitoringSecurityGroup, resolve(monitoring.id));
   });
 
   test("a deploy without a built dist/lambda/bootstrap stops with a clear message", async () => {

@@ -66,15 +66,31 @@ component_port() {
   esac
 }
 
+# The admin HTTP endpoint of each component (/metrics, /healthz, /readyz; the manager's
+# also serves the dashboard): loopback only, like everything of the local cluster.
+component_admin_port() {
+  case $1 in
+    manager) echo 9090 ;;
+    proxy) echo 9091 ;;
+    gateway) echo 9092 ;;
+    runner-*) echo $((9100 + ${1#runner-})) ;;
+    *) return 1 ;;
+  esac
+}
+component_admin_url() { echo "http://$LOCAL_HOST:$(component_admin_port "$1")"; }
+# shellcheck disable=SC2034 # used by scripts/dev
+DASHBOARD_URL=http://$LOCAL_HOST:9090/dashboard
+
 # The one definition of a component's command line, shared by `up` and `restart`.
 # Sets the array COMMAND. $2 is the storage backend (memory or postgres), $3 the PostgreSQL
 # URL (postgres only). Only the manager and the runners declare [storage]: the proxy and
 # the gateway would reject storage.* keys.
 component_command() {
-  local name=$1 storage=$2 url=${3:-} bin port
+  local name=$1 storage=$2 url=${3:-} bin port section=${1%%-*}
   bin=$(component_binary "$name") || return 1
   port=$(component_port "$name") || return 1
-  COMMAND=("$bin" --config "$CONFIG_FILE" --set "security.credentials_dir=$CREDENTIALS_DIR")
+  COMMAND=("$bin" --config "$CONFIG_FILE" --set "security.credentials_dir=$CREDENTIALS_DIR"
+    --set "$section.admin_port=$(component_admin_port "$name")")
   # DEV_SECURITY_AUTH=false / DEV_SECURITY_TLS=on|accept: for measuring what they cost.
   [[ -n "${DEV_SECURITY_AUTH:-}" ]] && COMMAND+=(--set "security.auth=$DEV_SECURITY_AUTH")
   [[ -n "${DEV_SECURITY_TLS:-}" ]] && COMMAND+=(--set "security.tls=$DEV_SECURITY_TLS")

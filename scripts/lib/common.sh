@@ -24,6 +24,7 @@ DEV_PACKAGES=(
   libboost-dev libboost-filesystem-dev libmsgpack-cxx-dev libpq-dev libtomlplusplus-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libssl-dev
   postgresql postgresql-client clang-format curl python3
+  chromium prometheus  # the dashboard's headless page test, promtool for /metrics
 )
 
 # Prints the packages of DEV_PACKAGES that dpkg does not report as installed, one a line.

@@ -43,6 +43,7 @@
 #include "cluster/protocol/cron_status.hpp"
 #include "cluster/security/credentials_folder.hpp"
 #include "cluster/security/digest.hpp"
+#include "top.hpp"
 
 namespace {
 
@@ -1179,6 +1180,20 @@ int main(int argc, char** argv) {
                      "fire and forget: prints 'accepted' once the request is accepted");
   call_cmd->fallthrough();
 
+  clusterctl::top_options top;
+  top.admin_url = "http://127.0.0.1:9090";
+  auto* top_cmd = app.add_subcommand(
+      "top", "the dashboard's numbers in the terminal, refreshed every second (Ctrl-C ends it)");
+  top_cmd
+      ->add_option("--admin", top.admin_url,
+                   "the manager's admin endpoint (default " + top.admin_url + ")")
+      ->envname("CLUSTER_MANAGER_ADMIN_URL")
+      ->type_name("URL");
+  top_cmd->add_option("--admin-token", top.token, "its admin token (manager.admin_token)")
+      ->envname("CLUSTER_ADMIN_TOKEN");
+  number_option<int>(top_cmd, "--frames", top.frames, 1, 1000000,
+                     "stop after N refreshes (default: until interrupted)");
+
   bool as_json = false;
   auto* status_cmd = app.add_subcommand("status", "runners and shard assignment from the manager");
   status_cmd->add_flag("--json", as_json, "one line of JSON");
@@ -1308,6 +1323,7 @@ int main(int argc, char** argv) {
 
   if (*call_cmd) return call_command(opts, call, call_stream, call_discard);
   if (*status_cmd) return status(opts, as_json);
+  if (*top_cmd) return clusterctl::top_command(top);
   if (*keys_init) return keys_init_command(keys_dir);
   if (*keys_public) return keys_public_command(key_file);
   if (*dead_list) return dead_letters_list(opts, dead_json);
