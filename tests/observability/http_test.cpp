@@ -67,7 +67,9 @@ TEST_F(http_server, a_body_over_the_limit_is_refused_and_the_server_keeps_servin
   big.method = "POST";
   big.body = std::string(200 * 1024, 'x');
   auto got = fetch_blocking(url_ + "/hello", big);
-  if (got) EXPECT_EQ(got.value().status, 413u);
+  if (got) {
+    EXPECT_EQ(got.value().status, 413u);
+  }
   got = fetch_blocking(url_ + "/hello");
   ASSERT_TRUE(got);
   EXPECT_EQ(got.value().status, 200u);
