@@ -7,6 +7,7 @@
 
 #include "cluster/host/host_services.hpp"
 #include "cluster/protocol/assert.hpp"
+#include "cluster/trace/trace.hpp"
 
 namespace cluster::host {
 
@@ -32,6 +33,9 @@ struct entity_host::invocation {
   bool streams = false;        // the RPC is declared streaming
   std::string stream_refused;  // why a stream_write was refused (a Defect replaces the reply)
   stop_signal cancel;          // fires the handler's sleeps when its request is cancelled
+  /// The request's trace context: the handler's calls to other entities continue it, and
+  /// its log lines carry the trace id.
+  std::string traceparent;
   /// A call the handler made to another entity, until it completes or the request is
   /// cancelled (then it completes at once and its late reply is dropped).
   struct outbound {
@@ -58,6 +62,7 @@ struct entity_host::invocation {
 
   static void log(void* host_ctx, std::int32_t level, const char* message) {
     auto* self = static_cast<invocation*>(host_ctx);
+    const trace::scoped_trace_id logged(trace::trace_id_of(self->traceparent));
     log_for_plugin(self->key.first, self->key.second, level, message);
     if (self->creation_error != nullptr && level >= 3 && message != nullptr)
       *self->creation_error = message;
@@ -106,6 +111,7 @@ struct entity_host::invocation {
     request.payload.assign(payload, payload + size);
     if (primary_key != nullptr) request.primary_key = primary_key;
     request.discard = discard;
+    request.traceparent = self->traceparent;
     auto& io = self->host->io_;
     auto pending = std::make_shared<outbound>(outbound{done, user});
     if (self->is_cancelled()) {
@@ -427,6 +433,7 @@ void entity_host::run_next(const slot_key& key) {
     call->read_only = read_only;
     call->shared = shared;
     call->streams = s.type->streams(next.rpc_index);
+    call->traceparent = std::move(next.request.traceparent);
     call->bind(s);
     if (next.control) {
       call->control = std::move(next.control);

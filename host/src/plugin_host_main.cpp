@@ -429,7 +429,7 @@ const cluster_host_api plugin_host::api = {
 
 int run(int argc, char** argv) {
   CLI::App app{"cluster-plugin-host: runs one entity plugin for a runner"};
-  std::string plugin, level = "info";
+  std::string plugin, level = "info", format = "text";
   int channel_fd = -1, board_fd = -1;
   pid_t parent = 0;
   app.add_option("--plugin", plugin, "the plugin file")->required();
@@ -437,6 +437,7 @@ int run(int argc, char** argv) {
   app.add_option("--board-fd", board_fd, "the operation board (a memfd)")->required();
   app.add_option("--parent", parent, "the runner's pid")->required();
   app.add_option("--log-level", level, "log level");
+  app.add_option("--log-format", format, "log format: text or json");
   CLI11_PARSE(app, argc, argv);
 
   // Dies with the runner, also when the runner is killed; and if the runner ended before
@@ -444,7 +445,7 @@ int run(int argc, char** argv) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) return 4;
   const std::string name = "plugin " + std::filesystem::path(plugin).filename().string();
-  if (auto logging = setup_logging(name, level); !logging) return 2;
+  if (auto logging = setup_logging(name, level, format); !logging) return 2;
 
   void* page =
       ::mmap(nullptr, sizeof(operation_board), PROT_READ | PROT_WRITE, MAP_SHARED, board_fd, 0);

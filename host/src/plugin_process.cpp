@@ -240,7 +240,9 @@ result<int> plugin_process::spawn() {
                                    "--parent",
                                    std::to_string(::getpid()),
                                    "--log-level",
-                                   std::string(level.data(), level.size())};
+                                   std::string(level.data(), level.size()),
+                                   "--log-format",
+                                   options_.log_format};
   std::vector<char*> argv;
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);

@@ -344,6 +344,7 @@ void runner::start() {
     isolation.memory_limit_mb = config_.plugin_memory_limit_mb;
     isolation.limits = config_.common.limits().decode;
     isolation.stale_after = config_.stall_fence;
+    isolation.log_format = config_.common.log_format;
     registry_.isolate(io_, std::move(isolation));
   } else if (config_.isolation != "none") {
     throw config_error("runner.isolation: expected \"none\" or \"process\", got '" +

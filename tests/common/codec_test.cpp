@@ -661,10 +661,18 @@ TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
       message_kind::hello_ack,
       cluster::hello_ack_msg{9, "manager", "manager", bytes(32, 3), bytes(32, 4), bytes(64, 5)}, 6);
   expect_every_field_travels(message_kind::auth, cluster::auth_msg{bytes(64, 6)}, 1);
-  cluster::request_msg request{"Counter", "c-7",   "Increment",       bytes{1, 2, 3},
-                               true,      "key-1", 1'700'000'000'123, 2500,
-                               true,      64};
-  expect_every_field_travels(message_kind::request, request, 10);
+  cluster::request_msg request{"Counter",
+                               "c-7",
+                               "Increment",
+                               bytes{1, 2, 3},
+                               true,
+                               "key-1",
+                               1'700'000'000'123,
+                               2500,
+                               true,
+                               64,
+                               "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"};
+  expect_every_field_travels(message_kind::request, request, 11);
   expect_every_field_travels(message_kind::stream_chunk,
                              cluster::stream_chunk_msg{{bytes{1}, bytes{2, 3}}}, 1);
   expect_every_field_travels(message_kind::stream_ack, cluster::stream_ack_msg{16}, 1);
@@ -681,8 +689,9 @@ TEST(wire_fields, every_message_kind_round_trips_with_every_field_set) {
                                                           "1.2.3",
                                                           {sample_entity_type()},
                                                           "0123abcdef",
-                                                          {sample_plugin_info()}},
-                             7);
+                                                          {sample_plugin_info()},
+                                                          "10.0.0.1:9093"},
+                             8);
   expect_every_field_travels(message_kind::unregister_runner,
                              cluster::unregister_runner_msg{"10.0.0.1:7000"}, 1);
   expect_every_field_travels(message_kind::assignments, full_snapshot(), 6);
@@ -704,8 +713,10 @@ TEST(wire_fields, every_nested_structure_round_trips_with_every_field_set) {
   expect_every_field_travels(kind, cluster::shard_group_assignment{"billing", 2, {"a:1", "b:2"}},
                              3);
   expect_every_field_travels(
-      kind, cluster::runner_info{"a", "a:1", {"default"}, "1.0", false, 12, {sample_plugin_info()}},
-      7);
+      kind,
+      cluster::runner_info{
+          "a", "a:1", {"default"}, "1.0", false, 12, {sample_plugin_info()}, "a:9093"},
+      8);
   expect_every_field_travels(kind, sample_plugin_info(), 7);
   expect_every_field_travels(kind, sample_stored_plugin(), 8);
   expect_every_field_travels(kind, cluster::plugins_msg{{sample_stored_plugin()}}, 1);

@@ -94,12 +94,13 @@ class observability : public process_cluster_test {
   std::string admin(const std::string& name, const std::string& path) const {
     return "http://127.0.0.1:" + std::to_string(admin_port.at(name)) + path;
   }
+  /// The answer, or status 0 and the reason as the body when there is none (callers check
+  /// the status; polls retry).
   http::fetched get(const std::string& url, const std::string& token = "") {
     http::fetch_options options;
     if (!token.empty()) options.headers.emplace_back("Authorization", "Bearer " + token);
     auto got = http::fetch_blocking(url, options);
-    EXPECT_TRUE(got) << url << ": " << (got ? "" : got.error().message);
-    return got ? got.value() : http::fetched{};
+    return got ? got.value() : http::fetched{0, "", url + ": " + got.error().message};
   }
   std::string log(const std::string& name) {
     std::ifstream in(dir / (name + ".log"));

@@ -40,13 +40,16 @@ TEST(metrics, counters_gauges_and_histograms_render_as_prometheus_text) {
 
 TEST(metrics, a_family_folds_series_past_its_bound_into_other) {
   registry r;
-  auto& f = r.counters("demo_total", "Demo.", {"entity_type"}, 2);
+  // At most 3 series in all, the fold-over one included.
+  auto& f = r.counters("demo_total", "Demo.", {"entity_type"}, 3);
   f.with({"a"}).inc();
   f.with({"b"}).inc();
   f.with({"c"}).inc();
   f.with({"d"}).inc();
+  f.with({"a"}).inc();
   const auto samples = parse_text(r.render());
-  EXPECT_EQ(value_of(samples, "demo_total", {{"entity_type", "a"}}), 1);
+  EXPECT_EQ(value_of(samples, "demo_total", {{"entity_type", "a"}}), 2);
+  EXPECT_EQ(value_of(samples, "demo_total", {{"entity_type", "b"}}), 1);
   EXPECT_EQ(value_of(samples, "demo_total", {{"entity_type", "_other"}}), 2);
   EXPECT_EQ(value_of(samples, "demo_total", {{"entity_type", "c"}}), -1);
 }

@@ -111,9 +111,14 @@ struct server::state : std::enable_shared_from_this<server::state> {
       if (ec) {
         if (ec != beast_http::error::end_of_stream && ec != beast::error::timeout &&
             ec != asio::error::eof && ec != asio::error::connection_reset) {
-          beast_http::response<beast_http::string_body> bad{beast_http::status::bad_request, 11};
+          const bool too_large = ec == beast_http::error::body_limit;
+          beast_http::response<beast_http::string_body> bad{
+              too_large ? beast_http::status::payload_too_large : beast_http::status::bad_request,
+              11};
           bad.set(beast_http::field::content_type, "text/plain; charset=utf-8");
-          bad.body() = "bad request: " + ec.message() + "\n";
+          bad.body() = too_large ? "the body is larger than " +
+                                       std::to_string(limits.max_body_bytes) + " bytes\n"
+                                 : "bad request: " + ec.message() + "\n";
           bad.prepare_payload();
           bad.keep_alive(false);
           stream.expires_after(std::chrono::seconds(2));

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <utility>
 
+#include "cluster/metrics/metrics.hpp"
 #include "cluster/protocol/assert.hpp"
 #include "cluster/protocol/validate.hpp"
 #include "cluster/storage/request_fingerprint.hpp"
@@ -645,6 +646,21 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
                                   std::vector<complete_job>& completes,
                                   std::vector<state_job>& states) {
   if (persists.empty() && completes.empty() && states.empty()) return;
+  // The worker's thread: series are atomics, looked up once.
+  static auto& round_size =
+      metrics::default_registry()
+          .histograms("cluster_storage_write_round_size",
+                      "Messages, replies and states stored together in one write round.", {},
+                      metrics::size_buckets(), 1)
+          .with({});
+  static auto& round_seconds =
+      metrics::default_registry()
+          .histograms("cluster_storage_write_round_duration_seconds",
+                      "Time one write round (one transaction) took, in seconds.", {},
+                      metrics::latency_buckets_ns(), 1e9)
+          .with({});
+  const auto round_started = std::chrono::steady_clock::now();
+  round_size.observe(persists.size() + completes.size() + states.size());
   write_round round{persists,
                     completes,
                     states,
@@ -652,6 +668,7 @@ void pg_message_store::run_writes(std::vector<persist_job>& persists,
                     std::vector<result<void>>(completes.size() + states.size(), success()),
                     std::nullopt};
   write_part(round, 0, persists.size() + completes.size() + states.size());
+  round_seconds.observe(std::chrono::steady_clock::now() - round_started);
   for (std::size_t i = 0; i < persists.size(); ++i)
     asio::post(io_,
                [done = std::move(persists[i].done),

@@ -50,6 +50,7 @@ struct isolation_options {
   /// Frames for the child that waited longer than this (a stalled runner) are not sent; the
   /// child is ended and their requests answered NotOwner (runner.stall_fence_ms). 0: off.
   milliseconds stale_after{0};
+  std::string log_format = "text";  ///< the child logs as its runner does (log.format)
 };
 
 class plugin_process : public std::enable_shared_from_this<plugin_process> {
