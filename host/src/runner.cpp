@@ -743,12 +743,9 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
                      ? &request_metrics_.of(request.entity_type, request.rpc)
                      : &request_metrics_.unknown();
   const trace::scoped_trace_id logged(trace::trace_id_of(request.traceparent));
-  std::optional<trace::span> span;
-  if (auto& tracer = trace::default_tracer(); tracer.recording())
-    if (auto parent = trace::parse(request.traceparent))
-      if ((span = tracer.start_span(*parent, "runner " + request.entity_type + "." + request.rpc,
-                                    trace::span_kind::server)))
-        request.traceparent = span->child_traceparent();
+  const auto span =
+      trace::start_server_span(request.traceparent, "runner", request.entity_type, request.rpc);
+  if (span) request.traceparent = span->child_traceparent();
   if (conn->in_flight >= conn->limits().max_in_flight) {
     request_metrics_.record(*series, static_cast<std::uint32_t>(errc::too_many_requests),
                             to_string(errc::too_many_requests), steady_clock::now() - received);
@@ -775,15 +772,11 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
   const bool tracked = requests.emplace(id, control).second;  // a reused id is not tracked
   serve(
       std::move(request), deadline,
-      [this, weak, id, control, tracked, series, received, span = std::move(span),
+      [this, weak, id, control, tracked, series, received, span,
        hold = work_.hold()](reply_msg&& reply) mutable {
         request_metrics_.record(*series, static_cast<std::uint32_t>(reply.code),
                                 to_string(reply.code), steady_clock::now() - received);
-        if (span) {
-          span->error = !reply.ok();
-          if (span->error) span->status_message = std::string(to_string(reply.code));
-          trace::default_tracer().finish(std::move(*span));
-        }
+        trace::finish_server_span(span, reply.ok() ? "" : to_string(reply.code));
         // The items written so far go before the reply; nothing of the request follows it.
         control->flush();
         control->finish();

@@ -241,33 +241,23 @@ void proxy::forward(const connection_ptr& conn, std::uint64_t id, request_msg re
   auto* series = type != types.end() && type->find_rpc(request.rpc) != nullptr
                      ? &request_metrics_.of(request.entity_type, request.rpc)
                      : &request_metrics_.unknown();
-  // A request without a trace starts one here (clusterctl, the TypeScript client).
-  const auto incoming = trace::parse(request.traceparent);
-  const auto parent =
-      incoming ? *incoming : trace::start_trace(trace::default_tracer().sample_ratio());
-  const trace::scoped_trace_id logged(parent);
-  auto span = trace::default_tracer().start_span(
-      parent, "proxy " + request.entity_type + "." + request.rpc, trace::span_kind::server);
-  if (span) {
-    request.traceparent = span->child_traceparent();
-  } else if (!incoming) {
-    request.traceparent = parent.traceparent();
-  }
+  // A caller's trace is continued (the gateway and the Lambda start one per HTTP call); a
+  // request without one stays without: starting traces here would cost every call.
+  const trace::scoped_trace_id logged(trace::trace_id_of(request.traceparent));
+  const auto span =
+      trace::start_server_span(request.traceparent, "proxy", request.entity_type, request.rpc);
+  if (span) request.traceparent = span->child_traceparent();
   ++conn->in_flight;
   const auto timeout = request.timeout_ms > 0
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
   router_.route(
       std::move(request), steady_clock::now() + timeout,
-      [this, conn, id, series, received, span = std::move(span),
+      [this, conn, id, series, received, span,
        hold = in_flight_.hold()](reply_msg&& reply) mutable {
         request_metrics_.record(*series, static_cast<std::uint32_t>(reply.code),
                                 to_string(reply.code), steady_clock::now() - received);
-        if (span) {
-          span->error = !reply.ok();
-          if (span->error) span->status_message = std::string(to_string(reply.code));
-          trace::default_tracer().finish(std::move(*span));
-        }
+        trace::finish_server_span(span, reply.ok() ? "" : to_string(reply.code));
         --conn->in_flight;
         conn->send_reply(id, reply);
         hold.release();

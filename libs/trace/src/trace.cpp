@@ -250,6 +250,25 @@ tracer& default_tracer() {
   return t;
 }
 
+std::shared_ptr<span> start_server_span(std::string_view incoming, std::string_view hop,
+                                        std::string_view entity_type, std::string_view rpc) {
+  auto& t = default_tracer();
+  if (!t.recording() || incoming.empty()) return nullptr;
+  const auto parent = parse(incoming);
+  if (!parent || !parent->sampled) return nullptr;
+  std::string name;
+  name.append(hop).append(" ").append(entity_type).append(".").append(rpc);
+  auto started = t.start_span(*parent, std::move(name), span_kind::server);
+  return started ? std::make_shared<span>(std::move(*started)) : nullptr;
+}
+
+void finish_server_span(const std::shared_ptr<span>& s, std::string_view error_status) {
+  if (!s) return;
+  s->error = !error_status.empty();
+  s->status_message = std::string(error_status);
+  default_tracer().finish(std::move(*s));
+}
+
 namespace {
 // A fixed buffer: setting the id of each request allocates nothing.
 thread_local std::array<char, 32> current{};

@@ -105,6 +105,16 @@ class tracer {
 /// The process's tracer.
 tracer& default_tracer();
 
+/// A server span `<hop> <entity_type>.<rpc>` of the default tracer for a request whose
+/// `traceparent` is `incoming`, started now; null (and nothing allocated) when the request
+/// has no trace, is not sampled or nothing exports. Shared so that a request's (copyable)
+/// reply callback carries 16 bytes, not a span.
+std::shared_ptr<span> start_server_span(std::string_view incoming, std::string_view hop,
+                                        std::string_view entity_type, std::string_view rpc);
+/// Finishes a span of start_server_span (null: nothing), an error when `error_status` is
+/// not empty.
+void finish_server_span(const std::shared_ptr<span>& s, std::string_view error_status);
+
 /// The trace id log lines of the current request carry ("" outside a request).
 std::string_view current_trace_id();
 /// The trace id of a traceparent header (its 32 hex digits), or "" when it has none.
