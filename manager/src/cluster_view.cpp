@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "cluster/http/http.hpp"
@@ -32,38 +35,9 @@ std::string label(const metrics::parsed_sample& s, const std::string& name) {
   return it == s.labels.end() ? std::string() : it->second;
 }
 
-// Per (type, rpc): requests and errors (code other than Ok) of one scrape.
-struct request_totals {
-  double calls = 0;
-  double errors = 0;
-};
-std::map<std::pair<std::string, std::string>, request_totals> requests_of(const samples& all) {
-  std::map<std::pair<std::string, std::string>, request_totals> totals;
-  for (const auto& s : all) {
-    if (s.name != "cluster_runner_requests_total") continue;
-    auto& t = totals[{label(s, "entity_type"), label(s, "rpc")}];
-    t.calls += s.value;
-    if (label(s, "code") != "Ok") t.errors += s.value;
-  }
-  return totals;
-}
-
-// Per (type, rpc): cumulative bucket counts by upper bound (seconds) of one scrape.
-using buckets = std::map<double, double>;
-std::map<std::pair<std::string, std::string>, buckets> latency_of(const samples& all) {
-  std::map<std::pair<std::string, std::string>, buckets> result;
-  for (const auto& s : all) {
-    if (s.name != "cluster_runner_request_duration_seconds_bucket") continue;
-    const auto le = label(s, "le");
-    const double bound = le == "+Inf" ? std::numeric_limits<double>::infinity() : std::stod(le);
-    result[{label(s, "entity_type"), label(s, "rpc")}][bound] += s.value;
-  }
-  return result;
-}
-
 // The q-quantile (ms) of cumulative buckets, interpolated inside its bucket as Prometheus'
 // histogram_quantile does; nullopt without observations.
-std::optional<double> quantile_ms(const buckets& cumulative, double q) {
+std::optional<double> quantile_ms(const std::map<double, double>& cumulative, double q) {
   if (cumulative.empty()) return std::nullopt;
   const double total = cumulative.rbegin()->second;
   if (total <= 0) return std::nullopt;
@@ -91,6 +65,26 @@ cluster_view::cluster_view(asio::io_context& io, view_options options,
     : io_(io), options_(std::move(options)), snapshot_(std::move(snapshot)) {}
 
 cluster_view::~cluster_view() { *alive_ = false; }
+
+cluster_view::scrape cluster_view::summarise(std::vector<metrics::parsed_sample> samples) {
+  scrape out{steady_clock::now(), std::move(samples), {}, {}};
+  for (const auto& s : out.samples) {
+    if (s.name == "cluster_runner_requests_total") {
+      auto& t = out.requests[{label(s, "entity_type"), label(s, "rpc")}];
+      t.calls += s.value;
+      if (label(s, "code") != "Ok") t.errors += s.value;
+    } else if (s.name == "cluster_runner_request_duration_seconds_bucket") {
+      // Whatever answers at a runner's admin address: a bound that is not a number is skipped.
+      const auto le = label(s, "le");
+      char* end = nullptr;
+      const double bound =
+          le == "+Inf" ? std::numeric_limits<double>::infinity() : std::strtod(le.c_str(), &end);
+      if (le != "+Inf" && (le.empty() || end == nullptr || *end != '\0')) continue;
+      out.latency[{label(s, "entity_type"), label(s, "rpc")}][bound] += s.value;
+    }
+  }
+  return out;
+}
 
 void cluster_view::start() { asio::co_spawn(io_, scrape_loop(), asio::detached); }
 void cluster_view::stop() { *alive_ = false; }
@@ -146,7 +140,7 @@ awaitable<void> cluster_view::scrape_loop() {
         continue;
       }
       r.previous = std::move(r.latest);
-      r.latest = scrape{steady_clock::now(), metrics::parse_text(got.value().body)};
+      r.latest = summarise(metrics::parse_text(got.value().body));
       update(r);
     }
     update_calls();
@@ -173,8 +167,8 @@ void cluster_view::update(runner_scrapes& r) {
                                sum_of(before, "process_cpu_seconds_total")) /
                                   seconds);
   double calls = 0, errors = 0;
-  const auto old_totals = requests_of(before);
-  for (const auto& [key, t] : requests_of(now)) {
+  const auto& old_totals = r.previous->requests;
+  for (const auto& [key, t] : r.latest->requests) {
     const auto old = old_totals.find(key);
     calls += std::max(0.0, t.calls - (old == old_totals.end() ? 0 : old->second.calls));
     errors += std::max(0.0, t.errors - (old == old_totals.end() ? 0 : old->second.errors));
@@ -197,8 +191,8 @@ void cluster_view::update_calls() {
     if (!r.previous) continue;
     const double seconds = std::chrono::duration<double>(r.latest->at - r.previous->at).count();
     if (seconds <= 0) continue;
-    const auto old_totals = requests_of(r.previous->samples);
-    for (const auto& [key, t] : requests_of(r.latest->samples)) {
+    const auto& old_totals = r.previous->requests;
+    for (const auto& [key, t] : r.latest->requests) {
       const auto old = old_totals.find(key);
       auto& sum = calls[key];
       sum.calls +=
@@ -206,8 +200,8 @@ void cluster_view::update_calls() {
       sum.errors +=
           std::max(0.0, t.errors - (old == old_totals.end() ? 0 : old->second.errors)) / seconds;
     }
-    const auto old_latency = latency_of(r.previous->samples);
-    for (const auto& [key, cumulative] : latency_of(r.latest->samples)) {
+    const auto& old_latency = r.previous->latency;
+    for (const auto& [key, cumulative] : r.latest->latency) {
       const auto old = old_latency.find(key);
       for (const auto& [bound, count] : cumulative) {
         double before = 0;

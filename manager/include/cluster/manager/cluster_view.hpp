@@ -79,10 +79,20 @@ class cluster_view {
   const runner_numbers* numbers_of(const std::string& address) const;
 
  private:
+  using rpc_key = std::pair<std::string, std::string>;  // (entity type, RPC)
+  struct request_totals {
+    double calls = 0;
+    double errors = 0;  // replies whose code is not Ok
+  };
+  using buckets = std::map<double, double>;  // cumulative count by upper bound (seconds)
+  /// One read of a runner's /metrics, summarised once as it arrives.
   struct scrape {
     steady_clock::time_point at;
     std::vector<metrics::parsed_sample> samples;
+    std::map<rpc_key, request_totals> requests;
+    std::map<rpc_key, buckets> latency;
   };
+  static scrape summarise(std::vector<metrics::parsed_sample> samples);
   struct runner_scrapes {
     std::optional<scrape> previous, latest;
     runner_numbers numbers;
