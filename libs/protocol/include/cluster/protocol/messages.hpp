@@ -98,10 +98,12 @@ struct request_msg {
   /// Streaming RPCs: items the caller accepts before its first stream_ack (0: the default).
   std::uint32_t credit = 0;
   /// W3C trace context of the call (`00-<trace id>-<parent span id>-<flags>`); empty when the
-  /// caller has none. Each hop that records a span sends its own span id on.
+  /// caller has none, and then not on the wire. Each hop that records a span sends its own
+  /// span id on.
   std::string traceparent;
-  CLUSTER_WIRE_FIELDS(request_msg, entity_type, entity_id, rpc, payload, persisted, primary_key,
-                      deliver_at_ms, timeout_ms, discard, credit, traceparent);
+  CLUSTER_WIRE_FIELDS_OMIT_EMPTY(request_msg, (traceparent), entity_type, entity_id, rpc, payload,
+                                 persisted, primary_key, deliver_at_ms, timeout_ms, discard,
+                                 credit);
 };
 
 /// The credit of a streaming request that gives none (request_msg::credit == 0).

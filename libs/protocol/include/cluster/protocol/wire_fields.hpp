@@ -1,5 +1,6 @@
 #pragma once
 // CLUSTER_WIRE_FIELDS(type, field...): the one field list of a wire struct.
+// (CLUSTER_WIRE_FIELDS_OMIT_EMPTY, at the end, also leaves fields out of the map while empty.)
 //
 // From that list it generates, inside the struct:
 //   - msgpack_pack: a map from each field's name (str) to its value, in list order; the same
@@ -93,14 +94,21 @@ struct encoded_key {
     cluster_wire_value.convert(field);                                                      \
     return;                                                                                 \
   }
-#define CLUSTER_WIRE_FIELDS_SEQ(type, seq)                                                     \
+#define CLUSTER_WIRE_FIELD_PACK_UNLESS_EMPTY(r, data, field) \
+  if (!field.empty()) {                                      \
+    CLUSTER_WIRE_FIELD_PACK(r, data, field)                  \
+  }
+#define CLUSTER_WIRE_FIELD_COUNT_UNLESS_EMPTY(r, data, field) +(field.empty() ? 0 : 1)
+// `map_size` and `pack_fields` are what CLUSTER_WIRE_FIELDS and CLUSTER_WIRE_FIELDS_OMIT_EMPTY
+// differ in: how many entries the map has and the statements that write them.
+#define CLUSTER_WIRE_FIELDS_IMPL(type, seq, map_size, pack_fields)                             \
   static constexpr std::size_t wire_field_count = BOOST_PP_SEQ_SIZE(seq);                      \
   static constexpr std::string_view wire_field_names[] = {                                     \
       BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_NAME, _, seq)};                                 \
   template <class Packer>                                                                      \
   void msgpack_pack(Packer& cluster_wire_packer) const {                                       \
-    cluster_wire_packer.pack_map(static_cast<std::uint32_t>(wire_field_count));                \
-    BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_PACK, _, seq)                                     \
+    cluster_wire_packer.pack_map(static_cast<std::uint32_t>(map_size));                        \
+    pack_fields                                                                                \
   }                                                                                            \
   void msgpack_unpack(const msgpack::object& cluster_wire_fields) {                            \
     static_assert(::cluster::detail::aggregate_member_count<type>() == wire_field_count,       \
@@ -113,5 +121,24 @@ struct encoded_key {
   }                                                                                            \
   friend bool operator==(const type&, const type&) = default
 
+#define CLUSTER_WIRE_FIELDS_SEQ(type, seq)              \
+  CLUSTER_WIRE_FIELDS_IMPL(type, seq, wire_field_count, \
+                           BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_PACK, _, seq))
+
 #define CLUSTER_WIRE_FIELDS(type, ...) \
   CLUSTER_WIRE_FIELDS_SEQ(type, BOOST_PP_VARIADIC_TO_SEQ(__VA_ARGS__))
+
+// CLUSTER_WIRE_FIELDS_OMIT_EMPTY(type, (field)(field)..., field...): as CLUSTER_WIRE_FIELDS for
+// the fields after the parenthesised list; those in it (strings or containers) follow them in
+// the map, each only while it is not empty, which the decoder reads as its default. For a
+// field that is empty on nearly every message, so that it costs nothing until it is used.
+#define CLUSTER_WIRE_FIELDS_OMIT_EMPTY(type, omitted_when_empty, ...)             \
+  CLUSTER_WIRE_FIELDS_OMIT_EMPTY_SEQ(type, BOOST_PP_VARIADIC_TO_SEQ(__VA_ARGS__), \
+                                     omitted_when_empty)
+#define CLUSTER_WIRE_FIELDS_OMIT_EMPTY_SEQ(type, always, omitted_when_empty)                   \
+  CLUSTER_WIRE_FIELDS_IMPL(                                                                    \
+      type, always omitted_when_empty,                                                         \
+      BOOST_PP_SEQ_SIZE(always)                                                                \
+          BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_COUNT_UNLESS_EMPTY, _, omitted_when_empty), \
+      BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_PACK, _, always)                                \
+          BOOST_PP_SEQ_FOR_EACH(CLUSTER_WIRE_FIELD_PACK_UNLESS_EMPTY, _, omitted_when_empty))
