@@ -738,10 +738,13 @@ void runner::on_message(const connection_ptr& conn, envelope&& env) {
 
 void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_msg&& request) {
   const auto received = steady_clock::now();
-  const entity_type* known = registry_.find(request.entity_type);
-  auto* series = known != nullptr && known->rpc_index(request.rpc)
-                     ? &request_metrics_.of(request.entity_type, request.rpc)
-                     : &request_metrics_.unknown();
+  auto* series = request_metrics_.repeated(request.entity_type, request.rpc);
+  if (series == nullptr) {
+    const entity_type* known = registry_.find(request.entity_type);
+    series = known != nullptr && known->rpc_index(request.rpc)
+                 ? &request_metrics_.of(request.entity_type, request.rpc)
+                 : &request_metrics_.unknown();
+  }
   const trace::scoped_trace_id logged(trace::trace_id_of(request.traceparent));
   const auto span =
       trace::start_server_span(request.traceparent, "runner", request.entity_type, request.rpc);
@@ -758,7 +761,7 @@ void runner::on_request(const connection_ptr& conn, std::uint64_t id, request_ms
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
   ++conn->in_flight;
-  const auto deadline = steady_clock::now() + timeout;
+  const auto deadline = received + timeout;
   auto control = std::make_shared<request_control>(io_, request.credit, request.discard,
                                                    conn->limits().decode.max_frame_bytes / 2);
   control->deadline = deadline;

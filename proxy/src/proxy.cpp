@@ -234,13 +234,16 @@ result<void> proxy::readiness() const {
 
 void proxy::forward(const connection_ptr& conn, std::uint64_t id, request_msg request) {
   const auto received = steady_clock::now();
-  const auto& types = router_.snapshot().entity_types;
-  const auto type = std::find_if(types.begin(), types.end(), [&](const entity_type_info& t) {
-    return t.name == request.entity_type;
-  });
-  auto* series = type != types.end() && type->find_rpc(request.rpc) != nullptr
-                     ? &request_metrics_.of(request.entity_type, request.rpc)
-                     : &request_metrics_.unknown();
+  auto* series = request_metrics_.repeated(request.entity_type, request.rpc);
+  if (series == nullptr) {
+    const auto& types = router_.snapshot().entity_types;
+    const auto type = std::find_if(types.begin(), types.end(), [&](const entity_type_info& t) {
+      return t.name == request.entity_type;
+    });
+    series = type != types.end() && type->find_rpc(request.rpc) != nullptr
+                 ? &request_metrics_.of(request.entity_type, request.rpc)
+                 : &request_metrics_.unknown();
+  }
   // A caller's trace is continued (the gateway and the Lambda start one per HTTP call); a
   // request without one stays without: starting traces here would cost every call.
   const trace::scoped_trace_id logged(trace::trace_id_of(request.traceparent));
@@ -252,7 +255,7 @@ void proxy::forward(const connection_ptr& conn, std::uint64_t id, request_msg re
                            ? std::min(milliseconds(request.timeout_ms), config_.request_timeout * 6)
                            : config_.request_timeout;
   router_.route(
-      std::move(request), steady_clock::now() + timeout,
+      std::move(request), received + timeout,
       [this, conn, id, series, received, span,
        hold = in_flight_.hold()](reply_msg&& reply) mutable {
         request_metrics_.record(*series, static_cast<std::uint32_t>(reply.code),

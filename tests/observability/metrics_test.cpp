@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <vector>
+
 #include "cluster/metrics/rpc_metrics.hpp"
 
 namespace cluster::metrics {
@@ -36,6 +39,15 @@ TEST(metrics, counters_gauges_and_histograms_render_as_prometheus_text) {
   EXPECT_EQ(value_of(samples, "demo_seconds_bucket", {{"le", "+Inf"}}), 3);
   EXPECT_EQ(value_of(samples, "demo_seconds_count"), 3);
   EXPECT_NEAR(value_of(samples, "demo_seconds_sum"), 0.0050055, 1e-9);
+}
+
+TEST(metrics, a_histogram_counts_a_value_equal_to_a_bound_in_that_bucket) {
+  registry r;
+  auto& h = r.histograms("edge_seconds", "Edges.", {}, {10, 20, 30}, 1e9).with({});
+  for (std::uint64_t v : {0, 10, 11, 20, 30, 31, 1000}) h.observe(v);
+  EXPECT_EQ(h.bucket_counts(), (std::vector<std::uint64_t>{2, 2, 1, 2}));
+  EXPECT_EQ(h.count(), 7u);
+  EXPECT_EQ(h.sum(), 1102u);
 }
 
 TEST(metrics, a_family_folds_series_past_its_bound_into_other) {
@@ -87,6 +99,13 @@ TEST(rpc_metrics, counts_by_type_rpc_and_code_and_times_by_type_and_rpc) {
   rpc_metrics m(r, "demo_requests_total", "Requests.", "demo_request_seconds", "Latency.");
   auto& greet = m.of("Greeter", "Greet");
   EXPECT_EQ(&greet, &m.of("Greeter", "Greet"));
+  EXPECT_EQ(m.repeated("Greeter", "Greet"), &greet);
+  EXPECT_EQ(m.repeated("Greeter", "Other"), nullptr);
+  EXPECT_EQ(m.repeated("Other", "Greet"), nullptr);
+  auto& other = m.of("Greeter", "Other");
+  EXPECT_NE(&other, &greet);
+  EXPECT_EQ(m.repeated("Greeter", "Greet"), nullptr);  // only the last pair is remembered
+  EXPECT_EQ(&m.of("Greeter", "Greet"), &greet);
   m.record(greet, 0, "Ok", std::chrono::microseconds(100));
   m.record(greet, 0, "Ok", std::chrono::microseconds(100));
   m.record(greet, 9, "NotOwner", std::chrono::microseconds(100));

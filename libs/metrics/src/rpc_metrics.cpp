@@ -12,6 +12,7 @@ rpc_metrics::rpc_metrics(registry& r, const std::string& requests_name,
                             latency_buckets_ns(), 1e9)) {}
 
 rpc_metrics::rpc_series& rpc_metrics::of(std::string_view type, std::string_view rpc) {
+  if (auto* same = repeated(type, rpc)) return *same;
   auto by_type = series_.find(type);
   if (by_type == series_.end())
     by_type =
@@ -25,6 +26,7 @@ rpc_metrics::rpc_series& rpc_metrics::of(std::string_view type, std::string_view
     fresh.seconds = &seconds_.with({type, rpc});
     it = rpcs.emplace(std::string(rpc), std::move(fresh)).first;
   }
+  last_ = &it->second;
   return it->second;
 }
 

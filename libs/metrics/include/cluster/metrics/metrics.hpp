@@ -65,14 +65,14 @@ class histogram {
   /// Per-bucket (not cumulative) counts; the last is the +Inf bucket.
   std::vector<std::uint64_t> bucket_counts() const;
   std::uint64_t sum() const { return sum_.load(std::memory_order_relaxed); }
-  std::uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  /// The sum of the bucket counts (kept per bucket only: one atomic add less per observation).
+  std::uint64_t count() const;
 
  private:
   std::vector<std::uint64_t> bounds_;
   double scale_;
   std::unique_ptr<std::atomic<std::uint64_t>[]> buckets_;
   std::atomic<std::uint64_t> sum_{0};
-  std::atomic<std::uint64_t> count_{0};
 };
 
 /// Latency buckets in nanoseconds: 50 µs … 10 s.

@@ -34,6 +34,11 @@ class rpc_metrics {
   /// The series of a served (type, RPC); pass unknown() for what is not served.
   rpc_series& of(std::string_view type, std::string_view rpc);
   rpc_series& unknown() { return of("_unknown", "_unknown"); }
+  /// The series of the last of() or unknown() when it was for this (type, RPC), else null:
+  /// a caller can skip checking that a repeated pair is served.
+  rpc_series* repeated(std::string_view type, std::string_view rpc) const {
+    return last_ != nullptr && last_->rpc == rpc && last_->type == type ? last_ : nullptr;
+  }
   /// `code` is the wire code (its number picks the cached counter), `code_name` its label.
   void record(rpc_series& series, std::uint32_t code, std::string_view code_name,
               std::chrono::nanoseconds took);
@@ -42,6 +47,9 @@ class rpc_metrics {
   family<counter>& requests_;
   family<histogram>& seconds_;
   std::map<std::string, std::map<std::string, rpc_series, std::less<>>, std::less<>> series_;
+  // Traffic mostly repeats one (type, RPC): the last series found skips both map lookups.
+  // Map nodes never move, so the pointer stays valid.
+  rpc_series* last_ = nullptr;
 };
 
 }  // namespace cluster::metrics

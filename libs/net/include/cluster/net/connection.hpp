@@ -239,6 +239,7 @@ class connection : public std::enable_shared_from_this<connection> {
   // is in progress, so their sizes add up to what the peer has not taken yet.
   msgpack::sbuffer queued_{1024};
   msgpack::sbuffer in_write_{1024};
+  std::uint64_t frames_queued_ = 0;  // frames in `queued_`, counted when they are written
   std::uint64_t next_id_ = 1;
   steady_clock::time_point last_heard_ = steady_clock::now();
   std::unordered_map<std::uint64_t, pending_call> pending_;
