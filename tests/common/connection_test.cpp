@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/metrics/metrics.hpp"
 #include "cluster/net/server.hpp"
 
 namespace {
@@ -704,6 +705,26 @@ TEST_F(loopback, a_chunk_for_an_id_nobody_waits_for_is_dropped) {
   EXPECT_EQ(out->items, (std::vector<int>{0, 1, 2}));
   // A plain call gets no items either: a chunk for it is dropped, its reply still counts.
   expect_usable(conn);
+}
+
+TEST_F(loopback, counts_every_frame_both_ways_once_the_connections_go_quiet) {
+  auto& registry = cluster::metrics::default_registry();
+  auto& received = registry.counter_of("cluster_net_received_frames_total", "");
+  auto& sent = registry.counter_of("cluster_net_sent_frames_total", "");
+  // Before any connection of this test: earlier tests' connections are closed and counted.
+  const auto received_before = received.value();
+  const auto sent_before = sent.value();
+  start_server();
+  auto conn = connect_ok();
+  ASSERT_NE(conn, nullptr);
+  for (int i = 0; i < 10; ++i) expect_usable(conn);
+  // Client and server are both in this process, so every frame one sends the other receives:
+  // the handshake, 10 requests and 10 replies, counted without a further read on either side.
+  EXPECT_TRUE(run_until(
+      io_, [&] { return received.value() - received_before == sent.value() - sent_before; }, 2s))
+      << "received " << received.value() - received_before << ", sent "
+      << sent.value() - sent_before;
+  EXPECT_GE(sent.value() - sent_before, 20u);
 }
 
 TEST_F(loopback, answers_a_ping_with_a_pong_of_the_same_id) {

@@ -193,7 +193,7 @@ awaitable<void> connection::read_loop(connection_ptr self) {
       co_return;
     }
   }
-  std::uint64_t frames_read = 0;  // since the last read, counted with its bytes
+  std::uint64_t frames_read = 0;  // dispatched since the last read, counted before the next
   while (open_ && !closing_) {
     const std::size_t available = end - begin;
     if (available >= frame_header_size) {
@@ -252,14 +252,14 @@ awaitable<void> connection::read_loop(connection_ptr self) {
                                frame_header_size + std::size_t{decode_frame_header(header)}));
       }
     }
+    // Before waiting: a connection that goes quiet has all its frames counted.
+    net_counters().frames_received.inc(std::exchange(frames_read, 0));
     error_code ec;
     const auto free_space = asio::buffer(buffer.data() + end, buffer.size() - end);
     const std::size_t n =
         tls_
             ? co_await tls_->async_read_some(free_space, asio::redirect_error(use_awaitable, ec))
             : co_await socket_.async_read_some(free_space, asio::redirect_error(use_awaitable, ec));
-    net_counters().frames_received.inc(frames_read);
-    frames_read = 0;
     if (ec) break;
     net_counters().bytes_received.inc(n);
     end += n;

@@ -35,7 +35,8 @@ class rpc_metrics {
   rpc_series& of(std::string_view type, std::string_view rpc);
   rpc_series& unknown() { return of("_unknown", "_unknown"); }
   /// The series of the last of() or unknown() when it was for this (type, RPC), else null:
-  /// a caller can skip checking that a repeated pair is served.
+  /// a caller can skip checking that a repeated pair is served. (A pair that stops being
+  /// served, its plugin removed, keeps its series while it repeats: no series is created.)
   rpc_series* repeated(std::string_view type, std::string_view rpc) const {
     return last_ != nullptr && last_->rpc == rpc && last_->type == type ? last_ : nullptr;
   }
